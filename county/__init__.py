@@ -1,0 +1,1 @@
+"""Reference county server and county IT tools (canteen-county)."""

@@ -1,0 +1,1 @@
+"""Hardware simulator for technicians (hw-sim): issuer, phones, camera, card reader, county."""

@@ -1,0 +1,1 @@
+"""Canteen one-card terminal: the daemon on each canteen device."""

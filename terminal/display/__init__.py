@@ -1,0 +1,1 @@
+"""The staff and cadre screen: a local page fed by server-sent events."""
