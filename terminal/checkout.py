@@ -1,0 +1,330 @@
+"""The decision at the counter: a QR text or a card UID in, a committed verdict out.
+
+This module owns the order of the checks (token.md §4 steps 1 to 8 for QR
+codes, the roster for cards), the terminal's trusted time, and turning each
+outcome into exactly one ledger entry. It is what the one decision worker runs;
+nothing here is thread-safe and nothing needs to be. A verdict is returned only
+after its entry is committed, so nothing reaches the screen that the ledger
+does not hold. It imports no device or network library and takes the wall
+clock as an argument, so tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from terminal import policy
+from terminal.config import Settings
+from terminal.ledger import (
+    ACCEPT,
+    CLOCK_FAULT,
+    REJECT,
+    REVERSAL,
+    SALE,
+    TOKEN_CHECK,
+    EntryDraft,
+    Ledger,
+    LedgerEntry,
+)
+from terminal.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
+from terminal.trust import REVOCATIONS, ROSTER, TrustStore
+
+NO_SUCH_SALE = "no_such_sale"
+REVERSAL_TOO_LATE = "reversal_too_late"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A committed verdict with what the screen and the command line show."""
+
+    entry: LedgerEntry
+    display_name: str | None = None
+    iss: str | None = None
+    sub: str | None = None
+    cti: bytes | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.entry.verdict == ACCEPT
+
+    @property
+    def reason(self) -> str | None:
+        return self.entry.reason
+
+    def as_json(self) -> dict[str, Any]:
+        """The verify-token line: {"verdict", "reason", "iss", "sub", "cti", "ctr"}."""
+        return {
+            "verdict": self.entry.verdict,
+            "reason": self.entry.reason,
+            "iss": self.iss,
+            "sub": self.sub,
+            "cti": self.cti.hex() if self.cti is not None else None,
+            "ctr": self.entry.ctr,
+        }
+
+
+class TrustedClock:
+    """The terminal's time: the wall clock, never below the newest time already recorded.
+
+    A Pi has no real-time clock and may boot with a clock in the past; a wall
+    clock behind the floor is a clock fault, recorded once per episode, and the
+    floor is used instead. The floor rises with every ledger entry and with
+    signed times from the county server.
+    """
+
+    def __init__(self, floor_ms: int, tolerance_ms: int, earliest_ms: int) -> None:
+        self.floor_ms = floor_ms
+        self.tolerance_ms = tolerance_ms
+        self.earliest_ms = earliest_ms
+        self.in_fault = False
+
+    def read(self, wall_ms: int) -> tuple[int, bool]:
+        """(trusted ms, True when this reading starts a new clock fault)."""
+        if wall_ms + self.tolerance_ms < self.floor_ms:
+            started = not self.in_fault
+            self.in_fault = True
+            return self.floor_ms, started
+        self.in_fault = False
+        return max(wall_ms, self.floor_ms), False
+
+    def raise_floor(self, ms: int) -> None:
+        self.floor_ms = max(self.floor_ms, ms)
+
+    def trusted(self, now_ms: int) -> bool:
+        return now_ms >= self.earliest_ms
+
+
+def credential_ref(iss: str, cti: bytes) -> str:
+    return f"qr/{iss}/{cti.hex()}"
+
+
+def card_ref(uid: bytes) -> str:
+    return f"card/{uid.hex()}"
+
+
+class Checkout:
+    """Runs every check for one presentation and records the outcome."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, trust: TrustStore) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.trust = trust
+        self.clock = TrustedClock(
+            ledger.last_time_ms(),
+            settings.clock_fault_tolerance_s * 1000,
+            settings.clock_earliest_s * 1000,
+        )
+
+    # ---- time ----
+
+    def now(self, wall_ms: int) -> int:
+        """Trusted time for a decision at ``wall_ms``; records a clock fault when one starts."""
+        trusted, fault_started = self.clock.read(wall_ms)
+        if fault_started:
+            self._append(
+                EntryDraft(
+                    kind=CLOCK_FAULT,
+                    detail={"wall_ms": wall_ms, "floor_ms": trusted, "behind_ms": trusted - wall_ms},
+                ),
+                trusted,
+            )
+        return trusted
+
+    def _append(self, draft: EntryDraft, at_ms: int) -> LedgerEntry:
+        entry = self.ledger.append(draft, at_ms)
+        self.clock.raise_floor(at_ms)
+        return entry
+
+    # ---- QR ----
+
+    def verify_token(self, text: str, wall_ms: int) -> Decision:
+        """Token checks only (steps 1 to 7, no meal policy), as verify-token does.
+
+        Accepted checks are recorded like sales, so they are the replay memory.
+        """
+        now_ms = self.now(wall_ms)
+        outcome = self._token_checks(text, now_ms)
+        if isinstance(outcome, str):
+            return self._refuse_token(text, outcome, now_ms, TOKEN_CHECK)
+        p = outcome
+        draft = EntryDraft(
+            kind=TOKEN_CHECK,
+            verdict=ACCEPT,
+            method=policy.QR,
+            cadre=f"{p.iss}/{p.sub}",
+            credential=credential_ref(p.iss, p.cti),
+            ctr=p.ctr,
+            unit=p.unit,
+        )
+        return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
+
+    def present_qr(self, text: str, wall_ms: int) -> Decision:
+        """A code from the camera: every check, the meal policy, and one ledger entry."""
+        now_ms = self.now(wall_ms)
+        if not self.clock.trusted(now_ms):
+            return self._refuse_token(text, policy.CLOCK_UNTRUSTED, now_ms, SALE)
+        outcome = self._token_checks(text, now_ms)
+        if isinstance(outcome, str):
+            return self._refuse_token(text, outcome, now_ms, SALE)
+        p = outcome
+        diner = policy.Diner(f"{p.iss}/{p.sub}", p.unit, p.display_name, policy.QR, p.allowance)
+        entry = self._decide(
+            diner,
+            now_ms,
+            credential=credential_ref(p.iss, p.cti),
+            ctr=p.ctr,
+            # The phone's signed code is kept so the county can check every accepted sale.
+            detail={"qr": text},
+        )
+        return Decision(entry, p.display_name, p.iss, p.sub, p.cti)
+
+    def _token_checks(self, text: str, now_ms: int) -> Presentation | str:
+        try:
+            p = verify_presentation(
+                text, now_ms // 1000, self.trust, self.settings.window_s, self.settings.skew_s
+            )
+        except TokenRejected as rejected:
+            return rejected.code
+        highest = self.ledger.highest_ctr(credential_ref(p.iss, p.cti))
+        if highest is not None and p.ctr <= highest:
+            return REPLAYED
+        if self.trust.revoked_kind(p) is not None:
+            return REVOKED
+        return p
+
+    def _refuse_token(self, text: str, reason: str, now_ms: int, kind: str) -> Decision:
+        # Nothing from an unverified payload is recorded; a digest lets the county match
+        # repeated attempts with the same text without storing hostile bytes.
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
+        draft = EntryDraft(
+            kind=kind,
+            verdict=REJECT,
+            reason=reason,
+            method=policy.QR,
+            detail={"qr_sha256": digest, "qr_length": len(text)},
+        )
+        return Decision(self._append(draft, now_ms))
+
+    # ---- cards ----
+
+    def present_card(self, uid: bytes, wall_ms: int) -> Decision:
+        """A card UID (canonical bytes) from the reader, looked up in the roster."""
+        now_ms = self.now(wall_ms)
+        ref = card_ref(uid)
+        reason: str | None = None
+        card = self.trust.card(uid)
+        if not self.clock.trusted(now_ms):
+            reason = policy.CLOCK_UNTRUSTED
+        elif card is None:
+            reason = policy.CARD_UNKNOWN
+        elif card.status != "active" or self.trust.card_revoked(uid):
+            reason = policy.CARD_REVOKED
+        if reason is not None or card is None:
+            draft = EntryDraft(
+                kind=SALE,
+                verdict=REJECT,
+                reason=reason,
+                method=policy.CARD,
+                credential=ref,
+                cadre=card.cadre if card else None,
+                detail={"card_status": card.status} if card else {},
+            )
+            entry = self._append(draft, now_ms)
+            return Decision(entry, card.display_name if card else None)
+        diner = policy.Diner(card.cadre, card.unit, card.display_name, policy.CARD)
+        entry = self._decide(diner, now_ms, credential=ref, ctr=None, detail={})
+        return Decision(entry, card.display_name, card.iss, card.sub)
+
+    # ---- the meal policy, shared by both paths ----
+
+    def facts(self, cadre: str, service: policy.Service | None, now_ms: int) -> policy.Facts:
+        now_s = now_ms // 1000
+        day = service.day if service else policy.local_day(self.settings, now_s)
+        served = service is not None and self.ledger.served(cadre, service.day, service.meal.name)
+        day_meals, day_fen = self.ledger.day_totals(cadre, day)
+        unsynced, unsynced_fen = self.ledger.unsynced()
+        last_ack = self.ledger.last_ack_ms()
+        if last_ack is None:
+            genesis = self.ledger.entry(1)
+            last_ack = genesis.at_ms if genesis is not None else now_ms
+        since = last_ack
+        return policy.Facts(
+            served_this_meal=served,
+            day_meals=day_meals,
+            day_fen=day_fen,
+            unsynced_entries=unsynced,
+            unsynced_fen=unsynced_fen,
+            since_ack_s=max(0, (now_ms - since) // 1000),
+            revocation_age_s=self._age(REVOCATIONS, now_s),
+            roster_age_s=self._age(ROSTER, now_s),
+        )
+
+    def _age(self, name: str, now_s: int) -> int | None:
+        info = self.trust.list_info(name)
+        return None if info is None else max(0, now_s - info.issued_at)
+
+    def _decide(
+        self,
+        diner: policy.Diner,
+        now_ms: int,
+        *,
+        credential: str,
+        ctr: int | None,
+        detail: dict[str, Any],
+    ) -> LedgerEntry:
+        now_s = now_ms // 1000
+        service = policy.service_at(self.settings, now_s)
+        verdict = policy.decide(
+            self.settings, diner, service, self.facts(diner.cadre, service, now_ms), now_s
+        )
+        draft = EntryDraft(
+            kind=SALE,
+            verdict=ACCEPT if verdict.accepted else REJECT,
+            reason=verdict.reason,
+            method=diner.method,
+            cadre=diner.cadre,
+            credential=credential,
+            ctr=ctr,
+            unit=diner.unit,
+            day=service.day if service else policy.local_day(self.settings, now_s),
+            meal=service.meal.name if service else None,
+            amount_fen=verdict.amount_fen,
+            detail={**verdict.detail, **(detail if verdict.accepted else {})},
+        )
+        return self._append(draft, now_ms)
+
+    # ---- staff ----
+
+    def reverse(self, seq: int, wall_ms: int, within_s: int, staff: str) -> LedgerEntry:
+        """Undo an accepted sale by a new reversal entry; nothing is edited."""
+        now_ms = self.now(wall_ms)
+        sale = self.ledger.entry(seq)
+        if sale is None or sale.kind != SALE or sale.verdict != ACCEPT:
+            raise ReversalRefused(NO_SUCH_SALE, f"entry {seq} is not an accepted sale")
+        if now_ms - sale.at_ms > within_s * 1000:
+            raise ReversalRefused(
+                REVERSAL_TOO_LATE,
+                f"sale {seq} is older than {within_s // 60} minutes; ask county IT to refund it",
+            )
+        draft = EntryDraft(
+            kind=REVERSAL,
+            method=sale.method,
+            cadre=sale.cadre,
+            credential=sale.credential,
+            unit=sale.unit,
+            day=sale.day,
+            meal=sale.meal,
+            amount_fen=sale.amount_fen,
+            ref_seq=seq,
+            detail={"staff": staff},
+        )
+        return self._append(draft, now_ms)
+
+
+class ReversalRefused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+

@@ -1,0 +1,311 @@
+"""The canteen-terminal command: a thin layer over the library for technicians and tests.
+
+Each subcommand parses its arguments, calls the library and prints the result;
+every library error becomes one line on standard error that says what happened
+and what to do, with exit status 2. Nothing here holds logic that the daemon
+would need too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from terminal import config, ledger, state, trust
+
+PROG = "canteen-terminal"
+
+
+class CommandError(Exception):
+    """A usage problem the command found itself (a missing file, a bad combination)."""
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (TOML) over the embedded defaults; default: the defaults alone",
+    )
+
+
+# ---- verify-token ----
+
+
+def _load_trust_files(
+    store: trust.TrustStore, trust_file: str, revoked_file: str | None, now_s: int
+) -> None:
+    entries, header = trust.split_list(trust.read_json_file(trust_file, "trust"), "trust")
+    store.replace_issuers(trust.parse_issuer_keys(entries), header, now_s)
+    if revoked_file is not None:
+        doc = trust.read_json_file(revoked_file, "revocation")
+        entries, header = trust.split_list(doc, "revocation")
+        store.replace_revocations(trust.parse_revocations(entries), header, now_s)
+
+
+def _qr_texts(args: Sequence[str]) -> Iterator[str]:
+    if args:
+        yield from args
+        return
+    for line in sys.stdin:
+        text = line.rstrip("\r\n")
+        if text:
+            yield text
+
+
+def cmd_verify_token(a: argparse.Namespace) -> int:
+    from terminal.checkout import Checkout  # the token stack loads only when it is needed
+
+    settings = config.load(a.config)
+    window = a.window if a.window is not None else settings.window_s
+    skew = a.skew if a.skew is not None else settings.skew_s
+    settings = _replace_settings(settings, window_s=window, skew_s=skew)
+    fixed_ms = a.now * 1000 if a.now is not None else None
+    start_ms = fixed_ms if fixed_ms is not None else _wall_ms()
+
+    with tempfile.TemporaryDirectory(prefix="verify-token-") as scratch:
+        if a.ledger is not None:
+            ledger_path = Path(a.ledger)
+            key_path = ledger_path.with_name(ledger_path.name + ".key.pem")
+        else:
+            root = state.prepare(a.state if a.state is not None else scratch)
+            ledger_path, key_path = root.ledger, root.key
+        book = state.open_ledger(ledger_path, key_path, settings.terminal_id, start_ms)
+        store = trust.TrustStore(":memory:")
+        try:
+            _load_trust_files(store, a.trust, a.revoked, start_ms // 1000)
+            counter = Checkout(settings, book, store)
+            for text in _qr_texts(a.qr):
+                wall = fixed_ms if fixed_ms is not None else _wall_ms()
+                decision = counter.verify_token(text, wall)
+                # Printed only now: the entry is committed and fsynced.
+                print(json.dumps(decision.as_json(), ensure_ascii=False), flush=True)
+        finally:
+            store.close()
+            book.close()
+    return 0
+
+
+def _replace_settings(s: config.Settings, **changes: Any) -> config.Settings:
+    import dataclasses
+
+    return dataclasses.replace(s, **changes)
+
+
+# ---- ledger ----
+
+
+def cmd_ledger_verify(a: argparse.Namespace) -> int:
+    pinned = bytes.fromhex(a.key) if a.key else None
+    report = ledger.verify_file(a.file, public_key=pinned)
+    if a.json:
+        print(json.dumps(report.__dict__, default=str))
+    elif report.ok:
+        print(f"{a.file}: ok: {report.entries} entries, {report.checkpoints} checkpoints verified")
+    else:
+        print(f"{a.file}: BAD at entry {report.first_bad_seq}: {report.problem}")
+    return 0 if report.ok else 1
+
+
+def cmd_ledger_export(a: argparse.Namespace) -> int:
+    if a.output:
+        with open(a.output, "w", encoding="utf-8", newline="") as out:
+            ledger.export_file(a.file, a.format, out)
+    else:
+        ledger.export_file(a.file, a.format, sys.stdout)
+    return 0
+
+
+def cmd_ledger_stats(a: argparse.Namespace) -> int:
+    stats = ledger.stats_file(a.file)
+    if a.json:
+        print(json.dumps(stats, ensure_ascii=False, default=str))
+    else:
+        for key, value in stats.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+# ---- lists (installing trust lists by hand, before signed updates) ----
+
+
+def cmd_lists_install(a: argparse.Namespace) -> int:
+    settings = config.load(a.config)
+    root = state.prepare(a.state if a.state else settings.state_dir)
+    now_s = a.now if a.now is not None else _wall_ms() // 1000
+    store = trust.TrustStore(root.trust)
+    done: list[trust.ListInfo] = []
+    try:
+        if a.issuers:
+            entries, header = trust.split_list(trust.read_json_file(a.issuers, "trust"), "trust")
+            done.append(store.replace_issuers(trust.parse_issuer_keys(entries), header, now_s))
+        if a.revocations:
+            doc = trust.read_json_file(a.revocations, "revocation")
+            entries, header = trust.split_list(doc, "revocation")
+            done.append(store.replace_revocations(trust.parse_revocations(entries), header, now_s))
+        if a.roster:
+            try:
+                text = Path(a.roster).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"{a.roster}: cannot read the roster CSV: {exc}") from None
+            header = trust.ListHeader(a.roster_version, a.roster_issued_at, None)
+            done.append(store.replace_roster(trust.parse_roster_csv(text), header, now_s))
+    finally:
+        store.close()
+    if not done:
+        raise CommandError("nothing to install: give --issuers, --revocations or --roster")
+    for info in done:
+        print(json.dumps(info.__dict__))
+    return 0
+
+
+def cmd_lists_show(a: argparse.Namespace) -> int:
+    settings = config.load(a.config)
+    root = state.prepare(a.state if a.state else settings.state_dir)
+    store = trust.TrustStore(root.trust)
+    try:
+        for name in trust.LIST_NAMES:
+            info = store.list_info(name)
+            print(json.dumps(info.__dict__ if info else {"name": name, "installed": False}))
+    finally:
+        store.close()
+    return 0
+
+
+# ---- config ----
+
+
+def cmd_config_check(a: argparse.Namespace) -> int:
+    s = config.load(a.file)
+    meals = ", ".join(f"{m.name} {m.start:%H:%M}-{m.end:%H:%M}" for m in s.meals)
+    print(f"{a.file}: ok: terminal {s.terminal_id}, canteen {s.canteen_id}, meals {meals}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from terminal.demo import run_demo
+
+    return run_demo(a.state, a.config)
+
+
+# ---- wiring ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Canteen one-card terminal: offline QR and card decisions, ledger, tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "verify-token",
+        help="check QR token texts (token checks only, no meal policy); one JSON line each",
+        description="Check QR token v1 texts against a trust list and print one JSON line per "
+        "text: verdict, reason, iss, sub, cti, ctr. Texts come from the arguments, or one per "
+        "line from standard input.",
+    )
+    p.add_argument("--trust", required=True, metavar="TRUST.json", help="issuer trust list")
+    p.add_argument("--revoked", metavar="REVOKED.json", help="revocation list")
+    p.add_argument("--now", type=int, metavar="UNIX_SECONDS", help="time to check at")
+    p.add_argument("--window", type=int, metavar="S", help="freshness window (default 60)")
+    p.add_argument("--skew", type=int, metavar="S", help="allowed clock skew (default 30)")
+    p.add_argument("--state", metavar="DIR", help="keep the replay memory in this directory")
+    p.add_argument("--ledger", metavar="FILE", help="record each verdict in this ledger")
+    _add_config(p)
+    p.add_argument("qr", nargs="*", metavar="QR", help="QR texts (default: standard input)")
+    p.set_defaults(func=cmd_verify_token)
+
+    led = sub.add_parser("ledger", help="verify, export or summarise a ledger file (read-only)")
+    lsub = led.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    p = lsub.add_parser(
+        "verify",
+        help="check the hash chain, signed checkpoints and SQLite integrity",
+        description="Exit 0 when the ledger verifies; 1 naming the first bad entry otherwise.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--key", metavar="HEX", help="pin the terminal's checkpoint public key")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_ledger_verify)
+    p = lsub.add_parser("export", help="write every entry as CSV or JSON lines")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    p.add_argument("--output", "-o", metavar="OUT", help="write here instead of standard output")
+    p.set_defaults(func=cmd_ledger_export)
+    p = lsub.add_parser("stats", help="entries by kind and reason, amounts, unsynced count")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print as one JSON object")
+    p.set_defaults(func=cmd_ledger_stats)
+
+    lists = sub.add_parser("lists", help="install or show the trust lists in a state directory")
+    lsub = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
+    p = lsub.add_parser(
+        "install",
+        help="install issuer keys, revocations or a card roster from files (each list whole)",
+    )
+    p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
+    p.add_argument("--issuers", metavar="TRUST.json")
+    p.add_argument("--revocations", metavar="REVOKED.json")
+    p.add_argument("--roster", metavar="ROSTER.csv")
+    p.add_argument("--roster-version", type=int, default=0, metavar="N")
+    p.add_argument("--roster-issued-at", type=int, metavar="UNIX_SECONDS")
+    p.add_argument("--now", type=int, metavar="UNIX_SECONDS")
+    _add_config(p)
+    p.set_defaults(func=cmd_lists_install)
+    p = lsub.add_parser("show", help="version, issue time and size of each list")
+    p.add_argument("--state", metavar="DIR")
+    _add_config(p)
+    p.set_defaults(func=cmd_lists_show)
+
+    p = sub.add_parser("config", help="check a settings file")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    p = csub.add_parser("check", help="load a settings file and report the first problem")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the decision core on a small built-in canteen and print every decision",
+    )
+    p.add_argument("--state", metavar="DIR", help="keep the demo's state here (default: temp)")
+    _add_config(p)
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from terminal.scan_cli import add_scan_image
+    except ImportError:  # the camera stack is optional for the core commands
+        pass
+    else:
+        add_scan_image(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (
+        config.ConfigError,
+        trust.TrustError,
+        ledger.LedgerError,
+        state.StateError,
+        CommandError,
+    ) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

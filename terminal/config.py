@@ -1,0 +1,292 @@
+"""Typed settings of the terminal, read from TOML over embedded defaults.
+
+This module owns the settings file: it reads it, checks every option's type,
+range and choice, refuses an option it does not know (naming the section and
+option), and hands out frozen dataclasses. It never opens a device, the ledger
+or the network, and it never guesses: a broken file is a ``ConfigError`` that
+says what is wrong and where, and nothing starts with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+import zoneinfo
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEFAULTS_RESOURCE = "defaults.toml"
+
+
+class ConfigError(Exception):
+    """The settings are unusable; the message names the file, section and option."""
+
+
+@dataclass(frozen=True)
+class MealWindow:
+    """One meal service, in the canteen's local time; start inclusive, end exclusive."""
+
+    name: str
+    start: dt.time
+    end: dt.time
+    price_own_fen: int
+    price_visitor_fen: int
+
+    def covers(self, local: dt.time) -> bool:
+        return self.start <= local < self.end
+
+
+@dataclass(frozen=True)
+class Caps:
+    qr_meals_per_day: int
+    qr_fen_per_day: int
+    card_meals_per_day: int
+    card_fen_per_day: int
+    unsynced_entries: int
+    unsynced_fen: int
+    sync_overdue_s: int
+    stale_caps_percent: int
+
+
+@dataclass(frozen=True)
+class ListLimits:
+    revocation_soft_s: int
+    revocation_hard_s: int
+    roster_hard_s: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    terminal_id: str
+    state_dir: Path
+    timezone: zoneinfo.ZoneInfo
+    language: str
+    canteen_id: str
+    canteen_name: str
+    units: frozenset[str]
+    meals: tuple[MealWindow, ...]
+    window_s: int
+    skew_s: int
+    caps: Caps
+    lists: ListLimits
+    clock_fault_tolerance_s: int
+    clock_earliest_s: int
+    source: str  # which file(s) the settings came from, for messages
+
+
+class _Section:
+    """Typed getters over one TOML table that remember which options were read."""
+
+    def __init__(self, origin: str, name: str, data: dict[str, Any]) -> None:
+        self.origin = origin
+        self.name = name
+        self.data = data
+        self.used: set[str] = set()
+
+    def _where(self, option: str) -> str:
+        return f"{self.origin}: [{self.name}] {option}"
+
+    def _raw(self, option: str) -> Any:
+        if option not in self.data:
+            raise ConfigError(f"{self._where(option)}: missing; add it to the settings file")
+        self.used.add(option)
+        return self.data[option]
+
+    def get_str(self, option: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self._raw(option)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self._where(option)}: must be a non-empty text, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ConfigError(
+                f"{self._where(option)}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def get_int(self, option: str, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self._raw(option)
+        # TOML booleans are not numbers, whatever Python thinks.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self._where(option)}: must be a whole number, got {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(f"{self._where(option)}: must be at least {minimum}{upper}, got {value}")
+        return value
+
+    def get_str_list(self, option: str) -> list[str]:
+        value = self._raw(option)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self._where(option)}: must be a list of non-empty texts")
+        return list(value)
+
+    def get_time(self, option: str) -> dt.time:
+        value = self.get_str(option)
+        try:
+            hours, minutes = value.split(":")
+            return dt.time(int(hours), int(minutes))
+        except ValueError:
+            raise ConfigError(
+                f"{self._where(option)}: must be a local time as HH:MM, got {value!r}"
+            ) from None
+
+    def check_unused(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(
+                f"{self.origin}: [{self.name}] {unknown[0]}: unknown option; "
+                "check its spelling or remove it"
+            )
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def _merge(defaults: dict[str, Any], override: dict[str, Any], origin: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    for key, value in override.items():
+        if key not in defaults:
+            raise ConfigError(f"{origin}: [{key}]: unknown section; check its spelling or remove it")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: [{key}] must be a table")
+            merged[key].update(value)
+        else:
+            # Arrays of tables such as [[meals]] replace the defaults as a whole.
+            merged[key] = value
+    return merged
+
+
+def default_text() -> str:
+    return resources.files("terminal").joinpath(DEFAULTS_RESOURCE).read_text(encoding="utf-8")
+
+
+def load(path: str | Path | None = None) -> Settings:
+    """Settings from ``path`` over the embedded defaults, or the defaults alone."""
+    data = _read_toml(default_text(), "embedded defaults")
+    origin = "embedded defaults"
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read the settings file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file}: the settings file is not UTF-8 text") from None
+        origin = str(file)
+        data = _merge(data, _read_toml(text, origin), origin)
+        base = file.resolve().parent
+    return _build(data, origin, base)
+
+
+def _build(data: dict[str, Any], origin: str, base: Path) -> Settings:
+    term = _Section(origin, "terminal", data["terminal"])
+    canteen = _Section(origin, "canteen", data["canteen"])
+    tokens = _Section(origin, "tokens", data["tokens"])
+    caps_s = _Section(origin, "caps", data["caps"])
+    lists_s = _Section(origin, "lists", data["lists"])
+    clock = _Section(origin, "clock", data["clock"])
+
+    tz_name = term.get_str("timezone")
+    try:
+        timezone = zoneinfo.ZoneInfo(tz_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{origin}: [terminal] timezone: unknown time zone {tz_name!r}; "
+            "use a name such as Asia/Shanghai (install the tzdata package if names are missing)"
+        ) from None
+    state_dir = Path(term.get_str("state_dir"))
+    if not state_dir.is_absolute():
+        state_dir = base / state_dir
+
+    meals = _meals(data.get("meals"), origin)
+
+    caps = Caps(
+        qr_meals_per_day=caps_s.get_int("qr_meals_per_day", 1, 20),
+        qr_fen_per_day=caps_s.get_int("qr_fen_per_day", 0, 10_000_000),
+        card_meals_per_day=caps_s.get_int("card_meals_per_day", 1, 20),
+        card_fen_per_day=caps_s.get_int("card_fen_per_day", 0, 10_000_000),
+        unsynced_entries=caps_s.get_int("unsynced_entries", 1, 10_000_000),
+        unsynced_fen=caps_s.get_int("unsynced_fen", 0, 1_000_000_000),
+        sync_overdue_s=caps_s.get_int("sync_overdue_s", 60, 366 * 86400),
+        stale_caps_percent=caps_s.get_int("stale_caps_percent", 0, 100),
+    )
+    lists = ListLimits(
+        revocation_soft_s=lists_s.get_int("revocation_soft_s", 60),
+        revocation_hard_s=lists_s.get_int("revocation_hard_s", 60),
+        roster_hard_s=lists_s.get_int("roster_hard_s", 60),
+    )
+    if lists.revocation_soft_s > lists.revocation_hard_s:
+        raise ConfigError(
+            f"{origin}: [lists] revocation_soft_s: must not be above revocation_hard_s "
+            f"({lists.revocation_soft_s} > {lists.revocation_hard_s})"
+        )
+    earliest_text = clock.get_str("earliest")
+    try:
+        earliest = dt.datetime.strptime(earliest_text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise ConfigError(
+            f"{origin}: [clock] earliest: must be a date as YYYY-MM-DD, got {earliest_text!r}"
+        ) from None
+
+    settings = Settings(
+        terminal_id=term.get_str("id"),
+        state_dir=state_dir,
+        timezone=timezone,
+        language=term.get_str("language", ("zh", "en")),
+        canteen_id=canteen.get_str("id"),
+        canteen_name=canteen.get_str("name"),
+        units=frozenset(canteen.get_str_list("units")),
+        meals=meals,
+        window_s=tokens.get_int("window_s", 1, 3600),
+        skew_s=tokens.get_int("skew_s", 0, 3600),
+        caps=caps,
+        lists=lists,
+        clock_fault_tolerance_s=clock.get_int("fault_tolerance_s", 0, 3600),
+        clock_earliest_s=int(earliest.timestamp()),
+        source=origin,
+    )
+    for section in (term, canteen, tokens, caps_s, lists_s, clock):
+        section.check_unused()
+    return settings
+
+
+def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{origin}: [[meals]]: at least one meal window is needed")
+    meals: list[MealWindow] = []
+    for index, table in enumerate(raw, start=1):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [[meals]] #{index}: must be a table")
+        section = _Section(origin, f"meals #{index}", table)
+        meal = MealWindow(
+            name=section.get_str("name"),
+            start=section.get_time("start"),
+            end=section.get_time("end"),
+            price_own_fen=section.get_int("price_own_fen", 0, 1_000_000),
+            price_visitor_fen=section.get_int("price_visitor_fen", 0, 1_000_000),
+        )
+        section.check_unused()
+        if meal.start >= meal.end:
+            raise ConfigError(
+                f"{origin}: [meals #{index}] {meal.name}: start {meal.start:%H:%M} must be before "
+                f"end {meal.end:%H:%M} (a window may not cross midnight; split it in two)"
+            )
+        meals.append(meal)
+    names = [m.name for m in meals]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{origin}: [[meals]]: the name {name!r} is used twice")
+    ordered = sorted(meals, key=lambda m: m.start)
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if after.start < before.end:
+            raise ConfigError(
+                f"{origin}: [[meals]]: {before.name} ({before.start:%H:%M}-{before.end:%H:%M}) "
+                f"overlaps {after.name} ({after.start:%H:%M}-{after.end:%H:%M})"
+            )
+    return tuple(ordered)
