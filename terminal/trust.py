@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
     iss TEXT NOT NULL,
     not_before INTEGER,
     not_after INTEGER,
-    PRIMARY KEY (kid, public_key)
+    PRIMARY KEY (kid, public_key, iss)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS revocations (k BLOB PRIMARY KEY) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS roster (
