@@ -1,0 +1,180 @@
+"""QR decoding of one camera frame: frame checks and the three decoders behind one interface.
+
+This module owns turning a frame (a numpy image as OpenCV gives it) into the
+QR texts it shows: `prepare_frame` refuses or shrinks frames that are empty,
+None, tiny, oddly shaped or huge so that every frame costs bounded time, and
+`make_decoder` builds the decoder a setting names: zxing-cpp (the default),
+pyzbar over Debian's libzbar0, or OpenCV's QRCodeDetector. It reads QR codes
+only. It never opens a camera, never keeps state between frames (deduplication
+is the camera thread's job) and never interprets the text: a token is checked
+by terminal/tokens.py in the decision worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+ZXING = "zxing"
+PYZBAR = "pyzbar"
+OPENCV = "opencv"
+DECODERS: tuple[str, ...] = (ZXING, PYZBAR, OPENCV)
+DEFAULT_DECODER = ZXING
+
+# A QR symbol is at least 21 modules wide; anything smaller cannot hold one.
+MIN_SIDE = 21
+# Frames are decoded at most this wide/high: 1920 keeps a 300 px code of a
+# 4K frame readable while an 8K frame costs a bounded, small resize.
+DEFAULT_MAX_SIDE = 1920
+
+Gray = npt.NDArray[np.uint8]
+
+
+class DecoderUnavailable(Exception):
+    """The chosen decoder's library is missing; the message says what to install or choose."""
+
+
+class QrDecoder(Protocol):
+    """Decodes the QR codes in one 8-bit grayscale, C-contiguous image."""
+
+    name: str
+
+    def decode(self, gray: Gray) -> list[str]:
+        """Every QR text found, in the decoder's order; [] when none."""
+        ...
+
+
+def prepare_frame(frame: object, max_side: int = DEFAULT_MAX_SIDE) -> Gray | None:
+    """The frame as 8-bit grayscale no larger than `max_side`, or None if it cannot hold a code.
+
+    Accepts what cv2.VideoCapture and cv2.imread return: HxW, HxWx1, HxWx3
+    (BGR) or HxWx4 (BGRA) uint8 arrays, of any size and stride. Anything else
+    (None, empty, 1x1, other dtypes or shapes) gives None, never an exception.
+    """
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.size == 0:
+        return None
+    if frame.ndim == 3 and frame.shape[2] in (1, 3, 4):
+        channels = frame.shape[2]
+    elif frame.ndim == 2:
+        channels = 1
+    else:
+        return None
+    h, w = int(frame.shape[0]), int(frame.shape[1])
+    if min(h, w) < MIN_SIDE or max_side < MIN_SIDE:
+        return None
+    longest = max(h, w)
+    if longest > 2 * max_side:
+        # Cheap decimation first so an 8K frame never reaches the colour
+        # conversion at full size; INTER_AREA below does the careful part.
+        step = longest // (2 * max_side)
+        frame = frame[::step, ::step]
+        h, w = int(frame.shape[0]), int(frame.shape[1])
+        longest = max(h, w)
+    if channels == 3:
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_BGR2GRAY)
+    elif channels == 4:
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_BGRA2GRAY)
+    else:
+        gray = frame.reshape(h, w)
+    if longest > max_side:
+        scale = max_side / longest
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if min(size) < MIN_SIDE:
+            return None
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(gray)
+
+
+def decode_frame(decoder: QrDecoder, frame: object, max_side: int = DEFAULT_MAX_SIDE) -> list[str]:
+    """`prepare_frame` then `decoder.decode`; [] for a frame that cannot hold a code.
+
+    Decoder exceptions propagate: the camera thread logs them and skips the frame.
+    """
+    gray = prepare_frame(frame, max_side)
+    if gray is None:
+        return []
+    return decoder.decode(gray)
+
+
+class ZxingDecoder:
+    """zxing-cpp: the default. QR only, no rotation or inversion passes (QR finder
+    patterns are found at any angle anyway; token codes are dark on light)."""
+
+    name = ZXING
+
+    def __init__(self) -> None:
+        try:
+            import zxingcpp
+        except ImportError as e:  # pragma: no cover - it is a hard dependency
+            raise DecoderUnavailable(
+                f"decoder zxing needs the zxing-cpp package ({e}); "
+                "install it with pip install zxing-cpp"
+            ) from e
+        self._zx: Any = zxingcpp
+        self._formats = zxingcpp.BarcodeFormat.QRCode
+
+    def decode(self, gray: Gray) -> list[str]:
+        found = self._zx.read_barcodes(
+            gray,
+            formats=self._formats,
+            try_rotate=False,
+            try_invert=False,
+            try_downscale=True,
+        )
+        return [str(b.text) for b in found if b.text]
+
+
+class PyzbarDecoder:
+    """pyzbar over libzbar (Debian package libzbar0), QR symbols only."""
+
+    name = PYZBAR
+
+    def __init__(self) -> None:
+        try:
+            from pyzbar import pyzbar
+        except ImportError as e:
+            # pyzbar raises ImportError both when the package is missing and
+            # when it cannot load the shared library.
+            raise DecoderUnavailable(
+                f"decoder pyzbar cannot load ({e}): install the Debian package libzbar0 "
+                "(apt install libzbar0) and the pyzbar package, or set decoder = zxing"
+            ) from e
+        self._pyzbar: Any = pyzbar
+        self._symbols = [pyzbar.ZBarSymbol.QRCODE]
+
+    def decode(self, gray: Gray) -> list[str]:
+        found = self._pyzbar.decode(gray, symbols=self._symbols)
+        return [bytes(s.data).decode("utf-8", "replace") for s in found if s.data]
+
+
+class OpencvDecoder:
+    """OpenCV's QRCodeDetector: no extra dependency, but slow on 1280x720 frames."""
+
+    name = OPENCV
+
+    def __init__(self) -> None:
+        # Not thread-safe: each decoder (one per camera thread) has its own detector.
+        self._detector: Any = cv2.QRCodeDetector()
+
+    def decode(self, gray: Gray) -> list[str]:
+        ok, texts, _points, _straight = self._detector.detectAndDecodeMulti(gray)
+        if not ok:
+            return []
+        return [str(t) for t in texts if t]
+
+
+def make_decoder(name: str = DEFAULT_DECODER) -> QrDecoder:
+    """The decoder a setting names; DecoderUnavailable (one clear line) if it cannot load."""
+    if name == ZXING:
+        return ZxingDecoder()
+    if name == PYZBAR:
+        return PyzbarDecoder()
+    if name == OPENCV:
+        return OpencvDecoder()
+    raise DecoderUnavailable(f"unknown decoder {name!r}: choose one of {', '.join(DECODERS)}")
