@@ -10,8 +10,25 @@ reads a clock (times are arguments) and imports no device or network library.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 # Entry kinds.
 SALE = "sale"  # an accepted or refused presentation / swipe (verdict says which)
@@ -55,3 +72,1039 @@ class LedgerEntry(EntryDraft):
     prev_hash: bytes = b""
     hash: bytes = b""
     acked_at_ms: int | None = None
+
+
+class LedgerError(Exception):
+    """The ledger cannot do what was asked; the message says what happened and what to do."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of ``verify_file``: ``ok`` only when every check passed."""
+
+    ok: bool
+    entries: int  # rows read from the entries table
+    checkpoints: int  # rows in the checkpoints table
+    first_bad_seq: int | None  # the first entry that is missing, altered or out of place
+    problem: str | None  # one line for a person; None when ok
+
+
+# --- formats -----------------------------------------------------------------
+
+# Domain prefixes keep a ledger hash or signature from ever being valid as
+# anything else this project hashes or signs (tokens, updates, sync batches).
+ENTRY_DOMAIN = b"canteen-terminal/ledger-entry/v1\x00"
+CHECKPOINT_DOMAIN = "canteen-terminal/ledger-checkpoint/v1"
+GENESIS_PREV_HASH = bytes(32)
+
+# Hashed columns, in the order they are encoded. Changing this order or the
+# encoding breaks every existing ledger: add a new schema version instead.
+HASHED_COLUMNS = (
+    "seq",
+    "entry_id",
+    "at_ms",
+    "kind",
+    "verdict",
+    "reason",
+    "method",
+    "cadre",
+    "credential",
+    "ctr",
+    "unit",
+    "day",
+    "meal",
+    "amount_fen",
+    "ref_seq",
+    "detail",
+)
+ALL_COLUMNS = (*HASHED_COLUMNS, "prev_hash", "hash", "acked_at_ms")
+_SELECT_ALL = "SELECT " + ", ".join(ALL_COLUMNS) + " FROM entries"
+_INSERT = (
+    "INSERT INTO entries ("
+    + ", ".join(ALL_COLUMNS[:-1])
+    + ") VALUES ("
+    + ", ".join("?" * (len(ALL_COLUMNS) - 1))
+    + ")"
+)
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+
+
+def canonical_json(value: dict[str, Any]) -> str:
+    """The one JSON spelling of ``detail`` that is stored and hashed."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def entry_hash(prev_hash: bytes, hashed_fields: Sequence[Any]) -> bytes:
+    """SHA-256 of the domain, the previous hash and the canonical CBOR array of fields."""
+    encoded = cbor2.dumps(tuple(hashed_fields), canonical=True)
+    return hashlib.sha256(ENTRY_DOMAIN + prev_hash + encoded).digest()
+
+
+def checkpoint_message(terminal_id: str, seq: int, chain_hash: bytes) -> bytes:
+    """The bytes a checkpoint signature covers."""
+    return cbor2.dumps([CHECKPOINT_DOMAIN, terminal_id, seq, chain_hash], canonical=True)
+
+
+# --- schema ------------------------------------------------------------------
+
+# Each migration is a list of single statements (trigger bodies contain ';',
+# so statements are kept apart instead of split from a script). A migration and
+# its row in `migrations` commit together, so a crash leaves either both or neither.
+_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (
+        1,
+        "entries, checkpoints and meta tables",
+        (
+            """CREATE TABLE entries (
+                seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+                entry_id TEXT NOT NULL UNIQUE,
+                at_ms INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                verdict TEXT,
+                reason TEXT,
+                method TEXT,
+                cadre TEXT,
+                credential TEXT,
+                ctr INTEGER,
+                unit TEXT,
+                day TEXT,
+                meal TEXT,
+                amount_fen INTEGER NOT NULL,
+                ref_seq INTEGER,
+                detail TEXT NOT NULL,
+                prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32),
+                hash BLOB NOT NULL CHECK (length(hash) = 32),
+                acked_at_ms INTEGER
+            ) STRICT""",
+            """CREATE TABLE checkpoints (
+                seq INTEGER PRIMARY KEY,
+                hash BLOB NOT NULL,
+                at_ms INTEGER NOT NULL,
+                signature BLOB NOT NULL
+            ) STRICT""",
+            """CREATE TABLE meta (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                terminal_id TEXT NOT NULL,
+                public_key BLOB NOT NULL,
+                schema INTEGER NOT NULL
+            ) STRICT""",
+        ),
+    ),
+    (
+        2,
+        "indexes for the policy queries and sync",
+        (
+            # Partial indexes: their WHERE must be repeated verbatim in the
+            # queries below, or SQLite will not use them.
+            "CREATE INDEX entries_ctr ON entries (credential, ctr)"
+            " WHERE verdict = 'accept' AND kind IN ('sale', 'token_check')",
+            "CREATE INDEX entries_sales ON entries (cadre, day, meal, amount_fen)"
+            " WHERE kind = 'sale' AND verdict = 'accept'",
+            "CREATE INDEX entries_reversals ON entries (ref_seq) WHERE kind = 'reversal'",
+            "CREATE INDEX entries_unacked ON entries (seq) WHERE acked_at_ms IS NULL",
+            "CREATE INDEX entries_acked ON entries (acked_at_ms) WHERE acked_at_ms IS NOT NULL",
+            "CREATE INDEX entries_at ON entries (at_ms)",
+        ),
+    ),
+    (
+        3,
+        "append-only triggers",
+        (
+            # Defence in depth: anyone with the file can drop these, which is
+            # why verify_file re-checks the whole chain and the signatures.
+            """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: DELETE refused'); END""",
+            """CREATE TRIGGER entries_only_ack BEFORE UPDATE ON entries
+            WHEN NOT (OLD.acked_at_ms IS NULL AND NEW.acked_at_ms IS NOT NULL
+                AND NEW.seq IS OLD.seq AND NEW.entry_id IS OLD.entry_id
+                AND NEW.at_ms IS OLD.at_ms AND NEW.kind IS OLD.kind
+                AND NEW.verdict IS OLD.verdict AND NEW.reason IS OLD.reason
+                AND NEW.method IS OLD.method AND NEW.cadre IS OLD.cadre
+                AND NEW.credential IS OLD.credential AND NEW.ctr IS OLD.ctr
+                AND NEW.unit IS OLD.unit AND NEW.day IS OLD.day AND NEW.meal IS OLD.meal
+                AND NEW.amount_fen IS OLD.amount_fen AND NEW.ref_seq IS OLD.ref_seq
+                AND NEW.detail IS OLD.detail AND NEW.prev_hash IS OLD.prev_hash
+                AND NEW.hash IS OLD.hash)
+            BEGIN SELECT RAISE(ABORT,
+                'ledger entries are append-only: only setting acked_at_ms once is allowed'); END""",
+            """CREATE TRIGGER entries_append_only BEFORE INSERT ON entries
+            WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM entries)
+                OR NEW.prev_hash IS NOT coalesce(
+                    (SELECT hash FROM entries WHERE seq = NEW.seq - 1), zeroblob(32))
+                OR NEW.acked_at_ms IS NOT NULL
+            BEGIN SELECT RAISE(ABORT,
+                'ledger insert refused: seq must be last+1 and prev_hash the last hash'); END""",
+            """CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: DELETE refused'); END""",
+            """CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: UPDATE refused'); END""",
+            """CREATE TRIGGER checkpoints_match BEFORE INSERT ON checkpoints
+            WHEN NEW.hash IS NOT (SELECT hash FROM entries WHERE seq = NEW.seq)
+            BEGIN SELECT RAISE(ABORT,
+                'ledger checkpoint refused: hash does not match the entry'); END""",
+            """CREATE TRIGGER meta_no_delete BEFORE DELETE ON meta
+            BEGIN SELECT RAISE(ABORT, 'ledger meta is fixed: DELETE refused'); END""",
+            """CREATE TRIGGER meta_fixed_identity BEFORE UPDATE ON meta
+            WHEN NEW.terminal_id IS NOT OLD.terminal_id OR NEW.public_key IS NOT OLD.public_key
+                OR NEW.id IS NOT OLD.id
+            BEGIN SELECT RAISE(ABORT,
+                'ledger meta is fixed: terminal id and key cannot change'); END""",
+        ),
+    ),
+)
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+
+def _apply_migrations(conn: sqlite3.Connection, now_ms: int) -> list[int]:
+    """Apply missing migrations in order; return the numbers applied now."""
+    known = {number for number, _, _ in _MIGRATIONS}
+    try:
+        recorded = {row[0] for row in conn.execute("SELECT number FROM migrations")}
+    except sqlite3.OperationalError:  # no migrations table yet: a new file
+        recorded = set()
+    if recorded == known:
+        # The usual restart: nothing to do, and no need to import sqlite-utils,
+        # which takes longer to import (~0.15 s) than opening the ledger.
+        return []
+    from sqlite_utils import Database
+
+    db = Database(conn)
+    db.table("migrations").create(
+        {"number": int, "name": str, "applied_at": int},
+        pk="number",
+        not_null={"name", "applied_at"},
+        strict=True,
+        if_not_exists=True,
+    )
+    applied_now: list[int] = []
+    for number, name, statements in _MIGRATIONS:
+        # Re-read inside the write transaction: another process may have
+        # applied this migration since we looked.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = {row[0] for row in conn.execute("SELECT number FROM migrations")}
+            unknown = done - known
+            if unknown:
+                raise LedgerError(
+                    f"ledger schema has migration {max(unknown)} that this software does not "
+                    "know: the file was written by a newer version; update the terminal software"
+                )
+            if number not in done:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO migrations (number, name, applied_at) VALUES (?, ?, ?)",
+                    (number, name, now_ms),
+                )
+                applied_now.append(number)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return applied_now
+
+
+# --- the writer ----------------------------------------------------------------
+
+
+def _check_text(name: str, value: object, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value):
+        raise LedgerError(f"ledger entry refused: {name} must be a {'non-empty ' * required}text")
+    try:
+        value.encode("utf-8")
+    except UnicodeError as exc:
+        raise LedgerError(f"ledger entry refused: {name} is not valid text ({exc})") from exc
+
+
+def _check_int(name: str, value: object, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    # bool is an int in Python but would hash as CBOR true and read back as 1.
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        raise LedgerError(f"ledger entry refused: {name} must be a 64-bit integer, got {value!r}")
+
+
+def _draft_columns(draft: EntryDraft) -> tuple[Any, ...]:
+    """Validate a draft and return its columns kind..detail in HASHED_COLUMNS order."""
+    _check_text("kind", draft.kind, required=True)
+    if draft.verdict not in (None, ACCEPT, REJECT):
+        raise LedgerError(
+            f"ledger entry refused: verdict must be accept, reject or none, got {draft.verdict!r}"
+        )
+    for name in ("reason", "method", "cadre", "credential", "unit", "day", "meal"):
+        _check_text(name, getattr(draft, name))
+    for name in ("ctr", "ref_seq"):
+        _check_int(name, getattr(draft, name))
+    _check_int("amount_fen", draft.amount_fen, required=True)
+    if not isinstance(draft.detail, dict):
+        raise LedgerError("ledger entry refused: detail must be a dict")
+    try:
+        detail = canonical_json(draft.detail)
+        detail.encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"ledger entry refused: detail is not plain JSON ({exc})") from exc
+    return (
+        draft.kind,
+        draft.verdict,
+        draft.reason,
+        draft.method,
+        draft.cadre,
+        draft.credential,
+        draft.ctr,
+        draft.unit,
+        draft.day,
+        draft.meal,
+        draft.amount_fen,
+        draft.ref_seq,
+        detail,
+    )
+
+
+def _row_to_entry(row: Sequence[Any]) -> LedgerEntry:
+    return LedgerEntry(
+        seq=row[0],
+        entry_id=row[1],
+        at_ms=row[2],
+        kind=row[3],
+        verdict=row[4],
+        reason=row[5],
+        method=row[6],
+        cadre=row[7],
+        credential=row[8],
+        ctr=row[9],
+        unit=row[10],
+        day=row[11],
+        meal=row[12],
+        amount_fen=row[13],
+        ref_seq=row[14],
+        detail=json.loads(row[15]),
+        prev_hash=row[16],
+        hash=row[17],
+        acked_at_ms=row[18],
+    )
+
+
+def _public_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _write_failed(exc: BaseException) -> LedgerError:
+    return LedgerError(
+        f"ledger write failed: {exc}; nothing was recorded. Check free space on the "
+        "storage card and run 'canteen-terminal ledger verify'; call county IT if it persists"
+    )
+
+
+class Ledger:
+    """The open ledger file. One decision worker owns it; it is not thread-safe."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        terminal_id: str,
+        signing_key: Ed25519PrivateKey,
+        checkpoint_every: int,
+    ) -> None:
+        # Use Ledger.open(): this only stores what open() has checked.
+        self._conn: sqlite3.Connection | None = conn
+        self.path = path
+        self.terminal_id = terminal_id
+        self._key = signing_key
+        self._checkpoint_every = checkpoint_every
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        terminal_id: str,
+        signing_key: Ed25519PrivateKey,
+        now_ms: int,
+        checkpoint_every: int = 64,
+    ) -> Ledger:
+        """Create or open the ledger at ``path``; the file must belong to this terminal and key."""
+        _check_text("terminal_id", terminal_id, required=True)
+        _check_int("now_ms", now_ms, required=True)
+        if type(checkpoint_every) is not int or checkpoint_every < 1:
+            raise LedgerError("checkpoint_every must be a positive integer")
+        file = Path(path)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a
+            # transaction spans exactly one entry (and its checkpoint).
+            conn = sqlite3.connect(file, isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"cannot open the ledger at {file}: {exc}; check the path and its permissions"
+            ) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise LedgerError(f"ledger at {file} cannot use WAL journaling (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            _apply_migrations(conn, now_ms)
+            public = _public_bytes(signing_key)
+            cls._ensure_identity(conn, file, terminal_id, public, now_ms)
+        except LedgerError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise LedgerError(
+                f"cannot open the ledger at {file}: {exc}; run 'canteen-terminal ledger verify' "
+                "on it and call county IT"
+            ) from exc
+        return cls(conn, file, terminal_id, signing_key, checkpoint_every)
+
+    @staticmethod
+    def _ensure_identity(
+        conn: sqlite3.Connection, file: Path, terminal_id: str, public: bytes, now_ms: int
+    ) -> None:
+        """Write meta and genesis on a new file, or check them on an existing one."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            meta = conn.execute("SELECT terminal_id, public_key FROM meta").fetchone()
+            if meta is None:
+                if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None:
+                    raise LedgerError(
+                        f"ledger at {file} has entries but no meta row: it was tampered with; "
+                        "keep the file for county IT and do not use it"
+                    )
+                conn.execute(
+                    "INSERT INTO meta (id, terminal_id, public_key, schema) VALUES (1, ?, ?, ?)",
+                    (terminal_id, public, SCHEMA_VERSION),
+                )
+                detail = canonical_json({"terminal_id": terminal_id, "public_key": public.hex()})
+                fields = (
+                    1,
+                    uuid.uuid4().hex,
+                    now_ms,
+                    GENESIS,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0,
+                    None,
+                    detail,
+                )
+                digest = entry_hash(GENESIS_PREV_HASH, fields)
+                conn.execute(_INSERT, (*fields, GENESIS_PREV_HASH, digest))
+            else:
+                if meta[0] != terminal_id:
+                    raise LedgerError(
+                        f"ledger at {file} belongs to terminal {meta[0]!r}, not {terminal_id!r}: "
+                        "check terminal_id in the settings or the ledger path"
+                    )
+                if meta[1] != public:
+                    raise LedgerError(
+                        f"ledger at {file} was signed with a different terminal key: check the "
+                        "key path in the settings; never replace the key of a terminal in use"
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- writing ---------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LedgerError("the ledger is closed")
+        return self._conn
+
+    def append(self, draft: EntryDraft, at_ms: int) -> LedgerEntry:
+        """Record one entry; it is committed and on disk when this returns."""
+        conn = self._db
+        if draft.kind == GENESIS:
+            raise LedgerError("ledger entry refused: only the ledger itself writes genesis")
+        columns = _draft_columns(draft)
+        _check_int("at_ms", at_ms, required=True)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if draft.kind == REVERSAL:
+                    self._check_reversal(conn, draft)
+                last_seq, last_hash = conn.execute(
+                    "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                seq = last_seq + 1
+                fields = (seq, uuid.uuid4().hex, at_ms, *columns)
+                digest = entry_hash(last_hash, fields)
+                conn.execute(_INSERT, (*fields, last_hash, digest))
+                if seq % self._checkpoint_every == 0:
+                    self._insert_checkpoint(conn, seq, digest, at_ms)
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls some failures (disk full) back by itself.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _write_failed(exc) from exc
+        return LedgerEntry(
+            kind=draft.kind,
+            verdict=draft.verdict,
+            reason=draft.reason,
+            method=draft.method,
+            cadre=draft.cadre,
+            credential=draft.credential,
+            ctr=draft.ctr,
+            unit=draft.unit,
+            day=draft.day,
+            meal=draft.meal,
+            amount_fen=draft.amount_fen,
+            ref_seq=draft.ref_seq,
+            detail=json.loads(columns[-1]),
+            seq=seq,
+            entry_id=fields[1],
+            at_ms=at_ms,
+            prev_hash=last_hash,
+            hash=digest,
+        )
+
+    @staticmethod
+    def _check_reversal(conn: sqlite3.Connection, draft: EntryDraft) -> None:
+        if draft.ref_seq is None:
+            raise LedgerError("reversal refused: it must name the sale it reverses (ref_seq)")
+        if draft.verdict == REJECT:
+            # A refused undo is not a reversal; record it under another kind.
+            raise LedgerError("reversal refused: a reversal cannot carry verdict reject")
+        target = conn.execute(
+            "SELECT kind, verdict FROM entries WHERE seq = ?", (draft.ref_seq,)
+        ).fetchone()
+        if target is None or target[0] != SALE or target[1] != ACCEPT:
+            raise LedgerError(f"reversal refused: entry {draft.ref_seq} is not an accepted sale")
+        if conn.execute(
+            "SELECT 1 FROM entries WHERE kind = 'reversal' AND ref_seq = ? LIMIT 1",
+            (draft.ref_seq,),
+        ).fetchone():
+            raise LedgerError(f"reversal refused: sale {draft.ref_seq} is already reversed")
+
+    def _insert_checkpoint(
+        self, conn: sqlite3.Connection, seq: int, digest: bytes, at_ms: int
+    ) -> None:
+        signature = self._key.sign(checkpoint_message(self.terminal_id, seq, digest))
+        conn.execute(
+            "INSERT INTO checkpoints (seq, hash, at_ms, signature) VALUES (?, ?, ?, ?)",
+            (seq, digest, at_ms, signature),
+        )
+
+    def mark_acked(self, up_to_seq: int, at_ms: int) -> int:
+        """Mark every unacknowledged entry up to ``up_to_seq`` as acknowledged; return how many."""
+        conn = self._db
+        _check_int("up_to_seq", up_to_seq, required=True)
+        _check_int("at_ms", at_ms, required=True)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+                if up_to_seq > last:
+                    raise LedgerError(
+                        f"acknowledgement refused: the server acknowledged entry {up_to_seq} "
+                        f"but the ledger ends at {last}; report this to county IT"
+                    )
+                count = conn.execute(
+                    "UPDATE entries SET acked_at_ms = ? WHERE acked_at_ms IS NULL AND seq <= ?",
+                    (at_ms, up_to_seq),
+                ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _write_failed(exc) from exc
+        return count
+
+    def close(self, at_ms: int | None = None) -> None:
+        """Sign a checkpoint over the last entry (if it has none) and close the file."""
+        if self._conn is None:
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last_seq, last_hash, last_at = conn.execute(
+                    "SELECT seq, hash, at_ms FROM entries ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                done = conn.execute("SELECT 1 FROM checkpoints WHERE seq = ?", (last_seq,))
+                if done.fetchone() is None:
+                    self._insert_checkpoint(
+                        conn, last_seq, last_hash, last_at if at_ms is None else at_ms
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _write_failed(exc) from exc
+        finally:
+            self._conn = None
+            conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- queries -----------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The newest entry's sequence number (1 on a new ledger: genesis)."""
+        value: int = self._db.execute("SELECT max(seq) FROM entries").fetchone()[0]
+        return value
+
+    def last_time_ms(self) -> int:
+        """The newest time in the ledger: the trusted-time floor."""
+        value: int = self._db.execute("SELECT max(at_ms) FROM entries").fetchone()[0]
+        return value
+
+    def highest_ctr(self, credential: str) -> int | None:
+        """Highest presentation counter accepted for ``credential`` (sales and token checks)."""
+        row = self._db.execute(
+            "SELECT max(ctr) FROM entries WHERE credential = ?"
+            " AND verdict = 'accept' AND kind IN ('sale', 'token_check')",
+            (credential,),
+        ).fetchone()
+        value: int | None = row[0]
+        return value
+
+    def served(self, cadre: str, day: str, meal: str) -> bool:
+        """True when ``cadre`` has an accepted, not reversed sale in that day's meal window."""
+        row = self._db.execute(
+            "SELECT 1 FROM entries AS s WHERE s.cadre = ? AND s.day = ? AND s.meal = ?"
+            " AND s.kind = 'sale' AND s.verdict = 'accept'"
+            " AND NOT EXISTS (SELECT 1 FROM entries AS r"
+            "   WHERE r.ref_seq = s.seq AND r.kind = 'reversal') LIMIT 1",
+            (cadre, day, meal),
+        ).fetchone()
+        return row is not None
+
+    def day_totals(self, cadre: str, day: str) -> tuple[int, int]:
+        """(meals, fen) of ``cadre``'s accepted, not reversed sales on ``day``."""
+        count, fen = self._db.execute(
+            "SELECT count(*), coalesce(sum(s.amount_fen), 0) FROM entries AS s"
+            " WHERE s.cadre = ? AND s.day = ? AND s.kind = 'sale' AND s.verdict = 'accept'"
+            " AND NOT EXISTS (SELECT 1 FROM entries AS r"
+            "   WHERE r.ref_seq = s.seq AND r.kind = 'reversal')",
+            (cadre, day),
+        ).fetchone()
+        return int(count), int(fen)
+
+    def unsynced(self) -> tuple[int, int]:
+        """(entries of any kind, fen of accepted not reversed sales) not yet acknowledged."""
+        conn = self._db
+        count = conn.execute("SELECT count(*) FROM entries WHERE acked_at_ms IS NULL").fetchone()
+        fen = conn.execute(
+            "SELECT coalesce(sum(s.amount_fen), 0) FROM entries AS s"
+            " WHERE s.acked_at_ms IS NULL AND s.kind = 'sale' AND s.verdict = 'accept'"
+            " AND NOT EXISTS (SELECT 1 FROM entries AS r"
+            "   WHERE r.ref_seq = s.seq AND r.kind = 'reversal')"
+        ).fetchone()
+        return int(count[0]), int(fen[0])
+
+    def last_ack_ms(self) -> int | None:
+        """When the county server last acknowledged entries, or None if it never has."""
+        value: int | None = self._db.execute(
+            "SELECT max(acked_at_ms) FROM entries WHERE acked_at_ms IS NOT NULL"
+        ).fetchone()[0]
+        return value
+
+    def entry(self, seq: int) -> LedgerEntry | None:
+        """The entry with this sequence number, if there is one."""
+        row = self._db.execute(_SELECT_ALL + " WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else _row_to_entry(row)
+
+    def entries(self, from_seq: int = 1, limit: int | None = None) -> Iterator[LedgerEntry]:
+        """Entries in sequence order from ``from_seq``, at most ``limit`` of them."""
+        # Pages, not one open cursor: a caller may append between items, and a
+        # long-lived read statement would pin the WAL and stop checkpoints.
+        remaining = limit
+        next_seq = from_seq
+        while remaining is None or remaining > 0:
+            page = 256 if remaining is None else min(256, remaining)
+            rows = self._db.execute(
+                _SELECT_ALL + " WHERE seq >= ? ORDER BY seq LIMIT ?", (next_seq, page)
+            ).fetchall()
+            for row in rows:
+                yield _row_to_entry(row)
+            if len(rows) < page:
+                return
+            next_seq = rows[-1][0] + 1
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def last_sale(self) -> LedgerEntry | None:
+        """The newest accepted sale that has not been reversed (what staff may undo)."""
+        row = self._db.execute(
+            _SELECT_ALL + " AS s WHERE s.kind = 'sale' AND s.verdict = 'accept'"
+            " AND NOT EXISTS (SELECT 1 FROM entries AS r"
+            "   WHERE r.ref_seq = s.seq AND r.kind = 'reversal')"
+            " ORDER BY s.seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _row_to_entry(row)
+
+    def applied_migrations(self) -> list[tuple[int, str, int]]:
+        """(number, name, applied_at) of every migration recorded in the file."""
+        rows = self._db.execute(
+            "SELECT number, name, applied_at FROM migrations ORDER BY number"
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+# --- the terminal's key --------------------------------------------------------------
+
+
+def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Load the terminal's Ed25519 key (PEM or 32 raw bytes), creating it (0600) if absent."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return _create_signing_key(file)
+    except OSError as exc:
+        raise LedgerError(f"cannot read the terminal key {file}: {exc}") from exc
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise LedgerError(f"terminal key {file} is not a readable PEM key: {exc}") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise LedgerError(f"terminal key {file} is not an Ed25519 key")
+        return key
+    if len(data) == 32:
+        return Ed25519PrivateKey.from_private_bytes(data)
+    raise LedgerError(
+        f"terminal key {file} is neither PEM nor 32 raw bytes; restore it from backup — "
+        "a new key cannot sign this terminal's existing ledger"
+    )
+
+
+def _create_signing_key(file: Path) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Write beside the target and rename, so a crash leaves no half-written key.
+    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, file)
+        dir_fd = os.open(file.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise LedgerError(f"cannot create the terminal key {file}: {exc}") from exc
+    return key
+
+
+# --- offline tools: read-only ------------------------------------------------------
+
+
+def _open_read_only(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open a ledger file without writing to it."""
+    file = Path(path).absolute()
+    if not file.is_file():
+        raise LedgerError(f"no ledger file at {file}")
+    wal = file.with_name(file.name + "-wal")
+    # No -wal file means no writer has the file open and everything is in the
+    # main file: immutable=1 then reads without creating -wal/-shm beside it.
+    # With a -wal present a writer may be live, so read through the WAL.
+    query = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{file.as_uri()}?{query}", uri=True, isolation_level=None)
+        conn.execute("PRAGMA query_only=ON")
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the ledger {file} read-only: {exc}") from exc
+    return conn
+
+
+def verify_file(path: str | os.PathLike[str], public_key: bytes | None = None) -> VerifyReport:
+    """Check SQLite integrity, the hash chain and the signed checkpoints, read-only."""
+    try:
+        conn = _open_read_only(path)
+    except LedgerError as exc:
+        return VerifyReport(False, 0, 0, None, str(exc))
+    try:
+        return _verify(conn, public_key)
+    except sqlite3.DatabaseError as exc:
+        return VerifyReport(False, 0, 0, None, f"cannot read the ledger: {exc}")
+    finally:
+        conn.close()
+
+
+def _verify(conn: sqlite3.Connection, pinned: bytes | None) -> VerifyReport:
+    # Problems are (seq or None, text); the report names the lowest seq and
+    # lists file-wide problems (integrity, identity) first.
+    problems: list[tuple[int | None, str]] = []
+    integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    if integrity != ["ok"]:
+        problems.append((None, "SQLite integrity check failed: " + "; ".join(integrity[:3])))
+
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"entries", "checkpoints", "meta"} <= tables:
+        return VerifyReport(False, 0, 0, None, "not a ledger file: tables are missing")
+    meta = conn.execute("SELECT terminal_id, public_key FROM meta").fetchall()
+    n_checkpoints = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+    if len(meta) != 1:
+        return VerifyReport(False, 0, n_checkpoints, 1, "the ledger has no terminal identity")
+    terminal_id, meta_key = meta[0]
+    key_bytes = meta_key if pinned is None else pinned
+    if pinned is not None and pinned != meta_key:
+        problems.append(
+            (
+                1,
+                "the ledger names a different key than the pinned terminal key: it may have "
+                "been rebuilt by someone else",
+            )
+        )
+    try:
+        verifier = Ed25519PublicKey.from_public_bytes(key_bytes)
+    except ValueError:
+        return VerifyReport(False, 0, n_checkpoints, 1, "the ledger's public key is not valid")
+
+    # Checkpoints: few (one per N entries), so load them all and check
+    # their signatures before the entry pass.
+    checkpoint_hash: dict[int, bytes] = {}
+    for cp_seq, cp_hash, signature in conn.execute(
+        "SELECT seq, hash, signature FROM checkpoints ORDER BY seq"
+    ):
+        checkpoint_hash[cp_seq] = cp_hash
+        try:
+            verifier.verify(signature, checkpoint_message(terminal_id, cp_seq, cp_hash))
+        except InvalidSignature:
+            problems.append(
+                (
+                    cp_seq,
+                    f"checkpoint at entry {cp_seq}: the signature is forged "
+                    "or made with another key",
+                )
+            )
+            break
+
+    last, chain_problem = _verify_chain(conn, checkpoint_hash, terminal_id, meta_key)
+    entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    if chain_problem is not None:
+        problems.append(chain_problem)
+    elif checkpoint_hash and max(checkpoint_hash) > last:
+        beyond = max(checkpoint_hash)
+        problems.append(
+            (
+                last + 1,
+                f"entries from {last + 1} on were deleted: a signed checkpoint "
+                f"names entry {beyond} but the ledger ends at {last}",
+            )
+        )
+    if not problems:
+        return VerifyReport(True, entries, n_checkpoints, None, None)
+    located = [p for p in problems if p[0] is not None]
+    first_bad = min(p[0] for p in located if p[0] is not None) if located else None
+    ordered = [p for p in problems if p[0] is None] + sorted(
+        located, key=lambda p: p[0] if p[0] is not None else 0
+    )
+    return VerifyReport(False, entries, n_checkpoints, first_bad, "; ".join(p[1] for p in ordered))
+
+
+def _verify_chain(
+    conn: sqlite3.Connection,
+    checkpoint_hash: dict[int, bytes],
+    terminal_id: str,
+    meta_key: bytes,
+) -> tuple[int, tuple[int, str] | None]:
+    """One pass over the entries; return (entries seen, first problem or None)."""
+    genesis = conn.execute("SELECT seq, kind, detail FROM entries ORDER BY seq LIMIT 1").fetchone()
+    if genesis is None:
+        return 0, (1, "the ledger has no entries: genesis is missing")
+    expected_detail = canonical_json({"terminal_id": terminal_id, "public_key": meta_key.hex()})
+    if genesis[0] == 1 and (genesis[1] != GENESIS or genesis[2] != expected_detail):
+        return 0, (1, "entry 1 is not the genesis entry for this terminal and key")
+
+    # The hot loop: keep per-row work to slicing, one CBOR encode and one hash.
+    sha256 = hashlib.sha256
+    dumps = cbor2.dumps
+    domain = ENTRY_DOMAIN
+    prev = GENESIS_PREV_HASH
+    expected = 1
+    good_checkpoint = 0
+    cursor = conn.execute(
+        "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries ORDER BY seq"
+    )
+    cursor.arraysize = 1024
+    for row in cursor:
+        seq = row[0]
+        if seq != expected:
+            gap = f"entry {expected} is missing" if seq > expected else f"entry {seq} is repeated"
+            return expected - 1, (expected, gap + f" (found {seq} after {expected - 1})")
+        stored_prev = row[16]
+        fields = row[:16]
+        digest = sha256(domain + stored_prev + dumps(fields, canonical=True)).digest()
+        if stored_prev != prev:
+            return seq - 1, _locate_broken_link(conn, seq, stored_prev, digest == row[17])
+        if digest != row[17]:
+            return seq - 1, (seq, f"entry {seq} was altered: its hash does not match its contents")
+        signed = checkpoint_hash.get(seq)
+        if signed is not None:
+            if signed != digest:
+                # The chain is self-consistent, so someone rebuilt it: entries
+                # up to the last matching checkpoint are proven, entry seq is
+                # proven changed, and the rewrite began somewhere in between.
+                return seq - 1, (
+                    good_checkpoint + 1,
+                    f"entries {good_checkpoint + 1}..{seq} were rewritten and re-hashed: entry "
+                    f"{seq} differs from what checkpoint {seq} signed",
+                )
+            good_checkpoint = seq
+        prev = digest
+        expected += 1
+    return expected - 1, None
+
+
+def _locate_broken_link(
+    conn: sqlite3.Connection, seq: int, stored_prev: bytes, self_consistent: bool
+) -> tuple[int, str]:
+    """Entry ``seq`` does not link to entry ``seq - 1``: work out which one is out of place."""
+    earlier = conn.execute(
+        "SELECT max(seq) FROM entries WHERE hash = ? AND seq < ?", (stored_prev, seq - 1)
+    ).fetchone()[0]
+    if earlier is not None:
+        return (
+            earlier + 1,
+            f"entries {earlier + 1}..{seq - 1} were inserted: entry {seq} links to entry {earlier}",
+        )
+    if self_consistent:
+        # Entry seq is intact against its own prev_hash, so its predecessor
+        # is the one that changed (rewritten with a fresh hash, or replaced).
+        return (
+            seq - 1,
+            f"entry {seq - 1} was altered or replaced: entry {seq} does not link to it",
+        )
+    return (seq, f"entry {seq} was altered or moved: it does not link to entry {seq - 1}")
+
+
+# --- export and stats ----------------------------------------------------------------
+
+
+def _hex_or_none(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def export_file(path: str | os.PathLike[str], fmt: Literal["csv", "jsonl"], out: TextIO) -> int:
+    """Write every entry to ``out`` as CSV or JSON lines, read-only; return the count."""
+    if fmt not in ("csv", "jsonl"):
+        raise LedgerError(f"unknown export format {fmt!r}: use csv or jsonl")
+    conn = _open_read_only(path)
+    count = 0
+    try:
+        rows = conn.execute(_SELECT_ALL + " ORDER BY seq")
+        write: Callable[[Sequence[Any]], None]
+        if fmt == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(ALL_COLUMNS)
+
+            def write(row: Sequence[Any]) -> None:
+                writer.writerow([*row[:16], row[16].hex(), row[17].hex(), row[18]])
+        else:
+
+            def write(row: Sequence[Any]) -> None:
+                record = dict(zip(ALL_COLUMNS, row, strict=True))
+                record["detail"] = json.loads(row[15])
+                record["prev_hash"] = _hex_or_none(row[16])
+                record["hash"] = _hex_or_none(row[17])
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+
+        for row in rows:
+            write(row)
+            count += 1
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"cannot read the ledger {path}: {exc}") from exc
+    finally:
+        conn.close()
+    return count
+
+
+def stats_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Counts and sums over a ledger file, read-only."""
+    conn = _open_read_only(path)
+    try:
+        total, first_ms, last_ms, last_seq = conn.execute(
+            "SELECT count(*), min(at_ms), max(at_ms), max(seq) FROM entries"
+        ).fetchone()
+        by_kind = dict(conn.execute("SELECT kind, count(*) FROM entries GROUP BY kind"))
+        by_verdict = {
+            ("none" if k is None else k): v
+            for k, v in conn.execute("SELECT verdict, count(*) FROM entries GROUP BY verdict")
+        }
+        by_reason = dict(
+            conn.execute(
+                "SELECT reason, count(*) FROM entries WHERE reason IS NOT NULL GROUP BY reason"
+            )
+        )
+        sales, fen = conn.execute(
+            "SELECT count(*), coalesce(sum(amount_fen), 0) FROM entries"
+            " WHERE kind = 'sale' AND verdict = 'accept'"
+        ).fetchone()
+        reversed_count, reversed_fen = conn.execute(
+            "SELECT count(*), coalesce(sum(s.amount_fen), 0) FROM entries AS s"
+            " WHERE s.kind = 'sale' AND s.verdict = 'accept' AND EXISTS (SELECT 1 FROM entries"
+            " AS r WHERE r.ref_seq = s.seq AND r.kind = 'reversal')"
+        ).fetchone()
+        unacked = conn.execute("SELECT count(*) FROM entries WHERE acked_at_ms IS NULL").fetchone()[
+            0
+        ]
+        checkpoints = conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        meta = conn.execute("SELECT terminal_id, schema FROM meta").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"cannot read the ledger {path}: {exc}") from exc
+    finally:
+        conn.close()
+    file = Path(path)
+    wal = file.with_name(file.name + "-wal")
+    return {
+        "terminal_id": None if meta is None else meta[0],
+        "schema": None if meta is None else meta[1],
+        "entries": total,
+        "last_seq": last_seq,
+        "by_kind": by_kind,
+        "by_verdict": by_verdict,
+        "by_reason": by_reason,
+        "accepted_sales": sales,
+        "accepted_fen": fen,
+        "reversed_sales": reversed_count,
+        "reversed_fen": reversed_fen,
+        "net_fen": fen - reversed_fen,
+        "unacked": unacked,
+        "first_ms": first_ms,
+        "last_ms": last_ms,
+        "checkpoints": checkpoints,
+        "file_bytes": file.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
+    }
