@@ -1,18 +1,25 @@
-"""QR token v1 (docs/token-format.md): parse and verify a cadre's presentation.
+"""QR token v1 (shared/spec/token.md, docs/token-format.md): parse and verify a presentation.
 
 This module owns steps 1 to 5 of the token checks: the text, strict CBOR and
 COSE structure, the issuer key, the credential and presentation signatures, and
-freshness. Replay (step 6) and revocation (step 7) need the terminal's memory
-and are done by the caller (terminal/checkout.py). It never does I/O, never
-reads a clock (``now`` is an argument) and never lets an exception other than
-``TokenRejected`` escape, whatever the input.
+freshness. Replay (step 6) and revocation (step 7, except an issuer key that
+the revocation list names) need the terminal's memory and are done by the
+caller (terminal/checkout.py). It never does I/O, never reads a clock (``now``
+is an argument), never signs anything, and never lets an exception other than
+``TokenRejected`` escape, whatever the QR text holds.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NoReturn, Protocol
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 # Token-level reason codes, fixed by the spec (§4).
 MALFORMED = "malformed"
@@ -87,3 +94,416 @@ class Presentation:
     allowance: Allowance | None
     holder_key: bytes  # raw 32-byte Ed25519 cnf key
     issuer_key: bytes  # raw 32-byte Ed25519 key that verified the credential
+
+
+# --- limits -----------------------------------------------------------------
+
+# Our own structures nest at most four containers deep (claims -> cnf ->
+# COSE_Key); a little room is left for unknown claims, none for stack abuse.
+_MAX_CBOR_DEPTH = 8
+# Integers end up in SQLite INTEGER columns (signed 64-bit), so a CBOR uint
+# above that range is refused here rather than overflowing in the ledger.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+_CTI_MIN, _CTI_MAX = 8, 16
+_ED25519_KEY_LEN = 32
+_ED25519_SIG_LEN = 64
+_ACCEPTED_ALGS = (-8, -19)  # EdDSA and Ed25519 (RFC 9864) both mean Ed25519 here
+
+# COSE / CWT labels (RFC 9052, RFC 8392, RFC 8747).
+_HDR_ALG, _HDR_CRIT, _HDR_KID = 1, 2, 4
+_CLAIM_ISS, _CLAIM_SUB, _CLAIM_EXP, _CLAIM_IAT, _CLAIM_CTI, _CLAIM_CNF = 1, 2, 4, 6, 7, 8
+_CLAIM_CANTEEN = -65537
+_CNF_COSE_KEY = 1
+_KEY_KTY, _KEY_CRV, _KEY_X = 1, -1, -2
+_KTY_OKP, _CRV_ED25519 = 1, 6
+_COSE_KEY_LABELS = frozenset((_KEY_KTY, _KEY_CRV, _KEY_X))
+_CNF_LABELS = frozenset((_CNF_COSE_KEY,))
+
+_TAG18 = b"\xd2"  # tag 18 (COSE_Sign1) in its one-byte preferred form
+
+# --- base45 (RFC 9285) ------------------------------------------------------
+
+_B45_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+_B45_INVALID = 0xFF
+_B45_DIGIT = bytes(
+    _B45_ALPHABET.index(c) if c in _B45_ALPHABET else _B45_INVALID for c in range(256)
+)
+
+
+def _reject(code: str, detail: str) -> NoReturn:
+    raise TokenRejected(code, detail)
+
+
+def _b45decode(text: str) -> bytes:
+    # The text is at most 1,200 characters by the time it gets here, so every
+    # step below is bounded; slices and zip keep the per-character work in C.
+    if not text.isascii():
+        _reject(MALFORMED, "character outside the base45 alphabet")
+    digits = text.encode("ascii").translate(_B45_DIGIT)
+    if _B45_INVALID in digits:
+        _reject(MALFORMED, "character outside the base45 alphabet")
+    n = len(digits)
+    if n % 3 == 1:
+        _reject(MALFORMED, "base45 length not allowed by RFC 9285")
+    full = n - n % 3
+    words = [
+        a + 45 * b + 2025 * c
+        for a, b, c in zip(digits[0:full:3], digits[1:full:3], digits[2:full:3], strict=True)
+    ]
+    if words and max(words) > 0xFFFF:
+        _reject(MALFORMED, "base45 triple above 65535")
+    out = struct.pack(f">{len(words)}H", *words)
+    if n % 3 == 2:
+        last = digits[n - 2] + 45 * digits[n - 1]
+        if last > 0xFF:
+            _reject(MALFORMED, "base45 pair above 255")
+        out += bytes((last,))
+    return out
+
+
+# --- strict CBOR ------------------------------------------------------------
+
+
+def _no_tag(*_args: object) -> NoReturn:
+    raise ValueError("CBOR tag not allowed")
+
+
+# cbor2 decodes these tags itself before tag_hook could see them; some would
+# smuggle an int (bignums 2/3), shared or referenced values (25, 28, 29, 256)
+# or a no-op wrapper (55799) past the type checks, so each one is refused.
+# Tag 18 never reaches the decoder: it is peeled off by hand, and only from
+# the front of a COSE_Sign1.
+_SEMANTIC_REFUSED = dict.fromkeys(
+    (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 55799),
+    _no_tag,
+)
+
+
+def _cbor(data: bytes, what: str, *, cose_tag_allowed: bool = False) -> Any:
+    """Decode exactly one strict CBOR item from ``data``; anything else is malformed."""
+    fp = io.BytesIO(data)
+    if cose_tag_allowed and data[:1] == _TAG18:
+        fp.seek(1)
+    try:
+        item = cbor2.CBORDecoder(
+            fp,
+            tag_hook=_no_tag,
+            semantic_decoders=_SEMANTIC_REFUSED,
+            max_depth=_MAX_CBOR_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several types; all mean "not our CBOR"
+        raise TokenRejected(MALFORMED, f"{what}: not strict CBOR") from exc
+    if fp.tell() != len(data):
+        _reject(MALFORMED, f"{what}: bytes after the CBOR item")
+    return item
+
+
+# --- typed access -----------------------------------------------------------
+# cbor2 gives True/False as bool (an int subclass) and 1.0 hashes like 1, so
+# every check compares exact types, and a map we read may only have int or
+# text keys: otherwise {true: -8} would answer a lookup of label 1.
+
+
+def _map(value: Any, what: str) -> dict[Any, Any]:
+    if type(value) is not dict:
+        _reject(MALFORMED, f"{what}: not a map")
+    for key in value:
+        if type(key) is not int and type(key) is not str:
+            _reject(MALFORMED, f"{what}: map label neither int nor text")
+    return value
+
+
+def _int(value: Any, what: str, *, minimum: int = _INT_MIN) -> int:
+    if type(value) is not int or not minimum <= value <= _INT_MAX:
+        _reject(MALFORMED, f"{what}: not an integer in range")
+    return value
+
+
+def _tstr(value: Any, what: str) -> str:
+    if type(value) is not str:
+        _reject(MALFORMED, f"{what}: not a text string")
+    return value
+
+
+def _bstr(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        _reject(MALFORMED, f"{what}: not a byte string")
+    return value
+
+
+def _required(claims: dict[Any, Any], label: int, what: str) -> Any:
+    try:
+        return claims[label]
+    except KeyError:
+        _reject(MALFORMED, f"{what}: missing")
+
+
+@dataclass(frozen=True)
+class _Sign1:
+    """One COSE_Sign1 taken apart; its payload is not trusted until verified."""
+
+    protected: bytes
+    alg: int
+    kid: bytes | None
+    payload: bytes
+    signature: bytes
+
+
+def _sign1(data: bytes, what: str) -> _Sign1:
+    parts = _cbor(data, what, cose_tag_allowed=True)
+    if type(parts) is not list or len(parts) != 4:
+        _reject(MALFORMED, f"{what}: not a COSE_Sign1 array of four")
+    protected = _bstr(parts[0], f"{what} protected header")
+    unprotected = _map(parts[1], f"{what} unprotected header")
+    payload = _bstr(parts[2], f"{what} payload")
+    signature = _bstr(parts[3], f"{what} signature")
+    if len(signature) != _ED25519_SIG_LEN:
+        _reject(MALFORMED, f"{what}: signature is not 64 bytes")
+    # RFC 9052 encodes an empty protected map as a zero-length bstr; it then
+    # simply lacks alg, which is reported as such below.
+    header = (
+        _map(_cbor(protected, f"{what} protected header"), f"{what} protected header")
+        if protected
+        else {}
+    )
+    if _HDR_ALG in unprotected:
+        _reject(UNSUPPORTED_ALG, f"{what}: alg in the unprotected header")
+    alg = header.get(_HDR_ALG)
+    if type(alg) is not int or alg not in _ACCEPTED_ALGS:
+        _reject(UNSUPPORTED_ALG, f"{what}: alg {alg!r:.20} is not -8 or -19")
+    if _HDR_CRIT in header:
+        _reject(MALFORMED, f"{what}: critical header parameters are not understood")
+    kid = header.get(_HDR_KID)
+    if kid is not None:
+        kid = _bstr(kid, f"{what} kid")
+    return _Sign1(protected, alg, kid, payload, signature)
+
+
+def _bstr_head(length: int) -> bytes:
+    if length < 24:
+        return bytes((0x40 | length,))
+    if length < 0x100:
+        return bytes((0x58, length))
+    if length < 0x10000:
+        return b"\x59" + length.to_bytes(2, "big")
+    return b"\x5a" + length.to_bytes(4, "big")
+
+
+def _to_be_signed(msg: _Sign1) -> bytes:
+    # Sig_structure ["Signature1", protected, h'', payload] written out by hand:
+    # same bytes as a deterministic encoder, without building Python objects.
+    return b"".join(
+        (
+            b"\x84\x6aSignature1",
+            _bstr_head(len(msg.protected)),
+            msg.protected,
+            b"\x40",
+            _bstr_head(len(msg.payload)),
+            msg.payload,
+        )
+    )
+
+
+# --- keys -------------------------------------------------------------------
+
+# Issuer keys are few and used on every scan, so their parsed objects are kept;
+# the bound stops a hostile trust update from growing this without limit.
+_ISSUER_KEY_CACHE_MAX = 64
+_issuer_key_cache: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _issuer_public_key(raw: bytes) -> Ed25519PublicKey | None:
+    key = _issuer_key_cache.get(raw)
+    if key is None:
+        try:
+            key = Ed25519PublicKey.from_public_bytes(raw)
+        except (TypeError, ValueError):
+            return None  # a broken trust entry can vouch for nothing
+        if len(_issuer_key_cache) >= _ISSUER_KEY_CACHE_MAX:
+            _issuer_key_cache.clear()
+        _issuer_key_cache[raw] = key
+    return key
+
+
+def _verifies(key: Ed25519PublicKey, msg: _Sign1) -> bool:
+    try:
+        key.verify(msg.signature, _to_be_signed(msg))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _in_window(key: IssuerKey, now: int) -> bool:
+    if key.not_before is not None and now < key.not_before:
+        return False
+    return key.not_after is None or now < key.not_after
+
+
+# --- the checks -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claims:
+    iss: str
+    sub: str
+    exp: int
+    iat: int
+    cti: bytes
+    holder_key: bytes
+    unit: str
+    display_name: str
+    allowance: Allowance | None
+
+
+def _claims(payload: bytes) -> _Claims:
+    claims = _map(_cbor(payload, "credential claims"), "credential claims")
+    cti = _bstr(_required(claims, _CLAIM_CTI, "cti"), "cti")
+    if not _CTI_MIN <= len(cti) <= _CTI_MAX:
+        _reject(MALFORMED, "cti: not 8 to 16 bytes")
+
+    cnf = _map(_required(claims, _CLAIM_CNF, "cnf"), "cnf")
+    if cnf.keys() != _CNF_LABELS:
+        _reject(MALFORMED, "cnf: must hold exactly one COSE_Key")
+    cose_key = _map(cnf[_CNF_COSE_KEY], "cnf key")
+    if cose_key.keys() != _COSE_KEY_LABELS:
+        _reject(MALFORMED, "cnf key: must be exactly kty, crv and x")
+    kty, crv = cose_key[_KEY_KTY], cose_key[_KEY_CRV]
+    if type(kty) is not int or kty != _KTY_OKP or type(crv) is not int or crv != _CRV_ED25519:
+        _reject(MALFORMED, "cnf key: not an OKP Ed25519 key")
+    holder_key = _bstr(cose_key[_KEY_X], "cnf key x")
+    if len(holder_key) != _ED25519_KEY_LEN:
+        _reject(MALFORMED, "cnf key: x is not 32 bytes")
+
+    canteen = _map(_required(claims, _CLAIM_CANTEEN, "canteen"), "canteen")
+    allowance = None
+    if 3 in canteen:
+        cap = _map(canteen[3], "allowance")
+        meals, fen = cap.get(1), cap.get(2)
+        allowance = Allowance(
+            meals_per_day=None if meals is None else _int(meals, "meals per day", minimum=0),
+            fen_per_day=None if fen is None else _int(fen, "fen per day", minimum=0),
+        )
+
+    return _Claims(
+        iss=_tstr(_required(claims, _CLAIM_ISS, "iss"), "iss"),
+        sub=_tstr(_required(claims, _CLAIM_SUB, "sub"), "sub"),
+        exp=_int(_required(claims, _CLAIM_EXP, "exp"), "exp"),
+        iat=_int(_required(claims, _CLAIM_IAT, "iat"), "iat"),
+        cti=cti,
+        holder_key=holder_key,
+        unit=_tstr(_required(canteen, 1, "unit"), "unit"),
+        display_name=_tstr(_required(canteen, 2, "display name"), "display name"),
+        allowance=allowance,
+    )
+
+
+def verify_presentation(
+    qr_text: str,
+    now: int,
+    keyring: IssuerKeyring,
+    window_s: int = 60,
+    skew_s: int = 30,
+) -> Presentation:
+    """Run token checks 1 to 5 of spec §4 on ``qr_text`` at trusted time ``now``.
+
+    Returns the verified ``Presentation``, or raises ``TokenRejected`` with the
+    spec's code for the first check that fails. The caller must still do
+    replay (step 6) and revocation of credential, cadre and holder key
+    (step 7); an issuer key named by the revocation list is refused here.
+
+    Interpretations of the spec, decided here:
+
+    - Step 1 decodes every layer (presentation, its payload, the credential,
+      its claims) and checks every type and size there, so a badly typed
+      claim is ``malformed`` whatever the keys. Values are only *used* after
+      the signature over them verified. Integers must fit signed 64 bits;
+      ``ctr`` and allowance values must be >= 0; a signature must be 64 bytes.
+      ``cnf`` must be exactly ``{1: {1: 1, -1: 6, -2: x}}``; a ``crit`` header
+      is ``malformed``. The presentation payload ignores unknown keys, the
+      canteen claim and allowance ignore unknown labels, like unknown claims.
+      Strict CBOR means: one item and no trailing bytes, definite lengths,
+      no duplicate labels, at most 8 nested containers, only int or text
+      labels in a map that is read, and no tag anywhere except one leading
+      tag 18 (written ``0xd2``) on each COSE_Sign1.
+    - An empty protected header is read as an empty map, so it lacks alg and
+      gets ``unsupported_alg``; a credential without a bstr ``kid`` in its
+      protected header is ``malformed``. A ``kid`` of unusual length is just
+      looked up (and not found: ``unknown_issuer_key``).
+    - Step 2: the candidates are the keys with the credential's ``kid`` whose
+      own window covers ``now`` (``not_before <= now < not_after``); none is
+      ``unknown_issuer_key``. If every candidate is revoked the answer is
+      ``revoked``.
+    - Step 3: a key vouches only for its own issuer. A candidate whose
+      signature verifies but whose ``iss`` differs from the credential's
+      ``iss`` claim is treated like a key that did not verify, so the result
+      is ``bad_credential_signature`` (the kid was known; no key *trusted for
+      that issuer* verified). Both iat and exp are checked; iat first.
+    """
+    # Step 1: text, then strict CBOR and types of every layer.
+    if type(qr_text) is not str or len(qr_text) > MAX_QR_TEXT:
+        _reject(MALFORMED, "QR text is not text of at most 1200 characters")
+    if not qr_text.startswith(PREFIX):
+        _reject(MALFORMED, "QR text does not start with CT1:")
+    outer = _sign1(_b45decode(qr_text[len(PREFIX) :]), "presentation")
+    body = _map(_cbor(outer.payload, "presentation payload"), "presentation payload")
+    credential = _bstr(_required(body, 1, "credential"), "credential")
+    t = _int(_required(body, 2, "t"), "t")
+    ctr = _int(_required(body, 3, "ctr"), "ctr", minimum=0)
+    inner = _sign1(credential, "credential")
+    if inner.kid is None:
+        _reject(MALFORMED, "credential: no kid in the protected header")
+    claims = _claims(inner.payload)
+
+    # Step 2: issuer key.
+    candidates = [k for k in keyring.issuer_keys(inner.kid) if _in_window(k, now)]
+    if not candidates:
+        _reject(UNKNOWN_ISSUER_KEY, f"no trusted issuer key {inner.kid.hex():.32} valid now")
+    usable = [k for k in candidates if not keyring.issuer_key_revoked(k.public_key)]
+    if not usable:
+        _reject(REVOKED, "the issuer key is revoked")
+
+    # Step 3: credential signature, then its validity.
+    issuer_key: IssuerKey | None = None
+    for candidate in usable:
+        key = _issuer_public_key(candidate.public_key)
+        if key is not None and _verifies(key, inner) and candidate.iss == claims.iss:
+            issuer_key = candidate
+            break
+    if issuer_key is None:
+        _reject(BAD_CREDENTIAL_SIGNATURE, "no trusted key of this issuer verifies the credential")
+    if claims.iat > now + skew_s:
+        _reject(CREDENTIAL_NOT_YET_VALID, "credential issued in the future")
+    if now >= claims.exp:
+        _reject(CREDENTIAL_EXPIRED, "credential expired")
+
+    # Step 4: presentation signature with the holder's key.
+    try:
+        holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
+    except ValueError:
+        _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key is not a usable Ed25519 key")
+    if not _verifies(holder, outer):
+        _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key does not verify the presentation")
+
+    # Step 5: freshness.
+    if t < now - window_s - skew_s:
+        _reject(PRESENTATION_STALE, "code drawn too long ago")
+    if t > now + skew_s:
+        _reject(PRESENTATION_FROM_FUTURE, "code drawn in the future")
+
+    return Presentation(
+        iss=claims.iss,
+        sub=claims.sub,
+        cti=claims.cti,
+        ctr=ctr,
+        t=t,
+        iat=claims.iat,
+        exp=claims.exp,
+        unit=claims.unit,
+        display_name=claims.display_name,
+        allowance=claims.allowance,
+        holder_key=claims.holder_key,
+        issuer_key=issuer_key.public_key,
+    )
