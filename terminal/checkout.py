@@ -116,6 +116,9 @@ class Checkout:
             settings.clock_fault_tolerance_s * 1000,
             settings.clock_earliest_s * 1000,
         )
+        genesis = ledger.entry(1)
+        # With no acknowledged sync yet, "time since the last sync" counts from the ledger's start.
+        self._began_ms = genesis.at_ms if genesis is not None else self.clock.floor_ms
 
     # ---- time ----
 
@@ -246,10 +249,7 @@ class Checkout:
         day_meals, day_fen = self.ledger.day_totals(cadre, day)
         unsynced, unsynced_fen = self.ledger.unsynced()
         last_ack = self.ledger.last_ack_ms()
-        if last_ack is None:
-            genesis = self.ledger.entry(1)
-            last_ack = genesis.at_ms if genesis is not None else now_ms
-        since = last_ack
+        since = last_ack if last_ack is not None else self._began_ms
         return policy.Facts(
             served_this_meal=served,
             day_meals=day_meals,

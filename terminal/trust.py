@@ -136,10 +136,17 @@ class TrustStore:
         except sqlite3.DatabaseError as exc:
             raise TrustError(f"{self.path}: cannot open the trust store: {exc}") from None
         self._keys: dict[bytes, list[IssuerKey]] = {}
+        # Only this object replaces lists in its file, so the cached headers stay true.
+        self._infos: dict[str, ListInfo | None] = {}
         self._load_keys()
 
     def close(self) -> None:
         self._db.close()
+
+    def reload(self) -> None:
+        """Forget cached keys and list headers after another process replaced a list."""
+        self._infos.clear()
+        self._load_keys()
 
     # ---- lookups (the decision worker's hot path) ----
 
@@ -158,16 +165,20 @@ class TrustStore:
 
     def revoked_kind(self, p: Presentation) -> str | None:
         """Which revocation names this presentation, checked in token.md §4 step 7 order."""
-        checks = (
-            ("credential", revocation_key("credential", p.iss, p.cti)),
-            ("cadre", revocation_key("cadre", p.iss, p.sub)),
-            ("holder_key", revocation_key("holder_key", p.holder_key)),
-            ("issuer_key", revocation_key("issuer_key", p.issuer_key)),
-        )
-        for kind, key in checks:
-            if self._has(key):
-                return kind
-        return None
+        checks = {
+            revocation_key("credential", p.iss, p.cti): 0,
+            revocation_key("cadre", p.iss, p.sub): 1,
+            revocation_key("holder_key", p.holder_key): 2,
+            revocation_key("issuer_key", p.issuer_key): 3,
+        }
+        # One statement for the four keys: this runs on every presentation.
+        found = self._db.execute(
+            "SELECT k FROM revocations WHERE k IN (?, ?, ?, ?)", tuple(checks)
+        ).fetchall()
+        if not found:
+            return None
+        first = min(checks[row[0]] for row in found)
+        return ("credential", "cadre", "holder_key", "issuer_key")[first]
 
     def card(self, uid: bytes) -> RosterCard | None:
         row = self._db.execute(
@@ -176,12 +187,16 @@ class TrustStore:
         return RosterCard(*row) if row else None
 
     def list_info(self, name: str) -> ListInfo | None:
+        if name in self._infos:
+            return self._infos[name]
         row = self._db.execute(
             "SELECT name, version, issued_at, expires_at, installed_at, count FROM lists "
             "WHERE name = ?",
             (name,),
         ).fetchone()
-        return ListInfo(*row) if row else None
+        info = ListInfo(*row) if row else None
+        self._infos[name] = info
+        return info
 
     def revocation_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM revocations").fetchone()[0])
@@ -251,7 +266,9 @@ class TrustStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return ListInfo(name, header.version, issued_at, header.expires_at, now, count)
+        info = ListInfo(name, header.version, issued_at, header.expires_at, now, count)
+        self._infos[name] = info
+        return info
 
     def _load_keys(self) -> None:
         keys: dict[bytes, list[IssuerKey]] = {}

@@ -240,3 +240,16 @@ def test_a_million_revocations_load_and_answer_in_a_small_footprint(tmp_path: Pa
     assert hits == 1000  # every key under a million is found, none above
     # The list lives on disk: the process stays far below what a million Python objects take.
     assert rss_mb < 150, f"{rss_mb} MB"
+
+
+def test_reload_sees_a_list_replaced_by_another_process(tmp_path: Path) -> None:
+    daemon = trust.TrustStore(tmp_path / "t.sqlite")
+    assert daemon.list_info(trust.ROSTER) is None and daemon.issuer_keys(KID1) == ()
+    tool = trust.TrustStore(tmp_path / "t.sqlite")
+    tool.replace_roster([], trust.ListHeader(2, 50, None), 60)
+    tool.replace_issuers([IssuerKey("hn", KID1, PK1)], trust.ListHeader(1, 50, None), 60)
+    tool.close()
+    daemon.reload()
+    info = daemon.list_info(trust.ROSTER)
+    assert info is not None and info.version == 2
+    assert len(daemon.issuer_keys(KID1)) == 1

@@ -1,0 +1,279 @@
+"""Benchmarks of the offline decision core, each next to a reference measured in the same run.
+
+    .venv/bin/python bench/core.py [--quick] [--kills N] [--json]
+
+Figures and targets (issue 2, on a 2-core machine like CI's):
+- token verifications per second, against two raw Ed25519 verifications with
+  cryptography (the physical floor of a presentation): at least 60% of the floor;
+- durable decisions per second (verify, policy, ledger commit with fsync), against
+  a raw sqlite3 insert-and-commit with WAL and synchronous=FULL: at least 50%,
+  with decision p99 under 5 ms;
+- revocation lookup at 1,000,000 entries: under 50 us, the process under 150 MB;
+- `ledger verify` of 100,000 entries: under 3 s;
+- the SIGKILL crash loop: 0 lost or duplicated acknowledged entries in 1,000 kills.
+
+Each line prints PASS or MISS against its target; the exit status is 0 either way
+unless --strict is given, because a shared machine can be slow for reasons that
+are not the code's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "bench")]
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from hwsim.wallet import Issuer, key_from_seed, make_wallet  # noqa: E402
+
+from terminal import config, ledger, state, trust  # noqa: E402
+from terminal.checkout import Checkout  # noqa: E402
+from terminal.tokens import verify_presentation  # noqa: E402
+
+RESULTS: list[dict[str, Any]] = []
+
+
+def report(name: str, value: float, unit: str, reference: str, target: str, ok: bool) -> None:
+    RESULTS.append(
+        {"name": name, "value": round(value, 3), "unit": unit, "reference": reference,
+         "target": target, "pass": ok}
+    )
+    mark = "PASS" if ok else "MISS"
+    print(f"[{mark}] {name}: {value:,.3f} {unit}  (reference: {reference}; target: {target})",
+          flush=True)
+
+
+def lunch_at(settings: config.Settings) -> int:
+    return int(dt.datetime(2026, 11, 26, 12, 0, tzinfo=settings.timezone).timestamp())
+
+
+# ---- 1. token verification against two raw Ed25519 verifications ----
+
+
+def bench_tokens(seconds: float) -> None:
+    settings = config.load()
+    now = lunch_at(settings)
+    issuer = Issuer("hn-bench", key_from_seed("bench-issuer"))
+    w = make_wallet(issuer, "B1", "u", "bench", now=now - 86400, seed="bench-1")
+    code = w.draw(now)
+    store = trust.TrustStore(":memory:")
+    store.replace_issuers(trust.parse_issuer_keys([issuer.trust_entry()]),
+                          trust.ListHeader(1, now, None), now)
+
+    k1, k2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    m1, m2 = os.urandom(300), os.urandom(120)
+    s1, s2 = k1.sign(m1), k2.sign(m2)
+    p1, p2 = k1.public_key(), k2.public_key()
+
+    def raw() -> None:
+        p1.verify(s1, m1)
+        p2.verify(s2, m2)
+
+    def token() -> None:
+        verify_presentation(code, now, store)
+
+    raw_rate = rate(raw, seconds)
+    tok_rate = rate(token, seconds)
+    ratio = tok_rate / raw_rate
+    report("token verifications", tok_rate, "per s",
+           f"2 raw Ed25519 verifications {raw_rate:,.0f} per s; ratio {ratio:.0%}",
+           ">= 60% of the raw floor", ratio >= 0.60)
+
+
+def rate(fn: Any, seconds: float) -> float:
+    for _ in range(50):
+        fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            fn()
+        n += 50
+    return n / (time.perf_counter() - start)
+
+
+# ---- 2. durable decisions against a raw insert-and-commit ----
+
+
+def raw_commit_rate(path: Path, n: int) -> float:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, at INTEGER, kind TEXT, body BLOB, h BLOB)")
+    body = os.urandom(400)
+    start = time.perf_counter()
+    for i in range(n):
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?)", (i, i, "sale", body, os.urandom(32)))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return n / elapsed
+
+
+def bench_decisions(n: int, tmp: Path) -> None:
+    base = config.load()
+    settings = dataclasses.replace(
+        base,
+        units=frozenset({"u"}),
+        caps=dataclasses.replace(base.caps, unsynced_entries=10**7, unsynced_fen=10**9),
+    )
+    now = lunch_at(settings)
+    issuer = Issuer("hn-bench", key_from_seed("bench-issuer"))
+    codes = [
+        make_wallet(issuer, f"B{i}", "u", "bench", now=now - 86400).draw(now) for i in range(n)
+    ]
+    book, store = state.open_state(tmp / "decisions", "bench", now * 1000)
+    header = trust.ListHeader(1, now, None)
+    store.replace_issuers(trust.parse_issuer_keys([issuer.trust_entry()]), header, now)
+    store.replace_revocations(
+        (trust.revocation_key("credential", "hn-bench", i.to_bytes(12, "big")) for i in range(100_000)),
+        header,
+        now,
+    )
+    store.replace_roster([], header, now)
+    counter = Checkout(settings, book, store)
+    latencies = []
+    start = time.perf_counter()
+    for code in codes:
+        t0 = time.perf_counter()
+        d = counter.present_qr(code, now * 1000)
+        latencies.append(time.perf_counter() - t0)
+        assert d.accepted, d.reason
+    elapsed = time.perf_counter() - start
+    book.close()
+    store.close()
+    dec_rate = n / elapsed
+    raw = raw_commit_rate(tmp / "raw.sqlite", n)
+    ratio = dec_rate / raw
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000
+    report("durable decisions", dec_rate, "per s",
+           f"raw WAL+FULL insert-and-commit {raw:,.0f} per s; ratio {ratio:.0%}",
+           ">= 50% of the raw commit rate", ratio >= 0.50)
+    report("decision latency p99", p99, "ms", f"p50 {p50:.2f} ms over {n} decisions",
+           "< 5 ms", p99 < 5)
+
+
+# ---- 3. revocation lookups at a million entries, in a fresh process ----
+
+MILLION = textwrap.dedent(
+    """
+    import json, os, sys, time
+    sys.path[:0] = [sys.argv[2]]
+    from terminal import trust
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    store = trust.TrustStore(sys.argv[1])
+    start = time.perf_counter()
+    keys = (trust.revocation_key("credential", "hn-cz", i.to_bytes(12, "big"))
+            for i in range(1_000_000))
+    store.replace_revocations(keys, trust.ListHeader(1, 0, None), 0)
+    load_s = time.perf_counter() - start
+    store.close()
+    store = trust.TrustStore(sys.argv[1])
+    import random
+    probes = [trust.revocation_key("credential", "hn-cz", random.randrange(2_000_000).to_bytes(12, "big"))
+              for _ in range(100_000)]
+    start = time.perf_counter()
+    hits = sum(store._has(k) for k in probes)
+    per_us = (time.perf_counter() - start) / len(probes) * 1e6
+    with open("/proc/self/status") as f:
+        peak = next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:"))
+    print(json.dumps({"load_s": load_s, "lookup_us": per_us, "hits": hits,
+                      "rss_mb": rss_mb(), "peak_mb": peak}))
+    """
+)
+
+
+def bench_revocations(tmp: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", MILLION, str(tmp / "trust.sqlite"), str(ROOT)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    r = json.loads(out)
+    empty = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.path[:0]=[sys.argv[1]]; import terminal.trust, terminal.tokens;"
+         "print(next(int(l.split()[1])/1024 for l in open('/proc/self/status') "
+         "if l.startswith('VmRSS:')))", str(ROOT)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    report("revocation lookup at 1,000,000", r["lookup_us"], "us",
+           f"list loaded in {r['load_s']:.1f} s; {r['hits']} hits of 100,000 probes",
+           "< 50 us", r["lookup_us"] < 50)
+    report("process memory with 1,000,000 revocations", r["peak_mb"], "MB peak",
+           f"the same imports with no list: {float(empty):.0f} MB; after lookups {r['rss_mb']:.0f} MB",
+           "< 150 MB", r["peak_mb"] < 150)
+
+
+# ---- 4 and 5. ledger verify time and the crash loop (bench/ledger_bench.py) ----
+
+
+def bench_ledger(tmp: Path, entries: int, kills: int) -> None:
+    import ledger_bench
+
+    (tmp / "verify").mkdir()
+    (tmp / "crash").mkdir()
+    v = ledger_bench.verify_timing(entries, tmp / "verify")
+    secs = float(v["verify_seconds"])
+    report(f"ledger verify of {entries:,} entries", secs, "s",
+           f"{v['verified_per_second']:,} entries per s; written at "
+           f"{v['durable_appends_per_second']:,} durable appends per s",
+           "< 3 s for 100,000", secs < 3 * entries / 100_000 and bool(v["verify_ok"]))
+    if kills:
+        c = ledger_bench.crash_loop(kills, tmp / "crash")
+        lost, dup = int(c["lost"]), int(c["duplicated"])
+        report(f"crash loop, {kills} SIGKILLs", lost + dup, "lost or duplicated",
+               f"{c['acknowledged']} acknowledged entries; chain verified: {c['verify_ok']}; "
+               f"integrity_check: {c['integrity']}; {c['seconds']} s",
+               "0", lost + dup == 0 and bool(c["verify_ok"]) and c["integrity"] == "ok")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    ap.add_argument("--kills", type=int, default=None, help="crash loop kills (default 1000)")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    a = ap.parse_args()
+    quick = a.quick
+    kills = a.kills if a.kills is not None else (20 if quick else 1000)
+    print(f"bench/core.py on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-core-", dir=os.environ.get("BENCH_DIR")) as t:
+        tmp = Path(t)
+        bench_tokens(0.5 if quick else 3.0)
+        bench_decisions(300 if quick else 3000, tmp)
+        bench_revocations(tmp)
+        if (Path(__file__).parent / "ledger_bench.py").exists():
+            bench_ledger(tmp, 10_000 if quick else 100_000, kills)
+    if a.json:
+        Path(a.json).write_text(json.dumps(RESULTS, indent=1), encoding="utf-8")
+    missed = [r["name"] for r in RESULTS if not r["pass"]]
+    print(f"{len(RESULTS) - len(missed)} of {len(RESULTS)} targets met" +
+          (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if (a.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
