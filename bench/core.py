@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "bench")]
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from hwsim.wallet import Issuer, key_from_seed, make_wallet  # noqa: E402
 
-from terminal import config, ledger, state, trust  # noqa: E402
+from terminal import config, state, trust  # noqa: E402
 from terminal.checkout import Checkout  # noqa: E402
 from terminal.tokens import verify_presentation  # noqa: E402
 
@@ -48,12 +48,20 @@ RESULTS: list[dict[str, Any]] = []
 
 def report(name: str, value: float, unit: str, reference: str, target: str, ok: bool) -> None:
     RESULTS.append(
-        {"name": name, "value": round(value, 3), "unit": unit, "reference": reference,
-         "target": target, "pass": ok}
+        {
+            "name": name,
+            "value": round(value, 3),
+            "unit": unit,
+            "reference": reference,
+            "target": target,
+            "pass": ok,
+        }
     )
     mark = "PASS" if ok else "MISS"
-    print(f"[{mark}] {name}: {value:,.3f} {unit}  (reference: {reference}; target: {target})",
-          flush=True)
+    print(
+        f"[{mark}] {name}: {value:,.3f} {unit}  (reference: {reference}; target: {target})",
+        flush=True,
+    )
 
 
 def lunch_at(settings: config.Settings) -> int:
@@ -70,8 +78,9 @@ def bench_tokens(seconds: float) -> None:
     w = make_wallet(issuer, "B1", "u", "bench", now=now - 86400, seed="bench-1")
     code = w.draw(now)
     store = trust.TrustStore(":memory:")
-    store.replace_issuers(trust.parse_issuer_keys([issuer.trust_entry()]),
-                          trust.ListHeader(1, now, None), now)
+    store.replace_issuers(
+        trust.parse_issuer_keys([issuer.trust_entry()]), trust.ListHeader(1, now, None), now
+    )
 
     k1, k2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     m1, m2 = os.urandom(300), os.urandom(120)
@@ -88,9 +97,14 @@ def bench_tokens(seconds: float) -> None:
     raw_rate = rate(raw, seconds)
     tok_rate = rate(token, seconds)
     ratio = tok_rate / raw_rate
-    report("token verifications", tok_rate, "per s",
-           f"2 raw Ed25519 verifications {raw_rate:,.0f} per s; ratio {ratio:.0%}",
-           ">= 60% of the raw floor", ratio >= 0.60)
+    report(
+        "token verifications",
+        tok_rate,
+        "per s",
+        f"2 raw Ed25519 verifications {raw_rate:,.0f} per s; ratio {ratio:.0%}",
+        ">= 60% of the raw floor",
+        ratio >= 0.60,
+    )
 
 
 def rate(fn: Any, seconds: float) -> float:
@@ -139,7 +153,10 @@ def bench_decisions(n: int, tmp: Path) -> None:
     header = trust.ListHeader(1, now, None)
     store.replace_issuers(trust.parse_issuer_keys([issuer.trust_entry()]), header, now)
     store.replace_revocations(
-        (trust.revocation_key("credential", "hn-bench", i.to_bytes(12, "big")) for i in range(100_000)),
+        (
+            trust.revocation_key("credential", "hn-bench", i.to_bytes(12, "big"))
+            for i in range(100_000)
+        ),
         header,
         now,
     )
@@ -161,11 +178,17 @@ def bench_decisions(n: int, tmp: Path) -> None:
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
-    report("durable decisions", dec_rate, "per s",
-           f"raw WAL+FULL insert-and-commit {raw:,.0f} per s; ratio {ratio:.0%}",
-           ">= 50% of the raw commit rate", ratio >= 0.50)
-    report("decision latency p99", p99, "ms", f"p50 {p50:.2f} ms over {n} decisions",
-           "< 5 ms", p99 < 5)
+    report(
+        "durable decisions",
+        dec_rate,
+        "per s",
+        f"raw WAL+FULL insert-and-commit {raw:,.0f} per s; ratio {ratio:.0%}",
+        ">= 50% of the raw commit rate",
+        ratio >= 0.50,
+    )
+    report(
+        "decision latency p99", p99, "ms", f"p50 {p50:.2f} ms over {n} decisions", "< 5 ms", p99 < 5
+    )
 
 
 # ---- 3. revocation lookups at a million entries, in a fresh process ----
@@ -192,8 +215,8 @@ MILLION = textwrap.dedent(
     store.close()
     store = trust.TrustStore(sys.argv[1])
     import random
-    probes = [trust.revocation_key("credential", "hn-cz", random.randrange(2_000_000).to_bytes(12, "big"))
-              for _ in range(100_000)]
+    draws = [random.randrange(2_000_000).to_bytes(12, "big") for _ in range(100_000)]
+    probes = [trust.revocation_key("credential", "hn-cz", d) for d in draws]
     start = time.perf_counter()
     hits = sum(store._has(k) for k in probes)
     per_us = (time.perf_counter() - start) / len(probes) * 1e6
@@ -208,22 +231,40 @@ MILLION = textwrap.dedent(
 def bench_revocations(tmp: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", MILLION, str(tmp / "trust.sqlite"), str(ROOT)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     r = json.loads(out)
     empty = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; sys.path[:0]=[sys.argv[1]]; import terminal.trust, terminal.tokens;"
-         "print(next(int(l.split()[1])/1024 for l in open('/proc/self/status') "
-         "if l.startswith('VmRSS:')))", str(ROOT)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path[:0]=[sys.argv[1]]; import terminal.trust, terminal.tokens;"
+            "print(next(int(l.split()[1])/1024 for l in open('/proc/self/status') "
+            "if l.startswith('VmRSS:')))",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    report("revocation lookup at 1,000,000", r["lookup_us"], "us",
-           f"list loaded in {r['load_s']:.1f} s; {r['hits']} hits of 100,000 probes",
-           "< 50 us", r["lookup_us"] < 50)
-    report("process memory with 1,000,000 revocations", r["peak_mb"], "MB peak",
-           f"the same imports with no list: {float(empty):.0f} MB; after lookups {r['rss_mb']:.0f} MB",
-           "< 150 MB", r["peak_mb"] < 150)
+    report(
+        "revocation lookup at 1,000,000",
+        r["lookup_us"],
+        "us",
+        f"list loaded in {r['load_s']:.1f} s; {r['hits']} hits of 100,000 probes",
+        "< 50 us",
+        r["lookup_us"] < 50,
+    )
+    report(
+        "process memory with 1,000,000 revocations",
+        r["peak_mb"],
+        "MB peak",
+        f"the same imports with no list: {float(empty):.0f} MB; after lookups {r['rss_mb']:.0f} MB",
+        "< 150 MB",
+        r["peak_mb"] < 150,
+    )
 
 
 # ---- 4 and 5. ledger verify time and the crash loop (bench/ledger_bench.py) ----
@@ -236,21 +277,33 @@ def bench_ledger(tmp: Path, entries: int, kills: int) -> None:
     (tmp / "crash").mkdir()
     v = ledger_bench.verify_timing(entries, tmp / "verify")
     secs = float(v["verify_seconds"])
-    report(f"ledger verify of {entries:,} entries", secs, "s",
-           f"{v['verified_per_second']:,} entries per s; written at "
-           f"{v['durable_appends_per_second']:,} durable appends per s",
-           "< 3 s for 100,000", secs < 3 * entries / 100_000 and bool(v["verify_ok"]))
+    report(
+        f"ledger verify of {entries:,} entries",
+        secs,
+        "s",
+        f"{v['verified_per_second']:,} entries per s; written at "
+        f"{v['durable_appends_per_second']:,} durable appends per s",
+        "< 3 s for 100,000",
+        secs < 3 * entries / 100_000 and bool(v["verify_ok"]),
+    )
     if kills:
         c = ledger_bench.crash_loop(kills, tmp / "crash")
         lost, dup = int(c["lost"]), int(c["duplicated"])
-        report(f"crash loop, {kills} SIGKILLs", lost + dup, "lost or duplicated",
-               f"{c['acknowledged']} acknowledged entries; chain verified: {c['verify_ok']}; "
-               f"integrity_check: {c['integrity']}; {c['seconds']} s",
-               "0", lost + dup == 0 and bool(c["verify_ok"]) and c["integrity"] == "ok")
+        report(
+            f"crash loop, {kills} SIGKILLs",
+            lost + dup,
+            "lost or duplicated",
+            f"{c['acknowledged']} acknowledged entries; chain verified: {c['verify_ok']}; "
+            f"integrity_check: {c['integrity']}; {c['seconds']} s",
+            "0",
+            lost + dup == 0 and bool(c["verify_ok"]) and c["integrity"] == "ok",
+        )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     ap.add_argument("--kills", type=int, default=None, help="crash loop kills (default 1000)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
@@ -258,8 +311,11 @@ def main() -> int:
     a = ap.parse_args()
     quick = a.quick
     kills = a.kills if a.kills is not None else (20 if quick else 1000)
-    print(f"bench/core.py on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"SQLite {sqlite3.sqlite_version}", flush=True)
+    print(
+        f"bench/core.py on {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"SQLite {sqlite3.sqlite_version}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-core-", dir=os.environ.get("BENCH_DIR")) as t:
         tmp = Path(t)
         bench_tokens(0.5 if quick else 3.0)
@@ -270,8 +326,10 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(RESULTS, indent=1), encoding="utf-8")
     missed = [r["name"] for r in RESULTS if not r["pass"]]
-    print(f"{len(RESULTS) - len(missed)} of {len(RESULTS)} targets met" +
-          (f"; missed: {', '.join(missed)}" if missed else ""))
+    print(
+        f"{len(RESULTS) - len(missed)} of {len(RESULTS)} targets met"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
     return 1 if (a.strict and missed) else 0
 
 

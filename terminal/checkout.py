@@ -129,7 +129,11 @@ class Checkout:
             self._append(
                 EntryDraft(
                     kind=CLOCK_FAULT,
-                    detail={"wall_ms": wall_ms, "floor_ms": trusted, "behind_ms": trusted - wall_ms},
+                    detail={
+                        "wall_ms": wall_ms,
+                        "floor_ms": trusted,
+                        "behind_ms": trusted - wall_ms,
+                    },
                 ),
                 trusted,
             )
@@ -327,4 +331,3 @@ class ReversalRefused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-

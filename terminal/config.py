@@ -10,6 +10,7 @@ says what is wrong and where, and nothing starts with it.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tomllib
 import zoneinfo
 from dataclasses import dataclass
@@ -111,7 +112,9 @@ class _Section:
             raise ConfigError(f"{self._where(option)}: must be a whole number, got {value!r}")
         if value < minimum or (maximum is not None and value > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
-            raise ConfigError(f"{self._where(option)}: must be at least {minimum}{upper}, got {value}")
+            raise ConfigError(
+                f"{self._where(option)}: must be at least {minimum}{upper}, got {value}"
+            )
         return value
 
     def get_str_list(self, option: str) -> list[str]:
@@ -147,10 +150,14 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
 
 
 def _merge(defaults: dict[str, Any], override: dict[str, Any], origin: str) -> dict[str, Any]:
-    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    merged: dict[str, Any] = {
+        k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()
+    }
     for key, value in override.items():
         if key not in defaults:
-            raise ConfigError(f"{origin}: [{key}]: unknown section; check its spelling or remove it")
+            raise ConfigError(
+                f"{origin}: [{key}]: unknown section; check its spelling or remove it"
+            )
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: [{key}] must be a table")
@@ -283,7 +290,7 @@ def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
         if names.count(name) > 1:
             raise ConfigError(f"{origin}: [[meals]]: the name {name!r} is used twice")
     ordered = sorted(meals, key=lambda m: m.start)
-    for before, after in zip(ordered, ordered[1:], strict=False):
+    for before, after in itertools.pairwise(ordered):
         if after.start < before.end:
             raise ConfigError(
                 f"{origin}: [[meals]]: {before.name} ({before.start:%H:%M}-{before.end:%H:%M}) "

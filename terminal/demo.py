@@ -103,6 +103,6 @@ def _run(root: Path, settings: config.Settings) -> int:
         book.close()
         store.close()
     report = ledger.verify_file(paths.ledger)
-    print(f"ledger {paths.ledger}: {'verifies' if report.ok else 'BAD: ' + report.problem}")
+    print(f"ledger {paths.ledger}: {'verifies' if report.ok else f'BAD: {report.problem}'}")
     print(f"  {report.entries} entries, {report.checkpoints} signed checkpoints")
     return 0 if report.ok else 1

@@ -52,7 +52,9 @@ def prepare(root: str | Path) -> StatePaths:
     try:
         paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise StateError(f"{paths.root}: cannot create the state directory: {exc.strerror}") from None
+        raise StateError(
+            f"{paths.root}: cannot create the state directory: {exc.strerror}"
+        ) from None
     if not os.access(paths.root, os.W_OK):
         raise StateError(f"{paths.root}: the state directory is not writable by this user")
     return paths

@@ -60,8 +60,14 @@ class Canteen:
         assert self.counter is not None
         return self.counter
 
-    def install(self, *, issued_at: int = LUNCH - 3600, revoked: list[dict[str, str]] | None = None,
-                cards: list[trust.RosterCard] | None = None, version: int = 1) -> None:
+    def install(
+        self,
+        *,
+        issued_at: int = LUNCH - 3600,
+        revoked: list[dict[str, str]] | None = None,
+        cards: list[trust.RosterCard] | None = None,
+        version: int = 1,
+    ) -> None:
         store = self.c.trust
         header = trust.ListHeader(version, issued_at, None)
         store.replace_issuers(trust.parse_issuer_keys([ISSUER.trust_entry()]), header, issued_at)
@@ -88,7 +94,12 @@ def test_accept_is_committed_with_price_meal_and_the_signed_code(canteen: Cantee
     assert d.accepted and d.display_name == "cadre C1"
     stored = canteen.c.ledger.entry(d.entry.seq)
     assert stored is not None and stored.hash == d.entry.hash
-    assert (stored.kind, stored.verdict, stored.meal, stored.day) == ("sale", "accept", "lunch", "2026-11-26")
+    assert (stored.kind, stored.verdict, stored.meal, stored.day) == (
+        "sale",
+        "accept",
+        "lunch",
+        "2026-11-26",
+    )
     assert (stored.amount_fen, stored.cadre, stored.ctr) == (1000, "hn-test/C1", w.ctr)
     assert stored.detail["qr"] == code  # the county can re-verify every accepted sale
     visitor = canteen.c.present_qr(wallet("V1", unit="elsewhere").draw(LUNCH), LUNCH * 1000)
@@ -140,22 +151,32 @@ def test_revocations_of_every_kind(canteen: Canteen) -> None:
     revoked = [
         {"kind": "credential", "iss": "hn-test", "cti": ws[0].cti.hex()},
         {"kind": "cadre", "iss": "hn-test", "sub": "R1"},
-        {"kind": "holder_key", "public_key": ws[2].holder_key.public_key().public_bytes_raw().hex()},
+        {
+            "kind": "holder_key",
+            "public_key": ws[2].holder_key.public_key().public_bytes_raw().hex(),
+        },
     ]
     canteen.install(revoked=revoked, version=2)
     for w in ws[:3]:
         assert canteen.c.present_qr(w.draw(LUNCH), LUNCH * 1000).reason == tokens.REVOKED
     assert canteen.c.present_qr(ws[3].draw(LUNCH), LUNCH * 1000).accepted
-    canteen.install(revoked=[{"kind": "issuer_key", "public_key": ISSUER.public_key.hex()}], version=3)
+    canteen.install(
+        revoked=[{"kind": "issuer_key", "public_key": ISSUER.public_key.hex()}], version=3
+    )
     assert canteen.c.present_qr(ws[3].draw(LUNCH + 1), LUNCH * 1000 + 1000).reason == tokens.REVOKED
 
 
 def test_card_path(canteen: Canteen) -> None:
     active = trust.RosterCard(b"\1\2\3\4", "hn-test", "K1", "own", "card one", "active")
     lost = trust.RosterCard(b"\5\6\7\x08", "hn-test", "K2", "own", "card two", "lost")
-    blocked_by_list = trust.RosterCard(b"\x09\x0a\x0b\x0c", "hn-test", "K3", "own", "card 3", "active")
-    canteen.install(cards=[active, lost, blocked_by_list], version=2,
-                    revoked=[{"kind": "card", "uid": "090a0b0c"}])
+    blocked_by_list = trust.RosterCard(
+        b"\x09\x0a\x0b\x0c", "hn-test", "K3", "own", "card 3", "active"
+    )
+    canteen.install(
+        cards=[active, lost, blocked_by_list],
+        version=2,
+        revoked=[{"kind": "card", "uid": "090a0b0c"}],
+    )
     assert canteen.c.present_card(b"\xde\xad\xbe\xef", LUNCH * 1000).reason == policy.CARD_UNKNOWN
     d = canteen.c.present_card(lost.uid, LUNCH * 1000)
     assert d.reason == policy.CARD_REVOKED and d.entry.detail == {"card_status": "lost"}

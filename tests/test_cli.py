@@ -15,9 +15,13 @@ ROOT = Path(__file__).parent.parent
 VECTORS = json.loads((ROOT / "tests" / "data" / "vectors-v1.json").read_text(encoding="utf-8"))
 
 
-def run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
+    )
     return subprocess.run(
         [sys.executable, "-m", "terminal.cli", *args],
         input=stdin,
@@ -40,9 +44,20 @@ def trust_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=[c["name"] for c in VECTORS["cases"]])
-def test_public_vectors_through_verify_token(case: dict[str, Any], tmp_path: Path, trust_file: Path) -> None:
-    args = ["verify-token", "--trust", str(trust_file), "--window", str(VECTORS["window_s"]),
-            "--skew", str(VECTORS["skew_s"]), "--state", str(tmp_path / "st")]
+def test_public_vectors_through_verify_token(
+    case: dict[str, Any], tmp_path: Path, trust_file: Path
+) -> None:
+    args = [
+        "verify-token",
+        "--trust",
+        str(trust_file),
+        "--window",
+        str(VECTORS["window_s"]),
+        "--skew",
+        str(VECTORS["skew_s"]),
+        "--state",
+        str(tmp_path / "st"),
+    ]
     if case.get("revoked"):
         args += ["--revoked", str(write_json(tmp_path / "revoked.json", case["revoked"]))]
     for step in case["steps"]:
@@ -58,12 +73,20 @@ def test_public_vectors_through_verify_token(case: dict[str, Any], tmp_path: Pat
             assert (line["verdict"], line["reason"]) == ("reject", expected)
 
 
-def test_stdin_streams_and_replay_is_remembered_within_one_run(tmp_path: Path, trust_file: Path) -> None:
+def test_stdin_streams_and_replay_is_remembered_within_one_run(
+    tmp_path: Path, trust_file: Path
+) -> None:
     case = next(c for c in VECTORS["cases"] if c["name"] == "replay_same_code")
     code = case["steps"][0]["qr"]
     now = case["steps"][0]["now"]
-    out = run("verify-token", "--trust", str(trust_file), "--now", str(now),
-              stdin=f"{code}\n\n{code}\nnot a code\n")
+    out = run(
+        "verify-token",
+        "--trust",
+        str(trust_file),
+        "--now",
+        str(now),
+        stdin=f"{code}\n\n{code}\nnot a code\n",
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert [x["reason"] for x in lines] == [None, "replayed", "malformed"]
@@ -73,8 +96,17 @@ def test_ledger_option_records_every_verdict_and_verifies(tmp_path: Path, trust_
     case = next(c for c in VECTORS["cases"] if c["name"] == "counter_goes_up")
     book = tmp_path / "checks.sqlite"
     for step in case["steps"]:
-        out = run("verify-token", "--trust", str(trust_file), "--ledger", str(book),
-                  "--now", str(step["now"]), step["qr"], "CT1:%%%")
+        out = run(
+            "verify-token",
+            "--trust",
+            str(trust_file),
+            "--ledger",
+            str(book),
+            "--now",
+            str(step["now"]),
+            step["qr"],
+            "CT1:%%%",
+        )
         assert out.returncode == 0, out.stderr
     verify = run("ledger", "verify", str(book))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -92,8 +124,21 @@ def test_tampered_ledger_fails_verify_naming_the_entry(tmp_path: Path, trust_fil
 
     book = tmp_path / "l.sqlite"
     code = VECTORS["cases"][0]["steps"][0]["qr"]
-    assert run("verify-token", "--trust", str(trust_file), "--ledger", str(book), "--now",
-               "1790000000", code, "x", "y").returncode == 0
+    assert (
+        run(
+            "verify-token",
+            "--trust",
+            str(trust_file),
+            "--ledger",
+            str(book),
+            "--now",
+            "1790000000",
+            code,
+            "x",
+            "y",
+        ).returncode
+        == 0
+    )
     db = sqlite3.connect(book)
     triggers = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
     for name in triggers:
@@ -116,7 +161,9 @@ def test_tampered_ledger_fails_verify_naming_the_entry(tmp_path: Path, trust_fil
         ("bad-config", "unknown option"),
     ],
 )
-def test_bad_inputs_give_one_clear_line(tmp_path: Path, trust_file: Path, setup: str, message: str) -> None:
+def test_bad_inputs_give_one_clear_line(
+    tmp_path: Path, trust_file: Path, setup: str, message: str
+) -> None:
     args = ["verify-token", "--trust", str(trust_file), "CT1:X"]
     if setup == "missing-trust":
         args[2] = str(tmp_path / "absent.json")
@@ -134,7 +181,9 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, trust_file: Path, setup:
     assert out.returncode == 2
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("canteen-terminal: error:") and message in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("canteen-terminal: error:") and message in lines[0]
+    )
 
 
 def test_ledger_tools_on_a_file_that_is_not_a_ledger(tmp_path: Path) -> None:
@@ -150,11 +199,24 @@ def test_ledger_tools_on_a_file_that_is_not_a_ledger(tmp_path: Path) -> None:
 
 def test_lists_install_and_show(tmp_path: Path, trust_file: Path) -> None:
     roster = tmp_path / "roster.csv"
-    roster.write_text("uid,iss,sub,unit,display_name,status\n01020304,hn-test,C1,u,n,active\n",
-                      encoding="utf-8")
+    roster.write_text(
+        "uid,iss,sub,unit,display_name,status\n01020304,hn-test,C1,u,n,active\n", encoding="utf-8"
+    )
     st = str(tmp_path / "st")
-    out = run("lists", "install", "--state", st, "--issuers", str(trust_file), "--roster",
-              str(roster), "--roster-version", "4", "--now", "1790000000")
+    out = run(
+        "lists",
+        "install",
+        "--state",
+        st,
+        "--issuers",
+        str(trust_file),
+        "--roster",
+        str(roster),
+        "--roster-version",
+        "4",
+        "--now",
+        "1790000000",
+    )
     assert out.returncode == 0, out.stderr
     shown = [json.loads(x) for x in run("lists", "show", "--state", st).stdout.splitlines()]
     by_name = {x["name"]: x for x in shown}
@@ -168,7 +230,14 @@ def test_demo_runs_the_core_and_verifies(tmp_path: Path) -> None:
     out = run("demo", "--state", str(tmp_path / "demo"))
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for reason in ("replayed", "already_served", "revoked", "card_revoked", "card_unknown", "malformed"):
+    for reason in (
+        "replayed",
+        "already_served",
+        "revoked",
+        "card_revoked",
+        "card_unknown",
+        "malformed",
+    ):
         assert f"REFUSE {reason}" in text, reason
     assert text.count("ACCEPT") == 3
     assert "verifies" in text

@@ -59,11 +59,11 @@ price_visitor_fen = 1200
         ("[caps]\nqr_meals_per_day = true\n", "[caps] qr_meals_per_day: must be a whole number"),
         ("[caps]\nqr_meals_per_day = 0\n", "[caps] qr_meals_per_day: must be at least 1"),
         ("[caps]\nunsynced_fen = -5\n", "[caps] unsynced_fen: must be at least 0"),
-        ("[tokens]\nwindow_s = \"60\"\n", "[tokens] window_s: must be a whole number"),
-        ("[terminal]\ntimezone = \"Mars/Base\"\n", "unknown time zone"),
-        ("[terminal]\nlanguage = \"fr\"\n", "must be one of zh, en"),
+        ('[tokens]\nwindow_s = "60"\n', "[tokens] window_s: must be a whole number"),
+        ('[terminal]\ntimezone = "Mars/Base"\n', "unknown time zone"),
+        ('[terminal]\nlanguage = "fr"\n', "must be one of zh, en"),
         ("[lists]\nrevocation_soft_s = 900000\n", "must not be above revocation_hard_s"),
-        ("[clock]\nearliest = \"yesterday\"\n", "[clock] earliest: must be a date"),
+        ('[clock]\nearliest = "yesterday"\n', "[clock] earliest: must be a date"),
         ("this is = = not toml", "not valid TOML"),
         ("meals = []\n", "at least one meal window"),
     ],
@@ -96,7 +96,9 @@ price_visitor_fen = 100
         ([("a", "11:00", "12:00", 1), ("a", "13:00", "14:00", 1)], "used twice"),
     ],
 )
-def test_bad_meal_windows(tmp_path: Path, meals: list[tuple[str, str, str, int]], message: str) -> None:
+def test_bad_meal_windows(
+    tmp_path: Path, meals: list[tuple[str, str, str, int]], message: str
+) -> None:
     text = "".join(MEAL.format(name=n, start=s, end=e, own=o) for n, s, e, o in meals)
     with pytest.raises(config.ConfigError, match="meals") as err:
         config.load(write(tmp_path, text))
@@ -119,7 +121,7 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 
 
 def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write(tmp_path, "[terminal]\nid = \"t-1\"\n")
+    good = write(tmp_path, '[terminal]\nid = "t-1"\n')
     assert main(["config", "check", str(good)]) == 0
     assert "ok: terminal t-1" in capsys.readouterr().out
     bad = write(tmp_path, "[caps]\nbogus = 1\n")

@@ -41,7 +41,9 @@ CARD_OWN = policy.Diner("hn/3", "own-unit", "王芳", policy.CARD)
 
 
 def decide(diner: policy.Diner, when: int, **fact_changes: object) -> policy.Verdict:
-    return policy.decide(SETTINGS, diner, policy.service_at(SETTINGS, when), facts(**fact_changes), when)
+    return policy.decide(
+        SETTINGS, diner, policy.service_at(SETTINGS, when), facts(**fact_changes), when
+    )
 
 
 def test_meal_windows_are_local_and_end_exclusive() -> None:
@@ -53,7 +55,10 @@ def test_meal_windows_are_local_and_end_exclusive() -> None:
     # 23:30 UTC is 07:30 next morning in Asia/Shanghai: breakfast of the local day.
     utc = int(dt.datetime(2026, 11, 25, 23, 30, tzinfo=dt.UTC).timestamp())
     breakfast = policy.service_at(SETTINGS, utc)
-    assert breakfast is not None and (breakfast.meal.name, breakfast.day) == ("breakfast", "2026-11-26")
+    assert breakfast is not None and (breakfast.meal.name, breakfast.day) == (
+        "breakfast",
+        "2026-11-26",
+    )
 
 
 def test_prices_own_unit_and_visitor() -> None:

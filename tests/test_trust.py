@@ -67,7 +67,10 @@ def test_issuer_keys_with_windows_and_shared_kid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"iss": "x", "kid": "00" * 8, "public_key": PK1.hex()}, "is not the kid of its public key"),
+        (
+            {"iss": "x", "kid": "00" * 8, "public_key": PK1.hex()},
+            "is not the kid of its public key",
+        ),
         ({"iss": "x", "kid": KID1.hex(), "public_key": "zz"}, "public_key: not hex"),
         ({"iss": "x", "kid": KID1.hex(), "public_key": "00" * 31}, "must be 32 bytes"),
         ({"iss": "", "kid": KID1.hex(), "public_key": PK1.hex()}, "iss: must be a non-empty text"),
@@ -94,7 +97,9 @@ def test_every_revocation_kind_in_spec_order() -> None:
         ({"kind": "issuer_key", "public_key": PK1.hex()}, "issuer_key"),
     ]
     for version, (entry, kind) in enumerate(cases, start=1):
-        store.replace_revocations(trust.parse_revocations([entry]), trust.ListHeader(version, 1, None), 1)
+        store.replace_revocations(
+            trust.parse_revocations([entry]), trust.ListHeader(version, 1, None), 1
+        )
         assert store.revoked_kind(p) == kind
     # The same cadre id at another issuer, another credential: not revoked.
     store.replace_revocations(
@@ -109,7 +114,9 @@ def test_revocation_keys_cannot_collide_across_field_boundaries() -> None:
     a = trust.revocation_key("cadre", "a\0b", "c")
     b = trust.revocation_key("cadre", "a", "b\0c")
     assert a != b
-    assert trust.revocation_key("card", b"\1\2\3\4") != trust.revocation_key("holder_key", b"\1\2\3\4")
+    assert trust.revocation_key("card", b"\1\2\3\4") != trust.revocation_key(
+        "holder_key", b"\1\2\3\4"
+    )
 
 
 @pytest.mark.parametrize(
