@@ -267,6 +267,23 @@ def test_reopen_continues_the_chain(path: Path, key: Ed25519PrivateKey) -> None:
     assert verify_file(path).ok
 
 
+def test_two_writers_on_one_file_keep_one_chain(path: Path, key: Ed25519PrivateKey) -> None:
+    # e.g. the daemon and `verify-token --ledger`, or a sync job with its own connection:
+    # append reads the chain head inside its write transaction, never from a cache.
+    one = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0, checkpoint_every=3)
+    two = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0, checkpoint_every=3)
+    seqs = []
+    for i in range(10):
+        seqs.append((one if i % 2 else two).append(sale(f"iss/{i}"), T0 + i + 1).seq)
+    assert seqs == list(range(2, 12))
+    assert two.mark_acked(5, T0 + 50) == 5
+    assert one.unsynced()[0] == 6
+    one.close()
+    two.close()
+    report = verify_file(path, public_bytes(key))
+    assert report.ok and report.entries == 11
+
+
 def test_open_refuses_other_terminal_or_key(path: Path, key: Ed25519PrivateKey) -> None:
     Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0).close()
     with pytest.raises(LedgerError, match="belongs to terminal 't-001'"):
