@@ -211,6 +211,43 @@ def _factory(protocol: _PortProtocol) -> Callable[[], _PortProtocol]:
     return lambda: protocol
 
 
+class _PortThread(ReaderThread):  # type: ignore[misc]
+    """pyserial's ReaderThread, with one fix: an unplugged device can fail inside
+    ``in_waiting`` with a bare OSError (EIO), which the stock loop does not catch,
+    so the thread died without ever calling connection_lost. Here every I/O
+    error ends the loop the same way and the protocol always hears of it."""
+
+    def run(self) -> None:
+        if not hasattr(self.serial, "cancel_read"):
+            self.serial.timeout = 1
+        self.protocol = self.protocol_factory()
+        try:
+            self.protocol.connection_made(self)
+        except Exception as e:
+            self.alive = False
+            self.protocol.connection_lost(e)
+            self._connection_made.set()
+            return
+        self._connection_made.set()
+        error: BaseException | None = None
+        while self.alive and self.serial.is_open:
+            try:
+                data = self.serial.read(self.serial.in_waiting or 1)
+            except (serial.SerialException, OSError) as e:
+                error = e
+                break
+            if not data:
+                continue
+            try:
+                self.protocol.data_received(data)
+            except Exception as e:
+                error = e
+                break
+        self.alive = False
+        self.protocol.connection_lost(error)
+        self.protocol = None
+
+
 class CardReader:
     """Owns the card reader's serial port and its ReaderThread; puts CardPresented on `events`.
 
@@ -307,7 +344,7 @@ class CardReader:
                 continue
             link = CardLink(s)
             protocol = _PortProtocol(link, self._on_uids, self._clock)
-            thread = ReaderThread(port, _factory(protocol))
+            thread = _PortThread(port, _factory(protocol))
             thread.name = f"{self.name}-serial"
             opened_at = self._clock()
             self._link = link
@@ -336,7 +373,7 @@ class CardReader:
             self._stop.wait(delay)
         self._board.set_state(STOPPED, "stopped", self._clock())
 
-    def _supervise(self, link: CardLink, protocol: _PortProtocol, thread: ReaderThread) -> None:
+    def _supervise(self, link: CardLink, protocol: _PortProtocol, thread: _PortThread) -> None:
         s = self.settings
         while not self._stop.is_set() and not protocol.closed.is_set():
             if link.needs_ticks:
