@@ -418,6 +418,11 @@ class Ledger:
         self.terminal_id = terminal_id
         self._key = signing_key
         self._checkpoint_every = checkpoint_every
+        # unsynced() runs on every decision and its fen sum walks every unacknowledged
+        # sale, so the answer is kept and updated by our own appends. PRAGMA data_version
+        # changes when another connection commits, which drops the kept answer.
+        self._unsynced: tuple[int, int] | None = None
+        self._data_version = -1
 
     @classmethod
     def open(
@@ -548,6 +553,7 @@ class Ledger:
                 if seq % self._checkpoint_every == 0:
                     self._insert_checkpoint(conn, seq, digest, at_ms)
                 conn.execute("COMMIT")
+                self._count_appended(draft)
             except BaseException:
                 # SQLite rolls some failures (disk full) back by itself.
                 if conn.in_transaction:
@@ -576,6 +582,17 @@ class Ledger:
             prev_hash=last_hash,
             hash=digest,
         )
+
+    def _count_appended(self, draft: EntryDraft) -> None:
+        if self._unsynced is None:
+            return
+        if draft.kind == REVERSAL:
+            self._unsynced = None  # whether the reversed sale was acknowledged decides; recount
+            return
+        count, fen = self._unsynced
+        if draft.kind == SALE and draft.verdict == ACCEPT:
+            fen += draft.amount_fen
+        self._unsynced = (count + 1, fen)
 
     @staticmethod
     def _check_reversal(conn: sqlite3.Connection, draft: EntryDraft) -> None:
@@ -623,6 +640,7 @@ class Ledger:
                     (at_ms, up_to_seq),
                 ).rowcount
                 conn.execute("COMMIT")
+                self._unsynced = None
             except BaseException:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -713,6 +731,10 @@ class Ledger:
     def unsynced(self) -> tuple[int, int]:
         """(entries of any kind, fen of accepted not reversed sales) not yet acknowledged."""
         conn = self._db
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if self._unsynced is not None and version == self._data_version:
+            return self._unsynced
+        self._data_version = version
         count = conn.execute("SELECT count(*) FROM entries WHERE acked_at_ms IS NULL").fetchone()
         fen = conn.execute(
             "SELECT coalesce(sum(s.amount_fen), 0) FROM entries AS s"
@@ -720,7 +742,8 @@ class Ledger:
             " AND NOT EXISTS (SELECT 1 FROM entries AS r"
             "   WHERE r.ref_seq = s.seq AND r.kind = 'reversal')"
         ).fetchone()
-        return int(count[0]), int(fen[0])
+        self._unsynced = (int(count[0]), int(fen[0]))
+        return self._unsynced
 
     def last_ack_ms(self) -> int | None:
         """When the county server last acknowledged entries, or None if it never has."""

@@ -273,8 +273,11 @@ def test_two_writers_on_one_file_keep_one_chain(path: Path, key: Ed25519PrivateK
     one = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0, checkpoint_every=3)
     two = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0, checkpoint_every=3)
     seqs = []
+    assert one.unsynced()[0] == two.unsynced()[0] == 1  # both keep an answer from here on
     for i in range(10):
         seqs.append((one if i % 2 else two).append(sale(f"iss/{i}"), T0 + i + 1).seq)
+        # Each sees the other's commits: a kept count never hides another writer's entry.
+        assert one.unsynced() == two.unsynced() == (i + 2, (i + 1) * 1200)
     assert seqs == list(range(2, 12))
     assert two.mark_acked(5, T0 + 50) == 5
     assert one.unsynced()[0] == 6
