@@ -97,7 +97,9 @@ def source_kind(source: str) -> str:
         return V4L2
     if os.path.isdir(source) or "%" in os.path.basename(source):
         return FOLDER
-    return FILE
+    if os.path.isfile(source) or os.path.splitext(source)[1]:
+        return FILE
+    return FOLDER  # not there (yet): a name without an extension is taken for a folder
 
 
 def folder_pattern(folder: str) -> str | None:
@@ -115,11 +117,13 @@ def folder_pattern(folder: str) -> str | None:
     return None
 
 
-def open_capture(settings: CameraSettings) -> tuple[Any, str]:
+def open_capture(settings: CameraSettings, kind: str | None = None) -> tuple[Any, str]:
     """An opened cv2.VideoCapture for the source and a line describing it; OSError if it
-    cannot be opened (missing device, unreachable URL, empty folder)."""
+    cannot be opened (missing device, unreachable URL, empty folder). `kind` is
+    `source_kind(settings.source)` unless given (a camera fixes it at start, so a
+    folder that disappears is still a folder)."""
     source = settings.source
-    kind = source_kind(source)
+    kind = kind if kind is not None else source_kind(source)
     timeout_ms = int(settings.stall_s * 1000)
     if kind == V4L2:
         if not source.isdigit() and not os.path.exists(source):
@@ -147,7 +151,9 @@ def open_capture(settings: CameraSettings) -> tuple[Any, str]:
     elif kind == FOLDER:
         pattern = folder_pattern(source) if os.path.isdir(source) else source
         if pattern is None:
-            raise OSError(f"image folder {source} has no numbered images (e.g. frame_0001.jpg)")
+            raise OSError(
+                f"image folder {source} is missing or has no numbered images (frame_0001.jpg)"
+            )
         cap = cv2.VideoCapture(pattern, cv2.CAP_IMAGES)
     else:
         if not os.path.exists(source):
@@ -155,7 +161,13 @@ def open_capture(settings: CameraSettings) -> tuple[Any, str]:
         cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise OSError(f"OpenCV cannot open camera source {source} ({kind})")
+        what = {
+            V4L2: "check the camera's USB cable and that no other program uses it",
+            URL: "check that the stream's server is running and reachable",
+            FOLDER: "check that the folder holds numbered images",
+            FILE: "check that the file is a video OpenCV can read",
+        }[kind]
+        raise OSError(f"OpenCV cannot open camera source {source} ({kind}): {what}")
     fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
     got = "".join(chr((fourcc >> (8 * i)) & 0xFF) for i in range(4)) if fourcc > 0 else "?"
     described = (
@@ -190,6 +202,7 @@ class Camera:
         # Built here, not in the thread, so a missing decoder library is one
         # clear DecoderUnavailable at start instead of a dead thread.
         self._decoder = decoder if decoder is not None else make_decoder(settings.decoder)
+        self.kind = source_kind(settings.source)
         self._board = HealthBoard(name, clock())
         self._presence = PresenceFilter(settings.same_text_s)
         self._stop = threading.Event()
@@ -216,7 +229,7 @@ class Camera:
         backoff = Backoff(self.settings.reopen_backoff_s, self.settings.reopen_backoff_max_s)
         while not self._stop.is_set():
             try:
-                cap, described = open_capture(self.settings)
+                cap, described = open_capture(self.settings, self.kind)
             except (OSError, cv2.error) as e:
                 delay = backoff.next_delay()
                 self._down(f"{e}; retrying in {delay:.1f} s", counter="open_failures")
@@ -245,7 +258,7 @@ class Camera:
     def _read_frames(self, cap: Any, backoff: Backoff) -> str | None:
         """Read until stopped or failed: the reason it stopped, or None at a file's end."""
         s = self.settings
-        kind = source_kind(s.source)
+        kind = self.kind
         paced = kind in (FILE, FOLDER)
         period = 1.0 / s.fps
         next_at = self._clock()
