@@ -13,12 +13,14 @@ import datetime as dt
 import itertools
 import tomllib
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 DEFAULTS_RESOURCE = "defaults.toml"
+# The tables this module reads itself; every other table belongs to another module.
+_CORE_TABLES = ("terminal", "canteen", "meals", "tokens", "caps", "lists", "clock")
 
 
 class ConfigError(Exception):
@@ -75,10 +77,20 @@ class Settings:
     clock_fault_tolerance_s: int
     clock_earliest_s: int
     source: str  # which file(s) the settings came from, for messages
+    # Tables read by other modules (camera, reader, daemon, sync, display), already merged
+    # over the defaults; each module reads its own with ``section()`` and the same strictness.
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def section(self, name: str) -> Section:
+        """Typed access to one of the other modules' tables; unknown options stay errors."""
+        return Section(self.source, name, dict(self.extra.get(name, {})))
 
 
-class _Section:
-    """Typed getters over one TOML table that remember which options were read."""
+class Section:
+    """Typed getters over one TOML table that remember which options were read.
+
+    Call ``check_unused()`` after reading: an option nobody read is a typo.
+    """
 
     def __init__(self, origin: str, name: str, data: dict[str, Any]) -> None:
         self.origin = origin
@@ -115,6 +127,30 @@ class _Section:
             raise ConfigError(
                 f"{self._where(option)}: must be at least {minimum}{upper}, got {value}"
             )
+        return value
+
+    def get_float(self, option: str, minimum: float = 0.0, maximum: float | None = None) -> float:
+        value = self._raw(option)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self._where(option)}: must be a number, got {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(
+                f"{self._where(option)}: must be at least {minimum}{upper}, got {value}"
+            )
+        return float(value)
+
+    def get_bool(self, option: str) -> bool:
+        value = self._raw(option)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._where(option)}: must be true or false, got {value!r}")
+        return value
+
+    def get_text(self, option: str) -> str:
+        """A text that may be empty (get_str refuses empty texts)."""
+        value = self._raw(option)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self._where(option)}: must be a text, got {value!r}")
         return value
 
     def get_str_list(self, option: str) -> list[str]:
@@ -192,12 +228,12 @@ def load(path: str | Path | None = None) -> Settings:
 
 
 def _build(data: dict[str, Any], origin: str, base: Path) -> Settings:
-    term = _Section(origin, "terminal", data["terminal"])
-    canteen = _Section(origin, "canteen", data["canteen"])
-    tokens = _Section(origin, "tokens", data["tokens"])
-    caps_s = _Section(origin, "caps", data["caps"])
-    lists_s = _Section(origin, "lists", data["lists"])
-    clock = _Section(origin, "clock", data["clock"])
+    term = Section(origin, "terminal", data["terminal"])
+    canteen = Section(origin, "canteen", data["canteen"])
+    tokens = Section(origin, "tokens", data["tokens"])
+    caps_s = Section(origin, "caps", data["caps"])
+    lists_s = Section(origin, "lists", data["lists"])
+    clock = Section(origin, "clock", data["clock"])
 
     tz_name = term.get_str("timezone")
     try:
@@ -257,6 +293,7 @@ def _build(data: dict[str, Any], origin: str, base: Path) -> Settings:
         clock_fault_tolerance_s=clock.get_int("fault_tolerance_s", 0, 3600),
         clock_earliest_s=int(earliest.timestamp()),
         source=origin,
+        extra={k: v for k, v in data.items() if k not in _CORE_TABLES and isinstance(v, dict)},
     )
     for section in (term, canteen, tokens, caps_s, lists_s, clock):
         section.check_unused()
@@ -270,7 +307,7 @@ def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
     for index, table in enumerate(raw, start=1):
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [[meals]] #{index}: must be a table")
-        section = _Section(origin, f"meals #{index}", table)
+        section = Section(origin, f"meals #{index}", table)
         meal = MealWindow(
             name=section.get_str("name"),
             start=section.get_time("start"),
@@ -297,3 +334,7 @@ def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
                 f"overlaps {after.name} ({after.start:%H:%M}-{after.end:%H:%M})"
             )
     return tuple(ordered)
+
+
+# The name other modules first used; kept so both spellings work.
+_Section = Section
