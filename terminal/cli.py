@@ -191,6 +191,48 @@ def cmd_config_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    from terminal import daemon
+
+    daemon.setup_logging()
+    settings = config.load(a.config)
+    return daemon.Daemon(settings).run()
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from terminal import daemon
+
+    settings = config.load(a.config)
+    root = Path(a.state) if a.state else settings.state_dir
+    try:
+        health = daemon.ask_status(root)
+    except (OSError, ValueError) as exc:
+        raise CommandError(
+            f"no running terminal answers at {root / daemon.STATUS_SOCKET} ({exc}); "
+            "start it with `systemctl start canteen-terminal` or `canteen-terminal run`"
+        ) from None
+    if a.json:
+        print(json.dumps(health, ensure_ascii=False))
+        return 0
+    print(f"{health['state']}: {health['sentence']}")
+    print(f"  terminal {health['terminal_id']} at {health['canteen']}; screen {health['screen']}")
+    for name, dev in health.get("devices", {}).items():
+        age = dev.get("last_activity_age_s")
+        age_text = "never" if age is None else f"{age:.1f} s ago"
+        print(f"  {name}: {dev['state']} (last activity {age_text}): {dev['detail']}")
+    ack = health.get("last_ack_ms")
+    print(
+        f"  ledger: {health.get('last_seq')} entries, {health.get('unsynced')} unsynced; "
+        f"last acknowledged sync: {'never' if ack is None else ack}"
+    )
+    print(
+        f"  lists age (s): {health.get('list_ages_s')}; "
+        f"clock trusted: {health.get('clock_trusted')}"
+    )
+    print(f"  free disk: {health.get('free_mb')} MB; decisions this run: {health.get('decisions')}")
+    return 0 if health["state"] == "ready" else 1
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from terminal.demo import run_demo
 
@@ -271,6 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("check", help="load a settings file and report the first problem")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser(
+        "run",
+        help="run the terminal daemon (devices, decisions, screen) until SIGTERM",
+        description="Run the terminal: camera and card reader, the decision worker, the screen "
+        "and the status socket. systemd starts it (systemd/canteen-terminal.service).",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "status",
+        help="ask the running daemon how it is (exit 0 only when ready)",
+        description="Ask the running daemon over its status socket in the state directory.",
+    )
+    _add_config(p)
+    p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "demo",

@@ -1,0 +1,703 @@
+"""The terminal as a service: threads, the one decision worker, health, systemd notify.
+
+This module owns the wiring of a running terminal. It starts the parts in a
+fixed order (state, decision worker, screen, devices, sync), routes every
+event through one queue to the one decision worker (the only thread that
+touches the ledger and the trust store), shows a verdict only after its entry
+is committed, keeps the daemon's state (starting, ready, degraded, stopped)
+with a sentence for the person in front of the terminal, speaks systemd's
+notify protocol, and stops cleanly on SIGTERM. It never decides a verdict
+itself (terminal/checkout.py does) and never daemonizes: systemd does that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from terminal import config, ledger, policy, state, trust
+from terminal.checkout import Checkout, Decision, ReversalRefused
+from terminal.events import CardPresented, QrPresented
+
+log = logging.getLogger("canteen.daemon")
+
+STARTING = "starting"
+READY = "ready"
+DEGRADED = "degraded"
+STOPPED = "stopped"
+
+STATUS_SOCKET = "daemon.sock"
+
+
+# ---- logging for journald ----
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix each line with its syslog priority (<3> error .. <7> debug); journald reads it."""
+
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self._PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.name}: {super().format(record)}"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JournalFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# ---- systemd notify ----
+
+
+class Notifier:
+    """sd_notify over $NOTIFY_SOCKET: a datagram per message; a no-op without systemd.
+
+    Errors are logged once, not swallowed: a watchdog that silently stops
+    pinging would make systemd kill a healthy terminal without a word why.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
+        self._sock: socket.socket | None = None
+        self._failed = False
+        if self.address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def send(self, **fields: str | int) -> bool:
+        if self._sock is None or not self.address:
+            return False
+        text = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            self._sock.sendto(text.encode("utf-8"), target)
+        except OSError as exc:
+            if not self._failed:
+                log.error("systemd notify to %s failed: %s", self.address, exc)
+            self._failed = True
+            return False
+        self._failed = False
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# ---- settings of the daemon itself ----
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    min_free_mb: int
+    queue_size: int
+    worker_stall_s: int
+    camera: bool
+    reader: bool
+
+
+def daemon_settings(settings: config.Settings) -> DaemonSettings:
+    section = settings.section("daemon")
+    result = DaemonSettings(
+        min_free_mb=section.get_int("min_free_mb", 1, 100_000),
+        queue_size=section.get_int("queue_size", 1, 100_000),
+        worker_stall_s=section.get_int("worker_stall_s", 2, 3600),
+        camera=section.get_bool("camera"),
+        reader=section.get_bool("reader"),
+    )
+    section.check_unused()
+    return result
+
+
+def camera_settings(settings: config.Settings) -> Any:
+    from terminal.scanner.camera import CameraSettings
+
+    s = settings.section("camera")
+    try:
+        result = CameraSettings(
+            source=s.get_str("source"),
+            width=s.get_int("width", 16, 8192),
+            height=s.get_int("height", 16, 8192),
+            fps=s.get_int("fps", 1, 240),
+            fourcc=s.get_str("fourcc"),
+            decoder=s.get_str("decoder", ("zxing", "pyzbar", "opencv")),
+            stall_s=s.get_float("stall_s", 0.1, 600),
+            same_text_s=s.get_float("same_text_s", 0, 600),
+        )
+    except ValueError as exc:
+        raise config.ConfigError(f"{settings.source}: [camera]: {exc}") from None
+    s.check_unused()
+    return result
+
+
+def reader_settings(settings: config.Settings) -> Any:
+    from terminal.scanner.reader import ReaderSettings
+
+    s = settings.section("reader")
+    try:
+        result = ReaderSettings(
+            port=s.get_str("port"),
+            kind=s.get_str("kind", ("rdm6300", "ascii", "pn532")),
+            ascii_format=s.get_str("ascii_format", ("hex", "dec")),
+            ascii_byte_order=s.get_str("ascii_byte_order", ("msb_first", "lsb_first")),
+            card_leave_s=s.get_float("card_leave_s", 0, 60),
+        )
+    except ValueError as exc:
+        raise config.ConfigError(f"{settings.source}: [reader]: {exc}") from None
+    s.check_unused()
+    return result
+
+
+# ---- work for the decision worker ----
+
+
+@dataclass
+class Job:
+    """A function to run on the decision worker (staff actions, sync results, reloads)."""
+
+    fn: Callable[[Checkout], Any]
+    reply: Future[Any]
+
+
+_STOP = object()
+
+
+def free_mb(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / (1024 * 1024)
+
+
+class DecisionWorker:
+    """The one thread that owns the ledger and the trust store; everything else asks it."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        dsettings: DaemonSettings,
+        on_decision: Callable[[Decision, Checkout], None],
+        wall_ms: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.dsettings = dsettings
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=dsettings.queue_size)
+        self._on_decision = on_decision
+        self._wall_ms = wall_ms
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self.open_error: BaseException | None = None
+        self.heartbeat = time.monotonic()
+        self.decisions = 0
+        self.dropped = 0
+        self.disk_low = False
+        self.snapshot: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="decision-worker", daemon=True)
+        self._thread.start()
+        self._opened.wait(30)
+        if self.open_error is not None:
+            raise self.open_error
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def put(self, item: Any) -> bool:
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("decision queue full (%d): event dropped", self.queue.maxsize)
+            return False
+        return True
+
+    def call(self, fn: Callable[[Checkout], Any], timeout_s: float = 10.0) -> Any:
+        """Run ``fn(checkout)`` on the worker and wait for its answer (staff actions, sync)."""
+        reply: Future[Any] = Future()
+        self.queue.put(Job(fn, reply), timeout=timeout_s)
+        return reply.result(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        # The sentinel goes behind what is queued: events already taken are decided.
+        with contextlib.suppress(queue.Full):
+            self.queue.put(_STOP, timeout=timeout_s)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            book, store = state.open_state(
+                self.settings.state_dir, self.settings.terminal_id, self._wall_ms()
+            )
+            counter = Checkout(self.settings, book, store)
+        except BaseException as exc:
+            self.open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            self._refresh(counter)
+            while True:
+                self.heartbeat = time.monotonic()
+                try:
+                    item = self.queue.get(timeout=1.0)
+                except queue.Empty:
+                    self._refresh(counter)
+                    continue
+                if item is _STOP:
+                    break
+                self._handle(item, counter)
+        finally:
+            book.close(counter.now(self._wall_ms()))
+            store.close()
+
+    def _handle(self, item: Any, counter: Checkout) -> None:
+        if isinstance(item, Job):
+            if item.reply.set_running_or_notify_cancel():
+                try:
+                    item.reply.set_result(item.fn(counter))
+                except BaseException as exc:
+                    item.reply.set_exception(exc)
+            return
+        # Stop before a write can fail: a ledger entry is either whole or absent.
+        self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
+        if self.disk_low:
+            self.dropped += 1
+            log.error(
+                "disk nearly full (< %d MB free in %s): not selling; free space or call a "
+                "technician",
+                self.dsettings.min_free_mb,
+                self.settings.state_dir,
+            )
+            return
+        try:
+            if isinstance(item, QrPresented):
+                decision = counter.present_qr(item.text, self._wall_ms())
+            elif isinstance(item, CardPresented):
+                decision = counter.present_card(item.uid, self._wall_ms())
+            else:
+                log.error("decision worker: unknown event %r dropped", type(item).__name__)
+                return
+        except ledger.LedgerError as exc:
+            log.error("%s", exc)
+            return
+        self.decisions += 1
+        self._refresh(counter)
+        self._on_decision(decision, counter)
+
+    def _refresh(self, counter: Checkout) -> None:
+        """A snapshot of what health and the status line need; read by other threads."""
+        wall = self._wall_ms()
+        now_ms = max(wall, counter.clock.floor_ms)
+        unsynced, unsynced_fen = counter.ledger.unsynced()
+        ages = {}
+        for name in trust.LIST_NAMES:
+            info = counter.trust.list_info(name)
+            ages[name] = None if info is None else max(0, now_ms // 1000 - info.issued_at)
+        service = policy.service_at(self.settings, now_ms // 1000)
+        self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
+        self.snapshot = {
+            "unsynced": unsynced,
+            "unsynced_fen": unsynced_fen,
+            "last_ack_ms": counter.ledger.last_ack_ms(),
+            "last_seq": counter.ledger.last_seq(),
+            "list_ages_s": ages,
+            "clock_trusted": counter.clock.trusted(now_ms) and not counter.clock.in_fault,
+            "clock_floor_ms": counter.clock.floor_ms,
+            "meal": service.meal.name if service else None,
+            "price_fen": service.meal.price_own_fen if service else None,
+            "price_visitor_fen": service.meal.price_visitor_fen if service else None,
+            "free_mb": round(free_mb(self.settings.state_dir), 1),
+            "disk_low": self.disk_low,
+        }
+
+
+# ---- the staff desk, over the worker ----
+
+
+class WorkerDesk:
+    """The screen's StaffDesk, answered by the decision worker (it owns the ledger)."""
+
+    def __init__(self, worker: DecisionWorker, settings: config.Settings, pin: str) -> None:
+        self.worker = worker
+        self.settings = settings
+        self.pin = pin
+
+    def staff_for_pin(self, pin: str) -> str | None:
+        from terminal.display.desk import pin_matches
+
+        return "staff" if pin_matches(self.pin, pin) else None
+
+    def last_charge(self) -> Any:
+        from terminal.display.desk import Charge
+
+        def find(c: Checkout) -> Any:
+            sale = c.ledger.last_sale()
+            if sale is None:
+                return None
+            return Charge(
+                seq=sale.seq,
+                at_ms=sale.at_ms,
+                display_name=None,
+                unit=sale.unit,
+                meal=sale.meal,
+                amount_fen=sale.amount_fen,
+                method=sale.method or "",
+            )
+
+        return self.worker.call(find)
+
+    def reverse(self, sale_seq: int, staff: str, within_s: int) -> Any:
+        from terminal.display.desk import Refusal, Reversal
+
+        def undo(c: Checkout) -> Any:
+            try:
+                entry = c.reverse(sale_seq, self.worker._wall_ms(), within_s, staff)
+            except ReversalRefused as refused:
+                return Refusal(refused.code, str(refused))
+            except ledger.LedgerError as exc:
+                return Refusal("no_such_sale", str(exc))
+            return Reversal(entry.seq, sale_seq, entry.at_ms, entry.amount_fen, entry.meal)
+
+        return self.worker.call(undo)
+
+    def today_totals(self) -> Any:
+        return self.worker.call(lambda c: day_totals(c, self.worker._wall_ms()))
+
+    def day_summary(self) -> Any:
+        from terminal.display.desk import DaySummary
+
+        def summary(c: Checkout) -> Any:
+            totals = day_totals(c, self.worker._wall_ms())
+            seqs = [e.seq for e in c.ledger.entries() if e.day == totals.day]
+            reasons: dict[str, int] = {}
+            for e in c.ledger.entries(seqs[0] if seqs else c.ledger.last_seq() + 1):
+                if e.day == totals.day and e.verdict == ledger.REJECT and e.reason:
+                    reasons[e.reason] = reasons.get(e.reason, 0) + 1
+            return DaySummary(
+                totals=totals,
+                terminal_id=self.settings.terminal_id,
+                canteen_id=self.settings.canteen_id,
+                canteen_name=self.settings.canteen_name,
+                first_seq=seqs[0] if seqs else None,
+                last_seq=seqs[-1] if seqs else None,
+                refusals_by_reason=reasons,
+                unsynced_entries=c.ledger.unsynced()[0],
+            )
+
+        return self.worker.call(summary)
+
+
+def day_totals(c: Checkout, wall_ms: int) -> Any:
+    """Totals by meal for the local service day at ``wall_ms`` (the staff panel's figures)."""
+    from terminal.display.desk import DayTotals, MealTotal
+
+    now_ms = max(wall_ms, c.clock.floor_ms)
+    day = policy.local_day(c.settings, now_ms // 1000)
+    rows: dict[str, list[int]] = {m.name: [0, 0, 0, 0, 0] for m in c.settings.meals}
+    for e in c.ledger.entries():
+        if e.day != day or e.meal is None:
+            continue
+        row = rows.setdefault(e.meal, [0, 0, 0, 0, 0])
+        if e.kind == ledger.SALE and e.verdict == ledger.ACCEPT:
+            row[0] += 1
+            row[1] += e.amount_fen
+        elif e.kind == ledger.REVERSAL:
+            row[2] += 1
+            row[3] += e.amount_fen
+        elif e.verdict == ledger.REJECT:
+            row[4] += 1
+    meals = tuple(MealTotal(name, *row) for name, row in rows.items())
+    return DayTotals(day=day, meals=meals, generated_at_ms=now_ms)
+
+
+# ---- the status socket (canteen-terminal status) ----
+
+
+class _StatusHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        daemon: Daemon = self.server.daemon  # type: ignore[attr-defined]
+        self.wfile.write(json.dumps(daemon.health(), ensure_ascii=False).encode() + b"\n")
+
+
+class _StatusServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def ask_status(state_dir: Path, timeout_s: float = 3.0) -> dict[str, Any]:
+    """What the running daemon says about itself, over its status socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(state_dir / STATUS_SOCKET))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+# ---- the daemon ----
+
+
+class Daemon:
+    """A running terminal. ``run()`` blocks until SIGTERM/SIGINT or ``request_stop()``."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        *,
+        wall_ms: Callable[[], int] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dsettings = daemon_settings(settings)
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self.notifier = notifier or Notifier()
+        self.state = STARTING
+        self.sentence = "The terminal is starting; please wait."
+        self.problems: list[str] = []
+        self._stop = threading.Event()
+        self.worker = DecisionWorker(settings, self.dsettings, self._shown, self._wall_ms)
+        self.camera: Any = None
+        self.reader: Any = None
+        self.screen: Any = None
+        self.sync: Any = None
+        self._status_server: _StatusServer | None = None
+        self.started_at = time.monotonic()
+        self.online: bool | None = None
+        self.online_since_ms = self._wall_ms()
+
+    # -- parts --
+
+    def _start_parts(self) -> None:
+        state.prepare(self.settings.state_dir)
+        self.worker.start()
+        self._start_screen()
+        if self.dsettings.camera:
+            from terminal.scanner.camera import Camera
+
+            self.camera = Camera(camera_settings(self.settings), self.worker.queue)
+            self.camera.start()
+        if self.dsettings.reader:
+            from terminal.scanner.reader import CardReader
+
+            self.reader = CardReader(reader_settings(self.settings), self.worker.queue)
+            self.reader.start()
+        self._start_status_socket()
+
+    def _start_screen(self) -> None:
+        from terminal.display import settings as display_settings
+        from terminal.display.server import Screen
+
+        tables = {
+            "display": self.settings.extra.get("display", {}),
+            "terminal": {
+                "language": self.settings.language,
+                "timezone": self.settings.timezone.key,
+            },
+        }
+        dset = display_settings.from_tables(tables, self.settings.source)
+        self.screen = Screen(dset, WorkerDesk(self.worker, self.settings, dset.staff_pin))
+        self.screen.start()
+        log.info("screen at %s", self.screen.url)
+
+    def _start_status_socket(self) -> None:
+        path = Path(self.settings.state_dir) / STATUS_SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = _StatusServer(str(path), _StatusHandler)
+        server.daemon = self  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, name="status-socket", daemon=True).start()
+        self._status_server = server
+
+    # -- decisions reach the screen only here, after the commit --
+
+    def _shown(self, decision: Decision, counter: Checkout) -> None:
+        e = decision.entry
+        view = {
+            "seq": e.seq,
+            "verdict": e.verdict,
+            "reason": e.reason,
+            "display_name": decision.display_name,
+            "unit": e.unit,
+            "meal": e.meal,
+            "amount_fen": e.amount_fen,
+            "method": e.method,
+            "at_ms": e.at_ms,
+        }
+        log.info(
+            "entry %d: %s %s %s",
+            e.seq,
+            e.method,
+            e.verdict,
+            e.reason or f"{e.meal} {e.amount_fen} fen",
+        )
+        if self.screen is not None:
+            self.screen.show_decision(view)
+
+    # -- health --
+
+    def health(self) -> dict[str, Any]:
+        snap = dict(self.worker.snapshot)
+        devices = {}
+        for part in (self.camera, self.reader):
+            if part is not None:
+                h = part.health()
+                devices[h.device] = {
+                    "state": h.state,
+                    "detail": h.detail,
+                    "last_activity_age_s": h.last_activity_age_s,
+                    "opens": h.opens,
+                    "counters": dict(h.counters),
+                }
+        return {
+            "state": self.state,
+            "sentence": self.sentence,
+            "problems": list(self.problems),
+            "terminal_id": self.settings.terminal_id,
+            "canteen": self.settings.canteen_name,
+            "screen": self.screen.url if self.screen is not None else None,
+            "devices": devices,
+            "decisions": self.worker.decisions,
+            "dropped_events": self.worker.dropped,
+            "queue": self.worker.queue.qsize(),
+            "online": self.online,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            **snap,
+        }
+
+    def _assess(self) -> None:
+        """Work out the state and its sentence from the parts; tell systemd and the screen."""
+        problems = []
+        worker_ok = (
+            self.worker.alive()
+            and time.monotonic() - self.worker.heartbeat < self.dsettings.worker_stall_s
+        )
+        if not worker_ok:
+            problems.append("the decision worker is stuck: the terminal will restart itself")
+        snap = self.worker.snapshot
+        if snap.get("disk_low"):
+            problems.append("disk nearly full: not selling; free space or call a technician")
+        for part, what in ((self.camera, "camera"), (self.reader, "card reader")):
+            if part is not None and not part.health().up:
+                problems.append(f"{what} down: {part.health().detail}")
+        if snap and not snap.get("clock_trusted", True):
+            problems.append("clock not trusted: connect the network so the time can be set")
+        self.problems = problems
+        if self._stop.is_set():
+            self.state, self.sentence = STOPPED, "The terminal is stopping."
+        elif problems:
+            self.state = DEGRADED
+            self.sentence = "; ".join(problems)
+        else:
+            self.state = READY
+            self.sentence = "Ready: show a meal code or swipe a card."
+        devices_alive = all(
+            part is None or (part._thread is not None and part._thread.is_alive())
+            for part in (self.camera, self.reader)
+        )
+        if worker_ok and devices_alive:
+            self.notifier.send(watchdog=1)
+        self.notifier.send(status=f"{self.state}: {self.sentence}")
+        if self.screen is not None:
+            self.screen.set_status(self._status_view())
+
+    def _status_view(self) -> dict[str, Any]:
+        snap = self.worker.snapshot
+        ages = [a for a in (snap.get("list_ages_s") or {}).values() if a is not None]
+        return {
+            "state": self.state,
+            "sentence": self.sentence,
+            "online": bool(self.online),
+            "since_ms": self.online_since_ms,
+            "unsynced": snap.get("unsynced", 0),
+            "last_sync_ms": snap.get("last_ack_ms"),
+            "list_age_s": max(ages) if ages else None,
+            "settings_version": None,
+            "clock_trusted": bool(snap.get("clock_trusted", False)),
+            "canteen_name": self.settings.canteen_name,
+            "meal": snap.get("meal"),
+            "price_fen": snap.get("price_fen"),
+            "price_visitor_fen": snap.get("price_visitor_fen"),
+        }
+
+    # -- life cycle --
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, install_signals: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        try:
+            self._start_parts()
+        except (config.ConfigError, state.StateError, ledger.LedgerError, trust.TrustError) as exc:
+            log.error("cannot start: %s", exc)
+            self.notifier.send(status=f"cannot start: {exc}")
+            self._shutdown()
+            return 2
+        self._assess()
+        self.notifier.send(ready=1, status=f"{self.state}: {self.sentence}")
+        log.info("%s: %s", self.state, self.sentence)
+        last_state = self.state
+        while not self._stop.wait(1.0):
+            self._assess()
+            if self.state != last_state:
+                log.warning("%s: %s", self.state, self.sentence)
+                last_state = self.state
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.notifier.send(stopping=1, status="stopping")
+        # Devices first: no new events. Then the worker finishes what it holds.
+        for part in (self.camera, self.reader):
+            if part is not None:
+                part.stop(timeout_s=3.0)
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                self.sync.stop()
+        self.worker.stop(timeout_s=10.0)
+        if self._status_server is not None:
+            self._status_server.shutdown()
+            self._status_server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                (Path(self.settings.state_dir) / STATUS_SOCKET).unlink()
+        self.state = STOPPED
+        if self.screen is not None:
+            with contextlib.suppress(Exception):
+                self.screen.set_status(self._status_view())
+            self.screen.stop()
+        log.info("stopped")
+        self.notifier.close()

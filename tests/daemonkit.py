@@ -1,0 +1,120 @@
+"""Helpers that set up a real terminal for daemon tests: settings, lists, a card reader pty.
+
+The daemon reads the wall clock, so the settings put the canteen in a time zone
+where it is midday now and one meal window spans the whole day: tests then never
+depend on the hour at which they run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
+
+from terminal import state, trust
+
+ISSUER = Issuer("hn-daemon", key_from_seed("daemon-test-issuer"))
+CARD_UID = bytes.fromhex("0a1b2c3d4e")  # RDM6300: version byte + 32-bit id
+CARD_CADRE = "K1"
+PIN = "2468"
+
+
+def midday_zone() -> str:
+    """An Etc/GMT zone in which the local hour now is about 12."""
+    hour = dt.datetime.now(dt.UTC).hour
+    offset = 12 - hour  # local = UTC + offset
+    offset = max(-12, min(14, offset))
+    # Etc/GMT-8 is UTC+8: the sign is inverted in these names.
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
+
+
+def write_settings(
+    tmp: Path,
+    *,
+    reader_port: str | None,
+    camera_source: str | None,
+    daemon_options: str = "",
+    extra: str = "",
+) -> Path:
+    path = tmp / "terminal.toml"
+    camera = f'[camera]\nsource = "{camera_source}"\nfps = 10\n' if camera_source else ""
+    reader = f'[reader]\nport = "{reader_port}"\nkind = "rdm6300"\n' if reader_port else ""
+    path.write_text(
+        f"""
+[terminal]
+id = "t-daemon"
+state_dir = "state"
+timezone = "{midday_zone()}"
+language = "en"
+
+[canteen]
+id = "c-daemon"
+name = "Test canteen"
+units = ["own"]
+
+[[meals]]
+name = "allday"
+start = "00:00"
+end = "23:59"
+price_own_fen = 1000
+price_visitor_fen = 1500
+
+[display]
+port = 0
+staff_pin = "{PIN}"
+
+[daemon]
+camera = {"true" if camera_source else "false"}
+reader = {"true" if reader_port else "false"}
+{daemon_options}
+
+{camera}
+{reader}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def install_lists(state_dir: Path, now: int | None = None) -> None:
+    now = now if now is not None else int(time.time())
+    paths = state.prepare(state_dir)
+    store = trust.TrustStore(paths.trust)
+    header = trust.ListHeader(1, now - 60, None)
+    store.replace_issuers(trust.parse_issuer_keys([ISSUER.trust_entry()]), header, now)
+    store.replace_revocations([], header, now)
+    card = trust.RosterCard(CARD_UID, ISSUER.iss, CARD_CADRE, "own", "Card holder", "active")
+    store.replace_roster([card], header, now)
+    store.close()
+
+
+def wallet(sub: str) -> Wallet:
+    return make_wallet(ISSUER, sub, "own", f"Cadre {sub}", now=int(time.time()) - 3600)
+
+
+def rdm6300_frame(uid5: bytes) -> bytes:
+    """STX, 10 hex digits (version + id), 2 hex digits of XOR checksum, ETX."""
+    check = 0
+    for b in uid5:
+        check ^= b
+    return b"\x02" + uid5.hex().upper().encode() + f"{check:02X}".encode() + b"\x03"
+
+
+class ReaderPty:
+    """The far end of a card reader: the daemon opens the slave path, we write frames."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        self._slave = slave  # kept open so the line stays up until close()
+
+    def swipe(self, uid5: bytes = CARD_UID) -> None:
+        os.write(self.master, rdm6300_frame(uid5))
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self._slave)

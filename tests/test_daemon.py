@@ -1,0 +1,249 @@
+"""The daemon for real: a card reader on a pty, systemd's notify socket, SIGTERM, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+
+from terminal import config, daemon, ledger
+
+ROOT = Path(__file__).parent.parent
+
+
+def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def reader() -> Iterator[ReaderPty]:
+    pty = ReaderPty()
+    yield pty
+    pty.close()
+
+
+class NotifySocket:
+    """systemd's side of sd_notify: a datagram socket that collects every message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def seen(self, key: str, value: str | None = None) -> bool:
+        return any(key in m and (value is None or m[key] == value) for m in self.messages)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def start_daemon(
+    settings_path: Path, notify: NotifySocket | None
+) -> tuple[daemon.Daemon, threading.Thread]:
+    settings = config.load(settings_path)
+    notifier = daemon.Notifier(str(notify.path)) if notify else daemon.Notifier("")
+    d = daemon.Daemon(settings, notifier=notifier)
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    return d, thread
+
+
+def test_notify_protocol_and_a_swipe_end_to_end(tmp_path: Path, reader: ReaderPty) -> None:
+    path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
+    install_lists(tmp_path / "state")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    d, thread = start_daemon(path, notify)
+    try:
+        wait_for(lambda: notify.seen("READY", "1"), what="READY=1")
+        wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
+        wait_for(lambda: notify.seen("WATCHDOG", "1"), what="a watchdog ping")
+        reader.swipe()
+        wait_for(lambda: d.worker.decisions == 1, what="the swipe's decision")
+        health = d.health()
+        assert health["state"] == "ready", health["sentence"]
+        assert health["unsynced"] == 2  # genesis and the sale
+        assert any(m.get("STATUS", "").startswith("ready:") for m in notify.messages)
+        answer = daemon.ask_status(tmp_path / "state")
+        assert answer["decisions"] == 1 and answer["devices"]["reader"]["state"] == "up"
+    finally:
+        d.request_stop()
+        thread.join(15)
+        notify.close()
+    assert not thread.is_alive()
+    assert notify.seen("STOPPING", "1")
+    book = tmp_path / "state" / "ledger.sqlite"
+    report = ledger.verify_file(book)
+    assert report.ok, report.problem
+    stats = ledger.stats_file(book)
+    assert stats["entries"] == 2
+    exported = []
+    with open(tmp_path / "export.jsonl", "w", encoding="utf-8") as out:
+        ledger.export_file(book, "jsonl", out)
+    exported = [json.loads(x) for x in (tmp_path / "export.jsonl").read_text().splitlines()]
+    sale = exported[-1]
+    assert (sale["kind"], sale["verdict"], sale["credential"]) == (
+        "sale",
+        "accept",
+        "card/" + CARD_UID.hex(),
+    )
+    assert not (tmp_path / "state" / daemon.STATUS_SOCKET).exists()
+
+
+def test_watchdog_stops_when_the_worker_is_stuck(tmp_path: Path) -> None:
+    path = write_settings(
+        tmp_path, reader_port=None, camera_source=None, daemon_options="worker_stall_s = 2"
+    )
+    install_lists(tmp_path / "state")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    d, thread = start_daemon(path, notify)
+    release = threading.Event()
+    try:
+        wait_for(lambda: notify.seen("READY", "1"), what="READY=1")
+        # A job that never ends: the worker stops beating.
+        d.worker.put(daemon.Job(lambda _c: release.wait(60), Future()))
+        time.sleep(3.5)
+        count = len(notify.messages)
+        time.sleep(2.5)
+        later = notify.messages[count:]
+        assert later, "status updates continue"
+        assert not any("WATCHDOG" in m for m in later), "no watchdog pings while stuck"
+        assert d.state == daemon.DEGRADED and "stuck" in d.sentence
+    finally:
+        release.set()
+        d.request_stop()
+        thread.join(15)
+        notify.close()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "terminal.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_status_command_asks_the_running_daemon(tmp_path: Path, reader: ReaderPty) -> None:
+    path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
+    install_lists(tmp_path / "state")
+    not_running = run_cli("status", "--config", str(path))
+    assert not_running.returncode == 2 and "no running terminal answers" in not_running.stderr
+    d, thread = start_daemon(path, None)
+    try:
+        wait_for(lambda: d.state == daemon.READY, what="ready")
+        out = run_cli("status", "--config", str(path), "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["state"] == "ready"
+        human = run_cli("status", "--config", str(path))
+        assert human.returncode == 0 and human.stdout.startswith("ready: ")
+        assert "reader: up" in human.stdout
+    finally:
+        d.request_stop()
+        thread.join(15)
+
+
+def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: ReaderPty) -> None:
+    path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
+    install_lists(tmp_path / "state")
+    book = tmp_path / "state" / "ledger.sqlite"
+    for round_no, delay in enumerate((0.05, 0.3, 0.9)):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "terminal.cli", "run", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        try:
+            wait_for(lambda: (tmp_path / "state" / daemon.STATUS_SOCKET).exists(), what="socket")
+            wait_for(
+                lambda: daemon.ask_status(tmp_path / "state")["devices"]["reader"]["state"] == "up",
+                what="reader up",
+            )
+            # A stream of distinct cards (unknown ones are refused, and each refusal is an entry).
+            for i in range(40):
+                reader.swipe(bytes([round_no, 0, 0, 0, i]))
+            time.sleep(delay)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=15)
+            assert time.monotonic() - started < 10
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err.decode()
+        assert b"stopped" in err
+        report = ledger.verify_file(book)
+        assert report.ok, report.problem
+    stats = ledger.stats_file(book)
+    assert stats["entries"] >= 4  # genesis and at least some decisions
+
+
+def test_disk_nearly_full_stops_selling_before_any_write(tmp_path: Path, reader: ReaderPty) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize // (1024 * 1024)
+    if free + 10 > 100_000:
+        pytest.skip("this disk has more free space than the setting's range can exceed")
+    path = write_settings(
+        tmp_path,
+        reader_port=reader.path,
+        camera_source=None,
+        daemon_options=f"min_free_mb = {free + 10}",
+    )
+    install_lists(tmp_path / "state")
+    d, thread = start_daemon(path, None)
+    try:
+        wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
+        before = d.worker.snapshot.get("last_seq")
+        reader.swipe()
+        wait_for(lambda: d.worker.dropped >= 1, what="the swipe to be turned away")
+        wait_for(lambda: d.state == daemon.DEGRADED, what="degraded")
+        assert "disk nearly full" in d.sentence
+        assert d.worker.decisions == 0
+        assert d.worker.snapshot.get("last_seq") == before
+    finally:
+        d.request_stop()
+        thread.join(15)
+    assert ledger.stats_file(tmp_path / "state" / "ledger.sqlite")["entries"] == 1  # genesis
+
+
+def test_a_broken_settings_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon]\nqueue_sise = 5\n", encoding="utf-8")
+    out = run_cli("run", "--config", str(bad))
+    assert out.returncode == 2
+    assert "queue_sise: unknown option" in out.stderr
