@@ -201,7 +201,7 @@ def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: Read
             time.sleep(delay)
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=15)
+            _out, err = proc.communicate(timeout=15)
             assert time.monotonic() - started < 10
         finally:
             if proc.poll() is None:
