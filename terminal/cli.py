@@ -233,6 +233,26 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0 if health["state"] == "ready" else 1
 
 
+def cmd_selftest(a: argparse.Namespace) -> int:
+    from terminal import selftest
+
+    settings = config.load(a.config)
+    if a.state:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, state_dir=Path(a.state))
+    checks = selftest.run_checks(settings, camera_timeout_s=a.camera_timeout)
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c for c in checks if c.result == selftest.FAIL]
+    print(
+        f"{len(checks) - len(failed)} of {len(checks)} parts fine"
+        if not failed
+        else f"{len(failed)} of {len(checks)} parts need attention"
+    )
+    return 1 if failed else 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from terminal.demo import run_demo
 
@@ -332,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "selftest",
+        help="check settings, disk, key, ledger, lists, clock, camera and reader; a line each",
+        description="For technicians: checks each part and says what to fix. Changes nothing; "
+        "exit 1 when a part fails.",
+    )
+    _add_config(p)
+    p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
+    p.add_argument("--camera-timeout", type=float, default=5.0, metavar="S")
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser(
         "demo",

@@ -247,3 +247,44 @@ def test_a_broken_settings_file_stops_the_start_with_one_line(tmp_path: Path) ->
     out = run_cli("run", "--config", str(bad))
     assert out.returncode == 2
     assert "queue_sise: unknown option" in out.stderr
+
+
+def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(frames / "0001.png"), np.zeros((120, 160, 3), dtype=np.uint8))
+    path = write_settings(tmp_path, reader_port=reader.path, camera_source=str(frames))
+    fresh = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    assert fresh.returncode == 1  # no lists yet
+    assert "FAIL lists" in fresh.stdout and "lists install" in fresh.stdout
+    assert "WARN ledger" in fresh.stdout  # not created until the first start
+    install_lists(tmp_path / "state")
+    d, thread = start_daemon(path, None)
+    try:
+        wait_for(lambda: d.state == daemon.READY, what="ready")
+    finally:
+        d.request_stop()
+        thread.join(15)
+    good = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    assert good.returncode == 0, good.stdout
+    for part in (
+        "state",
+        "disk",
+        "key",
+        "ledger",
+        "issuers",
+        "revocations",
+        "roster",
+        "clock",
+        "camera",
+        "reader",
+    ):
+        assert any(line.split()[1] == part for line in good.stdout.splitlines()), part
+    assert "160x120 frame read" in good.stdout
+    broken = path.read_text(encoding="utf-8").replace(reader.path, "/dev/no-such-reader")
+    path.write_text(broken, encoding="utf-8")
+    bad = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    assert bad.returncode == 1 and "FAIL reader" in bad.stdout and "check the cable" in bad.stdout
