@@ -1,0 +1,453 @@
+"""The county server's HTTPS API and the uvicorn server that carries it.
+
+This module owns the HTTP surface of docs/sync-protocol.md: the CA download
+and the one request allowed without a client certificate (provisioning), the
+ledger upload answered with the acknowledged mark and the server's signed time,
+and mapping each TLS client certificate to its terminal. uvicorn does not hand
+the peer certificate to the app, so a small h11 protocol subclass reads it off
+the TLS transport once per connection and puts it in the ASGI scope as the
+ASGI TLS extension (``scope["extensions"]["tls"]``). It never holds intake
+rules (the store does) and never reads certificates from headers, which any
+client could forge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from county import ca
+from county.store import (
+    GAP,
+    OK,
+    BatchInvalid,
+    CountyStore,
+    Limits,
+    ProvisionRefused,
+    StoreError,
+)
+from terminal.sync import PROTOCOL_VERSION, time_message
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- the peer certificate ------------------------------------------------------------
+
+
+class _WithPeerCert:
+    """ASGI wrapper that adds the connection's client certificate to every scope."""
+
+    def __init__(self, app: ASGIApp, der: bytes | None) -> None:
+        self.app = app
+        self.der = der
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chain = []
+        if self.der is not None:
+            chain.append(ssl.DER_cert_to_PEM_cert(self.der))
+        extensions = scope.setdefault("extensions", {})
+        extensions["tls"] = {"client_cert_chain": chain, "client_cert_der": self.der}
+        await self.app(scope, receive, send)
+
+
+class PeerCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the verified client certificate of the TLS connection."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        base = self.__dict__.setdefault("_base_app", self.app)
+        ssl_object = transport.get_extra_info("ssl_object")
+        # asyncio calls connection_made only after the TLS handshake, and the
+        # context verified any certificate against the county CA by then.
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.app = _WithPeerCert(base, der)
+
+
+def peer_cert_der(request: Request) -> bytes | None:
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    der = tls.get("client_cert_der")
+    return der if isinstance(der, bytes) else None
+
+
+# --- API models (responses are built by hand; these give the OpenAPI description) -------
+
+
+class SignedTime(BaseModel):
+    terminal: str
+    server_ms: int
+    acked_seq: int
+    nonce: str
+    signature: str
+
+
+class BatchAnswer(BaseModel):
+    protocol: int
+    status: str
+    acked_seq: int
+    resume_from: int
+    accepted: int
+    duplicates: int
+    alarm: str | None
+    problem: str | None
+    time: SignedTime
+
+
+class BatchRequest(BaseModel):
+    nonce: str
+    entries: list[list[Any]]
+    checkpoints: list[list[Any]]
+
+
+class ProvisionRequest(BaseModel):
+    code: str
+    csr: str
+    ledger_key: str
+    nonce: str = ""
+
+
+class ProvisionAnswer(BaseModel):
+    protocol: int
+    terminal_id: str
+    canteen: str
+    certificate: str
+    ca: str
+    time_key: str
+    time: SignedTime
+
+
+class Problem(BaseModel):
+    problem: str
+
+
+@dataclass
+class CountyKeys:
+    paths: ca.CAPaths
+    time_key_public: bytes
+    ca_pem: bytes
+
+    @classmethod
+    def load(cls, data: Path) -> CountyKeys:
+        paths = ca.CAPaths(data)
+        time_key = ca.load_time_key(paths)
+        cert = ca.load_ca_cert(paths)
+        return cls(
+            paths,
+            time_key.public_key().public_bytes_raw(),
+            cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+
+def _problem(status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"problem": text}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past ``limit`` (an endless body)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_ms) -> FastAPI:
+    """The county API over ``store``, signing time with the key in ``data``."""
+    keys = CountyKeys.load(data)
+    time_key = ca.load_time_key(keys.paths)
+    app = FastAPI(
+        title="canteen county server",
+        version=str(PROTOCOL_VERSION),
+        description="Ledger intake and terminal provisioning; see docs/sync-protocol.md.",
+    )
+
+    def signed_time(terminal_id: str, acked: int, nonce: bytes) -> dict[str, Any]:
+        now = clock()
+        signature = time_key.sign(time_message(terminal_id, now, acked, nonce))
+        return {
+            "terminal": terminal_id,
+            "server_ms": now,
+            "acked_seq": acked,
+            "nonce": nonce.hex(),
+            "signature": signature.hex(),
+        }
+
+    @app.get("/v1/health", response_model=dict[str, Any])
+    def health() -> dict[str, Any]:
+        return {"ok": True, "protocol": PROTOCOL_VERSION}
+
+    @app.get("/v1/ca.pem", response_class=PlainTextResponse)
+    def ca_pem() -> Response:
+        """The county CA certificate; the terminal checks it against its provisioning code."""
+        return Response(keys.ca_pem, media_type="application/x-pem-file")
+
+    @app.post(
+        "/v1/provision",
+        response_model=ProvisionAnswer,
+        responses={403: {"model": Problem}, 400: {"model": Problem}},
+    )
+    async def provision(body: ProvisionRequest) -> Any:
+        """Trade a one-time code and a CSR for a client certificate (no client certificate needed)."""
+        try:
+            ledger_key = bytes.fromhex(body.ledger_key)
+            nonce = bytes.fromhex(body.nonce)
+            if len(ledger_key) != 32 or len(nonce) > 64:
+                raise ValueError
+        except ValueError:
+            return _problem(
+                400, "ledger_key must be 32 bytes of hex (the terminal's Ed25519 key), nonce hex"
+            )
+        now = clock()
+        try:
+            term = await run_in_threadpool(store.redeem_code, body.code, ledger_key, now)
+            cert = await run_in_threadpool(
+                ca.issue_terminal_cert, keys.paths, body.csr.encode(), term.terminal_id
+            )
+            der = cert.public_bytes(serialization.Encoding.DER)
+            await run_in_threadpool(
+                store.bind_certificate,
+                body.code,
+                term.terminal_id,
+                ca.cert_sha256(der),
+                ledger_key,
+                now,
+            )
+        except ProvisionRefused as exc:
+            return _problem(403, str(exc))
+        except ca.CAError as exc:
+            return _problem(400, str(exc))
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "terminal_id": term.terminal_id,
+            "canteen": term.canteen,
+            "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "ca": keys.ca_pem.decode(),
+            "time_key": keys.time_key_public.hex(),
+            "time": signed_time(term.terminal_id, 0, nonce),
+        }
+
+    @app.post(
+        "/v1/ledger",
+        response_model=BatchAnswer,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": BatchRequest.model_json_schema()}},
+            }
+        },
+        responses={
+            400: {"model": Problem},
+            401: {"model": Problem},
+            409: {"model": BatchAnswer, "description": "refused: fork or altered entries"},
+            413: {"model": Problem},
+            503: {"model": Problem},
+        },
+    )
+    async def ledger(request: Request) -> Response:
+        """Upload a batch of ledger entries; answers the acknowledged mark and signed time."""
+        der = peer_cert_der(request)
+        if der is None:
+            return _problem(401, "a client certificate is required: provision this terminal")
+        who = store.terminal_for_cert(ca.cert_sha256(der))
+        if who is None:
+            return _problem(401, "this certificate is not (or no longer) a provisioned terminal")
+        terminal_id = who[0]
+        raw = await _read_body(request, store.limits.max_body_bytes)
+        if raw is None:
+            return _problem(413, f"the batch is larger than {store.limits.max_body_bytes} bytes")
+        # Parsed by hand, not by pydantic: a batch is thousands of small arrays.
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            return _problem(400, "the batch is not JSON")
+        try:
+            result = await run_in_threadpool(store.intake, terminal_id, doc, clock())
+        except BatchInvalid as exc:
+            return _problem(400, str(exc))
+        except sqlite3.OperationalError as exc:
+            return _problem(503, f"the county database is busy: {exc}", {"Retry-After": "5"})
+        except StoreError as exc:
+            return _problem(401, str(exc))
+        nonce = bytes.fromhex(doc.get("nonce", "")) if isinstance(doc, dict) else b""
+        answer = {
+            "protocol": PROTOCOL_VERSION,
+            "status": result.status,
+            "acked_seq": result.acked_seq,
+            "resume_from": result.resume_from,
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "alarm": result.alarm,
+            "problem": result.problem,
+            "time": signed_time(terminal_id, result.acked_seq, nonce),
+        }
+        status = 200 if result.status in (OK, GAP) else 409
+        return JSONResponse(answer, status_code=status)
+
+    return app
+
+
+# --- TLS and the server --------------------------------------------------------------
+
+
+def server_ssl_context(paths: ca.CAPaths) -> ssl.SSLContext:
+    """TLS 1.2+ with the county server certificate; client certificates optional, verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(paths.server_cert, paths.server_key)
+    ctx.load_verify_locations(paths.ca_cert)
+    # Optional, not required: provisioning comes before the terminal has one.
+    # Every other endpoint refuses a request without one.
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    # No session tickets: a proxy that counts bytes sees only answers after the handshake.
+    ctx.num_tickets = 0
+    return ctx
+
+
+class CountyServer:
+    """uvicorn serving the county API on a socket it binds itself (port 0: any free port)."""
+
+    def __init__(
+        self,
+        data: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        database_url: str | None = None,
+        limits: Limits | None = None,
+        wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.data = Path(data)
+        db = (
+            ca_db_path(self.data)
+            if database_url is None
+            else database_url_path(database_url)
+        )
+        self.store = CountyStore(db, limits)
+        app: ASGIApp = create_app(self.data, self.store)
+        if wrap is not None:
+            app = wrap(app)
+        paths = ca.CAPaths(self.data)
+        ctx = server_ssl_context(paths)
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http=PeerCertH11Protocol,
+            ssl_certfile=str(paths.server_cert),
+            ssl_keyfile=str(paths.server_key),
+            ssl_context_factory=lambda _config, _default: ctx,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(self.config)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve in this thread until interrupted (SIGINT/SIGTERM in the main thread)."""
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.store.close()
+
+    def start(self, timeout: float = 10.0) -> CountyServer:
+        """Serve in a background thread; return once it accepts connections."""
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+            name="county-server",
+        )  # fmt: skip
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the county server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.sock.close()
+        self.store.close()
+
+    def __enter__(self) -> CountyServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+DB_FILE = "county.sqlite"
+
+
+def ca_db_path(data: Path) -> Path:
+    return data / DB_FILE
+
+
+def database_url_path(url: str) -> Path:
+    from county.store import database_path
+
+    return database_path(url)
+
+
+def new_provisioning_code(data: Path, secret_hex: str) -> str:
+    """The code a technician types: the secret, then the CA fingerprint the terminal pins."""
+    cert = ca.load_ca_cert(ca.CAPaths(data))
+    return f"{secret_hex}-{ca.ca_fingerprint(cert)[: ca.CODE_FINGERPRINT_CHARS]}"
+
+
+def certificate_fingerprint_pem(pem: bytes) -> str:
+    return ca.ca_fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+__all__ = [
+    "CountyServer",
+    "PeerCertH11Protocol",
+    "create_app",
+    "new_provisioning_code",
+    "server_ssl_context",
+]

@@ -1,0 +1,957 @@
+"""The county server's database: terminals, acknowledged ledger entries, alarms, conflicts.
+
+This module owns the county's SQLite file and every rule of ledger intake: a
+batch's entries are re-hashed with the terminal's own ``entry_hash``, linked to
+the entry before them, checked for contiguity and for the terminal's signed
+checkpoints (with the checkpoint key pinned at provisioning), and committed in
+one transaction before anything is acknowledged. Duplicates are acknowledged
+again, a gap is held and answered with where to resume, a different entry
+under an acknowledged sequence number is a fork alarm. It also makes the
+cross-terminal checks no single terminal can make offline and turns what they
+find into conflicts and credential revocations. It never speaks HTTP, never
+reads certificates off a socket and never signs anything: the app does those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from terminal.ledger import (
+    ACCEPT,
+    GENESIS,
+    GENESIS_PREV_HASH,
+    REVERSAL,
+    SALE,
+    canonical_json,
+    checkpoint_message,
+    entry_hash,
+)
+
+# Conflict kinds.
+PRESENTATION_TWICE = "presentation_twice"  # one (iss, cti, ctr) accepted at two terminals
+SERVED_TWICE = "served_twice"  # one cadre served in one meal window at two canteens
+
+# Alarm kinds.
+FORK = "fork"
+ALTERED = "altered"
+BAD_CHECKPOINT = "bad_checkpoint"
+BAD_GENESIS = "bad_genesis"
+
+# Batch outcomes.
+OK = "ok"
+GAP = "gap"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one terminal may make the server hold or do."""
+
+    # Entries in one upload batch; the terminal's batch size must stay below it.
+    max_batch_entries: int = 2000
+    # Bytes of one request body; a batch of max_batch_entries QR sales fits well below.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Batches held for one terminal while an earlier gap is open.
+    max_held_batches: int = 8
+    # How long a provisioning code stays valid.
+    code_ttl_ms: int = 7 * 86_400_000
+    # SQLite busy timeout: how long a write waits for another writer before a 503.
+    busy_timeout_ms: int = 10_000
+
+
+class StoreError(Exception):
+    """The county database cannot do what was asked; the message says what to do."""
+
+
+class ProvisionRefused(StoreError):
+    """A provisioning request is refused (unknown, used or expired code, another key)."""
+
+
+class BatchInvalid(StoreError):
+    """The batch is malformed: not the protocol's shape or types (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Terminal:
+    terminal_id: str
+    canteen: str
+    ledger_key: bytes | None
+    acked_seq: int
+
+
+@dataclass
+class IntakeResult:
+    """What the server answers to one batch (before the app adds its signed time)."""
+
+    status: str  # OK, GAP or REFUSED
+    acked_seq: int
+    accepted: int = 0  # entries stored by this batch (held batches drained included)
+    duplicates: int = 0  # entries that were already stored with the same hash
+    alarm: str | None = None  # FORK, ALTERED, BAD_CHECKPOINT, BAD_GENESIS
+    problem: str | None = None  # one line for a person
+    conflicts: list[int] = field(default_factory=list)
+
+    @property
+    def resume_from(self) -> int:
+        return self.acked_seq + 1
+
+
+# --- schema ------------------------------------------------------------------------
+
+_ENTRY_COLUMNS = (
+    "seq",
+    "entry_id",
+    "at_ms",
+    "kind",
+    "verdict",
+    "reason",
+    "method",
+    "cadre",
+    "credential",
+    "ctr",
+    "unit",
+    "day",
+    "meal",
+    "amount_fen",
+    "ref_seq",
+    "detail",
+)
+# A wire entry is the 16 hashed fields in ledger order, then prev_hash and hash in hex.
+WIRE_ENTRY_LENGTH = len(_ENTRY_COLUMNS) + 2
+_INT_FIELDS = {0, 2, 13}
+_OPT_INT_FIELDS = {9, 14}
+_TEXT_FIELDS = {1, 3, 15}
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS terminals (
+        terminal_id TEXT PRIMARY KEY,
+        canteen TEXT NOT NULL,
+        code_hash BLOB UNIQUE,
+        code_expires_ms INTEGER,
+        cert_sha256 TEXT UNIQUE,
+        ledger_key BLOB,
+        registered_ms INTEGER NOT NULL,
+        provisioned_ms INTEGER,
+        last_seen_ms INTEGER,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        last_hash BLOB NOT NULL
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS entries (
+        terminal TEXT NOT NULL,
+        canteen TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entry_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        verdict TEXT,
+        reason TEXT,
+        method TEXT,
+        cadre TEXT,
+        credential TEXT,
+        ctr INTEGER,
+        unit TEXT,
+        day TEXT,
+        meal TEXT,
+        amount_fen INTEGER NOT NULL,
+        ref_seq INTEGER,
+        detail TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (terminal, seq)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS entries_presentation ON entries (credential, ctr)"
+    " WHERE kind = 'sale' AND verdict = 'accept'",
+    "CREATE INDEX IF NOT EXISTS entries_served ON entries (cadre, day, meal)"
+    " WHERE kind = 'sale' AND verdict = 'accept'",
+    "CREATE INDEX IF NOT EXISTS entries_reversals ON entries (terminal, ref_seq)"
+    " WHERE kind = 'reversal'",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        terminal TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        at_ms INTEGER NOT NULL,
+        signature BLOB NOT NULL,
+        PRIMARY KEY (terminal, seq)
+    ) STRICT, WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS held_batches (
+        terminal TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (terminal, first_seq, last_seq)
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS alarms (
+        id INTEGER PRIMARY KEY,
+        terminal TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        theirs BLOB,
+        ours BLOB,
+        problem TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        times INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (terminal, kind, seq, theirs)
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS conflicts (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        credential TEXT,
+        cadre TEXT,
+        unit TEXT,
+        day TEXT,
+        meal TEXT,
+        first_terminal TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        second_terminal TEXT NOT NULL,
+        second_seq INTEGER NOT NULL,
+        found_ms INTEGER NOT NULL,
+        UNIQUE (kind, second_terminal, second_seq)
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS revocations (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        credential TEXT NOT NULL UNIQUE,
+        entry TEXT NOT NULL,
+        conflict_id INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) STRICT""",
+    """CREATE TABLE IF NOT EXISTS counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT""",
+)
+
+
+def database_path(url: str) -> Path:
+    """The file of a ``sqlite:///PATH`` database URL (the only kind this server speaks)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise StoreError(
+            f"database URL {url!r}: only sqlite:///PATH is supported by the reference server"
+        )
+    return Path(url[len(prefix) :])
+
+
+def _hex(value: object, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise BatchInvalid(f"{what} must be hex text")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise BatchInvalid(f"{what} is not hex") from None
+    if length is not None and len(raw) != length:
+        raise BatchInvalid(f"{what} must be {length} bytes, got {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class WireEntry:
+    fields: tuple[Any, ...]  # the 16 hashed fields, in ledger order
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def seq(self) -> int:
+        value: int = self.fields[0]
+        return value
+
+
+def parse_batch(doc: Any, limits: Limits) -> tuple[list[WireEntry], list[tuple[int, bytes, int, bytes]], bytes]:
+    """(entries, checkpoints, nonce) of a batch document, checked for shape and types only."""
+    if not isinstance(doc, dict):
+        raise BatchInvalid("the batch must be a JSON object")
+    nonce = _hex(doc.get("nonce", ""), "nonce")
+    if len(nonce) > 64:
+        raise BatchInvalid("nonce is longer than 64 bytes")
+    raw_entries = doc.get("entries", [])
+    raw_cps = doc.get("checkpoints", [])
+    if not isinstance(raw_entries, list) or not isinstance(raw_cps, list):
+        raise BatchInvalid("entries and checkpoints must be arrays")
+    if len(raw_entries) > limits.max_batch_entries:
+        raise BatchInvalid(
+            f"the batch has {len(raw_entries)} entries; at most {limits.max_batch_entries} are taken"
+        )
+    if len(raw_cps) > len(raw_entries):
+        raise BatchInvalid("more checkpoints than entries")
+    entries: list[WireEntry] = []
+    for i, item in enumerate(raw_entries):
+        if not isinstance(item, list) or len(item) != WIRE_ENTRY_LENGTH:
+            raise BatchInvalid(f"entry {i}: must be an array of {WIRE_ENTRY_LENGTH} items")
+        for j in range(16):
+            value = item[j]
+            name = _ENTRY_COLUMNS[j]
+            if j in _INT_FIELDS:
+                ok = type(value) is int
+            elif j in _OPT_INT_FIELDS:
+                ok = value is None or type(value) is int
+            elif j in _TEXT_FIELDS:
+                ok = isinstance(value, str)
+            else:
+                ok = value is None or isinstance(value, str)
+            if not ok:
+                raise BatchInvalid(f"entry {i}: {name} has the wrong type")
+        entries.append(
+            WireEntry(
+                tuple(item[:16]),
+                _hex(item[16], f"entry {i}: prev_hash", 32),
+                _hex(item[17], f"entry {i}: hash", 32),
+            )
+        )
+    for i in range(1, len(entries)):
+        if entries[i].seq != entries[i - 1].seq + 1:
+            raise BatchInvalid(
+                f"entries must be contiguous and in order: {entries[i].seq} follows "
+                f"{entries[i - 1].seq}"
+            )
+    checkpoints: list[tuple[int, bytes, int, bytes]] = []
+    for i, item in enumerate(raw_cps):
+        if (
+            not isinstance(item, list)
+            or len(item) != 4
+            or type(item[0]) is not int
+            or type(item[2]) is not int
+        ):
+            raise BatchInvalid(f"checkpoint {i}: must be [seq, hash hex, at_ms, signature hex]")
+        checkpoints.append(
+            (
+                item[0],
+                _hex(item[1], f"checkpoint {i}: hash", 32),
+                item[2],
+                _hex(item[3], f"checkpoint {i}: signature", 64),
+            )
+        )
+    return entries, checkpoints, nonce
+
+
+class CountyStore:
+    """The open county database. Thread-safe: one lock serialises every write."""
+
+    def __init__(self, path: str | Path, limits: Limits | None = None) -> None:
+        self.path = Path(path)
+        self.limits = limits or Limits()
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.limits.busy_timeout_ms / 1000,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the county database {self.path}: {exc}") from exc
+        self._conn = conn
+        self._certs: dict[str, tuple[str, str]] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def _bump(self, conn: sqlite3.Connection, name: str, by: int) -> None:
+        if by:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- terminals and provisioning -------------------------------------------------
+
+    def add_terminal(self, terminal_id: str, canteen: str, now_ms: int) -> str:
+        """Register ``terminal_id`` at ``canteen`` (or renew its code); return the secret."""
+        if not terminal_id or not canteen:
+            raise StoreError("a terminal needs a non-empty id and canteen")
+        secret = secrets.token_bytes(10)
+        code_hash = hashlib.sha256(secret).digest()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT canteen FROM terminals WHERE terminal_id = ?", (terminal_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO terminals (terminal_id, canteen, code_hash, code_expires_ms,"
+                    " registered_ms, last_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        terminal_id,
+                        canteen,
+                        code_hash,
+                        now_ms + self.limits.code_ttl_ms,
+                        now_ms,
+                        GENESIS_PREV_HASH,
+                    ),
+                )
+            elif row[0] != canteen:
+                raise StoreError(
+                    f"terminal {terminal_id} is registered at canteen {row[0]}, not {canteen}; "
+                    "a terminal keeps its canteen: register a new terminal id instead"
+                )
+            else:
+                # Re-provisioning (a new TLS key): the pinned ledger key stays.
+                conn.execute(
+                    "UPDATE terminals SET code_hash = ?, code_expires_ms = ? WHERE terminal_id = ?",
+                    (code_hash, now_ms + self.limits.code_ttl_ms, terminal_id),
+                )
+        return secret.hex()
+
+    def redeem_code(self, secret_hex: str, ledger_key: bytes, now_ms: int) -> Terminal:
+        """Check a one-time code and the terminal's checkpoint key; the code is spent by ``bind_certificate``."""
+        try:
+            secret = bytes.fromhex(secret_hex)
+        except ValueError:
+            raise ProvisionRefused("the provisioning code is malformed") from None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT terminal_id, canteen, code_expires_ms, ledger_key, acked_seq FROM terminals"
+                " WHERE code_hash = ?",
+                (hashlib.sha256(secret).digest(),),
+            ).fetchone()
+        if row is None:
+            raise ProvisionRefused(
+                "unknown or already used provisioning code: ask county IT for a new one "
+                "('canteen-county terminal add')"
+            )
+        if row[2] is not None and now_ms > row[2]:
+            raise ProvisionRefused("the provisioning code has expired: ask county IT for a new one")
+        if row[3] is not None and row[3] != ledger_key:
+            raise ProvisionRefused(
+                f"terminal {row[0]} already has a different ledger key pinned: a terminal's "
+                "ledger key never changes; restore the terminal's key or register a new terminal"
+            )
+        return Terminal(row[0], row[1], row[3], row[4])
+
+    def bind_certificate(
+        self, secret_hex: str, terminal_id: str, cert_sha256: str, ledger_key: bytes, now_ms: int
+    ) -> None:
+        """Spend the code: pin the certificate and ledger key, atomically with the code check."""
+        code_hash = hashlib.sha256(bytes.fromhex(secret_hex)).digest()
+        with self._write() as conn:
+            old = conn.execute(
+                "SELECT cert_sha256 FROM terminals WHERE terminal_id = ? AND code_hash = ?",
+                (terminal_id, code_hash),
+            ).fetchone()
+            if old is None:
+                raise ProvisionRefused("the provisioning code was used meanwhile")
+            conn.execute(
+                "UPDATE terminals SET code_hash = NULL, code_expires_ms = NULL, cert_sha256 = ?,"
+                " ledger_key = coalesce(ledger_key, ?), provisioned_ms = ? WHERE terminal_id = ?",
+                (cert_sha256, ledger_key, now_ms, terminal_id),
+            )
+        self._certs.clear()
+
+    def terminal_for_cert(self, cert_sha256: str) -> tuple[str, str] | None:
+        """(terminal id, canteen) of a provisioned certificate, or None."""
+        cached = self._certs.get(cert_sha256)
+        if cached is not None:
+            return cached
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT terminal_id, canteen FROM terminals WHERE cert_sha256 = ?", (cert_sha256,)
+            ).fetchone()
+        if row is None:
+            return None
+        self._certs[cert_sha256] = (row[0], row[1])
+        return row[0], row[1]
+
+    def terminal(self, terminal_id: str) -> Terminal | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT terminal_id, canteen, ledger_key, acked_seq FROM terminals"
+                " WHERE terminal_id = ?",
+                (terminal_id,),
+            ).fetchone()
+        return None if row is None else Terminal(row[0], row[1], row[2], row[3])
+
+    # -- ledger intake ---------------------------------------------------------------
+
+    def intake(self, terminal_id: str, doc: Any, now_ms: int) -> IntakeResult:
+        """Apply one upload batch; everything it stores is committed before this returns."""
+        entries, checkpoints, _nonce = parse_batch(doc, self.limits)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT canteen, ledger_key, acked_seq, last_hash FROM terminals"
+                " WHERE terminal_id = ?",
+                (terminal_id,),
+            ).fetchone()
+            if row is None or row[1] is None:
+                raise StoreError(f"terminal {terminal_id} is not provisioned")
+            canteen, key, acked, last_hash = row
+            conn.execute(
+                "UPDATE terminals SET last_seen_ms = ? WHERE terminal_id = ?",
+                (now_ms, terminal_id),
+            )
+            result = self._apply(
+                conn, terminal_id, canteen, key, acked, last_hash, entries, checkpoints, now_ms
+            )
+            if result.status == GAP and entries:
+                self._hold(conn, terminal_id, entries, doc, now_ms)
+            elif result.status == OK and result.accepted:
+                self._drain_held(conn, terminal_id, canteen, key, result, now_ms)
+            self._bump(conn, "entries_accepted", result.accepted)
+            self._bump(conn, "entries_duplicate", result.duplicates)
+            self._bump(conn, "batches_" + result.status, 1)
+            return result
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        terminal_id: str,
+        canteen: str,
+        key: bytes,
+        acked: int,
+        last_hash: bytes,
+        entries: Sequence[WireEntry],
+        checkpoints: Sequence[tuple[int, bytes, int, bytes]],
+        now_ms: int,
+    ) -> IntakeResult:
+        if not entries:
+            return IntakeResult(OK, acked)
+        # 1. The batch on its own: every hash recomputed, every link inside it.
+        for i, e in enumerate(entries):
+            if i and e.prev_hash != entries[i - 1].hash:
+                return self._alarm(
+                    conn, terminal_id, acked, ALTERED, e.seq, e.prev_hash, entries[i - 1].hash,
+                    f"entry {e.seq} does not link to entry {e.seq - 1} of the same batch",
+                    now_ms,
+                )  # fmt: skip
+            if entry_hash(e.prev_hash, e.fields) != e.hash:
+                return self._alarm(
+                    conn, terminal_id, acked, ALTERED, e.seq, e.hash, None,
+                    f"entry {e.seq} was altered: its hash does not match its contents",
+                    now_ms,
+                )  # fmt: skip
+        first = entries[0]
+        if first.seq == 1:
+            expected = canonical_json({"terminal_id": terminal_id, "public_key": key.hex()})
+            if first.fields[3] != GENESIS or first.fields[15] != expected:
+                return self._alarm(
+                    conn, terminal_id, acked, BAD_GENESIS, 1, first.hash, None,
+                    "entry 1 is not the genesis of this terminal with its pinned ledger key",
+                    now_ms,
+                )  # fmt: skip
+            if first.prev_hash != GENESIS_PREV_HASH:
+                return self._alarm(
+                    conn, terminal_id, acked, BAD_GENESIS, 1, first.hash, None,
+                    "entry 1 does not start a chain", now_ms,
+                )  # fmt: skip
+        # 2. Checkpoints: signed by the pinned key over an entry of this batch.
+        verifier = Ed25519PublicKey.from_public_bytes(key)
+        by_seq = {e.seq: e for e in entries}
+        for cp_seq, cp_hash, _at, signature in checkpoints:
+            entry = by_seq.get(cp_seq)
+            problem = None
+            if entry is None or entry.hash != cp_hash:
+                problem = f"checkpoint {cp_seq} does not sign an entry of this batch"
+            else:
+                try:
+                    verifier.verify(signature, checkpoint_message(terminal_id, cp_seq, cp_hash))
+                except InvalidSignature:
+                    problem = f"checkpoint {cp_seq}: the signature is not the terminal's"
+            if problem is not None:
+                return self._alarm(
+                    conn, terminal_id, acked, BAD_CHECKPOINT, cp_seq, cp_hash, None, problem,
+                    now_ms,
+                )  # fmt: skip
+        # 3. Against what the server holds.
+        if first.seq > acked + 1:
+            return IntakeResult(
+                GAP,
+                acked,
+                problem=f"entries {acked + 1}..{first.seq - 1} are missing: resume from "
+                f"{acked + 1}",
+            )
+        old = [e for e in entries if e.seq <= acked]
+        duplicates = 0
+        if old:
+            stored = dict(
+                conn.execute(
+                    "SELECT seq, hash FROM entries WHERE terminal = ? AND seq BETWEEN ? AND ?",
+                    (terminal_id, old[0].seq, old[-1].seq),
+                ).fetchall()
+            )
+            for e in old:
+                ours = stored.get(e.seq)
+                if ours != e.hash:
+                    return self._alarm(
+                        conn, terminal_id, acked, FORK, e.seq, e.hash, ours,
+                        f"fork: entry {e.seq} differs from the one acknowledged before "
+                        "(a restored backup, a cloned terminal or tampering)",
+                        now_ms,
+                    )  # fmt: skip
+                duplicates += 1
+        new = [e for e in entries if e.seq > acked]
+        if new and new[0].prev_hash != last_hash:
+            return self._alarm(
+                conn, terminal_id, acked, FORK, new[0].seq, new[0].prev_hash, last_hash,
+                f"fork: entry {new[0].seq} follows a different entry {new[0].seq - 1} than the "
+                "one acknowledged before (a restored backup, a cloned terminal or tampering)",
+                now_ms,
+            )  # fmt: skip
+        result = IntakeResult(OK, acked, duplicates=duplicates)
+        if new:
+            conn.executemany(
+                "INSERT INTO entries (terminal, canteen, seq, entry_id, at_ms, kind, verdict,"
+                " reason, method, cadre, credential, ctr, unit, day, meal, amount_fen, ref_seq,"
+                " detail, prev_hash, hash, received_ms) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (terminal_id, canteen, *e.fields, e.prev_hash, e.hash, now_ms)
+                    for e in new
+                ],
+            )
+            new_seqs = {e.seq for e in new}
+            conn.executemany(
+                "INSERT OR IGNORE INTO checkpoints (terminal, seq, hash, at_ms, signature)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(terminal_id, *cp) for cp in checkpoints if cp[0] in new_seqs],
+            )
+            result.acked_seq = new[-1].seq
+            result.accepted = len(new)
+            conn.execute(
+                "UPDATE terminals SET acked_seq = ?, last_hash = ? WHERE terminal_id = ?",
+                (new[-1].seq, new[-1].hash, terminal_id),
+            )
+            for e in new:
+                if e.fields[3] == SALE and e.fields[4] == ACCEPT:
+                    result.conflicts.extend(self._cross_check(conn, terminal_id, canteen, e, now_ms))
+        return result
+
+    def _alarm(
+        self,
+        conn: sqlite3.Connection,
+        terminal_id: str,
+        acked: int,
+        kind: str,
+        seq: int,
+        theirs: bytes | None,
+        ours: bytes | None,
+        problem: str,
+        now_ms: int,
+    ) -> IntakeResult:
+        # A terminal retries a refused batch; one alarm row counts the retries.
+        conn.execute(
+            "INSERT INTO alarms (terminal, kind, seq, theirs, ours, problem, first_ms, last_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (terminal, kind, seq, theirs)"
+            " DO UPDATE SET last_ms = excluded.last_ms, times = times + 1",
+            (terminal_id, kind, seq, theirs, ours, problem, now_ms, now_ms),
+        )
+        return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
+
+    def _hold(
+        self,
+        conn: sqlite3.Connection,
+        terminal_id: str,
+        entries: Sequence[WireEntry],
+        doc: Any,
+        now_ms: int,
+    ) -> None:
+        count = conn.execute(
+            "SELECT count(*) FROM held_batches WHERE terminal = ?", (terminal_id,)
+        ).fetchone()[0]
+        if count >= self.limits.max_held_batches:
+            return  # the terminal resends from the resume mark anyway
+        conn.execute(
+            "INSERT OR IGNORE INTO held_batches (terminal, first_seq, last_seq, body, received_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (terminal_id, entries[0].seq, entries[-1].seq, json.dumps(doc), now_ms),
+        )
+
+    def _drain_held(
+        self,
+        conn: sqlite3.Connection,
+        terminal_id: str,
+        canteen: str,
+        key: bytes,
+        result: IntakeResult,
+        now_ms: int,
+    ) -> None:
+        """Apply held batches that now continue the chain; drop those already covered."""
+        while True:
+            conn.execute(
+                "DELETE FROM held_batches WHERE terminal = ? AND last_seq <= ?",
+                (terminal_id, result.acked_seq),
+            )
+            row = conn.execute(
+                "SELECT first_seq, last_seq, body FROM held_batches WHERE terminal = ?"
+                " AND first_seq <= ? ORDER BY last_seq DESC LIMIT 1",
+                (terminal_id, result.acked_seq + 1),
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute(
+                "DELETE FROM held_batches WHERE terminal = ? AND first_seq = ? AND last_seq = ?",
+                (terminal_id, row[0], row[1]),
+            )
+            last_hash = conn.execute(
+                "SELECT last_hash FROM terminals WHERE terminal_id = ?", (terminal_id,)
+            ).fetchone()[0]
+            entries, checkpoints, _ = parse_batch(json.loads(row[2]), self.limits)
+            more = self._apply(
+                conn, terminal_id, canteen, key, result.acked_seq, last_hash, entries,
+                checkpoints, now_ms,
+            )  # fmt: skip
+            if more.status != OK:
+                return
+            result.acked_seq = more.acked_seq
+            result.accepted += more.accepted
+            result.conflicts.extend(more.conflicts)
+
+    # -- cross-terminal checks -----------------------------------------------------
+
+    def _cross_check(
+        self, conn: sqlite3.Connection, terminal_id: str, canteen: str, e: WireEntry, now_ms: int
+    ) -> list[int]:
+        f = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
+        found: list[int] = []
+        credential, ctr = f["credential"], f["ctr"]
+        if credential is not None and credential.startswith("qr/") and ctr is not None:
+            other = conn.execute(
+                "SELECT terminal, seq FROM entries WHERE credential = ? AND ctr = ?"
+                " AND kind = 'sale' AND verdict = 'accept' AND terminal != ?"
+                " ORDER BY received_ms LIMIT 1",
+                (credential, ctr, terminal_id),
+            ).fetchone()
+            if other is not None:
+                found.append(
+                    self._conflict(conn, PRESENTATION_TWICE, f, other, terminal_id, e.seq, now_ms)
+                )
+        cadre, day, meal = f["cadre"], f["day"], f["meal"]
+        if cadre is not None and day is not None and meal is not None:
+            other = conn.execute(
+                "SELECT s.terminal, s.seq FROM entries AS s WHERE s.cadre = ? AND s.day = ?"
+                " AND s.meal = ? AND s.kind = 'sale' AND s.verdict = 'accept' AND s.canteen != ?"
+                " AND NOT EXISTS (SELECT 1 FROM entries AS r WHERE r.terminal = s.terminal"
+                "   AND r.ref_seq = s.seq AND r.kind = ?)"
+                " ORDER BY s.received_ms LIMIT 1",
+                (cadre, day, meal, canteen, REVERSAL),
+            ).fetchone()
+            if other is not None:
+                found.append(self._conflict(conn, SERVED_TWICE, f, other, terminal_id, e.seq, now_ms))
+        return found
+
+    def _conflict(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        f: dict[str, Any],
+        other: tuple[str, int],
+        terminal_id: str,
+        seq: int,
+        now_ms: int,
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO conflicts (kind, credential, cadre, unit, day, meal, first_terminal,"
+            " first_seq, second_terminal, second_seq, found_ms) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind, f["credential"], f["cadre"], f["unit"], f["day"], f["meal"],
+                other[0], other[1], terminal_id, seq, now_ms,
+            ),
+        )  # fmt: skip
+        conflict_id = int(cur.lastrowid or 0)
+        entry = revocation_entry(f["credential"])
+        if entry is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO revocations (kind, credential, entry, conflict_id,"
+                " created_ms) VALUES (?, ?, ?, ?, ?)",
+                (entry["kind"], f["credential"], canonical_json(entry), conflict_id, now_ms),
+            )
+        return conflict_id
+
+    # -- reads for the commands --------------------------------------------------------
+
+    def iter_entries(self, terminal_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every acknowledged entry, by terminal and sequence number."""
+        sql = (
+            "SELECT terminal, canteen, seq, entry_id, at_ms, kind, verdict, reason, cadre, unit,"
+            " day, meal, amount_fen, prev_hash, hash FROM entries"
+        )
+        params: tuple[Any, ...] = ()
+        if terminal_id is not None:
+            sql += " WHERE terminal = ?"
+            params = (terminal_id,)
+        sql += " ORDER BY terminal, seq"
+        conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            for r in conn.execute(sql, params):
+                yield {
+                    "terminal": r[0],
+                    "canteen": r[1],
+                    "seq": r[2],
+                    "entry_id": r[3],
+                    "at_ms": r[4],
+                    "kind": r[5],
+                    "verdict": r[6],
+                    "reason": r[7],
+                    "cadre": r[8],
+                    "unit": r[9],
+                    "day": r[10],
+                    "meal": r[11],
+                    "amount_fen": r[12],
+                    "prev_hash": r[13].hex(),
+                    "hash": r[14].hex(),
+                }
+        finally:
+            conn.close()
+
+    def revocations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT r.entry, r.conflict_id, r.created_ms, c.kind, c.unit FROM revocations AS r"
+                " JOIN conflicts AS c ON c.id = r.conflict_id ORDER BY r.id"
+            ).fetchall()
+        out = []
+        for entry, conflict_id, created_ms, kind, unit in rows:
+            item = json.loads(entry)
+            item.update(
+                {"reason": kind, "conflict": conflict_id, "unit": unit, "created_ms": created_ms}
+            )
+            out.append(item)
+        return out
+
+    def alarms(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT terminal, kind, seq, problem, first_ms, last_ms, times FROM alarms"
+                " ORDER BY id"
+            ).fetchall()
+        keys = ("terminal", "kind", "seq", "problem", "first_ms", "last_ms", "times")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, credential, cadre, unit, day, meal, first_terminal, first_seq,"
+                " second_terminal, second_seq, found_ms FROM conflicts ORDER BY id"
+            ).fetchall()
+        keys = (
+            "id", "kind", "credential", "cadre", "unit", "day", "meal", "first_terminal",
+            "first_seq", "second_terminal", "second_seq", "found_ms",
+        )  # fmt: skip
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def report(self, now_ms: int, silent_after_ms: int) -> dict[str, Any]:
+        """Per canteen and day: meals, amounts, refusals by reason, conflicts; silent terminals."""
+        with self._lock:
+            conn = self._conn
+            days: dict[tuple[str, str], dict[str, Any]] = {}
+
+            def slot(canteen: str, day: str) -> dict[str, Any]:
+                return days.setdefault(
+                    (canteen, day),
+                    {
+                        "canteen": canteen,
+                        "day": day,
+                        "meals": 0,
+                        "amount_fen": 0,
+                        "reversals": 0,
+                        "refusals": {},
+                        "conflicts": 0,
+                    },
+                )
+
+            for canteen, day, kind, verdict, reason, n, fen in conn.execute(
+                "SELECT canteen, coalesce(day, ''), kind, verdict, reason, count(*),"
+                " coalesce(sum(amount_fen), 0) FROM entries WHERE kind IN ('sale', 'reversal')"
+                " GROUP BY 1, 2, 3, 4, 5"
+            ):
+                s = slot(canteen, day)
+                if kind == SALE and verdict == ACCEPT:
+                    s["meals"] += n
+                    s["amount_fen"] += fen
+                elif kind == REVERSAL:
+                    s["meals"] -= n
+                    s["amount_fen"] -= fen
+                    s["reversals"] += n
+                elif kind == SALE:
+                    key = reason or "unknown"
+                    s["refusals"][key] = s["refusals"].get(key, 0) + n
+            per_unit: dict[str, dict[str, int]] = {}
+            for kind, unit, canteen, day in conn.execute(
+                "SELECT c.kind, coalesce(c.unit, ''), e.canteen, coalesce(c.day, '')"
+                " FROM conflicts AS c JOIN entries AS e"
+                " ON e.terminal = c.second_terminal AND e.seq = c.second_seq"
+            ):
+                slot(canteen, day)["conflicts"] += 1
+                u = per_unit.setdefault(unit, {})
+                u[kind] = u.get(kind, 0) + 1
+            silent = [
+                {"terminal": t, "canteen": c, "last_seen_ms": seen, "acked_seq": acked}
+                for t, c, seen, acked in conn.execute(
+                    "SELECT terminal_id, canteen, last_seen_ms, acked_seq FROM terminals"
+                    " WHERE last_seen_ms IS NULL OR last_seen_ms < ? ORDER BY terminal_id",
+                    (now_ms - silent_after_ms,),
+                )
+            ]
+            alarms = conn.execute("SELECT count(*) FROM alarms").fetchone()[0]
+        return {
+            "days": [days[k] for k in sorted(days)],
+            "conflicts_by_unit": per_unit,
+            "terminals_not_heard_from": silent,
+            "alarms": alarms,
+        }
+
+
+def revocation_entry(credential: str | None) -> dict[str, Any] | None:
+    """The token.md §5 revocation entry for a ledger credential reference, if it names one."""
+    if credential is None:
+        return None
+    if credential.startswith("qr/"):
+        iss, _, cti = credential[3:].rpartition("/")
+        if iss and cti:
+            return {"kind": "credential", "iss": iss, "cti": cti}
+    elif credential.startswith("card/"):
+        return {"kind": "card", "uid": credential[5:]}
+    return None
+
+
+def next_terminal_id(store: CountyStore, canteen: str) -> str:
+    """The first free id ``CANTEEN-N`` for a new terminal at ``canteen``."""
+    with store._lock:
+        taken = {
+            row[0]
+            for row in store._conn.execute(
+                "SELECT terminal_id FROM terminals WHERE canteen = ?", (canteen,)
+            )
+        }
+    n = 1
+    while f"{canteen}-{n}" in taken:
+        n += 1
+    return f"{canteen}-{n}"

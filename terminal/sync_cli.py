@@ -1,0 +1,228 @@
+"""`canteen-terminal provision` and `canteen-terminal sync`: the sync commands.
+
+This module owns the two commands that technicians and tests use to join a
+terminal to the county server and to sync its ledger: ``provision`` (pin the
+county CA from the code, get a client certificate) and ``sync`` (``--once``:
+one sync now with a JSON summary line, exit 0 only when the server holds every
+entry; without ``--once``: the scheduled sync in the foreground, one JSON line
+per sync). It applies results to the ledger from the main thread only, as the
+daemon's decision worker would, and holds no sync logic of its own
+(terminal/sync.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from terminal import config, ledger, state
+from terminal.checkout import TrustedClock
+from terminal.sync import (
+    SyncClient,
+    SyncError,
+    SyncResult,
+    SyncSchedule,
+    apply_result,
+    load_identity,
+    load_sync_settings,
+    provision,
+)
+
+PROG = "canteen-terminal"
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def add_sync_commands(subparsers: Any) -> None:
+    """Add `provision` and `sync` to the canteen-terminal command's subparsers."""
+    p = subparsers.add_parser(
+        "provision",
+        help="join the county server: pin its CA from the code, get a client certificate",
+        description="Make this terminal's TLS key, check the county CA against the fingerprint "
+        "in the one-time code from 'canteen-county terminal add', trade a certificate request "
+        "for a client certificate, and store the CA, the certificate and the county's time key "
+        "in the state directory.",
+    )
+    p.add_argument("--state", required=True, metavar="DIR", help="the terminal's state directory")
+    p.add_argument("--server", required=True, metavar="URL", help="https://HOST:PORT of the county")
+    p.add_argument("--code", required=True, metavar="CODE", help="the one-time provisioning code")
+    p.set_defaults(func=cmd_provision)
+
+    p = subparsers.add_parser(
+        "sync",
+        help="upload the ledger to the county server (--once: one sync, JSON summary)",
+        description="With --once: sync now and print one JSON line (entries sent, acknowledged "
+        "mark, errors); exit 0 only when the county server holds every entry of the ledger, 1 "
+        "otherwise. Without --once: run the scheduled sync in the foreground (interval, jitter, "
+        "backoff from [sync] in the settings), one JSON line per sync, until interrupted.",
+    )
+    p.add_argument("--state", required=True, metavar="DIR", help="the terminal's state directory")
+    p.add_argument("--ledger", metavar="FILE", help="the ledger (default: DIR/ledger.sqlite)")
+    p.add_argument("--once", action="store_true", help="one sync now, then exit")
+    p.add_argument("--server", metavar="URL", help="override the server stored at provisioning")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (TOML) over the embedded defaults; its [sync] section is used",
+    )
+    p.set_defaults(func=cmd_sync)
+
+
+def _error(err: TextIO, text: str) -> int:
+    print(f"{PROG}: error: {text}", file=err)
+    return 2
+
+
+def cmd_provision(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        paths = state.prepare(a.state)
+        key = ledger.load_or_create_signing_key(paths.key)
+        identity = provision(paths.root, a.server, a.code, key.public_key().public_bytes_raw())
+        existing = None
+        if paths.ledger.exists():
+            from terminal.sync import LedgerReader
+
+            reader = LedgerReader(paths.ledger)
+            try:
+                existing = reader.terminal_id()
+            finally:
+                reader.close()
+    except (SyncError, state.StateError, ledger.LedgerError) as exc:
+        return _error(err, str(exc))
+    print(
+        json.dumps(
+            {
+                "terminal": identity.terminal_id,
+                "canteen": identity.canteen,
+                "server": identity.server,
+                "ca_fingerprint": identity.ca_fingerprint,
+            }
+        ),
+        file=out,
+    )
+    if existing is not None and existing != identity.terminal_id:
+        print(
+            f"{PROG}: warning: the ledger in {paths.root} belongs to terminal {existing!r}, but "
+            f"the county registered {identity.terminal_id!r}: the server will refuse it",
+            file=err,
+        )
+    return 0
+
+
+def _open_for_apply(ledger_path: Path, state_dir: Path, terminal_id: str) -> ledger.Ledger:
+    """The ledger as its writer, with the key that signs its checkpoints."""
+    sibling = ledger_path.with_name(ledger_path.name + ".key.pem")
+    key_path = sibling if sibling.exists() else state.StatePaths(state_dir).key
+    return state.open_ledger(ledger_path, key_path, terminal_id, _wall_ms())
+
+
+def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        settings = load_sync_settings(a.config)
+        identity = load_identity(a.state)
+        ledger_path = Path(a.ledger) if a.ledger else state.StatePaths(Path(a.state)).ledger
+        if not ledger_path.is_file():
+            raise SyncError(f"no ledger at {ledger_path}: nothing to sync")
+        client = SyncClient(ledger_path, identity, settings, server=a.server)
+        book = _open_for_apply(ledger_path, Path(a.state), identity.terminal_id)
+    except (SyncError, config.ConfigError, state.StateError, ledger.LedgerError) as exc:
+        return _error(err, str(exc))
+    clock = TrustedClock(book.last_time_ms(), 0, 0)
+    try:
+        if a.once:
+            return _sync_once(client, book, clock, settings.deadline_s, out)
+        return _sync_forever(client, book, clock, out)
+    except ledger.LedgerError as exc:
+        return _error(err, str(exc))
+    finally:
+        book.close()
+
+
+def _sync_once(
+    client: SyncClient, book: ledger.Ledger, clock: TrustedClock, deadline_s: float, out: TextIO
+) -> int:
+    deadline = time.monotonic() + deadline_s
+    total: dict[str, Any] = {}
+    sent = batches = marked = 0
+    # A recorded county time is itself a new entry: sync again (within the
+    # same deadline) so that it is acknowledged too.
+    for _ in range(3):
+        result = client.sync_once(deadline)
+        applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+        sent += result.sent
+        batches += result.batches
+        marked += applied.marked
+        total = result.summary()
+        if result.error is not None or applied.time_entry is None:
+            break
+    unacked, _fen = book.unsynced()
+    total.update(
+        {"sent": sent, "batches": batches, "marked": marked, "unacked": unacked,
+         "last_seq": book.last_seq(), "complete": unacked == 0}
+    )  # fmt: skip
+    print(json.dumps(total, ensure_ascii=False), file=out, flush=True)
+    return 0 if unacked == 0 else 1
+
+
+def _sync_forever(
+    client: SyncClient, book: ledger.Ledger, clock: TrustedClock, out: TextIO
+) -> int:
+    results: queue.Queue[SyncResult] = queue.Queue()
+    schedule = SyncSchedule(client, client.settings, results.put)
+    stop = False
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    schedule.start(first_delay_s=0.0)
+    try:
+        while not stop:
+            try:
+                result = results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            # Applied here, on the one thread that writes the ledger.
+            applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+            line = result.summary()
+            line.update(
+                {
+                    "marked": applied.marked,
+                    "time_recorded": applied.time_entry is not None,
+                    "monotonic": round(time.monotonic(), 3),
+                    "runs": schedule.stats.runs,
+                    "guard_kicks": schedule.stats.guard_kicks,
+                }
+            )
+            print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        schedule.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sync commands alone (until terminal/cli.py wires them in)."""
+    parser = argparse.ArgumentParser(prog=PROG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_sync_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
