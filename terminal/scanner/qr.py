@@ -70,11 +70,15 @@ def prepare_frame(frame: object, max_side: int = DEFAULT_MAX_SIDE) -> Gray | Non
         return None
     longest = max(h, w)
     if longest > 2 * max_side:
-        # Cheap decimation first so an 8K frame never reaches the colour
-        # conversion at full size; INTER_AREA below does the careful part.
-        step = longest // (2 * max_side)
-        frame = frame[::step, ::step]
-        h, w = int(frame.shape[0]), int(frame.shape[1])
+        # Huge frames (8K) are decimated straight to max_side by nearest neighbour
+        # (about 2 ms for 8K): a code big enough to matter there keeps several px
+        # per module, and the frame never reaches a full-size colour conversion.
+        scale = max_side / longest
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if min(size) < MIN_SIDE:
+            return None
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST)
+        h, w = size[1], size[0]
         longest = max(h, w)
     if channels == 3:
         gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_BGR2GRAY)
