@@ -13,6 +13,7 @@ itself (terminal/checkout.py does) and never daemonizes: systemd does that.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -23,12 +24,12 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from terminal import config, ledger, policy, state, trust
+from terminal import config, ledger, policy, state, tokens, trust
 from terminal.checkout import Checkout, Decision, ReversalRefused
 from terminal.events import CardPresented, QrPresented
 
@@ -217,6 +218,10 @@ class DecisionWorker:
         self.dropped = 0
         self.disk_low = False
         self.snapshot: dict[str, Any] = {}
+        # Signatures of codes still waiting are checked on this thread while the worker
+        # waits for the previous commit's fsync (both release the GIL).
+        self._primer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="primer")
+        self._primed: dict[str, None] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-worker", daemon=True)
@@ -273,10 +278,24 @@ class DecisionWorker:
                     continue
                 if item is _STOP:
                     break
+                self._prime_waiting(counter)
                 self._handle(item, counter)
         finally:
+            self._primer.shutdown(wait=True, cancel_futures=True)
             book.close(counter.now(self._wall_ms()))
             store.close()
+
+    def _prime_waiting(self, counter: Checkout) -> None:
+        with self.queue.mutex:
+            waiting = [
+                e.text for e in itertools.islice(self.queue.queue, 4) if isinstance(e, QrPresented)
+            ]
+        for text in waiting:
+            if text not in self._primed:
+                if len(self._primed) > 256:
+                    self._primed.clear()
+                self._primed[text] = None
+                self._primer.submit(tokens.prime, text, counter.trust)
 
     def _handle(self, item: Any, counter: Checkout) -> None:
         if isinstance(item, Job):

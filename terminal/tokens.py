@@ -11,6 +11,7 @@ is an argument), never signs anything, and never lets an exception other than
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Sequence
@@ -328,11 +329,27 @@ def _issuer_public_key(raw: bytes) -> Ed25519PublicKey | None:
     return key
 
 
-def _verifies(key: Ed25519PublicKey, msg: _Sign1) -> bool:
+# Signatures already found good, keyed by SHA-256 over (key, signature, signed bytes):
+# prime() fills it from another thread while the decision worker commits the previous
+# verdict, and the worker's in-order checks then find the answer instead of redoing the
+# curve arithmetic. Only good signatures are kept; a hit means exactly these bytes
+# verified under exactly this key. The bound keeps it small; clearing is harmless.
+_VERIFIED_MAX = 1024
+_verified: dict[bytes, bool] = {}
+
+
+def _verifies(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
+    signed = _to_be_signed(msg)
+    memo = hashlib.sha256(raw_key + msg.signature + signed).digest()
+    if memo in _verified:
+        return True
     try:
-        key.verify(msg.signature, _to_be_signed(msg))
+        key.verify(msg.signature, signed)
     except InvalidSignature:
         return False
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[memo] = True
     return True
 
 
@@ -400,6 +417,44 @@ def _claims(payload: bytes) -> _Claims:
     )
 
 
+def _parse(qr_text: str) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
+    """Step 1: the text, strict CBOR and the type of everything; nothing verified yet."""
+    if type(qr_text) is not str or len(qr_text) > MAX_QR_TEXT:
+        _reject(MALFORMED, "QR text is not text of at most 1200 characters")
+    if not qr_text.startswith(PREFIX):
+        _reject(MALFORMED, "QR text does not start with CT1:")
+    outer = _sign1(_b45decode(qr_text[len(PREFIX) :]), "presentation")
+    body = _map(_cbor(outer.payload, "presentation payload"), "presentation payload")
+    credential = _bstr(_required(body, 1, "credential"), "credential")
+    t = _int(_required(body, 2, "t"), "t")
+    ctr = _int(_required(body, 3, "ctr"), "ctr", minimum=0)
+    inner = _sign1(credential, "credential")
+    if inner.kid is None:
+        _reject(MALFORMED, "credential: no kid in the protected header")
+    return outer, inner, inner.kid, _claims(inner.payload), t, ctr
+
+
+def prime(qr_text: str, keyring: IssuerKeyring) -> None:
+    """Check a waiting code's signatures ahead of its turn, on another thread.
+
+    Decides nothing and never raises: it only fills the memo of good
+    signatures, so that ``verify_presentation`` on the decision worker, which
+    still runs every check in the spec's order at the decision's own time,
+    skips the curve arithmetic it would otherwise repeat. Keys are tried
+    whatever their validity window; the real check applies the window.
+    """
+    try:
+        outer, inner, kid, claims, _t, _ctr = _parse(qr_text)
+        for candidate in keyring.issuer_keys(kid):
+            key = _issuer_public_key(candidate.public_key)
+            if key is not None and _verifies(key, candidate.public_key, inner):
+                holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
+                _verifies(holder, claims.holder_key, outer)
+                return
+    except Exception:  # priming is best effort; the real check reports every problem
+        return
+
+
 def verify_presentation(
     qr_text: str,
     now: int,
@@ -443,24 +498,12 @@ def verify_presentation(
       that issuer* verified). Both iat and exp are checked; iat first.
     """
     # Step 1: text, then strict CBOR and types of every layer.
-    if type(qr_text) is not str or len(qr_text) > MAX_QR_TEXT:
-        _reject(MALFORMED, "QR text is not text of at most 1200 characters")
-    if not qr_text.startswith(PREFIX):
-        _reject(MALFORMED, "QR text does not start with CT1:")
-    outer = _sign1(_b45decode(qr_text[len(PREFIX) :]), "presentation")
-    body = _map(_cbor(outer.payload, "presentation payload"), "presentation payload")
-    credential = _bstr(_required(body, 1, "credential"), "credential")
-    t = _int(_required(body, 2, "t"), "t")
-    ctr = _int(_required(body, 3, "ctr"), "ctr", minimum=0)
-    inner = _sign1(credential, "credential")
-    if inner.kid is None:
-        _reject(MALFORMED, "credential: no kid in the protected header")
-    claims = _claims(inner.payload)
+    outer, inner, kid, claims, t, ctr = _parse(qr_text)
 
     # Step 2: issuer key.
-    candidates = [k for k in keyring.issuer_keys(inner.kid) if _in_window(k, now)]
+    candidates = [k for k in keyring.issuer_keys(kid) if _in_window(k, now)]
     if not candidates:
-        _reject(UNKNOWN_ISSUER_KEY, f"no trusted issuer key {inner.kid.hex():.32} valid now")
+        _reject(UNKNOWN_ISSUER_KEY, f"no trusted issuer key {kid.hex():.32} valid now")
     usable = [k for k in candidates if not keyring.issuer_key_revoked(k.public_key)]
     if not usable:
         _reject(REVOKED, "the issuer key is revoked")
@@ -469,7 +512,8 @@ def verify_presentation(
     issuer_key: IssuerKey | None = None
     for candidate in usable:
         key = _issuer_public_key(candidate.public_key)
-        if key is not None and _verifies(key, inner) and candidate.iss == claims.iss:
+        good = key is not None and _verifies(key, candidate.public_key, inner)
+        if good and candidate.iss == claims.iss:
             issuer_key = candidate
             break
     if issuer_key is None:
@@ -484,7 +528,7 @@ def verify_presentation(
         holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
     except ValueError:
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key is not a usable Ed25519 key")
-    if not _verifies(holder, outer):
+    if not _verifies(holder, claims.holder_key, outer):
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key does not verify the presentation")
 
     # Step 5: freshness.
