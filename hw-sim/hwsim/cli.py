@@ -1,0 +1,309 @@
+"""The hw-sim command: the hardware simulator, one subcommand per simulated part.
+
+Each subcommand parses its arguments, calls the hwsim library and prints what
+a technician needs next; every library error becomes one line on standard
+error that says what happened and what to do, with exit status 2. The
+simulators that serve (camera, card-reader) run in the foreground until
+Ctrl-C, SIGTERM or --stop-after, and always close what they opened. A new
+simulator slots in as one more entry in COMMANDS (a name, a function that adds
+its arguments, and a function that runs it); nothing here holds logic that the
+tests or the lunch-rush scenario would need: they use the library directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hwsim import population as pop
+from hwsim.phone import WalletError, draw_code
+
+PROG = "hw-sim"
+DAY_S = 86_400
+
+
+class CommandError(Exception):
+    """A usage problem the command found itself (a missing file, a bad combination)."""
+
+
+# --- shared pieces ---------------------------------------------------------------------
+
+
+def _now(value: int | None) -> int:
+    return int(time.time()) if value is None else value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
+    if not (64 <= w <= 3840 and 64 <= h <= 2160):
+        raise argparse.ArgumentTypeError("width and height must be within 64x64 .. 3840x2160")
+    return w, h
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        return value
+
+    return parse
+
+
+def run_until_stopped(stop_after_s: float | None) -> str:
+    """Block until Ctrl-C, SIGTERM or `stop_after_s`; the reason, for the last line printed."""
+    stopped = threading.Event()
+    why = ["--stop-after"]
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        why[0] = signal.Signals(signum).name
+        stopped.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stopped.wait(stop_after_s)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return why[0]
+
+
+# --- hw-sim issuer -----------------------------------------------------------------------
+
+
+def _add_issuer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (made if missing)")
+    p.add_argument("--iss", default=pop.DEFAULT_ISS, help="issuer id (default %(default)s)")
+    p.add_argument("--cadres", type=int, default=50, metavar="N", help="cadres (default 50)")
+    p.add_argument(
+        "--units",
+        nargs="+",
+        metavar="UNIT",
+        help="agency codes the cadres belong to, spread in turn (space- or comma-separated); "
+        "a canteen's own units are in its settings, [canteen] units. Default: "
+        + ",".join(pop.DEFAULT_UNITS),
+    )
+    p.add_argument(
+        "--cards-fraction",
+        type=float,
+        default=0.3,
+        metavar="F",
+        help="share of cadres who also hold a canteen card (default 0.3)",
+    )
+    p.add_argument(
+        "--card-type",
+        choices=pop.CARD_TYPE_CHOICES,
+        default="rdm6300",
+        help="rdm6300: 125 kHz EM4100, 5-byte UIDs (the default reader); mifare4 / mifare7: "
+        "ISO 14443-A 4- or 7-byte UIDs (PN532 and most ASCII readers); mixed: some of each",
+    )
+    p.add_argument("--issuer-keys", type=int, default=1, metavar="N", help="issuer keys (1)")
+    p.add_argument("--days", type=int, default=365, help="credential validity (default 365)")
+    p.add_argument(
+        "--now",
+        type=int,
+        metavar="UNIX_SECONDS",
+        help="issue time of the credentials (default: 00:00 UTC yesterday, so the same --seed "
+        "gives the same files all day)",
+    )
+    p.add_argument(
+        "--seed",
+        help="makes every key, name, card and credential reproducible (default: a random seed, "
+        "recorded in population.json)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing population; its wallets' counters start again from 0, "
+        "so terminals that saw the old ones will refuse the new codes as replays",
+    )
+
+
+def cmd_issuer(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    if (out / pop.SUMMARY_FILE).exists() and not a.force:
+        raise CommandError(
+            f"{out} already holds a population; use another --out, or --force to replace it "
+            "(its wallet counters restart, so terminals that saw them will see replays)"
+        )
+    units = pop.DEFAULT_UNITS
+    if a.units:
+        units = tuple(u.strip() for arg in a.units for u in arg.split(",") if u.strip())
+    now = (int(time.time()) // DAY_S - 1) * DAY_S if a.now is None else a.now
+    if a.seed is None:
+        import secrets
+
+        seed = secrets.token_hex(8)
+    else:
+        seed = a.seed
+    population = pop.make_population(
+        now=now,
+        iss=a.iss,
+        cadres=a.cadres,
+        units=units,
+        cards_fraction=a.cards_fraction,
+        card_type=a.card_type,
+        seed=seed,
+        issuer_keys=a.issuer_keys,
+        days=a.days,
+    )
+    summary = pop.write_population(population, out)
+    print(
+        f"issuer {summary['iss']}: {summary['cadre_count']} cadres in {len(summary['units'])} "
+        f"units, {summary['card_count']} cards, {len(summary['issuer_keys'])} key(s), "
+        f"seed {seed}"
+    )
+    print(f"wrote {out}/: {pop.TRUST_FILE}, {pop.REVOKED_FILE}, {pop.ROSTER_FILE},")
+    print(f"  {pop.SUMMARY_FILE}, {pop.ISSUER_KEYS_FILE} (private), {pop.WALLETS_DIR}/ (private)")
+    print("load the lists into a terminal:")
+    print(
+        f"  canteen-terminal lists install --issuers {out / pop.TRUST_FILE} "
+        f"--revocations {out / pop.REVOKED_FILE} --roster {out / pop.ROSTER_FILE}"
+    )
+    if population.cadres:
+        first = population.cadres[0]
+        print("draw a code from a phone:")
+        print(f"  hw-sim phone --wallet {out / pop.WALLETS_DIR / (first.sub + '.json')}")
+    return 0
+
+
+# --- hw-sim phone --------------------------------------------------------------------------
+
+
+def _add_phone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wallet", required=True, metavar="FILE", help="a wallet from hw-sim issuer")
+    p.add_argument(
+        "--now",
+        type=int,
+        metavar="UNIX_SECONDS",
+        help="the phone's clock when it draws (default: this computer's clock); an old or "
+        "future time shows how the terminal handles a phone with a wrong clock",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--text", action="store_true", help="print the code's text (the default)")
+    out.add_argument(
+        "--png",
+        metavar="OUT",
+        help="write the phone's screen as a PNG, to show on a monitor held up to a real camera",
+    )
+    out.add_argument(
+        "--frame",
+        metavar="OUT",
+        help="write a camera frame of the phone held over a counter (JPEG or PNG by the name), "
+        "for canteen-terminal scan-image",
+    )
+    p.add_argument("--seed", type=int, default=0, help="picture variation for --png/--frame")
+
+
+def cmd_phone(a: argparse.Namespace) -> int:
+    text, wallet = draw_code(a.wallet, _now(a.now))
+    if a.png or a.frame:
+        from hwsim import render
+
+        if a.png:
+            Path(a.png).write_bytes(render.phone_screen_png(text, a.seed))
+            where = a.png
+        else:
+            import cv2
+
+            scene = render.random_scene(a.seed)
+            if not cv2.imwrite(a.frame, render.render_frame(text, scene)):
+                raise CommandError(f"{a.frame}: cannot write the frame (use .jpg or .png)")
+            where = a.frame
+        print(
+            f"{wallet.sub} ({wallet.display_name}) code #{wallet.ctr} written to {where}",
+            file=sys.stderr,
+        )
+    else:
+        print(text)
+    return 0
+
+
+# --- the command table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One hw-sim subcommand: its name, its one-line help, a page of description."""
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "issuer",
+        "make issuer keys, cadres, phone wallets, cards and the lists a terminal loads",
+        "Make a simulated one-card platform: issuer key(s), N cadres with units and Chinese "
+        "names, one phone wallet each (DIR/wallets/<sub>.json: credential and holder key), "
+        "canteen cards for a share of them, and the files a terminal or county server loads: "
+        "trust.json and revoked.json (docs/token-format.md section 5), roster.csv "
+        "(uid,iss,sub,unit,display_name,status) and population.json (a summary). The same "
+        "--seed and --now give the same files.",
+        _add_issuer,
+        cmd_issuer,
+    ),
+    Command(
+        "phone",
+        "draw a QR code from a cadre's wallet: print its text or draw the phone's screen",
+        "Draw the next code from a wallet as the cadre's phone would: the phone's time and a "
+        "counter one above the last, saved back into the wallet file before the code is "
+        "shown (so every code is new to a terminal). Prints the code's text, or writes a "
+        "picture of the phone's screen (--png) or of a camera frame (--frame).",
+        _add_phone,
+        cmd_phone,
+    ),
+)
+
+_ERRORS: tuple[type[Exception], ...] = (CommandError, pop.PopulationError, WalletError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Hardware simulator for canteen terminal technicians: a simulated issuer "
+        "and phones, a camera that shows phones to the terminal, and a card reader on a "
+        "serial port, so a terminal can be installed and checked without the real parts.",
+        epilog="Run 'hw-sim COMMAND --help' for each command. Typical session: hw-sim issuer "
+        "--out sim; hw-sim camera; hw-sim card-reader; then point the terminal's [camera] "
+        "source and [reader] port at them (docs/technicians.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
