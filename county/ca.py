@@ -185,6 +185,11 @@ def load_time_key(paths: CAPaths) -> Ed25519PrivateKey:
     return key
 
 
+def _aki(ca: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
 def issue_server_cert(paths: CAPaths, hosts: tuple[str, ...] = ()) -> None:
     """(Re)issue the HTTPS certificate for 127.0.0.1, localhost and ``hosts``."""
     ca, ca_key = load_ca(paths)
@@ -206,6 +211,7 @@ def issue_server_cert(paths: CAPaths, hosts: tuple[str, ...] = ()) -> None:
         .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(_aki(ca), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -236,5 +242,6 @@ def issue_terminal_cert(paths: CAPaths, csr_pem: bytes, terminal_id: str) -> x50
         .not_valid_after(now + dt.timedelta(days=TERMINAL_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_aki(ca), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -1,0 +1,192 @@
+"""Shared pieces of the sync and county tests: a county with a running server, provisioned
+terminals, ledgers with realistic entries, and a check of the server's copy of a chain.
+
+No tests live here; test_sync*.py and test_county*.py import these helpers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from county import ca
+from county.app import ASGIApp, CountyServer, new_provisioning_code
+from county.store import CountyStore
+from terminal import state
+from terminal.ledger import (
+    ACCEPT,
+    REJECT,
+    REVERSAL,
+    SALE,
+    EntryDraft,
+    Ledger,
+    entry_hash,
+    load_or_create_signing_key,
+)
+from terminal.sync import CountyIdentity, SyncSettings, provision
+
+T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
+
+FAST = SyncSettings(
+    interval_s=1,
+    jitter_s=0,
+    deadline_s=5,
+    connect_timeout_s=2,
+    read_timeout_s=2,
+    batch_entries=200,
+    backoff_base_s=0.05,
+    backoff_cap_s=0.5,
+)
+
+
+@dataclass
+class County:
+    data: Path
+    server: CountyServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    @property
+    def store(self) -> CountyStore:
+        assert self.server is not None
+        return self.server.store
+
+    def start(self, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> County:
+        self.server = CountyServer(self.data, wrap=wrap).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def code(self, terminal_id: str, canteen: str) -> str:
+        store = self.server.store if self.server else CountyStore(self.data / "county.sqlite")
+        secret = store.add_terminal(terminal_id, canteen, time.time_ns() // 1_000_000)
+        if self.server is None:
+            store.close()
+        return new_provisioning_code(self.data, secret)
+
+
+def make_county(root: Path) -> County:
+    data = root / "county"
+    ca.init_ca(data)
+    return County(data)
+
+
+@pytest.fixture
+def county(tmp_path: Path) -> Iterator[County]:
+    c = make_county(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@dataclass
+class Terminal:
+    root: Path
+    terminal_id: str
+    identity: CountyIdentity
+
+    @property
+    def ledger_path(self) -> Path:
+        return state.StatePaths(self.root).ledger
+
+    def open_ledger(self) -> Ledger:
+        paths = state.StatePaths(self.root)
+        return state.open_ledger(paths.ledger, paths.key, self.terminal_id, T0_MS)
+
+
+def provision_terminal(
+    county: County, root: Path, terminal_id: str, canteen: str, server: str | None = None
+) -> Terminal:
+    paths = state.prepare(root)
+    key = load_or_create_signing_key(paths.key)
+    code = county.code(terminal_id, canteen)
+    identity = provision(paths.root, server or county.url, code, key.public_key().public_bytes_raw())
+    term = Terminal(paths.root, terminal_id, identity)
+    term.open_ledger().close()
+    return term
+
+
+def sale(i: int, *, unit: str = "u1", cadre: str | None = None, day: str = "2026-05-28",
+         meal: str = "lunch", credential: str | None = None, ctr: int | None = None) -> EntryDraft:  # fmt: skip
+    """An accepted QR sale; every ninth one a refusal, to vary kinds and reasons."""
+    if i % 9 == 8:
+        return EntryDraft(kind=SALE, verdict=REJECT, reason="replayed", method="qr",
+                          detail={"qr_sha256": f"{i:032x}", "qr_length": 80})  # fmt: skip
+    return EntryDraft(
+        kind=SALE,
+        verdict=ACCEPT,
+        method="qr",
+        cadre=cadre or f"iss-a/cadre-{i}",
+        credential=credential or f"qr/iss-a/{i:016x}",
+        ctr=ctr if ctr is not None else 1,
+        unit=unit,
+        day=day,
+        meal=meal,
+        amount_fen=1000,
+        detail={"qr": "HC1:" + "X" * 120, "price": "own"},
+    )
+
+
+def append_entries(book: Ledger, n: int, start_ms: int = T0_MS, **kw: Any) -> None:
+    first = book.last_seq()
+    for i in range(n):
+        entry = book.append(sale(first + i, **kw), start_ms + first + i)
+        if i % 50 == 49 and entry.verdict == ACCEPT:
+            # A staff undo now and then: reversals reference earlier entries.
+            undo = EntryDraft(
+                kind=REVERSAL,
+                method="qr",
+                cadre=entry.cadre,
+                credential=entry.credential,
+                unit=entry.unit,
+                day=entry.day,
+                meal=entry.meal,
+                amount_fen=entry.amount_fen,
+                ref_seq=entry.seq,
+                detail={"staff": "s1"},
+            )
+            book.append(undo, start_ms + first + i)
+
+
+def local_chain(path: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return [(s, h.hex()) for s, h in conn.execute("SELECT seq, hash FROM entries ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def server_chain(store_path: Path, terminal_id: str) -> list[tuple[int, str]]:
+    """The server's copy of a terminal's chain, re-verified link by link and hash by hash."""
+    conn = sqlite3.connect(f"{store_path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT seq, entry_id, at_ms, kind, verdict, reason, method, cadre, credential, ctr,"
+            " unit, day, meal, amount_fen, ref_seq, detail, prev_hash, hash FROM entries"
+            " WHERE terminal = ? ORDER BY seq",
+            (terminal_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    prev = bytes(32)
+    out = []
+    for expected, row in enumerate(rows, start=1):
+        assert row[0] == expected, f"server has a gap or repeat at {expected}"
+        assert row[16] == prev, f"server chain broken at {row[0]}"
+        assert entry_hash(row[16], row[:16]) == row[17], f"server entry {row[0]} altered"
+        prev = row[17]
+        out.append((row[0], row[17].hex()))
+    return out
