@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
 from terminal import config, policy, state, trust
-from terminal.checkout import Checkout, Decision, ReversalRefused
+from terminal.checkout import NO_SUCH_SALE, Checkout, Decision, ReversalRefused
 from terminal.display.desk import (
     Charge,
     DaySummary,
@@ -34,7 +34,9 @@ from terminal.display.desk import (
     Reversal,
     pin_matches,
 )
-from terminal.ledger import ACCEPT, REJECT, REVERSAL, SALE, LedgerEntry
+from terminal.display.settings import DisplaySettings
+from terminal.display.settings import load as load_display
+from terminal.ledger import ACCEPT, REJECT, REVERSAL, SALE, LedgerEntry, LedgerError
 
 SETTINGS = dataclasses.replace(config.load(), units=frozenset({"own"}))
 TZ = SETTINGS.timezone
@@ -166,6 +168,10 @@ class CheckoutDesk:
                 e = self.t.c.reverse(sale_seq, self.t.clock_ms, within_s, staff)
             except ReversalRefused as refused:
                 return Refusal(refused.code, str(refused))
+            except LedgerError as err:
+                # Checkout.reverse leaves "already reversed" to the ledger's trigger check;
+                # docs/reasons.md names it no_such_sale.
+                return Refusal(NO_SUCH_SALE, str(err))
             assert e.ref_seq is not None
             return Reversal(e.seq, e.ref_seq, e.at_ms, e.amount_fen, e.meal)
 
@@ -223,9 +229,122 @@ def _totals(day: str, entries: list[LedgerEntry], now_ms: int) -> DayTotals:
     return DayTotals(day=day, meals=meals, generated_at_ms=now_ms)
 
 
-def display_settings(**changes: Any) -> Any:
+def display_settings(**changes: Any) -> DisplaySettings:
     """The [display] defaults with a PIN, port 0 and any changes."""
-    from terminal.display import settings
+    fields: dict[str, Any] = {"port": 0, "staff_pin": "4821", **changes}
+    return dataclasses.replace(load_display(), **fields)
 
-    base = settings.load()
-    return dataclasses.replace(base, port=0, staff_pin="4821", **changes)
+
+class Kit:
+    """A running screen over a test terminal, and plain HTTP helpers against it."""
+
+    def __init__(self, root: Path, **display: Any) -> None:
+        from terminal.display.server import Screen
+
+        self.terminal = Terminal(root)
+        self.desk = CheckoutDesk(self.terminal, display.pop("staff_pin", "4821"))
+        self.settings = display_settings(staff_pin=self.desk.pin, **display)
+        self.screen = Screen(self.settings, self.desk)
+        self.terminal.screen = self.screen
+        self.screen.start()
+
+    @property
+    def url(self) -> str:
+        return self.screen.url
+
+    def close(self) -> None:
+        self.screen.stop()
+        self.terminal.close()
+
+    def get(self, path: str) -> tuple[int, Any]:
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """(status, JSON or raw bytes, headers) of a POST with a JSON body."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path.lstrip("/"),
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                raw, status, head = r.read(), r.status, dict(r.headers)
+        except urllib.error.HTTPError as err:
+            raw, status, head = err.read(), err.code, dict(err.headers)
+        if head.get("Content-Type", "").startswith("application/json"):
+            return status, json.loads(raw), head
+        return status, raw, head
+
+    def ready(self, **changes: Any) -> dict[str, Any]:
+        """A typical ready status at lunch, with changes; sent to the screen."""
+        status: dict[str, Any] = {
+            "state": "ready",
+            "sentence": "就绪",
+            "online": True,
+            "since_ms": self.terminal.clock_ms - 3 * 3600_000,
+            "unsynced": 3,
+            "last_sync_ms": self.terminal.clock_ms - 120_000,
+            "list_age_s": 3600,
+            "settings_version": 7,
+            "clock_trusted": True,
+            "canteen_name": SETTINGS.canteen_name,
+            "meal": "lunch",
+            "price_fen": 1000,
+            "price_visitor_fen": 1500,
+        }
+        status.update(changes)
+        self.screen.set_status(status)
+        return status
+
+
+class EventReader:
+    """A raw SSE client: reads (event, data) pairs from /events."""
+
+    def __init__(self, kit: Kit, timeout: float = 5.0) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", kit.screen.port), timeout=timeout)
+        host = f"127.0.0.1:{kit.screen.port}"
+        self.sock.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        self.status_line = self.file.readline().decode()
+        while self.file.readline() not in (b"\r\n", b"\n", b""):
+            pass
+
+    def next(self, skip: tuple[str, ...] = ("ping",)) -> tuple[str, Any]:
+        import json
+
+        name, data = "message", ""
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise EOFError("the stream ended")
+            text = line.decode().rstrip("\n")
+            if text.startswith("event: "):
+                name = text[7:]
+            elif text.startswith("data: "):
+                data += text[6:]
+            elif text == "":
+                if data and name not in skip:
+                    return name, json.loads(data)
+                name, data = "message", ""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
