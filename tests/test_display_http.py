@@ -260,8 +260,6 @@ def test_requests_from_elsewhere_or_malformed_are_refused(kit: Kit) -> None:
 
 def test_a_second_screen_on_a_taken_port_fails_loudly(kit: Kit) -> None:
     other = Screen(dataclasses.replace(kit.settings, port=kit.screen.port), kit.desk)
-        kit.settings.__class__(**{**kit.settings.__dict__, "port": kit.screen.port}), kit.desk
-    )
     with pytest.raises(OSError):
         other.start()
 
