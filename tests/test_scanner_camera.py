@@ -75,7 +75,7 @@ def take(q: queue.Queue[QrPresented], n: int) -> list[QrPresented]:
 
 @pytest.fixture(scope="module")
 def token() -> str:
-    text = new_wallet().draw(NOW)
+    text: str = new_wallet().draw(NOW)
     assert 11 <= si.qr_version(text) <= 13  # the sizing assumption
     return text
 

@@ -234,7 +234,7 @@ def test_ten_megabytes_of_noise_give_no_card() -> None:
     """
     rng = random.Random(20240611)
     data = rng.randbytes(10 * 1024 * 1024)
-    framers = {
+    framers: dict[str, Rdm6300Framer | AsciiLineFramer] = {
         "rdm6300": Rdm6300Framer(),
         "ascii-hex": AsciiLineFramer("hex"),
         "ascii-dec": AsciiLineFramer("dec", uid_bytes=4),

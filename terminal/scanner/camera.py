@@ -266,7 +266,11 @@ class Camera:
         last_path_check = last_frame_at
         frames = 0
         while not self._stop.is_set():
-            ok, frame = cap.read()
+            try:
+                ok, frame = cap.read()
+            except cv2.error as e:  # some backends raise instead of returning False
+                log.warning("%s: read failed: %s", self.name, e)
+                ok, frame = False, None
             now = self._clock()
             if not ok or frame is None:
                 if paced and frames:  # a file or folder ended: replay it (simulator)
