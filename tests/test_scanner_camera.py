@@ -437,3 +437,18 @@ def test_scan_image_as_a_program(images: dict[str, str], token: str) -> None:
     )
     assert helped.returncode == 0 and "--decoder" in helped.stdout
     assert main([images["empty"]]) == 0
+
+
+def test_missing_libzbar_is_one_clear_error_at_start(
+    monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    """With pyzbar unloadable (as without Debian's libzbar0), the camera refuses to start
+    with one line saying what to install, and scan-image exits 2 with that line."""
+    monkeypatch.setitem(sys.modules, "pyzbar", None)
+    monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
+    q: queue.Queue[QrPresented] = queue.Queue()
+    with pytest.raises(DecoderUnavailable, match="apt install libzbar0"):
+        Camera(CameraSettings(source="/dev/video0", decoder="pyzbar"), q)
+    status, lines, err = run_cli([images["code"], "--decoder", "pyzbar"])
+    assert status == 2 and lines == []
+    assert err.count("\n") == 1 and "libzbar0" in err and "decoder = zxing" in err
