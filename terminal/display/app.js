@@ -222,7 +222,7 @@ function onHello(snap) {
   document.body.dataset.language = snap.language;
   chrome();
   status = snap.status || {};
-  renderStatus();
+  tick();
   if (snap.decision) {
     showDecision(snap.decision, snap.decision_age_ms || 0, false);
   }
@@ -282,8 +282,7 @@ function showDecision(d, ageMs, fresh) {
   const who = [d.display_name, d.unit].map(clean).filter(Boolean).join(" · ");
   put("verdict-who", who);
   if (ok) {
-    const method = d.method ? (L[d.method] || "") : "";
-    put("verdict-what", [d.meal_label, yuan(d.amount_fen), method].map(clean).filter(Boolean).join("  "));
+    put("verdict-what", [d.meal_label, yuan(d.amount_fen)].map(clean).filter(Boolean).join("  "));
     put("verdict-todo", "");
   } else {
     put("verdict-what", "");
@@ -475,8 +474,16 @@ function renderPanel(data) {
   const box = $("last-charge");
   if (lastCharge) {
     const c = lastCharge;
-    const parts = [localTime(c.at_ms, false), c.display_name, c.unit, c.meal_label, yuan(c.amount_fen), L[c.method] || ""];
-    put(box, parts.map(clean).filter(Boolean).join("  "));
+    const lines = [
+      [localTime(c.at_ms, false), L[c.method] || ""],
+      [c.display_name, c.unit],
+      [c.meal_label, yuan(c.amount_fen)],
+    ];
+    box.replaceChildren(...lines.map((parts) => {
+      const div = document.createElement("div");
+      div.textContent = parts.map(clean).filter(Boolean).join("  ");
+      return div;
+    }));
     $("reverse-button").hidden = false;
   } else {
     put(box, L.noCharge);
