@@ -13,6 +13,7 @@ tests or the lunch-rush scenario would need: they use the library directly.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from hwsim import population as pop
+from hwsim import reader as reader_mod
 from hwsim.phone import WalletError, draw_code
 
 PROG = "hw-sim"
@@ -233,6 +235,116 @@ def cmd_phone(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- hw-sim card-reader -----------------------------------------------------------------------
+
+
+def _add_reader_target(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--link",
+        default=reader_mod.DEFAULT_LINK,
+        help="the running simulator's port link (default %(default)s); its control socket "
+        "is LINK.ctl",
+    )
+    where.add_argument("--control", metavar="SOCKET", help="the control socket itself")
+
+
+def _add_card_reader(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        choices=reader_mod.KINDS,
+        default=reader_mod.RDM6300,
+        help="which reader to behave as; must match the terminal's [reader] kind "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--link",
+        default=reader_mod.DEFAULT_LINK,
+        help="where the serial port appears; set the terminal's [reader] port to it "
+        "(default %(default)s)",
+    )
+    p.add_argument("--ascii-format", choices=("hex", "dec"), default="hex", help="ascii readers")
+    p.add_argument(
+        "--ascii-byte-order",
+        choices=("msb_first", "lsb_first"),
+        default="msb_first",
+        help="ascii readers: print UID0 first or last (match [reader] ascii_byte_order)",
+    )
+    p.add_argument(
+        "--frame-interval",
+        type=_positive(float),
+        default=0.1,
+        metavar="S",
+        help="seconds between the frames of a card held on an rdm6300/ascii reader (0.1)",
+    )
+    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_card_reader)
+    actions = p.add_subparsers(dest="reader_action", metavar="ACTION")
+    a = actions.add_parser(
+        "swipe",
+        help="present a card to the running simulated reader",
+        description="Present a card: the running simulator sends the UID as its reader kind "
+        "would. With --repeat the card is held (several frames, or several PN532 polls); "
+        "with --noise, line noise goes around it.",
+    )
+    _add_reader_target(a)
+    a.add_argument("--uid", required=True, metavar="HEX", help="card UID, e.g. 0a1b2c3d4e")
+    a.add_argument("--noise", type=int, default=0, metavar="N", help="noise bytes around it")
+    a.add_argument("--repeat", type=int, default=1, metavar="N", help="frames (card held)")
+    a.set_defaults(func=cmd_reader_client, action="swipe")
+    a = actions.add_parser("noise", help="send line noise and no card")
+    _add_reader_target(a)
+    a.add_argument("--bytes", type=int, default=1000, metavar="N", help="how many (1000)")
+    a.set_defaults(func=cmd_reader_client, action="noise")
+    for name, text in (
+        ("unplug", "pull the reader's cable: the port goes away until replug"),
+        ("replug", "plug the reader back in at the same port path"),
+        ("status", "what the simulated reader is doing, as JSON"),
+    ):
+        a = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        _add_reader_target(a)
+        a.set_defaults(func=cmd_reader_client, action=name)
+
+
+def cmd_card_reader(a: argparse.Namespace) -> int:
+    sim = reader_mod.ReaderSim(
+        a.kind,
+        a.link,
+        ascii_format=a.ascii_format,
+        ascii_byte_order=a.ascii_byte_order,
+        frame_interval_s=a.frame_interval,
+    ).start()
+    try:
+        status = sim.status()
+        print(f"{a.kind} card reader at {a.link} (pty {status['tty']})", flush=True)
+        print(f'  terminal settings: [reader] port = "{a.link}", kind = "{a.kind}"')
+        print(f"  swipe a card:      hw-sim card-reader swipe --link {a.link} --uid HEX")
+        print(f"  control socket:    {sim.control}; stop with Ctrl-C", flush=True)
+        why = run_until_stopped(a.stop_after)
+    finally:
+        sim.stop()
+    print(f"stopped ({why})", flush=True)
+    return 0
+
+
+def cmd_reader_client(a: argparse.Namespace) -> int:
+    control = reader_mod.ReaderControl(a.control or reader_mod.control_path(a.link))
+    if a.action == "swipe":
+        answer = control.swipe(a.uid, noise=a.noise, repeat=a.repeat)
+        if "read" in answer and answer["read"] < a.repeat:
+            raise CommandError(
+                f"the card was in the field but read {answer['read']} of {a.repeat} times: "
+                "is the terminal running and polling the PN532?"
+            )
+    elif a.action == "noise":
+        answer = control.noise(a.bytes)
+    else:
+        answer = control.request(a.action)
+    answer.pop("ok", None)
+    print(json.dumps(answer, ensure_ascii=False, indent=1 if a.action == "status" else None))
+    return 0
+
+
 # --- the command table ----------------------------------------------------------------------
 
 
@@ -270,9 +382,27 @@ COMMANDS: tuple[Command, ...] = (
         _add_phone,
         cmd_phone,
     ),
+    Command(
+        "card-reader",
+        "a serial card reader (RDM6300, ASCII or PN532) on a pty; swipe cards on command",
+        "Run a simulated card reader: a serial port (a pty) linked at --link, which the "
+        "terminal opens as its [reader] port, behaving as an RDM6300 (125 kHz, 5-byte UIDs), "
+        "an ASCII line reader, or a PN532 in HSU mode (answers wake-up, SAMConfiguration and "
+        "InListPassiveTarget polls). It runs until Ctrl-C or SIGTERM. From another shell, "
+        "'hw-sim card-reader swipe --uid HEX' presents a card (UIDs are in the issuer's "
+        "roster.csv), and 'unplug' / 'replug' pull and restore the cable. Commands travel "
+        "over the Unix socket LINK.ctl (one JSON line each way).",
+        _add_card_reader,
+        cmd_card_reader,
+    ),
 )
 
-_ERRORS: tuple[type[Exception], ...] = (CommandError, pop.PopulationError, WalletError)
+_ERRORS: tuple[type[Exception], ...] = (
+    CommandError,
+    pop.PopulationError,
+    WalletError,
+    reader_mod.ReaderSimError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
