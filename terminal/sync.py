@@ -913,16 +913,16 @@ class SyncClient:
         duplicates = answer.get("duplicates")
         if type(duplicates) is int:
             result.duplicates += duplicates
-        if acked > last:
-            raise ServerRefused(
-                f"the server acknowledges entry {acked} but this ledger ends at {last}: "
-                "another ledger was uploaded under this terminal's identity; call county IT"
-            )
         if verdict == "refused":
             result.alarm = str(answer.get("alarm"))
             raise ServerRefused(
                 f"the server refused the upload ({result.alarm}): {answer.get('problem')}; "
                 "keep this terminal's ledger as it is and call county IT"
+            )
+        if acked > last:
+            raise ServerRefused(
+                f"the server acknowledges entry {acked} but this ledger ends at {last}: "
+                "another ledger was uploaded under this terminal's identity; call county IT"
             )
         if verdict == "gap":
             result.gaps += 1
@@ -1161,7 +1161,7 @@ class SyncSchedule:
                 log.exception("the sync result callback failed")
 
     def _guard_loop(self) -> None:
-        slack = max(1.0, self.settings.interval_s * 0.1)
+        slack = max(0.25, self.settings.interval_s * 0.1)
         while not self._stop.wait(self._guard_period):
             with self._lock:
                 overdue = not self._running and time.monotonic() > self._due_mono + slack

@@ -168,12 +168,14 @@ def _sync_once(
         if result.error is not None or applied.time_entry is None:
             break
     unacked, _fen = book.unsynced()
+    # Complete only when this sync itself heard the server acknowledge everything.
+    complete = unacked == 0 and not total["errors"]
     total.update(
         {"sent": sent, "batches": batches, "marked": marked, "unacked": unacked,
-         "last_seq": book.last_seq(), "complete": unacked == 0}
+         "last_seq": book.last_seq(), "complete": complete}
     )  # fmt: skip
     print(json.dumps(total, ensure_ascii=False), file=out, flush=True)
-    return 0 if unacked == 0 else 1
+    return 0 if complete else 1
 
 
 def _sync_forever(
@@ -211,7 +213,8 @@ def _sync_forever(
     except KeyboardInterrupt:
         pass
     finally:
-        schedule.stop()
+        # Do not wait for a sync in flight: its result would not be applied anyway.
+        schedule.stop(wait=False)
     return 0
 
 

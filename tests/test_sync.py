@@ -1,0 +1,477 @@
+"""Terminal sync against the real county server on 127.0.0.1 over mTLS: provisioning and
+certificate pinning, forks, gaps and tampered batches, the total deadline, the schedule
+(backoff, nudge, wall-clock steps) and the [sync] settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import faultproxy
+import pytest
+import requests
+from test_sync_support import (
+    FAST,
+    T0_MS,
+    County,
+    append_entries,
+    county,  # noqa: F401  (fixture)
+    local_chain,
+    make_county,
+    provision_terminal,
+    server_chain,
+)
+
+from county import ca
+from terminal import config
+from terminal.checkout import TrustedClock
+from terminal.ledger import TIME_SIGNAL
+from terminal.sync import (
+    NotProvisioned,
+    ServerCertificateRefused,
+    ServerRefused,
+    SyncClient,
+    SyncResult,
+    SyncSchedule,
+    apply_result,
+    load_identity,
+    load_sync_settings,
+    provision,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sync_all(client: SyncClient, path: Path, term_open) -> SyncResult:  # type: ignore[no-untyped-def]
+    result = client.sync_once(time.monotonic() + 10)
+    book = term_open()
+    try:
+        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
+    finally:
+        book.close()
+    return result
+
+
+# --- provisioning and certificates ------------------------------------------------------
+
+
+def test_provision_pins_ca_cert_and_time_key(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    identity = load_identity(term.root)
+    assert identity.terminal_id == "t1" and identity.canteen == "c1"
+    assert identity.ca_fingerprint == ca.ca_fingerprint(ca.load_ca_cert(ca.CAPaths(county.data)))
+    assert (term.root / "sync-key.pem").stat().st_mode & 0o077 == 0
+    assert identity.time_key == ca.load_time_key(ca.CAPaths(county.data)).public_key().public_bytes_raw()
+
+
+def test_provisioning_code_is_one_time(county: County, tmp_path: Path) -> None:
+    code = county.code("t1", "c1")
+    key = bytes(range(32))
+    provision(tmp_path / "a", county.url, code, key)
+    with pytest.raises(ServerRefused, match="unknown or already used"):
+        provision(tmp_path / "b", county.url, code, key)
+    assert not (tmp_path / "b" / "county.json").exists()
+
+
+def test_code_for_another_county_is_refused_before_anything_is_sent(
+    county: County, tmp_path: Path
+) -> None:
+    other = make_county(tmp_path / "other")
+    secret_and_their_ca = other.code("t1", "c1")
+    with pytest.raises(ServerCertificateRefused, match="does not match the provisioning code"):
+        provision(tmp_path / "t", county.url, secret_and_their_ca, bytes(32))
+    assert not (tmp_path / "t" / "county.json").exists()
+
+
+def test_wrong_server_certificate_is_refused(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    impostor = make_county(tmp_path / "impostor").start()  # a server with another CA
+    try:
+        client = SyncClient(term.ledger_path, term.identity, FAST, server=impostor.url)
+        result = client.sync_once(time.monotonic() + 5)
+        assert result.error_kind == "tls"
+        assert "does not chain to the pinned county CA" in (result.error or "")
+        assert impostor.store.counter("batches_ok") == 0
+    finally:
+        impostor.stop()
+
+
+def test_server_certificate_for_another_name_is_refused(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    assert county.server is not None
+    # The certificate names 127.0.0.1 and localhost; 127.0.0.2 reaches the same socket? No:
+    # the server listens on 127.0.0.1 only, so ask for it under a name it does not carry.
+    client = SyncClient(term.ledger_path, term.identity, FAST,
+                        server=f"https://127.0.0.1:{county.server.port}")  # fmt: skip
+    assert client.sync_once(time.monotonic() + 5).error is None
+    with pytest.raises(ServerCertificateRefused):
+        client.verifier.verify(
+            county.data.joinpath("server.pem").read_bytes() and _der(county.data / "server.pem"),
+            "county.example",
+        )
+
+
+def _der(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+def test_wrong_client_certificate_is_refused(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    other = make_county(tmp_path / "other")
+    # A terminal of another county: its certificate does not chain to this county's CA,
+    # so the TLS handshake itself fails.
+    stranger = provision_terminal(other.start(), tmp_path / "s", "t1", "c1")
+    other.stop()
+    body = {"nonce": "00", "entries": [], "checkpoints": []}
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file),
+                      cert=(str(stranger.identity.cert_file), str(stranger.identity.key_file)),
+                      timeout=5)  # fmt: skip
+    # No certificate at all: the TLS layer lets it in (provisioning needs that), the API does not.
+    r = requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file), timeout=5)
+    assert r.status_code == 401
+    # A certificate from this county's CA that no terminal was provisioned with.
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509 import CertificateSigningRequestBuilder, Name
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = CertificateSigningRequestBuilder().subject_name(Name([])).sign(key, hashes.SHA256())
+    cert = ca.issue_terminal_cert(ca.CAPaths(county.data), csr.public_bytes(serialization.Encoding.PEM), "t1")
+    (tmp_path / "rogue.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "rogue-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    r = requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file),
+                      cert=(str(tmp_path / "rogue.pem"), str(tmp_path / "rogue-key.pem")), timeout=5)  # fmt: skip
+    assert r.status_code == 401
+    assert "not (or no longer) a provisioned terminal" in r.json()["problem"]
+
+
+def test_not_provisioned_state_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(NotProvisioned, match="canteen-terminal provision"):
+        load_identity(tmp_path)
+
+
+# --- intake: forks, gaps, tampering -------------------------------------------------------
+
+
+def test_sync_uploads_marks_and_records_county_time(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 700)
+    book.close()
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    result = sync_all(client, term.ledger_path, term.open_ledger)
+    assert result.complete and result.batches == 4 and result.error is None
+    book = term.open_ledger()
+    try:
+        last = book.entry(book.last_seq())
+        assert last is not None and last.kind == TIME_SIGNAL  # the first county time: recorded
+        assert book.unsynced()[0] == 1  # only that new entry
+        assert last.at_ms >= result.server_ms  # type: ignore[operator]
+    finally:
+        book.close()
+    # Again: the time signal goes up, the offset has not moved, so nothing new is recorded.
+    result = sync_all(client, term.ledger_path, term.open_ledger)
+    assert result.complete and result.sent == 1
+    book = term.open_ledger()
+    try:
+        assert book.unsynced()[0] == 0
+    finally:
+        book.close()
+    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)
+
+
+def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
+    county: County, tmp_path: Path
+) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 50)
+    book.close()
+    # A restored backup / cloned terminal: the same ledger up to here, then other entries.
+    clone_root = tmp_path / "clone"
+    shutil.copytree(term.root, clone_root)
+    shared = len(local_chain(term.ledger_path))
+    book = term.open_ledger()
+    append_entries(book, 30)
+    book.close()
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    assert sync_all(client, term.ledger_path, term.open_ledger).complete
+
+    clone_identity = load_identity(clone_root)
+    from test_sync_support import Terminal
+
+    clone = Terminal(clone_root, "t1", clone_identity)
+    book = clone.open_ledger()
+    append_entries(book, 10, cadre="someone-else")
+    book.close()
+    result = sync_all(SyncClient(clone.ledger_path, clone_identity, FAST), clone.ledger_path,
+                      clone.open_ledger)  # fmt: skip
+    assert result.error_kind == "refused" and result.alarm == "fork"
+    alarms = county.store.alarms()
+    assert [a["kind"] for a in alarms] == ["fork"]
+    assert alarms[0]["seq"] == shared + 1
+    report = county.store.report(int(time.time() * 1000), 3_600_000)
+    assert report["alarms"] == 1
+    # The server kept the first chain untouched (all but the time signal recorded last).
+    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[:-1]
+
+
+def _post(term, county: County, doc: dict) -> requests.Response:  # type: ignore[no-untyped-def]
+    return requests.post(county.url + "/v1/ledger", json=doc, verify=str(term.identity.ca_file),
+                         cert=(str(term.identity.cert_file), str(term.identity.key_file)),
+                         timeout=10)  # fmt: skip
+
+
+def _rows(term, first: int, last: int) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    from terminal.sync import LedgerReader
+
+    reader = LedgerReader(term.ledger_path)
+    try:
+        rows = reader.batch(first, last - first + 1)
+        return rows, reader.checkpoints(first, last)
+    finally:
+        reader.close()
+
+
+def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 200)
+    book.close()
+    rows, cps = _rows(term, 1, 40)
+    assert _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps}).json()["acked_seq"] == 40
+    rows, cps = _rows(term, 61, 120)
+    answer = _post(term, county, {"nonce": "02", "entries": rows, "checkpoints": cps}).json()
+    assert answer["status"] == "gap" and answer["resume_from"] == 41 and answer["acked_seq"] == 40
+    # The missing piece arrives: the held batch is applied too.
+    rows, cps = _rows(term, 41, 60)
+    answer = _post(term, county, {"nonce": "03", "entries": rows, "checkpoints": cps}).json()
+    assert answer["status"] == "ok" and answer["acked_seq"] == 120
+    # And the client resumes from the server's mark, not from its own.
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    assert sync_all(client, term.ledger_path, term.open_ledger).complete
+    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[:-1]
+
+
+def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 300)
+    book.close()
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    client._resume_hint = 150  # as if an earlier answer had said so (a restored server)
+    result = sync_all(client, term.ledger_path, term.open_ledger)
+    assert result.gaps == 1 and result.complete
+    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[: result.acked_seq]
+
+
+def _rechain(rows: list) -> list:  # type: ignore[type-arg]
+    from terminal.ledger import entry_hash
+
+    prev = bytes(32)
+    for row in rows:
+        row[16] = prev.hex()
+        prev = entry_hash(prev, row[:16])
+        row[17] = prev.hex()
+    return rows
+
+
+@pytest.mark.parametrize("tamper", ["field", "link", "checkpoint", "genesis"])
+def test_tampered_batches_are_refused_with_an_alarm(
+    county: County, tmp_path: Path, tamper: str
+) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 100)
+    book.close()
+    rows, cps = _rows(term, 1, 100)
+    if tamper == "field":
+        rows[10][13] = 1  # amount_fen
+    elif tamper == "link":
+        rows[20][16] = "00" * 32
+    elif tamper == "checkpoint":
+        cps[0][3] = "00" * 64
+    else:
+        # A genesis for another key, re-hashed and re-chained so that only the key is wrong.
+        rows[0][15] = json.dumps({"public_key": "00" * 32, "terminal_id": "t1"}, separators=(",", ":"))
+        rows, cps = _rechain(rows[:10]), []
+    r = _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps})
+    assert r.status_code == 409
+    answer = r.json()
+    assert answer["acked_seq"] == 0 and answer["status"] == "refused"
+    assert answer["alarm"] == {"field": "altered", "link": "altered",
+                               "checkpoint": "bad_checkpoint", "genesis": "bad_genesis"}[tamper]  # fmt: skip
+    assert county.store.terminal("t1").acked_seq == 0  # type: ignore[union-attr]
+
+
+def test_malformed_batches_are_400(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    for doc in ({"entries": "x"}, {"nonce": "zz"}, {"entries": [[1, 2]]},
+                {"entries": [[True] * 18]}):  # fmt: skip
+        assert _post(term, county, doc).status_code == 400
+
+
+# --- the total deadline ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [faultproxy.TRICKLE, faultproxy.STALL])
+def test_a_slow_link_cannot_hold_a_sync_past_its_deadline(
+    county: County, tmp_path: Path, kind: str
+) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 300)
+    book.close()
+    assert county.server is not None
+    fault = faultproxy.Fault(kind, bytes_per_s=1.0, stall_s=30.0)
+    with faultproxy.FaultProxy(("127.0.0.1", county.server.port), lambda _n: fault) as proxy:
+        # Per-read timeouts far longer than the deadline: only the deadline can end it.
+        settings = dataclasses.replace(FAST, deadline_s=1.5, read_timeout_s=20, connect_timeout_s=20)
+        client = SyncClient(term.ledger_path, term.identity, settings, server=proxy.url)
+        started = time.monotonic()
+        result = client.sync_once(started + settings.deadline_s)
+        took = time.monotonic() - started
+    assert result.error_kind == "deadline", result.error
+    assert took < settings.deadline_s + 0.5
+    assert proxy.triggered[kind] >= 1
+
+
+# --- the schedule ------------------------------------------------------------------------
+
+
+def test_backoff_after_failures_then_nudges_when_online(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    assert county.server is not None
+    down = threading.Event()
+    down.set()
+    fault_for = lambda _n: faultproxy.Fault(faultproxy.REFUSE if down.is_set() else faultproxy.PASS)  # noqa: E731
+    with faultproxy.FaultProxy(("127.0.0.1", county.server.port), fault_for) as proxy:
+        settings = dataclasses.replace(FAST, interval_s=30, backoff_base_s=0.2, backoff_cap_s=0.4)
+        client = SyncClient(term.ledger_path, term.identity, settings, server=proxy.url)
+        results: list[SyncResult] = []
+        schedule = SyncSchedule(client, settings, results.append)
+        schedule.start(first_delay_s=0)
+        try:
+            time.sleep(2.0)
+            failures = [r for r in results if r.error_kind == "network"]
+            # Backoff in [0, 0.4] s: several retries, but no busy loop.
+            assert 3 <= len(failures) <= 40, len(failures)
+            assert not schedule.nudge()  # offline: a nudge does not hammer the server
+            down.clear()
+            deadline = time.monotonic() + 3
+            while not (results and results[-1].error is None) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert results[-1].error is None and schedule.online
+            n = len(results)
+            t_nudge = time.monotonic()
+            assert schedule.nudge()
+            while len(results) == n and time.monotonic() < t_nudge + 3:
+                time.sleep(0.01)
+            # Interval is 30 s; the nudge brought a sync within a fraction of a second.
+            assert len(results) > n and time.monotonic() - t_nudge < 1.0
+        finally:
+            schedule.stop()
+        assert proxy.triggered[faultproxy.REFUSE] >= 3
+
+
+FAKETIME = Path(__file__).resolve().parent.parent / ".venv/lib/python3.11/site-packages/libfaketime/vendor/libfaketime/src/libfaketime.so.1"
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime (pip install libfaketime) is needed to step the wall clock")
+@pytest.mark.parametrize("step", ["-365d", "+3650d"])
+def test_wall_clock_steps_do_not_stop_the_schedule(
+    county: County, tmp_path: Path, step: str
+) -> None:
+    """The scheduled sync runs in a child process whose wall clock libfaketime steps."""
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    append_entries(book, 20)
+    book.close()
+    settings_file = tmp_path / "terminal.toml"
+    settings_file.write_text("[sync]\ninterval_s = 1\njitter_s = 0\ndeadline_s = 5\n")
+    clock_file = tmp_path / "faketime"
+    clock_file.write_text("+0\n")
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}",
+        LD_PRELOAD=str(FAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(clock_file),
+        FAKETIME_NO_CACHE="1",
+        DONT_FAKE_MONOTONIC="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal.sync_cli", "sync", "--state", str(term.root),
+         "--config", str(settings_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    lines: list[dict] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 15
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(lines) >= 3, proc.stderr.read() if proc.poll() is not None else lines  # type: ignore[union-attr]
+        clock_file.write_text(f"{step}\n")
+        stepped_at = time.monotonic()
+        time.sleep(6.0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            raise
+        reader.join(5)
+    after = [ln for ln in lines if ln["monotonic"] > stepped_at]
+    assert after, "no sync after the wall clock stepped"
+    # Within twice the interval of the step, and then every interval or so...
+    assert after[0]["monotonic"] - stepped_at < 2.0
+    gaps = [b["monotonic"] - a["monotonic"] for a, b in zip(after, after[1:], strict=False)]
+    assert gaps and max(gaps) < 2.0, gaps
+    # ...and no busy loop: about one sync per second over six seconds.
+    assert len(after) <= 10, len(after)
+    assert all(ln["errors"] == [] for ln in after), after
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
+    s = load_sync_settings()
+    assert s.interval_s == 300 and s.batch_entries == 500 and s.server == ""
+    f = tmp_path / "t.toml"
+    f.write_text("[sync]\ninterval_s = 60\nserver = \"https://county.example:8443\"\n")
+    s = load_sync_settings(f)
+    assert s.interval_s == 60 and s.server == "https://county.example:8443"
+    f.write_text("[sync]\nintervall_s = 60\n")
+    with pytest.raises(config.ConfigError, match=r"\[sync\] intervall_s: unknown option"):
+        load_sync_settings(f)
+    f.write_text("[sync]\nbatch_entries = 5000\n")
+    with pytest.raises(config.ConfigError, match="batch_entries"):
+        load_sync_settings(f)
+    f.write_text("[sync]\nserver = \"http://plain\"\n")
+    with pytest.raises(config.ConfigError, match="https"):
+        load_sync_settings(f)
+    # The core's loader still takes a file with a [sync] section.
+    f.write_text("[sync]\ninterval_s = 60\n")
+    assert config.load(f).terminal_id
