@@ -97,7 +97,7 @@ def cmd_entries(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     store = _store(a)
     try:
-        report = store.report(_now_ms(), int(a.silent_hours * 3_600_000))
+        report = store.report(_now_ms(), int(a.silent_hours * 3_600_000), a.utc_offset)
     finally:
         store.close()
     if a.text:
@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--silent-hours", type=float, default=24.0, metavar="H",
         help="list terminals not heard from for this long (default 24)",
+    )  # fmt: skip
+    p.add_argument(
+        "--utc-offset", type=int, default=8, metavar="H",
+        help="local time of the canteens, for entries without a service day (default +8)",
     )  # fmt: skip
     p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
     p.set_defaults(func=cmd_report)

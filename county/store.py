@@ -867,8 +867,13 @@ class CountyStore:
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def report(self, now_ms: int, silent_after_ms: int) -> dict[str, Any]:
-        """Per canteen and day: meals, amounts, refusals by reason, conflicts; silent terminals."""
+    def report(self, now_ms: int, silent_after_ms: int, utc_offset_h: int = 8) -> dict[str, Any]:
+        """Per canteen and day: meals, amounts, refusals by reason, conflicts; silent terminals.
+
+        An entry without a service day (a refusal before any meal window was
+        known) counts on the local day of its time, at ``utc_offset_h``.
+        """
+        local_day = f"date(at_ms / 1000, 'unixepoch', '{int(utc_offset_h):+d} hours')"
         with self._lock:
             conn = self._conn
             days: dict[tuple[str, str], dict[str, Any]] = {}
@@ -888,7 +893,7 @@ class CountyStore:
                 )
 
             for canteen, day, kind, verdict, reason, n, fen in conn.execute(
-                "SELECT canteen, coalesce(day, ''), kind, verdict, reason, count(*),"
+                f"SELECT canteen, coalesce(day, {local_day}), kind, verdict, reason, count(*),"
                 " coalesce(sum(amount_fen), 0) FROM entries WHERE kind IN ('sale', 'reversal')"
                 " GROUP BY 1, 2, 3, 4, 5"
             ):
