@@ -381,11 +381,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         if body is None:
             return
-        staff = self._staff(body)
-        if staff is None:
-            return
         try:
-            action(staff, body)
+            staff = self._staff(body)
+            if staff is not None:
+                action(staff, body)
         except Exception:
             log.exception("screen: staff action %s failed", path)
             self._error(
