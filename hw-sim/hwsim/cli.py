@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hwsim import CAMERA_PORT
 from hwsim import population as pop
 from hwsim import reader as reader_mod
 from hwsim.phone import WalletError, draw_code
@@ -235,6 +236,99 @@ def cmd_phone(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- hw-sim camera ----------------------------------------------------------------------------
+
+
+def _add_camera(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to serve on (%(default)s)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=CAMERA_PORT,
+        help="port (default %(default)s; 0 picks a free one and prints it)",
+    )
+    p.add_argument("--fps", type=_positive(float), default=15.0, help="frames per second (15)")
+    p.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT (1280x720)")
+    p.add_argument(
+        "--hold",
+        type=_positive(float),
+        default=1.5,
+        metavar="S",
+        help="how long a phone stays in view (default 1.5 s)",
+    )
+    p.add_argument(
+        "--gap", type=float, default=0.4, metavar="S", help="empty counter between phones (0.4 s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="varies the counter and the phones")
+    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_camera)
+    actions = p.add_subparsers(dest="camera_action", metavar="ACTION")
+    a = actions.add_parser(
+        "show",
+        help="hold a phone up to the running simulated camera",
+        description="Draw the next code from a wallet (or take a given text) and ask the "
+        "running simulated camera to show it: a phone comes into view, stays --hold seconds "
+        "and is taken away. Returns once the phone is in view.",
+    )
+    a.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{CAMERA_PORT}",
+        help="the running camera (its stream URL or its base URL; default %(default)s)",
+    )
+    what = a.add_mutually_exclusive_group(required=True)
+    what.add_argument("--wallet", metavar="FILE", help="a wallet from hw-sim issuer")
+    what.add_argument("--text", metavar="QR", help="a QR text to show as it is (e.g. a replay)")
+    a.add_argument("--now", type=int, metavar="UNIX_SECONDS", help="the phone's clock (--wallet)")
+    a.add_argument("--hold", type=_positive(float), metavar="S", help="seconds in view")
+    a.add_argument("--no-wait", action="store_true", help="return at once, do not wait for it")
+    a.set_defaults(func=cmd_camera_show)
+    a = actions.add_parser("status", help="the running camera's health, as JSON")
+    a.add_argument("--url", default=f"http://127.0.0.1:{CAMERA_PORT}")
+    a.set_defaults(func=cmd_camera_status)
+
+
+def cmd_camera(a: argparse.Namespace) -> int:
+    from hwsim import camera as camera_mod
+
+    sim = camera_mod.CameraSim(
+        a.host, a.port, a.fps, a.size, hold_s=a.hold, gap_s=a.gap, seed=a.seed
+    ).start()
+    try:
+        print(f"camera at {sim.url} ({a.size[0]}x{a.size[1]}, {a.fps:g} fps)", flush=True)
+        print(f'  terminal settings: [camera] source = "{sim.url}"')
+        print(f"  show a phone:      hw-sim camera show --url {sim.control_url} --wallet FILE")
+        print(f"  watch it:          {sim.control_url}/ in a browser; stop with Ctrl-C", flush=True)
+        why = run_until_stopped(a.stop_after)
+    finally:
+        sim.stop()
+    print(f"stopped ({why})", flush=True)
+    return 0
+
+
+def cmd_camera_show(a: argparse.Namespace) -> int:
+    from hwsim import camera as camera_mod
+
+    control = camera_mod.CameraControl(a.url)
+    text = a.text
+    label = "the given text"
+    if a.wallet:
+        # Drawn here, not by the camera: the wallet may be on this side only.
+        text, wallet = draw_code(a.wallet, _now(a.now))
+        label = f"{wallet.sub} ({wallet.display_name}) code #{wallet.ctr}"
+    answer = control.show(text, hold_s=a.hold, wait=not a.no_wait)
+    state = "queued" if a.no_wait else "in view"
+    print(f"{label}: {state} for {answer['hold_s']:g} s (show {answer['show']})")
+    return 0
+
+
+def cmd_camera_status(a: argparse.Namespace) -> int:
+    from hwsim import camera as camera_mod
+
+    answer = camera_mod.CameraControl(a.url).health()
+    print(json.dumps(answer, ensure_ascii=False, indent=1))
+    return 0
+
+
 # --- hw-sim card-reader -----------------------------------------------------------------------
 
 
@@ -383,6 +477,20 @@ COMMANDS: tuple[Command, ...] = (
         cmd_phone,
     ),
     Command(
+        "camera",
+        "an MJPEG camera on 127.0.0.1 that shows phones to the terminal on command",
+        "Run a simulated camera: an MJPEG stream (multipart/x-mixed-replace) that the "
+        "terminal reads as its [camera] source, http://127.0.0.1:PORT/stream.mjpg. It shows "
+        "an empty canteen counter; when asked, a phone showing a QR code is held up "
+        "(perspective, blur, glare, noise) for --hold seconds and taken away. It runs until "
+        "Ctrl-C or SIGTERM. From another shell, 'hw-sim camera show --wallet FILE' draws a "
+        'code and shows it; scripts can POST /show with {"text": ...} or '
+        '{"wallet": path}; GET /health reports frames, clients and pacing; open '
+        "http://127.0.0.1:PORT/ in a browser to watch.",
+        _add_camera,
+        cmd_camera,
+    ),
+    Command(
         "card-reader",
         "a serial card reader (RDM6300, ASCII or PN532) on a pty; swipe cards on command",
         "Run a simulated card reader: a serial port (a pty) linked at --link, which the "
@@ -403,6 +511,13 @@ _ERRORS: tuple[type[Exception], ...] = (
     WalletError,
     reader_mod.ReaderSimError,
 )
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    """The library errors that become one line; the camera's only if it was loaded (it needs
+    OpenCV, which the other simulators do not)."""
+    camera = sys.modules.get("hwsim.camera")
+    return _ERRORS + ((camera.CameraSimError,) if camera is not None else ())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except _ERRORS as exc:
+    except _errors() as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
