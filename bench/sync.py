@@ -1,0 +1,316 @@
+"""Sync benchmark: backlog upload, decisions while syncing, 300 terminals reconnecting.
+
+Run:  PYTHONPATH=.:hw-sim .venv/bin/python bench/sync.py [--backlog 100000] [--terminals 300]
+
+Prints each figure next to its target (issue 4). The county server runs as a
+separate process (canteen-county serve) on 127.0.0.1, so the memory figure is
+the terminal's own. Ledgers are filled with synchronous=OFF to save set-up
+time; what is measured always runs with the ledger's normal durability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim")]
+
+import requests  # noqa: E402
+
+from county import ca  # noqa: E402
+from county.app import new_provisioning_code  # noqa: E402
+from county.store import CountyStore  # noqa: E402
+from terminal import state  # noqa: E402
+from terminal.checkout import TrustedClock  # noqa: E402
+from terminal.ledger import ACCEPT, SALE, EntryDraft, Ledger, load_or_create_signing_key  # noqa: E402
+from terminal.sync import (  # noqa: E402
+    LedgerReader,
+    SyncClient,
+    SyncSettings,
+    apply_result,
+    provision,
+)
+
+T0 = 1_780_000_000_000
+SETTINGS = SyncSettings(deadline_s=60, batch_entries=500, read_timeout_s=30)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def draft(i: int) -> EntryDraft:
+    return EntryDraft(
+        kind=SALE, verdict=ACCEPT, method="qr", cadre=f"iss/c{i % 5000}",
+        credential=f"qr/iss/{i:016x}", ctr=1, unit="u1", day="2026-05-28", meal="lunch",
+        amount_fen=1000, detail={"qr": "HC1:" + "X" * 150},
+    )  # fmt: skip
+
+
+def fill(book: Ledger, n: int) -> None:
+    conn = book._db
+    conn.execute("PRAGMA synchronous=OFF")
+    for i in range(n):
+        book.append(draft(i), T0 + i)
+    conn.execute("PRAGMA synchronous=FULL")
+
+
+class County:
+    def __init__(self, root: Path) -> None:
+        self.data = root
+        ca.init_ca(root)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "county.cli", "serve", "--data", str(root), "--port", "0"],
+            stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().split("serving on ")[1].split()[0]
+        time.sleep(0.3)
+
+    def code(self, terminal_id: str, canteen: str) -> str:
+        store = CountyStore(self.data / "county.sqlite")
+        try:
+            return new_provisioning_code(
+                self.data, store.add_terminal(terminal_id, canteen, time.time_ns() // 1_000_000)
+            )
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+
+def terminal(county: County, root: Path, tid: str, canteen: str, entries: int) -> Path:
+    paths = state.prepare(root)
+    key = load_or_create_signing_key(paths.key)
+    book = state.open_ledger(paths.ledger, paths.key, tid, T0)
+    fill(book, entries)
+    book.close()
+    provision(root, county.url, county.code(tid, canteen), key.public_key().public_bytes_raw())
+    return root
+
+
+def line(name: str, value: str, target: str, ok: bool) -> None:
+    print(f"{name:<44} {value:>22}   target {target:<18} {'OK' if ok else 'MISSED'}", flush=True)
+
+
+# --- 1. backlog -----------------------------------------------------------------------------
+
+
+def bench_backlog(tmp: Path, n: int) -> None:
+    county_a = County(tmp / "county-a")
+    county_b = County(tmp / "county-b")
+    try:
+        root_a = terminal(county_a, tmp / "ta", "t1", "c1", n)
+        root_b = tmp / "tb"
+        shutil.copytree(root_a, root_b)
+        provision(root_b, county_b.url, county_b.code("t1", "c1"),
+                  load_or_create_signing_key(root_b / "terminal-key.pem").public_key().public_bytes_raw())  # fmt: skip
+
+        # Plain requests loop: the same batches, the same bytes (but the nonce).
+        from terminal.sync import load_identity
+
+        ident = load_identity(root_a)
+        reader = LedgerReader(root_a / "ledger.sqlite")
+        bodies = []
+        seq = 1
+        last = reader.last_seq()
+        while seq <= last:
+            rows = reader.batch(seq, 500)
+            cps = reader.checkpoints(rows[0][0], rows[-1][0])
+            bodies.append(json.dumps({"nonce": os.urandom(16).hex(), "entries": rows,
+                                      "checkpoints": cps}, separators=(",", ":")).encode())  # fmt: skip
+            seq = rows[-1][0] + 1
+        reader.close()
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        session.verify = str(ident.ca_file)
+        session.cert = (str(ident.cert_file), str(ident.key_file))
+        t = time.perf_counter()
+        for body in bodies:
+            r = session.post(county_a.url + "/v1/ledger", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+            assert r.status_code == 200 and r.json()["status"] == "ok", r.text[:200]
+        plain_s = time.perf_counter() - t
+        del bodies
+
+        client = SyncClient(root_b / "ledger.sqlite", load_identity(root_b), SETTINGS)
+        base = rss_mb()
+        peak = [base]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t = time.perf_counter()
+        result = client.sync_once(time.monotonic() + 300)
+        ours_s = time.perf_counter() - t
+        done.set()
+        sampler.join()
+        assert result.complete, result.error
+        rate = last / ours_s
+        line(f"backlog {last} entries: upload time", f"{ours_s:.1f} s ({rate:,.0f}/s)", "< 60 s", ours_s < 60)
+        line("  terminal memory growth during it", f"{peak[0] - base:.1f} MB", "< 50 MB", peak[0] - base < 50)
+        line("  vs plain requests loop (same batches)", f"{plain_s:.1f} s, ratio {ours_s / plain_s:.2f}",
+             "ratio ~1", ours_s / plain_s < 1.5)  # fmt: skip
+    finally:
+        county_a.stop()
+        county_b.stop()
+
+
+# --- 2. decisions while syncing ----------------------------------------------------------------
+
+
+def bench_decisions(tmp: Path, backlog: int) -> None:
+    county = County(tmp / "county-d")
+    try:
+        root = terminal(county, tmp / "td", "t1", "c1", backlog)
+        from terminal.sync import load_identity
+
+        client = SyncClient(root / "ledger.sqlite", load_identity(root), SETTINGS)
+        book = state.open_ledger(root / "ledger.sqlite", root / "terminal-key.pem", "t1", T0)
+        clock = TrustedClock(book.last_time_ms(), 0, 0)
+
+        def decide(i: int) -> float:
+            # The ledger work of one decision: the policy's queries, then the committed entry.
+            t = time.perf_counter()
+            d = draft(10_000_000 + i)
+            assert d.cadre is not None and d.credential is not None
+            book.highest_ctr(d.credential)
+            book.served(d.cadre, "2026-05-28", "lunch")
+            book.day_totals(d.cadre, "2026-05-28")
+            book.unsynced()
+            book.last_ack_ms()
+            book.append(d, T0 + 10_000_000 + i)
+            return (time.perf_counter() - t) * 1000
+
+        def p99(xs: list[float]) -> float:
+            return statistics.quantiles(xs, n=100)[98]
+
+        idle = []
+        for i in range(400):
+            idle.append(decide(i))
+            time.sleep(0.005)
+        results = []
+        syncing = threading.Event()
+        syncing.set()
+
+        def sync_loop() -> None:
+            while syncing.is_set():
+                r = client.sync_once(time.monotonic() + 60)
+                results.append(r)
+                if r.complete:
+                    break
+
+        th = threading.Thread(target=sync_loop)
+        th.start()
+        busy = []
+        i = 400
+        while th.is_alive() and len(busy) < 5000:
+            busy.append(decide(i))
+            i += 1
+            while results:
+                apply_result(book, clock, results.pop(), T0 + 20_000_000, SETTINGS)
+            time.sleep(0.005)
+        syncing.clear()
+        th.join()
+        book.close()
+        ratio = p99(busy) / p99(idle)
+        line("decision p99 idle / while a backlog uploads",
+             f"{p99(idle):.2f} / {p99(busy):.2f} ms", "ratio <= 1.5", ratio <= 1.5)  # fmt: skip
+        line("  ratio", f"{ratio:.2f} ({len(busy)} decisions)", "<= 1.5", ratio <= 1.5)
+    finally:
+        county.stop()
+
+
+# --- 3. 300 terminals reconnecting --------------------------------------------------------------
+
+
+def bench_fleet(tmp: Path, terminals: int, entries: int, jitter_s: float) -> None:
+    county = County(tmp / "county-f")
+    try:
+        t = time.perf_counter()
+        roots = [terminal(county, tmp / f"f{i}", f"t{i}", f"c{i % 100}", entries) for i in range(terminals)]
+        print(f"  ({terminals} terminals with {entries} entries each set up in "
+              f"{time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
+        from terminal.sync import load_identity
+
+        latencies: list[float] = []
+        lock = threading.Lock()
+        rng = random.Random(1)
+        settings = SyncSettings(deadline_s=60, batch_entries=500, read_timeout_s=30)
+
+        def run(root: Path, delay: float) -> int:
+            time.sleep(delay)  # the jitter every terminal applies after an outage
+            client = SyncClient(root / "ledger.sqlite", load_identity(root), settings)
+            attempts = 0
+            failures = 0
+            while True:
+                attempts += 1
+                t0 = time.perf_counter()
+                r = client.sync_once(time.monotonic() + settings.deadline_s)
+                per = (time.perf_counter() - t0) * 1000 / max(1, r.batches)
+                with lock:
+                    latencies.extend([per] * max(1, r.batches))
+                if r.complete:
+                    return attempts
+                failures += 1
+                time.sleep(rng.uniform(0, min(30, 1 * 2**failures)))
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            attempts = list(pool.map(run, roots, [rng.uniform(0, jitter_s) for _ in roots]))
+        took = time.perf_counter() - start
+        p99 = statistics.quantiles(latencies, n=100)[98]
+        line(f"{terminals} terminals reconnecting: all synced", f"{took:.1f} s", "< 300 s", took < 300)
+        line("  server answer p99 (per batch, client-seen)", f"{p99:.0f} ms", "-", True)
+        line("  syncs needed (max per terminal)", f"{max(attempts)}", "-", True)
+    finally:
+        county.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backlog", type=int, default=100_000)
+    ap.add_argument("--terminals", type=int, default=300)
+    ap.add_argument("--fleet-entries", type=int, default=300, help="backlog per terminal after the outage")
+    ap.add_argument("--jitter", type=float, default=10.0, help="reconnect jitter, seconds")
+    ap.add_argument("--only", choices=("backlog", "decisions", "fleet"))
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    print(f"bench/sync.py on {os.cpu_count()} cores", flush=True)
+    try:
+        if a.only in (None, "backlog"):
+            bench_backlog(tmp, a.backlog)
+        if a.only in (None, "decisions"):
+            bench_decisions(tmp, 20_000)
+        if a.only in (None, "fleet"):
+            bench_fleet(tmp, a.terminals, a.fleet_entries, a.jitter)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
