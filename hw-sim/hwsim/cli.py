@@ -262,7 +262,12 @@ def _add_camera(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="varies the counter and the phones")
     p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
     p.set_defaults(func=cmd_camera)
-    actions = p.add_subparsers(dest="camera_action", metavar="ACTION")
+    actions = p.add_subparsers(
+        dest="camera_action",
+        metavar="ACTION",
+        description="Without an ACTION the camera runs; with one, the command talks to a "
+        "camera already running (at --url).",
+    )
     a = actions.add_parser(
         "show",
         help="hold a phone up to the running simulated camera",
@@ -283,7 +288,11 @@ def _add_camera(p: argparse.ArgumentParser) -> None:
     a.add_argument("--no-wait", action="store_true", help="return at once, do not wait for it")
     a.set_defaults(func=cmd_camera_show)
     a = actions.add_parser("status", help="the running camera's health, as JSON")
-    a.add_argument("--url", default=f"http://127.0.0.1:{CAMERA_PORT}")
+    a.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{CAMERA_PORT}",
+        help="the running camera (default %(default)s)",
+    )
     a.set_defaults(func=cmd_camera_status)
 
 
@@ -357,7 +366,13 @@ def _add_card_reader(p: argparse.ArgumentParser) -> None:
         help="where the serial port appears; set the terminal's [reader] port to it "
         "(default %(default)s)",
     )
-    p.add_argument("--ascii-format", choices=("hex", "dec"), default="hex", help="ascii readers")
+    p.add_argument(
+        "--ascii-format",
+        choices=("hex", "dec"),
+        default="hex",
+        help="ascii readers: print the UID in hex or zero-padded decimal (match [reader] "
+        "ascii_format)",
+    )
     p.add_argument(
         "--ascii-byte-order",
         choices=("msb_first", "lsb_first"),
@@ -373,7 +388,12 @@ def _add_card_reader(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
     p.set_defaults(func=cmd_card_reader)
-    actions = p.add_subparsers(dest="reader_action", metavar="ACTION")
+    actions = p.add_subparsers(
+        dest="reader_action",
+        metavar="ACTION",
+        description="Without an ACTION the simulator runs; with one, the command talks to a "
+        "simulator already running (at --link, or --control).",
+    )
     a = actions.add_parser(
         "swipe",
         help="present a card to the running simulated reader",
