@@ -36,6 +36,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from hwsim import CAMERA_PORT, render
 from hwsim.phone import WalletError, draw_code
@@ -314,7 +315,7 @@ class CameraSim:
         self, img: render.FloatImage, scene: render.Scene, rng: np.random.Generator
     ) -> bytes:
         if scene.blur_sigma > 0:
-            img = cv2.GaussianBlur(img, (0, 0), scene.blur_sigma)
+            img = np.asarray(cv2.GaussianBlur(img, (0, 0), scene.blur_sigma), dtype=np.float32)
         if scene.noise_sigma > 0:
             img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(
                 scene.noise_sigma
@@ -333,16 +334,21 @@ class CameraSim:
         held = render.hold_phone(self._background, show.text, show.scene, rng)
         h, w = held.shape[:2]
         frames = []
-        kernel = np.zeros((1, 31), np.float32)
-        kernel[0, :] = 1.0 / 31
-        moving = cv2.filter2D(held, -1, kernel.T if rng.random() < 0.5 else kernel)
-        frames.append(self._encode(moving, show.scene, rng))
+        # A phone moving into or out of view is a smear along its way: no code reads.
+        kernel = np.full((1, 31), 1.0 / 31, np.float32)
+
+        def moving(k: npt.NDArray[np.float32]) -> render.FloatImage:
+            return np.asarray(cv2.filter2D(held, -1, k), dtype=np.float32)
+
+        frames.append(
+            self._encode(moving(kernel.T if rng.random() < 0.5 else kernel), show.scene, rng)
+        )
         for _ in range(_VARIANTS):
             dx, dy = rng.uniform(-1.5, 1.5, 2)
-            shift = np.float32([[1, 0, dx], [0, 1, dy]])
+            shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
             steady = cv2.warpAffine(held, shift, (w, h), borderMode=cv2.BORDER_REPLICATE)
-            frames.append(self._encode(steady, show.scene, rng))
-        frames.append(self._encode(cv2.filter2D(held, -1, kernel), show.scene, rng))
+            frames.append(self._encode(np.asarray(steady, np.float32), show.scene, rng))
+        frames.append(self._encode(moving(kernel), show.scene, rng))
         return frames
 
     def _render_loop(self) -> None:

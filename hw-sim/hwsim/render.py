@@ -137,7 +137,7 @@ def counter_background(size: tuple[int, int], rng: np.random.Generator) -> Image
             cv2.rectangle(bg, p1, p2, colour, -1)
         else:
             cv2.circle(bg, p1, int(rng.integers(10, max(11, h // 3))), colour, -1)
-    return cv2.GaussianBlur(bg, (0, 0), 2.0)
+    return np.asarray(cv2.GaussianBlur(bg, (0, 0), 2.0), dtype=np.uint8)
 
 
 def hold_phone(
@@ -185,7 +185,7 @@ def hold_phone(
 def camera_effects(img: FloatImage, scene: Scene, rng: np.random.Generator) -> Image:
     """Lens blur, sensor noise and the JPEG round trip of `scene` applied to a picture."""
     if scene.blur_sigma > 0:
-        img = cv2.GaussianBlur(img, (0, 0), scene.blur_sigma)
+        img = np.asarray(cv2.GaussianBlur(img, (0, 0), scene.blur_sigma), dtype=np.float32)
     if scene.noise_sigma > 0:
         img = img + rng.normal(0, scene.noise_sigma, img.shape).astype(np.float32)
     out = np.clip(img, 0, 255).astype(np.uint8)
@@ -193,7 +193,7 @@ def camera_effects(img: FloatImage, scene: Scene, rng: np.random.Generator) -> I
         ok, jpg = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, scene.jpeg_quality])
         if not ok:
             raise ValueError("OpenCV could not encode a frame as JPEG")
-        out = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+        out = np.asarray(cv2.imdecode(jpg, cv2.IMREAD_COLOR), dtype=np.uint8)
     return out
 
 
