@@ -57,10 +57,18 @@ def rss_mb() -> float:
 
 def draft(i: int) -> EntryDraft:
     return EntryDraft(
-        kind=SALE, verdict=ACCEPT, method="qr", cadre=f"iss/c{i % 5000}",
-        credential=f"qr/iss/{i:016x}", ctr=1, unit="u1", day="2026-05-28", meal="lunch",
-        amount_fen=1000, detail={"qr": "HC1:" + "X" * 150},
-    )  # fmt: skip
+        kind=SALE,
+        verdict=ACCEPT,
+        method="qr",
+        cadre=f"iss/c{i % 5000}",
+        credential=f"qr/iss/{i:016x}",
+        ctr=1,
+        unit="u1",
+        day="2026-05-28",
+        meal="lunch",
+        amount_fen=1000,
+        detail={"qr": "HC1:" + "X" * 150},
+    )
 
 
 def fill(book: Ledger, n: int) -> None:
@@ -77,9 +85,10 @@ class County:
         ca.init_ca(root)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "county.cli", "serve", "--data", str(root), "--port", "0"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
             env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"),
-        )  # fmt: skip
+        )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().split("serving on ")[1].split()[0]
         time.sleep(0.3)
@@ -122,8 +131,12 @@ def bench_backlog(tmp: Path, n: int) -> None:
         root_a = terminal(county_a, tmp / "ta", "t1", "c1", n)
         root_b = tmp / "tb"
         shutil.copytree(root_a, root_b)
-        provision(root_b, county_b.url, county_b.code("t1", "c1"),
-                  load_or_create_signing_key(root_b / "terminal-key.pem").public_key().public_bytes_raw())  # fmt: skip
+        provision(
+            root_b,
+            county_b.url,
+            county_b.code("t1", "c1"),
+            load_or_create_signing_key(root_b / "terminal-key.pem").public_key().public_bytes_raw(),
+        )
 
         # Plain requests loop: the same batches, the same bytes (but the nonce).
         from terminal.sync import load_identity
@@ -136,8 +149,12 @@ def bench_backlog(tmp: Path, n: int) -> None:
         while seq <= last:
             rows = reader.batch(seq, 500)
             cps = reader.checkpoints(rows[0][0], rows[-1][0])
-            bodies.append(json.dumps({"nonce": os.urandom(16).hex(), "entries": rows,
-                                      "checkpoints": cps}, separators=(",", ":")).encode())  # fmt: skip
+            bodies.append(
+                json.dumps(
+                    {"nonce": os.urandom(16).hex(), "entries": rows, "checkpoints": cps},
+                    separators=(",", ":"),
+                ).encode()
+            )
             seq = rows[-1][0] + 1
         reader.close()
         session = requests.Session()
@@ -146,8 +163,12 @@ def bench_backlog(tmp: Path, n: int) -> None:
         session.cert = (str(ident.cert_file), str(ident.key_file))
         t = time.perf_counter()
         for body in bodies:
-            r = session.post(county_a.url + "/v1/ledger", data=body,
-                             headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+            r = session.post(
+                county_a.url + "/v1/ledger",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
             assert r.status_code == 200 and r.json()["status"] == "ok", r.text[:200]
         plain_s = time.perf_counter() - t
         del bodies
@@ -170,10 +191,24 @@ def bench_backlog(tmp: Path, n: int) -> None:
         sampler.join()
         assert result.complete, result.error
         rate = last / ours_s
-        line(f"backlog {last} entries: upload time", f"{ours_s:.1f} s ({rate:,.0f}/s)", "< 60 s", ours_s < 60)
-        line("  terminal memory growth during it", f"{peak[0] - base:.1f} MB", "< 50 MB", peak[0] - base < 50)
-        line("  vs plain requests loop (same batches)", f"{plain_s:.1f} s, ratio {ours_s / plain_s:.2f}",
-             "ratio ~1", ours_s / plain_s < 1.5)  # fmt: skip
+        line(
+            f"backlog {last} entries: upload time",
+            f"{ours_s:.1f} s ({rate:,.0f}/s)",
+            "< 60 s",
+            ours_s < 60,
+        )
+        line(
+            "  terminal memory growth during it",
+            f"{peak[0] - base:.1f} MB",
+            "< 50 MB",
+            peak[0] - base < 50,
+        )
+        line(
+            "  vs plain requests loop (same batches)",
+            f"{plain_s:.1f} s, ratio {ours_s / plain_s:.2f}",
+            "ratio ~1",
+            ours_s / plain_s < 1.5,
+        )
     finally:
         county_a.stop()
         county_b.stop()
@@ -237,8 +272,12 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
         th.join()
         book.close()
         ratio = p99(busy) / p99(idle)
-        line("decision p99 idle / while a backlog uploads",
-             f"{p99(idle):.2f} / {p99(busy):.2f} ms", "ratio <= 1.5", ratio <= 1.5)  # fmt: skip
+        line(
+            "decision p99 idle / while a backlog uploads",
+            f"{p99(idle):.2f} / {p99(busy):.2f} ms",
+            "ratio <= 1.5",
+            ratio <= 1.5,
+        )
         line("  ratio", f"{ratio:.2f} ({len(busy)} decisions)", "<= 1.5", ratio <= 1.5)
     finally:
         county.stop()
@@ -251,9 +290,15 @@ def bench_fleet(tmp: Path, terminals: int, entries: int, jitter_s: float) -> Non
     county = County(tmp / "county-f")
     try:
         t = time.perf_counter()
-        roots = [terminal(county, tmp / f"f{i}", f"t{i}", f"c{i % 100}", entries) for i in range(terminals)]
-        print(f"  ({terminals} terminals with {entries} entries each set up in "
-              f"{time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
+        roots = [
+            terminal(county, tmp / f"f{i}", f"t{i}", f"c{i % 100}", entries)
+            for i in range(terminals)
+        ]
+        print(
+            f"  ({terminals} terminals with {entries} entries each set up in "
+            f"{time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         from terminal.sync import load_identity
 
         latencies: list[float] = []
@@ -283,7 +328,12 @@ def bench_fleet(tmp: Path, terminals: int, entries: int, jitter_s: float) -> Non
             attempts = list(pool.map(run, roots, [rng.uniform(0, jitter_s) for _ in roots]))
         took = time.perf_counter() - start
         p99 = statistics.quantiles(latencies, n=100)[98]
-        line(f"{terminals} terminals reconnecting: all synced", f"{took:.1f} s", "< 300 s", took < 300)
+        line(
+            f"{terminals} terminals reconnecting: all synced",
+            f"{took:.1f} s",
+            "< 300 s",
+            took < 300,
+        )
         line("  server answer p99 (per batch, client-seen)", f"{p99:.0f} ms", "-", True)
         line("  syncs needed (max per terminal)", f"{max(attempts)}", "-", True)
     finally:
@@ -294,7 +344,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--terminals", type=int, default=300)
-    ap.add_argument("--fleet-entries", type=int, default=300, help="backlog per terminal after the outage")
+    ap.add_argument(
+        "--fleet-entries", type=int, default=300, help="backlog per terminal after the outage"
+    )
     ap.add_argument("--jitter", type=float, default=10.0, help="reconnect jitter, seconds")
     ap.add_argument("--only", choices=("backlog", "decisions", "fleet"))
     a = ap.parse_args()

@@ -217,7 +217,7 @@ def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_m
         responses={403: {"model": Problem}, 400: {"model": Problem}},
     )
     async def provision(body: ProvisionRequest) -> Any:
-        """Trade a one-time code and a CSR for a client certificate (no client certificate needed)."""
+        """Trade a one-time code and a CSR for a client certificate (no client cert needed)."""
         try:
             ledger_key = bytes.fromhex(body.ledger_key)
             nonce = bytes.fromhex(body.nonce)
@@ -348,11 +348,7 @@ class CountyServer:
         log_level: str = "warning",
     ) -> None:
         self.data = Path(data)
-        db = (
-            ca_db_path(self.data)
-            if database_url is None
-            else database_url_path(database_url)
-        )
+        db = ca_db_path(self.data) if database_url is None else database_url_path(database_url)
         self.store = CountyStore(db, limits)
         app: ASGIApp = create_app(self.data, self.store)
         if wrap is not None:
@@ -396,9 +392,11 @@ class CountyServer:
     def start(self, timeout: float = 10.0) -> CountyServer:
         """Serve in a background thread; return once it accepts connections."""
         self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+            target=self.server.run,
+            kwargs={"sockets": [self.sock]},
+            daemon=True,
             name="county-server",
-        )  # fmt: skip
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

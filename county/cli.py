@@ -49,8 +49,9 @@ def _store(a: argparse.Namespace) -> CountyStore:
 def cmd_ca_init(a: argparse.Namespace) -> int:
     paths = ca.init_ca(Path(a.data), tuple(a.host or ()))
     cert = ca.load_ca_cert(paths)
+    extra = "".join(", " + h for h in a.host or ())
     print(f"county CA:          {paths.ca_cert}")
-    print(f"server certificate: {paths.server_cert} (127.0.0.1, localhost{''.join(', ' + h for h in a.host or ())})")
+    print(f"server certificate: {paths.server_cert} (127.0.0.1, localhost{extra})")
     print(f"time-signing key:   {paths.time_key}")
     print(f"CA fingerprint:     {ca.ca_fingerprint(cert)}")
     return 0
@@ -69,7 +70,7 @@ def cmd_terminal_add(a: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"terminal {terminal_id} at canteen {a.canteen} is registered.")
-    print(f"Set [terminal] id = \"{terminal_id}\" in its settings, then on the terminal run:")
+    print(f'Set [terminal] id = "{terminal_id}" in its settings, then on the terminal run:')
     print(f"  canteen-terminal provision --state DIR --server URL --code CODE  (valid {days} days)")
     print(new_provisioning_code(data, secret))
     return 0
@@ -78,7 +79,9 @@ def cmd_terminal_add(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from county.app import CountyServer
 
-    server = CountyServer(Path(a.data), a.host, a.port, database_url=a.database, log_level=a.log_level)
+    server = CountyServer(
+        Path(a.data), a.host, a.port, database_url=a.database, log_level=a.log_level
+    )
     print(f"{PROG}: serving on {server.url} (Ctrl+C stops)", flush=True)
     server.run()
     return 0
@@ -108,7 +111,10 @@ def cmd_report(a: argparse.Namespace) -> int:
                 f"refusals: {refusals}, conflicts: {d['conflicts']}"
             )
         for unit, kinds in sorted(report["conflicts_by_unit"].items()):
-            print(f"conflicts of unit {unit or '(none)'}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+            print(
+                f"conflicts of unit {unit or '(none)'}: "
+                + ", ".join(f"{k} {v}" for k, v in kinds.items())
+            )
         for t in report["terminals_not_heard_from"]:
             print(f"not heard from: {t['terminal']} at {t['canteen']} (acked to {t['acked_seq']})")
         print(f"alarms: {report['alarms']}")
@@ -210,13 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     _database(p)
     p.add_argument(
-        "--silent-hours", type=float, default=24.0, metavar="H",
+        "--silent-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
         help="list terminals not heard from for this long (default 24)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--utc-offset", type=int, default=8, metavar="H",
+        "--utc-offset",
+        type=int,
+        default=8,
+        metavar="H",
         help="local time of the canteens, for entries without a service day (default +8)",
-    )  # fmt: skip
+    )
     p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
     p.set_defaults(func=cmd_report)
 

@@ -271,7 +271,9 @@ class WireEntry:
         return value
 
 
-def parse_batch(doc: Any, limits: Limits) -> tuple[list[WireEntry], list[tuple[int, bytes, int, bytes]], bytes]:
+def parse_batch(
+    doc: Any, limits: Limits
+) -> tuple[list[WireEntry], list[tuple[int, bytes, int, bytes]], bytes]:
     """(entries, checkpoints, nonce) of a batch document, checked for shape and types only."""
     if not isinstance(doc, dict):
         raise BatchInvalid("the batch must be a JSON object")
@@ -284,7 +286,7 @@ def parse_batch(doc: Any, limits: Limits) -> tuple[list[WireEntry], list[tuple[i
         raise BatchInvalid("entries and checkpoints must be arrays")
     if len(raw_entries) > limits.max_batch_entries:
         raise BatchInvalid(
-            f"the batch has {len(raw_entries)} entries; at most {limits.max_batch_entries} are taken"
+            f"the batch has {len(raw_entries)} entries; at most {limits.max_batch_entries} fit"
         )
     if len(raw_cps) > len(raw_entries):
         raise BatchInvalid("more checkpoints than entries")
@@ -390,7 +392,9 @@ class CountyStore:
 
     def counter(self, name: str) -> int:
         with self._lock:
-            row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            row = self._conn.execute(
+                "SELECT value FROM counters WHERE name = ?", (name,)
+            ).fetchone()
         return 0 if row is None else int(row[0])
 
     # -- terminals and provisioning -------------------------------------------------
@@ -432,7 +436,7 @@ class CountyStore:
         return secret.hex()
 
     def redeem_code(self, secret_hex: str, ledger_key: bytes, now_ms: int) -> Terminal:
-        """Check a one-time code and the terminal's checkpoint key; the code is spent by ``bind_certificate``."""
+        """Check a one-time code and the checkpoint key; ``bind_certificate`` spends the code."""
         try:
             secret = bytes.fromhex(secret_hex)
         except ValueError:
@@ -547,30 +551,55 @@ class CountyStore:
         for i, e in enumerate(entries):
             if i and e.prev_hash != entries[i - 1].hash:
                 return self._alarm(
-                    conn, terminal_id, acked, ALTERED, e.seq, e.prev_hash, entries[i - 1].hash,
+                    conn,
+                    terminal_id,
+                    acked,
+                    ALTERED,
+                    e.seq,
+                    e.prev_hash,
+                    entries[i - 1].hash,
                     f"entry {e.seq} does not link to entry {e.seq - 1} of the same batch",
                     now_ms,
-                )  # fmt: skip
+                )
             if entry_hash(e.prev_hash, e.fields) != e.hash:
                 return self._alarm(
-                    conn, terminal_id, acked, ALTERED, e.seq, e.hash, None,
+                    conn,
+                    terminal_id,
+                    acked,
+                    ALTERED,
+                    e.seq,
+                    e.hash,
+                    None,
                     f"entry {e.seq} was altered: its hash does not match its contents",
                     now_ms,
-                )  # fmt: skip
+                )
         first = entries[0]
         if first.seq == 1:
             expected = canonical_json({"terminal_id": terminal_id, "public_key": key.hex()})
             if first.fields[3] != GENESIS or first.fields[15] != expected:
                 return self._alarm(
-                    conn, terminal_id, acked, BAD_GENESIS, 1, first.hash, None,
+                    conn,
+                    terminal_id,
+                    acked,
+                    BAD_GENESIS,
+                    1,
+                    first.hash,
+                    None,
                     "entry 1 is not the genesis of this terminal with its pinned ledger key",
                     now_ms,
-                )  # fmt: skip
+                )
             if first.prev_hash != GENESIS_PREV_HASH:
                 return self._alarm(
-                    conn, terminal_id, acked, BAD_GENESIS, 1, first.hash, None,
-                    "entry 1 does not start a chain", now_ms,
-                )  # fmt: skip
+                    conn,
+                    terminal_id,
+                    acked,
+                    BAD_GENESIS,
+                    1,
+                    first.hash,
+                    None,
+                    "entry 1 does not start a chain",
+                    now_ms,
+                )
         # 2. Checkpoints: signed by the pinned key over an entry of this batch.
         verifier = Ed25519PublicKey.from_public_bytes(key)
         by_seq = {e.seq: e for e in entries}
@@ -586,9 +615,16 @@ class CountyStore:
                     problem = f"checkpoint {cp_seq}: the signature is not the terminal's"
             if problem is not None:
                 return self._alarm(
-                    conn, terminal_id, acked, BAD_CHECKPOINT, cp_seq, cp_hash, None, problem,
+                    conn,
+                    terminal_id,
+                    acked,
+                    BAD_CHECKPOINT,
+                    cp_seq,
+                    cp_hash,
+                    None,
+                    problem,
                     now_ms,
-                )  # fmt: skip
+                )
         # 3. Against what the server holds.
         if first.seq > acked + 1:
             return IntakeResult(
@@ -610,20 +646,32 @@ class CountyStore:
                 ours = stored.get(e.seq)
                 if ours != e.hash:
                     return self._alarm(
-                        conn, terminal_id, acked, FORK, e.seq, e.hash, ours,
+                        conn,
+                        terminal_id,
+                        acked,
+                        FORK,
+                        e.seq,
+                        e.hash,
+                        ours,
                         f"fork: entry {e.seq} differs from the one acknowledged before "
                         "(a restored backup, a cloned terminal or tampering)",
                         now_ms,
-                    )  # fmt: skip
+                    )
                 duplicates += 1
         new = [e for e in entries if e.seq > acked]
         if new and new[0].prev_hash != last_hash:
             return self._alarm(
-                conn, terminal_id, acked, FORK, new[0].seq, new[0].prev_hash, last_hash,
+                conn,
+                terminal_id,
+                acked,
+                FORK,
+                new[0].seq,
+                new[0].prev_hash,
+                last_hash,
                 f"fork: entry {new[0].seq} follows a different entry {new[0].seq - 1} than the "
                 "one acknowledged before (a restored backup, a cloned terminal or tampering)",
                 now_ms,
-            )  # fmt: skip
+            )
         result = IntakeResult(OK, acked, duplicates=duplicates)
         if new:
             conn.executemany(
@@ -631,10 +679,7 @@ class CountyStore:
                 " reason, method, cadre, credential, ctr, unit, day, meal, amount_fen, ref_seq,"
                 " detail, prev_hash, hash, received_ms) VALUES"
                 " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (terminal_id, canteen, *e.fields, e.prev_hash, e.hash, now_ms)
-                    for e in new
-                ],
+                [(terminal_id, canteen, *e.fields, e.prev_hash, e.hash, now_ms) for e in new],
             )
             new_seqs = {e.seq for e in new}
             conn.executemany(
@@ -650,7 +695,9 @@ class CountyStore:
             )
             for e in new:
                 if e.fields[3] == SALE and e.fields[4] == ACCEPT:
-                    result.conflicts.extend(self._cross_check(conn, terminal_id, canteen, e, now_ms))
+                    result.conflicts.extend(
+                        self._cross_check(conn, terminal_id, canteen, e, now_ms)
+                    )
         return result
 
     def _alarm(
@@ -724,9 +771,16 @@ class CountyStore:
             ).fetchone()[0]
             entries, checkpoints, _ = parse_batch(json.loads(row[2]), self.limits)
             more = self._apply(
-                conn, terminal_id, canteen, key, result.acked_seq, last_hash, entries,
-                checkpoints, now_ms,
-            )  # fmt: skip
+                conn,
+                terminal_id,
+                canteen,
+                key,
+                result.acked_seq,
+                last_hash,
+                entries,
+                checkpoints,
+                now_ms,
+            )
             if more.status != OK:
                 return
             result.acked_seq = more.acked_seq
@@ -763,7 +817,9 @@ class CountyStore:
                 (cadre, day, meal, canteen, REVERSAL),
             ).fetchone()
             if other is not None:
-                found.append(self._conflict(conn, SERVED_TWICE, f, other, terminal_id, e.seq, now_ms))
+                found.append(
+                    self._conflict(conn, SERVED_TWICE, f, other, terminal_id, e.seq, now_ms)
+                )
         return found
 
     def _conflict(
@@ -781,10 +837,19 @@ class CountyStore:
             " first_seq, second_terminal, second_seq, found_ms) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                kind, f["credential"], f["cadre"], f["unit"], f["day"], f["meal"],
-                other[0], other[1], terminal_id, seq, now_ms,
+                kind,
+                f["credential"],
+                f["cadre"],
+                f["unit"],
+                f["day"],
+                f["meal"],
+                other[0],
+                other[1],
+                terminal_id,
+                seq,
+                now_ms,
             ),
-        )  # fmt: skip
+        )
         conflict_id = int(cur.lastrowid or 0)
         entry = revocation_entry(f["credential"])
         if entry is not None:
@@ -862,9 +927,19 @@ class CountyStore:
                 " second_terminal, second_seq, found_ms FROM conflicts ORDER BY id"
             ).fetchall()
         keys = (
-            "id", "kind", "credential", "cadre", "unit", "day", "meal", "first_terminal",
-            "first_seq", "second_terminal", "second_seq", "found_ms",
-        )  # fmt: skip
+            "id",
+            "kind",
+            "credential",
+            "cadre",
+            "unit",
+            "day",
+            "meal",
+            "first_terminal",
+            "first_seq",
+            "second_terminal",
+            "second_seq",
+            "found_ms",
+        )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def report(self, now_ms: int, silent_after_ms: int, utc_offset_h: int = 8) -> dict[str, Any]:

@@ -50,8 +50,8 @@ from urllib.parse import urlsplit
 import cbor2
 import requests
 import urllib3
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -115,7 +115,7 @@ class ServerCertificateRefused(NetworkError):
 
 
 class ServerRefused(SyncError):
-    """The server refused the request or the data (fork alarm, altered entries, unknown terminal)."""
+    """The server refused the request or the data (fork alarm, altered entries, unknown cert)."""
 
     kind = "refused"
 
@@ -289,7 +289,9 @@ def parse_code(code: str) -> tuple[str, str]:
     try:
         bytes.fromhex(secret)
     except ValueError:
-        raise ServerRefused("the provisioning code is malformed: its first part is not hex") from None
+        raise ServerRefused(
+            "the provisioning code is malformed: its first part is not hex"
+        ) from None
     return secret, fingerprint
 
 
@@ -679,7 +681,7 @@ _TIME_SIGNAL_LOOKBACK = 5000
 
 
 class LedgerReader:
-    """A read-only view of a ledger file for the sync thread (WAL lets it read beside the writer)."""
+    """A read-only view of a ledger for the sync thread (WAL lets it read beside the writer)."""
 
     def __init__(self, path: Path) -> None:
         file = path.absolute()
@@ -759,8 +761,10 @@ class SyncResult:
     @property
     def complete(self) -> bool:
         """True when the server holds every entry the ledger had when the sync read it."""
-        return self.error is None and self.acked_seq is not None and (
-            self.acked_seq >= self.local_last_seq
+        return (
+            self.error is None
+            and self.acked_seq is not None
+            and (self.acked_seq >= self.local_last_seq)
         )
 
     def summary(self) -> dict[str, Any]:
@@ -877,8 +881,8 @@ class SyncClient:
                     acked, next_start = self._read_answer(result, status, answer, nonce, last)
                     result.rtt_ms = rtt
                     result.offset_ms = (result.server_ms or 0) - (sent_wall + rtt // 2)
-                    result.acked_seq = acked if result.acked_seq is None else max(
-                        result.acked_seq, acked
+                    result.acked_seq = (
+                        acked if result.acked_seq is None else max(result.acked_seq, acked)
                     )
                     self._resume_hint = next_start
                     if next_start > last:
@@ -897,7 +901,9 @@ class SyncClient:
         if status >= 500:
             raise NetworkError(f"the county server failed: {_problem_text(answer, status)}")
         if status not in (200, 409):
-            raise ServerRefused(f"the county server refused the upload: {_problem_text(answer, status)}")
+            raise ServerRefused(
+                f"the county server refused the upload: {_problem_text(answer, status)}"
+            )
         if not isinstance(answer, dict):
             raise ProtocolError("the server's answer is not a JSON object")
         acked = answer.get("acked_seq")
@@ -1066,7 +1072,9 @@ class SyncSchedule:
     # -- control --
 
     def start(self, first_delay_s: float | None = None) -> None:
-        delay = self.rng.uniform(0, self.settings.jitter_s) if first_delay_s is None else first_delay_s
+        delay = (
+            self.rng.uniform(0, self.settings.jitter_s) if first_delay_s is None else first_delay_s
+        )
         self._due_mono = time.monotonic() + delay
         self._scheduler.add_job(
             self._run,
@@ -1138,7 +1146,13 @@ class SyncSchedule:
             with self._lock:
                 self._running = False
                 self.stats.runs += 1
-                if result is None or result.error_kind in ("network", "deadline", "tls", "protocol", "ledger"):
+                if result is None or result.error_kind in (
+                    "network",
+                    "deadline",
+                    "tls",
+                    "protocol",
+                    "ledger",
+                ):
                     self.stats.failures += 1
                 elif result.error is None:
                     self.stats.failures = 0

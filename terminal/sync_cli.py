@@ -81,7 +81,9 @@ def _error(err: TextIO, text: str) -> int:
     return 2
 
 
-def cmd_provision(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def cmd_provision(
+    a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -171,16 +173,20 @@ def _sync_once(
     # Complete only when this sync itself heard the server acknowledge everything.
     complete = unacked == 0 and not total["errors"]
     total.update(
-        {"sent": sent, "batches": batches, "marked": marked, "unacked": unacked,
-         "last_seq": book.last_seq(), "complete": complete}
-    )  # fmt: skip
+        {
+            "sent": sent,
+            "batches": batches,
+            "marked": marked,
+            "unacked": unacked,
+            "last_seq": book.last_seq(),
+            "complete": complete,
+        }
+    )
     print(json.dumps(total, ensure_ascii=False), file=out, flush=True)
     return 0 if complete else 1
 
 
-def _sync_forever(
-    client: SyncClient, book: ledger.Ledger, clock: TrustedClock, out: TextIO
-) -> int:
+def _sync_forever(client: SyncClient, book: ledger.Ledger, clock: TrustedClock, out: TextIO) -> int:
     results: queue.Queue[SyncResult] = queue.Queue()
     schedule = SyncSchedule(client, client.settings, results.put)
     stop = False

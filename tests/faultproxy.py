@@ -14,6 +14,7 @@ hw-sim use both; nothing here is imported by the terminal or the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import selectors
@@ -86,10 +87,8 @@ class FaultProxy:
     def stop(self) -> None:
         self._stop.set()
         # Wake accept() by connecting to ourselves, then close.
-        try:
+        with contextlib.suppress(OSError):
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            pass
         self._accept.join(5)
         self.listener.close()
         for t in list(self._threads):
@@ -180,10 +179,8 @@ class FaultProxy:
         finally:
             sel.close()
             for s in (client, server):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
 
@@ -247,7 +244,10 @@ async def _answer_500(send: Callable[[Message], Awaitable[None]]) -> None:
         {
             "type": "http.response.start",
             "status": 500,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

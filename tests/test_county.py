@@ -17,7 +17,7 @@ from test_sync_support import (
     T0_MS,
     County,
     append_entries,
-    county,  # noqa: F401  (fixture)
+    county_fixture,  # noqa: F401  (the county fixture)
     provision_terminal,
     sale,
 )
@@ -67,12 +67,18 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     kinds = sorted(c["kind"] for c in county.store.conflicts())
     assert kinds == ["presentation_twice", "served_twice"]
     revocations = county.store.revocations()
-    assert {(r["kind"], r.get("cti")) for r in revocations} == {("credential", "00aa"), ("credential", "00cc")}
+    assert {(r["kind"], r.get("cti")) for r in revocations} == {
+        ("credential", "00aa"),
+        ("credential", "00cc"),
+    }
     # The list is a revocation list the terminal's trust store takes as it is.
     keys = list(trust.parse_revocations(revocations))
     assert len(keys) == 2
     report = county.store.report(int(time.time() * 1000), 3_600_000)
-    assert report["conflicts_by_unit"] == {"u-tax": {"presentation_twice": 1}, "u-water": {"served_twice": 1}}
+    assert report["conflicts_by_unit"] == {
+        "u-tax": {"presentation_twice": 1},
+        "u-water": {"served_twice": 1},
+    }
     day = {(d["canteen"], d["day"]): d for d in report["days"]}
     assert day[("canteen-b", "2026-05-28")]["conflicts"] == 1
     assert day[("canteen-a", "2026-05-28")]["meals"] == 4
@@ -99,9 +105,13 @@ def test_report_counts_meals_amounts_refusals_and_silent_terminals(
 
 
 def test_openapi_describes_every_endpoint(county: County) -> None:
-    doc = requests.get(county.url + "/openapi.json", verify=str(county.data / "ca.pem"), timeout=5).json()
+    doc = requests.get(
+        county.url + "/openapi.json", verify=str(county.data / "ca.pem"), timeout=5
+    ).json()
     assert {"/v1/ledger", "/v1/provision", "/v1/ca.pem", "/v1/health"} <= set(doc["paths"])
-    body = doc["paths"]["/v1/ledger"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = doc["paths"]["/v1/ledger"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert {"nonce", "entries", "checkpoints"} <= set(body["properties"])
 
 
@@ -122,8 +132,9 @@ def test_every_command_has_help() -> None:
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}")
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=60
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -133,24 +144,51 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "county"
     assert county_main(["ca", "init", "--data", str(data)]) == 0
     assert county_main(["ca", "init", "--data", str(data)]) == 2  # never replaced
-    code = _run("county.cli", "terminal", "add", "--data", str(data), "--canteen", "c1",
-                "--terminal", "t1").stdout.strip().splitlines()[-1]  # fmt: skip
+    code = (
+        _run(
+            "county.cli",
+            "terminal",
+            "add",
+            "--data",
+            str(data),
+            "--canteen",
+            "c1",
+            "--terminal",
+            "t1",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     server = subprocess.Popen(
         [sys.executable, "-m", "county.cli", "serve", "--data", str(data), "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
         env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"),
-    )  # fmt: skip
+    )
     try:
         assert server.stdout is not None
         url = server.stdout.readline().split("serving on ")[1].split()[0]
         time.sleep(0.5)
         st = tmp_path / "state"
         # No ledger yet: the sync says so and fails.
-        out = _run("terminal.sync_cli", "provision", "--state", str(st), "--server", url,
-                   "--code", code).stdout  # fmt: skip
+        out = _run(
+            "terminal.sync_cli", "provision", "--state", str(st), "--server", url, "--code", code
+        ).stdout
         assert json.loads(out)["terminal"] == "t1"
-        assert _run("terminal.sync_cli", "provision", "--state", str(st), "--server", url,
-                    "--code", code, check=False).returncode == 2  # fmt: skip
+        assert (
+            _run(
+                "terminal.sync_cli",
+                "provision",
+                "--state",
+                str(st),
+                "--server",
+                url,
+                "--code",
+                code,
+                check=False,
+            ).returncode
+            == 2
+        )
         from terminal import state
 
         book = state.open_ledger(st / "ledger.sqlite", st / "terminal-key.pem", "t1", T0_MS)
@@ -159,8 +197,12 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
         proc = _run("terminal.sync_cli", "sync", "--once", "--state", str(st))
         summary = json.loads(proc.stdout)
         assert summary["complete"] and summary["unacked"] == 0 and summary["errors"] == []
-        entries = [json.loads(x) for x in _run("county.cli", "entries", "--data", str(data),
-                                                "--terminal", "t1").stdout.splitlines()]  # fmt: skip
+        entries = [
+            json.loads(x)
+            for x in _run(
+                "county.cli", "entries", "--data", str(data), "--terminal", "t1"
+            ).stdout.splitlines()
+        ]
         assert [e["seq"] for e in entries] == list(range(1, summary["last_seq"] + 1))
         assert {"terminal", "seq", "hash"} <= set(entries[0])
         report = json.loads(_run("county.cli", "report", "--data", str(data)).stdout)
@@ -176,5 +218,7 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["error_kind"] == "network"
     # Not provisioned: one line, exit 2.
-    proc = _run("terminal.sync_cli", "sync", "--once", "--state", str(tmp_path / "nothing"), check=False)
+    proc = _run(
+        "terminal.sync_cli", "sync", "--once", "--state", str(tmp_path / "nothing"), check=False
+    )
     assert proc.returncode == 2 and "provision" in proc.stderr

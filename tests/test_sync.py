@@ -5,6 +5,7 @@ certificate pinning, forks, gaps and tampered batches, the total deadline, the s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from test_sync_support import (
     T0_MS,
     County,
     append_entries,
-    county,  # noqa: F401  (fixture)
+    county_fixture,  # noqa: F401  (the county fixture)
     local_chain,
     make_county,
     provision_terminal,
@@ -68,7 +69,10 @@ def test_provision_pins_ca_cert_and_time_key(county: County, tmp_path: Path) -> 
     assert identity.terminal_id == "t1" and identity.canteen == "c1"
     assert identity.ca_fingerprint == ca.ca_fingerprint(ca.load_ca_cert(ca.CAPaths(county.data)))
     assert (term.root / "sync-key.pem").stat().st_mode & 0o077 == 0
-    assert identity.time_key == ca.load_time_key(ca.CAPaths(county.data)).public_key().public_bytes_raw()
+    assert (
+        identity.time_key
+        == ca.load_time_key(ca.CAPaths(county.data)).public_key().public_bytes_raw()
+    )
 
 
 def test_provisioning_code_is_one_time(county: County, tmp_path: Path) -> None:
@@ -108,8 +112,9 @@ def test_server_certificate_for_another_name_is_refused(county: County, tmp_path
     assert county.server is not None
     # The certificate names 127.0.0.1 and localhost; 127.0.0.2 reaches the same socket? No:
     # the server listens on 127.0.0.1 only, so ask for it under a name it does not carry.
-    client = SyncClient(term.ledger_path, term.identity, FAST,
-                        server=f"https://127.0.0.1:{county.server.port}")  # fmt: skip
+    client = SyncClient(
+        term.ledger_path, term.identity, FAST, server=f"https://127.0.0.1:{county.server.port}"
+    )
     assert client.sync_once(time.monotonic() + 5).error is None
     with pytest.raises(ServerCertificateRefused):
         client.verifier.verify(
@@ -122,7 +127,9 @@ def _der(path: Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
 
 
 def test_wrong_client_certificate_is_refused(county: County, tmp_path: Path) -> None:
@@ -134,11 +141,17 @@ def test_wrong_client_certificate_is_refused(county: County, tmp_path: Path) -> 
     other.stop()
     body = {"nonce": "00", "entries": [], "checkpoints": []}
     with pytest.raises(requests.exceptions.SSLError):
-        requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file),
-                      cert=(str(stranger.identity.cert_file), str(stranger.identity.key_file)),
-                      timeout=5)  # fmt: skip
+        requests.post(
+            county.url + "/v1/ledger",
+            json=body,
+            verify=str(term.identity.ca_file),
+            cert=(str(stranger.identity.cert_file), str(stranger.identity.key_file)),
+            timeout=5,
+        )
     # No certificate at all: the TLS layer lets it in (provisioning needs that), the API does not.
-    r = requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file), timeout=5)
+    r = requests.post(
+        county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file), timeout=5
+    )
     assert r.status_code == 401
     # A certificate from this county's CA that no terminal was provisioned with.
     from cryptography.hazmat.primitives import hashes, serialization
@@ -147,12 +160,24 @@ def test_wrong_client_certificate_is_refused(county: County, tmp_path: Path) -> 
 
     key = ec.generate_private_key(ec.SECP256R1())
     csr = CertificateSigningRequestBuilder().subject_name(Name([])).sign(key, hashes.SHA256())
-    cert = ca.issue_terminal_cert(ca.CAPaths(county.data), csr.public_bytes(serialization.Encoding.PEM), "t1")
+    cert = ca.issue_terminal_cert(
+        ca.CAPaths(county.data), csr.public_bytes(serialization.Encoding.PEM), "t1"
+    )
     (tmp_path / "rogue.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "rogue-key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
-    r = requests.post(county.url + "/v1/ledger", json=body, verify=str(term.identity.ca_file),
-                      cert=(str(tmp_path / "rogue.pem"), str(tmp_path / "rogue-key.pem")), timeout=5)  # fmt: skip
+    (tmp_path / "rogue-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    r = requests.post(
+        county.url + "/v1/ledger",
+        json=body,
+        verify=str(term.identity.ca_file),
+        cert=(str(tmp_path / "rogue.pem"), str(tmp_path / "rogue-key.pem")),
+        timeout=5,
+    )
     assert r.status_code == 401
     assert "not (or no longer) a provisioned terminal" in r.json()["problem"]
 
@@ -216,8 +241,9 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     book = clone.open_ledger()
     append_entries(book, 10, cadre="someone-else")
     book.close()
-    result = sync_all(SyncClient(clone.ledger_path, clone_identity, FAST), clone.ledger_path,
-                      clone.open_ledger)  # fmt: skip
+    result = sync_all(
+        SyncClient(clone.ledger_path, clone_identity, FAST), clone.ledger_path, clone.open_ledger
+    )
     assert result.error_kind == "refused" and result.alarm == "fork"
     alarms = county.store.alarms()
     assert [a["kind"] for a in alarms] == ["fork"]
@@ -229,9 +255,13 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
 
 
 def _post(term, county: County, doc: dict) -> requests.Response:  # type: ignore[no-untyped-def]
-    return requests.post(county.url + "/v1/ledger", json=doc, verify=str(term.identity.ca_file),
-                         cert=(str(term.identity.cert_file), str(term.identity.key_file)),
-                         timeout=10)  # fmt: skip
+    return requests.post(
+        county.url + "/v1/ledger",
+        json=doc,
+        verify=str(term.identity.ca_file),
+        cert=(str(term.identity.cert_file), str(term.identity.key_file)),
+        timeout=10,
+    )
 
 
 def _rows(term, first: int, last: int) -> tuple[list, list]:  # type: ignore[no-untyped-def]
@@ -251,7 +281,12 @@ def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_p
     append_entries(book, 200)
     book.close()
     rows, cps = _rows(term, 1, 40)
-    assert _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps}).json()["acked_seq"] == 40
+    assert (
+        _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps}).json()[
+            "acked_seq"
+        ]
+        == 40
+    )
     rows, cps = _rows(term, 61, 120)
     answer = _post(term, county, {"nonce": "02", "entries": rows, "checkpoints": cps}).json()
     assert answer["status"] == "gap" and answer["resume_from"] == 41 and answer["acked_seq"] == 40
@@ -274,7 +309,9 @@ def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> No
     client._resume_hint = 150  # as if an earlier answer had said so (a restored server)
     result = sync_all(client, term.ledger_path, term.open_ledger)
     assert result.gaps == 1 and result.complete
-    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[: result.acked_seq]
+    assert (
+        server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[: result.acked_seq]
+    )
 
 
 def _rechain(rows: list) -> list:  # type: ignore[type-arg]
@@ -305,21 +342,34 @@ def test_tampered_batches_are_refused_with_an_alarm(
         cps[0][3] = "00" * 64
     else:
         # A genesis for another key, re-hashed and re-chained so that only the key is wrong.
-        rows[0][15] = json.dumps({"public_key": "00" * 32, "terminal_id": "t1"}, separators=(",", ":"))
+        rows[0][15] = json.dumps(
+            {"public_key": "00" * 32, "terminal_id": "t1"}, separators=(",", ":")
+        )
         rows, cps = _rechain(rows[:10]), []
     r = _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps})
     assert r.status_code == 409
     answer = r.json()
     assert answer["acked_seq"] == 0 and answer["status"] == "refused"
-    assert answer["alarm"] == {"field": "altered", "link": "altered",
-                               "checkpoint": "bad_checkpoint", "genesis": "bad_genesis"}[tamper]  # fmt: skip
+    assert (
+        answer["alarm"]
+        == {
+            "field": "altered",
+            "link": "altered",
+            "checkpoint": "bad_checkpoint",
+            "genesis": "bad_genesis",
+        }[tamper]
+    )
     assert county.store.terminal("t1").acked_seq == 0  # type: ignore[union-attr]
 
 
 def test_malformed_batches_are_400(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    for doc in ({"entries": "x"}, {"nonce": "zz"}, {"entries": [[1, 2]]},
-                {"entries": [[True] * 18]}):  # fmt: skip
+    for doc in (
+        {"entries": "x"},
+        {"nonce": "zz"},
+        {"entries": [[1, 2]]},
+        {"entries": [[True] * 18]},
+    ):
         assert _post(term, county, doc).status_code == 400
 
 
@@ -338,7 +388,9 @@ def test_a_slow_link_cannot_hold_a_sync_past_its_deadline(
     fault = faultproxy.Fault(kind, bytes_per_s=1.0, stall_s=30.0)
     with faultproxy.FaultProxy(("127.0.0.1", county.server.port), lambda _n: fault) as proxy:
         # Per-read timeouts far longer than the deadline: only the deadline can end it.
-        settings = dataclasses.replace(FAST, deadline_s=1.5, read_timeout_s=20, connect_timeout_s=20)
+        settings = dataclasses.replace(
+            FAST, deadline_s=1.5, read_timeout_s=20, connect_timeout_s=20
+        )
         client = SyncClient(term.ledger_path, term.identity, settings, server=proxy.url)
         started = time.monotonic()
         result = client.sync_once(started + settings.deadline_s)
@@ -386,10 +438,16 @@ def test_backoff_after_failures_then_nudges_when_online(county: County, tmp_path
         assert proxy.triggered[faultproxy.REFUSE] >= 3
 
 
-FAKETIME = Path(__file__).resolve().parent.parent / ".venv/lib/python3.11/site-packages/libfaketime/vendor/libfaketime/src/libfaketime.so.1"
+FAKETIME = (
+    Path(__file__).resolve().parent.parent
+    / ".venv/lib/python3.11/site-packages/libfaketime/vendor/libfaketime/src/libfaketime.so.1"
+)
 
 
-@pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime (pip install libfaketime) is needed to step the wall clock")
+@pytest.mark.skipif(
+    not FAKETIME.exists(),
+    reason="libfaketime (pip install libfaketime) is needed to step the wall clock",
+)
 @pytest.mark.parametrize("step", ["-365d", "+3650d"])
 def test_wall_clock_steps_do_not_stop_the_schedule(
     county: County, tmp_path: Path, step: str
@@ -412,10 +470,21 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
         DONT_FAKE_MONOTONIC="1",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal.sync_cli", "sync", "--state", str(term.root),
-         "--config", str(settings_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "terminal.sync_cli",
+            "sync",
+            "--state",
+            str(term.root),
+            "--config",
+            str(settings_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[dict] = []
 
     def read() -> None:
@@ -446,7 +515,7 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
     assert after, "no sync after the wall clock stepped"
     # Within twice the interval of the step, and then every interval or so...
     assert after[0]["monotonic"] - stepped_at < 2.0
-    gaps = [b["monotonic"] - a["monotonic"] for a, b in zip(after, after[1:], strict=False)]
+    gaps = [b["monotonic"] - a["monotonic"] for a, b in itertools.pairwise(after)]
     assert gaps and max(gaps) < 2.0, gaps
     # ...and no busy loop: about one sync per second over six seconds.
     assert len(after) <= 10, len(after)
@@ -460,7 +529,7 @@ def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
     s = load_sync_settings()
     assert s.interval_s == 300 and s.batch_entries == 500 and s.server == ""
     f = tmp_path / "t.toml"
-    f.write_text("[sync]\ninterval_s = 60\nserver = \"https://county.example:8443\"\n")
+    f.write_text('[sync]\ninterval_s = 60\nserver = "https://county.example:8443"\n')
     s = load_sync_settings(f)
     assert s.interval_s == 60 and s.server == "https://county.example:8443"
     f.write_text("[sync]\nintervall_s = 60\n")
@@ -469,7 +538,7 @@ def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
     f.write_text("[sync]\nbatch_entries = 5000\n")
     with pytest.raises(config.ConfigError, match="batch_entries"):
         load_sync_settings(f)
-    f.write_text("[sync]\nserver = \"http://plain\"\n")
+    f.write_text('[sync]\nserver = "http://plain"\n')
     with pytest.raises(config.ConfigError, match="https"):
         load_sync_settings(f)
     # The core's loader still takes a file with a [sync] section.

@@ -44,8 +44,13 @@ def test_ten_thousand_entries_exactly_once_through_faults(tmp_path: Path) -> Non
         return sf
 
     county = make_county(tmp_path).start(wrap=wrap)
-    forced = {4: faultproxy.CUT_BEFORE, 5: faultproxy.CUT_AFTER, 6: faultproxy.STALL,
-              7: faultproxy.TRICKLE, 8: faultproxy.LATENCY}  # fmt: skip
+    forced = {
+        4: faultproxy.CUT_BEFORE,
+        5: faultproxy.CUT_AFTER,
+        6: faultproxy.STALL,
+        7: faultproxy.TRICKLE,
+        8: faultproxy.LATENCY,
+    }
     assert county.server is not None
     drawn = faultproxy.random_plan(
         11,
@@ -119,8 +124,12 @@ def test_ten_thousand_entries_exactly_once_through_faults(tmp_path: Path) -> Non
         assert theirs == ours  # none lost, none twice, no gap, same hashes
         assert verify_file(term.ledger_path).ok
         # Every kind of fault really happened, and the retries it caused were absorbed.
-        for kind in (faultproxy.CUT_BEFORE, faultproxy.CUT_AFTER, faultproxy.STALL,
-                     faultproxy.TRICKLE):  # fmt: skip
+        for kind in (
+            faultproxy.CUT_BEFORE,
+            faultproxy.CUT_AFTER,
+            faultproxy.STALL,
+            faultproxy.TRICKLE,
+        ):
             assert proxy.triggered[kind] > 0, (kind, proxy.connections, proxy.triggered)
         assert server_faults[0].triggered[faultproxy.FAIL_BEFORE] > 0
         assert server_faults[0].triggered[faultproxy.FAIL_AFTER] > 0

@@ -83,8 +83,8 @@ def make_county(root: Path) -> County:
     return County(data)
 
 
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
+@pytest.fixture(name="county")
+def county_fixture(tmp_path: Path) -> Iterator[County]:
     c = make_county(tmp_path).start()
     try:
         yield c
@@ -113,18 +113,33 @@ def provision_terminal(
     paths = state.prepare(root)
     key = load_or_create_signing_key(paths.key)
     code = county.code(terminal_id, canteen)
-    identity = provision(paths.root, server or county.url, code, key.public_key().public_bytes_raw())
+    identity = provision(
+        paths.root, server or county.url, code, key.public_key().public_bytes_raw()
+    )
     term = Terminal(paths.root, terminal_id, identity)
     term.open_ledger().close()
     return term
 
 
-def sale(i: int, *, unit: str = "u1", cadre: str | None = None, day: str = "2026-05-28",
-         meal: str = "lunch", credential: str | None = None, ctr: int | None = None) -> EntryDraft:  # fmt: skip
+def sale(
+    i: int,
+    *,
+    unit: str = "u1",
+    cadre: str | None = None,
+    day: str = "2026-05-28",
+    meal: str = "lunch",
+    credential: str | None = None,
+    ctr: int | None = None,
+) -> EntryDraft:
     """An accepted QR sale; every ninth one a refusal, to vary kinds and reasons."""
     if i % 9 == 8:
-        return EntryDraft(kind=SALE, verdict=REJECT, reason="replayed", method="qr",
-                          detail={"qr_sha256": f"{i:032x}", "qr_length": 80})  # fmt: skip
+        return EntryDraft(
+            kind=SALE,
+            verdict=REJECT,
+            reason="replayed",
+            method="qr",
+            detail={"qr_sha256": f"{i:032x}", "qr_length": 80},
+        )
     return EntryDraft(
         kind=SALE,
         verdict=ACCEPT,
