@@ -1,9 +1,9 @@
 """Card reader: pure framing with every chunking, noise, and the real reader thread over ptys.
 
 The frames are built here independently of terminal/scanner/framing.py (from
-the reader data sheets), and the PN532 at the far end of a pty is a small
-emulator written for these tests, so the code under test is never checked
-against itself.
+the reader data sheets), and the PN532 at the far end of a pty is the hardware
+simulator's emulator (hw-sim/hwsim/pn532.py, written from NXP's manual), so the
+code under test is never checked against itself.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hwsim.pn532 import Pn532Emulator
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -291,83 +292,6 @@ def test_presence_filter_memory_is_bounded() -> None:
 
 
 # --- PN532 framing and session (pure) -------------------------------------------------
-
-
-class Pn532Emulator:
-    """The PN532 at the far end of the wire, in HSU mode: enough to serve a terminal.
-
-    It answers SAMConfiguration, RFConfiguration, GetFirmwareVersion and
-    InListPassiveTarget (with `card` in the field, or none), ACKs every valid
-    command, NACKs a corrupted one, and can inject faults: "nack" (NACK a good
-    command), "error" (error frame instead of the answer), "bad_dcs" (corrupt
-    the answer's checksum), "silent" while `silent` is set.
-    """
-
-    def __init__(self) -> None:
-        self.card: bytes | None = None
-        self.silent = False
-        self.faults: list[str] = []
-        self.commands: list[int] = []
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-
-    def receive(self, data: bytes) -> bytes:
-        with self._lock:
-            self._buf += data
-            out = bytearray()
-            while True:
-                i = self._buf.find(b"\x00\xff")
-                if i < 0:
-                    del self._buf[: max(0, len(self._buf) - 1)]
-                    break
-                del self._buf[:i]
-                if len(self._buf) < 4:
-                    break
-                length, lcs = self._buf[2], self._buf[3]
-                if (length, lcs) in ((0x00, 0xFF), (0xFF, 0x00)):  # host ACK (abort) / NACK
-                    del self._buf[:4]
-                    continue
-                if (length + lcs) & 0xFF:
-                    del self._buf[:2]
-                    continue
-                if len(self._buf) < 4 + length + 1:
-                    break
-                body = bytes(self._buf[4 : 4 + length])
-                dcs = self._buf[4 + length]
-                del self._buf[: 4 + length + 1]
-                if self.silent:
-                    continue
-                if (sum(body) + dcs) & 0xFF or body[:1] != b"\xd4":
-                    out += bytes([0, 0, 0xFF, 0xFF, 0x00, 0x00])  # NACK
-                    continue
-                out += self._answer(body[1:])
-            return bytes(out)
-
-    def _answer(self, cmd: bytes) -> bytes:
-        fault = self.faults.pop(0) if self.faults else None
-        if fault == "nack":
-            return bytes([0, 0, 0xFF, 0xFF, 0x00, 0x00])
-        ack = bytes([0, 0, 0xFF, 0x00, 0xFF, 0x00])
-        if fault == "error":
-            return ack + bytes([0, 0, 0xFF, 0x01, 0xFF, 0x7F, 0x81, 0x00])
-        self.commands.append(cmd[0])
-        code = cmd[0]
-        if code == 0x14:
-            data = b"\x15"
-        elif code == 0x32:
-            data = b"\x33"
-        elif code == 0x02:
-            data = bytes([0x03, 0x32, 0x01, 0x06, 0x07])
-        elif code == 0x4A:
-            card = self.card
-            target = b"" if card is None else bytes([0x01, 0x00, 0x04, 0x08, len(card)]) + card
-            data = bytes([0x4B, 0x01 if card else 0x00]) + target
-        else:
-            return ack + bytes([0, 0, 0xFF, 0x01, 0xFF, 0x7F, 0x81, 0x00])
-        answer = bytearray(pn532_response(data))
-        if fault == "bad_dcs":
-            answer[-2] ^= 0x5A
-        return ack + bytes(answer)
 
 
 def test_pn532_command_frames_are_well_formed() -> None:
