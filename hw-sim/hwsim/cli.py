@@ -568,6 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # Ctrl-C before a simulator was up: nothing to clean
+        return 130
 
 
 if __name__ == "__main__":
