@@ -186,6 +186,12 @@ def test_control_endpoint(issued: Path, camera_sim: CameraSim) -> None:
     assert conn.getresponse().status == 415  # a web page cannot post here without CORS
     conn.close()
     conn = http.client.HTTPConnection("127.0.0.1", camera_sim.port, timeout=10)
+    body = json.dumps({"text": "CT1:X", "hold_s": "soon"}).encode()
+    conn.request("POST", "/show", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 400 and b"bad field" in response.read()
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", camera_sim.port, timeout=10)
     conn.request("GET", "/nothing")
     response = conn.getresponse()
     assert response.status == 404 and b"stream.mjpg" in response.read()

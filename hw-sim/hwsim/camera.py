@@ -547,6 +547,9 @@ def _handler(sim: CameraSim) -> type[http.server.BaseHTTPRequestHandler]:
             except CameraSimError as exc:
                 self._json(400, {"ok": False, "error": str(exc)})
                 return
+            except (ValueError, TypeError) as exc:  # e.g. "hold_s": "soon"
+                self._json(400, {"ok": False, "error": f"bad field in the request: {exc}"})
+                return
             self._json(200, {"ok": True, **answer})
 
     return Handler
