@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv python3-dev sqlite3 libzbar0)
+# libzbar0: the pyzbar decoder; chromium and fonts-noto-cjk: the screen and its browser tests;
+# systemd: systemd-analyze for the unit checks.
+APT_PACKAGES=(python3 python3-venv python3-dev sqlite3 libzbar0 chromium fonts-noto-cjk systemd)
 need=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

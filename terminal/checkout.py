@@ -307,6 +307,8 @@ class Checkout:
         sale = self.ledger.entry(seq)
         if sale is None or sale.kind != SALE or sale.verdict != ACCEPT:
             raise ReversalRefused(NO_SUCH_SALE, f"entry {seq} is not an accepted sale")
+        if self.ledger.reversal_of(seq) is not None:
+            raise ReversalRefused(NO_SUCH_SALE, f"sale {seq} is already reversed")
         if now_ms - sale.at_ms > within_s * 1000:
             raise ReversalRefused(
                 REVERSAL_TOO_LATE,

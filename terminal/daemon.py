@@ -221,6 +221,9 @@ class DecisionWorker:
         # Signatures of codes still waiting are checked on this thread while the worker
         # waits for the previous commit's fsync (both release the GIL).
         self._primer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="primer")
+        # Names are not in the ledger (only signed codes are); the staff panel's "last
+        # charge" shows the name of a sale made since this start.
+        self.names: dict[int, str] = {}
         self._primed: dict[str, None] = {}
 
     def start(self) -> None:
@@ -328,6 +331,10 @@ class DecisionWorker:
             log.error("%s", exc)
             return
         self.decisions += 1
+        if decision.accepted and decision.display_name:
+            if len(self.names) > 512:
+                self.names.clear()
+            self.names[decision.entry.seq] = decision.display_name
         self._refresh(counter)
         self._on_decision(decision, counter)
 
@@ -384,7 +391,7 @@ class WorkerDesk:
             return Charge(
                 seq=sale.seq,
                 at_ms=sale.at_ms,
-                display_name=None,
+                display_name=self.worker.names.get(sale.seq),
                 unit=sale.unit,
                 meal=sale.meal,
                 amount_fen=sale.amount_fen,

@@ -776,6 +776,13 @@ class Ledger:
             if remaining is not None:
                 remaining -= len(rows)
 
+    def reversal_of(self, sale_seq: int) -> int | None:
+        """The seq of the reversal entry that reverses ``sale_seq``, if there is one."""
+        row = self._db.execute(
+            "SELECT seq FROM entries WHERE kind = 'reversal' AND ref_seq = ? LIMIT 1", (sale_seq,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def last_sale(self) -> LedgerEntry | None:
         """The newest accepted sale that has not been reversed (what staff may undo)."""
         row = self._db.execute(

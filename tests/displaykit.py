@@ -62,7 +62,10 @@ class Terminal:
         self.names: dict[int, str | None] = {}  # seq -> display name, as the daemon remembers
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._checkout: Checkout | None = None
-        self._thread = threading.Thread(target=self._work, args=(root,), name="decision-worker")
+        # A daemon thread: a test that fails half-way must not keep pytest from exiting.
+        self._thread = threading.Thread(
+            target=self._work, args=(root,), name="decision-worker", daemon=True
+        )
         self._thread.start()
         self.run(self._install)
 

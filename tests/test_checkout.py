@@ -281,6 +281,8 @@ def test_reversal_frees_the_meal_and_is_a_new_entry(canteen: Canteen) -> None:
     assert rev.amount_fen == sale.entry.amount_fen
     stored = canteen.c.ledger.entry(sale.entry.seq)
     assert stored is not None and stored.hash == sale.entry.hash  # the sale itself is untouched
+    with pytest.raises(ReversalRefused, match="already reversed"):
+        canteen.c.reverse(sale.entry.seq, LUNCH * 1000 + 70_000, within_s=600, staff="cashier-1")
     assert canteen.c.present_qr(w.draw(LUNCH + 90), (LUNCH + 90) * 1000).accepted
     with pytest.raises(ReversalRefused, match="not an accepted sale"):
         canteen.c.reverse(rev.seq, (LUNCH + 100) * 1000, within_s=600, staff="x")
