@@ -1,8 +1,109 @@
 #!/usr/bin/env bash
-# Set up this checkout (Debian packages, .venv) and run the terminal's main job on its
-# embedded defaults. For now the main job is the decision core on a small built-in canteen:
-# real tokens, real trust lists, a real ledger in ./state-demo, every verdict printed.
+# The terminal's main job on its embedded defaults, on a fresh Debian / Pi OS machine:
+# set up (Debian packages, .venv), then run a simulated canteen and the real daemon:
+#   - hw-sim issuer: an issuer, 40 cadres with phone wallets, a card roster (once, in $RUN/population)
+#   - hw-sim camera: an MJPEG camera on 127.0.0.1:8766 that the daemon reads like a real one
+#   - hw-sim card-reader: an RDM6300 reader on a pty linked at $RUN/reader
+#   - canteen-terminal run: the daemon (SQLite ledger and trust store in $RUN/state), its screen
+#     at a printed local address, until Ctrl-C
+# Environment: CANTEEN_RUN (default ./run-demo), CANTEEN_SETUP=skip (use the current Python
+# and PYTHONPATH instead of setting up .venv; the tests do this), CANTEEN_SCREEN_PORT (8765).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec .venv/bin/canteen-terminal demo --state "${CANTEEN_STATE:-state-demo}" "$@"
+TOP=$(pwd)
+
+if [ "${CANTEEN_SETUP:-}" = "skip" ]; then
+  PY=${PYTHON:-python3}
+else
+  bash scripts/setup.sh
+  PY="$TOP/.venv/bin/python"
+fi
+RUN=$(realpath -m "${CANTEEN_RUN:-run-demo}")
+SCREEN_PORT=${CANTEEN_SCREEN_PORT:-8765}
+CAMERA_PORT=${CANTEEN_CAMERA_PORT:-8766}
+mkdir -p "$RUN"
+
+hwsim() { "$PY" -m hwsim.cli "$@"; }
+terminal() { "$PY" -m terminal.cli "$@"; }
+
+if [ ! -f "$RUN/population/trust.json" ]; then
+  hwsim issuer --out "$RUN/population" --cadres 40 --units demo-unit,visiting-bureau \
+    --cards-fraction 0.3 --seed demo >/dev/null
+fi
+
+cat >"$RUN/terminal.toml" <<EOF
+# Written by scripts/run-terminal.sh: the embedded defaults, pointed at the simulators.
+[terminal]
+id = "demo-terminal"
+state_dir = "state"
+language = "zh"
+
+[canteen]
+id = "demo-canteen"
+name = "示例机关食堂 (simulated)"
+units = ["demo-unit"]
+
+# A simulated canteen serves all day so that a code shown at any hour gets a verdict;
+# a real canteen keeps the embedded breakfast, lunch and dinner windows.
+[[meals]]
+name = "lunch"
+start = "00:00"
+end = "23:59"
+price_own_fen = 1000
+price_visitor_fen = 1500
+
+[display]
+port = $SCREEN_PORT
+staff_pin = "2468"
+
+[camera]
+source = "http://127.0.0.1:$CAMERA_PORT/stream.mjpg"
+fps = 15
+
+[reader]
+port = "$RUN/reader"
+kind = "rdm6300"
+EOF
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+hwsim camera --port "$CAMERA_PORT" >"$RUN/camera.log" 2>&1 &
+pids+=($!)
+hwsim card-reader --kind rdm6300 --link "$RUN/reader" >"$RUN/reader.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  [ -e "$RUN/reader" ] && break
+  sleep 0.1
+done
+
+terminal lists install --config "$RUN/terminal.toml" --issuers "$RUN/population/trust.json" \
+  --revocations "$RUN/population/revoked.json" --roster "$RUN/population/roster.csv" >/dev/null
+
+wallet=$(ls "$RUN/population/wallets" | head -n 1)
+card=$(sed -n '2p' "$RUN/population/roster.csv" | cut -d, -f1)
+cat <<EOF
+
+Canteen terminal (simulated canteen) starting.
+  screen:        http://127.0.0.1:$SCREEN_PORT/   (staff PIN 2468)
+  state:         $RUN/state   (ledger.sqlite, trust.sqlite)
+From another shell, in $TOP:
+  show a code:   .venv/bin/hw-sim camera show --url http://127.0.0.1:$CAMERA_PORT --wallet $RUN/population/wallets/$wallet
+  swipe a card:  .venv/bin/hw-sim card-reader swipe --link $RUN/reader --uid $card
+  status:        .venv/bin/canteen-terminal status --config $RUN/terminal.toml
+  the ledger:    .venv/bin/canteen-terminal ledger verify $RUN/state/ledger.sqlite
+Stop with Ctrl-C.
+
+EOF
+terminal run --config "$RUN/terminal.toml" &
+daemon=$!
+pids+=("$daemon")
+set +e
+wait "$daemon"
+status=$?
+set -e
+exit "$status"
