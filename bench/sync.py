@@ -55,13 +55,14 @@ def rss_mb() -> float:
     return 0.0
 
 
-def draft(i: int) -> EntryDraft:
+def draft(i: int, who: str = "") -> EntryDraft:
+    # Cadres and credentials differ per terminal: no cross-terminal conflicts to report.
     return EntryDraft(
         kind=SALE,
         verdict=ACCEPT,
         method="qr",
-        cadre=f"iss/c{i % 5000}",
-        credential=f"qr/iss/{i:016x}",
+        cadre=f"iss/{who}c{i % 5000}",
+        credential=f"qr/iss/{who}{i:016x}",
         ctr=1,
         unit="u1",
         day="2026-05-28",
@@ -75,7 +76,7 @@ def fill(book: Ledger, n: int) -> None:
     conn = book._db
     conn.execute("PRAGMA synchronous=OFF")
     for i in range(n):
-        book.append(draft(i), T0 + i)
+        book.append(draft(i, book.terminal_id), T0 + i)
     conn.execute("PRAGMA synchronous=FULL")
 
 

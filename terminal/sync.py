@@ -543,6 +543,8 @@ class _DeadlineHTTPSConnection(HTTPSConnection):
             except ServerCertificateRefused:
                 self.sock.close()
                 raise
+            # Verified by us, so urllib3 need not warn about an unverified request.
+            self.is_verified = True
 
 
 class _DeadlineHTTPSPool(HTTPSConnectionPool):
