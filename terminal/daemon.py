@@ -148,7 +148,7 @@ def camera_settings(settings: config.Settings) -> Any:
             height=s.get_int("height", 16, 8192),
             fps=s.get_int("fps", 1, 240),
             fourcc=s.get_str("fourcc"),
-            decoder=s.get_str("decoder", ("zxing", "pyzbar", "opencv")),
+            decoder=s.get_str("decoder", ("zxing", "pyzbar", "opencv", "none")),
             stall_s=s.get_float("stall_s", 0.1, 600),
             same_text_s=s.get_float("same_text_s", 0, 600),
         )

@@ -34,7 +34,13 @@ from terminal.scanner.device import (
     HealthBoard,
     PresenceFilter,
 )
-from terminal.scanner.qr import DECODERS, DEFAULT_DECODER, QrDecoder, decode_frame, make_decoder
+from terminal.scanner.qr import (
+    CAMERA_DECODERS,
+    DEFAULT_DECODER,
+    QrDecoder,
+    decode_frame,
+    make_decoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,9 @@ class CameraSettings:
             problems.append(f"fourcc must be 4 characters, not {self.fourcc!r}")
         if self.buffer_frames < 1:
             problems.append("buffer_frames must be >= 1")
-        if self.decoder not in DECODERS:
-            problems.append(f"decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}")
+        if self.decoder not in CAMERA_DECODERS:
+            names = ", ".join(CAMERA_DECODERS)
+            problems.append(f"decoder must be one of {names}, not {self.decoder!r}")
         if self.stall_s <= 0 or self.same_text_s < 0:
             problems.append("stall_s must be > 0 and same_text_s >= 0")
         if not 0 < self.reopen_backoff_s <= self.reopen_backoff_max_s:

@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 ZXING = "zxing"
 PYZBAR = "pyzbar"
 OPENCV = "opencv"
-DECODERS: tuple[str, ...] = (ZXING, PYZBAR, OPENCV)
+# "none" reads frames and decodes nothing: for measuring what decoding costs
+# (bench/daemon.py) and for watching a camera's frame rate without selling.
+NONE = "none"
+DECODERS: tuple[str, ...] = (ZXING, PYZBAR, OPENCV)  # the ones that read codes
+CAMERA_DECODERS: tuple[str, ...] = (*DECODERS, NONE)  # what a camera may be set to
 DEFAULT_DECODER = ZXING
 
 # A QR symbol is at least 21 modules wide; anything smaller cannot hold one.
@@ -173,6 +177,16 @@ class OpencvDecoder:
         return [str(t) for t in texts if t]
 
 
+class NullDecoder:
+    """Finds nothing, at no cost."""
+
+    name = NONE
+
+    def decode(self, gray: Gray) -> list[str]:
+        del gray
+        return []
+
+
 def make_decoder(name: str = DEFAULT_DECODER) -> QrDecoder:
     """The decoder a setting names; DecoderUnavailable (one clear line) if it cannot load."""
     if name == ZXING:
@@ -181,4 +195,8 @@ def make_decoder(name: str = DEFAULT_DECODER) -> QrDecoder:
         return PyzbarDecoder()
     if name == OPENCV:
         return OpencvDecoder()
-    raise DecoderUnavailable(f"unknown decoder {name!r}: choose one of {', '.join(DECODERS)}")
+    if name == NONE:
+        return NullDecoder()
+    raise DecoderUnavailable(
+        f"unknown decoder {name!r}: choose one of {', '.join(CAMERA_DECODERS)}"
+    )
