@@ -1,0 +1,266 @@
+"""The daemon as a whole: frame to page, and what it costs at rest.
+
+    .venv/bin/python bench/daemon.py [--codes 40] [--idle-s 20] [--json FILE]
+
+Runs the real daemon (`canteen-terminal run`, its own process) against hw-sim's
+camera (an MJPEG stream on 127.0.0.1 at 15 fps) and prints, each next to its
+reference from the same run:
+- frame to page: from the first frame that shows a phone's code leaving the
+  simulated camera to the verdict arriving on the screen's event stream (what the
+  page receives), p50 and p99 over --codes phones; target p99 under 100 ms;
+- the daemon idle with the camera at 15 fps: CPU percent of one core and memory
+  (RSS), against the same daemon with the decoder set to "none" (frames read and
+  dropped); target memory under 250 MB;
+- systemd-analyze security exposure of systemd/canteen-terminal.service (target 2.0 or
+  lower), where systemd-analyze exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "tests")]
+
+from daemonkit import write_settings  # noqa: E402
+from hwsim import population as pop  # noqa: E402
+from hwsim.camera import CameraSim  # noqa: E402
+
+from terminal import state, trust  # noqa: E402
+
+RESULTS: list[dict[str, Any]] = []
+
+
+def report(name: str, value: float, unit: str, reference: str, target: str, ok: bool) -> None:
+    RESULTS.append(
+        {
+            "name": name,
+            "value": round(value, 3),
+            "unit": unit,
+            "reference": reference,
+            "target": target,
+            "pass": ok,
+        }
+    )
+    mark = "PASS" if ok else "MISS"
+    print(
+        f"[{mark}] {name}: {value:,.2f} {unit}  (reference: {reference}; target: {target})",
+        flush=True,
+    )
+
+
+def install(population: pop.Population, folder: Path, state_dir: Path, now: int) -> None:
+    pop.write_population(population, folder)
+    store = trust.TrustStore(state.prepare(state_dir).trust)
+    try:
+        header = trust.ListHeader(1, now - 60, None)
+        entries, _ = trust.split_list(trust.read_json_file(folder / "trust.json", "t"), "t")
+        store.replace_issuers(trust.parse_issuer_keys(entries), header, now)
+        store.replace_revocations([], header, now)
+        roster = trust.parse_roster_csv((folder / "roster.csv").read_text(encoding="utf-8"))
+        store.replace_roster(roster, header, now)
+    finally:
+        store.close()
+
+
+class EventStream:
+    """A reader of the screen's server-sent events: what the page receives, and when."""
+
+    def __init__(self, url: str) -> None:
+        self.decisions: list[tuple[float, dict[str, Any]]] = []
+        self._resp = urllib.request.urlopen(url + "events", timeout=60)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        event = ""
+        try:
+            for raw in self._resp:
+                line = raw.decode("utf-8").rstrip("\n")
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "decision":
+                    self.decisions.append((time.time(), json.loads(line[5:])))
+        except (OSError, ValueError):
+            return
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+def start_daemon(tmp: Path, camera_url: str, decoder: str) -> tuple[subprocess.Popen[bytes], str]:
+    settings = write_settings(tmp, reader_port=None, camera_source=camera_url)
+    text = settings.read_text(encoding="utf-8").replace(
+        "fps = 10\n", f'fps = 15\ndecoder = "{decoder}"\n'
+    )
+    settings.write_text(text, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal.cli", "run", "--config", str(settings)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    from terminal import daemon
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            health = daemon.ask_status(tmp / "state")
+            if health["state"] == "ready":
+                return proc, str(health["screen"])
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the daemon did not become ready: " + proc.stderr.read().decode()[-2000:])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle_cost(proc: subprocess.Popen[bytes], seconds: float) -> tuple[float, float]:
+    time.sleep(3)  # past start-up
+    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    time.sleep(seconds)
+    cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0) * 100
+    return cpu, rss_mb(proc.pid)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def exposure() -> None:
+    unit = ROOT / "systemd" / "canteen-terminal.service"
+    try:
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        print("[----] systemd-analyze is not installed here: exposure not measured")
+        return
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout + out.stderr)
+    if match is None:
+        print("[----] systemd-analyze gave no exposure level:", (out.stdout + out.stderr)[-300:])
+        return
+    level = float(match.group(1))
+    report(
+        "systemd-analyze security exposure",
+        level,
+        "",
+        "10 is a unit with no hardening",
+        "<= 2.0",
+        level <= 2.0,
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--codes", type=int, default=40, help="phones shown for frame-to-page")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle measurement")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
+    a = ap.parse_args()
+    print(f"bench/daemon.py on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as t:
+        tmp = Path(t)
+        now = int(time.time())
+        population = pop.make_population(
+            now=now - 3600, cadres=a.codes, units=["own"], cards_fraction=0.0, seed="bench-daemon"
+        )
+        camera = CameraSim(port=0, fps=15, hold_s=0.8, gap_s=0.4, lifetime_s=3600).start()
+        try:
+            latencies = []
+            for decoder in ("zxing", "none"):
+                run = tmp / decoder
+                run.mkdir()
+                install(population, run / "population", run / "state", now)
+                proc, screen = start_daemon(run, camera.url, decoder)
+                try:
+                    if decoder == "zxing":
+                        stream = EventStream(screen)
+                        for cadre in population.cadres:
+                            seen = len(stream.decisions)
+                            answer = camera.show(cadre.wallet.draw(int(time.time())), wait=True)
+                            deadline = time.monotonic() + 10
+                            while len(stream.decisions) == seen and time.monotonic() < deadline:
+                                time.sleep(0.002)
+                            if len(stream.decisions) > seen:
+                                arrived, view = stream.decisions[seen]
+                                assert view["verdict"] == "accept", view
+                                latencies.append((arrived - float(answer["started_at"])) * 1000)
+                        stream.close()
+                        zx_cpu, zx_mem = idle_cost(proc, a.idle_s)
+                    else:
+                        no_cpu, no_mem = idle_cost(proc, a.idle_s)
+                finally:
+                    stop(proc)
+        finally:
+            camera.stop()
+    latencies.sort()
+    n = len(latencies)
+    p50 = latencies[n // 2]
+    p99 = latencies[min(n - 1, int(n * 0.99))]
+    report(
+        "frame to page p99",
+        p99,
+        "ms",
+        f"p50 {p50:.1f} ms over {n} of {a.codes} phones (all accepted)",
+        "< 100 ms",
+        p99 < 100 and n == a.codes,
+    )
+    report(
+        "daemon idle CPU, camera at 15 fps",
+        zx_cpu,
+        "% of a core",
+        f"decoder 'none' (frames read, not decoded): {no_cpu:.1f}%; "
+        f"ratio {zx_cpu / max(no_cpu, 0.1):.1f}x",
+        "-",
+        True,
+    )
+    report(
+        "daemon idle memory",
+        zx_mem,
+        "MB RSS",
+        f"decoder 'none': {no_mem:.0f} MB",
+        "< 250 MB",
+        zx_mem < 250,
+    )
+    exposure()
+    if a.json:
+        Path(a.json).write_text(json.dumps(RESULTS, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
