@@ -373,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     try:
+        from terminal.sync_cli import add_sync_commands
+    except ImportError:  # requests / APScheduler missing: the core commands still work
+        pass
+    else:
+        add_sync_commands(sub)
+
+    try:
         from terminal.scan_cli import add_scan_image
     except ImportError:  # the camera stack is optional for the core commands
         pass

@@ -522,6 +522,8 @@ class Daemon:
         self.started_at = time.monotonic()
         self.online: bool | None = None
         self.online_since_ms = self._wall_ms()
+        self.sync_note: str | None = None  # why there is no sync (not provisioned)
+        self.last_sync: dict[str, Any] | None = None
 
     # -- parts --
 
@@ -539,7 +541,50 @@ class Daemon:
 
             self.reader = CardReader(reader_settings(self.settings), self.worker.queue)
             self.reader.start()
+        self._start_sync()
         self._start_status_socket()
+
+    def _start_sync(self) -> None:
+        from terminal import sync
+
+        sync_settings = sync.sync_settings_from(
+            dict(self.settings.extra.get("sync", {})), self.settings.source
+        )
+        try:
+            identity = sync.load_identity(self.settings.state_dir)
+        except sync.NotProvisioned as exc:
+            self.sync_note = str(exc)
+            log.warning("offline only: %s", exc)
+            return
+        client = sync.SyncClient(
+            Path(self.settings.state_dir) / state.LEDGER_FILE,
+            identity,
+            sync_settings,
+            wall_ms=self._wall_ms,
+        )
+
+        def arrived(result: sync.SyncResult) -> None:
+            # The sync thread never writes the ledger: the worker applies the answer.
+            self.worker.put(
+                Job(
+                    lambda c: sync.apply_result(
+                        c.ledger, c.clock, result, self._wall_ms(), sync_settings
+                    ),
+                    Future(),
+                )
+            )
+            online = result.error is None
+            if online != self.online:
+                self.online = online
+                self.online_since_ms = self._wall_ms()
+                log.warning(
+                    "county server %s", "reachable" if online else f"unreachable: {result.error}"
+                )
+            self.last_sync = result.summary()
+
+        self.sync = sync.SyncSchedule(client, sync_settings, arrived)
+        self.sync.start(first_delay_s=0.5)
+        log.info("syncing with %s every %s s", client.server, sync_settings.interval_s)
 
     def _start_screen(self) -> None:
         from terminal.display import settings as display_settings
@@ -590,6 +635,8 @@ class Daemon:
         )
         if self.screen is not None:
             self.screen.show_decision(view)
+        if self.sync is not None and decision.accepted:
+            self.sync.nudge()
 
     # -- health --
 
@@ -618,6 +665,8 @@ class Daemon:
             "dropped_events": self.worker.dropped,
             "queue": self.worker.queue.qsize(),
             "online": self.online,
+            "sync": self.last_sync,
+            "sync_note": self.sync_note,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             **snap,
         }
@@ -713,7 +762,7 @@ class Daemon:
                 part.stop(timeout_s=3.0)
         if self.sync is not None:
             with contextlib.suppress(Exception):
-                self.sync.stop()
+                self.sync.stop(wait=False)
         self.worker.stop(timeout_s=10.0)
         if self._status_server is not None:
             self._status_server.shutdown()

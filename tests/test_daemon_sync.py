@@ -1,0 +1,119 @@
+"""The daemon with its county: a sale uploads by itself, the server's answer is applied by
+the decision worker, and the screen shows online, then the offline banner once the county
+server stops (Debian's Chromium through Playwright, screenshots at 800x480)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from test_sync_support import County, make_county, provision_terminal
+
+from terminal import config, daemon, ledger
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+SYNC = """
+[sync]
+interval_s = 1
+jitter_s = 0
+deadline_s = 5
+connect_timeout_s = 2
+read_timeout_s = 2
+backoff_base_s = 1
+backoff_cap_s = 2
+"""
+
+
+def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def county(tmp_path: Path) -> Iterator[County]:
+    c = make_county(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
+    tmp_path: Path, county: County
+) -> None:
+    provision_terminal(county, tmp_path / "state", "t-daemon", "c-daemon")
+    install_lists(tmp_path / "state")
+    reader = ReaderPty()
+    settings = write_settings(
+        tmp_path,
+        reader_port=reader.path,
+        camera_source=None,
+        extra=SYNC,
+    )
+    text = settings.read_text(encoding="utf-8").replace(
+        "[display]\n", "[display]\noffline_banner_after_s = 2\n"
+    )
+    settings.write_text(text, encoding="utf-8")
+    d = daemon.Daemon(config.load(settings), notifier=daemon.Notifier(""))
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    page = None
+    playwright = None
+    try:
+        wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
+        wait_for(lambda: d.online is True, what="the first sync")
+        reader.swipe(CARD_UID)
+        wait_for(lambda: d.worker.decisions == 1, what="the sale")
+        # Nudged after the sale: the server acknowledges it and the worker marks it.
+        wait_for(lambda: d.worker.snapshot.get("unsynced") == 0, what="everything acknowledged")
+        held = list(county.store.iter_entries("t-daemon"))
+        assert [e["seq"] for e in held] == list(range(1, len(held) + 1))
+        assert any(e.get("kind") == "sale" for e in held)
+        health = daemon.ask_status(tmp_path / "state")
+        assert health["online"] is True and health["sync"]["complete"] is True
+
+        if Path(CHROMIUM).exists():
+            sync_api = pytest.importorskip("playwright.sync_api")
+            playwright = sync_api.sync_playwright().start()
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 800, "height": 480})
+            page.goto(d.screen.url)
+            sync_api.expect(page.locator("#st-online")).to_contain_text("Online")
+            sync_api.expect(page.locator("#banner-offline")).to_be_hidden()
+
+        county.stop()
+        wait_for(lambda: d.online is False, what="the daemon to notice", timeout_s=30)
+        if page is not None:
+            sync_api.expect(page.locator("#banner-offline")).to_be_visible(timeout=15000)
+            shots = ARTIFACTS / "daemon"
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "offline-banner-800x480.png"))
+        # Offline, the terminal still sells: the next swipe is decided and kept.
+        reader.swipe(bytes.fromhex("0102030405"))
+        wait_for(lambda: d.worker.decisions == 2, what="an offline decision")
+        assert d.worker.snapshot.get("unsynced", 0) >= 1
+    finally:
+        if playwright is not None:
+            playwright.stop()
+        d.request_stop()
+        thread.join(15)
+        reader.close()
+    assert not thread.is_alive()
+    report = ledger.verify_file(tmp_path / "state" / "ledger.sqlite")
+    assert report.ok, report.problem
