@@ -4,6 +4,8 @@
 #   - hw-sim issuer: an issuer, 40 cadres with phone wallets, a card roster (once, in $RUN/population)
 #   - hw-sim camera: an MJPEG camera on 127.0.0.1:8766 that the daemon reads like a real one
 #   - hw-sim card-reader: an RDM6300 reader on a pty linked at $RUN/reader
+#   - canteen-county serve: the reference county server on https://127.0.0.1:8443 (its CA and
+#     data in $RUN/county); the terminal is registered and provisioned against it once
 #   - canteen-terminal run: the daemon (SQLite ledger and trust store in $RUN/state), its screen
 #     at a printed local address, until Ctrl-C
 # Environment: CANTEEN_RUN (default ./run-demo), CANTEEN_SETUP=skip (use the current Python
@@ -21,10 +23,12 @@ fi
 RUN=$(realpath -m "${CANTEEN_RUN:-run-demo}")
 SCREEN_PORT=${CANTEEN_SCREEN_PORT:-8765}
 CAMERA_PORT=${CANTEEN_CAMERA_PORT:-8766}
+COUNTY_PORT=${CANTEEN_COUNTY_PORT:-8443}
 mkdir -p "$RUN"
 
 hwsim() { "$PY" -m hwsim.cli "$@"; }
 terminal() { "$PY" -m terminal.cli "$@"; }
+county() { "$PY" -m county.cli "$@"; }
 
 if [ ! -f "$RUN/population/trust.json" ]; then
   hwsim issuer --out "$RUN/population" --cadres 40 --units demo-unit,visiting-bureau \
@@ -63,6 +67,10 @@ fps = 15
 [reader]
 port = "$RUN/reader"
 kind = "rdm6300"
+
+[sync]
+interval_s = 30
+jitter_s = 5
 EOF
 
 pids=()
@@ -81,6 +89,18 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+[ -d "$RUN/county" ] || county ca init --data "$RUN/county" >/dev/null
+county serve --data "$RUN/county" --port "$COUNTY_PORT" >"$RUN/county.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 150); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$COUNTY_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+if [ ! -f "$RUN/state/county.json" ]; then
+  code=$(county terminal add --data "$RUN/county" --canteen demo-canteen --terminal demo-terminal | tail -n 1)
+  terminal provision --state "$RUN/state" --server "https://127.0.0.1:$COUNTY_PORT" --code "$code" >/dev/null
+fi
+
 terminal lists install --config "$RUN/terminal.toml" --issuers "$RUN/population/trust.json" \
   --revocations "$RUN/population/revoked.json" --roster "$RUN/population/roster.csv" >/dev/null
 
@@ -91,11 +111,13 @@ cat <<EOF
 Canteen terminal (simulated canteen) starting.
   screen:        http://127.0.0.1:$SCREEN_PORT/   (staff PIN 2468)
   state:         $RUN/state   (ledger.sqlite, trust.sqlite)
+  county server: https://127.0.0.1:$COUNTY_PORT   (data in $RUN/county)
 From another shell, in $TOP:
   show a code:   .venv/bin/hw-sim camera show --url http://127.0.0.1:$CAMERA_PORT --wallet $RUN/population/wallets/$wallet
   swipe a card:  .venv/bin/hw-sim card-reader swipe --link $RUN/reader --uid $card
   status:        .venv/bin/canteen-terminal status --config $RUN/terminal.toml
   the ledger:    .venv/bin/canteen-terminal ledger verify $RUN/state/ledger.sqlite
+  the county:    .venv/bin/canteen-county report --data $RUN/county --text
 Stop with Ctrl-C.
 
 EOF

@@ -48,7 +48,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
         pytest.skip("not a git checkout")
     clone = tmp_path / "checkout"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    screen, camera = free_port(), free_port()
+    screen, camera, county = free_port(), free_port(), free_port()
     run = tmp_path / "run"
     env = {
         **os.environ,
@@ -58,6 +58,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
         "CANTEEN_RUN": str(run),
         "CANTEEN_SCREEN_PORT": str(screen),
         "CANTEEN_CAMERA_PORT": str(camera),
+        "CANTEEN_COUNTY_PORT": str(county),
     }
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "bash scripts/run-terminal.sh" in readme
@@ -132,6 +133,19 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
             return any(e["kind"] == "sale" and e["verdict"] == "accept" for e in entries)
 
         wait_for(accepted, 30, "the accepted sale in the ledger")
+
+        def uploaded() -> bool:
+            out = subprocess.run(
+                [sys.executable, "-m", "county.cli", "entries", "--data", str(run / "county")],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=clone,
+            ).stdout
+            return any(json.loads(line).get("kind") == "sale" for line in out.splitlines())
+
+        # Nudged after the sale, the terminal uploads it to the local county server.
+        wait_for(uploaded, 30, "the sale at the county server")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
