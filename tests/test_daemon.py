@@ -25,8 +25,11 @@ ROOT = Path(__file__).parent.parent
 def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except OSError:  # a socket file bound but not yet listening: not ready yet
+            pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
