@@ -185,7 +185,10 @@ def cmd_lists_show(a: argparse.Namespace) -> int:
 
 
 def cmd_config_check(a: argparse.Namespace) -> int:
+    from terminal import daemon
+
     s = config.load(a.file)
+    daemon.check_settings(s)  # camera, reader, daemon, display and sync tables too
     meals = ", ".join(f"{m.name} {m.start:%H:%M}-{m.end:%H:%M}" for m in s.meals)
     print(f"{a.file}: ok: terminal {s.terminal_id}, canteen {s.canteen_id}, meals {meals}")
     return 0

@@ -176,6 +176,31 @@ def reader_settings(settings: config.Settings) -> Any:
     return result
 
 
+def display_settings(settings: config.Settings) -> Any:
+    from terminal.display import settings as display
+
+    tables = {
+        "display": settings.extra.get("display", {}),
+        "terminal": {"language": settings.language, "timezone": settings.timezone.key},
+    }
+    return display.from_tables(tables, settings.source)
+
+
+def sync_settings(settings: config.Settings) -> Any:
+    from terminal import sync
+
+    return sync.sync_settings_from(dict(settings.extra.get("sync", {})), settings.source)
+
+
+def check_settings(settings: config.Settings) -> None:
+    """Every table of the settings, each by its owner: the first problem is a ConfigError."""
+    daemon_settings(settings)
+    camera_settings(settings)
+    reader_settings(settings)
+    display_settings(settings)
+    sync_settings(settings)
+
+
 # ---- work for the decision worker ----
 
 
@@ -506,6 +531,7 @@ class Daemon:
         notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
+        check_settings(settings)  # a typo anywhere stops the start, not a later thread
         self.dsettings = daemon_settings(settings)
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self.notifier = notifier or Notifier()
@@ -547,9 +573,7 @@ class Daemon:
     def _start_sync(self) -> None:
         from terminal import sync
 
-        sync_settings = sync.sync_settings_from(
-            dict(self.settings.extra.get("sync", {})), self.settings.source
-        )
+        options = sync_settings(self.settings)
         try:
             identity = sync.load_identity(self.settings.state_dir)
         except sync.NotProvisioned as exc:
@@ -559,7 +583,7 @@ class Daemon:
         client = sync.SyncClient(
             Path(self.settings.state_dir) / state.LEDGER_FILE,
             identity,
-            sync_settings,
+            options,
             wall_ms=self._wall_ms,
         )
 
@@ -568,7 +592,7 @@ class Daemon:
             self.worker.put(
                 Job(
                     lambda c: sync.apply_result(
-                        c.ledger, c.clock, result, self._wall_ms(), sync_settings
+                        c.ledger, c.clock, result, self._wall_ms(), options
                     ),
                     Future(),
                 )
@@ -582,22 +606,14 @@ class Daemon:
                 )
             self.last_sync = result.summary()
 
-        self.sync = sync.SyncSchedule(client, sync_settings, arrived)
+        self.sync = sync.SyncSchedule(client, options, arrived)
         self.sync.start(first_delay_s=0.5)
-        log.info("syncing with %s every %s s", client.server, sync_settings.interval_s)
+        log.info("syncing with %s every %s s", client.server, options.interval_s)
 
     def _start_screen(self) -> None:
-        from terminal.display import settings as display_settings
         from terminal.display.server import Screen
 
-        tables = {
-            "display": self.settings.extra.get("display", {}),
-            "terminal": {
-                "language": self.settings.language,
-                "timezone": self.settings.timezone.key,
-            },
-        }
-        dset = display_settings.from_tables(tables, self.settings.source)
+        dset = display_settings(self.settings)
         self.screen = Screen(dset, WorkerDesk(self.worker, self.settings, dset.staff_pin))
         self.screen.start()
         log.info("screen at %s", self.screen.url)

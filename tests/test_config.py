@@ -129,3 +129,21 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert err.startswith("canteen-terminal: error:") and "bogus" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[display]\nstaff_pim = "1234"\n', "[display] staff_pim: unknown option"),
+        ("[sync]\ninterval = 5\n", "[sync] interval: unknown option"),
+        ('[camera]\ndecoder = "magic"\n', "[camera] decoder: must be one of"),
+        ('[reader]\nkind = "usb"\n', "[reader] kind: must be one of"),
+        ("[daemon]\nmin_free_mb = 0\n", "[daemon] min_free_mb: must be at least 1"),
+        ('[camera]\nwidth = "wide"\n', "[camera] width: must be a whole number"),
+    ],
+)
+def test_config_check_covers_every_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    assert main(["config", "check", str(write(tmp_path, text))]) == 2
+    assert message in capsys.readouterr().err

@@ -96,9 +96,8 @@ def test_notify_protocol_and_a_swipe_end_to_end(tmp_path: Path, reader: ReaderPt
         wait_for(lambda: notify.seen("WATCHDOG", "1"), what="a watchdog ping")
         reader.swipe()
         wait_for(lambda: d.worker.decisions == 1, what="the swipe's decision")
-        health = d.health()
-        assert health["state"] == "ready", health["sentence"]
-        assert health["unsynced"] == 2  # genesis and the sale
+        wait_for(lambda: d.health()["state"] == "ready", what="ready after the swipe")
+        assert d.health()["unsynced"] == 2  # genesis and the sale
         assert any(m.get("STATUS", "").startswith("ready:") for m in notify.messages)
         answer = daemon.ask_status(tmp_path / "state")
         assert answer["decisions"] == 1 and answer["devices"]["reader"]["state"] == "up"
