@@ -147,3 +147,18 @@ def test_config_check_covers_every_table(
 ) -> None:
     assert main(["config", "check", str(write(tmp_path, text))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_example_settings_file_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).parent.parent / "config" / "terminal.example.toml"
+    assert main(["config", "check", str(example)]) == 0
+    assert "terminal CANTEEN-1" in capsys.readouterr().out
+    # It lists every table the defaults have, so an installer sees every option.
+    import tomllib
+
+    shown = tomllib.loads(example.read_text(encoding="utf-8"))
+    defaults = tomllib.loads(config.default_text())
+    assert set(shown) == set(defaults)
+    for table, options in defaults.items():
+        if isinstance(options, dict):
+            assert set(shown[table]) == set(options), table
