@@ -32,6 +32,7 @@ from terminal.ledger import (
     ACCEPT,
     GENESIS,
     GENESIS_PREV_HASH,
+    HASHED_COLUMNS,
     REVERSAL,
     SALE,
     canonical_json,
@@ -110,24 +111,8 @@ class IntakeResult:
 
 # --- schema ------------------------------------------------------------------------
 
-_ENTRY_COLUMNS = (
-    "seq",
-    "entry_id",
-    "at_ms",
-    "kind",
-    "verdict",
-    "reason",
-    "method",
-    "cadre",
-    "credential",
-    "ctr",
-    "unit",
-    "day",
-    "meal",
-    "amount_fen",
-    "ref_seq",
-    "detail",
-)
+# The wire carries the ledger's hashed columns in the ledger's own order.
+_ENTRY_COLUMNS = HASHED_COLUMNS
 # A wire entry is the 16 hashed fields in ledger order, then prev_hash and hash in hex.
 WIRE_ENTRY_LENGTH = len(_ENTRY_COLUMNS) + 2
 _INT_FIELDS = {0, 2, 13}
