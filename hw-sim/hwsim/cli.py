@@ -459,6 +459,127 @@ def cmd_reader_client(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- hw-sim county ----------------------------------------------------------------------------
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
+def _add_county(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="the county data directory (canteen-county ca init); made with a new CA if empty",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the port terminals connect to (the proxy; default 0: a free one, printed)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="delay every chunk of data, both ways, by X ms (a slow township link)",
+    )
+    p.add_argument(
+        "--drop",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="cut each connection with probability P, half before the request reaches the "
+        "server (nothing stored) and half after it was stored (the answer is lost)",
+    )
+    p.add_argument(
+        "--error-500",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="answer a ledger upload with HTTP 500 with probability P, half before and half "
+        "after the server stored it",
+    )
+    p.add_argument(
+        "--partition",
+        default="",
+        metavar="START:END,...",
+        help="network outages in seconds after start, e.g. 60:120,300:330: during each, "
+        "every connection is refused (or black-holed, see --partition-mode)",
+    )
+    p.add_argument(
+        "--partition-mode",
+        choices=("refuse", "blackhole"),
+        default="refuse",
+        help="refuse: connections close at once (a cable pulled at the county); blackhole: "
+        "connections are accepted and never answered (a dead township uplink), so the "
+        "terminal waits for its [sync] deadline (default refuse)",
+    )
+    p.add_argument("--seed", type=int, help="makes the drawn faults reproducible")
+    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
+
+
+def cmd_county(a: argparse.Namespace) -> int:
+    from hwsim import county as county_mod
+
+    try:
+        windows = county_mod.parse_partitions(a.partition)
+
+        def said(on: bool, at: float) -> None:
+            state = "network DOWN (partition)" if on else "network back"
+            print(f"[{at:7.1f} s] {state}", flush=True)
+
+        sim = county_mod.CountySim(
+            a.data,
+            port=a.port,
+            latency_ms=a.latency_ms,
+            drop=a.drop,
+            error_500=a.error_500,
+            partitions=windows,
+            partition_mode=a.partition_mode,
+            seed=a.seed,
+            on_partition=said,
+        ).start()
+    except county_mod.CountySimError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        if sim.created_ca:
+            print(f"made a new county CA in {a.data} (terminals pin it when provisioned)")
+        faults = []
+        if a.latency_ms:
+            faults.append(f"latency {a.latency_ms:g} ms")
+        if a.drop:
+            faults.append(f"drop {a.drop:g}")
+        if a.error_500:
+            faults.append(f"500s {a.error_500:g}")
+        if windows:
+            spans = ", ".join(f"{s:g}-{e:g} s" for s, e in windows)
+            faults.append(f"{a.partition_mode} partitions at {spans}")
+        print(f"county server at {sim.url} ({'; '.join(faults) or 'no faults'})", flush=True)
+        print(f"  the server itself (no faults): {sim.server_url}")
+        print(f"  register a terminal: canteen-county terminal add --data {a.data} --canteen C")
+        print(
+            f"  provision it:        canteen-terminal provision --state DIR --server {sim.url} "
+            "--code CODE"
+        )
+        print("  stop with Ctrl-C", flush=True)
+        why = run_until_stopped(a.stop_after)
+        stats = sim.stats()
+    finally:
+        sim.stop()
+    fired = ", ".join(f"{k} {v}" for k, v in sorted(stats["faults"].items())) or "none"
+    print(f"stopped ({why}); {stats['connections']} connections, faults fired: {fired}")
+    return 0
+
+
 # --- the command table ----------------------------------------------------------------------
 
 
@@ -522,6 +643,23 @@ COMMANDS: tuple[Command, ...] = (
         "over the Unix socket LINK.ctl (one JSON line each way).",
         _add_card_reader,
         cmd_card_reader,
+    ),
+    Command(
+        "county",
+        "the reference county server behind a fault-injecting proxy (latency, drops, 500s, "
+        "outages)",
+        "Run the reference county server (the one canteen-county serve runs) on a port of "
+        "its own, behind a proxy on 127.0.0.1 that breaks the network on purpose, the way a "
+        "township link does: --latency-ms delays every chunk, --drop cuts connections "
+        "before or after the server stored an upload, --error-500 answers uploads with "
+        "HTTP 500, and --partition gives outages (seconds after start) during which every "
+        "connection is refused or black-holed. Terminals use the printed proxy address as "
+        "their county server, so a technician can watch a terminal keep selling offline and "
+        "catch up when the link returns (canteen-terminal status; canteen-county entries "
+        "--data DIR). The data directory is an ordinary county data directory; an empty one "
+        "gets a new CA. It runs until Ctrl-C, SIGTERM or --stop-after.",
+        _add_county,
+        cmd_county,
     ),
 )
 
