@@ -213,6 +213,8 @@ class Job:
 
 
 _STOP = object()
+# Events decided together and made durable by one commit when a queue has built up.
+GROUP_MAX = 32
 
 
 def free_mb(path: Path) -> float:
@@ -306,37 +308,56 @@ class DecisionWorker:
                     continue
                 if item is _STOP:
                     break
-                self._prime_waiting(counter)
-                self._handle(item, counter)
+                if isinstance(item, Job):
+                    self._run_job(item, counter)
+                    continue
+                # Group commit: what else is already waiting is decided with this event
+                # and made durable by the same fsync; a lone cadre waits for nobody.
+                batch, carry = [item], None
+                while len(batch) < GROUP_MAX:
+                    try:
+                        waiting = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(waiting, QrPresented | CardPresented):
+                        batch.append(waiting)
+                    else:
+                        carry = waiting
+                        break
+                self._prime_waiting(counter, batch[1:])
+                self._decide_group(batch, counter)
+                if carry is _STOP:
+                    break
+                if isinstance(carry, Job):
+                    self._run_job(carry, counter)
         finally:
             self._primer.shutdown(wait=True, cancel_futures=True)
             book.close(counter.now(self._wall_ms()))
             store.close()
 
-    def _prime_waiting(self, counter: Checkout) -> None:
+    def _prime_waiting(self, counter: Checkout, taken: list[Any]) -> None:
         with self.queue.mutex:
-            waiting = [
-                e.text for e in itertools.islice(self.queue.queue, 4) if isinstance(e, QrPresented)
-            ]
-        for text in waiting:
-            if text not in self._primed:
-                if len(self._primed) > 256:
-                    self._primed.clear()
-                self._primed[text] = None
-                self._primer.submit(tokens.prime, text, counter.trust)
+            waiting = list(itertools.islice(self.queue.queue, 4))
+        for event in [*taken, *waiting]:
+            if not isinstance(event, QrPresented) or event.text in self._primed:
+                continue
+            if len(self._primed) > 256:
+                self._primed.clear()
+            self._primed[event.text] = None
+            self._primer.submit(tokens.prime, event.text, counter.trust)
 
-    def _handle(self, item: Any, counter: Checkout) -> None:
-        if isinstance(item, Job):
-            if item.reply.set_running_or_notify_cancel():
-                try:
-                    item.reply.set_result(item.fn(counter))
-                except BaseException as exc:
-                    item.reply.set_exception(exc)
-            return
+    def _run_job(self, job: Job, counter: Checkout) -> None:
+        if job.reply.set_running_or_notify_cancel():
+            try:
+                job.reply.set_result(job.fn(counter))
+            except BaseException as exc:
+                job.reply.set_exception(exc)
+
+    def _decide_group(self, batch: list[Any], counter: Checkout) -> None:
         # Stop before a write can fail: a ledger entry is either whole or absent.
         self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
         if self.disk_low:
-            self.dropped += 1
+            self.dropped += len(batch)
             log.error(
                 "disk nearly full (< %d MB free in %s): not selling; free space or call a "
                 "technician",
@@ -344,24 +365,30 @@ class DecisionWorker:
                 self.settings.state_dir,
             )
             return
+        decisions: list[Decision] = []
         try:
-            if isinstance(item, QrPresented):
-                decision = counter.present_qr(item.text, self._wall_ms())
-            elif isinstance(item, CardPresented):
-                decision = counter.present_card(item.uid, self._wall_ms())
-            else:
-                log.error("decision worker: unknown event %r dropped", type(item).__name__)
-                return
+            with counter.ledger.group():
+                for event in batch:
+                    try:
+                        if isinstance(event, QrPresented):
+                            decisions.append(counter.present_qr(event.text, self._wall_ms()))
+                        else:
+                            decisions.append(counter.present_card(event.uid, self._wall_ms()))
+                    except ledger.LedgerError as exc:
+                        log.error("%s", exc)
         except ledger.LedgerError as exc:
-            log.error("%s", exc)
+            # Nothing of the group is on disk, so nothing of it may reach the screen.
+            log.error("%s (%d decisions not recorded and not shown)", exc, len(decisions))
             return
-        self.decisions += 1
-        if decision.accepted and decision.display_name:
-            if len(self.names) > 512:
-                self.names.clear()
-            self.names[decision.entry.seq] = decision.display_name
+        for decision in decisions:
+            self.decisions += 1
+            if decision.accepted and decision.display_name:
+                if len(self.names) > 512:
+                    self.names.clear()
+                self.names[decision.entry.seq] = decision.display_name
         self._refresh(counter)
-        self._on_decision(decision, counter)
+        for decision in decisions:
+            self._on_decision(decision, counter)
 
     def _refresh(self, counter: Checkout) -> None:
         """A snapshot of what health and the status line need; read by other threads."""

@@ -423,6 +423,7 @@ class Ledger:
         # changes when another connection commits, which drops the kept answer.
         self._unsynced: tuple[int, int] | None = None
         self._data_version = -1
+        self._grouped = False  # inside group(): appends are savepoints of one transaction
 
     @classmethod
     def open(
@@ -532,14 +533,26 @@ class Ledger:
         return self._conn
 
     def append(self, draft: EntryDraft, at_ms: int) -> LedgerEntry:
-        """Record one entry; it is committed and on disk when this returns."""
+        """Record one entry; it is committed and on disk when this returns.
+
+        Inside ``group()`` it is a savepoint of the group's transaction instead,
+        durable when the group commits: a failed append then leaves the group's
+        other entries as they were.
+        """
         conn = self._db
         if draft.kind == GENESIS:
             raise LedgerError("ledger entry refused: only the ledger itself writes genesis")
         columns = _draft_columns(draft)
         _check_int("at_ms", at_ms, required=True)
+        grouped = self._grouped
+        if grouped and not conn.in_transaction:
+            # SQLite rolled the group back (disk full, I/O error): nothing of it remains.
+            raise LedgerError(
+                "ledger write failed: the group's transaction was rolled back; "
+                "nothing of it was recorded"
+            )
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SAVEPOINT entry" if grouped else "BEGIN IMMEDIATE")
             try:
                 if draft.kind == REVERSAL:
                     self._check_reversal(conn, draft)
@@ -552,13 +565,17 @@ class Ledger:
                 conn.execute(_INSERT, (*fields, last_hash, digest))
                 if seq % self._checkpoint_every == 0:
                     self._insert_checkpoint(conn, seq, digest, at_ms)
-                conn.execute("COMMIT")
+                conn.execute("RELEASE entry" if grouped else "COMMIT")
                 self._count_appended(draft)
             except BaseException:
                 # SQLite rolls some failures (disk full) back by itself.
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                        if grouped:
+                            conn.execute("ROLLBACK TO entry")
+                            conn.execute("RELEASE entry")
+                        else:
+                            conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise _write_failed(exc) from exc
@@ -582,6 +599,44 @@ class Ledger:
             prev_hash=last_hash,
             hash=digest,
         )
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Several appends, one commit and one fsync (group commit).
+
+        A decision worker with codes waiting decides them all, then makes them
+        durable together; nothing appended in the block is durable, nor may be
+        shown to anyone, before the block ends without an exception. An
+        exception rolls the whole group back. Groups do not nest.
+        """
+        conn = self._db
+        if self._grouped:
+            raise LedgerError("ledger groups do not nest")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _write_failed(exc) from exc
+        self._grouped = True
+        try:
+            yield
+        except BaseException:
+            self._grouped = False
+            self._unsynced = None
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._grouped = False
+        try:
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError("the transaction was rolled back by SQLite")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._unsynced = None
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise _write_failed(exc) from exc
 
     def _count_appended(self, draft: EntryDraft) -> None:
         if self._unsynced is None:

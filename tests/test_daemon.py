@@ -290,3 +290,50 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
     path.write_text(broken, encoding="utf-8")
     bad = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
     assert bad.returncode == 1 and "FAIL reader" in bad.stdout and "check the cable" in bad.stdout
+
+
+def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from daemonkit import wallet
+
+    from terminal.events import QrPresented
+
+    path = write_settings(tmp_path, reader_port=None, camera_source=None)
+    install_lists(tmp_path / "state")
+    settings = config.load(path)
+    book = tmp_path / "state" / "ledger.sqlite"
+    seen: list[int] = []
+    durable_when_shown: list[bool] = []
+
+    def shown(decision: object, _counter: object) -> None:
+        seq = decision.entry.seq  # type: ignore[attr-defined]
+        other = sqlite3.connect(f"file:{book}?mode=ro", uri=True)
+        try:
+            row = other.execute("SELECT 1 FROM entries WHERE seq = ?", (seq,)).fetchone()
+        finally:
+            other.close()
+        durable_when_shown.append(row is not None)
+        seen.append(seq)
+
+    worker = daemon.DecisionWorker(
+        settings,
+        daemon.DaemonSettings(1, 500, 60, False, False),
+        shown,
+        lambda: time.time_ns() // 1_000_000,
+    )
+    codes = [wallet(f"G{i}").draw(int(time.time())) for i in range(80)]
+    for code in codes:
+        worker.put(QrPresented(code, 0.0))
+    worker.put(QrPresented(codes[0], 0.0))  # a replay inside the backlog
+    worker.start()
+    wait_for(lambda: len(seen) == 81, what="every decision shown")
+    worker.stop()
+    assert all(durable_when_shown), "a verdict was shown before its entry was on disk"
+    assert seen == sorted(seen) and len(set(seen)) == 81
+    stats = ledger.stats_file(book)
+    assert stats["by_verdict"]["accept"] == 80
+    assert stats["by_reason"] == {"replayed": 1}
+    assert ledger.verify_file(book).ok

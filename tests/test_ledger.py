@@ -11,6 +11,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -810,3 +811,79 @@ def test_ledger_matches_a_simple_model(ops: list[tuple[Any, ...]], every: int) -
         led.close()
         report = verify_file(path, public_bytes(key))
         assert report.ok and report.entries == len(model)
+
+
+# --- group commit ---------------------------------------------------------------------
+
+
+def test_a_group_commits_its_entries_together(ledger: Ledger, path: Path) -> None:
+    before = ledger.last_seq()
+    with ledger.group():
+        entries = [ledger.append(sale(f"iss/g{i}"), T0 + i + 1) for i in range(6)]
+        # Inside the group the worker's own queries already see them (same connection)...
+        assert ledger.served("iss/g3", DAY, "lunch")
+        # ...but another connection does not: nothing is durable yet.
+        other = sqlite3.connect(path)
+        assert other.execute("SELECT max(seq) FROM entries").fetchone()[0] == before
+        other.close()
+    assert [e.seq for e in entries] == list(range(before + 1, before + 7))
+    assert ledger.unsynced() == (before + 6, 6 * 1200)
+    ledger.close()
+    assert verify_file(path).ok
+
+
+def test_an_exception_rolls_the_whole_group_back(ledger: Ledger) -> None:
+    fill(ledger, 2)
+    before = (ledger.last_seq(), ledger.unsynced())
+    with pytest.raises(RuntimeError), ledger.group():
+        ledger.append(sale("iss/x1"), T0 + 10_000)
+        ledger.append(sale("iss/x2"), T0 + 10_001)
+        raise RuntimeError("power cut in the middle of the group")
+    assert (ledger.last_seq(), ledger.unsynced()) == before
+    assert not ledger.served("iss/x1", DAY, "lunch")
+
+
+def test_a_refused_append_leaves_the_rest_of_its_group(ledger: Ledger, path: Path) -> None:
+    with ledger.group():
+        first = ledger.append(sale("iss/y1"), T0 + 1)
+        with pytest.raises(LedgerError, match="not an accepted sale"):
+            ledger.append(EntryDraft(kind=REVERSAL, ref_seq=1, amount_fen=5), T0 + 2)
+        second = ledger.append(sale("iss/y2"), T0 + 3)
+    assert second.seq == first.seq + 1 and second.prev_hash == first.hash
+    with pytest.raises(LedgerError, match="do not nest"), ledger.group(), ledger.group():
+        pass
+    ledger.close()
+    assert verify_file(path).ok
+
+
+def test_a_kill_inside_a_group_leaves_none_of_it(path: Path, key: Ed25519PrivateKey) -> None:
+    led = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0)
+    led.close()
+    child = """
+import sys, time
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from terminal.ledger import ACCEPT, SALE, EntryDraft, Ledger
+key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[2]))
+led = Ledger.open(sys.argv[1], terminal_id="t-001", signing_key=key, now_ms=1)
+with led.group():
+    for i in range(5):
+        led.append(EntryDraft(kind=SALE, verdict=ACCEPT, cadre=f"iss/k{i}", amount_fen=1), 10 + i)
+    print("appended", flush=True)
+    time.sleep(60)
+"""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child, str(path), raw.hex()],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"appended"
+    proc.kill()
+    proc.wait()
+    report = verify_file(path)
+    assert report.ok and report.entries == 1  # genesis only: the group never committed
