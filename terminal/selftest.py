@@ -2,8 +2,8 @@
 
 This module owns `canteen-terminal selftest`: it checks the settings, the state
 directory and free disk, the terminal's key, the ledger, the trust lists, the
-clock, the camera and the card reader (and, when sync is set up, the county
-server), without changing anything a running daemon relies on: the ledger is
+clock, the camera, the card reader and the county server (over mTLS, when the
+terminal is provisioned), without changing anything a running daemon relies on: the ledger is
 opened read-only, the devices are opened briefly and released. It never sells,
 never writes the ledger and never installs anything.
 """
@@ -212,12 +212,46 @@ def _reader(settings: config.Settings) -> Check:
     return Check("reader", OK, f"{rs.port} opens at {rs.effective_baudrate} baud ({rs.kind})")
 
 
+def _county(settings: config.Settings, timeout_s: float) -> Check:
+    try:
+        from terminal import sync
+        from terminal.daemon import sync_settings
+    except ImportError as exc:
+        return Check("county", FAIL, f"the sync stack cannot load ({exc}); reinstall the terminal")
+    try:
+        identity = sync.load_identity(settings.state_dir)
+    except sync.NotProvisioned as exc:
+        return Check("county", WARN, f"{exc}; until then the terminal works offline only")
+    try:
+        client = sync.SyncClient(
+            Path(settings.state_dir) / state.LEDGER_FILE, identity, sync_settings(settings)
+        )
+        protocol = client.check_reachable(timeout_s)
+    except sync.SyncError as exc:
+        return Check(
+            "county",
+            FAIL,
+            f"{identity.server}: {exc}; check the network, or call "
+            "county IT if the certificate is refused",
+        )
+    return Check("county", OK, f"{client.server} answers over mTLS (protocol {protocol})")
+
+
 def run_checks(
     settings: config.Settings,
     *,
     wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     camera_timeout_s: float = 5.0,
-    parts: tuple[str, ...] = ("state", "key", "ledger", "lists", "clock", "camera", "reader"),
+    parts: tuple[str, ...] = (
+        "state",
+        "key",
+        "ledger",
+        "lists",
+        "clock",
+        "camera",
+        "reader",
+        "county",
+    ),
 ) -> list[Check]:
     from terminal.daemon import daemon_settings
 
@@ -240,4 +274,6 @@ def run_checks(
         checks.append(_camera(settings, camera_timeout_s))
     if "reader" in parts and dset.reader:
         checks.append(_reader(settings))
+    if "county" in parts:
+        checks.append(_county(settings, camera_timeout_s))
     return checks

@@ -824,6 +824,17 @@ class SyncClient:
             known.append(self._ledger_county_ms)
         return max(known)
 
+    def check_reachable(self, timeout_s: float = 5.0) -> str:
+        """GET /v1/health over mTLS with the pinned CA; the server's protocol, or a SyncError."""
+        deadline = time.monotonic() + timeout_s
+        cert = (str(self.identity.cert_file), str(self.identity.key_file))
+        with _Transport(verify=True, cert=cert, ca_verifier=self.verifier) as http:
+            data = http.get_bytes(self.server + "/v1/health", deadline, (timeout_s, timeout_s))
+        try:
+            return str(json.loads(data)["protocol"])
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("the server's health answer is not the county protocol") from None
+
     def sync_once(self, deadline: float) -> SyncResult:
         """Upload what the server lacks, until done or ``deadline`` (time.monotonic()).
 

@@ -283,9 +283,11 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
         "clock",
         "camera",
         "reader",
+        "county",
     ):
         assert any(line.split()[1] == part for line in good.stdout.splitlines()), part
     assert "160x120 frame read" in good.stdout
+    assert "WARN county" in good.stdout and "not provisioned" in good.stdout  # offline only
     broken = path.read_text(encoding="utf-8").replace(reader.path, "/dev/no-such-reader")
     path.write_text(broken, encoding="utf-8")
     bad = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")

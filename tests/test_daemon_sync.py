@@ -15,7 +15,7 @@ import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 from test_sync_support import County, make_county, provision_terminal
 
-from terminal import config, daemon, ledger
+from terminal import config, daemon, ledger, selftest
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
@@ -83,6 +83,8 @@ def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
         assert any(e.get("kind") == "sale" for e in held)
         health = daemon.ask_status(tmp_path / "state")
         assert health["online"] is True and health["sync"]["complete"] is True
+        (county_line,) = selftest.run_checks(config.load(settings), parts=("county",))
+        assert county_line.result == selftest.OK and "mTLS" in county_line.detail
 
         if Path(CHROMIUM).exists():
             sync_api = pytest.importorskip("playwright.sync_api")
@@ -99,6 +101,10 @@ def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
 
         county.stop()
         wait_for(lambda: d.online is False, what="the daemon to notice", timeout_s=30)
+        (county_line,) = selftest.run_checks(
+            config.load(settings), parts=("county",), camera_timeout_s=2
+        )
+        assert county_line.result == selftest.FAIL and "check the network" in county_line.detail
         if page is not None:
             sync_api.expect(page.locator("#banner-offline")).to_be_visible(timeout=15000)
             shots = ARTIFACTS / "daemon"
