@@ -1,0 +1,418 @@
+"""The lunch-rush scenario's verdict on itself: checks, figures, the printed report and a chart.
+
+This module owns judging a ``RunRecord`` (hwsim.scenario): the checks that
+make the scenario fail (every decision as the model expected, one decision
+per presentation, the ledger verifies, the county holds exactly the ledger's
+entries and so every accepted sale once, the outage was real and the terminal
+caught up after it), the figures of the report (decisions by reason, latency
+from presentation to verdict on the screen stream, time to resync) and a PNG
+chart of latency, queue and backlog over the simulated lunch, drawn with
+OpenCV and numpy. It reads only the record: it never runs or reaches a
+terminal, so a saved run.json can be checked again, and tests can spoil a
+record to see the checks fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hwsim.scenario import ACCEPT, TIMEZONE, RunRecord
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def check(record: RunRecord) -> list[str]:
+    """Every way the run went wrong, one line each; empty when the lunch was right."""
+    failures = [f"run: {p}" for p in record.problems]
+    failures += _check_decisions(record)
+    failures += _check_ledger_and_county(record)
+    failures += _check_outage(record)
+    return failures
+
+
+def _check_decisions(record: RunRecord) -> list[str]:
+    out = []
+    seqs: Counter[int] = Counter()
+    for p in record.presentations:
+        what = f"presentation {p['n']} ({p['method']} {p['kind']} {p['who']})"
+        if p["verdict"] is None:
+            out.append(f"{what}: no verdict reached the screen")
+            continue
+        seqs[p["seq"]] += 1
+        if p["verdict"] != p["expected_verdict"]:
+            out.append(
+                f"{what}: {p['verdict']} {p['reason'] or ''}, expected {p['expected_verdict']} "
+                f"{p['expected_reason'] or ''}".rstrip()
+            )
+        elif p["verdict"] != ACCEPT and p["reason"] != p["expected_reason"]:
+            if p["reason"] not in p.get("expected_also", []):
+                out.append(f"{what}: reason {p['reason']}, expected {p['expected_reason']}")
+        elif p["verdict"] == ACCEPT and p["amount_fen"] != p["expected_amount_fen"]:
+            out.append(
+                f"{what}: charged {p['amount_fen']} fen, expected {p['expected_amount_fen']}"
+            )
+        if p["decision_method"] != p["method"]:
+            out.append(f"{what}: decided as {p['decision_method']}, presented as {p['method']}")
+    for seq, n in seqs.items():
+        if n > 1:
+            out.append(f"entry {seq} was matched to {n} presentations")
+    for extra in record.extra_decisions:
+        out.append(
+            f"a decision no presentation asked for: entry {extra.get('seq')} "
+            f"{extra.get('verdict')} {extra.get('reason') or ''}".rstrip()
+        )
+    return out
+
+
+def _check_ledger_and_county(record: RunRecord) -> list[str]:
+    out = []
+    verify = record.ledger_verify
+    if not verify.get("ok"):
+        out.append(f"the ledger does not verify: {verify.get('problem')}")
+    ledger = {e["seq"]: e for e in record.ledger_entries}
+    county_seqs = Counter(e["seq"] for e in record.county_entries)
+    county = {e["seq"]: e for e in record.county_entries}
+    twice = sorted(s for s, n in county_seqs.items() if n > 1)
+    if twice:
+        out.append(f"the county holds entries twice: {twice[:10]}")
+    lost = sorted(set(ledger) - set(county))
+    if lost:
+        out.append(f"entries missing at the county: {len(lost)}, first {lost[:10]}")
+    foreign = sorted(set(county) - set(ledger))
+    if foreign:
+        out.append(f"the county holds entries the ledger does not: {foreign[:10]}")
+    altered = [s for s in set(ledger) & set(county) if ledger[s]["hash"] != county[s]["hash"]]
+    if altered:
+        out.append(f"the county's copy differs from the ledger at {sorted(altered)[:10]}")
+    prev = None
+    for seq in sorted(county):
+        if prev is not None and county[seq]["prev_hash"] != county[prev]["hash"]:
+            out.append(f"the county's chain is broken before entry {seq}")
+            break
+        prev = seq
+    # The accepted sales: exactly the presentations the model accepted, once each.
+    accepted = {s for s, e in ledger.items() if e["kind"] == "sale" and e["verdict"] == ACCEPT}
+    at_county = {s for s, e in county.items() if e["kind"] == "sale" and e["verdict"] == ACCEPT}
+    expected = {p["seq"] for p in record.presentations if p["expected_verdict"] == ACCEPT}
+    if accepted != expected:
+        out.append(
+            f"accepted sales in the ledger {len(accepted)} != accepted presentations "
+            f"{len(expected)} (differ at {sorted(accepted ^ expected)[:10]})"
+        )
+    if at_county != accepted:
+        out.append(
+            f"accepted sales at the county {len(at_county)} != in the ledger {len(accepted)}"
+        )
+    for p in record.presentations:
+        e = ledger.get(p["seq"]) if p["seq"] is not None else None
+        if p["verdict"] is not None and (
+            e is None or e["verdict"] != p["verdict"] or e["reason"] != p["reason"]
+        ):
+            out.append(f"presentation {p['n']}: the screen's verdict is not entry {p['seq']}")
+    return out
+
+
+def _check_outage(record: RunRecord) -> list[str]:
+    outage = record.outage
+    if not outage:
+        return ["the outage never happened"]
+    out = []
+    offline = [p for p in record.presentations if p["offline"]]
+    if not offline:
+        out.append("nobody presented during the outage")
+    during = [
+        s for s in record.samples if outage["start_real"] + 1.0 <= s["real"] <= outage["end_real"]
+    ]
+    if during and len({s["county_acked"] for s in during}) > 1:
+        out.append("the county received entries during the outage: the partition leaked")
+    if during and max(s["unsynced"] or 0 for s in during) == 0:
+        out.append("the terminal had no backlog during the outage")
+    if resync_seconds(record) is None:
+        out.append("the terminal never caught up with the county after the outage")
+    return out
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def resync_seconds(record: RunRecord) -> float | None:
+    """Real seconds from the network's return until the county held what the ledger held then."""
+    outage = record.outage
+    if not outage or outage.get("last_seq_at_end") is None:
+        return None
+    target = outage["last_seq_at_end"]
+    for s in record.samples:
+        if s["real"] >= outage["end_real"] and s["county_acked"] >= target:
+            return float(s["real"] - outage["end_real"])
+    return None
+
+
+def figures(record: RunRecord) -> dict[str, Any]:
+    """The numbers of the report, as JSON-ready values."""
+    speed = float(record.options["speed"])
+    ps = record.presentations
+    outcome: Counter[str] = Counter(
+        "accept" if p["verdict"] == ACCEPT else p["reason"] or "no verdict" for p in ps
+    )
+    latency = [p["latency_ms"] for p in ps if p["latency_ms"] is not None]
+    by_method = {
+        m: [p["latency_ms"] for p in ps if p["method"] == m and p["latency_ms"] is not None]
+        for m in ("qr", "card")
+    }
+    hostile = Counter(p["kind"] for p in ps if p["kind"] not in ("first_meal",))
+    resync = resync_seconds(record)
+    outage = record.outage
+    backlog = [s["unsynced"] or 0 for s in record.samples]
+    lag = [(p["presented_sim_ms"] - p["planned_sim_ms"]) / 1000 for p in ps]
+    settings = next((e for e in record.events if e["kind"] == "settings"), None)
+    accepted = [p for p in ps if p["verdict"] == ACCEPT]
+    return {
+        "presentations": len(ps),
+        "qr": sum(p["method"] == "qr" for p in ps),
+        "card": sum(p["method"] == "card" for p in ps),
+        "not_first_meals": dict(sorted(hostile.items())),
+        "decisions_by_reason": dict(outcome.most_common()),
+        "accepted_fen": sum(p["amount_fen"] or 0 for p in accepted),
+        "latency_ms": {
+            "p50": _percentile(latency, 50),
+            "p99": _percentile(latency, 99),
+            "max": max(latency) if latency else None,
+            "qr_p50": _percentile(by_method["qr"], 50),
+            "qr_p99": _percentile(by_method["qr"], 99),
+            "card_p50": _percentile(by_method["card"], 50),
+            "card_p99": _percentile(by_method["card"], 99),
+        },
+        "outage": {
+            "simulated_s": (outage["end_sim_ms"] - outage["start_sim_ms"]) / 1000
+            if outage
+            else None,
+            "presentations_offline": sum(bool(p["offline"]) for p in ps),
+            "max_backlog_entries": max(backlog) if backlog else None,
+            "resync_real_s": None if resync is None else round(resync, 2),
+            "resync_simulated_s": None if resync is None else round(resync * speed, 1),
+        },
+        "settings_restart_real_s": settings.get("restart_real_s") if settings else None,
+        "ledger_entries": len(record.ledger_entries),
+        "county_entries": len(record.county_entries),
+        "ambiguous_replays": record.ambiguous,
+        "max_lag_simulated_s": round(max(lag), 1) if lag else None,
+        "real_seconds": record.real_seconds,
+        "stand_ins": record.stand_ins,
+    }
+
+
+def _local(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, zoneinfo.ZoneInfo(TIMEZONE)).strftime("%H:%M")
+
+
+def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> str:
+    """The report a person reads: what happened, the figures, and every failed check."""
+    f = figures(record)
+    lat = f["latency_ms"]
+    out = f["outage"]
+    opts = record.options
+    lines = [
+        f"lunch-rush: {f['presentations']} presentations ({f['qr']} QR, {f['card']} card) "
+        f"at {float(opts['speed']):g}x, {f['real_seconds']:.0f} real seconds, seed {opts['seed']}",
+        "decisions by reason:",
+    ]
+    lines += [f"  {reason:28} {n:5}" for reason, n in f["decisions_by_reason"].items()]
+    lines.append(
+        "not first meals (planned): "
+        + ", ".join(f"{k} {v}" for k, v in f["not_first_meals"].items())
+    )
+    lines.append(f"accepted amount: {f['accepted_fen'] / 100:.2f} yuan")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f} ms"
+
+    lines.append(
+        f"latency, presentation to verdict on the screen stream: p50 {ms(lat['p50'])}, "
+        f"p99 {ms(lat['p99'])}, max {ms(lat['max'])}"
+    )
+    lines.append(
+        f"  QR (phone in view to verdict): p50 {ms(lat['qr_p50'])}, p99 {ms(lat['qr_p99'])}; "
+        f"card (swipe to verdict): p50 {ms(lat['card_p50'])}, p99 {ms(lat['card_p99'])}"
+    )
+    if record.outage:
+        lines.append(
+            f"outage: {_local(record.outage['start_sim_ms'])}-{_local(record.outage['end_sim_ms'])}"
+            f" ({out['simulated_s'] / 60:.1f} simulated min), {out['presentations_offline']} "
+            f"presentations offline, backlog up to {out['max_backlog_entries']} entries"
+        )
+    resync = (
+        "never"
+        if out["resync_real_s"] is None
+        else f"{out['resync_real_s']:.2f} real s = {out['resync_simulated_s']:.0f} simulated s"
+    )
+    lines.append(f"time to resync after the outage: {resync}")
+    if f["settings_restart_real_s"] is not None:
+        lines.append(f"settings change: terminal back in {f['settings_restart_real_s']:.1f} real s")
+    lines.append(
+        f"ledger: {f['ledger_entries']} entries, verifies: "
+        f"{'yes' if record.ledger_verify.get('ok') else 'NO'}; county holds "
+        f"{f['county_entries']}"
+    )
+    if f["ambiguous_replays"]:
+        lines.append(
+            f"replays at the edge of their freshness (replayed or stale both right): "
+            f"{f['ambiguous_replays']}"
+        )
+    lines.append(f"latest cadre behind plan: {f['max_lag_simulated_s']} simulated s")
+    for s in f["stand_ins"]:
+        lines.append(f"STAND-IN: {s}")
+    if chart is not None:
+        lines.append(f"chart: {chart}")
+    if failures:
+        lines.append(f"CHECKS FAILED ({len(failures)}):")
+        lines += [f"  - {x}" for x in failures[:50]]
+        if len(failures) > 50:
+            lines.append(f"  ... and {len(failures) - 50} more")
+    else:
+        lines.append(
+            "checks passed: every decision as expected, ledger verifies, county holds exactly "
+            "the ledger's entries (none lost, none twice), resynced after the outage"
+        )
+    return "\n".join(lines)
+
+
+# --- the chart --------------------------------------------------------------------------------
+
+
+def draw_chart(record: RunRecord, path: Path) -> Path:
+    """Latency per presentation (top) and queue and backlog (bottom) over the simulated lunch."""
+    import cv2
+    import numpy as np
+
+    w, h = 1400, 820
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right = 90, w - 30
+    top_panel = (60, 400)
+    bottom_panel = (470, 770)
+    ps = record.presentations
+    times = [p["presented_sim_ms"] for p in ps] + [s["sim_ms"] for s in record.samples]
+    if not times:
+        cv2.imwrite(str(path), img)
+        return path
+    t0, t1 = min(times), max(times)
+    t1 = max(t1, t0 + 1)
+
+    def x_of(ms: float) -> int:
+        return int(left + (ms - t0) / (t1 - t0) * (right - left))
+
+    def text(
+        s: str, at: tuple[int, int], scale: float = 0.5, color: tuple[int, ...] = (0,) * 3
+    ) -> None:
+        cv2.putText(img, s, at, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+    outage = record.outage
+    for y0, y1 in (top_panel, bottom_panel):
+        if outage:
+            cv2.rectangle(
+                img,
+                (x_of(outage["start_sim_ms"]), y0),
+                (x_of(outage["end_sim_ms"]), y1),
+                (225, 225, 225),
+                -1,
+            )
+        cv2.rectangle(img, (left, y0), (right, y1), (0, 0, 0), 1)
+        for e in record.events:
+            color = {"settings": (0, 140, 255), "revocation": (0, 0, 200)}.get(e["kind"])
+            if color is not None:
+                cv2.line(img, (x_of(e["sim_ms"]), y0), (x_of(e["sim_ms"]), y1), color, 1)
+    # x axis: local time every 10 simulated minutes
+    step = 600_000
+    first = (t0 // step + 1) * step
+    for ms in range(first, t1, step):
+        x = x_of(ms)
+        for y in (top_panel[1], bottom_panel[1]):
+            cv2.line(img, (x, y), (x, y + 5), (0, 0, 0), 1)
+        text(_local(ms), (x - 20, bottom_panel[1] + 22), 0.45)
+        text(_local(ms), (x - 20, top_panel[1] + 22), 0.45)
+
+    lat = [p["latency_ms"] for p in ps if p["latency_ms"] is not None]
+    top = max(100.0, (_percentile(lat, 99) or 100.0) * 1.3, max(lat, default=0) * 1.05)
+
+    def y_lat(v: float) -> int:
+        y0, y1 = top_panel
+        return int(y1 - min(v, top) / top * (y1 - y0 - 10))
+
+    for v in np.linspace(0, top, 5):
+        text(f"{v:.0f}", (20, y_lat(float(v)) + 5), 0.45)
+    for p in ps:
+        if p["latency_ms"] is None:
+            continue
+        x, y = x_of(p["presented_sim_ms"]), y_lat(p["latency_ms"])
+        color = (200, 90, 0) if p["method"] == "qr" else (0, 150, 0)
+        if p["verdict"] == ACCEPT:
+            cv2.circle(img, (x, y), 3, color, -1, cv2.LINE_AA)
+        else:
+            cv2.drawMarker(img, (x, y), (0, 0, 210), cv2.MARKER_TILTED_CROSS, 8, 1)
+    for q, style in ((50, (120, 120, 120)), (99, (60, 60, 200))):
+        v = _percentile(lat, q)
+        if v is not None:
+            cv2.line(img, (left, y_lat(v)), (right, y_lat(v)), style, 1)
+            text(f"p{q} {v:.0f} ms", (right - 120, y_lat(v) - 4), 0.45, style)
+    text(
+        "latency, presentation to verdict on the screen (ms): QR blue, card green, "
+        "refused red x; outage grey; settings orange; revocation red",
+        (left, 40),
+        0.5,
+    )
+
+    samples = record.samples
+    backlog = [s["unsynced"] or 0 for s in samples]
+    queue = [s["queue"] or 0 for s in samples]
+    top_b = max(5, max(backlog, default=0), max(queue, default=0)) * 1.1
+
+    def y_b(v: float) -> int:
+        y0, y1 = bottom_panel
+        return int(y1 - v / top_b * (y1 - y0 - 10))
+
+    for v in np.linspace(0, top_b, 5):
+        text(f"{v:.0f}", (20, y_b(float(v)) + 5), 0.45)
+    for values, color in ((backlog, (0, 120, 200)), (queue, (160, 0, 160))):
+        pts = np.array(
+            [(x_of(s["sim_ms"]), y_b(v)) for s, v in zip(samples, values, strict=True)],
+            np.int32,
+        )
+        if len(pts) > 1:
+            cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
+    text(
+        "entries not yet at the county (orange) and events waiting in the decision queue "
+        "(purple), over the simulated lunch",
+        (left, bottom_panel[0] - 12),
+        0.5,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cannot write the chart {path}")
+    return path
+
+
+# --- a run, judged ----------------------------------------------------------------------------
+
+
+def play(opts: Any, progress: Any = print) -> tuple[RunRecord, list[str], str]:
+    """Run the lunch, check it, draw the chart, write report.txt: (record, failures, report)."""
+    from hwsim.scenario import Lunch
+
+    record = Lunch(opts, progress).run()
+    failures = check(record)
+    chart = draw_chart(record, Path(opts.out) / "lunch-rush.png")
+    text = report_text(record, failures, chart)
+    (Path(opts.out) / "report.txt").write_text(text + "\n", encoding="utf-8")
+    return record, failures, text
