@@ -1,0 +1,919 @@
+"""The county's TUF repository: signed settings, trust list, roster and revocation shards.
+
+This module owns ``DIR/updates/`` in the county data directory: the online
+signing keys (targets, bins, snapshot, timestamp), the repository that the
+server serves read-only (``repository/metadata`` and ``repository/targets``,
+consistent snapshots, so a terminal never sees a file of one publication under
+the metadata of another), the county's master revocation list (4,096 shards by
+hash prefix, each a target of its own, delegated through 64 hash bins so that
+one revocation costs a terminal one bin and one shard), and the table of what
+each terminal last applied. Every publication validates its input before
+anything is signed (settings go through the terminal's own loader), writes the
+target files first and the timestamp last, under one file lock, so a crash
+leaves the previous publication in force. It never holds the root keys beyond
+the command that needs them (they live in a separate, offline directory), never
+serves HTTP itself (``mount_repository`` hands a read-only mount to the app) and
+never decides what a terminal does with an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner, Key, Signer
+from tuf.api.metadata import (
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+from terminal import config, trust
+from terminal.updates import (
+    BIN_BITS,
+    BIN_PREFIX,
+    INDEX_TARGET,
+    ROSTER_TARGET,
+    SHARD_COUNT,
+    SIGNED_AT_FIELD,
+    TRUST_TARGET,
+    all_shards,
+    settings_target,
+    shard_bytes,
+    shard_of,
+    shard_target,
+)
+
+log = logging.getLogger(__name__)
+
+UPDATES_DIR = "updates"
+ROOT_KEYS_DIR = "updates-root-keys-OFFLINE"
+ROOT_THRESHOLD = 2
+ROOT_KEYS = 3
+BINS = "bins"
+ONLINE_ROLES = (Targets.type, BINS, Snapshot.type, Timestamp.type)
+ROLES = (Root.type, *ONLINE_ROLES)
+
+# How long each role's signature stays valid. The timestamp is short on purpose: a
+# terminal that cannot get a fresh one within a day knows it may be held back (freeze).
+EXPIRY_S = {
+    Root.type: 365 * 86400,
+    Targets.type: 90 * 86400,
+    BINS: 90 * 86400,
+    Snapshot.type: 30 * 86400,
+    Timestamp.type: 86400,
+}
+# An online role is re-signed once less than this share of its validity remains.
+RENEW_FRACTION = 0.5
+
+_CANTEEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_COMPACT = JSONSerializer(compact=True)
+
+
+class UpdatesError(Exception):
+    """The repository cannot do what was asked; the message says what and what to do."""
+
+
+class SettingsRefused(UpdatesError):
+    """A settings file failed validation; nothing was published."""
+
+
+def _utc(unix_s: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).replace(microsecond=0)
+
+
+def _expiry(role: str, now: int) -> dt.datetime:
+    return _utc(now + EXPIRY_S[role])
+
+
+def _dump(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Temp file, fsync, rename, fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def _new_signer() -> CryptoSigner:
+    return CryptoSigner.generate_ed25519()
+
+
+def _save_signer(directory: Path, signer: CryptoSigner) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(directory / f"{signer.public_key.keyid}.pem", signer.private_bytes, 0o600)
+
+
+def _load_signers(directory: Path) -> dict[str, CryptoSigner]:
+    signers: dict[str, CryptoSigner] = {}
+    if not directory.is_dir():
+        return signers
+    for pem in sorted(directory.glob("*.pem")):
+        try:
+            key = load_pem_private_key(pem.read_bytes(), password=None)
+            signer = CryptoSigner(key)
+        except (OSError, ValueError, TypeError) as exc:
+            raise UpdatesError(f"{pem}: not a usable signing key: {exc}") from None
+        signers[signer.public_key.keyid] = signer
+    return signers
+
+
+# --- the repository --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepoPaths:
+    data: Path
+
+    @property
+    def root(self) -> Path:
+        return self.data / UPDATES_DIR
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "repository" / "metadata"
+
+    @property
+    def targets(self) -> Path:
+        return self.root / "repository" / "targets"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "county-updates.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".publish.lock"
+
+
+@dataclass
+class Publication:
+    """What one publication changed; ``bytes_written`` counts target files only."""
+
+    timestamp_version: int = 0
+    snapshot_version: int = 0
+    targets_version: int = 0
+    targets: list[str] = field(default_factory=list)
+    bins: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    revocation_version: int | None = None
+    revocations_added: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "timestamp": self.timestamp_version,
+            "snapshot": self.snapshot_version,
+            "targets": self.targets_version,
+            "changed_targets": len(self.targets),
+            "changed_bins": len(self.bins),
+            "target_bytes": self.bytes_written,
+            "revocation_version": self.revocation_version,
+            "revocations_added": self.revocations_added,
+        }
+
+
+_SOURCE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revocations (
+    k BLOB PRIMARY KEY,
+    shard TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_shard ON revocations (shard);
+CREATE INDEX IF NOT EXISTS revocations_unpublished ON revocations (published) WHERE published = 0;
+CREATE TABLE IF NOT EXISTS applied (
+    terminal TEXT PRIMARY KEY,
+    set_version INTEGER,
+    detail TEXT NOT NULL,
+    applied_at_ms INTEGER NOT NULL,
+    reported_at_ms INTEGER NOT NULL
+) STRICT;
+"""
+
+
+def _source(paths: RepoPaths) -> sqlite3.Connection:
+    db = sqlite3.connect(paths.source, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.executescript(_SOURCE_SCHEMA)
+    return db
+
+
+class CountyRepository:
+    """The TUF repository in ``DATA/updates``; every method that changes it takes the lock."""
+
+    def __init__(self, data: str | Path) -> None:
+        self.paths = RepoPaths(Path(data))
+        if not (self.paths.metadata / "timestamp.json").is_file():
+            raise UpdatesError(
+                f"{self.paths.root}: no update repository here; run "
+                f"'canteen-county updates init --data {self.paths.data}' first"
+            )
+        self._db = _source(self.paths)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> CountyRepository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.paths.lock, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # ---- reading the published state ----
+
+    def _read(self, name: str) -> Metadata[Any]:
+        try:
+            return Metadata.from_file(str(self.paths.metadata / name))
+        except Exception as exc:  # a broken repository file is one clear line
+            raise UpdatesError(f"{self.paths.metadata / name}: cannot read: {exc}") from None
+
+    def root(self) -> Metadata[Root]:
+        return self._read("root.json")
+
+    def timestamp(self) -> Metadata[Timestamp]:
+        return self._read("timestamp.json")
+
+    def snapshot(self) -> Metadata[Snapshot]:
+        version = self.timestamp().signed.snapshot_meta.version
+        return self._read(f"{version}.snapshot.json")
+
+    def targets(self, snapshot: Metadata[Snapshot] | None = None) -> Metadata[Targets]:
+        snap = snapshot or self.snapshot()
+        return self._read(f"{snap.signed.meta['targets.json'].version}.targets.json")
+
+    def bin(self, name: str, snapshot: Metadata[Snapshot] | None = None) -> Metadata[Targets]:
+        snap = snapshot or self.snapshot()
+        return self._read(f"{snap.signed.meta[f'{name}.json'].version}.{name}.json")
+
+    def succinct(self, targets: Metadata[Targets]) -> SuccinctRoles:
+        delegations = targets.signed.delegations
+        if delegations is None or delegations.succinct_roles is None:
+            raise UpdatesError("the targets role delegates no hash bins: repository damaged")
+        return delegations.succinct_roles
+
+    def target_info(self, path: str) -> TargetFile | None:
+        snap = self.snapshot()
+        top = self.targets(snap)
+        if path in top.signed.targets:
+            return top.signed.targets[path]
+        name = self.succinct(top).get_role_for_target(path)
+        return self.bin(name, snap).signed.targets.get(path)
+
+    def _signers(self, role: str) -> dict[str, CryptoSigner]:
+        return _load_signers(self.paths.keys / role)
+
+    # ---- one publication ----
+
+    def _publish(
+        self,
+        now: int,
+        top: dict[str, tuple[bytes, dict[str, Any]]] | None = None,
+        binned: dict[str, tuple[bytes, dict[str, Any]]] | None = None,
+        *,
+        resign: Sequence[str] = (),
+        root_keys: Path | None = None,
+    ) -> Publication:
+        """Write targets, then bins, targets, snapshot, and the timestamp last (the commit)."""
+        pub = Publication()
+        snap = self.snapshot()
+        targets = self.targets(snap)
+        succinct = self.succinct(targets)
+        top = top or {}
+        binned = binned or {}
+        touched_bins: dict[str, Metadata[Targets]] = {}
+        for path, (data, custom) in {**top, **binned}.items():
+            info = TargetFile.from_data(path, data, ["sha256"])
+            if custom:
+                info.unrecognized_fields["custom"] = custom
+            self._write_target(path, data, info)
+            pub.bytes_written += len(data)
+            pub.targets.append(path)
+            if path in top:
+                targets.signed.targets[path] = info
+            else:
+                name = succinct.get_role_for_target(path)
+                if name not in touched_bins:
+                    touched_bins[name] = self.bin(name, snap)
+                touched_bins[name].signed.targets[path] = info
+        if BINS in resign:
+            for name in succinct.get_roles():
+                if name not in touched_bins:
+                    touched_bins[name] = self.bin(name, snap)
+        bin_signers = list(self._signers(BINS).values())
+        for name, md in sorted(touched_bins.items()):
+            md.signed.version += 1
+            md.signed.expires = _expiry(BINS, now)
+            self._sign(md, bin_signers, BINS)
+            self._write_meta(f"{md.signed.version}.{name}.json", md)
+            snap.signed.meta[f"{name}.json"] = MetaFile(md.signed.version)
+            pub.bins.append(name)
+        if top or Targets.type in resign or BINS in resign:
+            targets.signed.version += 1
+            targets.signed.expires = _expiry(Targets.type, now)
+            self._sign(targets, list(self._signers(Targets.type).values()), Targets.type)
+            self._write_meta(f"{targets.signed.version}.targets.json", targets)
+            snap.signed.meta["targets.json"] = MetaFile(targets.signed.version)
+        snap.signed.version += 1
+        snap.signed.expires = _expiry(Snapshot.type, now)
+        self._sign(snap, list(self._signers(Snapshot.type).values()), Snapshot.type)
+        self._write_meta(f"{snap.signed.version}.snapshot.json", snap)
+        ts = self.timestamp()
+        ts.signed.version += 1
+        ts.signed.snapshot_meta = MetaFile(snap.signed.version)
+        self._write_timestamp(ts, now)
+        pub.timestamp_version = ts.signed.version
+        pub.snapshot_version = snap.signed.version
+        pub.targets_version = snap.signed.meta["targets.json"].version
+        return pub
+
+    def _sign(self, md: Metadata[Any], signers: Sequence[Signer], role: str) -> None:
+        if not signers:
+            raise UpdatesError(
+                f"no {role} key in {self.paths.keys / role}: restore it or run "
+                f"'canteen-county rotate --data {self.paths.data} {role}'"
+            )
+        md.signatures.clear()
+        for signer in signers:
+            md.sign(signer, append=True)
+
+    def _write_timestamp(self, ts: Metadata[Timestamp], now: int) -> None:
+        ts.signed.expires = _expiry(Timestamp.type, now)
+        # When the county last vouched that everything listed is current: the terminal
+        # counts the freshness of its lists from this, not from when a list last changed.
+        ts.signed.unrecognized_fields[SIGNED_AT_FIELD] = now
+        self._sign(ts, list(self._signers(Timestamp.type).values()), Timestamp.type)
+        self._write_meta("timestamp.json", ts)
+
+    def _write_meta(self, name: str, md: Metadata[Any]) -> None:
+        write_atomic(self.paths.metadata / name, md.to_bytes(_COMPACT))
+
+    def _write_target(self, path: str, data: bytes, info: TargetFile) -> None:
+        directory, _, base = path.rpartition("/")
+        name = f"{info.hashes['sha256']}.{base}"
+        dest = self.paths.targets / directory / name
+        if not dest.exists():
+            write_atomic(dest, data)
+
+    # ---- what county IT publishes ----
+
+    def publish_settings(self, file: str | Path, canteen: str | None, now: int) -> Publication:
+        """Validate a settings file with the terminal's loader, then sign it for one or all."""
+        data = validate_settings(file, canteen)
+        version = self._next_version(settings_target(canteen))
+        with self._locked():
+            return self._publish(
+                now, top={settings_target(canteen): (data, {"version": version, "issued_at": now})}
+            )
+
+    def publish_trust(self, file: str | Path, now: int) -> Publication:
+        doc = trust.read_json_file(file, "trust")
+        entries, header = trust.split_list(doc, "trust")
+        trust.parse_issuer_keys(entries)  # every entry checked before anything is signed
+        version = max(header.version, self._next_version(TRUST_TARGET))
+        body = {
+            "version": version,
+            "issued_at": now,
+            "expires_at": header.expires_at,
+            "entries": entries,
+        }
+        with self._locked():
+            return self._publish(
+                now, top={TRUST_TARGET: (_dump(body), {"version": version, "issued_at": now})}
+            )
+
+    def publish_roster(self, file: str | Path, now: int) -> Publication:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UpdatesError(f"{file}: cannot read the roster CSV: {exc}") from None
+        trust.parse_roster_csv(text)
+        version = self._next_version(ROSTER_TARGET)
+        with self._locked():
+            return self._publish(
+                now,
+                top={ROSTER_TARGET: (text.encode(), {"version": version, "issued_at": now})},
+            )
+
+    def _next_version(self, path: str) -> int:
+        info = self.target_info(path)
+        if info is None:
+            return 1
+        return int(info.custom.get("version", 0)) + 1
+
+    # ---- revocations ----
+
+    def revoke(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
+        """Add §5 revocation entries to the master list and publish the shards they touch."""
+        keys = list(trust.parse_revocations(entries))
+        rows = []
+        for key, entry in zip(keys, entries, strict=True):
+            clean = {k: v for k, v in entry.items() if k in _ENTRY_FIELDS}
+            rows.append((key, shard_of(key), _dump(clean).decode(), now))
+        with self._locked():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO revocations (k, shard, entry, added_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                added = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            pub = self._publish_revocations(now)
+        pub.revocations_added = added
+        return pub
+
+    def revocation_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM revocations").fetchone()[0])
+
+    def _publish_revocations(self, now: int, every_shard: bool = False) -> Publication:
+        """Publish each shard with unpublished entries (or all), then the index (lock held)."""
+        if every_shard:
+            dirty = list(all_shards())
+        else:
+            dirty = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT shard FROM revocations WHERE published = 0 ORDER BY shard"
+                )
+            ]
+        index = self.target_info(INDEX_TARGET)
+        version = 1 if index is None else int(index.custom["version"]) + 1
+        if not dirty and index is not None:
+            return Publication(revocation_version=version - 1)
+        binned: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        for shard in dirty:
+            entries = [
+                json.loads(r[0])
+                for r in self._db.execute(
+                    "SELECT entry FROM revocations WHERE shard = ? ORDER BY k", (shard,)
+                )
+            ]
+            binned[shard_target(shard)] = (
+                shard_bytes(shard, version, entries),
+                {"version": version, "count": len(entries)},
+            )
+        total = self.revocation_count()
+        index_body = {
+            "version": version,
+            "issued_at": now,
+            "shards": SHARD_COUNT,
+            "count": total,
+        }
+        custom = {"version": version, "count": total, "issued_at": now}
+        pub = self._publish(now, top={INDEX_TARGET: (_dump(index_body), custom)}, binned=binned)
+        self._db.execute("UPDATE revocations SET published = 1 WHERE published = 0")
+        pub.revocation_version = version
+        return pub
+
+    def publish_pending_revocations(self, now: int) -> Publication:
+        with self._locked():
+            return self._publish_revocations(now)
+
+    # ---- keys and freshness ----
+
+    def refresh(self, now: int, force: bool = False) -> list[str]:
+        """Re-sign every online role that is past half its validity (all with ``force``)."""
+
+        def due(md: Metadata[Any], role: str) -> bool:
+            left = md.signed.expires.timestamp() - now
+            return force or left < EXPIRY_S[role] * RENEW_FRACTION
+
+        with self._locked():
+            snap = self.snapshot()
+            targets = self.targets(snap)
+            resign: list[str] = []
+            if due(targets, Targets.type):
+                resign.append(Targets.type)
+            first_bin = next(self.succinct(targets).get_roles())
+            if due(self.bin(first_bin, snap), BINS):
+                resign.append(BINS)
+            if resign or due(snap, Snapshot.type):
+                self._publish(now, resign=resign)
+                return [*resign, Snapshot.type, Timestamp.type]
+            ts = self.timestamp()
+            if due(ts, Timestamp.type):
+                ts.signed.version += 1
+                self._write_timestamp(ts, now)
+                return [Timestamp.type]
+            return []
+
+    def rotate(self, role: str, now: int, root_keys: Path) -> dict[str, Any]:
+        """New keys for ``role``; root, targets, snapshot and timestamp changes need root keys."""
+        if role not in ROLES:
+            raise UpdatesError(f"no role {role!r}: choose one of {', '.join(ROLES)}")
+        with self._locked():
+            if role == BINS:
+                return self._rotate_bins(now)
+            old_root_signers = _load_signers(root_keys)
+            root = self.root()
+            if role == Root.type:
+                new_signers = [_new_signer() for _ in range(ROOT_KEYS)]
+            else:
+                new_signers = [_new_signer()]
+            for keyid in list(root.signed.roles[role].keyids):
+                root.signed.revoke_key(keyid, role)
+            for signer in new_signers:
+                root.signed.add_key(signer.public_key, role)
+            root.signed.version += 1
+            root.signed.expires = _expiry(Root.type, now)
+            # The old root's threshold must sign the new root, and so must the new one's.
+            self._sign_root(root, old_root_signers, previous=self.root())
+            if role == Root.type:
+                for signer in new_signers:
+                    root.sign(signer, append=True)
+                    _save_signer(root_keys, signer)
+            root.verify_delegate(Root.type, root)
+            self._write_meta(f"{root.signed.version}.root.json", root)
+            self._write_meta("root.json", root)
+            if role != Root.type:
+                directory = self.paths.keys / role
+                for old in directory.glob("*.pem"):
+                    old.rename(old.with_suffix(".retired"))
+                for signer in new_signers:
+                    _save_signer(directory, signer)
+                self._publish(now, resign=[Targets.type] if role == Targets.type else [])
+            else:
+                current = set(root.signed.roles[Root.type].keyids)
+                for pem in root_keys.glob("*.pem"):
+                    if pem.stem not in current:
+                        pem.rename(pem.with_suffix(".retired"))
+            keys = [s.public_key.keyid for s in new_signers]
+            return {"role": role, "root_version": root.signed.version, "keys": keys}
+
+    def _sign_root(
+        self,
+        root: Metadata[Root],
+        signers: dict[str, CryptoSigner],
+        previous: Metadata[Root],
+    ) -> None:
+        wanted = [k for k in previous.signed.roles[Root.type].keyids if k in signers]
+        need = previous.signed.roles[Root.type].threshold
+        if len(wanted) < need:
+            raise UpdatesError(
+                f"the root needs {need} of its offline keys to sign, found {len(wanted)} in the "
+                "root key directory: bring the offline root keys (--root-keys DIR)"
+            )
+        root.signatures.clear()
+        for keyid in wanted:
+            root.sign(signers[keyid], append=True)
+
+    def _rotate_bins(self, now: int) -> dict[str, Any]:
+        signer = _new_signer()
+        snap = self.snapshot()
+        targets = self.targets(snap)
+        succinct = self.succinct(targets)
+        delegations = targets.signed.delegations
+        assert delegations is not None and delegations.keys is not None
+        for keyid in list(succinct.keyids):
+            delegations.keys.pop(keyid, None)
+        succinct.keyids = [signer.public_key.keyid]
+        delegations.keys[signer.public_key.keyid] = signer.public_key
+        directory = self.paths.keys / BINS
+        for old in directory.glob("*.pem"):
+            old.rename(old.with_suffix(".retired"))
+        _save_signer(directory, signer)
+        # _publish reads the targets role from disk, so write the new delegation first
+        # as the next version and let the publication carry it.
+        targets.signed.version += 1
+        targets.signed.expires = _expiry(Targets.type, now)
+        self._sign(targets, list(self._signers(Targets.type).values()), Targets.type)
+        self._write_meta(f"{targets.signed.version}.targets.json", targets)
+        snap.signed.meta["targets.json"] = MetaFile(targets.signed.version)
+        snap.signed.version += 1
+        snap.signed.expires = _expiry(Snapshot.type, now)
+        self._sign(snap, list(self._signers(Snapshot.type).values()), Snapshot.type)
+        self._write_meta(f"{snap.signed.version}.snapshot.json", snap)
+        ts = self.timestamp()
+        ts.signed.version += 1
+        ts.signed.snapshot_meta = MetaFile(snap.signed.version)
+        self._write_timestamp(ts, now)
+        self._publish(now, resign=[BINS])
+        return {"role": BINS, "keys": [signer.public_key.keyid]}
+
+    # ---- what terminals applied ----
+
+    def record_applied(
+        self, terminal_id: str, detail: dict[str, Any], applied_at_ms: int, now_ms: int
+    ) -> None:
+        set_version = detail.get("set")
+        self._db.execute(
+            "INSERT INTO applied VALUES (?, ?, ?, ?, ?) ON CONFLICT (terminal) DO UPDATE SET "
+            "set_version = excluded.set_version, detail = excluded.detail, "
+            "applied_at_ms = excluded.applied_at_ms, reported_at_ms = excluded.reported_at_ms "
+            "WHERE excluded.applied_at_ms >= applied.applied_at_ms",
+            (
+                terminal_id,
+                set_version if isinstance(set_version, int) else None,
+                _dump(detail).decode(),
+                applied_at_ms,
+                now_ms,
+            ),
+        )
+
+    def applied(self) -> list[dict[str, Any]]:
+        out = []
+        for terminal_id, set_version, detail, at_ms, reported in self._db.execute(
+            "SELECT terminal, set_version, detail, applied_at_ms, reported_at_ms FROM applied "
+            "ORDER BY terminal"
+        ):
+            out.append(
+                {
+                    "terminal": terminal_id,
+                    "set": set_version,
+                    "applied_at_ms": at_ms,
+                    "reported_at_ms": reported,
+                    "detail": json.loads(detail),
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        root = self.root()
+        ts = self.timestamp()
+        snap = self.snapshot()
+        targets = self.targets(snap)
+        listed: dict[str, Any] = {}
+        for path, info in sorted(targets.signed.targets.items()):
+            listed[path] = {"length": info.length, **info.custom}
+        return {
+            "root": root.signed.version,
+            "timestamp": ts.signed.version,
+            "timestamp_expires": ts.signed.expires.isoformat(),
+            "snapshot": snap.signed.version,
+            "targets": targets.signed.version,
+            "listed": listed,
+            "revocations": self.revocation_count(),
+        }
+
+
+_ENTRY_FIELDS = ("kind", "iss", "cti", "sub", "public_key", "uid")
+
+
+# --- init ------------------------------------------------------------------------------
+
+
+def init_repository(data: str | Path, root_keys: str | Path, now: int) -> dict[str, Any]:
+    """Keys and version 1 of every role; the root keys go to ``root_keys`` (take it offline)."""
+    paths = RepoPaths(Path(data))
+    root_dir = Path(root_keys)
+    if (paths.metadata / "root.json").exists():
+        raise UpdatesError(f"{paths.root}: an update repository exists already; not replacing it")
+    if root_dir.resolve().is_relative_to(paths.root.resolve()):
+        raise UpdatesError(
+            f"{root_dir}: the offline root keys must not live inside {paths.root}, "
+            "which the server reads"
+        )
+    paths.metadata.mkdir(parents=True, exist_ok=True)
+    paths.targets.mkdir(parents=True, exist_ok=True)
+    root_signers = [_new_signer() for _ in range(ROOT_KEYS)]
+    online = {role: _new_signer() for role in ONLINE_ROLES}
+    for signer in root_signers:
+        _save_signer(root_dir, signer)
+    for role, signer in online.items():
+        _save_signer(paths.keys / role, signer)
+
+    root = Metadata(Root(expires=_expiry(Root.type, now), consistent_snapshot=True))
+    for signer in root_signers:
+        root.signed.add_key(signer.public_key, Root.type)
+    root.signed.roles[Root.type].threshold = ROOT_THRESHOLD
+    for role in (Targets.type, Snapshot.type, Timestamp.type):
+        root.signed.add_key(online[role].public_key, role)
+    for signer in root_signers:
+        root.sign(signer, append=True)
+
+    bins_key: Key = online[BINS].public_key
+    succinct = SuccinctRoles([bins_key.keyid], 1, BIN_BITS, BIN_PREFIX)
+    targets = Metadata(Targets(expires=_expiry(Targets.type, now)))
+    targets.signed.delegations = Delegations(
+        keys={bins_key.keyid: bins_key}, roles=None, succinct_roles=succinct
+    )
+    snapshot = Metadata(Snapshot(expires=_expiry(Snapshot.type, now)))
+    for name in succinct.get_roles():
+        md = Metadata(Targets(expires=_expiry(BINS, now)))
+        md.sign(online[BINS])
+        write_atomic(paths.metadata / f"1.{name}.json", md.to_bytes(_COMPACT))
+        snapshot.signed.meta[f"{name}.json"] = MetaFile(1)
+    targets.sign(online[Targets.type])
+    snapshot.sign(online[Snapshot.type])
+    timestamp = Metadata(Timestamp(expires=_expiry(Timestamp.type, now)))
+    timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = now
+    timestamp.sign(online[Timestamp.type])
+    for name, md in (
+        ("1.root.json", root),
+        ("root.json", root),
+        ("1.targets.json", targets),
+        ("1.snapshot.json", snapshot),
+        ("timestamp.json", timestamp),
+    ):
+        write_atomic(paths.metadata / name, md.to_bytes(_COMPACT))
+    # An empty revocation list with every shard published, so a terminal can tell
+    # "no revocations" from "revocations not received".
+    with CountyRepository(data) as repo, repo._locked():
+        repo._publish_revocations(now, every_shard=True)
+    return {
+        "repository": str(paths.root),
+        "root_keys": str(root_dir),
+        "root_threshold": f"{ROOT_THRESHOLD} of {ROOT_KEYS}",
+        "root": str(paths.metadata / "1.root.json"),
+        "root_sha256": hashlib.sha256((paths.metadata / "1.root.json").read_bytes()).hexdigest(),
+    }
+
+
+# --- settings validation ---------------------------------------------------------------
+
+# Options that belong to one device, never to a publication for a canteen.
+_DEVICE_OPTIONS = {"terminal": ("id", "state_dir")}
+
+
+def validate_settings(file: str | Path, canteen: str | None) -> bytes:
+    """The file's bytes if the terminal's own loader accepts it; else ``SettingsRefused``."""
+    import tomllib
+
+    path = Path(file)
+    if canteen is not None and not _CANTEEN_ID.match(canteen):
+        raise SettingsRefused(f"{canteen!r}: a canteen id is letters, digits, '.', '_' or '-'")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingsRefused(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsRefused(f"{path}: not UTF-8 text; nothing published") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsRefused(f"{path}: not valid TOML: {exc}; nothing published") from None
+    for section, options in _DEVICE_OPTIONS.items():
+        table = doc.get(section)
+        if isinstance(table, dict):
+            for option in options:
+                if option in table:
+                    raise SettingsRefused(
+                        f"{path}: [{section}] {option}: belongs to one terminal's own settings, "
+                        "not to a publication; remove it. Nothing published"
+                    )
+    canteen_table = doc.get("canteen") if isinstance(doc.get("canteen"), dict) else {}
+    if canteen is None:
+        for option in ("id", "name"):
+            if option in canteen_table:
+                raise SettingsRefused(
+                    f"{path}: [canteen] {option}: settings for all canteens cannot name one; "
+                    "publish with --canteen ID or remove it. Nothing published"
+                )
+    elif "id" in canteen_table and canteen_table["id"] != canteen:
+        raise SettingsRefused(
+            f"{path}: [canteen] id is {canteen_table['id']!r} but the publication is for "
+            f"{canteen!r}. Nothing published"
+        )
+    try:
+        config.load(path)
+    except config.ConfigError as exc:
+        raise SettingsRefused(f"{exc}. Nothing published") from None
+    return data
+
+
+# --- conflicts, applied sets, serving, re-signing --------------------------------------
+
+
+def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -> Publication:
+    """Revoke every credential the county store found in a conflict and publish at once."""
+    from county.store import CountyStore
+
+    now = int(time.time()) if now is None else now
+    store = CountyStore(Path(data_dir) / "county.sqlite")
+    try:
+        found = store.revocations()
+    finally:
+        store.close()
+    entries = [{k: v for k, v in e.items() if k in _ENTRY_FIELDS} for e in found]
+    with CountyRepository(data_dir) as repo:
+        if not entries:
+            return Publication()
+        return repo.revoke(entries, now)
+
+
+def record_applied(
+    data_dir: str | Path,
+    terminal_id: str,
+    detail: dict[str, Any],
+    applied_at_ms: int,
+    now_ms: int | None = None,
+) -> None:
+    """Note what a terminal reports it applied (the detail of its config_applied entry)."""
+    reported = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    with CountyRepository(data_dir) as repo:
+        repo.record_applied(terminal_id, detail, applied_at_ms, reported)
+
+
+def mount_repository(app: Any, data_dir: str | Path, prefix: str = "/tuf") -> None:
+    """Serve metadata at PREFIX/metadata/ and targets at PREFIX/targets/, read-only."""
+    from starlette.staticfiles import StaticFiles
+
+    paths = RepoPaths(Path(data_dir))
+    app.mount(
+        f"{prefix}/metadata",
+        StaticFiles(directory=paths.metadata, check_dir=False),
+        name="tuf-metadata",
+    )
+    app.mount(
+        f"{prefix}/targets",
+        StaticFiles(directory=paths.targets, check_dir=False),
+        name="tuf-targets",
+    )
+
+
+def start_timestamp_refresher(
+    data_dir: str | Path,
+    interval_s: float,
+    clock: Callable[[], float] = time.time,
+) -> Callable[[], None]:
+    """Re-sign expiring online roles every ``interval_s`` in a thread; returns its stop."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                with CountyRepository(data_dir) as repo:
+                    renewed = repo.refresh(int(clock()))
+                    # Conflicts that the sync intake found since the last round.
+                    repo.publish_pending_revocations(int(clock()))
+                if renewed:
+                    log.info("re-signed %s", ", ".join(renewed))
+            except UpdatesError as exc:
+                log.warning("update repository: %s", exc)
+            except Exception:  # the thread must outlive one bad round
+                log.exception("update repository: re-signing failed")
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=run, name="tuf-timestamp", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(10)
+
+    return halt
