@@ -581,11 +581,15 @@ def test_unplug_and_replug(plug: PtyPlug) -> None:
 
 def test_port_is_exclusive(plug: PtyPlug) -> None:
     settings = ReaderSettings(port=str(plug.link), kind="rdm6300")
-    with running_reader(settings) as (first, _q1), running_reader(settings) as (second, _q2):
+    with running_reader(settings) as (first, _q1):
+        # The second reader starts only once the first holds the port: otherwise
+        # which of the two wins the lock is a race, not what this test is about.
         assert wait_for(lambda: first.health().up)
-        assert wait_for(lambda: second.health().counters.get("open_failures", 0) >= 1)
-        assert not second.health().up
-        assert "cannot open card reader port" in second.health().detail
+        with running_reader(settings) as (second, _q2):
+            assert wait_for(lambda: second.health().counters.get("open_failures", 0) >= 1)
+            assert not second.health().up
+            assert "cannot open card reader port" in second.health().detail
+            assert first.health().up
 
 
 def test_ascii_decimal_reader_over_pty(plug: PtyPlug) -> None:
