@@ -503,7 +503,11 @@ class LunchModel:
 
 
 def settings_text(
-    camera_url: str, reader_link: str, prices: tuple[int, int], state_dir: str = "state"
+    camera_url: str,
+    reader_link: str,
+    prices: tuple[int, int],
+    speed: float,
+    state_dir: str = "state",
 ) -> str:
     """The canteen's settings: a real day of meal windows, the simulators as devices, fast sync."""
     units = ", ".join(f'"{u}"' for u in OWN_UNITS)
@@ -571,6 +575,9 @@ connect_timeout_s = 2
 read_timeout_s = 2
 backoff_base_s = 1
 backoff_cap_s = 2
+# The clock offset's noise (half a round trip) is multiplied by the speed: record the
+# county's time when it moved as much as 2 s would at real speed.
+offset_record_ms = {int(2000 * speed)}
 """
 
 
@@ -843,7 +850,8 @@ class Lunch:
                 _install_lists(state_dir, self.plan.cast, clock.now_s())
                 self.settings_path = self.out / "terminal.toml"
                 self.settings_path.write_text(
-                    settings_text(camera.url, str(reader.link), PRICES_BEFORE), encoding="utf-8"
+                    settings_text(camera.url, str(reader.link), PRICES_BEFORE, self.opts.speed),
+                    encoding="utf-8",
                 )
                 self._start_terminal()
                 monitor = _Monitor(clock, county, self._holder).start()
@@ -922,7 +930,8 @@ class Lunch:
         t0 = time.monotonic()
         new = self.out / "terminal-v2.toml"
         new.write_text(
-            settings_text(self.camera.url, str(self.reader.link), PRICES_AFTER), encoding="utf-8"
+            settings_text(self.camera.url, str(self.reader.link), PRICES_AFTER, self.opts.speed),
+            encoding="utf-8",
         )
         old = self._holder.pop("terminal")
         old.stop()
@@ -1082,9 +1091,9 @@ class Lunch:
     # -- after the last cadre --
 
     def _drain(self, monitor: _Monitor) -> None:
-        """Wait until the county holds everything the terminal wrote (or 120 real seconds)."""
+        """Wait until the county holds everything the terminal wrote (or 60 real seconds)."""
         term = self._holder["terminal"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             snap = term.daemon.worker.snapshot
             last = snap.get("last_seq") or 0
@@ -1093,7 +1102,7 @@ class Lunch:
                 return
             time.sleep(0.2)
         self.record.problems.append(
-            "the terminal's backlog did not reach the county within 120 s after the last cadre"
+            "the terminal's backlog did not reach the county within 60 s after the last cadre"
         )
 
     def _final_sync(self, state_dir: Path) -> None:
