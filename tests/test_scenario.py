@@ -1,0 +1,210 @@
+"""hw-sim scenario lunch-rush: the shortened lunch against a real daemon passes its own checks,
+and those checks fail when the run is wrong (a wrong expectation, a lost or doubled entry, a
+ledger that does not verify, a partition that leaked)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+from hwsim import cli
+from hwsim.scenario import (
+    CARD_KINDS,
+    FIRST_MEAL,
+    HOSTILE_KINDS,
+    OUTAGE_END,
+    OUTAGE_START,
+    REVOCATION,
+    REVOKED_LATER,
+    SETTINGS,
+    Options,
+    RunRecord,
+    ScenarioError,
+    make_plan,
+)
+from hwsim.scenario_report import check, figures, play, report_text
+
+ORIGIN_S = 1_780_000_000
+
+
+@pytest.fixture(scope="module", name="run")
+def run_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunRecord, str]]:
+    out = tmp_path_factory.mktemp("lunch")
+    record, _failures, text = play(Options.shortened(out), progress=lambda _s: None)
+    yield record, text
+    assert (out / "run.json").exists()
+
+
+def test_short_lunch_passes_every_check(run: tuple[RunRecord, str]) -> None:
+    record, text = run
+    assert check(record) == [], text
+    assert "checks passed" in text
+
+
+def test_short_lunch_covers_every_kind_and_reports_figures(run: tuple[RunRecord, str]) -> None:
+    record, text = run
+    kinds = Counter(p["kind"] for p in record.presentations)
+    assert set(HOSTILE_KINDS) <= set(kinds)
+    assert kinds[REVOKED_LATER] == 2
+    f = figures(record)
+    assert f["presentations"] == 40
+    reasons = f["decisions_by_reason"]
+    for reason in (
+        "accept",
+        "already_served",
+        "revoked",
+        "card_revoked",
+        "card_unknown",
+        "credential_expired",
+        "unknown_issuer_key",
+        "bad_credential_signature",
+        "bad_presentation_signature",
+    ):
+        assert reasons.get(reason), (reason, reasons)
+    assert reasons.get("replayed", 0) + reasons.get("presentation_stale", 0) == 1
+    # Prices changed mid-lunch: both the old and the new own-unit price were charged.
+    charged = {p["amount_fen"] for p in record.presentations if p["verdict"] == "accept"}
+    assert {1000, 1200} & charged == {1000, 1200} or {1500, 1600} & charged == {1500, 1600}
+    assert f["latency_ms"]["p50"] is not None and f["latency_ms"]["p99"] is not None
+    assert f["outage"]["presentations_offline"] > 0
+    assert f["outage"]["resync_real_s"] is not None
+    assert f["ledger_entries"] == f["county_entries"]
+    assert "time to resync after the outage" in text and "p99" in text
+    chart = Path(record.options["out"]) / "lunch-rush.png"
+    img = cv2.imread(str(chart))
+    assert img is not None and img.shape[1] >= 1000
+
+
+def test_run_record_round_trips(run: tuple[RunRecord, str]) -> None:
+    record, _ = run
+    again = RunRecord.from_json(record.to_json())
+    assert again == record
+    assert check(again) == []
+
+
+def spoiled(record: RunRecord) -> RunRecord:
+    return copy.deepcopy(record)
+
+
+def test_a_wrong_expectation_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    refused = next(p for p in record.presentations if p["kind"] == "expired")
+    refused["expected_reason"] = "revoked"
+    failures = check(record)
+    assert len(failures) == 1
+    assert f"presentation {refused['n']}" in failures[0] and "expected revoked" in failures[0]
+
+    record = spoiled(run[0])
+    sale = next(p for p in record.presentations if p["verdict"] == "accept")
+    sale["expected_verdict"], sale["expected_reason"] = "reject", "already_served"
+    assert any("expected reject already_served" in x for x in check(record))
+
+    record = spoiled(run[0])
+    sale = next(p for p in record.presentations if p["verdict"] == "accept")
+    sale["expected_amount_fen"] = 1
+    assert any("expected 1" in x for x in check(record))
+
+
+def test_a_lost_or_doubled_entry_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    sale = next(p for p in record.presentations if p["verdict"] == "accept")
+    record.county_entries = [e for e in record.county_entries if e["seq"] != sale["seq"]]
+    failures = check(record)
+    assert any("entries missing at the county" in x for x in failures), failures
+    assert any("accepted sales at the county" in x for x in failures), failures
+
+    record = spoiled(run[0])
+    record.county_entries.append(dict(record.county_entries[-1]))
+    assert any("twice" in x for x in check(record))
+
+    record = spoiled(run[0])
+    record.county_entries[3]["hash"] = "00" * 32
+    assert any("differs from the ledger" in x for x in check(record))
+
+
+def test_a_missing_verdict_or_an_extra_one_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    record.presentations[5]["verdict"] = None
+    assert any("no verdict reached the screen" in x for x in check(record))
+    record = spoiled(run[0])
+    record.extra_decisions.append({"seq": 999, "verdict": "accept", "reason": None})
+    assert any("no presentation asked for" in x for x in check(record))
+
+
+def test_a_bad_ledger_or_a_leaky_outage_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    record.ledger_verify = {"ok": False, "problem": "entry 7 altered"}
+    assert any("does not verify: entry 7 altered" in x for x in check(record))
+
+    record = spoiled(run[0])
+    during = [
+        s
+        for s in record.samples
+        if record.outage["start_real"] + 1 <= s["real"] <= record.outage["end_real"]
+    ]
+    during[-1]["county_acked"] += 1
+    assert any("partition leaked" in x for x in check(record))
+
+    record = spoiled(run[0])
+    for s in record.samples:
+        s["county_acked"] = 0
+    assert any("never caught up" in x for x in check(record))
+    assert "CHECKS FAILED" in report_text(record, check(record), None)
+
+
+# --- the plan, without running anything --------------------------------------------------------
+
+
+def test_full_plan_shape(tmp_path: Path) -> None:
+    opts = Options(out=tmp_path)
+    plan = make_plan(opts, ORIGIN_S)
+    arrivals = plan.arrivals
+    assert len(arrivals) == 300
+    qr = sum(a.method == "qr" for a in arrivals)
+    assert 0.66 <= qr / 300 <= 0.74
+    hostile = [a for a in arrivals if a.kind in HOSTILE_KINDS]
+    assert len(hostile) == 15
+    assert all((a.method == "card") == (a.kind in CARD_KINDS) for a in hostile)
+    assert [a.n for a in arrivals] == list(range(300))
+    assert all(x.at_s <= y.at_s for x, y in itertools.pairwise(arrivals))
+    for a in arrivals:
+        if a.kind == "replay":
+            assert a.ref == a.n - 1 and arrivals[a.ref].who == a.who
+        if a.kind in ("second_meal", "second_meal_card"):
+            assert a.ref is not None and a.ref < a.n and arrivals[a.ref].kind == FIRST_MEAL
+            assert arrivals[a.ref].who == a.who and arrivals[a.ref].method == a.method
+    events = {e.kind: e.at_s for e in plan.events}
+    assert events[OUTAGE_END] - events[OUTAGE_START] == 600
+    assert events[SETTINGS] < events[OUTAGE_START] < events[OUTAGE_END] < events[REVOCATION]
+    later = [a for a in arrivals if a.kind == REVOKED_LATER]
+    assert len(later) == 2 and all(a.at_s > events[REVOCATION] for a in later)
+    # Everyone eats in the lunch window (11:30 to 13:30 local, arrivals from 11:31).
+    assert arrivals[-1].at_s < 2 * 3600 - 600
+    # The same seed gives the same lunch.
+    again = make_plan(opts, ORIGIN_S).arrivals
+    assert [(a.kind, a.who, a.at_s) for a in again] == [(a.kind, a.who, a.at_s) for a in arrivals]
+
+
+def test_options_refuse_what_cannot_work(tmp_path: Path) -> None:
+    for bad in (
+        Options(out=tmp_path, speed=100),
+        Options(out=tmp_path, cadres=10),
+        Options(out=tmp_path, outage_s=-1),
+    ):
+        with pytest.raises(ScenarioError):
+            bad.check()
+
+
+def test_cli_help_and_a_bad_speed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["scenario", "--help"])
+    out = capsys.readouterr().out
+    for word in ("lunch-rush", "--cadres", "--speed", "--short", "--out", "--seed", "outage"):
+        assert word in out
+    assert cli.main(["scenario", "lunch-rush", "--speed", "500", "--out", str(tmp_path)]) == 2
+    assert "--speed must be between" in capsys.readouterr().err
