@@ -183,6 +183,15 @@ class DeadlineFetcher(FetcherInterface):
             )
         return left
 
+    def _slow(self, exc: BaseException) -> tuf_errors.SlowRetrievalError:
+        if time.monotonic() >= self.deadline - 0.05:
+            return tuf_errors.SlowRetrievalError(
+                f"the update deadline of {self.limits.deadline_s:g} s passed"
+            )
+        return tuf_errors.SlowRetrievalError(
+            f"no data for {self.limits.read_timeout_s:g} s (read timeout): {exc}"
+        )
+
     def _fetch(self, url: str) -> Iterator[bytes]:
         left = self._left()
         timeout = urllib3.Timeout(
@@ -194,7 +203,7 @@ class DeadlineFetcher(FetcherInterface):
                 "GET", url, preload_content=False, timeout=timeout, redirect=False
             )
         except urllib3.exceptions.TimeoutError as exc:
-            raise tuf_errors.SlowRetrievalError(str(exc)) from exc
+            raise self._slow(exc) from exc
         if response.status >= 400:
             response.close()  # an unread body must not stay on a pooled connection
             raise tuf_errors.DownloadHTTPError(f"HTTP {response.status} for {url}", response.status)
@@ -216,10 +225,10 @@ class DeadlineFetcher(FetcherInterface):
                 self.bytes_received += len(chunk)
                 yield chunk
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
-            raise tuf_errors.SlowRetrievalError(str(exc)) from exc
+            raise self._slow(exc) from exc
         except OSError as exc:
-            if time.monotonic() >= self.deadline:
-                raise tuf_errors.SlowRetrievalError(str(exc)) from exc
+            if time.monotonic() >= self.deadline - 0.05:
+                raise self._slow(exc) from exc
             raise
         finally:
             if done:
@@ -510,8 +519,9 @@ class TerminalUpdater:
                 cause = exc.__cause__ or exc
                 raise UpdateUnavailable(f"cannot reach the county: {cause}") from None
             except tuf_errors.RepositoryError as exc:
+                cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
                 raise UpdateRefused(
-                    f"{type(exc).__name__}: {exc or 'metadata failed verification'}"
+                    f"{type(exc).__name__}: {exc or 'metadata failed verification'}{cause}"
                 ) from None
             except OSError as exc:
                 raise UpdateUnavailable(f"cannot reach the county or write: {exc}") from None
