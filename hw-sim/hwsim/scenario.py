@@ -67,7 +67,7 @@ PRICES_BEFORE = (1000, 1500)  # lunch: own units, visitors (fen)
 PRICES_AFTER = (1200, 1600)  # after the settings change
 WINDOW_S = 60  # [tokens] window_s and skew_s of the scenario's terminal (the defaults)
 SKEW_S = 30
-SAME_TEXT_S = 1.0  # [camera] same_text_s: a replay must be out of view this long first
+SAME_TEXT_S = 0.8  # [camera] same_text_s: a replay must be out of view this long first
 MAX_SPEED = 60.0  # above this a code drawn, rendered and shown is older than its freshness
 
 ACCEPT = "accept"
@@ -115,8 +115,8 @@ class Options:
     outage_s: float = 600.0  # simulated seconds of network partition, in the middle
     qr_share: float = 0.7
     hostile_share: float = 0.05
-    hold_s: float = 0.5  # real seconds a phone stays in view
-    gap_s: float = 0.15  # real seconds of empty counter between two phones
+    hold_s: float = 0.35  # real seconds a phone stays in view (the verdict comes in ~0.1 s)
+    gap_s: float = 0.1  # real seconds of empty counter between two phones
     partition_mode: str = "blackhole"
     short: bool = False
 
@@ -482,7 +482,7 @@ class LunchModel:
         if a.kind == "replay":
             limit = WINDOW_S + SKEW_S
             assert code_age_s is not None
-            decode_allowance = 0.5 * self.speed  # from first frame in view to the decision
+            decode_allowance = 0.25 * self.speed  # first frame in view to the decision
             if code_age_s >= limit:
                 return Expected(REJECT, "presentation_stale")
             if code_age_s + decode_allowance < limit:
@@ -892,33 +892,48 @@ class Lunch:
         opened_ms = self.origin_ms + _seconds_between(ORIGIN, LUNCH_OPENS) * 1000
         self.opened_ms = opened_ms
         total = len(self.plan.arrivals)
-        for item in self.plan.timeline():
-            self.clock.wait_until(opened_ms + int(item.at_s * 1000))
-            if isinstance(item, WorldEvent):
-                self._world(item)
-                continue
-            self._present(item)
-            done = item.n + 1
-            if done % 25 == 0 or done == total:
-                self.progress(
-                    f"  {done}/{total} presented, simulated {self._local(self.clock.now_ms())}"
-                )
+        stop = threading.Event()
+        outage = threading.Thread(target=self._outage, args=(stop,), name="scenario-outage")
+        outage.start()
+        try:
+            for item in self.plan.timeline():
+                self.clock.wait_until(opened_ms + int(item.at_s * 1000))
+                if isinstance(item, WorldEvent):
+                    self._world(item)
+                    continue
+                self._present(item)
+                done = item.n + 1
+                if done % 25 == 0 or done == total:
+                    now = self._local(self.clock.now_ms())
+                    self.progress(f"  {done}/{total} presented, simulated {now}")
+            outage.join()  # a lunch shorter than its outage still ends with the network back
+        finally:
+            stop.set()
+            outage.join()
 
     def _local(self, sim_ms: int) -> str:
         zone = zoneinfo.ZoneInfo(TIMEZONE)
         return dt.datetime.fromtimestamp(sim_ms / 1000, zone).strftime("%H:%M:%S")
 
+    def _outage(self, stop: threading.Event) -> None:
+        """The network goes down and comes back on the simulated clock, whoever is at the
+        counter (the cadres' queue may run late; the outage does not wait for them)."""
+        for event in self.plan.events:
+            if event.kind not in (OUTAGE_START, OUTAGE_END):
+                continue
+            self.clock.wait_until(self.opened_ms + int(event.at_s * 1000), stop)
+            if stop.is_set():
+                return
+            down = event.kind == OUTAGE_START
+            self.county.set_partition(down)
+            term = self._holder.get("terminal")
+            last = term.daemon.worker.snapshot.get("last_seq") if term is not None else None
+            self._event(event.kind, last_seq=last)
+            what = "network down (county partitioned)" if down else "network back"
+            self.progress(f"  {self._local(self.clock.now_ms())} {what}")
+
     def _world(self, event: WorldEvent) -> None:
-        if event.kind == OUTAGE_START:
-            self.county.set_partition(True)
-            self._event(OUTAGE_START)
-            self.progress(f"  {self._local(self.clock.now_ms())} network down (county partitioned)")
-        elif event.kind == OUTAGE_END:
-            self.county.set_partition(False)
-            term = self._holder["terminal"]
-            self._event(OUTAGE_END, last_seq=term.daemon.worker.snapshot.get("last_seq"))
-            self.progress(f"  {self._local(self.clock.now_ms())} network back")
-        elif event.kind == SETTINGS:
+        if event.kind == SETTINGS:
             self._change_settings()
         elif event.kind == REVOCATION:
             self._publish_revocation()
@@ -939,7 +954,9 @@ class Lunch:
         self.settings_path = new
         self._start_terminal()
         self.model.prices = PRICES_AFTER
-        self._event(SETTINGS, restart_real_s=round(time.monotonic() - t0, 2), prices=PRICES_AFTER)
+        self._event(
+            SETTINGS, restart_real_s=round(time.monotonic() - t0, 2), prices=list(PRICES_AFTER)
+        )
         self.record.stand_ins.append(
             "settings change: written as a new settings file and the daemon restarted "
             "(signed settings updates not used)"

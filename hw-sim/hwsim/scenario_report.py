@@ -361,11 +361,11 @@ def draw_chart(record: RunRecord, path: Path) -> Path:
             cv2.circle(img, (x, y), 3, color, -1, cv2.LINE_AA)
         else:
             cv2.drawMarker(img, (x, y), (0, 0, 210), cv2.MARKER_TILTED_CROSS, 8, 1)
-    for q, style in ((50, (120, 120, 120)), (99, (60, 60, 200))):
+    for q, style, label_x in ((50, (120, 120, 120), right - 250), (99, (60, 60, 200), right - 120)):
         v = _percentile(lat, q)
         if v is not None:
             cv2.line(img, (left, y_lat(v)), (right, y_lat(v)), style, 1)
-            text(f"p{q} {v:.0f} ms", (right - 120, y_lat(v) - 4), 0.45, style)
+            text(f"p{q} {v:.0f} ms", (label_x, y_lat(v) - 4), 0.45, style)
     text(
         "latency, presentation to verdict on the screen (ms): QR blue, card green, "
         "refused red x; outage grey; settings orange; revocation red",
