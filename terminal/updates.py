@@ -519,9 +519,9 @@ class TerminalUpdater:
                 cause = exc.__cause__ or exc
                 raise UpdateUnavailable(f"cannot reach the county: {cause}") from None
             except tuf_errors.RepositoryError as exc:
-                cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+                why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
                 raise UpdateRefused(
-                    f"{type(exc).__name__}: {exc or 'metadata failed verification'}{cause}"
+                    f"{type(exc).__name__}: {exc or 'metadata failed verification'}{why}"
                 ) from None
             except OSError as exc:
                 raise UpdateUnavailable(f"cannot reach the county or write: {exc}") from None
@@ -995,3 +995,21 @@ def update_once(updater: TerminalUpdater, store: trust.TrustStore, now: int) -> 
         },
     )
     return result
+
+
+def updater_for_county(
+    state_dir: str | Path, limits: UpdateLimits | None = None
+) -> TerminalUpdater:
+    """The updater for the county server this terminal was provisioned with (mTLS)."""
+    from terminal.sync import load_identity
+
+    identity = load_identity(state_dir)
+    return TerminalUpdater(
+        state_dir,
+        identity.canteen,
+        base_url=identity.server.rstrip("/") + "/tuf",
+        limits=limits,
+        ca_file=str(identity.ca_file),
+        cert_file=str(identity.cert_file),
+        key_file=str(identity.key_file),
+    )

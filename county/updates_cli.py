@@ -1,0 +1,261 @@
+"""County IT's update commands for canteen-county: keys, publishing, revoking, rotating.
+
+This module only parses arguments, calls county.updates and prints the result
+(JSON for scripts, with a line for people on standard error where it helps).
+Each command turns the library's errors into one line on standard error that
+says what happened and what to do, with exit status 2, so it works the same
+whether or not the main command knows these errors. It holds no repository
+logic and never touches keys itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from county import updates
+from terminal import config, trust
+
+PROG = "canteen-county"
+KINDS = {
+    "credential": ("ISS", "CTI_HEX"),
+    "cadre": ("ISS", "SUB"),
+    "card": ("UID_HEX",),
+    "holder_key": ("PUBLIC_KEY_HEX",),
+    "issuer_key": ("PUBLIC_KEY_HEX",),
+}
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _one_line_errors(fn: Command) -> Command:
+    @functools.wraps(fn)
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return fn(a)
+        except (updates.UpdatesError, trust.TrustError, config.ConfigError) as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _print(doc: Any) -> None:
+    print(json.dumps(doc, ensure_ascii=False, indent=1))
+
+
+def _default_root_keys(data: str) -> Path:
+    return Path(data.rstrip("/") + "-" + updates.ROOT_KEYS_DIR)
+
+
+@_one_line_errors
+def cmd_init(a: argparse.Namespace) -> int:
+    root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
+    _print(updates.init_repository(a.data, root_keys, _now()))
+    print(
+        f"WARNING: {root_keys} holds the 3 root keys (2 sign). Copy them to offline media, "
+        "keep the copies apart, and delete them from this server; 'rotate' needs two of "
+        "them back (--root-keys). Give terminals root.json (root_sha256 above) at provisioning.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+@_one_line_errors
+def cmd_status(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        _print(repo.status())
+    return 0
+
+
+@_one_line_errors
+def cmd_publish_settings(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        pub = repo.publish_settings(a.file, None if a.all else a.canteen, _now())
+    _print(pub.summary())
+    return 0
+
+
+@_one_line_errors
+def cmd_publish_trust(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        _print(repo.publish_trust(a.file, _now()).summary())
+    return 0
+
+
+@_one_line_errors
+def cmd_publish_roster(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        _print(repo.publish_roster(a.file, _now()).summary())
+    return 0
+
+
+def _revocation_entries(a: argparse.Namespace) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    if a.kind == "file":
+        if len(a.values) != 1:
+            raise updates.UpdatesError("revoke file takes one JSON file (token.md §5 entries)")
+        doc = trust.read_json_file(a.values[0], "revocation")
+        listed, _ = trust.split_list(doc, "revocation")
+        return list(listed)  # each entry is checked by revoke before anything is signed
+    names = KINDS[a.kind]
+    if len(a.values) != len(names):
+        raise updates.UpdatesError(
+            f"revoke {a.kind} takes {' '.join(names)}; got {len(a.values)} value(s)"
+        )
+    v = a.values
+    if a.kind == "credential":
+        entries.append({"kind": "credential", "iss": v[0], "cti": v[1]})
+    elif a.kind == "cadre":
+        entries.append({"kind": "cadre", "iss": v[0], "sub": v[1]})
+    elif a.kind == "card":
+        entries.append({"kind": "card", "uid": v[0]})
+    else:
+        entries.append({"kind": a.kind, "public_key": v[0]})
+    return entries
+
+
+@_one_line_errors
+def cmd_revoke(a: argparse.Namespace) -> int:
+    if a.kind == "conflicts":
+        pub = updates.publish_conflict_revocations(a.data, _now())
+    else:
+        entries = _revocation_entries(a)
+        with updates.CountyRepository(a.data) as repo:
+            pub = repo.revoke(entries, _now())
+    _print(pub.summary())
+    return 0
+
+
+@_one_line_errors
+def cmd_rotate(a: argparse.Namespace) -> int:
+    root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
+    with updates.CountyRepository(a.data) as repo:
+        _print(repo.rotate(a.role, _now(), root_keys))
+    return 0
+
+
+@_one_line_errors
+def cmd_timestamp_refresh(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        renewed = repo.refresh(_now(), force=a.force)
+        ts = repo.timestamp()
+    _print({"renewed": renewed, "timestamp": ts.signed.version, "expires": str(ts.signed.expires)})
+    return 0
+
+
+@_one_line_errors
+def cmd_applied(a: argparse.Namespace) -> int:
+    with updates.CountyRepository(a.data) as repo:
+        rows = repo.applied()
+        current = repo.snapshot().signed.version
+    if a.text:
+        for row in rows:
+            behind = "" if row["set"] == current else f" (county is at {current})"
+            print(f"{row['terminal']}: set {row['set']}{behind}, applied at {row['applied_at_ms']}")
+    else:
+        _print({"county_set": current, "terminals": rows})
+    return 0
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
+
+
+def _root_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root-keys",
+        metavar="DIR",
+        help="the offline root keys (default: DIR-updates-root-keys-OFFLINE beside --data)",
+    )
+
+
+def add_update_commands(subparsers: Any) -> None:
+    """Add updates, publish, revoke, rotate, timestamp and applied to canteen-county."""
+    p = subparsers.add_parser("updates", help="the signed update repository (TUF)")
+    usub = p.add_subparsers(dest="updates_command", required=True, metavar="ACTION")
+    p = usub.add_parser(
+        "init",
+        help="make the root (2 of 3 offline keys), targets, snapshot and timestamp keys",
+        description="Create the update repository in DIR/updates with version 1 of every role "
+        "and an empty revocation list. The three root keys go to a separate directory that "
+        "must be taken offline.",
+    )
+    _data(p)
+    _root_keys(p)
+    p.set_defaults(func=cmd_init)
+    p = usub.add_parser("status", help="versions, expiry and what is listed")
+    _data(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("publish", help="sign and publish settings, trust list or roster")
+    psub = p.add_subparsers(dest="publish_command", required=True, metavar="WHAT")
+    p = psub.add_parser(
+        "settings",
+        help="settings (TOML) for one canteen or all, validated before signing",
+        description="Check FILE with the terminal's own settings loader (types, ranges, meal "
+        "windows that do not overlap, prices not negative); an invalid file is refused with "
+        "the line and reason and nothing is published. A canteen's own file wins over --all.",
+    )
+    _data(p)
+    p.add_argument("file", metavar="FILE", help="the settings file (TOML)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--canteen", metavar="ID", help="for this canteen only")
+    who.add_argument("--all", action="store_true", help="for every canteen without its own")
+    p.set_defaults(func=cmd_publish_settings)
+    p = psub.add_parser("trust", help="the issuer trust list (token.md §5 JSON)")
+    _data(p)
+    p.add_argument("file", metavar="TRUST.json")
+    p.set_defaults(func=cmd_publish_trust)
+    p = psub.add_parser("roster", help="the card roster (CSV uid,iss,sub,unit,display_name,status)")
+    _data(p)
+    p.add_argument("file", metavar="ROSTER.csv")
+    p.set_defaults(func=cmd_publish_roster)
+
+    p = subparsers.add_parser(
+        "revoke",
+        help="revoke a credential, cadre, card, holder key or issuer key; publishes at once",
+        description="KIND and values: credential ISS CTI_HEX | cadre ISS SUB | card UID_HEX | "
+        "holder_key PUBLIC_KEY_HEX | issuer_key PUBLIC_KEY_HEX | file REVOCATIONS.json | "
+        "conflicts (every credential the county found in a conflict). Only the shards that "
+        "change are published.",
+    )
+    _data(p)
+    p.add_argument("kind", choices=(*KINDS, "file", "conflicts"), metavar="KIND")
+    p.add_argument("values", nargs="*", metavar="VALUE")
+    p.set_defaults(func=cmd_revoke)
+
+    p = subparsers.add_parser(
+        "rotate",
+        help="new keys for a role (root, targets, snapshot, timestamp, bins)",
+        description="Replace a role's keys. Every role but bins changes the root, which two "
+        "of the offline root keys must sign (--root-keys); rotating root makes three new ones.",
+    )
+    _data(p)
+    _root_keys(p)
+    p.add_argument("role", choices=updates.ROLES, metavar="ROLE")
+    p.set_defaults(func=cmd_rotate)
+
+    p = subparsers.add_parser("timestamp", help="re-sign the timestamp (the server does it too)")
+    tsub = p.add_subparsers(dest="timestamp_command", required=True, metavar="ACTION")
+    p = tsub.add_parser(
+        "refresh", help="re-sign online roles near expiry (timestamp, snapshot, targets, bins)"
+    )
+    _data(p)
+    p.add_argument("--force", action="store_true", help="re-sign even if not near expiry")
+    p.set_defaults(func=cmd_timestamp_refresh)
+
+    p = subparsers.add_parser("applied", help="what each terminal last reported applying")
+    _data(p)
+    p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
+    p.set_defaults(func=cmd_applied)
