@@ -217,6 +217,19 @@ _STOP = object()
 GROUP_MAX = 32
 
 
+def _log_failure(what: str) -> Callable[[Future[Any]], None]:
+    """A done-callback for jobs nobody waits for: their failures still reach the log."""
+
+    def check(future: Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("%s failed: %s", what, exc)
+
+    return check
+
+
 def free_mb(path: Path) -> float:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize / (1024 * 1024)
@@ -616,12 +629,14 @@ class Daemon:
 
         def arrived(result: sync.SyncResult) -> None:
             # The sync thread never writes the ledger: the worker applies the answer.
+            done: Future[Any] = Future()
+            done.add_done_callback(_log_failure("applying the county's answer"))
             self.worker.put(
                 Job(
                     lambda c: sync.apply_result(
                         c.ledger, c.clock, result, self._wall_ms(), options
                     ),
-                    Future(),
+                    done,
                 )
             )
             online = result.error is None
