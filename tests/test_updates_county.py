@@ -1,0 +1,81 @@
+"""Updates through the real county server: HTTPS with the terminal's client certificate,
+a conflict found at intake becoming a published revocation, and the applied set reported."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from test_sync_support import (
+    FAST,
+    T0_MS,
+    County,
+    make_county,
+    provision_terminal,
+    sale,
+)
+
+from county import updates as cu
+from county.app import ASGIApp
+from terminal import trust
+from terminal import updates as tu
+from terminal.checkout import TrustedClock
+from terminal.sync import SyncClient, apply_result
+
+
+def _sync(term) -> None:  # type: ignore[no-untyped-def]
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    result = client.sync_once(time.monotonic() + 10)
+    assert result.error is None, result.error
+    book = term.open_ledger()
+    try:
+        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
+    finally:
+        book.close()
+
+
+def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
+    county: County = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+
+    def with_repository(app: ASGIApp) -> ASGIApp:
+        cu.mount_repository(app, county.data)  # what county/app.py will do
+        return app
+
+    county.start(wrap=with_repository)
+    try:
+        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
+        tu.pin_root(a.root, root)
+        store = trust.TrustStore(a.root / "trust.sqlite")
+        try:
+            # Over HTTPS, the county CA pinned at provisioning, the client certificate sent.
+            updater = tu.updater_for_county(a.root)
+            first = tu.update_once(updater, store, now)
+            assert first is not None and "revocations" in first.changed
+
+            for term in (a, b):
+                book = term.open_ledger()
+                book.append(sale(0, cadre="iss/x", credential="qr/iss/00aa", ctr=5), T0_MS)
+                book.close()
+                _sync(term)
+            pub = cu.publish_conflict_revocations(county.data, now)
+            assert pub.revocations_added == 1
+
+            applied = tu.update_once(tu.updater_for_county(a.root), store, now)
+            assert applied is not None and applied.changed == ("revocations",)
+            key = trust.revocation_key("credential", "iss", bytes.fromhex("00aa"))
+            assert store._has(key)
+
+            # The terminal reports what it applied; county IT sees it.
+            draft = applied.ledger_draft()
+            cu.record_applied(county.data, "a1", draft.detail, T0_MS)
+            with cu.CountyRepository(county.data) as repo:
+                rows = repo.applied()
+            assert rows[0]["terminal"] == "a1" and rows[0]["set"] == applied.set_version
+        finally:
+            store.close()
+    finally:
+        county.stop()
