@@ -32,7 +32,18 @@ ALL = list(commands(build_parser()))
 
 def test_the_command_table_is_the_parser() -> None:
     top = {path[0] for path, _, _ in ALL}
-    assert top == {c.name for c in COMMANDS} == {"issuer", "phone", "camera", "card-reader"}
+    assert (
+        top
+        == {c.name for c in COMMANDS}
+        == {
+            "issuer",
+            "phone",
+            "camera",
+            "card-reader",
+            "county",
+            "scenario",
+        }
+    )
     actions = {path for path, _, _ in ALL if len(path) == 2}
     assert actions == {
         ("camera", "show"),
