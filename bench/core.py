@@ -212,7 +212,10 @@ def bench_decisions(n: int, tmp: Path) -> None:
             refused.append(str(decision.reason))
 
     worker = daemon.DecisionWorker(
-        wsettings, daemon.DaemonSettings(1, n + 10, 60, False, False), shown, lambda: now * 1000
+        wsettings,
+        daemon.DaemonSettings(1, n + 10, 60, 180, False, False),
+        shown,
+        lambda: now * 1000,
     )
     for code in codes("W"):
         worker.put(QrPresented(code, 0.0))

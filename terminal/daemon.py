@@ -120,6 +120,7 @@ class DaemonSettings:
     min_free_mb: int
     queue_size: int
     worker_stall_s: int
+    retention_days: int
     camera: bool
     reader: bool
 
@@ -130,6 +131,7 @@ def daemon_settings(settings: config.Settings) -> DaemonSettings:
         min_free_mb=section.get_int("min_free_mb", 1, 100_000),
         queue_size=section.get_int("queue_size", 1, 100_000),
         worker_stall_s=section.get_int("worker_stall_s", 2, 3600),
+        retention_days=section.get_int("retention_days", 7, 36500),
         camera=section.get_bool("camera"),
         reader=section.get_bool("reader"),
     )
@@ -265,6 +267,7 @@ class DecisionWorker:
         # charge" shows the name of a sale made since this start.
         self.names: dict[int, str] = {}
         self._primed: dict[str, None] = {}
+        self._last_retain = -3600.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-worker", daemon=True)
@@ -318,6 +321,7 @@ class DecisionWorker:
                     item = self.queue.get(timeout=1.0)
                 except queue.Empty:
                     self._refresh(counter)
+                    self._retain(counter)
                     continue
                 if item is _STOP:
                     break
@@ -347,6 +351,26 @@ class DecisionWorker:
             self._primer.shutdown(wait=True, cancel_futures=True)
             book.close(counter.now(self._wall_ms()))
             store.close()
+
+    def _retain(self, counter: Checkout) -> None:
+        """Hourly, while idle: remove acknowledged entries older than the retention."""
+        if time.monotonic() - self._last_retain < 3600:
+            return
+        self._last_retain = time.monotonic()
+        now_ms = max(self._wall_ms(), counter.clock.floor_ms)
+        try:
+            removed = counter.ledger.prune(
+                now_ms - self.dsettings.retention_days * 86_400_000, now_ms
+            )
+        except ledger.LedgerError as exc:
+            log.error("retention: %s", exc)
+            return
+        if removed:
+            log.info(
+                "retention: %d acknowledged entries older than %d days removed",
+                removed,
+                self.dsettings.retention_days,
+            )
 
     def _prime_waiting(self, counter: Checkout, taken: list[Any]) -> None:
         with self.queue.mutex:

@@ -38,6 +38,7 @@ CLOCK_FAULT = "clock_fault"  # wall clock behind the trusted-time floor
 CONFIG_APPLIED = "config_applied"  # settings / lists version now in force
 TIME_SIGNAL = "time_signal"  # signed time received (raises the floor)
 GENESIS = "genesis"  # seq 1: terminal id and checkpoint public key
+PRUNED = "pruned"  # acknowledged entries up to a signed checkpoint were removed (retention)
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -252,6 +253,42 @@ _MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 OR NEW.id IS NOT OLD.id
             BEGIN SELECT RAISE(ABORT,
                 'ledger meta is fixed: terminal id and key cannot change'); END""",
+        ),
+    ),
+)
+_MIGRATIONS = (
+    *_MIGRATIONS,
+    (
+        4,
+        "retention: prune acknowledged entries up to a signed checkpoint",
+        (
+            # The prune point: the chain now starts after up_to_seq, anchored at
+            # up_to_hash, which the checkpoint kept at up_to_seq signs.
+            """CREATE TABLE pruned (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                up_to_seq INTEGER NOT NULL,
+                up_to_hash BLOB NOT NULL CHECK (length(up_to_hash) = 32),
+                at_ms INTEGER NOT NULL
+            ) STRICT""",
+            # The replay memory of pruned entries: the highest accepted counter per credential.
+            """CREATE TABLE pruned_ctr (
+                credential TEXT PRIMARY KEY,
+                ctr INTEGER NOT NULL
+            ) STRICT, WITHOUT ROWID""",
+            "DROP TRIGGER entries_no_delete",
+            """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+            WHEN NOT (OLD.acked_at_ms IS NOT NULL
+                AND OLD.seq <= coalesce((SELECT up_to_seq FROM pruned), 0))
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: DELETE refused'); END""",
+            "DROP TRIGGER checkpoints_no_delete",
+            """CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+            WHEN NOT (OLD.seq < coalesce((SELECT up_to_seq FROM pruned), 0))
+            BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: DELETE refused'); END""",
+            """CREATE TRIGGER pruned_forward BEFORE UPDATE ON pruned
+            WHEN NEW.up_to_seq <= OLD.up_to_seq
+            BEGIN SELECT RAISE(ABORT, 'ledger prune point can only move forward'); END""",
+            """CREATE TRIGGER pruned_no_delete BEFORE DELETE ON pruned
+            BEGIN SELECT RAISE(ABORT, 'ledger prune point cannot be removed'); END""",
         ),
     ),
 )
@@ -638,6 +675,67 @@ class Ledger:
                     conn.execute("ROLLBACK")
             raise _write_failed(exc) from exc
 
+    def prune(self, older_than_ms: int, at_ms: int) -> int:
+        """Remove acknowledged entries older than ``older_than_ms``; return how many.
+
+        Only up to a signed checkpoint, only entries the county server has
+        acknowledged (it holds them), and never the newest entry. A PRUNED entry
+        naming the prune point is appended first, so the chain itself says what
+        was removed; the highest accepted counter of every pruned credential is
+        kept, so replay memory survives. Retention never loses an unsent entry.
+        """
+        conn = self._db
+        if self._grouped:
+            raise LedgerError("ledger prune inside a group is not allowed")
+        first_unacked = conn.execute(
+            "SELECT min(seq) FROM entries WHERE acked_at_ms IS NULL"
+        ).fetchone()[0]
+        limit = first_unacked if first_unacked is not None else self.last_seq()
+        row = conn.execute(
+            "SELECT max(c.seq) FROM checkpoints AS c JOIN entries AS e ON e.seq = c.seq"
+            " WHERE c.seq < ? AND e.at_ms < ?",
+            (limit, older_than_ms),
+        ).fetchone()
+        point: int | None = row[0]
+        done = conn.execute("SELECT up_to_seq FROM pruned").fetchone()
+        if point is None or (done is not None and point <= done[0]):
+            return 0
+        point_hash = conn.execute("SELECT hash FROM entries WHERE seq = ?", (point,)).fetchone()[0]
+        self.append(
+            EntryDraft(kind=PRUNED, detail={"up_to_seq": point, "up_to_hash": point_hash.hex()}),
+            at_ms,
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO pruned_ctr (credential, ctr)"
+                    " SELECT credential, max(ctr) FROM entries WHERE seq <= ? AND ctr IS NOT NULL"
+                    " AND credential IS NOT NULL"
+                    " AND verdict = 'accept' AND kind IN ('sale', 'token_check')"
+                    " GROUP BY credential"
+                    " ON CONFLICT (credential) DO UPDATE SET ctr = max(ctr, excluded.ctr)",
+                    (point,),
+                )
+                conn.execute(
+                    "INSERT INTO pruned (id, up_to_seq, up_to_hash, at_ms) VALUES (1, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET up_to_seq = excluded.up_to_seq,"
+                    " up_to_hash = excluded.up_to_hash, at_ms = excluded.at_ms",
+                    (point, point_hash, at_ms),
+                )
+                removed = conn.execute("DELETE FROM entries WHERE seq <= ?", (point,)).rowcount
+                conn.execute("DELETE FROM checkpoints WHERE seq < ?", (point,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _write_failed(exc) from exc
+        self._unsynced = None
+        return int(removed)
+
     def _count_appended(self, draft: EntryDraft) -> None:
         if self._unsynced is None:
             return
@@ -754,9 +852,10 @@ class Ledger:
     def highest_ctr(self, credential: str) -> int | None:
         """Highest presentation counter accepted for ``credential`` (sales and token checks)."""
         row = self._db.execute(
-            "SELECT max(ctr) FROM entries WHERE credential = ?"
-            " AND verdict = 'accept' AND kind IN ('sale', 'token_check')",
-            (credential,),
+            "SELECT max(m) FROM (SELECT max(ctr) AS m FROM entries WHERE credential = ?"
+            " AND verdict = 'accept' AND kind IN ('sale', 'token_check')"
+            " UNION ALL SELECT ctr FROM pruned_ctr WHERE credential = ?)",
+            (credential, credential),
         ).fetchone()
         value: int | None = row[0]
         return value
@@ -1031,16 +1130,27 @@ def _verify_chain(
     if genesis is None:
         return 0, (1, "the ledger has no entries: genesis is missing")
     expected_detail = canonical_json({"terminal_id": terminal_id, "public_key": meta_key.hex()})
-    if genesis[0] == 1 and (genesis[1] != GENESIS or genesis[2] != expected_detail):
+    anchor = _prune_anchor(conn)
+    if (
+        anchor is None
+        and genesis[0] == 1
+        and (genesis[1] != GENESIS or genesis[2] != expected_detail)
+    ):
         return 0, (1, "entry 1 is not the genesis entry for this terminal and key")
+    prev = GENESIS_PREV_HASH
+    expected = 1
+    if anchor is not None:
+        # Retention removed entries up to the anchor; a signed checkpoint vouches for it.
+        point, point_hash = anchor
+        if checkpoint_hash.get(point) != point_hash:
+            return 0, (point, f"the prune point {point} is not covered by a signed checkpoint")
+        prev, expected = point_hash, point + 1
 
     # The hot loop: keep per-row work to slicing, one CBOR encode and one hash.
     sha256 = hashlib.sha256
     dumps = cbor2.dumps
     domain = ENTRY_DOMAIN
-    prev = GENESIS_PREV_HASH
-    expected = 1
-    good_checkpoint = 0
+    good_checkpoint = anchor[0] if anchor is not None else 0
     cursor = conn.execute(
         "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries ORDER BY seq"
     )
@@ -1071,7 +1181,31 @@ def _verify_chain(
             good_checkpoint = seq
         prev = digest
         expected += 1
+    if anchor is not None and not _prune_recorded(conn, anchor):
+        return expected - 1, (
+            anchor[0] + 1,
+            f"entries up to {anchor[0]} are gone but no pruned entry in the chain says so",
+        )
     return expected - 1, None
+
+
+def _prune_anchor(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "pruned" not in tables:
+        return None
+    row = conn.execute("SELECT up_to_seq, up_to_hash FROM pruned").fetchone()
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def _prune_recorded(conn: sqlite3.Connection, anchor: tuple[int, bytes]) -> bool:
+    """A PRUNED entry in the (verified) chain names this prune point and its hash."""
+    wanted = {"up_to_seq": anchor[0], "up_to_hash": anchor[1].hex()}
+    for (detail,) in conn.execute(
+        "SELECT detail FROM entries WHERE kind = ? AND seq > ?", (PRUNED, anchor[0])
+    ):
+        if json.loads(detail) == wanted:
+            return True
+    return False
 
 
 def _locate_broken_link(

@@ -322,7 +322,7 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
 
     worker = daemon.DecisionWorker(
         settings,
-        daemon.DaemonSettings(1, 500, 60, False, False),
+        daemon.DaemonSettings(1, 500, 60, 180, False, False),
         shown,
         lambda: time.time_ns() // 1_000_000,
     )
@@ -339,3 +339,47 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     assert stats["by_verdict"]["accept"] == 80
     assert stats["by_reason"] == {"replayed": 1}
     assert ledger.verify_file(book).ok
+
+
+def test_the_worker_prunes_acknowledged_entries_past_the_retention(tmp_path: Path) -> None:
+    import sqlite3
+
+    from terminal import state
+    from terminal.ledger import ACCEPT, SALE, EntryDraft
+
+    path = write_settings(
+        tmp_path, reader_port=None, camera_source=None, daemon_options="retention_days = 30"
+    )
+    install_lists(tmp_path / "state")
+    settings = config.load(path)
+    now_ms = time.time_ns() // 1_000_000
+    old = now_ms - 200 * 86_400_000
+    paths = state.prepare(tmp_path / "state")
+    book = state.open_ledger(paths.ledger, paths.key, settings.terminal_id, old)
+    for i in range(150):
+        book.append(EntryDraft(kind=SALE, verdict=ACCEPT, cadre=f"i/{i}", amount_fen=1), old + i)
+    book.mark_acked(140, old + 1000)  # the last ten were never acknowledged
+    book.close()
+    worker = daemon.DecisionWorker(
+        settings,
+        daemon.daemon_settings(settings),
+        lambda *_: None,
+        lambda: time.time_ns() // 1_000_000,
+    )
+    worker.start()
+
+    def pruned() -> int | None:
+        conn = sqlite3.connect(f"file:{paths.ledger}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT up_to_seq FROM pruned").fetchone()
+        finally:
+            conn.close()
+        return None if row is None else int(row[0])
+
+    wait_for(lambda: pruned() is not None, what="the retention to run")
+    worker.stop()
+    assert pruned() == 128  # the last checkpoint before the first unacknowledged entry
+    report = ledger.verify_file(paths.ledger)
+    assert report.ok, report.problem
+    stats = ledger.stats_file(paths.ledger)
+    assert stats["unacked"] >= 10  # nothing unsent was removed

@@ -28,6 +28,7 @@ from terminal.ledger import (
     CLOCK_FAULT,
     GENESIS,
     HASHED_COLUMNS,
+    PRUNED,
     REJECT,
     REVERSAL,
     SALE,
@@ -300,16 +301,16 @@ def test_migrations_are_recorded_and_idempotent(path: Path, key: Ed25519PrivateK
     led = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0)
     first = led.applied_migrations()
     led.close()
-    assert [m[0] for m in first] == [1, 2, 3]
+    assert [m[0] for m in first] == [1, 2, 3, 4]
     assert all(m[2] == T0 for m in first)  # applied_at is the time given, not a clock
     led = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0 + 5)
     assert led.applied_migrations() == first
     led.close()
     conn = sqlite3.connect(path)
     strict = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type='table' AND sql LIKE '%STRICT'"
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND sql LIKE '%STRICT%'"
     ).fetchone()[0]
-    assert strict == 4  # entries, checkpoints, meta, migrations
+    assert strict == 6  # entries, checkpoints, meta, migrations, pruned, pruned_ctr
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.execute("INSERT INTO migrations VALUES (99, 'from the future', 0)")
     conn.commit()
@@ -328,6 +329,14 @@ def test_queries_use_their_indexes(ledger: Ledger, path: Path) -> None:
         "entries_unacked": "SELECT count(*) FROM entries WHERE acked_at_ms IS NULL",
         "entries_reversals": "SELECT 1 FROM entries WHERE kind = 'reversal' AND ref_seq = 3",
     }
+    # What highest_ctr really runs, with the replay memory of pruned entries beside it.
+    union = (
+        "SELECT max(m) FROM (SELECT max(ctr) AS m FROM entries WHERE credential = 'x'"
+        " AND verdict = 'accept' AND kind IN ('sale', 'token_check')"
+        " UNION ALL SELECT ctr FROM pruned_ctr WHERE credential = 'x')"
+    )
+    plan = " ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + union))
+    assert "entries_ctr" in plan, plan
     for index, query in cases.items():
         plan = " ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + query))
         assert index in plan, (index, plan)
@@ -887,3 +896,89 @@ with led.group():
     proc.wait()
     report = verify_file(path)
     assert report.ok and report.entries == 1  # genesis only: the group never committed
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+def aged_ledger(path: Path, key: Ed25519PrivateKey, n: int = 40) -> Ledger:
+    led = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0, checkpoint_every=8)
+    for i in range(n):
+        led.append(sale(f"iss/p{i}", credential=f"qr/iss/{i % 5:02x}", ctr=i), T0 + 1000 * (i + 1))
+    return led
+
+
+def test_prune_removes_only_acknowledged_old_entries_up_to_a_checkpoint(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    led = aged_ledger(path, key)
+    assert led.prune(T0 + 10**9, T0 + 100_000) == 0  # nothing acknowledged: nothing goes
+    led.mark_acked(30, T0 + 50_000)
+    removed = led.prune(T0 + 10**9, T0 + 100_000)
+    assert removed == 24  # up to checkpoint 24, the last one below the first unacked (31)
+    assert led.entry(24) is None and led.entry(25) is not None
+    last = led.entry(led.last_seq())
+    assert last is not None and last.kind == PRUNED and last.detail["up_to_seq"] == 24
+    # Replay memory survives: the highest counters of pruned credentials are kept.
+    assert led.highest_ctr("qr/iss/00") == 35
+    assert led.highest_ctr("qr/iss/03") == 38
+    led.append(sale("iss/after"), T0 + 200_000)
+    led.close()
+    report = verify_file(path, public_bytes(key))
+    assert report.ok, report.problem
+    again = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0)
+    assert again.prune(T0 + 10**9, T0 + 300_000) == 0  # nothing new to prune
+    again.close()
+
+
+def test_prune_keeps_what_is_younger_than_the_retention(path: Path, key: Ed25519PrivateKey) -> None:
+    led = aged_ledger(path, key)
+    led.mark_acked(led.last_seq(), T0 + 50_000)
+    assert led.prune(T0 + 9_000, T0 + 60_000) == 8  # only entries older than 9 s: up to cp 8
+    led.close()
+    assert verify_file(path).ok
+
+
+def test_a_faked_prune_is_caught(path: Path, key: Ed25519PrivateKey) -> None:
+    led = aged_ledger(path, key)
+    led.close()
+    conn = attacker(path)
+    # Delete unsent entries and claim a prune point without a pruned entry in the chain.
+    point_hash = conn.execute("SELECT hash FROM entries WHERE seq = 16").fetchone()[0]
+    conn.execute("INSERT INTO pruned VALUES (1, 16, ?, 0)", (point_hash,))
+    conn.execute("DELETE FROM entries WHERE seq <= 16")
+    conn.commit()
+    conn.close()
+    report = verify_file(path)
+    assert not report.ok and "no pruned entry" in (report.problem or "")
+
+
+def test_a_prune_point_without_its_checkpoint_is_caught(path: Path, key: Ed25519PrivateKey) -> None:
+    led = aged_ledger(path, key)
+    led.mark_acked(led.last_seq(), T0 + 50_000)
+    led.prune(T0 + 10**9, T0 + 60_000)
+    led.close()
+    conn = attacker(path)
+    point = conn.execute("SELECT up_to_seq FROM pruned").fetchone()[0]
+    conn.execute("DELETE FROM checkpoints WHERE seq = ?", (point,))
+    conn.commit()
+    conn.close()
+    report = verify_file(path)
+    assert not report.ok and "not covered by a signed checkpoint" in (report.problem or "")
+
+
+def test_triggers_still_refuse_deleting_unacknowledged_entries(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    led = aged_ledger(path, key)
+    led.mark_acked(10, T0 + 50_000)
+    led.prune(T0 + 10**9, T0 + 60_000)
+    led.close()
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM entries WHERE seq = 30")
+    with pytest.raises(sqlite3.DatabaseError, match="cannot be removed"):
+        conn.execute("DELETE FROM pruned")
+    with pytest.raises(sqlite3.DatabaseError, match="only move forward"):
+        conn.execute("UPDATE pruned SET up_to_seq = 1")
+    conn.close()
