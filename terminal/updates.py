@@ -380,6 +380,7 @@ class PreparedSet:
     roster: tuple[list[trust.RosterCard], trust.ListHeader] | None = None
     revocations: trust.ShardedRevocations | None = None
     bytes_downloaded: int = 0
+    base_set: int | None = None  # the set in force when it was prepared (changes are relative)
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,16 @@ class TerminalUpdater:
             except OSError as exc:
                 raise UpdateUnavailable(f"cannot reach the county or write: {exc}") from None
 
+    def prepare_in_force(self) -> PreparedSet:
+        """``prepare`` against the set in force, read through a connection of its own, so
+        the sync thread never touches the decision worker's trust store."""
+        store = trust.TrustStore(self.paths.trust)
+        try:
+            applied, shards = store.applied_update_set(), store.revocation_shard_hashes()
+        finally:
+            store.close()
+        return self.prepare(applied, shards)
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.paths.lock.parent.mkdir(parents=True, exist_ok=True)
@@ -547,6 +558,7 @@ class TerminalUpdater:
             signed_at=signed_at if isinstance(signed_at, int) else None,
             detail={},
             changed=[],
+            base_set=applied.get("set"),
         )
         detail = prepared.detail
         refused = _read_json(self.paths.refused) or {}
@@ -735,6 +747,13 @@ def apply(
     if current is not None and prepared.set_version < current["set"]:
         raise UpdateRefused(
             f"set {prepared.set_version} is older than the set in force ({current['set']})"
+        )
+    in_force = current["set"] if current is not None else None
+    if in_force != prepared.base_set:
+        # Its changes were worked out against another set (a USB apply in between).
+        raise UpdateError(
+            f"the set in force changed from {prepared.base_set} to {in_force} while set "
+            f"{prepared.set_version} was fetched; it will be fetched again at the next sync"
         )
     detail = dict(prepared.detail)
     settings_name = (current or {}).get("settings_file")

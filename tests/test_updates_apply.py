@@ -261,3 +261,20 @@ def test_sigkill_while_applying_leaves_one_whole_set(canteen: Canteen, tmp_path:
         shutil.rmtree(state)
     assert sum(seen.values()) == KILLS
     print(f"apply {apply_s:.3f} s; after SIGKILL: {seen}")
+
+
+def test_a_set_prepared_against_another_set_is_fetched_again(canteen: Canteen) -> None:
+    c = canteen
+    c.settings(800)
+    c.update()
+    c.settings(900)
+    c.repo.revoke(cadres("r", 2), NOW)
+    # Two refreshes prepared against set A (say a sync and a technician's 'update fetch').
+    first = c.updater().prepare_in_force()
+    second = c.updater().prepare_in_force()
+    assert tu.apply(c.state, c.store, first, NOW) is not None
+    with pytest.raises(tu.UpdateError, match="fetched again"):
+        tu.apply(c.state, c.store, second, NOW)
+    assert c.in_force()["price"] == 900 and c.in_force()["revocations"] == 2
+    again = c.updater().prepare_in_force()
+    assert again.changed == [] and tu.apply(c.state, c.store, again, NOW) is None
