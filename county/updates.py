@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Key, Signer
-from tuf.api.metadata import (
+from securesystemslib.signer._crypto_signer import CryptoSigner  # not re-exported to mypy
+from securesystemslib.signer._key import Key
+from securesystemslib.signer._signer import Signer
+from tuf.api._payload import (  # re-exported by tuf.api.metadata, but not to mypy
     Delegations,
-    Metadata,
     MetaFile,
     Root,
     Snapshot,
@@ -47,6 +48,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from terminal import config, trust
@@ -763,13 +765,14 @@ def init_repository(data: str | Path, root_keys: str | Path, now: int) -> dict[s
     timestamp = Metadata(Timestamp(expires=_expiry(Timestamp.type, now)))
     timestamp.signed.unrecognized_fields[SIGNED_AT_FIELD] = now
     timestamp.sign(online[Timestamp.type])
-    for name, md in (
+    files: tuple[tuple[str, Metadata[Any]], ...] = (
         ("1.root.json", root),
         ("root.json", root),
         ("1.targets.json", targets),
         ("1.snapshot.json", snapshot),
         ("timestamp.json", timestamp),
-    ):
+    )
+    for name, md in files:
         write_atomic(paths.metadata / name, md.to_bytes(_COMPACT))
     # An empty revocation list with every shard published, so a terminal can tell
     # "no revocations" from "revocations not received".
@@ -816,7 +819,8 @@ def validate_settings(file: str | Path, canteen: str | None) -> bytes:
                         f"{path}: [{section}] {option}: belongs to one terminal's own settings, "
                         "not to a publication; remove it. Nothing published"
                     )
-    canteen_table = doc.get("canteen") if isinstance(doc.get("canteen"), dict) else {}
+    table = doc.get("canteen")
+    canteen_table: dict[str, Any] = table if isinstance(table, dict) else {}
     if canteen is None:
         for option in ("id", "name"):
             if option in canteen_table:
