@@ -564,6 +564,20 @@ class CountyRepository:
                 return [Timestamp.type]
             return []
 
+    def renew_root(self, now: int, root_keys: Path) -> dict[str, Any]:
+        """The same root keys, a new version with a new expiry (do it yearly: an expired
+        root stops every terminal's updates until it is renewed)."""
+        with self._locked():
+            previous = self.root()
+            root = self.root()
+            root.signed.version += 1
+            root.signed.expires = _expiry(Root.type, now)
+            self._sign_root(root, _load_signers(root_keys), previous=previous)
+            root.verify_delegate(Root.type, root)
+            self._write_meta(f"{root.signed.version}.root.json", root)
+            self._write_meta("root.json", root)
+            return {"root_version": root.signed.version, "expires": str(root.signed.expires)}
+
     def rotate(self, role: str, now: int, root_keys: Path) -> dict[str, Any]:
         """New keys for ``role``; root, targets, snapshot and timestamp changes need root keys."""
         if role not in ROLES:
@@ -702,8 +716,15 @@ class CountyRepository:
         listed: dict[str, Any] = {}
         for path, info in sorted(targets.signed.targets.items()):
             listed[path] = {"length": info.length, **info.custom}
+        root_left_days = (root.signed.expires.timestamp() - time.time()) / 86400
         return {
             "root": root.signed.version,
+            "root_expires": root.signed.expires.isoformat(),
+            "root_warning": (
+                f"the root expires in {root_left_days:.0f} days: run 'updates renew-root'"
+                if root_left_days < 60
+                else None
+            ),
             "timestamp": ts.signed.version,
             "timestamp_expires": ts.signed.expires.isoformat(),
             "snapshot": snap.signed.version,

@@ -72,6 +72,14 @@ def cmd_init(a: argparse.Namespace) -> int:
 
 
 @_one_line_errors
+def cmd_renew_root(a: argparse.Namespace) -> int:
+    root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
+    with updates.CountyRepository(a.data) as repo:
+        _print(repo.renew_root(_now(), root_keys))
+    return 0
+
+
+@_one_line_errors
 def cmd_status(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
         _print(repo.status())
@@ -194,6 +202,15 @@ def add_update_commands(subparsers: Any) -> None:
     _data(p)
     _root_keys(p)
     p.set_defaults(func=cmd_init)
+    p = usub.add_parser(
+        "renew-root",
+        help="re-sign the root with the same offline keys and a new expiry (yearly)",
+        description="A new root version with the same keys, valid 365 days, signed by two of "
+        "the offline root keys. An expired root stops every terminal's updates.",
+    )
+    _data(p)
+    _root_keys(p)
+    p.set_defaults(func=cmd_renew_root)
     p = usub.add_parser("status", help="versions, expiry and what is listed")
     _data(p)
     p.set_defaults(func=cmd_status)

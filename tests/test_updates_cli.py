@@ -81,6 +81,10 @@ def test_county_it_to_a_terminal_by_usb(tmp_path: Path, capsys: pytest.CaptureFi
     assert "timestamp" in out_json(capsys)["renewed"]
     assert county("rotate", "--data", str(data), "--root-keys", str(keys), "timestamp") == 0
     assert out_json(capsys)["root_version"] == 2
+    assert county("updates", "renew-root", "--data", str(data), "--root-keys", str(keys)) == 0
+    assert out_json(capsys)["root_version"] == 3
+    assert county("updates", "renew-root", "--data", str(data), "--root-keys", str(data)) == 2
+    assert "offline root keys" in capsys.readouterr().err
 
     state = tmp_path / "state"
     root_json = data / "updates" / "repository" / "metadata" / "1.root.json"
@@ -94,7 +98,7 @@ def test_county_it_to_a_terminal_by_usb(tmp_path: Path, capsys: pytest.CaptureFi
     assert applied["applied"] and set(applied["changed"]) == {"settings", "revocations"}
     assert terminal("update", "status", "--state", str(state)) == 0
     status = out_json(capsys)
-    assert status["state"] == "current" and status["root_version"] == 2
+    assert status["state"] == "current" and status["root_version"] == 3
 
     # An old copy of the stick after a newer set: refused, nothing changes.
     old = tmp_path / "old-usb"
