@@ -19,6 +19,7 @@ on 127.0.0.1, which stops at the end. Run:
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import socket
 import tempfile
@@ -28,10 +29,12 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
 from county import updates as cu
-from terminal import config, trust
+from terminal import config, state, trust
 from terminal import updates as tu
+from terminal.checkout import Checkout
 
 
 def serve(data: Path) -> tuple[uvicorn.Server, threading.Thread, int]:
@@ -70,6 +73,10 @@ def main() -> None:
             for _ in range(args.entries)
         ]
         repo = cu.CountyRepository(data)
+        issuer = Issuer("chenzhou", key_from_seed("bench-updates-issuer"))
+        trust_file = base / "trust.json"
+        trust_file.write_text(json.dumps({"version": 1, "entries": [issuer.trust_entry()]}))
+        repo.publish_trust(trust_file, now)
         t = time.perf_counter()
         repo.revoke(entries, now)
         publish_all_s = time.perf_counter() - t
@@ -80,32 +87,41 @@ def main() -> None:
             assert info is not None
             full_bytes += info.length
 
-        state = base / "state"
-        tu.pin_root(state, (repo.paths.metadata / "1.root.json").read_bytes())
-        store = trust.TrustStore(state / "trust.sqlite")
-        usb = tu.TerminalUpdater(state, "c1", medium=repo.paths.root / "repository")
+        state_dir = base / "state"
+        now_ms = now * 1000
+        tu.pin_root(state_dir, (repo.paths.metadata / "1.root.json").read_bytes())
+        store = trust.TrustStore(state_dir / "trust.sqlite")
+        usb = tu.TerminalUpdater(state_dir, "c1", medium=repo.paths.root / "repository")
         t = time.perf_counter()
         first = tu.update_once(usb, store, now)
         first_s = time.perf_counter() - t
         assert first is not None and store.revocation_count() == args.entries
 
+        # A real cadre's phone, and the terminal's own decision core.
+        wallet = make_wallet(issuer, "cadre-00042", "u1", "张三", now=now)
+        book = state.open_ledger(state_dir / "ledger.sqlite", state_dir / "key.pem", "t1", now_ms)
+        counter = Checkout(config.load(), book, store)
+        before = counter.verify_token(wallet.draw(now), now_ms)
+        assert before.accepted, before.reason
+
         server, thread, port = serve(data)
         try:
-            online = tu.TerminalUpdater(state, "c1", base_url=f"http://127.0.0.1:{port}/tuf")
+            online = tu.TerminalUpdater(state_dir, "c1", base_url=f"http://127.0.0.1:{port}/tuf")
             assert tu.update_once(online, store, now) is None  # in step: nothing to fetch
-            key = trust.revocation_key("cadre", "chenzhou", "cadre-00042")
             t = time.perf_counter()
             repo.revoke([{"kind": "cadre", "iss": "chenzhou", "sub": "cadre-00042"}], now)
             revoke_s = time.perf_counter() - t
-            online = tu.TerminalUpdater(state, "c1", base_url=f"http://127.0.0.1:{port}/tuf")
+            # The next sync of the terminal:
+            online = tu.TerminalUpdater(state_dir, "c1", base_url=f"http://127.0.0.1:{port}/tuf")
             t = time.perf_counter()
             applied = tu.update_once(online, store, now)
+            after = counter.verify_token(wallet.draw(now + 1), now_ms + 1000)
             refresh_s = time.perf_counter() - t
             assert applied is not None
-            refused = store._has(key)
-            assert refused, "the terminal does not refuse the revoked cadre"
+            assert not after.accepted, "the terminal does not refuse the revoked cadre"
             one_bytes = online.fetcher.bytes_received
         finally:
+            book.close()
             server.should_exit = True
             thread.join(10)
         store.close()
@@ -124,8 +140,9 @@ def main() -> None:
     worst = revoke_s + interval_s + jitter_s + refresh_s
     mean = revoke_s + (interval_s + jitter_s / 2) / 2 + refresh_s
     print(
-        f"revoke cadre -> terminal refuses: publish {revoke_s:.2f} s + wait for the next sync "
-        f"(at most {interval_s} + {jitter_s} s jitter) + refresh/apply {refresh_s:.2f} s: "
+        f"revoke cadre -> terminal refuses ({after.reason}): publish {revoke_s:.2f} s "
+        f"+ wait for the next sync (at most {interval_s} + {jitter_s} s jitter) "
+        f"+ refresh/apply {refresh_s:.2f} s: "
         f"worst {worst:.0f} s = {worst / interval_s:.3f} sync intervals, "
         f"mean {mean:.0f} s = {mean / interval_s:.3f}"
     )
