@@ -916,7 +916,8 @@ def start_timestamp_refresher(
     interval_s: float,
     clock: Callable[[], float] = time.time,
 ) -> Callable[[], None]:
-    """Re-sign expiring online roles every ``interval_s`` in a thread; returns its stop."""
+    """Every ``interval_s`` in a thread: re-sign online roles near expiry and publish the
+    revocations of new conflicts. Returns the function that stops it."""
     stop = threading.Event()
 
     def run() -> None:
@@ -924,8 +925,13 @@ def start_timestamp_refresher(
             try:
                 with CountyRepository(data_dir) as repo:
                     renewed = repo.refresh(int(clock()))
-                    # Conflicts that the sync intake found since the last round.
+                    # Revocations recorded but not published (a crash mid-publication).
                     repo.publish_pending_revocations(int(clock()))
+                # Conflicts that the sync intake found since the last round.
+                if (Path(data_dir) / "county.sqlite").exists():
+                    added = publish_conflict_revocations(data_dir, int(clock())).revocations_added
+                    if added:
+                        log.info("published %d revocations from conflicts", added)
                 if renewed:
                     log.info("re-signed %s", ", ".join(renewed))
             except UpdatesError as exc:

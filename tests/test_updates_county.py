@@ -61,8 +61,21 @@ def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
                 book.append(sale(0, cadre="iss/x", credential="qr/iss/00aa", ctr=5), T0_MS)
                 book.close()
                 _sync(term)
-            pub = cu.publish_conflict_revocations(county.data, now)
-            assert pub.revocations_added == 1
+            # The server's refresher publishes the conflict's revocation by itself.
+            with cu.CountyRepository(county.data) as repo:
+                before = repo.revocation_count()
+            stop = cu.start_timestamp_refresher(county.data, 0.1)
+            try:
+                deadline = time.monotonic() + 20
+                while True:
+                    with cu.CountyRepository(county.data) as repo:
+                        if repo.revocation_count() > before:
+                            break
+                    assert time.monotonic() < deadline, "the conflict was not published"
+                    time.sleep(0.1)
+            finally:
+                stop()
+            assert cu.publish_conflict_revocations(county.data, now).revocations_added == 0
 
             applied = tu.update_once(tu.updater_for_county(a.root), store, now)
             assert applied is not None and applied.changed == ("revocations",)
