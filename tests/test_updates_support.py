@@ -299,6 +299,12 @@ def test_one_revocation_costs_one_bin_and_one_shard(canteen: Canteen) -> None:
 
 def test_status_names_the_set_and_freshness(canteen: Canteen) -> None:
     canteen.update()
+    # A later timestamp vouches that the unchanged lists are current (the policy's
+    # [lists] limits count from it), without a new set.
+    canteen.repo.refresh(NOW + 3600, force=True)
+    assert canteen.update() is None
+    info = canteen.store.list_info("revocations")
+    assert info is not None and info.issued_at == NOW + 3600
     status = tu.status(canteen.state, canteen.store, NOW)
     assert status["state"] == "current" and status["pinned"]
     later = tu.status(canteen.state, canteen.store, NOW + 2 * 86400)
