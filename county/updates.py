@@ -869,7 +869,10 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
     from county.store import CountyStore
 
     now = int(time.time()) if now is None else now
-    store = CountyStore(Path(data_dir) / "county.sqlite")
+    db = Path(data_dir) / "county.sqlite"
+    if not db.is_file():
+        return Publication()  # no intake yet, so no conflicts
+    store = CountyStore(db)
     try:
         found = store.revocations()
     finally:
@@ -928,10 +931,9 @@ def start_timestamp_refresher(
                     # Revocations recorded but not published (a crash mid-publication).
                     repo.publish_pending_revocations(int(clock()))
                 # Conflicts that the sync intake found since the last round.
-                if (Path(data_dir) / "county.sqlite").exists():
-                    added = publish_conflict_revocations(data_dir, int(clock())).revocations_added
-                    if added:
-                        log.info("published %d revocations from conflicts", added)
+                added = publish_conflict_revocations(data_dir, int(clock())).revocations_added
+                if added:
+                    log.info("published %d revocations from conflicts", added)
                 if renewed:
                     log.info("re-signed %s", ", ".join(renewed))
             except UpdatesError as exc:
