@@ -298,6 +298,8 @@ def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_m
             return _problem(503, f"the county database is busy: {exc}", {"Retry-After": "5"})
         except StoreError as exc:
             return _problem(401, str(exc))
+        if result.status in (OK, GAP):
+            await run_in_threadpool(_record_applied_sets, data, terminal_id, doc)
         nonce = bytes.fromhex(doc.get("nonce", "")) if isinstance(doc, dict) else b""
         answer = {
             "protocol": PROTOCOL_VERSION,
@@ -314,6 +316,24 @@ def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_m
         return JSONResponse(answer, status_code=status)
 
     return app
+
+
+def _record_applied_sets(data: Path, terminal_id: str, doc: Any) -> None:
+    """Each config_applied entry in an accepted batch tells county IT what this terminal runs."""
+    from county import updates
+
+    if not updates.RepoPaths(data).metadata.is_dir():
+        return  # this county publishes no updates
+    rows = doc.get("entries") if isinstance(doc, dict) else None
+    for row in rows or []:
+        # Wire rows are the ledger's hashed columns in order: [3] kind, [2] at_ms, [15] detail.
+        if not isinstance(row, list) or len(row) < 16 or row[3] != "config_applied":
+            continue
+        try:
+            detail = json.loads(row[15])
+            updates.record_applied(data, terminal_id, detail, int(row[2]))
+        except (ValueError, TypeError, OSError, sqlite3.Error):
+            continue  # the entry itself is stored; only the report line is lost
 
 
 # --- TLS and the server --------------------------------------------------------------
@@ -346,11 +366,19 @@ class CountyServer:
         limits: Limits | None = None,
         wrap: Callable[[ASGIApp], ASGIApp] | None = None,
         log_level: str = "warning",
+        refresh_interval_s: float = 60.0,
     ) -> None:
         self.data = Path(data)
         db = ca_db_path(self.data) if database_url is None else database_url_path(database_url)
         self.store = CountyStore(db, limits)
-        app: ASGIApp = create_app(self.data, self.store)
+        fastapi_app = create_app(self.data, self.store)
+        # Signed updates (docs/updates.md): the TUF repository, served read-only.
+        from county import updates
+
+        updates.mount_repository(fastapi_app, self.data)
+        self._stop_refresher: Callable[[], None] | None = None
+        self.refresh_interval_s = refresh_interval_s
+        app: ASGIApp = fastapi_app
         if wrap is not None:
             app = wrap(app)
         paths = ca.CAPaths(self.data)
@@ -373,6 +401,8 @@ class CountyServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Small answers must not wait for a delayed ACK (about 40 ms each, per request).
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind((host, port))
         self.host = host
         self.port: int = self.sock.getsockname()[1]
@@ -384,9 +414,12 @@ class CountyServer:
 
     def run(self) -> None:
         """Serve in this thread until interrupted (SIGINT/SIGTERM in the main thread)."""
+        self._start_refresher()
         try:
             self.server.run(sockets=[self.sock])
         finally:
+            if self._stop_refresher is not None:
+                self._stop_refresher()
             self.store.close()
 
     def start(self, timeout: float = 10.0) -> CountyServer:
@@ -398,6 +431,7 @@ class CountyServer:
             name="county-server",
         )
         self._thread.start()
+        self._start_refresher()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
@@ -405,7 +439,19 @@ class CountyServer:
             time.sleep(0.01)
         return self
 
+    def _start_refresher(self) -> None:
+        """Re-sign the timestamp before it expires and publish conflicts' revocations."""
+        from county import updates
+
+        if self._stop_refresher is None and updates.RepoPaths(self.data).metadata.is_dir():
+            self._stop_refresher = updates.start_timestamp_refresher(
+                self.data, self.refresh_interval_s
+            )
+
     def stop(self) -> None:
+        if self._stop_refresher is not None:
+            self._stop_refresher()
+            self._stop_refresher = None
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)

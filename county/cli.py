@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     _database(p)
     p.set_defaults(func=cmd_alarms)
+    from county.updates_cli import add_update_commands
+
+    add_update_commands(sub)
     return parser
 
 

@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_sync_commands(sub)
 
     try:
+        from terminal.update_cli import add_update_commands
+    except ImportError:  # python-tuf missing: the core commands still work
+        pass
+    else:
+        add_update_commands(sub)
+
+    try:
         from terminal.scan_cli import add_scan_image
     except ImportError:  # the camera stack is optional for the core commands
         pass
