@@ -198,8 +198,23 @@ def cmd_run(a: argparse.Namespace) -> int:
     from terminal import daemon
 
     daemon.setup_logging()
-    settings = config.load(a.config)
-    return daemon.Daemon(settings).run()
+    local = config.load(a.config)
+    note = None
+    settings = local
+    try:
+        from terminal import updates
+    except ImportError:  # python-tuf missing: run on the local settings alone
+        updates = None  # type: ignore[assignment]
+    if updates is not None:
+        # Before anything else reads settings: reconcile the applied update set, and go
+        # back to the last good set when the previous start with a new one failed.
+        store = trust.TrustStore(state.prepare(local.state_dir).trust)
+        try:
+            note = updates.begin_start(local.state_dir, store)
+        finally:
+            store.close()
+        settings = updates.effective_settings(a.config, note)
+    return daemon.Daemon(settings, config_path=a.config, start_note=note).run()
 
 
 def cmd_status(a: argparse.Namespace) -> int:

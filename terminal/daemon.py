@@ -436,7 +436,7 @@ class DecisionWorker:
         for name in trust.LIST_NAMES:
             info = counter.trust.list_info(name)
             ages[name] = None if info is None else max(0, now_ms // 1000 - info.issued_at)
-        service = policy.service_at(self.settings, now_ms // 1000)
+        service = policy.service_at(counter.settings, now_ms // 1000)
         self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
         self.snapshot = {
             "unsynced": unsynced,
@@ -593,8 +593,15 @@ class Daemon:
         *,
         wall_ms: Callable[[], int] | None = None,
         notifier: Notifier | None = None,
+        config_path: str | None = None,
+        start_note: Any = None,
     ) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self.start_note = start_note  # updates.StartNote: the set in force, a rollback
+        self.update_notice: str | None = getattr(start_note, "message", None)
+        self.update_state: str | None = None
+        self._updater: Any = None
         check_settings(settings)  # a typo anywhere stops the start, not a later thread
         self.dsettings = daemon_settings(settings)
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
@@ -671,10 +678,78 @@ class Daemon:
                     "county server %s", "reachable" if online else f"unreachable: {result.error}"
                 )
             self.last_sync = result.summary()
+            if online:
+                self._refresh_updates()
 
         self.sync = sync.SyncSchedule(client, options, arrived)
         self.sync.start(first_delay_s=0.5)
         log.info("syncing with %s every %s s", client.server, options.interval_s)
+
+    # -- signed updates (terminal/updates.py, docs/updates.md) --
+
+    def _record_start_note(self) -> None:
+        """Up and serving: a rollback goes in the ledger, the set in force becomes last good."""
+        try:
+            from terminal import updates
+        except ImportError:
+            return
+        note = self.start_note
+        state_dir = self.settings.state_dir
+
+        def record(c: Checkout) -> None:
+            draft = note.ledger_draft() if note is not None else None
+            if draft is not None:
+                at = c.now(self._wall_ms())
+                c.ledger.append(draft, at)
+                c.clock.raise_floor(at)
+            updates.confirm_started(state_dir, c.trust)
+
+        try:
+            self.worker.call(record)
+        except Exception as exc:
+            log.error("recording the update set in force failed: %s", exc)
+
+    def _refresh_updates(self) -> None:
+        """In the sync thread, after a sync: fetch and verify a newer set, then let the
+        decision worker apply it between two decisions."""
+        from terminal import updates
+
+        state_dir = self.settings.state_dir
+        try:
+            if self._updater is None:
+                self._updater = updates.updater_for_county(state_dir)
+            prepared = self._updater.prepare_in_force()
+        except updates.NotPinned:
+            self.update_state = "not pinned"
+            return
+        except updates.UpdateError as exc:
+            self.update_state = getattr(exc, "kind", "update")
+            log.warning("updates: %s", exc)
+            return
+        except Exception as exc:  # a damaged state dir, an unexpected library error
+            log.error("updates: %s", exc)
+            return
+        self.update_state = "current"
+        done: Future[Any] = Future()
+        done.add_done_callback(_log_failure("applying an update set"))
+        self.worker.put(Job(lambda c: self._apply_set(c, prepared), done))
+
+    def _apply_set(self, c: Checkout, prepared: Any) -> None:
+        from terminal import updates
+
+        now_ms = c.now(self._wall_ms())
+        applied = updates.apply(self.settings.state_dir, c.trust, prepared, now_ms // 1000)
+        if applied is None:
+            return
+        c.ledger.append(applied.ledger_draft(), now_ms)
+        c.trust.reload()
+        log.warning("update set %s applied (%s)", applied.set_version, ", ".join(applied.changed))
+        if applied.settings_changed:
+            note = updates.StartNote(applied.settings_file, applied.set_version)
+            # Prices, meal windows, caps and token limits take effect at the next decision;
+            # device, screen and sync settings at the next start (which confirms the set).
+            c.settings = updates.effective_settings(self.config_path, note)
+            log.warning("settings of update set %s in force for decisions", applied.set_version)
 
     def _start_screen(self) -> None:
         from terminal.display.server import Screen
@@ -749,6 +824,8 @@ class Daemon:
             "online": self.online,
             "sync": self.last_sync,
             "sync_note": self.sync_note,
+            "updates": self.update_state,
+            "update_notice": self.update_notice,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             **snap,
         }
@@ -768,6 +845,10 @@ class Daemon:
         for part, what in ((self.camera, "camera"), (self.reader, "card reader")):
             if part is not None and not part.health().up:
                 problems.append(f"{what} down: {part.health().detail}")
+        if self.update_notice:
+            problems.append(self.update_notice)
+        if self.update_state == "stale":
+            problems.append("updates stale: the county's signed timestamp expired; call county IT")
         if snap and not snap.get("clock_trusted", True):
             problems.append("clock not trusted: connect the network so the time can be set")
         self.problems = problems
@@ -824,6 +905,7 @@ class Daemon:
             self.notifier.send(status=f"cannot start: {exc}")
             self._shutdown()
             return 2
+        self._record_start_note()
         self._assess()
         self.notifier.send(ready=1, status=f"{self.state}: {self.sentence}")
         log.info("%s: %s", self.state, self.sentence)

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from terminal import config, ledger, state
 from terminal.checkout import TrustedClock
 from terminal.sync import (
+    CountyIdentity,
     SyncClient,
     SyncError,
     SyncResult,
@@ -112,6 +113,8 @@ def cmd_provision(
         ),
         file=out,
     )
+    pinned = _pin_county_root(paths.root, identity)
+    print(f"{PROG}: {pinned}", file=err)
     if existing is not None and existing != identity.terminal_id:
         print(
             f"{PROG}: warning: the ledger in {paths.root} belongs to terminal {existing!r}, but "
@@ -119,6 +122,31 @@ def cmd_provision(
             file=err,
         )
     return 0
+
+
+def _pin_county_root(state_dir: Path, identity: CountyIdentity) -> str:
+    """Pin the county's signed-update root over the connection just pinned by the CA.
+
+    A county without an update repository yet is no error: the root can be pinned
+    later with 'canteen-terminal update pin-root'.
+    """
+    try:
+        import requests
+
+        from terminal import updates
+    except ImportError:
+        return "signed updates are not installed: no update root pinned"
+    base = identity.server.rstrip("/") + "/tuf/metadata/"
+    cert = (str(identity.cert_file), str(identity.key_file))
+    try:
+        for name in ("root.json", "1.root.json"):
+            answer = requests.get(base + name, verify=str(identity.ca_file), cert=cert, timeout=10)
+            if answer.status_code == 200:
+                digest = updates.pin_root(state_dir, answer.content)
+                return f"county update root pinned (sha256 {digest[:16]}...)"
+    except (requests.RequestException, updates.UpdateError) as exc:
+        return f"update root not pinned ({exc}); pin it with 'canteen-terminal update pin-root'"
+    return "the county publishes no signed updates yet: pin its root later with 'update pin-root'"
 
 
 def _open_for_apply(ledger_path: Path, state_dir: Path, terminal_id: str) -> ledger.Ledger:

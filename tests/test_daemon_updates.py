@@ -1,0 +1,125 @@
+"""The running daemon takes its lists and settings from county IT's signed updates.
+
+A real county server (mTLS) with a TUF repository; the terminal provisioned and its
+update root pinned; the daemon syncs, fetches the signed set, applies it between two
+decisions, records it in the ledger and reports it to the county. Then county IT
+revokes the card and raises the price: the next swipes are refused, and the next
+accepted sale pays the new price, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, write_settings
+from test_sync_support import make_county, provision_terminal
+
+from county import updates as cu
+from terminal import config, daemon, ledger
+from terminal import updates as tu
+
+SYNC = """
+[sync]
+interval_s = 1
+jitter_s = 0
+deadline_s = 10
+backoff_base_s = 1
+backoff_cap_s = 2
+"""
+
+
+def wait_for(predicate: Any, timeout_s: float = 40.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def entries(book: Path) -> list[dict[str, Any]]:
+    out = book.with_suffix(".jsonl")
+    with open(out, "w", encoding="utf-8") as f:
+        ledger.export_file(book, "jsonl", f)
+    return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
+    now = int(time.time())
+    county = make_county(tmp_path)
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    (tmp_path / "trust.json").write_text(json.dumps([ISSUER.trust_entry()]), encoding="utf-8")
+    (tmp_path / "roster.csv").write_text(
+        "uid,iss,sub,unit,display_name,status\n"
+        f"{CARD_UID.hex()},{ISSUER.iss},{CARD_CADRE},own,Card holder,active\n"
+        f"0102030405,{ISSUER.iss},K2,own,Second card,active\n",
+        encoding="utf-8",
+    )
+    with cu.CountyRepository(county.data) as repo:
+        repo.publish_trust(tmp_path / "trust.json", now)
+        repo.publish_roster(tmp_path / "roster.csv", now)
+    county.start()
+    reader = ReaderPty()
+    settings_path = write_settings(
+        tmp_path, reader_port=reader.path, camera_source=None, extra=SYNC
+    )
+    state_dir = tmp_path / "state"
+    provision_terminal(county, state_dir, "t-daemon", "c-daemon")
+    tu.pin_root(state_dir, (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes())
+    d = daemon.Daemon(
+        config.load(settings_path),
+        notifier=daemon.Notifier(""),
+        config_path=str(settings_path),
+    )
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    book = state_dir / "ledger.sqlite"
+    try:
+        wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
+        applied = lambda: [e for e in entries(book) if e["kind"] == "config_applied"]  # noqa: E731
+        wait_for(lambda: len(applied()) >= 1, what="the first signed set")
+        reader.swipe(CARD_UID)
+        wait_for(lambda: d.worker.decisions == 1, what="the first swipe")
+        first = [e for e in entries(book) if e["kind"] == "sale"][-1]
+        assert (first["verdict"], first["amount_fen"]) == ("accept", 1000)
+
+        # County IT: revoke the first card, and publish a new price for this canteen.
+        (tmp_path / "price.toml").write_text(
+            '[[meals]]\nname = "allday"\nstart = "00:00"\nend = "23:59"\n'
+            "price_own_fen = 1200\nprice_visitor_fen = 1800\n",
+            encoding="utf-8",
+        )
+        with cu.CountyRepository(county.data) as repo:
+            repo.revoke([{"kind": "card", "uid": CARD_UID.hex()}], now)
+            repo.publish_settings(tmp_path / "price.toml", "c-daemon", now)
+        wait_for(lambda: len(applied()) >= 2, what="the second signed set")
+        time.sleep(1.0)  # the card left the field
+        reader.swipe(CARD_UID)
+        wait_for(lambda: d.worker.decisions == 2, what="the revoked card's swipe")
+        reader.swipe(bytes.fromhex("0102030405"))
+        wait_for(lambda: d.worker.decisions == 3, what="the second card")
+        sales = [e for e in entries(book) if e["kind"] == "sale"]
+        assert (sales[-2]["verdict"], sales[-2]["reason"]) == ("reject", "card_revoked")
+        assert (sales[-1]["verdict"], sales[-1]["amount_fen"]) == ("accept", 1200)
+        # The county hears what the terminal applied with the next upload.
+        wait_for(
+            lambda: any(r["terminal"] == "t-daemon" for r in cu_applied(county.data)),
+            what="the applied set reported to the county",
+        )
+    finally:
+        d.request_stop()
+        thread.join(15)
+        county.stop()
+        reader.close()
+    assert ledger.verify_file(book).ok
+    status = tu.UpdatePaths(state_dir).applied
+    assert json.loads(status.read_text(encoding="utf-8"))["set"] >= 2
+
+
+def cu_applied(data: Path) -> list[dict[str, Any]]:
+    with cu.CountyRepository(data) as repo:
+        return repo.applied()
