@@ -79,10 +79,25 @@ def cmd_verify_token(a: argparse.Namespace) -> int:
         else:
             root = state.prepare(a.state if a.state is not None else scratch)
             ledger_path, key_path = root.ledger, root.key
+        if a.trust is None:
+            # The terminal's own applied lists: what it would decide (read, never replaced).
+            if a.state is None:
+                raise CommandError("give --trust TRUST.json, or --state DIR of a terminal")
+            if a.revoked is not None:
+                raise CommandError(
+                    "--revoked needs --trust; with --state alone the "
+                    "terminal's own revocation list is used"
+                )
+            lists = Path(a.state) / state.TRUST_FILE
+            if not lists.is_file():
+                raise CommandError(f"{lists}: no lists installed in this state directory")
+            store = trust.TrustStore(lists)
+        else:
+            store = trust.TrustStore(":memory:")
         book = state.open_ledger(ledger_path, key_path, settings.terminal_id, start_ms)
-        store = trust.TrustStore(":memory:")
         try:
-            _load_trust_files(store, a.trust, a.revoked, start_ms // 1000)
+            if a.trust is not None:
+                _load_trust_files(store, a.trust, a.revoked, start_ms // 1000)
             counter = Checkout(settings, book, store)
             for text in _qr_texts(a.qr):
                 wall = fixed_ms if fixed_ms is not None else _wall_ms()
@@ -294,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         "text: verdict, reason, iss, sub, cti, ctr. Texts come from the arguments, or one per "
         "line from standard input.",
     )
-    p.add_argument("--trust", required=True, metavar="TRUST.json", help="issuer trust list")
+    p.add_argument(
+        "--trust",
+        metavar="TRUST.json",
+        help="issuer trust list (default with --state: the terminal's own applied lists)",
+    )
     p.add_argument("--revoked", metavar="REVOKED.json", help="revocation list")
     p.add_argument("--now", type=int, metavar="UNIX_SECONDS", help="time to check at")
     p.add_argument("--window", type=int, metavar="S", help="freshness window (default 60)")

@@ -252,3 +252,34 @@ def test_every_command_has_help() -> None:
     for name, sub in commands.items():
         assert sub.format_help().strip(), name
         assert run(name, "--help").returncode == 0, name
+
+
+def test_verify_token_against_a_terminals_own_lists(tmp_path: Path, trust_file: Path) -> None:
+    case = next(c for c in VECTORS["cases"] if c["name"] == "revoked_credential")
+    code, now = case["steps"][0]["qr"], str(case["steps"][0]["now"])
+    revoked = write_json(tmp_path / "revoked.json", case["revoked"])
+    clean = write_json(tmp_path / "none.json", [])
+    reasons = []
+    for name, revocations in (("clean", clean), ("revoking", revoked)):
+        st = tmp_path / name
+        out = run(
+            "lists",
+            "install",
+            "--state",
+            str(st),
+            "--issuers",
+            str(trust_file),
+            "--revocations",
+            str(revocations),
+            "--now",
+            now,
+        )
+        assert out.returncode == 0, out.stderr
+        out = run("verify-token", "--state", str(st), "--now", now, code)
+        assert out.returncode == 0, out.stderr
+        reasons.append(json.loads(out.stdout)["reason"])
+    assert reasons == [None, "revoked"]  # each terminal's own applied lists decide
+    missing = run("verify-token", "CT1:X")
+    assert missing.returncode == 2 and "--state DIR of a terminal" in missing.stderr
+    mixed = run("verify-token", "--state", str(tmp_path / "clean"), "--revoked", str(revoked), "X")
+    assert mixed.returncode == 2 and "--revoked needs --trust" in mixed.stderr
