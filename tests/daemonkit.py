@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
@@ -20,6 +21,19 @@ ISSUER = Issuer("hn-daemon", key_from_seed("daemon-test-issuer"))
 CARD_UID = bytes.fromhex("0a1b2c3d4e")  # RDM6300: version byte + 32-bit id
 CARD_CADRE = "K1"
 PIN = "2468"
+
+
+def wait_for(predicate: Any, timeout_s: float = 40.0, what: str = "") -> None:
+    """Poll until ``predicate()`` is true; a socket not yet listening counts as not yet."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def midday_zone() -> str:

@@ -15,23 +15,11 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 
 from terminal import config, daemon, ledger
 
 ROOT = Path(__file__).parent.parent
-
-
-def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except OSError:  # a socket file bound but not yet listening: not ready yet
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

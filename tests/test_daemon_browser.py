@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonkit import PIN, write_settings
+from daemonkit import PIN, wait_for, write_settings
 from hwsim import population as pop
 from hwsim.camera import CameraSim
 from hwsim.reader import ReaderSim
@@ -42,15 +42,6 @@ pytestmark = pytest.mark.skipif(
 )
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = sync_api.expect
-
-
-def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

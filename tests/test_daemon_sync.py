@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 from test_sync_support import County, make_county, provision_terminal
 
 from terminal import config, daemon, ledger, selftest
@@ -30,15 +28,6 @@ read_timeout_s = 2
 backoff_base_s = 1
 backoff_cap_s = 2
 """
-
-
-def wait_for(predicate: Any, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

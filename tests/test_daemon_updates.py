@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, write_settings
+from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, wait_for, write_settings
 from test_sync_support import make_county, provision_terminal
 
 from county import updates as cu
@@ -30,15 +30,6 @@ deadline_s = 10
 backoff_base_s = 1
 backoff_cap_s = 2
 """
-
-
-def wait_for(predicate: Any, timeout_s: float = 40.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def entries(book: Path) -> list[dict[str, Any]]:
