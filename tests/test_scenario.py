@@ -1,6 +1,7 @@
 """hw-sim scenario lunch-rush: the shortened lunch against a real daemon passes its own checks,
 and those checks fail when the run is wrong (a wrong expectation, a lost or doubled entry, a
-ledger that does not verify, a partition that leaked)."""
+ledger that does not verify, a partition that leaked, a signed update that was never applied
+or did not rule the decisions after it)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from hwsim.scenario import (
     ScenarioError,
     make_plan,
 )
-from hwsim.scenario_report import check, figures, play, report_text
+from hwsim.scenario_report import applied_entry, check, figures, play, report_text
 
 ORIGIN_S = 1_780_000_000
 
@@ -75,6 +76,15 @@ def test_short_lunch_covers_every_kind_and_reports_figures(run: tuple[RunRecord,
     assert f["outage"]["resync_real_s"] is not None
     assert f["ledger_entries"] == f["county_entries"]
     assert "time to resync after the outage" in text and "p99" in text
+    # The settings change and the revocation came as signed updates, not stand-ins.
+    assert "STAND-IN" not in text
+    updates = {u["kind"]: u for u in f["updates"]}
+    assert set(updates) == {SETTINGS, REVOCATION}
+    for u in updates.values():
+        assert u["applied_seq"] is not None and u["to_applied_real_s"] >= 0
+    assert "settings change: signed update set" in text and "config_applied entry" in text
+    applied = [e for e in record.ledger_entries if e["kind"] == "config_applied"]
+    assert len(applied) >= 3  # the first lists, the settings, the revocation
     chart = Path(record.options["out"]) / "lunch-rush.png"
     img = cv2.imread(str(chart))
     assert img is not None and img.shape[1] >= 1000
@@ -155,6 +165,45 @@ def test_a_bad_ledger_or_a_leaky_outage_fails(run: tuple[RunRecord, str]) -> Non
         s["county_acked"] = 0
     assert any("never caught up" in x for x in check(record))
     assert "CHECKS FAILED" in report_text(record, check(record), None)
+
+
+def test_an_update_not_applied_or_not_in_force_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    settings = next(e for e in record.events if e["kind"] == SETTINGS)
+    record.ledger_entries = [
+        e
+        for e in record.ledger_entries
+        if not (e["kind"] == "config_applied" and e["detail"]["set"] >= settings["published_set"])
+    ]
+    failures = check(record)
+    assert any("settings publication" in x and "never applied" in x for x in failures)
+    assert any("revocation publication" in x and "never applied" in x for x in failures)
+
+    # A lunch sale after the settings set was applied, charged the old price.
+    record = spoiled(run[0])
+    entry = applied_entry(record, next(e for e in record.events if e["kind"] == SETTINGS))
+    assert entry is not None
+    sale = next(
+        e
+        for e in record.ledger_entries
+        if e["kind"] == "sale" and e["verdict"] == "accept" and e["seq"] > entry["seq"]
+    )
+    sale["amount_fen"] = 1000 if sale["amount_fen"] == 1200 else 1500
+    assert any(
+        f"entry {sale['seq']}: a lunch sale after the settings set was applied" in x
+        for x in check(record)
+    )
+
+    # A presentation the publication revoked, decided before the set was in force.
+    record = spoiled(run[0])
+    entry = applied_entry(record, next(e for e in record.events if e["kind"] == REVOCATION))
+    assert entry is not None
+    later = next(p for p in record.presentations if p["kind"] == REVOKED_LATER)
+    later["seq"] = entry["seq"] - 1
+    later["reason"] = None
+    failures = check(record)
+    assert any("decided before the revocation set was applied" in x for x in failures)
+    assert any("not refused revoked" in x for x in failures)
 
 
 # --- the plan, without running anything --------------------------------------------------------

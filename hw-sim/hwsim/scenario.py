@@ -6,9 +6,12 @@ terminal daemon, of the county server and of every phone; a seeded plan of
 arrivals (cadres paying by QR code or card, and hostile presentations:
 replayed and forged codes, revoked and expired credentials, second meals,
 cards lost or not in the roster), a network outage in the middle (the county
-proxy partitioned), a settings change and a revocation published during the
-run; presenting each arrival through the real devices (phones through
-CameraSim to the daemon's camera, cards through ReaderSim to its reader);
+proxy partitioned), a settings change and a revocation that county IT
+publishes during the run as signed updates (``county.updates``: the county's
+TUF repository, served by the county server at /tuf, fetched and applied by the
+running daemon between two decisions); presenting each arrival through the
+real devices (phones through CameraSim to the daemon's camera, cards through
+ReaderSim to its reader);
 the model that says what each presentation must get; and collecting what
 happened (verdicts from the screen's event stream, the ledger, the county's
 copy, samples of the queue and the backlog) into one ``RunRecord``.
@@ -16,7 +19,20 @@ copy, samples of the queue and the backlog) into one ``RunRecord``.
 It runs everything on 127.0.0.1 in a folder of its own, stops everything it
 started, and never reaches into the terminal's files while the daemon runs:
 it talks to the daemon only as a device, a screen client, or through the
-decision worker's job queue (the path signed updates take).
+decision worker's job queue (to read which update set is in force).
+
+Clocks and signed updates: every publication is signed at the simulated time
+(``SimClock.now_s``), the clock the terminal counts its list ages on, so a list
+published at 12:40 simulated is fresh at 12:40 on the terminal. The expiry of
+the TUF metadata is checked by python-tuf against the real clock of this
+computer. Signed at simulated time s, a role expires at s + its validity (the
+timestamp: one day), and the simulated clock never runs behind the real one
+(``lunch_origin_ms``: it starts at least a minute ahead), so metadata can only
+look *more* valid than it is, never expired. It runs ahead by at most a day and
+a minute plus (speed - 1) x the real length of the run (about 1.1 days for a
+full run at 30x); TUF has no signing time to refuse from the future, and the
+county server's refresher, which re-signs on the real clock, finds more than
+half of the timestamp's day left throughout and re-signs nothing.
 """
 
 from __future__ import annotations
@@ -511,6 +527,7 @@ def settings_text(
 ) -> str:
     """The canteen's settings: a real day of meal windows, the simulators as devices, fast sync."""
     units = ", ".join(f'"{u}"' for u in OWN_UNITS)
+    meals = meals_text(prices)
     return f"""# Written by hw-sim scenario lunch-rush.
 [terminal]
 id = "{TERMINAL_ID}"
@@ -523,27 +540,7 @@ id = "{CANTEEN_ID}"
 name = "Lunch-rush canteen"
 units = [{units}]
 
-[[meals]]
-name = "breakfast"
-start = "07:00"
-end = "09:00"
-price_own_fen = 300
-price_visitor_fen = 500
-
-[[meals]]
-name = "lunch"
-start = "{LUNCH_OPENS:%H:%M}"
-end = "{LUNCH_CLOSES:%H:%M}"
-price_own_fen = {prices[0]}
-price_visitor_fen = {prices[1]}
-
-[[meals]]
-name = "dinner"
-start = "17:30"
-end = "19:30"
-price_own_fen = 800
-price_visitor_fen = 1200
-
+{meals}
 [tokens]
 window_s = {WINDOW_S}
 skew_s = {SKEW_S}
@@ -578,6 +575,32 @@ backoff_cap_s = 2
 # The clock offset's noise (half a round trip) is multiplied by the speed: record the
 # county's time when it moved as much as 2 s would at real speed.
 offset_record_ms = {int(2000 * speed)}
+"""
+
+
+def meals_text(prices: tuple[int, int]) -> str:
+    """The canteen's meal windows and prices: in the local settings, and what county IT
+    publishes to change the lunch prices (a published [[meals]] replaces them all)."""
+    return f"""[[meals]]
+name = "breakfast"
+start = "07:00"
+end = "09:00"
+price_own_fen = 300
+price_visitor_fen = 500
+
+[[meals]]
+name = "lunch"
+start = "{LUNCH_OPENS:%H:%M}"
+end = "{LUNCH_CLOSES:%H:%M}"
+price_own_fen = {prices[0]}
+price_visitor_fen = {prices[1]}
+
+[[meals]]
+name = "dinner"
+start = "17:30"
+end = "19:30"
+price_own_fen = 800
+price_visitor_fen = 1200
 """
 
 
@@ -623,8 +646,12 @@ class RunningTerminal:
     def __init__(self, settings_path: Path, clock: SimClock) -> None:
         from terminal import config, daemon
 
+        # config_path: an applied settings set is merged over this file, live.
         self.daemon = daemon.Daemon(
-            config.load(settings_path), wall_ms=clock.now_ms, notifier=daemon.Notifier("")
+            config.load(settings_path),
+            wall_ms=clock.now_ms,
+            notifier=daemon.Notifier(""),
+            config_path=str(settings_path),
         )
         self.thread = threading.Thread(
             target=self.daemon.run, kwargs={"install_signals": False}, name="scenario-daemon"
@@ -691,7 +718,6 @@ class RunRecord:
     samples: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     outage: dict[str, Any] = field(default_factory=dict)
-    stand_ins: list[str] = field(default_factory=list)
     ambiguous: int = 0
     real_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # the run itself went wrong
@@ -768,14 +794,57 @@ def _credential_revocation(wallet: Wallet) -> dict[str, Any]:
     return {"kind": "credential", "iss": wallet.iss, "cti": wallet.cti.hex()}
 
 
+def _init_updates(out: Path, county_data: Path, cast: Cast, now: int) -> int:
+    """County IT's update repository, before the county server starts (it serves it at /tuf
+    and starts its timestamp refresher only if it exists): the root keys in a folder of
+    their own, and the first signed lists, the same the terminal is installed with.
+    Returns the update set they make."""
+    from county import updates as cu
+
+    cu.init_repository(county_data, out / "county-root-keys-OFFLINE", now)
+    trust_file = out / "published-trust.json"
+    trust_file.write_text(json.dumps(cast.population.trust_entries()), encoding="utf-8")
+    roster_file = out / "published-roster.csv"
+    roster_file.write_text(cast.population.roster_csv(), encoding="utf-8")
+    with cu.CountyRepository(county_data) as repo:
+        pub = repo.publish_trust(trust_file, now)
+        pub = repo.publish_roster(roster_file, now)
+        if cast.revoked_at_start:
+            pub = repo.revoke(
+                [_credential_revocation(cast.cadre(s).wallet) for s in cast.revoked_at_start], now
+            )
+    return int(pub.snapshot_version)
+
+
+def _serve_updates(county: Any) -> None:
+    """Make sure the county serves its update repository at /tuf.
+
+    CountyServer mounts it on the app it builds; CountySim with a ``clock`` swaps in an
+    app of its own (``create_app`` on the simulated clock) that has no /tuf mount, so the
+    repository is mounted on that app here, once, before any terminal asks for it."""
+    from county import updates as cu
+
+    app = getattr(getattr(county.server, "config", None), "app", None)
+    app = getattr(app, "app", app)  # hwsim.county's swappable holder, around the clock's app
+    routes = getattr(app, "routes", None)
+    if routes is None or not hasattr(app, "mount"):
+        raise ScenarioError("cannot reach the simulated county's app to serve /tuf")
+    if not any(getattr(r, "path", "") == "/tuf/metadata" for r in routes):
+        cu.mount_repository(app, county.data)
+
+
 def _provision(county: Any, state_dir: Path, clock: SimClock) -> None:
+    from county import updates as cu
     from terminal import state, sync
+    from terminal import updates as tu
     from terminal.ledger import load_or_create_signing_key
 
     paths = state.prepare(state_dir)
     key = load_or_create_signing_key(paths.key)
     code = county.add_terminal(TERMINAL_ID, CANTEEN_ID, clock.now_ms())
     sync.provision(paths.root, county.url, code, key.public_key().public_bytes_raw())
+    # The county's update root, pinned as 'canteen-terminal provision' pins it.
+    tu.pin_root(state_dir, (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes())
 
 
 @contextlib.contextmanager
@@ -826,12 +895,14 @@ class Lunch:
         with _daemon_log(self.out / "daemon.log"):
             clock = SimClock(self.origin_ms, self.opts.speed)
             self.clock = clock
+            first_set = _init_updates(self.out, self.out / "county", self.plan.cast, clock.now_s())
             county = CountySim(
                 self.out / "county",
                 clock=clock.now_ms,
                 partition_mode=self.opts.partition_mode,
                 seed=0,
             ).start()
+            _serve_updates(county)
             camera = CameraSim(
                 port=0,
                 fps=15,
@@ -854,6 +925,9 @@ class Lunch:
                     encoding="utf-8",
                 )
                 self._start_terminal()
+                # The first signed set (the same lists) is in force before the lunch opens.
+                first = self._wait_applied(first_set, "the first signed update set")
+                self._event("first_set", **first)
                 monitor = _Monitor(clock, county, self._holder).start()
                 self._play()
                 self._drain(monitor)
@@ -938,71 +1012,111 @@ class Lunch:
         elif event.kind == REVOCATION:
             self._publish_revocation()
 
-    def _change_settings(self) -> None:
-        """Lunch prices change. Stand-in for a signed settings update: the new settings file is
-        put in place and the terminal restarted, which is how an applied settings set takes
-        effect (terminal/updates.py applies settings at start)."""
+    def _publish(self, publish: Callable[[Any, int], Any]) -> tuple[int, int, float, int]:
+        """County IT publishes one signed change, signed at the simulated time; the set it
+        makes, the simulated and real time of the publication, and the revocation count."""
+        from county import updates as cu
+
+        now = self.clock.now_s()
+        with cu.CountyRepository(self.county.data) as repo:
+            pub = publish(repo, now)
+            count = repo.revocation_count()
+        return int(pub.snapshot_version), self.clock.now_ms(), time.time(), count
+
+    def _wait_applied(self, set_version: int, what: str) -> dict[str, Any]:
+        """Wait until the daemon has applied update set ``set_version`` or a later one (it
+        fetches after each sync and applies between two decisions): the next cadre is served
+        under it. Nobody is presented meanwhile; the queue runs late if it takes long. While
+        the county is partitioned the wait goes on: the set comes after the network."""
+        term = self._holder["terminal"]
         t0 = time.monotonic()
-        new = self.out / "terminal-v2.toml"
-        new.write_text(
-            settings_text(self.camera.url, str(self.reader.link), PRICES_AFTER, self.opts.speed),
+        deadline = t0 + 60
+        while True:
+            applied = term.daemon.worker.call(lambda c: c.trust.applied_update_set())
+            if applied is not None and int(applied["set"]) >= set_version:
+                return {
+                    "set": int(applied["set"]),
+                    "wait_real_s": round(time.monotonic() - t0, 2),
+                    "applied_seen_sim_ms": self.clock.now_ms(),
+                }
+            if self.county.partitioned:
+                deadline = time.monotonic() + 60
+            if time.monotonic() > deadline or not term.thread.is_alive():
+                self.record.problems.append(
+                    f"{what} (update set {set_version}) was not applied within 60 real s"
+                )
+                return {"set": None, "wait_real_s": round(time.monotonic() - t0, 2)}
+            time.sleep(0.05)
+
+    def _change_settings(self) -> None:
+        """Lunch prices change: county IT publishes this canteen's new [[meals]] as a signed
+        settings update; the daemon applies it between two decisions, without a restart."""
+        file = self.out / "published-settings-v2.toml"
+        file.write_text(
+            "# Published by county IT for this canteen (hw-sim scenario lunch-rush).\n"
+            + meals_text(PRICES_AFTER),
             encoding="utf-8",
         )
-        old = self._holder.pop("terminal")
-        old.stop()
-        self._collect_unmatched(old)
-        self.settings_path = new
-        self._start_terminal()
-        self.model.prices = PRICES_AFTER
-        self._event(
-            SETTINGS, restart_real_s=round(time.monotonic() - t0, 2), prices=list(PRICES_AFTER)
-        )
-        self.record.stand_ins.append(
-            "settings change: written as a new settings file and the daemon restarted "
-            "(signed settings updates not used)"
+        set_version, sim_ms, real, _ = self._publish(
+            lambda repo, now: repo.publish_settings(file, CANTEEN_ID, now)
         )
         self.progress(
-            f"  {self._local(self.clock.now_ms())} settings changed (lunch {PRICES_AFTER[0]} / "
-            f"{PRICES_AFTER[1]} fen), terminal restarted in {time.monotonic() - t0:.1f} s"
+            f"  {self._local(sim_ms)} settings published (lunch {PRICES_AFTER[0]} / "
+            f"{PRICES_AFTER[1]} fen), update set {set_version}"
+        )
+        applied = self._wait_applied(set_version, "the settings change")
+        self.model.prices = PRICES_AFTER
+        self.record.events.append(
+            {
+                "kind": SETTINGS,
+                "sim_ms": sim_ms,
+                "real": real,
+                "published_set": set_version,
+                "prices": list(PRICES_AFTER),
+                **applied,
+            }
+        )
+        self.progress(
+            f"  {self._local(self.clock.now_ms())} settings set {applied['set']} in force "
+            f"{applied['wait_real_s']:.1f} real s after publication"
         )
 
     def _publish_revocation(self) -> None:
-        """Stand-in for a signed revocation update: the list document that
-        'canteen-county revocations' prints, with the newly revoked credential and card added,
-        installed by the decision worker into its trust store (the path updates.apply takes)."""
-        from terminal import trust
-
-        doc = {
-            "version": 2,
-            "issued_at": self.clock.now_s(),
-            "entries": [
-                *(
-                    _credential_revocation(self.plan.cast.cadre(s).wallet)
-                    for s in self.plan.cast.revoked_at_start
-                ),
-                *self.county.store.revocations(),
-                *(
-                    _credential_revocation(self.plan.cast.cadre(s).wallet)
-                    for s in self.plan.revoke_subs
-                ),
-                *({"kind": "card", "uid": u} for u in self.plan.revoke_uids),
-            ],
-        }
-        (self.out / "revocations-v2.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        entries, header = trust.split_list(doc, "revocations")
-        keys = list(trust.parse_revocations(entries))
-        now = self.clock.now_s()
-        term = self._holder["terminal"]
-        info = term.daemon.worker.call(lambda c: c.trust.replace_revocations(keys, header, now))
-        self.model.publish(self.plan.revoke_subs, self.plan.revoke_uids)
-        self._event(REVOCATION, entries=len(keys), version=info.version)
-        self.record.stand_ins.append(
-            "revocation: list version 2 installed through the decision worker's trust store "
-            "(signed revocation updates not used)"
+        """County IT revokes one credential and one card (token-format.md §5 entries) through
+        the signed revocation shards; the daemon applies them between two decisions."""
+        entries = [
+            *(
+                _credential_revocation(self.plan.cast.cadre(s).wallet)
+                for s in self.plan.revoke_subs
+            ),
+            *({"kind": "card", "uid": u} for u in self.plan.revoke_uids),
+        ]
+        (self.out / "published-revocations.json").write_text(
+            json.dumps(entries, indent=1), encoding="utf-8"
+        )
+        set_version, sim_ms, real, count = self._publish(
+            lambda repo, now: repo.revoke(entries, now)
         )
         self.progress(
-            f"  {self._local(self.clock.now_ms())} revocation list v2 published "
-            f"({len(keys)} entries)"
+            f"  {self._local(sim_ms)} revocation published ({len(entries)} new, {count} in "
+            f"all), update set {set_version}"
+        )
+        applied = self._wait_applied(set_version, "the revocation")
+        self.model.publish(self.plan.revoke_subs, self.plan.revoke_uids)
+        self.record.events.append(
+            {
+                "kind": REVOCATION,
+                "sim_ms": sim_ms,
+                "real": real,
+                "published_set": set_version,
+                "entries": len(entries),
+                "revocations": count,
+                **applied,
+            }
+        )
+        self.progress(
+            f"  {self._local(self.clock.now_ms())} revocation set {applied['set']} in force "
+            f"{applied['wait_real_s']:.1f} real s after publication"
         )
 
     # -- one presentation --

@@ -4,8 +4,12 @@ This module owns judging a ``RunRecord`` (hwsim.scenario): the checks that
 make the scenario fail (every decision as the model expected, one decision
 per presentation, the ledger verifies, the county holds exactly the ledger's
 entries and so every accepted sale once, the outage was real and the terminal
-caught up after it), the figures of the report (decisions by reason, latency
-from presentation to verdict on the screen stream, time to resync) and a PNG
+caught up after it, each signed publication reached the ledger as a
+``config_applied`` entry and governed the decisions after it: the new prices
+for the accepted sales, ``revoked`` / ``card_revoked`` for the revoked
+presentations), the figures of the report (decisions by reason, latency from
+presentation to verdict on the screen stream, time to resync, time from each
+publication to its ``config_applied`` entry) and a PNG
 chart of latency, queue and backlog over the simulated lunch, drawn with
 OpenCV and numpy. It reads only the record: it never runs or reaches a
 terminal, so a saved run.json can be checked again, and tests can spoil a
@@ -20,7 +24,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hwsim.scenario import ACCEPT, TIMEZONE, RunRecord
+from hwsim.scenario import (
+    ACCEPT,
+    PRICES_AFTER,
+    PRICES_BEFORE,
+    REVOCATION,
+    REVOKED_LATER,
+    SETTINGS,
+    TIMEZONE,
+    RunRecord,
+)
+
+CONFIG_APPLIED = "config_applied"  # terminal.ledger.CONFIG_APPLIED
+REVOKED_REASONS = ("revoked", "card_revoked")
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -40,6 +56,7 @@ def check(record: RunRecord) -> list[str]:
     failures += _check_decisions(record)
     failures += _check_ledger_and_county(record)
     failures += _check_outage(record)
+    failures += _check_updates(record)
     return failures
 
 
@@ -145,7 +162,87 @@ def _check_outage(record: RunRecord) -> list[str]:
     return out
 
 
+def applied_entry(record: RunRecord, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The ledger's ``config_applied`` entry that put a publication's update set in force."""
+    want = event.get("published_set")
+    if want is None:
+        return None
+    for e in sorted(record.ledger_entries, key=lambda e: e["seq"]):
+        if e["kind"] != CONFIG_APPLIED or e.get("reason") == "rolled_back":
+            continue
+        got = (e.get("detail") or {}).get("set")
+        if isinstance(got, int) and got >= want:
+            return e
+    return None
+
+
+def _check_updates(record: RunRecord) -> list[str]:
+    """The settings change and the revocation came as signed sets, and ruled what followed."""
+    out = []
+    ledger = sorted(record.ledger_entries, key=lambda e: e["seq"])
+    for kind, changed in ((SETTINGS, "settings"), (REVOCATION, "revocations")):
+        event = next((e for e in record.events if e["kind"] == kind), None)
+        if event is None:
+            out.append(f"the {kind} publication never happened")
+            continue
+        entry = applied_entry(record, event)
+        if entry is None:
+            out.append(
+                f"the {kind} publication (update set {event.get('published_set')}) has no "
+                "config_applied entry in the ledger: it was never applied"
+            )
+            continue
+        if changed not in ((entry.get("detail") or {}).get("changed") or []):
+            out.append(f"config_applied entry {entry['seq']} does not name {changed} as changed")
+        if entry["at_ms"] < event["sim_ms"]:
+            out.append(f"config_applied entry {entry['seq']} comes before the {kind} publication")
+        if kind == SETTINGS:
+            for e in ledger:
+                if e["kind"] != "sale" or e["verdict"] != ACCEPT or e.get("meal") != "lunch":
+                    continue
+                prices = PRICES_AFTER if e["seq"] > entry["seq"] else PRICES_BEFORE
+                if e["amount_fen"] not in prices:
+                    when = "after" if prices is PRICES_AFTER else "before"
+                    out.append(
+                        f"entry {e['seq']}: a lunch sale {when} the settings set was applied "
+                        f"(entry {entry['seq']}) charged {e['amount_fen']} fen, not one of "
+                        f"{list(prices)}"
+                    )
+        else:
+            for p in record.presentations:
+                if p["kind"] != REVOKED_LATER:
+                    continue
+                what = f"presentation {p['n']} ({p['method']} revoked by the publication)"
+                if p["seq"] is not None and p["seq"] < entry["seq"]:
+                    out.append(f"{what}: decided before the revocation set was applied")
+                if p["verdict"] is not None and p["reason"] not in REVOKED_REASONS:
+                    out.append(f"{what}: {p['verdict']} {p['reason'] or ''}, not refused revoked")
+    return out
+
+
 # --- figures -------------------------------------------------------------------------------
+
+
+def update_figures(record: RunRecord) -> list[dict[str, Any]]:
+    """Each publication: its set, and the time until its config_applied entry."""
+    speed = float(record.options["speed"])
+    out = []
+    for event in record.events:
+        if event["kind"] not in (SETTINGS, REVOCATION):
+            continue
+        entry = applied_entry(record, event)
+        sim_s = None if entry is None else (entry["at_ms"] - event["sim_ms"]) / 1000
+        out.append(
+            {
+                "kind": event["kind"],
+                "published_sim_ms": event["sim_ms"],
+                "set": event.get("published_set"),
+                "applied_seq": None if entry is None else entry["seq"],
+                "to_applied_simulated_s": None if sim_s is None else round(sim_s, 1),
+                "to_applied_real_s": None if sim_s is None else round(sim_s / speed, 2),
+            }
+        )
+    return out
 
 
 def resync_seconds(record: RunRecord) -> float | None:
@@ -177,7 +274,6 @@ def figures(record: RunRecord) -> dict[str, Any]:
     outage = record.outage
     backlog = [s["unsynced"] or 0 for s in record.samples]
     lag = [(p["presented_sim_ms"] - p["planned_sim_ms"]) / 1000 for p in ps]
-    settings = next((e for e in record.events if e["kind"] == "settings"), None)
     accepted = [p for p in ps if p["verdict"] == ACCEPT]
     return {
         "presentations": len(ps),
@@ -204,13 +300,12 @@ def figures(record: RunRecord) -> dict[str, Any]:
             "resync_real_s": None if resync is None else round(resync, 2),
             "resync_simulated_s": None if resync is None else round(resync * speed, 1),
         },
-        "settings_restart_real_s": settings.get("restart_real_s") if settings else None,
+        "updates": update_figures(record),
         "ledger_entries": len(record.ledger_entries),
         "county_entries": len(record.county_entries),
         "ambiguous_replays": record.ambiguous,
         "max_lag_simulated_s": round(max(lag), 1) if lag else None,
         "real_seconds": record.real_seconds,
-        "stand_ins": record.stand_ins,
     }
 
 
@@ -259,8 +354,18 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
         else f"{out['resync_real_s']:.2f} real s = {out['resync_simulated_s']:.0f} simulated s"
     )
     lines.append(f"time to resync after the outage: {resync}")
-    if f["settings_restart_real_s"] is not None:
-        lines.append(f"settings change: terminal back in {f['settings_restart_real_s']:.1f} real s")
+    for u in f["updates"]:
+        what = "settings change" if u["kind"] == SETTINGS else "revocation"
+        applied = (
+            "never applied"
+            if u["applied_seq"] is None
+            else f"config_applied entry {u['applied_seq']} after {u['to_applied_real_s']:.2f} "
+            f"real s = {u['to_applied_simulated_s']:.0f} simulated s"
+        )
+        lines.append(
+            f"{what}: signed update set {u['set']} published at "
+            f"{_local(u['published_sim_ms'])}, {applied}"
+        )
     lines.append(
         f"ledger: {f['ledger_entries']} entries, verifies: "
         f"{'yes' if record.ledger_verify.get('ok') else 'NO'}; county holds "
@@ -272,8 +377,6 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
             f"{f['ambiguous_replays']}"
         )
     lines.append(f"latest cadre behind plan: {f['max_lag_simulated_s']} simulated s")
-    for s in f["stand_ins"]:
-        lines.append(f"STAND-IN: {s}")
     if chart is not None:
         lines.append(f"chart: {chart}")
     if failures:
@@ -284,7 +387,8 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
     else:
         lines.append(
             "checks passed: every decision as expected, ledger verifies, county holds exactly "
-            "the ledger's entries (none lost, none twice), resynced after the outage"
+            "the ledger's entries (none lost, none twice), resynced after the outage, "
+            "signed settings and revocation applied and in force for the decisions after them"
         )
     return "\n".join(lines)
 
