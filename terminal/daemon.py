@@ -601,7 +601,6 @@ class Daemon:
         self.start_note = start_note  # updates.StartNote: the set in force, a rollback
         self.update_notice: str | None = getattr(start_note, "message", None)
         self.update_state: str | None = None
-        self._updater: Any = None
         check_settings(settings)  # a typo anywhere stops the start, not a later thread
         self.dsettings = daemon_settings(settings)
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
@@ -716,9 +715,9 @@ class Daemon:
 
         state_dir = self.settings.state_dir
         try:
-            if self._updater is None:
-                self._updater = updates.updater_for_county(state_dir)
-            prepared = self._updater.prepare_in_force()
+            # A new client each time: a pooled connection from before an outage may be
+            # black-holed and would hold the refresh until its read timeout.
+            prepared = updates.updater_for_county(state_dir).prepare_in_force()
         except updates.NotPinned:
             self.update_state = "not pinned"
             return

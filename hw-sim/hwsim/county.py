@@ -531,7 +531,12 @@ class CountySim:
 
         server = CountyServer(self.data, wrap=wrap)
         if self.clock is not None:
-            holder.app = create_app(self.data, server.store, self.clock)
+            app = create_app(self.data, server.store, self.clock)
+            # The server mounts the update repository on its own app; the swapped one too.
+            from county import updates
+
+            updates.mount_repository(app, self.data)
+            holder.app = app
         try:
             server.start()
             proxy = FaultProxy(
