@@ -33,14 +33,12 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import random
 import secrets
 import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +63,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from terminal import config
 from terminal.checkout import TrustedClock
+from terminal.durable import fsync_dir as _fsync_dir
+from terminal.durable import write_atomic as _write_atomic
 from terminal.ledger import HASHED_COLUMNS, TIME_SIGNAL, EntryDraft, Ledger, LedgerEntry
 
 log = logging.getLogger(__name__)
@@ -251,25 +251,6 @@ def load_identity(state_dir: str | Path) -> CountyIdentity:
         if not path.is_file():
             raise NotProvisioned(f"{path} is missing: provision the terminal again")
     return identity
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ca_fingerprint(cert: x509.Certificate) -> str:

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import socket
 import time
@@ -42,6 +41,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
 from terminal import config, trust
+from terminal.durable import write_atomic
 from terminal.ledger import CONFIG_APPLIED, EntryDraft
 
 # ---- the repository layout both sides agree on -------------------------------------
@@ -262,32 +262,6 @@ class DirectoryFetcher(FetcherInterface):
 
 
 # ---- files --------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync of the directory: the old file or the new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
