@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from terminal.durable import write_atomic
+
 # Entry kinds.
 SALE = "sale"  # an accepted or refused presentation / swipe (verdict says which)
 REVERSAL = "reversal"  # staff undid an accepted sale; ref_seq names it
@@ -990,24 +992,10 @@ def _create_signing_key(file: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # Write beside the target and rename, so a crash leaves no half-written key.
-    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, file)
-        dir_fd = os.open(file.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # Beside the target, then renamed: a crash leaves no half-written key.
+        write_atomic(file, pem, 0o600)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise LedgerError(f"cannot create the terminal key {file}: {exc}") from exc
     return key
 
