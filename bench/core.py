@@ -38,32 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "bench")]
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from figures import RESULTS, report  # noqa: E402
 from hwsim.wallet import Issuer, key_from_seed, make_wallet  # noqa: E402
 
 from terminal import config, daemon, state, tokens, trust  # noqa: E402
 from terminal.checkout import Checkout  # noqa: E402
 from terminal.events import QrPresented  # noqa: E402
 from terminal.tokens import verify_presentation  # noqa: E402
-
-RESULTS: list[dict[str, Any]] = []
-
-
-def report(name: str, value: float, unit: str, reference: str, target: str, ok: bool) -> None:
-    RESULTS.append(
-        {
-            "name": name,
-            "value": round(value, 3),
-            "unit": unit,
-            "reference": reference,
-            "target": target,
-            "pass": ok,
-        }
-    )
-    mark = "PASS" if ok else "MISS"
-    print(
-        f"[{mark}] {name}: {value:,.3f} {unit}  (reference: {reference}; target: {target})",
-        flush=True,
-    )
 
 
 def lunch_at(settings: config.Settings) -> int:

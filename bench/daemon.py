@@ -34,30 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "tests")]
 
 from daemonkit import write_settings  # noqa: E402
+from figures import RESULTS, report  # noqa: E402
 from hwsim import population as pop  # noqa: E402
 from hwsim.camera import CameraSim  # noqa: E402
 
 from terminal import state, trust  # noqa: E402
-
-RESULTS: list[dict[str, Any]] = []
-
-
-def report(name: str, value: float, unit: str, reference: str, target: str, ok: bool) -> None:
-    RESULTS.append(
-        {
-            "name": name,
-            "value": round(value, 3),
-            "unit": unit,
-            "reference": reference,
-            "target": target,
-            "pass": ok,
-        }
-    )
-    mark = "PASS" if ok else "MISS"
-    print(
-        f"[{mark}] {name}: {value:,.2f} {unit}  (reference: {reference}; target: {target})",
-        flush=True,
-    )
 
 
 def install(population: pop.Population, folder: Path, state_dir: Path, now: int) -> None:
@@ -180,6 +161,7 @@ def exposure() -> None:
         "10 is a unit with no hardening",
         "<= 2.0",
         level <= 2.0,
+        digits=2,
     )
 
 
@@ -238,6 +220,7 @@ def main() -> int:
         f"p50 {p50:.1f} ms over {n} of {a.codes} phones (all accepted)",
         "< 100 ms",
         p99 < 100 and n == a.codes,
+        digits=2,
     )
     report(
         "daemon idle CPU, camera at 15 fps",
@@ -247,6 +230,7 @@ def main() -> int:
         f"ratio {zx_cpu / max(no_cpu, 0.1):.1f}x",
         "-",
         True,
+        digits=2,
     )
     report(
         "daemon idle memory",
@@ -255,6 +239,7 @@ def main() -> int:
         f"decoder 'none': {no_mem:.0f} MB",
         "< 250 MB",
         zx_mem < 250,
+        digits=2,
     )
     exposure()
     if a.json:
