@@ -33,6 +33,8 @@ from terminal.scanner.device import (
     DeviceHealth,
     HealthBoard,
     PresenceFilter,
+    start_thread,
+    stop_thread,
 )
 from terminal.scanner.qr import (
     CAMERA_DECODERS,
@@ -216,18 +218,11 @@ class Camera:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("camera already started")
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-thread", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._thread, self._run, self.name)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to end and wait; a driver read can delay it by up to stall_s."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("%s: thread did not end within %.1f s", self.name, timeout_s)
+        stop_thread(self._thread, self._stop, self.name, timeout_s)
 
     def health(self) -> DeviceHealth:
         return self._board.snapshot(self._clock(), self.settings.stall_s)

@@ -10,9 +10,12 @@ device library and never touches the event queue, the ledger or the policy.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 UP = "up"
 DOWN = "down"
@@ -96,6 +99,28 @@ class HealthBoard:
                 opens=self._opens,
                 counters=dict(self._counters),
             )
+
+
+def start_thread(
+    current: threading.Thread | None, run: Callable[[], None], name: str
+) -> threading.Thread:
+    """Start a device's own thread (a daemon thread named after the device), once."""
+    if current is not None:
+        raise RuntimeError(f"{name} already started")
+    thread = threading.Thread(target=run, name=f"{name}-thread", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_thread(
+    thread: threading.Thread | None, stop: threading.Event, name: str, timeout_s: float
+) -> None:
+    """Ask a device's thread to end and wait for it; say so when it does not end in time."""
+    stop.set()
+    if thread is not None:
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning("%s: thread did not end within %.1f s", name, timeout_s)
 
 
 class Backoff:

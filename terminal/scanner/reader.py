@@ -34,6 +34,8 @@ from terminal.scanner.device import (
     DeviceHealth,
     HealthBoard,
     PresenceFilter,
+    start_thread,
+    stop_thread,
 )
 from terminal.scanner.framing import (
     UID_LENGTHS,
@@ -276,17 +278,10 @@ class CardReader:
         self._link: CardLink | None = None
 
     def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("reader already started")
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-thread", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._thread, self._run, self.name)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("%s: thread did not end within %.1f s", self.name, timeout_s)
+        stop_thread(self._thread, self._stop, self.name, timeout_s)
 
     def health(self) -> DeviceHealth:
         snap = self._board.snapshot(self._clock())
