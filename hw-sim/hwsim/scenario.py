@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import random
@@ -68,6 +69,8 @@ from hwsim.wallet import (
     raw_public,
     sign1,
 )
+from terminal.checkout import card_ref, credential_ref
+from terminal.ledger import LedgerEntry
 
 log = logging.getLogger("hwsim.scenario")
 
@@ -129,6 +132,9 @@ class Options:
     speed: float = 30.0  # simulated seconds per real second
     seed: str = "lunch-rush"
     outage_s: float = 600.0  # simulated seconds of network partition, in the middle
+    # The network comes back only once this many cadres were served while it was down (a
+    # queue running late on a loaded computer must not let the outage pass unseen).
+    min_offline: int = 3
     qr_share: float = 0.7
     hostile_share: float = 0.05
     hold_s: float = 0.35  # real seconds a phone stays in view (the verdict comes in ~0.1 s)
@@ -152,6 +158,8 @@ class Options:
             )
         if self.outage_s < 0:
             raise ScenarioError("the outage cannot be negative")
+        if self.min_offline < 0:
+            raise ScenarioError("min_offline cannot be negative")
 
     @property
     def span_s(self) -> float:
@@ -882,6 +890,10 @@ class Lunch:
         self._texts: dict[int, tuple[str, int, float]] = {}  # arrival -> (text, t, in view until)
         self._holder: dict[str, RunningTerminal] = {}
         self._last_seq = 0
+        # Presentations made while the county was partitioned, and whether the queue is done.
+        self._offline = threading.Condition()
+        self._offline_count = 0
+        self._queue_done = False
 
     # -- the whole run --
 
@@ -980,9 +992,14 @@ class Lunch:
                 if done % 25 == 0 or done == total:
                     now = self._local(self.clock.now_ms())
                     self.progress(f"  {done}/{total} presented, simulated {now}")
+            with self._offline:
+                self._queue_done = True
+                self._offline.notify_all()
             outage.join()  # a lunch shorter than its outage still ends with the network back
         finally:
             stop.set()
+            with self._offline:
+                self._offline.notify_all()
             outage.join()
 
     def _local(self, sim_ms: int) -> str:
@@ -990,12 +1007,23 @@ class Lunch:
         return dt.datetime.fromtimestamp(sim_ms / 1000, zone).strftime("%H:%M:%S")
 
     def _outage(self, stop: threading.Event) -> None:
-        """The network goes down and comes back on the simulated clock, whoever is at the
-        counter (the cadres' queue may run late; the outage does not wait for them)."""
+        """The network goes down on the simulated clock, whoever is at the counter, and comes
+        back at its planned time or, if the cadres' queue runs late (a loaded computer, a slow
+        update), once ``min_offline`` of them were served offline or the queue is done. The
+        record keeps the real times, so the report gives the outage as it was."""
         for event in self.plan.events:
             if event.kind not in (OUTAGE_START, OUTAGE_END):
                 continue
             self.clock.wait_until(self.opened_ms + int(event.at_s * 1000), stop)
+            if event.kind == OUTAGE_END:
+                with self._offline:
+                    self._offline.wait_for(
+                        lambda: (
+                            stop.is_set()
+                            or self._queue_done
+                            or self._offline_count >= self.opts.min_offline
+                        )
+                    )
             if stop.is_set():
                 return
             down = event.kind == OUTAGE_START
@@ -1149,6 +1177,7 @@ class Lunch:
             shown = float(answer["started_at"])
             self._texts[a.n] = (text, t, shown + self.opts.hold_s)
             code_age = (self.clock.of_real(shown) - t * 1000) / 1000
+            marks = qr_marks(text, self._wallet_of(a))
         else:
             uid = (
                 self.plan.cast.unknown_uids[a.who]
@@ -1158,6 +1187,12 @@ class Lunch:
             assert uid is not None
             shown = time.time()
             self.reader.swipe(uid)
+            marks = {("credential", card_ref(uid))}
+        offline = self.county.partitioned
+        if offline:
+            with self._offline:
+                self._offline_count += 1
+                self._offline.notify_all()
         expected = self.model.expect(a, code_age)
         row: dict[str, Any] = {
             "n": a.n,
@@ -1169,7 +1204,7 @@ class Lunch:
             "presented_sim_ms": self.clock.of_real(shown),
             "presented_real": shown,
             "code_age_s": code_age,
-            "offline": self.county.partitioned,
+            "offline": offline,
             "expected_verdict": expected.verdict,
             "expected_reason": expected.reason,
             "expected_amount_fen": expected.amount_fen,
@@ -1181,7 +1216,7 @@ class Lunch:
             "decision_method": None,
             "latency_ms": None,
         }
-        got = self._next_decision(term, timeout_s=10.0)
+        got = self._decision_for(term, a.n, marks, timeout_s=10.0)
         if got is not None:
             arrived, view = got
             row.update(
@@ -1195,10 +1230,20 @@ class Lunch:
             )
         self.record.presentations.append(row)
 
-    def _next_decision(
-        self, term: RunningTerminal, timeout_s: float
+    def _wallet_of(self, a: Arrival) -> Wallet | None:
+        """The real wallet behind a QR presentation (None for outsiders and forgeries)."""
+        if a.kind in ("forged_key", "expired", "forged_credential"):
+            return None
+        return self.plan.cast.cadre(a.who).wallet
+
+    def _decision_for(
+        self, term: RunningTerminal, n: int, marks: set[tuple[str, str]], timeout_s: float
     ) -> tuple[float, dict[str, Any]] | None:
-        """The next decision the screen received, skipping what it had already shown."""
+        """The decision the terminal made for presentation ``n``: the next one on the screen
+        stream whose ledger entry carries one of the presentation's ``marks`` (the code's
+        text or digest, the credential, the card). Any other decision that comes meanwhile
+        (a code the camera misread, a swipe nobody made) is recorded as one no presentation
+        asked for, so that one stray verdict is one failure and does not shift the rest."""
         assert term.stream is not None
         deadline = time.monotonic() + timeout_s
         while True:
@@ -1207,9 +1252,13 @@ class Lunch:
                 return None
             term.read_index += 1
             seq = got[1].get("seq") or 0
-            if seq > self._last_seq:  # a screen that connects is shown the last verdict again
-                self._last_seq = seq
+            if seq <= self._last_seq:  # a screen that connects is shown the last verdict again
+                continue
+            self._last_seq = seq
+            entry = _read_entry(term, seq)
+            if entry is not None and entry_marks(entry) & marks:
                 return got
+            self.record.extra_decisions.append({"real": got[0], **got[1], "while_presenting": n})
 
     def _collect_unmatched(self, term: RunningTerminal) -> None:
         if term.stream is None:
@@ -1279,6 +1328,36 @@ class Lunch:
                 "end_real": end["real"],
                 "last_seq_at_end": end.get("last_seq"),
             }
+
+
+def qr_marks(text: str, wallet: Wallet | None) -> set[tuple[str, str]]:
+    """What a ledger entry for this code carries: the text itself (an accepted sale), its
+    digest (a refusal before the credential is trusted), or the credential (a verified code
+    refused for a reason of its own, such as a second meal)."""
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
+    marks: set[tuple[str, str]] = {("qr", text), ("qr_sha256", digest)}
+    if wallet is not None:
+        marks.add(("credential", credential_ref(wallet.iss, wallet.cti)))
+    return marks
+
+
+def _read_entry(term: RunningTerminal, seq: int) -> LedgerEntry | None:
+    """Entry ``seq`` as the decision worker sees it (read between two decisions)."""
+
+    def read(counter: Any) -> LedgerEntry | None:
+        entry: LedgerEntry | None = counter.ledger.entry(seq)
+        return entry
+
+    found: LedgerEntry | None = term.daemon.worker.call(read)
+    return found
+
+
+def entry_marks(entry: LedgerEntry) -> set[tuple[str, str]]:
+    detail = entry.detail
+    marks: set[tuple[str, str]] = {(k, str(detail[k])) for k in ("qr", "qr_sha256") if k in detail}
+    if entry.credential:
+        marks.add(("credential", str(entry.credential)))
+    return marks
 
 
 def _seconds_between(a: dt.time, b: dt.time) -> int:
