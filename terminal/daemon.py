@@ -153,6 +153,7 @@ def camera_settings(settings: config.Settings) -> Any:
             decoder=s.get_str("decoder", ("zxing", "pyzbar", "opencv", "none")),
             stall_s=s.get_float("stall_s", 0.1, 600),
             same_text_s=s.get_float("same_text_s", 0, 600),
+            confirm_s=s.get_float("confirm_s", 0.01, 60),
         )
     except ValueError as exc:
         raise config.ConfigError(f"{settings.source}: [camera]: {exc}") from None

@@ -37,9 +37,11 @@ from terminal.scanner.camera import (
     V4L2,
     Camera,
     CameraSettings,
+    StrayFilter,
     folder_pattern,
     source_kind,
 )
+from terminal.scanner.device import PresenceFilter
 from terminal.scanner.qr import (
     DECODERS,
     DecoderUnavailable,
@@ -215,6 +217,79 @@ def test_image_folder_that_goes_away_and_comes_back(tmp_path: Path, token: str) 
         assert camera.health().up and camera.health().opens >= 2
     finally:
         camera.stop()
+
+
+# --- stray reads ----------------------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+FOREIGN = "https://pay.example.cn/qr/6217000010086688"  # a payment app's code, not a token
+
+
+def test_a_stray_read_beside_a_token_never_becomes_a_presentation(tmp_path: Path) -> None:
+    """A real frame from the simulator where zxing-cpp reads a token code and, beside it, a
+    small symbol that is not there ("6872"): the camera presents the token alone."""
+    token = (DATA / "stray-read-frame.txt").read_text(encoding="utf-8")
+    frame = cv2.imread(str(DATA / "stray-read-frame.jpg"))
+    texts = decode_frame(make_decoder("zxing"), frame)
+    assert token in texts
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    shutil.copy(DATA / "stray-read-frame.jpg", folder / "frame_0000.jpg")
+    q: queue.Queue[QrPresented] = queue.Queue()
+    camera = Camera(CameraSettings(source=str(folder), fps=30, same_text_s=60.0), q)
+    camera.start()
+    try:
+        assert [e.text for e in take(q, 1)] == [token]
+        # The folder replays the same frame: every later read is the held code or the stray.
+        assert wait_for(lambda: camera.health().counters.get("frames", 0) >= 10)
+        assert q.empty()
+        if len(texts) > 1:  # the decoder in use still reads the stray: it was held back
+            assert camera.health().counters.get("unconfirmed_reads", 0) >= 9
+    finally:
+        camera.stop()
+
+
+def test_a_foreign_code_is_presented_on_its_second_frame(tmp_path: Path) -> None:
+    """A payment app's QR held up by mistake is read in every frame: it becomes one
+    presentation (the decision worker refuses it as malformed and says why)."""
+    frames = [si.render_frame(FOREIGN, si.random_scene(200 + k)) for k in range(3)]
+    frames.append(si.render_frame(None, si.random_scene(210)))
+    folder = tmp_path / "frames"
+    si.write_folder(str(folder), frames)
+    q: queue.Queue[QrPresented] = queue.Queue()
+    camera = Camera(CameraSettings(source=str(folder), fps=20, same_text_s=60.0), q)
+    camera.start()
+    try:
+        got = take(q, 1)
+        assert [e.text for e in got] == [FOREIGN]
+        assert camera.health().counters["unconfirmed_reads"] >= 1
+        assert wait_for(lambda: camera.health().counters.get("frames", 0) >= 3 * len(frames))
+        assert q.empty()  # held in view: one presentation
+    finally:
+        camera.stop()
+
+
+def test_stray_filter_rules() -> None:
+    token, stray = "CT1:ABC", "6872"
+    presence = PresenceFilter(3.0)
+    f = StrayFilter(confirm_s=1.0, max_keys=4)
+    assert f.keep([token], 0.0, presence) == [token]  # a token passes at once
+    assert f.keep([stray], 0.1, presence) == []  # one frame: held back
+    assert f.keep([stray], 1.5, presence) == []  # again, but too late: held back again
+    assert f.keep([stray, stray], 1.6, presence) == [stray]  # a second frame in time
+    assert presence.admit(stray, 1.6)
+    assert f.keep([stray], 3.0, presence) == [stray]  # still in view: the presence filter
+    # Beside a token in the same frame, a non-token text is dropped, however often.
+    g = StrayFilter(confirm_s=1.0)
+    for k in range(5):
+        assert g.keep([token, stray], k * 0.05, PresenceFilter(3.0)) == [token]
+    assert g.dropped == 5
+    # Bounded: a flood of distinct one-frame strays keeps at most max_keys candidates.
+    for k in range(100):
+        f.keep([f"noise-{k}"], 5.0, presence)
+    assert len(f._seen) <= 4
+    with pytest.raises(ValueError, match="confirm_s"):
+        CameraSettings(confirm_s=0)
 
 
 # --- camera over an MJPEG stream on 127.0.0.1 --------------------------------------------

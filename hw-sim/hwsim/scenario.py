@@ -894,6 +894,7 @@ class Lunch:
         self._offline = threading.Condition()
         self._offline_count = 0
         self._queue_done = False
+        self._update_pending = False  # published, and the queue waits until it is in force
 
     # -- the whole run --
 
@@ -1007,38 +1008,59 @@ class Lunch:
         return dt.datetime.fromtimestamp(sim_ms / 1000, zone).strftime("%H:%M:%S")
 
     def _outage(self, stop: threading.Event) -> None:
-        """The network goes down on the simulated clock, whoever is at the counter, and comes
-        back at its planned time or, if the cadres' queue runs late (a loaded computer, a slow
-        update), once ``min_offline`` of them were served offline or the queue is done. The
-        record keeps the real times, so the report gives the outage as it was."""
-        for event in self.plan.events:
-            if event.kind not in (OUTAGE_START, OUTAGE_END):
-                continue
-            self.clock.wait_until(self.opened_ms + int(event.at_s * 1000), stop)
-            if event.kind == OUTAGE_END:
-                with self._offline:
-                    self._offline.wait_for(
-                        lambda: (
-                            stop.is_set()
-                            or self._queue_done
-                            or self._offline_count >= self.opts.min_offline
-                        )
-                    )
-            if stop.is_set():
-                return
-            down = event.kind == OUTAGE_START
-            self.county.set_partition(down)
-            term = self._holder.get("terminal")
-            last = term.daemon.worker.snapshot.get("last_seq") if term is not None else None
-            self._event(event.kind, last_seq=last)
-            what = "network down (county partitioned)" if down else "network back"
-            self.progress(f"  {self._local(self.clock.now_ms())} {what}")
+        """The network goes down and comes back on the simulated clock, whoever is at the
+        counter, with two exceptions that keep the outage meaningful when the cadres' queue
+        runs late (a loaded computer, a slow update):
+
+        - it does not start while a published update is still on its way to the terminal
+          (the queue waits for it, and would wait for the whole outage);
+        - it lasts at least its planned length and ends only once ``min_offline`` cadres
+          were served offline, the queue is done, or the queue is waiting for an update.
+
+        The record keeps the real times, so the report gives the outage as it was."""
+        when = {e.kind: e.at_s for e in self.plan.events}
+        if OUTAGE_START not in when or OUTAGE_END not in when:
+            return
+        self.clock.wait_until(self.opened_ms + int(when[OUTAGE_START] * 1000), stop)
+        with self._offline:
+            self._offline.wait_for(lambda: stop.is_set() or not self._update_pending)
+        if stop.is_set():
+            return
+        started_ms = self.clock.now_ms()
+        self._partition(True)
+        planned_end = self.opened_ms + int(when[OUTAGE_END] * 1000)
+        self.clock.wait_until(max(planned_end, started_ms + int(self.opts.outage_s * 1000)), stop)
+        with self._offline:
+            self._offline.wait_for(
+                lambda: (
+                    stop.is_set()
+                    or self._queue_done
+                    or self._update_pending
+                    or self._offline_count >= self.opts.min_offline
+                )
+            )
+        self._partition(False)  # even when stopping: the lunch ends with the network back
+
+    def _partition(self, down: bool) -> None:
+        self.county.set_partition(down)
+        term = self._holder.get("terminal")
+        last = term.daemon.worker.snapshot.get("last_seq") if term is not None else None
+        self._event(OUTAGE_START if down else OUTAGE_END, last_seq=last)
+        what = "network down (county partitioned)" if down else "network back"
+        self.progress(f"  {self._local(self.clock.now_ms())} {what}")
 
     def _world(self, event: WorldEvent) -> None:
-        if event.kind == SETTINGS:
-            self._change_settings()
-        elif event.kind == REVOCATION:
-            self._publish_revocation()
+        with self._offline:
+            self._update_pending = True
+        try:
+            if event.kind == SETTINGS:
+                self._change_settings()
+            elif event.kind == REVOCATION:
+                self._publish_revocation()
+        finally:
+            with self._offline:
+                self._update_pending = False
+                self._offline.notify_all()
 
     def _publish(self, publish: Callable[[Any, int], Any]) -> tuple[int, int, float, int]:
         """County IT publishes one signed change, signed at the simulated time; the set it

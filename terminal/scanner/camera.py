@@ -43,6 +43,7 @@ from terminal.scanner.qr import (
     decode_frame,
     make_decoder,
 )
+from terminal.tokens import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class CameraSettings:
     reopen_backoff_max_s: float = 10.0
     same_text_s: float = 3.0  # a text seen again within this long of its last sighting is
     # the same presentation (a new code from the same phone is a new text)
+    confirm_s: float = 1.0  # a text that is not a canteen token must be read in a second
+    # frame within this long before it is a presentation (a one-frame misread never is)
     max_frame_side: int = 1920  # larger frames are shrunk before decoding
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class CameraSettings:
             problems.append(f"decoder must be one of {names}, not {self.decoder!r}")
         if self.stall_s <= 0 or self.same_text_s < 0:
             problems.append("stall_s must be > 0 and same_text_s >= 0")
+        if self.confirm_s <= 0:
+            problems.append("confirm_s must be > 0")
         if not 0 < self.reopen_backoff_s <= self.reopen_backoff_max_s:
             problems.append("need 0 < reopen_backoff_s <= reopen_backoff_max_s")
         if self.max_frame_side < 64:
@@ -214,6 +219,7 @@ class Camera:
         self.kind = source_kind(settings.source)
         self._board = HealthBoard(name, clock())
         self._presence = PresenceFilter(settings.same_text_s)
+        self._strays = StrayFilter(settings.confirm_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -306,7 +312,8 @@ class Camera:
             log.exception("%s: decoder %s failed on a frame", self.name, self._decoder.name)
             self._board.count("decode_errors")
             return
-        for text in texts:
+        dropped = self._strays.dropped
+        for text in self._strays.keep(texts, seen_at, self._presence):
             if not self._presence.admit(text, seen_at):
                 continue
             try:
@@ -315,3 +322,55 @@ class Camera:
             except queue.Full:
                 log.warning("%s: event queue full; a code was dropped", self.name)
                 self._board.count("queue_full")
+        if self._strays.dropped > dropped:
+            self._board.count("unconfirmed_reads", self._strays.dropped - dropped)
+
+
+class StrayFilter:
+    """Keeps a decoder's stray reads from becoming presentations.
+
+    A QR decoder now and then finds a small symbol that is not there, in the
+    modules of a large code or in sensor noise (zxing-cpp read "6872" beside a
+    token code once in 12,001 reads of 3,000 simulated phones).
+    Such a text would be refused as ``malformed`` and flash a red verdict at a
+    cadre whose code is fine. So a text that is not a canteen token (no ``CT1:``
+    prefix): is dropped when a token is read in the same frame (the phone in
+    view is what the cadre shows); otherwise it must be read again in a later
+    frame within ``confirm_s`` before it passes. A real foreign code (a payment
+    app's QR held up by mistake) is read in every frame, so it passes on its
+    second frame and the cadre is told it is not a canteen code. Token texts
+    pass at once: no delay for the cadres the terminal is for. A text the
+    presence filter still holds passes too, so a code in view stays one
+    presentation. Memory is bounded to ``max_keys`` candidates.
+    """
+
+    def __init__(self, confirm_s: float, max_keys: int = 32) -> None:
+        self._confirm = confirm_s
+        self._max = max_keys
+        self._seen: dict[str, float] = {}
+        self.dropped = 0  # reads kept from becoming presentations, for health counters
+
+    def keep(self, texts: list[str], now: float, presence: PresenceFilter) -> list[str]:
+        """The texts of one frame that may go on to the presence filter."""
+        if not texts:
+            return texts
+        token_in_view = any(t.startswith(PREFIX) for t in texts)
+        kept = []
+        for text in dict.fromkeys(texts):  # the same text twice in one frame is one read
+            if text.startswith(PREFIX) or presence.holds(text, now):
+                kept.append(text)
+                continue
+            if token_in_view:
+                self.dropped += 1
+                continue
+            last = self._seen.pop(text, None)
+            self._seen[text] = now  # re-inserted last: dict order is oldest-first
+            for old in [k for k, t in self._seen.items() if now - t > self._confirm]:
+                del self._seen[old]
+            while len(self._seen) > self._max:
+                del self._seen[next(iter(self._seen))]
+            if last is not None and 0 <= now - last <= self._confirm:
+                kept.append(text)
+            else:
+                self.dropped += 1
+        return kept

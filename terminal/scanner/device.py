@@ -169,6 +169,11 @@ class PresenceFilter:
         self._last[key] = now  # re-inserted last: dict order is oldest-first
         return new
 
+    def holds(self, key: Hashable, now: float) -> bool:
+        """True while `key` is still one presentation (seen within `hold_s`); records nothing."""
+        last = self._last.get(key)
+        return last is not None and now - last < self._hold
+
     def _prune(self, now: float) -> None:
         for k in [k for k, t in self._last.items() if now - t >= self._hold]:
             del self._last[k]
