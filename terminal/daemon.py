@@ -24,12 +24,13 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from terminal import config, ledger, policy, state, tokens, trust
+from terminal import config, ledger, policy, state, trust
+from terminal.checker import Checker
 from terminal.checkout import Checkout, Decision, ReversalRefused
 from terminal.events import CardPresented, QrPresented
 
@@ -123,6 +124,8 @@ class DaemonSettings:
     retention_days: int
     camera: bool
     reader: bool
+    # Check the signatures of waiting codes in a child process (terminal/checker.py).
+    check_ahead: bool = True
 
 
 def daemon_settings(settings: config.Settings) -> DaemonSettings:
@@ -134,6 +137,7 @@ def daemon_settings(settings: config.Settings) -> DaemonSettings:
         retention_days=section.get_int("retention_days", 7, 36500),
         camera=section.get_bool("camera"),
         reader=section.get_bool("reader"),
+        check_ahead=section.get_bool("check_ahead"),
     )
     section.check_unused()
     return result
@@ -261,13 +265,12 @@ class DecisionWorker:
         self.dropped = 0
         self.disk_low = False
         self.snapshot: dict[str, Any] = {}
-        # Signatures of codes still waiting are checked on this thread while the worker
-        # waits for the previous commit's fsync (both release the GIL).
-        self._primer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="primer")
+        # Signatures of codes still waiting are checked ahead in a child process, started
+        # on the first backlog (terminal/checker.py); None: the worker checks them all.
+        self.checker: Checker | None = Checker() if dsettings.check_ahead else None
         # Names are not in the ledger (only signed codes are); the staff panel's "last
         # charge" shows the name of a sale made since this start.
         self.names: dict[int, str] = {}
-        self._primed: dict[str, None] = {}
         self._last_retain = -3600.0
 
     def start(self) -> None:
@@ -342,14 +345,15 @@ class DecisionWorker:
                     else:
                         carry = waiting
                         break
-                self._prime_waiting(counter, batch[1:])
+                self._check_ahead(counter, batch[1:])
                 self._decide_group(batch, counter)
                 if carry is _STOP:
                     break
                 if isinstance(carry, Job):
                     self._run_job(carry, counter)
         finally:
-            self._primer.shutdown(wait=True, cancel_futures=True)
+            if self.checker is not None:
+                self.checker.stop()
             book.close(counter.now(self._wall_ms()))
             store.close()
 
@@ -373,16 +377,16 @@ class DecisionWorker:
                 self.dsettings.retention_days,
             )
 
-    def _prime_waiting(self, counter: Checkout, taken: list[Any]) -> None:
+    def _check_ahead(self, counter: Checkout, taken: list[Any]) -> None:
+        """Hand the codes of this group and those still waiting to the checker process."""
+        checker = self.checker
+        if checker is None:
+            return
         with self.queue.mutex:
-            waiting = list(itertools.islice(self.queue.queue, 4))
-        for event in [*taken, *waiting]:
-            if not isinstance(event, QrPresented) or event.text in self._primed:
-                continue
-            if len(self._primed) > 256:
-                self._primed.clear()
-            self._primed[event.text] = None
-            self._primer.submit(tokens.prime, event.text, counter.trust)
+            waiting = list(itertools.islice(self.queue.queue, GROUP_MAX))
+        texts = [e.text for e in (*taken, *waiting) if isinstance(e, QrPresented)]
+        if texts and checker.ready():
+            checker.submit(texts, counter.trust.all_issuer_keys())
 
     def _run_job(self, job: Job, counter: Checkout) -> None:
         if job.reply.set_running_or_notify_cancel():
@@ -409,6 +413,8 @@ class DecisionWorker:
                 for event in batch:
                     try:
                         if isinstance(event, QrPresented):
+                            if self.checker is not None:
+                                self.checker.claim(event.text)
                             decisions.append(counter.present_qr(event.text, self._wall_ms()))
                         else:
                             decisions.append(counter.present_card(event.uid, self._wall_ms()))

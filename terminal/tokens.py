@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -330,27 +330,38 @@ def _issuer_public_key(raw: bytes) -> Ed25519PublicKey | None:
 
 
 # Signatures already found good, keyed by SHA-256 over (key, signature, signed bytes):
-# prime() fills it from another thread while the decision worker commits the previous
-# verdict, and the worker's in-order checks then find the answer instead of redoing the
-# curve arithmetic. Only good signatures are kept; a hit means exactly these bytes
-# verified under exactly this key. The bound keeps it small; clearing is harmless.
+# the decision worker's checker process (good_signatures) checks the codes still waiting
+# in the queue, remember_good_signatures() puts its answers here, and the worker's
+# in-order checks then find the answer instead of redoing the curve arithmetic. Only good
+# signatures are kept; a hit means exactly these bytes verified under exactly this key.
+# The bound keeps it small; clearing is harmless.
 _VERIFIED_MAX = 1024
 _verified: dict[bytes, bool] = {}
 
 
+def _signature_digest(raw_key: bytes, msg: _Sign1, signed: bytes) -> bytes:
+    return hashlib.sha256(raw_key + msg.signature + signed).digest()
+
+
 def _verifies(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
     signed = _to_be_signed(msg)
-    memo = hashlib.sha256(raw_key + msg.signature + signed).digest()
+    memo = _signature_digest(raw_key, msg, signed)
     if memo in _verified:
         return True
     try:
         key.verify(msg.signature, signed)
     except InvalidSignature:
         return False
-    if len(_verified) >= _VERIFIED_MAX:
-        _verified.clear()
-    _verified[memo] = True
+    remember_good_signatures((memo,))
     return True
+
+
+def remember_good_signatures(digests: Iterable[bytes]) -> None:
+    """Record signatures found good (by ``good_signatures``, maybe in another process)."""
+    for digest in digests:
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        _verified[digest] = True
 
 
 def _in_window(key: IssuerKey, now: int) -> bool:
@@ -434,25 +445,42 @@ def _parse(qr_text: str) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
     return outer, inner, inner.kid, _claims(inner.payload), t, ctr
 
 
-def prime(qr_text: str, keyring: IssuerKeyring) -> None:
-    """Check a waiting code's signatures ahead of its turn, on another thread.
+def good_signatures(texts: Sequence[str], keys: Sequence[IssuerKey]) -> list[bytes]:
+    """The digests of the good signatures in ``texts`` under ``keys``, for
+    ``remember_good_signatures``: the curve arithmetic of codes still waiting in
+    the queue, done ahead of their turn in the decision worker's checker process.
 
-    Decides nothing and never raises: it only fills the memo of good
-    signatures, so that ``verify_presentation`` on the decision worker, which
-    still runs every check in the spec's order at the decision's own time,
-    skips the curve arithmetic it would otherwise repeat. Keys are tried
-    whatever their validity window; the real check applies the window.
+    Decides nothing and never raises; it neither reads nor fills this process's
+    memo. ``verify_presentation`` on the decision worker still runs every check
+    in the spec's order at the decision's own time, and only skips the curve
+    arithmetic for exactly the bytes and key found good here. Keys are tried
+    whatever their validity window or revocation; the real check applies both.
     """
-    try:
-        outer, inner, kid, claims, _t, _ctr = _parse(qr_text)
-        for candidate in keyring.issuer_keys(kid):
-            key = _issuer_public_key(candidate.public_key)
-            if key is not None and _verifies(key, candidate.public_key, inner):
+    by_kid: dict[bytes, list[IssuerKey]] = {}
+    for k in keys:
+        by_kid.setdefault(k.kid, []).append(k)
+    good: list[bytes] = []
+    for text in texts:
+        try:
+            outer, inner, kid, claims, _t, _ctr = _parse(text)
+            signed_inner = _to_be_signed(inner)
+            for candidate in by_kid.get(kid, ()):
+                key = _issuer_public_key(candidate.public_key)
+                if key is None:
+                    continue
+                try:
+                    key.verify(inner.signature, signed_inner)
+                except InvalidSignature:
+                    continue
+                good.append(_signature_digest(candidate.public_key, inner, signed_inner))
+                signed_outer = _to_be_signed(outer)
                 holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
-                _verifies(holder, claims.holder_key, outer)
-                return
-    except Exception:  # priming is best effort; the real check reports every problem
-        return
+                holder.verify(outer.signature, signed_outer)
+                good.append(_signature_digest(claims.holder_key, outer, signed_outer))
+                break
+        except Exception:  # a bad code is the real check's to report
+            continue
+    return good
 
 
 def verify_presentation(

@@ -153,6 +153,10 @@ class TrustStore:
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
         return self._keys.get(kid, ())
 
+    def all_issuer_keys(self) -> list[IssuerKey]:
+        """Every key on the trust list (for the decision worker's checker process)."""
+        return [k for keys in self._keys.values() for k in keys]
+
     def _has(self, key: bytes) -> bool:
         row = self._db.execute("SELECT 1 FROM revocations WHERE k = ?", (key,)).fetchone()
         return row is not None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
@@ -283,13 +284,30 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
 
 
 def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import hashlib
     import sqlite3
 
     from daemonkit import wallet
 
+    from terminal import tokens
     from terminal.events import QrPresented
+
+    # Every signature check that finds no earlier answer does the curve arithmetic in
+    # this process; the checker process does it for codes still waiting. Between the
+    # two, each code's two signatures are checked once.
+    curve_checks: list[bytes] = []
+    real_verifies = tokens._verifies
+
+    def counting(key: Any, raw_key: bytes, msg: Any) -> bool:
+        memo = hashlib.sha256(raw_key + msg.signature + tokens._to_be_signed(msg)).digest()
+        if memo not in tokens._verified:
+            curve_checks.append(memo)
+        return real_verifies(key, raw_key, msg)
+
+    monkeypatch.setattr(tokens, "_verifies", counting)
+    tokens._verified.clear()
 
     path = write_settings(tmp_path, reader_port=None, camera_source=None)
     install_lists(tmp_path / "state")
@@ -318,6 +336,10 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     for code in codes:
         worker.put(QrPresented(code, 0.0))
     worker.put(QrPresented(codes[0], 0.0))  # a replay inside the backlog
+    checker = worker.checker
+    assert checker is not None
+    # The process starts on a day's first backlog; here it is up before this one.
+    wait_for(checker.ready, what="the checker process")
     worker.start()
     wait_for(lambda: len(seen) == 81, what="every decision shown")
     worker.stop()
@@ -327,6 +349,10 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     assert stats["by_verdict"]["accept"] == 80
     assert stats["by_reason"] == {"replayed": 1}
     assert ledger.verify_file(book).ok
+    # 80 codes (and the replay, perhaps checked ahead again), two signatures each.
+    assert checker.checked_ahead > 0, "the checker process took no code"
+    assert len(curve_checks) == len(set(curve_checks))
+    assert len(curve_checks) + 2 * checker.checked_ahead in (160, 162)
 
 
 def test_the_worker_prunes_acknowledged_entries_past_the_retention(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ from terminal.tokens import (
     IssuerKey,
     Presentation,
     TokenRejected,
-    prime,
+    good_signatures,
+    remember_good_signatures,
     verify_presentation,
 )
 
@@ -407,37 +408,63 @@ def test_any_valid_wallet_verifies(
     )
 
 
-# --- priming: signatures checked ahead of their turn ---------------------------------
+# --- signatures checked ahead of their turn (the checker process) --------------------------
 # (speed figures live in bench/core.py, not in timed tests)
 
 
-def test_prime_never_decides_anything(issuer: Issuer, keyring: StaticKeyring) -> None:
+def _keys(keyring: StaticKeyring) -> list[IssuerKey]:
+    return [k for ks in keyring._by_kid.values() for k in ks]
+
+
+def _ahead(texts: list[str], keyring: StaticKeyring) -> list[bytes]:
+    """What the checker process does, then what the worker does with its answer."""
+    digests = good_signatures(texts, _keys(keyring))
+    remember_good_signatures(digests)
+    return digests
+
+
+def test_checked_ahead_never_decides_anything(issuer: Issuer, keyring: StaticKeyring) -> None:
     wallet = make_wallet(issuer, "P1", "U1", "n", now=NOW - 100)
     qr = wallet.draw(NOW)
-    prime(qr, keyring)
-    # Primed, yet every rule still applies at the decision's own time and trust.
+    assert len(_ahead([qr], keyring)) == 2  # the credential's and the presentation's
+    # Checked ahead, yet every rule still applies at the decision's own time and trust.
     assert verify_presentation(qr, NOW, keyring).sub == "P1"
     assert rejected(qr, NOW + 200, keyring) == PRESENTATION_STALE
     assert rejected(qr, NOW, StaticKeyring()) == UNKNOWN_ISSUER_KEY
     assert rejected(qr, NOW, windowed(issuer, NOW + 1, None)) == UNKNOWN_ISSUER_KEY
     thief = Wallet(**{**vars(wallet), "holder_key": key_from_seed("thief")})
     forged = thief.draw(NOW)
-    prime(forged, keyring)
+    assert len(_ahead([forged], keyring)) == 1  # only the credential is good
     assert rejected(forged, NOW, keyring) == BAD_PRESENTATION_SIGNATURE
 
 
-def test_prime_of_a_rogue_issuer_does_not_vouch_for_it(issuer: Issuer) -> None:
+def test_checked_ahead_is_exactly_what_the_worker_finds(
+    issuer: Issuer, keyring: StaticKeyring
+) -> None:
+    from terminal import tokens
+
+    codes = [make_wallet(issuer, f"Q{i}", "U1", "n", now=NOW - 100).draw(NOW) for i in range(3)]
+    tokens._verified.clear()
+    for qr in codes:
+        verify_presentation(qr, NOW, keyring)
+    found_by_worker = set(tokens._verified)
+    tokens._verified.clear()
+    hostile = ["CT1:not base45 ~", codes[0][:-4], "x" * 5000]
+    assert set(good_signatures([*codes, *hostile], _keys(keyring))) == found_by_worker
+    assert not tokens._verified  # it neither reads nor fills this process's memo
+
+
+def test_a_rogue_issuer_checked_ahead_does_not_vouch_for_it(issuer: Issuer) -> None:
     rogue = Issuer(issuer.iss, key_from_seed("rogue"))
     # The rogue's code carries the real issuer's kid but the rogue's signature.
     fake = Issuer(issuer.iss, rogue.key)
     qr = make_wallet(fake, "R1", "U1", "n", now=NOW).draw(NOW)
     twin = StaticKeyring([IssuerKey(issuer.iss, fake.kid, issuer.public_key)])
-    prime(qr, StaticKeyring([rogue.issuer_key()]))
+    _ahead([qr], StaticKeyring([rogue.issuer_key()]))
     assert rejected(qr, NOW, twin) == BAD_CREDENTIAL_SIGNATURE
 
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=300) | st.just("CT1:") | st.binary(max_size=300).map(repr))
-def test_prime_never_raises(text: str) -> None:
-    prime(text, StaticKeyring())
-    prime("CT1:" + text, StaticKeyring())
+def test_checking_ahead_never_raises(text: str) -> None:
+    assert good_signatures([text, "CT1:" + text], []) == []
