@@ -137,11 +137,15 @@ def main() -> None:
         f"ratio 1:{full_bytes / max(one_bytes, 1):,.0f} "
         f"({one_bytes / 1024:.1f} KiB; target < 64 KiB)"
     )
-    worst = revoke_s + interval_s + jitter_s + refresh_s
-    mean = revoke_s + (interval_s + jitter_s / 2) / 2 + refresh_s
+    # A sync starts interval_s less uniform(0, jitter_s) after the previous one: a
+    # revocation published just after a sync waits at most interval_s, on average half
+    # of the mean gap (interval_s - jitter_s / 2).
+    worst = revoke_s + interval_s + refresh_s
+    mean = revoke_s + (interval_s - jitter_s / 2) / 2 + refresh_s
     print(
         f"revoke cadre -> terminal refuses ({after.reason}): publish {revoke_s:.2f} s "
-        f"+ wait for the next sync (at most {interval_s} + {jitter_s} s jitter) "
+        f"+ wait for the next sync (at most {interval_s} s; they start up to {jitter_s} s "
+        "early) "
         f"+ refresh/apply {refresh_s:.2f} s: "
         f"worst {worst:.0f} s = {worst / interval_s:.3f} sync intervals, "
         f"mean {mean:.0f} s = {mean / interval_s:.3f}"

@@ -170,6 +170,11 @@ def sync_settings_from(data: dict[str, Any], origin: str) -> SyncSettings:
     s.check_unused()
     if settings.server and urlsplit(settings.server).scheme != "https":
         raise config.ConfigError(f"{origin}: [sync] server: must be an https:// address")
+    if settings.jitter_s * 2 > settings.interval_s:
+        raise config.ConfigError(
+            f"{origin}: [sync] jitter_s: must be at most half of interval_s (a sync starts up "
+            "to jitter_s before its interval is over)"
+        )
     if settings.backoff_base_s > settings.backoff_cap_s:
         raise config.ConfigError(
             f"{origin}: [sync] backoff_base_s: must not be above backoff_cap_s"
@@ -1026,7 +1031,9 @@ class SyncSchedule:
     """Runs ``client.sync_once`` on an APScheduler job and hands each result to ``on_result``.
 
     The job has one instance at a time and coalesces missed runs. After a
-    success the next run is ``interval_s`` plus up to ``jitter_s`` away; after
+    success the next run is ``interval_s`` less up to ``jitter_s`` away (so
+    ``interval_s`` is the longest wait between two syncs, and a revocation
+    reaches an online terminal within one interval); after
     failures it is a full-jitter backoff, uniform in
     [0, min(backoff_cap_s, backoff_base_s * 2**(failures-1))]. ``nudge()`` asks
     for a run now (after a sale) while the server is reachable. A guard thread
@@ -1107,7 +1114,8 @@ class SyncSchedule:
     def _fallback_delay(self) -> float:
         # Used by the trigger after each submission; _run replaces it with the
         # real next time once the outcome is known.
-        return self.settings.interval_s + self.rng.uniform(0, self.settings.jitter_s)
+        # Early, never late: terminals spread out, and none waits longer than interval_s.
+        return self.settings.interval_s - self.rng.uniform(0, self.settings.jitter_s)
 
     def _next_delay(self) -> float:
         if self.stats.failures:

@@ -41,6 +41,7 @@ from terminal.sync import (
     SyncClient,
     SyncResult,
     SyncSchedule,
+    SyncSettings,
     apply_result,
     load_identity,
     load_sync_settings,
@@ -405,6 +406,20 @@ def test_a_slow_link_cannot_hold_a_sync_past_its_deadline(
 # --- the schedule ------------------------------------------------------------------------
 
 
+def test_after_a_success_the_next_sync_is_never_later_than_the_interval() -> None:
+    """Syncs start up to jitter_s early, never late: a revocation published just after
+    one sync reaches an online terminal within one interval."""
+    import random
+
+    settings = SyncSettings(interval_s=300, jitter_s=30)
+    schedule = SyncSchedule(None, settings, lambda _r: None, rng=random.Random(7))  # type: ignore[arg-type]
+    delays = [schedule._next_delay() for _ in range(2000)]
+    assert all(270 <= d <= 300 for d in delays)
+    assert max(delays) - min(delays) > 25  # spread over the jitter, so terminals do not align
+    schedule.stats.failures = 3  # after failures: full-jitter backoff, not the interval
+    assert all(0 <= schedule._next_delay() <= settings.backoff_base_s * 4 for _ in range(200))
+
+
 def test_backoff_after_failures_then_nudges_when_online(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     assert county.server is not None
@@ -542,6 +557,9 @@ def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
         load_sync_settings(f)
     f.write_text('[sync]\nserver = "http://plain"\n')
     with pytest.raises(config.ConfigError, match="https"):
+        load_sync_settings(f)
+    f.write_text("[sync]\ninterval_s = 60\njitter_s = 31\n")
+    with pytest.raises(config.ConfigError, match="jitter_s: must be at most half"):
         load_sync_settings(f)
     # The core's loader still takes a file with a [sync] section.
     f.write_text("[sync]\ninterval_s = 60\n")

@@ -573,7 +573,7 @@ card_leave_s = 0.5
 
 # Real seconds: the sync runs on the real clock of this computer.
 [sync]
-interval_s = 1
+interval_s = 2
 jitter_s = 1
 deadline_s = 4
 connect_timeout_s = 2
