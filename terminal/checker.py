@@ -19,6 +19,7 @@ for the rest of the run with one log line, and the worker checks everything itse
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 from collections.abc import Iterable
@@ -139,4 +140,11 @@ class Checker:
         self.given_up = True
         self._by_text.clear()
         self._open.clear()
+        pool = self._pool
+        if pool is not None:
+            # A hung child would hold the pool's manager thread, and so the daemon's exit:
+            # end it (it holds nothing but codes' signatures).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
         self.stop()

@@ -1114,8 +1114,10 @@ class SyncSchedule:
     def _fallback_delay(self) -> float:
         # Used by the trigger after each submission; _run replaces it with the
         # real next time once the outcome is known.
-        # Early, never late: terminals spread out, and none waits longer than interval_s.
-        return self.settings.interval_s - self.rng.uniform(0, self.settings.jitter_s)
+        # Early, never late: terminals spread out, and none waits longer than interval_s
+        # (settings made in code skip the loader's check: never less than half of it).
+        interval = self.settings.interval_s
+        return max(interval / 2, interval - self.rng.uniform(0, self.settings.jitter_s))
 
     def _next_delay(self) -> float:
         if self.stats.failures:

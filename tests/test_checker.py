@@ -100,3 +100,32 @@ def test_a_process_that_dies_is_given_up_and_the_worker_goes_on(
         assert [verify_presentation(t, NOW, ring).sub for t in texts] == [f"B{i}" for i in range(4)]
     finally:
         checker.stop()
+
+
+def test_a_hung_process_is_given_up_and_ended() -> None:
+    checker = Checker()
+    try:
+        ready(checker)
+        pool = checker._pool
+        assert pool is not None
+        children = list(pool._processes.values())
+        for child in children:
+            os.kill(child.pid, signal.SIGSTOP)  # hangs, as a wedged process would
+        texts = codes("H", 2)
+        checker.submit(texts, [ISSUER.issuer_key()])
+        deadline = time.monotonic() + 10
+        while not all(t.future.running() for t in checker._open):  # handed to the child
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        for text in texts:
+            checker.claim(text)
+        assert checker.given_up
+        assert time.monotonic() - started < 10  # the worker waited about WAIT_S, once
+        for child in children:
+            child.join(10)
+            assert not child.is_alive()
+        ring = Ring()
+        assert verify_presentation(texts[0], NOW, ring).sub == "H0"
+    finally:
+        checker.stop()

@@ -119,6 +119,10 @@ FIXED_REASON = {
 }
 
 
+# The longest (real seconds) the outage waits for the queue, whatever goes wrong.
+OUTAGE_WAIT_S = 120.0
+
+
 class ScenarioError(Exception):
     """The scenario cannot run as asked; the message says why and what to do."""
 
@@ -1023,7 +1027,9 @@ class Lunch:
             return
         self.clock.wait_until(self.opened_ms + int(when[OUTAGE_START] * 1000), stop)
         with self._offline:
-            self._offline.wait_for(lambda: stop.is_set() or not self._update_pending)
+            self._offline.wait_for(
+                lambda: stop.is_set() or not self._update_pending, timeout=OUTAGE_WAIT_S
+            )
         if stop.is_set():
             return
         started_ms = self.clock.now_ms()
@@ -1037,7 +1043,8 @@ class Lunch:
                     or self._queue_done
                     or self._update_pending
                     or self._offline_count >= self.opts.min_offline
-                )
+                ),
+                timeout=OUTAGE_WAIT_S,
             )
         self._partition(False)  # even when stopping: the lunch ends with the network back
 
@@ -1052,6 +1059,7 @@ class Lunch:
     def _world(self, event: WorldEvent) -> None:
         with self._offline:
             self._update_pending = True
+            self._offline.notify_all()  # an outage waiting to end must see the queue wait
         try:
             if event.kind == SETTINGS:
                 self._change_settings()
