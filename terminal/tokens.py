@@ -343,6 +343,16 @@ def _signature_digest(raw_key: bytes, msg: _Sign1, signed: bytes) -> bytes:
     return hashlib.sha256(raw_key + msg.signature + signed).digest()
 
 
+def _digest_if_good(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bytes | None:
+    """The digest of ``msg``'s signature if it verifies under ``key`` (no memo)."""
+    signed = _to_be_signed(msg)
+    try:
+        key.verify(msg.signature, signed)
+    except InvalidSignature:
+        return None
+    return _signature_digest(raw_key, msg, signed)
+
+
 def _verifies(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
     signed = _to_be_signed(msg)
     memo = _signature_digest(raw_key, msg, signed)
@@ -463,20 +473,17 @@ def good_signatures(texts: Sequence[str], keys: Sequence[IssuerKey]) -> list[byt
     for text in texts:
         try:
             outer, inner, kid, claims, _t, _ctr = _parse(text)
-            signed_inner = _to_be_signed(inner)
             for candidate in by_kid.get(kid, ()):
-                key = _issuer_public_key(candidate.public_key)
-                if key is None:
+                raw = candidate.public_key
+                key = _issuer_public_key(raw)
+                credential = None if key is None else _digest_if_good(key, raw, inner)
+                if credential is None:
                     continue
-                try:
-                    key.verify(inner.signature, signed_inner)
-                except InvalidSignature:
-                    continue
-                good.append(_signature_digest(candidate.public_key, inner, signed_inner))
-                signed_outer = _to_be_signed(outer)
+                good.append(credential)
                 holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
-                holder.verify(outer.signature, signed_outer)
-                good.append(_signature_digest(claims.holder_key, outer, signed_outer))
+                presentation = _digest_if_good(holder, claims.holder_key, outer)
+                if presentation is not None:
+                    good.append(presentation)
                 break
         except Exception:  # a bad code is the real check's to report
             continue

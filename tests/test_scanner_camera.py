@@ -287,7 +287,7 @@ def test_stray_filter_rules() -> None:
     # Bounded: a flood of distinct one-frame strays keeps at most max_keys candidates.
     for k in range(100):
         f.keep([f"noise-{k}"], 5.0, presence)
-    assert len(f._seen) <= 4
+    assert len(f) <= 4
     with pytest.raises(ValueError, match="confirm_s"):
         CameraSettings(confirm_s=0)
 

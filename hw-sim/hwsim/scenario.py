@@ -1373,12 +1373,7 @@ def qr_marks(text: str, wallet: Wallet | None) -> set[tuple[str, str]]:
 
 def _read_entry(term: RunningTerminal, seq: int) -> LedgerEntry | None:
     """Entry ``seq`` as the decision worker sees it (read between two decisions)."""
-
-    def read(counter: Any) -> LedgerEntry | None:
-        entry: LedgerEntry | None = counter.ledger.entry(seq)
-        return entry
-
-    found: LedgerEntry | None = term.daemon.worker.call(read)
+    found: LedgerEntry | None = term.daemon.worker.call(lambda c: c.ledger.entry(seq))
     return found
 
 

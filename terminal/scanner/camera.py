@@ -345,9 +345,9 @@ class StrayFilter:
     """
 
     def __init__(self, confirm_s: float, max_keys: int = 32) -> None:
-        self._confirm = confirm_s
-        self._max = max_keys
-        self._seen: dict[str, float] = {}
+        # A candidate read again within confirm_s is "the same" to a PresenceFilter of
+        # that window: its admit() is False exactly when the read is confirmed.
+        self._candidates = PresenceFilter(confirm_s, max_keys)
         self.dropped = 0  # reads kept from becoming presentations, for health counters
 
     def keep(self, texts: list[str], now: float, presence: PresenceFilter) -> list[str]:
@@ -360,17 +360,11 @@ class StrayFilter:
             if text.startswith(PREFIX) or presence.holds(text, now):
                 kept.append(text)
                 continue
-            if token_in_view:
-                self.dropped += 1
-                continue
-            last = self._seen.pop(text, None)
-            self._seen[text] = now  # re-inserted last: dict order is oldest-first
-            for old in [k for k, t in self._seen.items() if now - t > self._confirm]:
-                del self._seen[old]
-            while len(self._seen) > self._max:
-                del self._seen[next(iter(self._seen))]
-            if last is not None and 0 <= now - last <= self._confirm:
-                kept.append(text)
+            if not token_in_view and not self._candidates.admit(text, now):
+                kept.append(text)  # read again within confirm_s: confirmed
             else:
                 self.dropped += 1
         return kept
+
+    def __len__(self) -> int:
+        return len(self._candidates)
