@@ -872,20 +872,39 @@ def record_applied(
 
 
 def mount_repository(app: Any, data_dir: str | Path, prefix: str = "/tuf") -> None:
-    """Serve metadata at PREFIX/metadata/ and targets at PREFIX/targets/, read-only."""
+    """Serve metadata at PREFIX/metadata/ and targets at PREFIX/targets/, read-only.
+
+    A county that has not run ``updates init`` yet has no directories to serve: every
+    terminal sync still asks, so each request gets a one-line 404 problem (not
+    StaticFiles' RuntimeError, a 500 with a traceback in the log). The check is made
+    per request, so the files are served as soon as ``updates init`` makes them,
+    without a restart."""
+    from starlette.responses import JSONResponse
     from starlette.staticfiles import StaticFiles
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     paths = RepoPaths(Path(data_dir))
-    app.mount(
-        f"{prefix}/metadata",
-        StaticFiles(directory=paths.metadata, check_dir=False),
-        name="tuf-metadata",
-    )
-    app.mount(
-        f"{prefix}/targets",
-        StaticFiles(directory=paths.targets, check_dir=False),
-        name="tuf-targets",
-    )
+
+    def read_only(directory: Path) -> ASGIApp:
+        files = StaticFiles(directory=directory, check_dir=False)
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and not directory.is_dir():
+                answer = JSONResponse(
+                    {
+                        "problem": "this county publishes no signed updates yet "
+                        "(county IT: canteen-county updates init)"
+                    },
+                    status_code=404,
+                )
+                await answer(scope, receive, send)
+                return
+            await files(scope, receive, send)
+
+        return serve
+
+    app.mount(f"{prefix}/metadata", read_only(paths.metadata), name="tuf-metadata")
+    app.mount(f"{prefix}/targets", read_only(paths.targets), name="tuf-targets")
 
 
 def start_timestamp_refresher(
