@@ -183,6 +183,12 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table; no setting nests deeply.
+        raise ConfigError(
+            f"{origin}: not valid settings: arrays or tables nested too deep; "
+            "no option nests more than two levels"
+        ) from None
 
 
 def _merge(defaults: dict[str, Any], override: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -758,10 +758,14 @@ class Daemon:
             log.warning("settings of update set %s in force for decisions", applied.set_version)
 
     def _start_screen(self) -> None:
-        from terminal.display.server import Screen
+        from terminal.display.server import Screen, session_secret
 
         dset = display_settings(self.settings)
-        self.screen = Screen(dset, WorkerDesk(self.worker, self.settings, dset.staff_pin))
+        self.screen = Screen(
+            dset,
+            WorkerDesk(self.worker, self.settings, dset.staff_pin),
+            secret=session_secret(self.settings.state_dir),
+        )
         self.screen.start()
         log.info("screen at %s", self.screen.url)
 

@@ -319,12 +319,13 @@ class Kit:
 class EventReader:
     """A raw SSE client: reads (event, data) pairs from /events."""
 
-    def __init__(self, kit: Kit, timeout: float = 5.0) -> None:
+    def __init__(self, kit: Kit, timeout: float = 5.0, cookie: str | None = None) -> None:
         import socket
 
         self.sock = socket.create_connection(("127.0.0.1", kit.screen.port), timeout=timeout)
         host = f"127.0.0.1:{kit.screen.port}"
-        self.sock.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        extra = f"Cookie: {cookie}\r\n" if cookie else ""
+        self.sock.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
         self.file = self.sock.makefile("rb")
         self.status_line = self.file.readline().decode()
         while self.file.readline() not in (b"\r\n", b"\n", b""):

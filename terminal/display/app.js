@@ -434,6 +434,7 @@ async function post(path, body) {
 }
 function refusal(data) {
   if (!data) return L.busy;
+  if (data.error === "wrong_pin" && data.tries_left === 0) return L.locked(data.retry_after_s);
   if (data.error === "wrong_pin") return L.wrongPin(data.tries_left);
   if (data.error === "locked") return L.locked(data.retry_after_s);
   if (data.error === "staff_off") return L.staffOff;

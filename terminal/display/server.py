@@ -4,8 +4,11 @@ This module owns the HTTP side of the screen: a standard-library threading
 server on a loopback address that serves the page and its files, a
 server-sent events stream (``/events``) that hands every screen the current
 state on (re)connect and then each decision and status change, a JSON state
-endpoint, and the staff endpoints behind the PIN with a lockout after wrong
-tries. The daemon calls ``show_decision`` and ``set_status`` from its worker
+endpoint, and the staff endpoints behind the PIN. Wrong PINs are bounded by
+token buckets (``PinGate``); a right PIN gives the browser a kiosk session
+cookie, and that session keeps its own PIN budget and an event stream no
+other client can push out, so a local process can neither guess freely nor
+lock the staff out. The daemon calls ``show_decision`` and ``set_status`` from its worker
 thread; those calls must never block on a screen, so each stream has a
 bounded queue and a stream that falls behind is dropped (its page reconnects
 and gets the current state). It never touches the ledger, the policy or a
@@ -16,19 +19,25 @@ it never shows a verdict the daemon has not committed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import queue
 import secrets
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from terminal import durable
 from terminal.display import views
 from terminal.display.desk import Charge, DaySummary, DayTotals, Refusal, StaffDesk, summary_csv
 from terminal.display.settings import DisplaySettings
@@ -44,6 +53,10 @@ MAX_BODY = 4096  # bytes of a staff request: a PIN and a sequence number
 KEEPALIVE_S = 10.0  # a ping on an idle stream: the page and the server both notice a dead peer
 WRITE_TIMEOUT_S = 10.0  # a screen that takes longer to accept bytes is dropped
 RECONNECT_MS = 2000  # the page's EventSource retry delay
+# The cookie a right PIN gives the browser it came from: that kiosk then has its own PIN
+# budget and event stream slot (docs/install.md, "The staff PIN and the kiosk session").
+KIOSK_COOKIE = "canteen_kiosk"
+KIOSK_COOKIE_AGE_S = 400 * 86400  # the longest a browser keeps a cookie
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -58,40 +71,82 @@ SECURITY_HEADERS = {
 
 
 class PinGate:
-    """Wrong PINs in a row lock the staff endpoints for a while; a right PIN resets the count."""
+    """Bounds PIN guessing without letting a guesser lock the kiosk out.
 
-    def __init__(self, tries: int, lockout_s: float) -> None:
+    Each client kind has its own token bucket of ``tries`` wrong PINs that refills
+    one try every ``refill_s`` seconds: a burst of ``tries`` and then one guess per
+    ``refill_s``, however many clients share the bucket. Clients without a kiosk
+    session (every local process, and a kiosk that has never had the right PIN)
+    share one bucket; each kiosk session (the cookie a right PIN earns) has its own.
+    So a local process guessing drains only the shared bucket, and staff at the
+    kiosk still get in. A right PIN refills the session's own bucket, never the
+    shared one: on the shared one it says nothing about the others who use it.
+    """
+
+    SHARED = ""  # the bucket of every client without a kiosk session
+    MAX_SESSIONS = 32  # kiosk sessions remembered; the oldest is forgotten first
+
+    def __init__(self, tries: int, refill_s: float) -> None:
         self.tries = tries
-        self.lockout_s = lockout_s
-        self._wrong = 0
-        self._locked_until = 0.0
+        self.refill_s = refill_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tries, at)
         self._lock = threading.Lock()
 
-    def locked_for(self, now: float) -> float:
-        """Seconds of lockout left (0 when open)."""
-        with self._lock:
-            return max(0.0, self._locked_until - now)
+    def _level(self, key: str, now: float) -> float:
+        tries, at = self._buckets.get(key, (float(self.tries), now))
+        return min(float(self.tries), tries + max(0.0, now - at) / self.refill_s)
 
-    def record(self, ok: bool, now: float) -> int:
-        """Count an attempt; returns the wrong tries left before the lockout."""
+    def locked_for(self, key: str, now: float) -> float:
+        """Seconds until this client may try a PIN again (0 when it may now)."""
         with self._lock:
+            level = self._level(key, now)
+            return 0.0 if level >= 1.0 else (1.0 - level) * self.refill_s
+
+    def record(self, key: str, ok: bool, now: float) -> int:
+        """Count an attempt by this client; returns the wrong tries it has left now."""
+        with self._lock:
+            level = self._level(key, now)
             if ok:
-                self._wrong = 0
-                return self.tries
-            self._wrong += 1
-            if self._wrong >= self.tries:
-                self._wrong = 0
-                self._locked_until = now + self.lockout_s
-                return 0
-            return self.tries - self._wrong
+                if key != self.SHARED:
+                    level = float(self.tries)
+            else:
+                level = max(0.0, level - 1.0)
+            self._buckets.pop(key, None)
+            self._buckets[key] = (level, now)
+            while len(self._buckets) > self.MAX_SESSIONS + 1:
+                oldest = next(k for k in self._buckets if k != self.SHARED)
+                del self._buckets[oldest]
+            return int(level)
+
+
+SESSION_KEY_FILE = "screen-session.key"
+
+
+def session_secret(state_dir: str | Path) -> bytes:
+    """The key that signs kiosk session cookies, kept in the state directory (0600).
+
+    Kept across restarts so the kiosk keeps its session; a missing or short file gets a
+    new key (the kiosk then needs the PIN once more).
+    """
+    path = Path(state_dir) / SESSION_KEY_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if len(data) >= 32:
+        return data[:32]
+    data = secrets.token_bytes(32)
+    durable.write_atomic(path, data, mode=0o600)
+    return data
 
 
 class _Stream:
     """One connected screen: a bounded queue of encoded events and its socket."""
 
-    def __init__(self, size: int, sock: socket.socket) -> None:
+    def __init__(self, size: int, sock: socket.socket, kiosk: bool) -> None:
         self.events: queue.Queue[bytes | None] = queue.Queue(size)
         self.sock = sock
+        self.kiosk = kiosk  # opened with a kiosk session cookie
 
     def offer(self, item: bytes | None) -> bool:
         try:
@@ -114,14 +169,25 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 class Screen:
     """The screen server. Thread-safe: call ``show_decision``/``set_status`` from any thread."""
 
-    def __init__(self, settings: DisplaySettings, staff: StaffDesk) -> None:
+    def __init__(
+        self,
+        settings: DisplaySettings,
+        staff: StaffDesk,
+        *,
+        secret: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.staff = staff
         self.gate = PinGate(settings.staff_tries, settings.staff_lockout_s)
+        # Signs kiosk session cookies. The daemon keeps it in the state directory, so the
+        # kiosk keeps its session across restarts; without one, a session lasts one start.
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        self.clock = clock  # monotonic seconds for the PIN buckets (tests move it)
         # A new value per start: the page reloads itself when the server it talks to changed.
         self.instance = secrets.token_hex(8)
         self._lock = threading.Lock()
-        self._streams: set[_Stream] = set()
+        self._streams: dict[_Stream, None] = {}  # oldest first
         self._status: dict[str, Any] = views.status({"state": "starting"}, settings.language)
         self._decision: dict[str, Any] | None = None
         self._decision_mono = 0.0
@@ -150,7 +216,7 @@ class Screen:
         if server is None:
             return
         with self._lock:
-            streams, self._streams = self._streams, set()
+            streams, self._streams = list(self._streams), {}
         for stream in streams:
             if not stream.offer(None):
                 stream.cut()
@@ -199,7 +265,7 @@ class Screen:
         # Called with self._lock held; put_nowait never waits on a screen.
         for stream in list(self._streams):
             if not stream.offer(item):
-                self._streams.discard(stream)
+                self._streams.pop(stream, None)
                 self.dropped += 1
                 stream.cut()
                 log.warning("screen: dropped a screen that stopped reading events")
@@ -234,21 +300,54 @@ class Screen:
             "decision_age_ms": age_ms if decision is not None else None,
         }
 
-    def _open_stream(self, sock: socket.socket) -> _Stream | None:
-        stream = _Stream(self.settings.client_queue, sock)
+    def _open_stream(self, sock: socket.socket, kiosk: bool = False) -> _Stream | None:
+        stream = _Stream(self.settings.client_queue, sock, kiosk)
         with self._lock:
             if len(self._streams) >= self.settings.max_clients:
-                return None
+                # Full: the newest screen wins over the oldest one without a kiosk session,
+                # so a process holding every slot cannot keep the kiosk's page out. A
+                # stream with a kiosk session is never pushed out by one without.
+                others = [s for s in self._streams if not s.kiosk]
+                if not others and kiosk:
+                    others = list(self._streams)
+                if not others:
+                    return None
+                oldest = others[0]
+                del self._streams[oldest]
+                if not oldest.offer(None):
+                    oldest.cut()
+                log.warning("screen: all %d event streams taken; closed the oldest", len(others))
             # The hello is queued under the same lock as broadcasts: nothing is missed or doubled.
             stream.offer(
                 f"retry: {RECONNECT_MS}\n".encode() + _event("hello", self._snapshot_locked())
             )
-            self._streams.add(stream)
+            self._streams[stream] = None
             return stream
 
     def _close_stream(self, stream: _Stream) -> None:
         with self._lock:
-            self._streams.discard(stream)
+            self._streams.pop(stream, None)
+
+    # ---- kiosk sessions ----
+
+    def _mac(self, sid: str) -> str:
+        return hmac.new(self._secret, sid.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def new_session(self) -> str:
+        """A kiosk session cookie value: a random id and its MAC."""
+        sid = secrets.token_hex(16)
+        return f"{sid}.{self._mac(sid)}"
+
+    def session_of(self, cookie_header: str | None) -> str | None:
+        """The kiosk session id in a Cookie header, or None when absent or forged."""
+        for part in (cookie_header or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name != KIOSK_COOKIE:
+                continue
+            sid, _, mac = value.partition(".")
+            if len(sid) == 32 and hmac.compare_digest(mac.encode(), self._mac(sid).encode()):
+                return sid
+        return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -262,11 +361,18 @@ class _Server(ThreadingHTTPServer):
         self.screen = screen
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # One line, not socketserver's traceback on stderr: a hostile or broken client must
+        # not fill the journal. The handlers answer every error they expect themselves.
+        exc = sys.exc_info()[1]
+        log.warning("screen: a request from %s failed: %r", client_address[0], exc)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "canteen-screen"
     sys_version = ""
+    set_cookie: str | None = None  # a new kiosk session for this answer
 
     @property
     def screen(self) -> Screen:
@@ -298,6 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in {**SECURITY_HEADERS, **(extra or {})}.items():
             self.send_header(name, value)
+        if self.set_cookie is not None:
+            self.send_header("Set-Cookie", self.set_cookie)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -332,7 +440,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, "not_found", "no such page")
 
     def _events(self) -> None:
-        stream = self.screen._open_stream(self.connection)
+        kiosk = self.screen.session_of(self.headers.get("Cookie")) is not None
+        stream = self.screen._open_stream(self.connection, kiosk)
         if stream is None:
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "too_many_screens", "too many screens")
             return
@@ -363,6 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- POST: staff ----
 
     def do_POST(self) -> None:
+        self.set_cookie = None
         if not self._host_ok():
             self._error(HTTPStatus.MISDIRECTED_REQUEST, "wrong_host", "use http://127.0.0.1")
             return
@@ -408,7 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         try:
             data = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: arrays nested a thousand deep fit in MAX_BODY.
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("pin"), str):
             self._error(HTTPStatus.BAD_REQUEST, "bad_request", 'send {"pin": "..."}')
@@ -420,20 +531,27 @@ class _Handler(BaseHTTPRequestHandler):
         if not screen.settings.staff_enabled:
             self._error(HTTPStatus.FORBIDDEN, "staff_off", "no staff PIN is set on this terminal")
             return None
-        now = time.monotonic()
-        wait = screen.gate.locked_for(now)
+        now = screen.clock()
+        session = screen.session_of(self.headers.get("Cookie"))
+        key = session if session is not None else PinGate.SHARED
+        wait = screen.gate.locked_for(key, now)
         if wait > 0:
             self._locked(wait)
             return None
         pin: str = body["pin"]
         staff = screen.staff.staff_for_pin(pin) if len(pin) <= 32 else None
-        left = screen.gate.record(staff is not None, now)
+        left = screen.gate.record(key, staff is not None, now)
         if staff is not None:
+            if session is None:
+                self.set_cookie = (
+                    f"{KIOSK_COOKIE}={screen.new_session()}; Path=/; HttpOnly; "
+                    f"SameSite=Strict; Max-Age={KIOSK_COOKIE_AGE_S}"
+                )
             return staff
-        if left == 0:
-            self._locked(screen.gate.locked_for(now))
-        else:
-            self._error(HTTPStatus.FORBIDDEN, "wrong_pin", "wrong PIN", tries_left=left)
+        # Checked and wrong (403); with no try left, it also says how long to wait.
+        wait = screen.gate.locked_for(key, now)
+        more = {"retry_after_s": max(1, int(wait + 0.999))} if wait > 0 else {}
+        self._error(HTTPStatus.FORBIDDEN, "wrong_pin", "wrong PIN", tries_left=left, **more)
         return None
 
     def _locked(self, wait: float) -> None:
