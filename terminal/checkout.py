@@ -155,6 +155,8 @@ class Checkout:
         outcome = self._token_checks(text, now_ms)
         if isinstance(outcome, str):
             return self._refuse_token(text, outcome, now_ms, TOKEN_CHECK)
+        if isinstance(outcome, tuple):
+            return self._refuse_verified(text, *outcome, now_ms, TOKEN_CHECK)
         p = outcome
         draft = EntryDraft(
             kind=TOKEN_CHECK,
@@ -175,6 +177,8 @@ class Checkout:
         outcome = self._token_checks(text, now_ms)
         if isinstance(outcome, str):
             return self._refuse_token(text, outcome, now_ms, SALE)
+        if isinstance(outcome, tuple):
+            return self._refuse_verified(text, *outcome, now_ms, SALE)
         p = outcome
         diner = policy.Diner(f"{p.iss}/{p.sub}", p.unit, p.display_name, policy.QR, p.allowance)
         entry = self._decide(
@@ -187,7 +191,11 @@ class Checkout:
         )
         return Decision(entry, p.display_name, p.iss, p.sub, p.cti)
 
-    def _token_checks(self, text: str, now_ms: int) -> Presentation | str:
+    def _token_checks(
+        self, text: str, now_ms: int
+    ) -> Presentation | str | tuple[Presentation, str, dict[str, Any]]:
+        """The presentation; a reason code when it did not verify (steps 1-5); or
+        (presentation, reason, detail) when it verified and is replayed or revoked."""
         try:
             p = verify_presentation(
                 text, now_ms // 1000, self.trust, self.settings.window_s, self.settings.skew_s
@@ -196,10 +204,37 @@ class Checkout:
             return rejected.code
         highest = self.ledger.highest_ctr(credential_ref(p.iss, p.cti))
         if highest is not None and p.ctr <= highest:
-            return REPLAYED
-        if self.trust.revoked_kind(p) is not None:
-            return REVOKED
+            return p, REPLAYED, {"highest_ctr": highest}
+        kind = self.trust.revoked_kind(p)
+        if kind is not None:
+            return p, REVOKED, {"revoked": kind}
         return p
+
+    def _refuse_verified(
+        self,
+        text: str,
+        p: Presentation,
+        reason: str,
+        detail: dict[str, Any],
+        now_ms: int,
+        kind: str,
+    ) -> Decision:
+        # Steps 1-5 passed, so the signed fields are proven: the county sees which cadre and
+        # credential still try after a revocation (or who replays). The code itself is not
+        # kept; its digest matches it against other attempts, as for unverified codes.
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
+        draft = EntryDraft(
+            kind=kind,
+            verdict=REJECT,
+            reason=reason,
+            method=policy.QR,
+            cadre=f"{p.iss}/{p.sub}",
+            credential=credential_ref(p.iss, p.cti),
+            ctr=p.ctr,
+            unit=p.unit,
+            detail={**detail, "qr_sha256": digest, "qr_length": len(text)},
+        )
+        return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
 
     def _refuse_token(self, text: str, reason: str, now_ms: int, kind: str) -> Decision:
         # Nothing from an unverified payload is recorded; a digest lets the county match
@@ -228,7 +263,13 @@ class Checkout:
             reason = policy.CARD_UNKNOWN
         elif card.status != "active" or self.trust.card_revoked(uid):
             reason = policy.CARD_REVOKED
+        elif self.trust.cadre_revoked(card.iss, card.sub):
+            # The holder is revoked (token.md §5 kind "cadre"): their card goes with their codes.
+            reason = REVOKED
         if reason is not None or card is None:
+            detail: dict[str, Any] = {"card_status": card.status} if card else {}
+            if reason == REVOKED:
+                detail["revoked"] = "cadre"
             draft = EntryDraft(
                 kind=SALE,
                 verdict=REJECT,
@@ -236,7 +277,7 @@ class Checkout:
                 method=policy.CARD,
                 credential=ref,
                 cadre=card.cadre if card else None,
-                detail={"card_status": card.status} if card else {},
+                detail=detail,
             )
             entry = self._append(draft, now_ms)
             return Decision(entry, card.display_name if card else None)

@@ -167,6 +167,10 @@ class TrustStore:
     def card_revoked(self, uid: bytes) -> bool:
         return self._has(revocation_key("card", uid))
 
+    def cadre_revoked(self, iss: str, sub: str) -> bool:
+        """A cadre revocation also refuses that cadre's cards (the roster names the cadre)."""
+        return self._has(revocation_key("cadre", iss, sub))
+
     def revoked_kind(self, p: Presentation) -> str | None:
         """Which revocation names this presentation, checked in token.md §4 step 7 order."""
         checks = {

@@ -1,0 +1,93 @@
+"""Revocations as the county means them (issue 12, points 7 and 8).
+
+A cadre revocation refuses that cadre's phone codes and their canteen cards alike;
+a refused code that verified keeps who it was (cadre, credential, counter) in its
+ledger entry, while a code that did not verify still records only its digest.
+Real tokens, a real trust store and a real ledger file, read back after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_checkout import ISSUER, LUNCH, Canteen, wallet
+
+from terminal import ledger, policy, tokens, trust
+
+CARD = trust.RosterCard(b"\x21\x22\x23\x24", ISSUER.iss, "K7", "own", "card seven", "active")
+OTHER = trust.RosterCard(b"\x31\x32\x33\x34", ISSUER.iss, "K8", "own", "card eight", "active")
+
+
+@pytest.fixture
+def canteen(tmp_path: Path) -> Iterator[Canteen]:
+    place = Canteen(tmp_path / "state")
+    place.install(cards=[CARD, OTHER])
+    yield place
+    place.close()
+
+
+def test_a_revoked_cadre_is_refused_by_card_as_well_as_by_code(canteen: Canteen) -> None:
+    code_wallet = wallet("K7")  # the same cadre (hn-test/K7) holds a phone and a card
+    # Served once this lunch by card; the refusals below come before the meal rule.
+    assert canteen.c.present_card(CARD.uid, LUNCH * 1000).accepted
+    canteen.install(
+        cards=[CARD, OTHER], revoked=[{"kind": "cadre", "iss": ISSUER.iss, "sub": "K7"}], version=2
+    )
+    canteen.restart()
+    card = canteen.c.present_card(CARD.uid, LUNCH * 1000)
+    assert not card.accepted and card.reason == tokens.REVOKED
+    assert card.entry.cadre == "hn-test/K7" and card.entry.credential == "card/21222324"
+    assert card.entry.detail == {"card_status": "active", "revoked": "cadre"}
+    code = canteen.c.present_qr(code_wallet.draw(LUNCH), LUNCH * 1000)
+    assert code.reason == tokens.REVOKED
+    # Another cadre's card in the same roster still sells.
+    assert canteen.c.present_card(OTHER.uid, LUNCH * 1000).accepted
+    # Revoking the other cadre refuses the other card at once (no restart needed).
+    canteen.install(
+        cards=[CARD, OTHER], revoked=[{"kind": "cadre", "iss": ISSUER.iss, "sub": "K8"}], version=3
+    )
+    assert canteen.c.present_card(OTHER.uid, LUNCH * 1000 + 60_000).reason == tokens.REVOKED
+
+
+def test_a_verified_refusal_keeps_who_tried_and_an_unverified_one_keeps_nothing(
+    canteen: Canteen,
+) -> None:
+    w = wallet("R9")
+    canteen.install(
+        cards=[CARD, OTHER],
+        revoked=[{"kind": "credential", "iss": ISSUER.iss, "cti": w.cti.hex()}],
+        version=2,
+    )
+    text = w.draw(LUNCH)
+    revoked = canteen.c.present_qr(text, LUNCH * 1000)
+    forged = canteen.c.present_qr(text[:-6] + "AAAAAA", LUNCH * 1000 + 1)
+    canteen.restart()
+    e = canteen.c.ledger.entry(revoked.entry.seq)
+    assert e is not None and (e.verdict, e.reason) == ("reject", tokens.REVOKED)
+    assert e.cadre == "hn-test/R9" and e.credential == f"qr/hn-test/{w.cti.hex()}"
+    assert e.ctr == w.ctr and e.unit == "own"
+    assert e.detail["revoked"] == "credential" and "qr" not in e.detail
+    assert len(e.detail["qr_sha256"]) == 32 and e.detail["qr_length"] == len(text)
+    assert revoked.display_name == "cadre R9"  # the screen may name the verified cadre
+
+    f = canteen.c.ledger.entry(forged.entry.seq)
+    assert f is not None and f.verdict == "reject" and f.reason != tokens.REVOKED
+    assert (f.cadre, f.credential, f.ctr, f.unit) == (None, None, None, None)
+    assert set(f.detail) == {"qr_sha256", "qr_length"}
+    # A refused credential never counts as accepted: its counter is not replay memory,
+    # and the cadre has not been served.
+    assert canteen.c.ledger.highest_ctr(e.credential) is None
+    assert not canteen.c.ledger.served("hn-test/R9", "2026-11-26", "lunch")
+    assert ledger.verify_file(canteen.root / "ledger.sqlite").ok
+
+
+def test_a_replayed_code_keeps_the_cadre_it_proves(canteen: Canteen) -> None:
+    w = wallet("R10")
+    first = w.draw(LUNCH)
+    assert canteen.c.present_qr(first, LUNCH * 1000).accepted
+    again = canteen.c.present_qr(first, LUNCH * 1000 + 5000)
+    assert again.reason == tokens.REPLAYED
+    assert again.entry.cadre == "hn-test/R10" and again.entry.detail["highest_ctr"] == w.ctr
+    assert again.entry.method == policy.QR
