@@ -514,40 +514,29 @@ class WorkerDesk:
         return self.worker.call(lambda c: day_totals(c, self.worker._wall_ms()))
 
     def day_summary(self) -> Any:
-        from terminal.display.desk import DaySummary
-
-        def summary(c: Checkout) -> Any:
-            totals = day_totals(c, self.worker._wall_ms())
-            seqs = [e.seq for e in c.ledger.entries() if e.day == totals.day]
-            reasons: dict[str, int] = {}
-            for e in c.ledger.entries(seqs[0] if seqs else c.ledger.last_seq() + 1):
-                if e.day == totals.day and e.verdict == ledger.REJECT and e.reason:
-                    reasons[e.reason] = reasons.get(e.reason, 0) + 1
-            return DaySummary(
-                totals=totals,
-                terminal_id=self.settings.terminal_id,
-                canteen_id=self.settings.canteen_id,
-                canteen_name=self.settings.canteen_name,
-                first_seq=seqs[0] if seqs else None,
-                last_seq=seqs[-1] if seqs else None,
-                refusals_by_reason=reasons,
-                unsynced_entries=c.ledger.unsynced()[0],
-            )
-
-        return self.worker.call(summary)
+        return self.worker.call(lambda c: day_summary(c, self.worker._wall_ms()))
 
 
-def day_totals(c: Checkout, wall_ms: int) -> Any:
-    """Totals by meal for the local service day at ``wall_ms`` (the staff panel's figures)."""
-    from terminal.display.desk import DayTotals, MealTotal
-
+def _todays_entries(c: Checkout, wall_ms: int) -> tuple[str, int, list[ledger.LedgerEntry]]:
+    """(local service day, now ms, that day's entries). An entry with no day of its own (a
+    refused code or card: nothing in it named a meal) belongs to the local day of its time."""
     now_ms = max(wall_ms, c.clock.floor_ms)
     day = policy.local_day(c.settings, now_ms // 1000)
+    todays = [
+        e
+        for e in c.ledger.entries()
+        if (e.day or policy.local_day(c.settings, e.at_ms // 1000)) == day
+    ]
+    return day, now_ms, todays
+
+
+def _totals_of(c: Checkout, day: str, now_ms: int, entries: list[ledger.LedgerEntry]) -> Any:
+    from terminal.display.desk import DayTotals, MealTotal
+
     rows: dict[str, list[int]] = {m.name: [0, 0, 0, 0, 0] for m in c.settings.meals}
-    for e in c.ledger.entries():
-        if e.day != day or e.meal is None:
-            continue
-        row = rows.setdefault(e.meal, [0, 0, 0, 0, 0])
+    for e in entries:
+        # Every refusal counts: one that named no meal goes in the "" row (docs/technicians.md).
+        row = rows.setdefault(e.meal or "", [0, 0, 0, 0, 0])
         if e.kind == ledger.SALE and e.verdict == ledger.ACCEPT:
             row[0] += 1
             row[1] += e.amount_fen
@@ -556,8 +545,36 @@ def day_totals(c: Checkout, wall_ms: int) -> Any:
             row[3] += e.amount_fen
         elif e.verdict == ledger.REJECT:
             row[4] += 1
-    meals = tuple(MealTotal(name, *row) for name, row in rows.items())
+    meals = tuple(MealTotal(name, *row) for name, row in rows.items() if name or any(row))
     return DayTotals(day=day, meals=meals, generated_at_ms=now_ms)
+
+
+def day_totals(c: Checkout, wall_ms: int) -> Any:
+    """Totals by meal for the local service day at ``wall_ms`` (the staff panel's figures)."""
+    return _totals_of(c, *_todays_entries(c, wall_ms))
+
+
+def day_summary(c: Checkout, wall_ms: int) -> Any:
+    """The end-of-day summary (printed and CSV) for the local service day at ``wall_ms``."""
+    from terminal.display.desk import DaySummary
+
+    day, now_ms, todays = _todays_entries(c, wall_ms)
+    reasons: dict[str, int] = {}
+    for e in todays:
+        if e.verdict == ledger.REJECT:
+            code = e.reason or "unknown"
+            reasons[code] = reasons.get(code, 0) + 1
+    s = c.settings
+    return DaySummary(
+        totals=_totals_of(c, day, now_ms, todays),
+        terminal_id=s.terminal_id,
+        canteen_id=s.canteen_id,
+        canteen_name=s.canteen_name,
+        first_seq=todays[0].seq if todays else None,
+        last_seq=todays[-1].seq if todays else None,
+        refusals_by_reason=dict(sorted(reasons.items())),
+        unsynced_entries=c.ledger.unsynced()[0],
+    )
 
 
 # ---- the status socket (canteen-terminal status) ----

@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import queue
 import threading
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,20 +22,19 @@ from typing import Any, TypeVar
 
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
-from terminal import config, policy, state, trust
+from terminal import config, daemon, state, trust
 from terminal.checkout import NO_SUCH_SALE, Checkout, Decision, ReversalRefused
 from terminal.display.desk import (
     Charge,
     DaySummary,
     DayTotals,
-    MealTotal,
     Refusal,
     Reversal,
     pin_matches,
 )
 from terminal.display.settings import DisplaySettings
 from terminal.display.settings import load as load_display
-from terminal.ledger import ACCEPT, REJECT, REVERSAL, SALE, LedgerEntry, LedgerError
+from terminal.ledger import LedgerEntry, LedgerError
 
 SETTINGS = dataclasses.replace(config.load(), units=frozenset({"own"}))
 TZ = SETTINGS.timezone
@@ -180,56 +178,12 @@ class CheckoutDesk:
 
         return self.t.run(act)
 
-    def _today(self) -> tuple[str, list[LedgerEntry]]:
-        def read() -> tuple[str, list[LedgerEntry]]:
-            day = policy.local_day(SETTINGS, self.t.clock_ms // 1000)
-            return day, list(self.t.c.ledger.entries())
-
-        return self.t.run(read)
-
+    # The daemon's own figures (terminal/daemon.py), on this terminal's worker.
     def today_totals(self) -> DayTotals:
-        day, entries = self._today()
-        return _totals(day, entries, self.t.clock_ms)
+        return self.t.run(lambda: daemon.day_totals(self.t.c, self.t.clock_ms))
 
     def day_summary(self) -> DaySummary:
-        day, entries = self._today()
-        todays = [e for e in entries if _local_day(e.at_ms) == day]
-        reasons = Counter(e.reason for e in todays if e.verdict == REJECT and e.reason)
-        return DaySummary(
-            totals=_totals(day, entries, self.t.clock_ms),
-            terminal_id=SETTINGS.terminal_id,
-            canteen_id=SETTINGS.canteen_id,
-            canteen_name=SETTINGS.canteen_name,
-            first_seq=todays[0].seq if todays else None,
-            last_seq=todays[-1].seq if todays else None,
-            refusals_by_reason=dict(sorted(reasons.items())),
-            unsynced_entries=sum(1 for e in entries if e.acked_at_ms is None),
-        )
-
-
-def _local_day(at_ms: int) -> str:
-    return dt.datetime.fromtimestamp(at_ms / 1000, TZ).strftime("%Y-%m-%d")
-
-
-FIELDS = ("sales", "sales_fen", "reversals", "reversed_fen", "refusals")
-
-
-def _totals(day: str, entries: list[LedgerEntry], now_ms: int) -> DayTotals:
-    rows = {m.name: dict.fromkeys(FIELDS, 0) for m in SETTINGS.meals}
-    for e in entries:
-        if e.day != day or e.meal is None:
-            continue
-        row = rows.setdefault(e.meal, dict.fromkeys(FIELDS, 0))
-        if e.kind == SALE and e.verdict == ACCEPT:
-            row["sales"] += 1
-            row["sales_fen"] += e.amount_fen
-        elif e.kind == SALE and e.verdict == REJECT:
-            row["refusals"] += 1
-        elif e.kind == REVERSAL:
-            row["reversals"] += 1
-            row["reversed_fen"] += e.amount_fen
-    meals = tuple(MealTotal(meal=name, **row) for name, row in rows.items())
-    return DayTotals(day=day, meals=meals, generated_at_ms=now_ms)
+        return self.t.run(lambda: daemon.day_summary(self.t.c, self.t.clock_ms))
 
 
 def display_settings(**changes: Any) -> DisplaySettings:

@@ -20,9 +20,22 @@ from terminal import reasons
 MAX_NAME = 40  # characters of a display name or unit shown
 MAX_TEXT = 200  # characters of any other text (sentences, names of things)
 
+# "": entries that named no meal (a refused code or card, or outside every window).
 MEAL_WORDS = {
-    "zh": {"breakfast": "早餐", "lunch": "午餐", "dinner": "晚餐", "supper": "夜宵"},
-    "en": {"breakfast": "Breakfast", "lunch": "Lunch", "dinner": "Dinner", "supper": "Supper"},
+    "zh": {
+        "breakfast": "早餐",
+        "lunch": "午餐",
+        "dinner": "晚餐",
+        "supper": "夜宵",
+        "": "无餐次",
+    },
+    "en": {
+        "breakfast": "Breakfast",
+        "lunch": "Lunch",
+        "dinner": "Dinner",
+        "supper": "Supper",
+        "": "No meal",
+    },
 }
 STATES = ("starting", "ready", "degraded", "stopped")
 
