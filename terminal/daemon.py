@@ -272,11 +272,17 @@ class DecisionWorker:
         # charge" shows the name of a sale made since this start.
         self.names: dict[int, str] = {}
         self._last_retain = -3600.0
+        # Why the ledger failed its check at start (terminal/state.py check_ledger); while
+        # set, the worker never opens the ledger for writing and sells nothing.
+        self.ledger_problem: str | None = None
+        self.ledger_bad_seq: int | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-worker", daemon=True)
         self._thread.start()
-        self._opened.wait(30)
+        # The ledger check at start walks what was appended since the last start (a
+        # first start after an upgrade walks the whole chain: docs/ledger.md).
+        self._opened.wait(300)
         if self.open_error is not None:
             raise self.open_error
 
@@ -307,6 +313,15 @@ class DecisionWorker:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        try:
+            check = state.check_ledger(self.settings.state_dir)
+        except state.StateError as exc:
+            check = ledger.StartCheck(False, str(exc), None, 0, None)
+        if not check.ok:
+            self._refuse_all(check)
+            return
+        if check.checked:
+            log.info("ledger checked at start: %d entries since the last start", check.checked)
         try:
             book, store = state.open_state(
                 self.settings.state_dir, self.settings.terminal_id, self._wall_ms()
@@ -356,6 +371,35 @@ class DecisionWorker:
                 self.checker.stop()
             book.close(counter.now(self._wall_ms()))
             store.close()
+
+    def _refuse_all(self, check: ledger.StartCheck) -> None:
+        """A ledger that failed its check: record nothing, decide nothing, keep the file as
+        it is for county IT, and answer every job with the reason."""
+        self.ledger_problem = check.problem or "the ledger failed its check"
+        self.ledger_bad_seq = check.first_bad_seq
+        log.error(
+            "ledger check at start failed: %s; not selling, and %s is kept untouched as evidence",
+            self.ledger_problem,
+            state.LEDGER_FILE,
+        )
+        self.snapshot = {"ledger_problem": self.ledger_problem}
+        self._opened.set()
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                item = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                return
+            if isinstance(item, Job):
+                if item.reply.set_running_or_notify_cancel():
+                    item.reply.set_exception(
+                        ledger.LedgerError(f"not selling: {self.ledger_problem}")
+                    )
+                continue
+            self.dropped += 1
+            log.warning("not decided (the ledger failed its check at start): nothing recorded")
 
     def _retain(self, counter: Checkout) -> None:
         """Hourly, while idle: remove acknowledged entries older than the retention."""
@@ -619,8 +663,14 @@ class Daemon:
         notifier: Notifier | None = None,
         config_path: str | None = None,
         start_note: Any = None,
+        state_lock: state.StateLock | None = None,
     ) -> None:
+        # A provisioned state directory says who this terminal is: its ids rule over the
+        # settings' (docs/ledger.md, "Identity"), so the ledger is the one the county expects.
+        settings = state.with_identity(settings)
         self.settings = settings
+        # One writer per state directory: taken at start unless `run` took it already.
+        self._state_lock = state_lock
         self.config_path = config_path
         self.start_note = start_note  # updates.StartNote: the set in force, a rollback
         self.update_notice: str | None = getattr(start_note, "message", None)
@@ -649,6 +699,8 @@ class Daemon:
 
     def _start_parts(self) -> None:
         state.prepare(self.settings.state_dir)
+        if self._state_lock is None:
+            self._state_lock = state.lock(self.settings.state_dir, state.DAEMON)
         self.worker.start()
         self._start_screen()
         if self.dsettings.camera:
@@ -667,6 +719,10 @@ class Daemon:
     def _start_sync(self) -> None:
         from terminal import sync
 
+        if self.worker.ledger_problem is not None:
+            # Nothing may be marked or added to a ledger kept as evidence.
+            self.sync_note = "no sync: the ledger failed its check at start"
+            return
         options = sync_settings(self.settings)
         try:
             identity = sync.load_identity(self.settings.state_dir)
@@ -685,14 +741,14 @@ class Daemon:
             # The sync thread never writes the ledger: the worker applies the answer.
             done: Future[Any] = Future()
             done.add_done_callback(_log_failure("applying the county's answer"))
-            self.worker.put(
-                Job(
-                    lambda c: sync.apply_result(
-                        c.ledger, c.clock, result, self._wall_ms(), options
-                    ),
-                    done,
-                )
-            )
+
+            def apply(c: Checkout) -> Any:
+                applied = sync.apply_result(c.ledger, c.clock, result, self._wall_ms(), options)
+                # The hash the county now holds, kept outside the ledger (checked at start).
+                state.record_acked(self.settings.state_dir, c.ledger)
+                return applied
+
+            self.worker.put(Job(apply, done))
             online = result.error is None
             if online != self.online:
                 self.online = online
@@ -718,6 +774,8 @@ class Daemon:
             return
         note = self.start_note
         state_dir = self.settings.state_dir
+        if self.worker.ledger_problem is not None:
+            return  # nothing is in force while not selling; the next good start records it
 
         def record(c: Checkout) -> None:
             draft = note.ledger_draft() if note is not None else None
@@ -854,12 +912,20 @@ class Daemon:
             "updates": self.update_state,
             "update_notice": self.update_notice,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "ledger_problem": self.worker.ledger_problem,
             **snap,
         }
 
     def _assess(self) -> None:
         """Work out the state and its sentence from the parts; tell systemd and the screen."""
         problems = []
+        if self.worker.ledger_problem is not None:
+            at = self.worker.ledger_bad_seq
+            problems.append(
+                "ledger damaged"
+                + (f" at entry {at}" if at is not None else "")
+                + ": not selling; keep the terminal as it is and call county IT"
+            )
         worker_ok = (
             self.worker.alive()
             and time.monotonic() - self.worker.heartbeat < self.dsettings.worker_stall_s
@@ -927,6 +993,10 @@ class Daemon:
             signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         try:
             self._start_parts()
+        except state.StateInUse as exc:
+            log.error("cannot start: %s: one process at a time may use a state directory", exc)
+            self.notifier.send(status=f"cannot start: {exc}")
+            return 2
         except (config.ConfigError, state.StateError, ledger.LedgerError, trust.TrustError) as exc:
             log.error("cannot start: %s", exc)
             self.notifier.send(status=f"cannot start: {exc}")
@@ -965,5 +1035,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.screen.set_status(self._status_view())
             self.screen.stop()
+        if self._state_lock is not None:
+            self._state_lock.release()  # last: the ledger is closed
         log.info("stopped")
         self.notifier.close()

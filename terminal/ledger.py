@@ -908,6 +908,13 @@ class Ledger:
         ).fetchone()[0]
         return value
 
+    def last_acked(self) -> ChainMark | None:
+        """The highest entry the county server acknowledged, with its hash; None if none."""
+        row = self._db.execute(
+            "SELECT seq, hash FROM entries WHERE acked_at_ms IS NOT NULL ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else ChainMark(int(row[0]), bytes(row[1]))
+
     def entry(self, seq: int) -> LedgerEntry | None:
         """The entry with this sequence number, if there is one."""
         row = self._db.execute(_SELECT_ALL + " WHERE seq = ?", (seq,)).fetchone()
@@ -1134,13 +1141,30 @@ def _verify_chain(
             return 0, (point, f"the prune point {point} is not covered by a signed checkpoint")
         prev, expected = point_hash, point + 1
 
+    last, problem = _walk_chain(conn, prev, expected, checkpoint_hash)
+    if problem is not None:
+        return last, problem
+    if anchor is not None and not _prune_recorded(conn, anchor):
+        return last, (
+            anchor[0] + 1,
+            f"entries up to {anchor[0]} are gone but no pruned entry in the chain says so",
+        )
+    return last, None
+
+
+def _walk_chain(
+    conn: sqlite3.Connection, prev: bytes, expected: int, checkpoint_hash: dict[int, bytes]
+) -> tuple[int, tuple[int, str] | None]:
+    """Re-hash entries from ``expected`` on, linked to ``prev``; (last good seq, problem)."""
     # The hot loop: keep per-row work to slicing, one CBOR encode and one hash.
     sha256 = hashlib.sha256
     dumps = cbor2.dumps
     domain = ENTRY_DOMAIN
-    good_checkpoint = anchor[0] if anchor is not None else 0
+    good_checkpoint = expected - 1
     cursor = conn.execute(
-        "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries ORDER BY seq"
+        "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries"
+        " WHERE seq >= ? ORDER BY seq",
+        (expected,),
     )
     cursor.arraysize = 1024
     for row in cursor:
@@ -1169,11 +1193,6 @@ def _verify_chain(
             good_checkpoint = seq
         prev = digest
         expected += 1
-    if anchor is not None and not _prune_recorded(conn, anchor):
-        return expected - 1, (
-            anchor[0] + 1,
-            f"entries up to {anchor[0]} are gone but no pruned entry in the chain says so",
-        )
     return expected - 1, None
 
 
@@ -1216,6 +1235,181 @@ def _locate_broken_link(
             f"entry {seq - 1} was altered or replaced: entry {seq} does not link to it",
         )
     return (seq, f"entry {seq} was altered or moved: it does not link to entry {seq - 1}")
+
+
+# --- the check at start: from the last verified checkpoint --------------------------------
+
+
+@dataclass(frozen=True)
+class ChainMark:
+    """A point of the chain: an entry's seq and the hash it had then."""
+
+    seq: int
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class StartCheck:
+    """Outcome of ``check_at_start``: ``ok`` only when every check passed."""
+
+    ok: bool
+    problem: str | None  # one line for a person; None when ok
+    first_bad_seq: int | None
+    checked: int  # entries re-hashed by this check
+    verified_to: ChainMark | None  # the newest signed checkpoint verified: the next start's mark
+
+
+def check_at_start(
+    path: str | os.PathLike[str],
+    public_key: bytes,
+    verified: ChainMark | None,
+    acknowledged: ChainMark | None,
+) -> StartCheck:
+    """Check, read-only, what a daemon must check before it appends to its ledger.
+
+    ``verified`` is the checkpoint a previous start verified: entries up to it
+    are not re-hashed again (that is what keeps a start fast at a million
+    entries), but its hash must still be the one verified then. From there the
+    chain is re-hashed link by link and every later checkpoint's signature is
+    checked against ``public_key`` (the terminal's pinned key, not the one the
+    file names). ``acknowledged`` is the highest entry the county acknowledged:
+    its hash must not have changed either, so a history rewritten and re-signed
+    with the terminal's own key is still refused. Without ``verified`` the
+    whole chain is walked, as ``verify_file`` does, without the integrity check.
+    """
+    try:
+        conn = _open_read_only(path)
+    except LedgerError as exc:
+        return StartCheck(False, str(exc), None, 0, None)
+    try:
+        return _check_at_start(conn, public_key, verified, acknowledged)
+    except sqlite3.DatabaseError as exc:
+        return StartCheck(False, f"cannot read the ledger: {exc}", None, 0, None)
+    finally:
+        conn.close()
+
+
+def _check_at_start(
+    conn: sqlite3.Connection,
+    public_key: bytes,
+    verified: ChainMark | None,
+    acknowledged: ChainMark | None,
+) -> StartCheck:
+    def bad(seq: int | None, problem: str, checked: int = 0) -> StartCheck:
+        return StartCheck(False, problem, seq, checked, None)
+
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"entries", "checkpoints", "meta"} <= tables:
+        return bad(None, "not a ledger file: tables are missing")
+    meta = conn.execute("SELECT terminal_id, public_key FROM meta").fetchall()
+    if len(meta) != 1:
+        return bad(1, "the ledger has no terminal identity")
+    terminal_id, meta_key = meta[0]
+    if meta_key != public_key:
+        return bad(1, "the ledger names another key than the terminal's own: it was rebuilt")
+    try:
+        verifier = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        return bad(1, "the terminal's public key is not valid")
+    last = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+    if last is None:
+        return bad(1, "the ledger has no entries: genesis is missing")
+    anchor = _prune_anchor(conn)
+
+    def hash_at(seq: int) -> bytes | None:
+        row = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        if anchor is not None and anchor[0] == seq:
+            return anchor[1]
+        return None
+
+    if acknowledged is not None:
+        held = hash_at(acknowledged.seq)
+        if held is None and acknowledged.seq > last:
+            return bad(
+                last + 1,
+                f"entries after {last} are gone, but the county acknowledged up to "
+                f"entry {acknowledged.seq}",
+            )
+        # Below a prune point the entry is gone for good: the county holds it.
+        if held is not None and held != acknowledged.hash:
+            return bad(
+                acknowledged.seq,
+                f"history the county acknowledged was rewritten: entry {acknowledged.seq} "
+                "is not the one the county holds",
+            )
+
+    start: tuple[int, bytes] | None = None  # (seq, hash) the walk links to
+    if verified is not None:
+        held = hash_at(verified.seq)
+        if held is not None:
+            if held != verified.hash:
+                return bad(
+                    verified.seq,
+                    f"entries up to {verified.seq} were rewritten since they were verified "
+                    "at an earlier start",
+                )
+            start = (verified.seq, verified.hash)
+        elif verified.seq > last:
+            return bad(
+                last + 1,
+                f"entries after {last} are gone: entry {verified.seq} was verified at an "
+                "earlier start",
+            )
+        # Else retention pruned past the mark: walk from the prune point instead.
+    if start is None and anchor is not None:
+        start = anchor
+
+    if start is None:
+        genesis = conn.execute("SELECT seq, kind, detail FROM entries WHERE seq = 1").fetchone()
+        expected_detail = canonical_json(
+            {"terminal_id": terminal_id, "public_key": public_key.hex()}
+        )
+        if genesis is None or genesis[1] != GENESIS or genesis[2] != expected_detail:
+            return bad(1, "entry 1 is not the genesis entry for this terminal and key")
+        prev, first = GENESIS_PREV_HASH, 1
+    else:
+        prev, first = start[1], start[0] + 1
+
+    # Checkpoints from the start point on (the one at a prune point vouches for it).
+    checkpoint_hash: dict[int, bytes] = {}
+    low = first - 1 if start is not None and start == anchor else first
+    for cp_seq, cp_hash, signature in conn.execute(
+        "SELECT seq, hash, signature FROM checkpoints WHERE seq >= ? ORDER BY seq", (low,)
+    ):
+        try:
+            verifier.verify(signature, checkpoint_message(terminal_id, cp_seq, cp_hash))
+        except InvalidSignature:
+            return bad(cp_seq, f"checkpoint at entry {cp_seq}: the signature is forged")
+        checkpoint_hash[cp_seq] = cp_hash
+    if start is not None and start == anchor and checkpoint_hash.get(anchor[0]) != anchor[1]:
+        return bad(anchor[0], f"the prune point {anchor[0]} is not covered by a signed checkpoint")
+
+    walked_to, problem = _walk_chain(conn, prev, first, checkpoint_hash)
+    checked = walked_to - first + 1
+    if problem is not None:
+        return bad(problem[0], problem[1], checked)
+    if checkpoint_hash and max(checkpoint_hash) > walked_to:
+        return bad(
+            walked_to + 1,
+            f"entries from {walked_to + 1} on were deleted: a signed checkpoint names entry "
+            f"{max(checkpoint_hash)}",
+            checked,
+        )
+    if start is not None and start == anchor and not _prune_recorded(conn, anchor):
+        return bad(
+            anchor[0] + 1,
+            f"entries up to {anchor[0]} are gone but no pruned entry in the chain says so",
+            checked,
+        )
+    signed = [seq for seq in checkpoint_hash if first <= seq <= walked_to]
+    if signed:
+        top = max(signed)
+        mark: ChainMark | None = ChainMark(top, checkpoint_hash[top])
+    else:
+        mark = None if start is None else ChainMark(*start)
+    return StartCheck(True, None, None, checked, mark)
 
 
 # --- export and stats ----------------------------------------------------------------
