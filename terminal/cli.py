@@ -9,6 +9,7 @@ would need too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -232,37 +233,132 @@ def cmd_run(a: argparse.Namespace) -> int:
     return daemon.Daemon(settings, config_path=a.config, start_note=note).run()
 
 
-def cmd_status(a: argparse.Namespace) -> int:
+# Where systemd's unit reads the settings (systemd/canteen-terminal.service), and the
+# state directory it gives the daemon: `status` looks there when no flag names a terminal.
+SYSTEMD_CONFIG = Path("/etc/canteen-terminal/terminal.toml")
+SYSTEMD_STATE = Path("/var/lib/canteen-terminal")
+DEMO_STATE = Path("run-demo/state")  # scripts/run-terminal.sh, run from the checkout
+
+
+def _status_places(a: argparse.Namespace) -> list[Path]:
+    """State directories to ask, in order: what the flags name, else the usual places."""
+    if a.state:
+        return [Path(a.state)]
+    if a.config:
+        return [config.load(a.config).state_dir]
+    places = []
+    if SYSTEMD_CONFIG.is_file():
+        # Unreadable as this user: the unit's state directory is still tried.
+        with contextlib.suppress(config.ConfigError):
+            places.append(config.load(SYSTEMD_CONFIG).state_dir)
+    places += [config.load().state_dir, SYSTEMD_STATE, DEMO_STATE.resolve()]
+    return list(dict.fromkeys(p.resolve() for p in places))
+
+
+def _ask_daemon(a: argparse.Namespace) -> dict[str, Any]:
     from terminal import daemon
 
-    settings = config.load(a.config)
-    root = Path(a.state) if a.state else settings.state_dir
-    try:
-        health = daemon.ask_status(root)
-    except (OSError, ValueError) as exc:
+    places = _status_places(a)
+    tried = []
+    for root in places:
+        try:
+            return daemon.ask_status(root)
+        except PermissionError:
+            tried.append(f"{root / daemon.STATUS_SOCKET} (permission denied: use sudo)")
+        except (OSError, ValueError) as exc:
+            tried.append(f"{root / daemon.STATUS_SOCKET} ({getattr(exc, 'strerror', exc)})")
+    where = "; ".join(tried)
+    if a.state or a.config:
         raise CommandError(
-            f"no running terminal answers at {root / daemon.STATUS_SOCKET} ({exc}); "
+            f"no running terminal answers at {where}; "
             "start it with `systemctl start canteen-terminal` or `canteen-terminal run`"
-        ) from None
-    if a.json:
-        print(json.dumps(health, ensure_ascii=False))
-        return 0
-    print(f"{health['state']}: {health['sentence']}")
-    print(f"  terminal {health['terminal_id']} at {health['canteen']}; screen {health['screen']}")
+        )
+    raise CommandError(
+        f"no running terminal answers at {where}; if one runs, name it with "
+        "--config FILE (the settings it runs with) or --state DIR (its state directory)"
+    )
+
+
+def _when(ms: object, now_ms: int, tz: Any) -> str:
+    """A Unix-ms time as the canteen's local time and its age: `2026-12-02 12:01:05 (4 min ago)`."""
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        return "never"
+    import datetime as dt
+
+    local = dt.datetime.fromtimestamp(ms / 1000, tz)
+    return f"{local:%Y-%m-%d %H:%M:%S} ({_age((now_ms - ms) / 1000)} ago)"
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
+
+
+def _county_line(health: dict[str, Any], now_ms: int, tz: Any) -> tuple[str, str]:
+    """(a word for the first line, the county line) from what the daemon knows of its county."""
+    online = health.get("online")
+    since = _when(health.get("online_since_ms"), now_ms, tz)
+    if health.get("sync_note"):
+        return "offline only", f"county: not syncing: {health['sync_note']}"
+    if online is True:
+        return "online", f"county: online since {since}"
+    if online is False:
+        errors = (health.get("sync") or {}).get("errors") or []
+        why = f": {errors[0]}" if errors else ""
+        return "OFFLINE", f"county: unreachable since {since}{why}"
+    return "county not reached yet", "county: no sync finished yet since the start"
+
+
+def status_lines(health: dict[str, Any], now_ms: int) -> list[str]:
+    """What `status` prints: times in the canteen's local time, with their ages."""
+    import zoneinfo
+
+    try:
+        tz: Any = zoneinfo.ZoneInfo(str(health.get("timezone")))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = None  # an older daemon: this machine's local time
+    net, county = _county_line(health, now_ms, tz)
+    lines = [
+        f"{health['state']}, {net}: {health['sentence']}",
+        f"  terminal {health['terminal_id']} at {health['canteen']}; screen {health['screen']}",
+        f"  {county}",
+    ]
     for name, dev in health.get("devices", {}).items():
         age = dev.get("last_activity_age_s")
         age_text = "never" if age is None else f"{age:.1f} s ago"
-        print(f"  {name}: {dev['state']} (last activity {age_text}): {dev['detail']}")
-    ack = health.get("last_ack_ms")
-    print(
+        fps = dev.get("fps_measured")
+        rate = "" if fps is None else f", {fps:.1f} frames/s measured"
+        lines.append(f"  {name}: {dev['state']} (last activity {age_text}{rate}): {dev['detail']}")
+    lines.append(
         f"  ledger: {health.get('last_seq')} entries, {health.get('unsynced')} unsynced; "
-        f"last acknowledged sync: {'never' if ack is None else ack}"
+        f"last acknowledged sync: {_when(health.get('last_ack_ms'), now_ms, tz)}"
     )
-    print(
-        f"  lists age (s): {health.get('list_ages_s')}; "
-        f"clock trusted: {health.get('clock_trusted')}"
+    ages = health.get("list_ages_s") or {}
+    lists = ", ".join(
+        f"{name} {'missing' if age is None else _age(age) + ' old'}" for name, age in ages.items()
     )
-    print(f"  free disk: {health.get('free_mb')} MB; decisions this run: {health.get('decisions')}")
+    clock = "trusted" if health.get("clock_trusted") else "NOT trusted"
+    lines.append(f"  lists: {lists or 'unknown'}; clock {clock}")
+    lines.append(
+        f"  free disk: {health.get('free_mb')} MB; decisions this run: {health.get('decisions')}; "
+        f"up {_age(float(health.get('uptime_s') or 0))}"
+    )
+    return lines
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    health = _ask_daemon(a)
+    if a.json:
+        print(json.dumps(health, ensure_ascii=False))
+        return 0
+    for line in status_lines(health, _wall_ms()):
+        print(line)
     return 0 if health["state"] == "ready" else 1
 
 
@@ -383,10 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "status",
         help="ask the running daemon how it is (exit 0 only when ready)",
-        description="Ask the running daemon over its status socket in the state directory.",
+        description="Ask the running daemon over its status socket in the state directory. "
+        "With neither flag it looks where systemd's unit keeps it (/etc/canteen-terminal/"
+        "terminal.toml, /var/lib/canteen-terminal), in ./state and in ./run-demo/state.",
     )
     _add_config(p)
-    p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
+    p.add_argument(
+        "--state",
+        metavar="DIR",
+        help="state directory (default: from --config or the usual places)",
+    )
     p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     p.set_defaults(func=cmd_status)
 

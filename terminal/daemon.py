@@ -907,6 +907,8 @@ class Daemon:
             "dropped_events": self.worker.dropped,
             "queue": self.worker.queue.qsize(),
             "online": self.online,
+            "online_since_ms": self.online_since_ms,
+            "timezone": self.settings.timezone.key,  # `status` shows times in it
             "sync": self.last_sync,
             "sync_note": self.sync_note,
             "updates": self.update_state,

@@ -1,0 +1,108 @@
+"""`canteen-terminal status` against a real daemon and a real county server that goes away.
+
+The command runs as a technician runs it: its own process, no --config, in the
+directory the terminal was started from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import threading
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
+from test_sync_support import County, make_county, provision_terminal
+
+from terminal import config, daemon
+
+ROOT = Path(__file__).parent.parent
+
+SYNC = """
+[sync]
+interval_s = 1
+jitter_s = 0
+deadline_s = 5
+connect_timeout_s = 2
+read_timeout_s = 2
+backoff_base_s = 1
+backoff_cap_s = 2
+"""
+
+
+def status(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "terminal.cli", "status", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def county(tmp_path: Path) -> Iterator[County]:
+    c = make_county(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_status_finds_the_daemon_says_offline_and_shows_local_times(
+    tmp_path: Path, county: County
+) -> None:
+    provision_terminal(county, tmp_path / "state", "t-daemon", "c-daemon")
+    install_lists(tmp_path / "state")
+    reader = ReaderPty()
+    settings = write_settings(tmp_path, reader_port=reader.path, camera_source=None, extra=SYNC)
+    loaded = config.load(settings)
+    d = daemon.Daemon(loaded, notifier=daemon.Notifier(""))
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: d.online is True, what="the first sync")
+        reader.swipe(CARD_UID)
+        wait_for(lambda: d.worker.snapshot.get("last_ack_ms") is not None, what="an ack")
+        wait_for(lambda: d.worker.snapshot.get("unsynced") == 0, what="everything acknowledged")
+        # No --config: the settings name state_dir "state", and the technician is in their
+        # directory, as after `canteen-terminal run --config terminal.toml` there.
+        online = status(tmp_path)
+        assert online.returncode == 0, online.stderr
+        assert online.stdout.splitlines()[0].startswith("ready, online: ")
+        county.stop()
+        wait_for(lambda: d.online is False, what="the daemon to notice", timeout_s=30)
+        result = status(tmp_path)
+    finally:
+        d.request_stop()
+        thread.join(15)
+        reader.close()
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ready, OFFLINE: "), result.stdout
+    assert any(line.strip().startswith("county: unreachable since ") for line in lines)
+    # Times in the canteen's zone with their age; no raw epoch milliseconds anywhere.
+    assert not re.search(r"\b1\d{12}\b", result.stdout), result.stdout
+    ack_ms = d.worker.snapshot["last_ack_ms"]
+    local = dt.datetime.fromtimestamp(ack_ms / 1000, zoneinfo.ZoneInfo(loaded.timezone.key))
+    assert f"last acknowledged sync: {local:%Y-%m-%d %H:%M:%S} (" in result.stdout
+    assert re.search(r"last acknowledged sync: [-0-9: ]+\(\d+ s ago\)", result.stdout)
+
+
+def test_status_with_no_daemon_says_which_flag_to_add(tmp_path: Path) -> None:
+    result = status(tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "no running terminal answers at" in result.stderr
+    assert str(tmp_path / "state" / "daemon.sock") in result.stderr
+    assert "--config FILE" in result.stderr and "--state DIR" in result.stderr
