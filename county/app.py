@@ -8,7 +8,10 @@ the peer certificate to the app, so a small h11 protocol subclass reads it off
 the TLS transport once per connection and puts it in the ASGI scope as the
 ASGI TLS extension (``scope["extensions"]["tls"]``). It never holds intake
 rules (the store does) and never reads certificates from headers, which any
-client could forge.
+client could forge. It also owns what a hostile client can make the server do
+before any rule applies (docs/sync-protocol.md, "Hostile input"): every body is
+capped before it is read, malformed input is a one-line 400 and never a 500,
+and slow handshakes, headers and bodies are cut after a timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from county import ca
@@ -54,6 +58,150 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one connection may cost the server before any API rule applies."""
+
+    # Bytes of a provisioning request: a code, a CSR and two hex keys take about 1 KiB.
+    provision_body_bytes: int = 64 * 1024
+    # Bytes of a body on any other path but the ledger upload (capped by the store's
+    # Limits.max_body_bytes): no other endpoint takes a body at all.
+    other_body_bytes: int = 64 * 1024
+    # Seconds for the TLS handshake; asyncio's default is 60 and uvicorn passes none.
+    handshake_timeout_s: float = 10.0
+    # Seconds from the end of the handshake (or a keep-alive request's first byte) to
+    # the end of the request headers, which a terminal sends in one write.
+    header_timeout_s: float = 10.0
+    # Seconds from the end of the headers to the end of the body: a 500-entry batch
+    # (about 250 KB) needs 8 KB/s, and the terminal's whole sync has 60 s.
+    body_timeout_s: float = 30.0
+
+
+# --- hostile input: capped bodies, one-line problems ------------------------------------
+
+
+class BodyCap:
+    """ASGI middleware: every request body is capped before the app reads it.
+
+    A declared Content-Length above the path's cap is answered 413 without reading a
+    byte; a chunked (or undeclared) body is cut as soon as it passes the cap. Any
+    answer sent before the body was read to its end closes the connection, so the
+    server never reads the rest of an unwanted body just to throw it away.
+    """
+
+    def __init__(self, app: ASGIApp, cap_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.cap_for = cap_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = self.cap_for(scope["path"])
+        declared: int | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = int(value)  # h11 refused anything but digits already
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is not None and declared > cap:
+            await _too_large(cap)(scope, receive, send)
+            return
+        body_pending = chunked or bool(declared)
+        received = 0
+        cut = False
+        answered = False
+
+        async def capped_receive() -> MutableMapping[str, Any]:
+            nonlocal received, body_pending, cut, answered
+            if cut:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_pending = False
+                if received > cap:
+                    # The app never sees the excess; it sees the client leave.
+                    cut = True
+                    if not answered:
+                        answered = True
+                        await _too_large(cap)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def closing_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal answered
+            if cut:
+                return  # the 413 went out instead
+            if message["type"] == "http.response.start":
+                answered = True
+                if body_pending:
+                    headers = list(message.get("headers", []))
+                    headers.append((b"connection", b"close"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, closing_send)
+        except ClientDisconnect:
+            return  # cut at the cap, or the client left: nobody to answer
+
+
+def _too_large(cap: int) -> JSONResponse:
+    return _problem(413, f"the request body is larger than {cap} bytes", {"Connection": "close"})
+
+
+class Malformed(Exception):
+    """A request body that is not what the endpoint takes (HTTP 400, one line)."""
+
+
+# SQLite and CBOR hold signed 64-bit integers; a bigger one can only be an attack or a bug.
+_INT64 = range(-(2**63), 2**63)
+
+
+def json_object(raw: bytes, content_type: str | None, what: str) -> dict[str, Any]:
+    """A JSON object from a request body, or Malformed with a line a person can act on."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise Malformed(f"{what} must be sent as application/json, not {media or 'untyped'}")
+    if not raw.strip():
+        raise Malformed(f"{what} is empty")
+
+    def no_constant(name: str) -> Any:
+        raise Malformed(f"{what} holds {name}, which JSON does not allow")
+
+    try:
+        doc = json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise Malformed(f"{what} is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"{what} is not JSON: {exc.msg} at byte {exc.pos}") from None
+    except ValueError:  # not UTF-8, or an integer of thousands of digits
+        raise Malformed(f"{what} is not JSON in UTF-8 with integers of sane size") from None
+    if not isinstance(doc, dict):
+        raise Malformed(f"{what} must be a JSON object, not {type(doc).__name__}")
+    # One pass, without recursion (json allows nesting deeper than a Python stack):
+    # every text must be storable (no lone surrogates) and every integer fit 64 bits.
+    stack: list[Any] = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Malformed(f"{what} holds text that is not valid Unicode") from None
+        elif type(item) is int and item not in _INT64:
+            raise Malformed(f"{what} holds an integer beyond 64 bits (over 2^63 - 1)")
+    return doc
 
 
 # --- the peer certificate ------------------------------------------------------------
@@ -167,10 +315,9 @@ def _problem(status: int, text: str, headers: dict[str, str] | None = None) -> J
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None once it grows past ``limit`` (an endless body)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+    """The request body, or None once it grows past ``limit`` (an endless body).
+
+    BodyCap has refused a larger declared length already; this stops a chunked one."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -181,15 +328,46 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_ms) -> FastAPI:
+def _text(doc: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = doc.get(name, default)
+    if not isinstance(value, str):
+        raise Malformed(f"{name} must be a string" if name in doc else f"{name} is missing")
+    return value
+
+
+def create_app(
+    data: Path,
+    store: CountyStore,
+    clock: Callable[[], int] = wall_ms,
+    http_limits: HttpLimits | None = None,
+) -> FastAPI:
     """The county API over ``store``, signing time with the key in ``data``."""
     keys = CountyKeys.load(data)
     time_key = ca.load_time_key(keys.paths)
+    limits = http_limits or HttpLimits()
     app = FastAPI(
         title="canteen county server",
         version=str(PROTOCOL_VERSION),
         description="Ledger intake and terminal provisioning; see docs/sync-protocol.md.",
     )
+
+    def cap_for(path: str) -> int:
+        if path == "/v1/ledger":
+            return store.limits.max_body_bytes
+        if path == "/v1/provision":
+            return limits.provision_body_bytes
+        return limits.other_body_bytes
+
+    app.add_middleware(BodyCap, cap_for=cap_for)
+
+    async def server_failed(_request: Request, exc: Exception) -> Response:
+        # A bug, not the client's fault: one line, no traceback to the client (the log
+        # has it). Malformed input must never get here: a 5xx makes a terminal retry.
+        return _problem(
+            500, f"the county server failed on this request ({type(exc).__name__}); see its log"
+        )
+
+    app.add_exception_handler(Exception, server_failed)
 
     def signed_time(terminal_id: str, acked: int, nonce: bytes) -> dict[str, Any]:
         now = clock()
@@ -214,29 +392,50 @@ def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_m
     @app.post(
         "/v1/provision",
         response_model=ProvisionAnswer,
-        responses={403: {"model": Problem}, 400: {"model": Problem}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ProvisionRequest.model_json_schema()}},
+            }
+        },
+        responses={403: {"model": Problem}, 400: {"model": Problem}, 413: {"model": Problem}},
     )
-    async def provision(body: ProvisionRequest) -> Any:
+    async def provision(request: Request) -> Any:
         """Trade a one-time code and a CSR for a client certificate (no client cert needed)."""
+        # Parsed by hand, not by pydantic, so the body is capped before it is read:
+        # anyone may call this endpoint, with no certificate.
+        raw = await _read_body(request, limits.provision_body_bytes)
+        if raw is None:
+            return _too_large(limits.provision_body_bytes)
         try:
-            ledger_key = bytes.fromhex(body.ledger_key)
-            nonce = bytes.fromhex(body.nonce)
+            doc = json_object(raw, request.headers.get("content-type"), "the request")
+            code = _text(doc, "code")
+            csr = _text(doc, "csr")
+            ledger_key_hex = _text(doc, "ledger_key")
+            nonce_hex = _text(doc, "nonce", "")
+        except Malformed as exc:
+            return _problem(400, str(exc))
+        try:
+            ledger_key = bytes.fromhex(ledger_key_hex)
+            nonce = bytes.fromhex(nonce_hex)
             if len(ledger_key) != 32 or len(nonce) > 64:
                 raise ValueError
         except ValueError:
             return _problem(
-                400, "ledger_key must be 32 bytes of hex (the terminal's Ed25519 key), nonce hex"
+                400,
+                "ledger_key must be 32 bytes of hex (the terminal's Ed25519 key), "
+                "nonce at most 64 bytes of hex",
             )
         now = clock()
         try:
-            term = await run_in_threadpool(store.redeem_code, body.code, ledger_key, now)
+            term = await run_in_threadpool(store.redeem_code, code, ledger_key, now)
             cert = await run_in_threadpool(
-                ca.issue_terminal_cert, keys.paths, body.csr.encode(), term.terminal_id
+                ca.issue_terminal_cert, keys.paths, csr.encode(), term.terminal_id
             )
             der = cert.public_bytes(serialization.Encoding.DER)
             await run_in_threadpool(
                 store.bind_certificate,
-                body.code,
+                code,
                 term.terminal_id,
                 ca.cert_sha256(der),
                 ledger_key,
@@ -284,12 +483,12 @@ def create_app(data: Path, store: CountyStore, clock: Callable[[], int] = wall_m
         terminal_id = who[0]
         raw = await _read_body(request, store.limits.max_body_bytes)
         if raw is None:
-            return _problem(413, f"the batch is larger than {store.limits.max_body_bytes} bytes")
+            return _too_large(store.limits.max_body_bytes)
         # Parsed by hand, not by pydantic: a batch is thousands of small arrays.
         try:
-            doc = json.loads(raw) if raw else {}
-        except ValueError:
-            return _problem(400, "the batch is not JSON")
+            doc = json_object(raw, request.headers.get("content-type"), "the batch")
+        except Malformed as exc:
+            return _problem(400, str(exc))
         try:
             result = await run_in_threadpool(store.intake, terminal_id, doc, clock())
         except BatchInvalid as exc:

@@ -8,6 +8,7 @@ bytes an attacker would; a normal terminal is the project's own sync client or r
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
@@ -15,13 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_sync_support import (
     County,
     county_fixture,  # noqa: F401  (the county fixture)
+    provision_terminal,
 )
 
 from county import ca
 from county import updates as county_updates
+from terminal.ledger import entry_hash
 
 
 def client_context(county: County, term: Any = None) -> ssl.SSLContext:
@@ -87,3 +93,264 @@ def test_update_paths_answer_404_until_updates_init_then_serve_without_restart(
     # A file that does not exist is still an ordinary 404.
     status, _ = request(county, "GET", "/tuf/metadata/99.root.json")
     assert status == 404
+
+
+# --- 7. malformed means 400, never 500 ---------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+
+
+def deep(n: int) -> bytes:
+    return b"[" * n + b"]" * n
+
+
+def valid_batch(term: Any) -> dict[str, Any]:
+    """A batch the server accepts: the terminal's genesis entry (and its checkpoint)."""
+    from terminal.sync import LedgerReader
+
+    reader = LedgerReader(term.ledger_path)
+    try:
+        last = reader.last_seq()
+        return {
+            "nonce": "01",
+            "entries": reader.batch(1, last),
+            "checkpoints": reader.checkpoints(1, last),
+        }
+    finally:
+        reader.close()
+
+
+def provision_doc(**over: Any) -> dict[str, Any]:
+    doc = {"code": "00" * 10, "csr": "x", "ledger_key": "11" * 32, "nonce": "22"}
+    doc.update(over)
+    return doc
+
+
+def test_malformed_bodies_get_a_one_line_400(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    # 100,000 deep is 200 KB: beyond the provisioning cap (413), so 30,000 there.
+    for path, who, depth in (("/v1/ledger", term, 100_000), ("/v1/provision", None, 30_000)):
+        cases: list[tuple[str, bytes, dict[str, str]]] = [
+            ("nested deep", b'{"nonce": ' + deep(depth) + b"}", JSON),
+            ("top level nested deep", deep(depth), JSON),
+            ("a JSON array", b"[]", JSON),
+            ("an empty body", b"", JSON),
+            ("not JSON", b"{nonce:", JSON),
+            ("not UTF-8", b'{"nonce": "\xff"}', JSON),
+            ("NaN", b'{"nonce": NaN}', JSON),
+            (
+                "a wrong Content-Type",
+                json.dumps(provision_doc()).encode(),
+                {"Content-Type": "text/plain"},
+            ),
+            ("no Content-Type", json.dumps(provision_doc()).encode(), {}),
+            ("a lone surrogate", b'{"code": "\\ud800", "nonce": "00"}', JSON),
+        ]
+        for what, body, headers in cases:
+            status, answer = request(county, "POST", path, body, headers, term=who)
+            assert status == 400, (path, what, status, answer[:300])
+            one_line_problem(answer)
+    # Nonces: not hex, and longer than 64 bytes, on both endpoints.
+    batch = valid_batch(term)
+    for nonce in ("zz", "ab" * 65):
+        status, answer = request(
+            county,
+            "POST",
+            "/v1/ledger",
+            json.dumps({**batch, "nonce": nonce}).encode(),
+            JSON,
+            term=term,
+        )
+        assert status == 400, (nonce, answer[:300])
+        assert "nonce" in one_line_problem(answer)
+        status, answer = request(
+            county, "POST", "/v1/provision", json.dumps(provision_doc(nonce=nonce)).encode(), JSON
+        )
+        assert status == 400, (nonce, answer[:300])
+        assert "nonce" in one_line_problem(answer)
+    # Provisioning fields of the wrong type or missing.
+    for doc in (provision_doc(code=7), provision_doc(csr=None), {"code": "00", "csr": "x"}):
+        status, answer = request(county, "POST", "/v1/provision", json.dumps(doc).encode(), JSON)
+        assert status == 400, (doc, answer[:300])
+        one_line_problem(answer)
+    # After all that, the genuine batch is still taken.
+    status, answer = request(
+        county, "POST", "/v1/ledger", json.dumps(batch).encode(), JSON, term=term
+    )
+    assert status == 200, answer[:300]
+
+
+@pytest.mark.parametrize("field", [0, 2, 9, 13])  # seq, at_ms, ctr, amount_fen
+def test_integers_beyond_64_bits_in_a_batch_get_400(
+    county: County, tmp_path: Path, field: int
+) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    batch = valid_batch(term)
+    for value in (2**63, 2**64 + 5, -(2**63) - 1):
+        entries = [list(e) for e in batch["entries"]]
+        entries[-1][field] = value
+        # Re-hashed, as a thief holding the terminal's keys would: the hash check passes.
+        entries[-1][17] = entry_hash(bytes.fromhex(entries[-1][16]), entries[-1][:16]).hex()
+        status, answer = request(
+            county,
+            "POST",
+            "/v1/ledger",
+            json.dumps({**batch, "entries": entries}).encode(),
+            JSON,
+            term=term,
+        )
+        assert status == 400, (field, value, status, answer[:300])
+        one_line_problem(answer)
+    # A checkpoint's seq and time too.
+    if batch["checkpoints"]:
+        cps = [list(c) for c in batch["checkpoints"]]
+        cps[0][0] = 2**63
+        status, answer = request(
+            county,
+            "POST",
+            "/v1/ledger",
+            json.dumps({**batch, "checkpoints": cps}).encode(),
+            JSON,
+            term=term,
+        )
+        assert status == 400, answer[:300]
+
+
+def test_an_unexpected_failure_is_a_one_line_500_without_traceback(county: County) -> None:
+    # A real failure inside the server, not a mock: its database handle is gone.
+    county.store.close()
+    status, answer = request(
+        county, "POST", "/v1/provision", json.dumps(provision_doc()).encode(), JSON
+    )
+    assert status == 500
+    problem = one_line_problem(answer)
+    assert "see its log" in problem and "File " not in problem
+
+
+class KeepAlive:
+    """One HTTPS connection reused across requests, reopened when the server closes it."""
+
+    def __init__(self, county: County, term: Any = None) -> None:
+        self.port = county.server.port if county.server else 0
+        self.ctx = client_context(county, term)
+        self.conn: http.client.HTTPSConnection | None = None
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, timeout=20, context=self.ctx
+                )
+            try:
+                self.conn.request("POST", path, body=body, headers=headers)
+                resp = self.conn.getresponse()
+                data = resp.read()
+                if resp.will_close:
+                    self.close()
+                return resp.status, data
+            except (http.client.RemoteDisconnected, ConnectionError, ssl.SSLError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def json_values() -> st.SearchStrategy[Any]:
+    """Any JSON value, leaning on what breaks parsers: huge integers, odd text, nesting."""
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**40, -1, 0]),
+        st.floats(allow_nan=False),
+        st.text(max_size=40),
+        st.sampled_from(["", "zz", "00" * 65, "\ud800", "\x00", "ab" * 32, "é" * 10]),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)
+        ),
+        max_leaves=20,
+    )
+
+
+@st.composite
+def hostile_batches(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
+    """A genuine batch with something broken, or something else altogether."""
+    how = draw(st.sampled_from(["field", "entry", "checkpoint", "top", "any", "bytes", "deep"]))
+    doc: Any = json.loads(json.dumps(good))
+    if how == "field" and doc["entries"]:
+        entry = draw(st.sampled_from(doc["entries"]))
+        entry[draw(st.integers(0, 17))] = draw(json_values())
+        if draw(st.booleans()):  # re-hashed, so the checks go past the hash
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                entry[17] = entry_hash(bytes.fromhex(entry[16]), entry[:16]).hex()
+    elif how == "entry":
+        doc["entries"].append(draw(json_values()))
+    elif how == "checkpoint":
+        doc["checkpoints"] = draw(st.lists(json_values(), max_size=3))
+    elif how == "top":
+        doc[draw(st.sampled_from(["nonce", "entries", "checkpoints"]))] = draw(json_values())
+    elif how == "any":
+        doc = draw(json_values())
+    elif how == "bytes":
+        return draw(st.binary(max_size=200))
+    else:
+        depth = draw(st.integers(500, 50_000))
+        return b'{"entries": ' + deep(depth) + b"}"
+    return json.dumps(doc).encode()
+
+
+@st.composite
+def hostile_provisions(draw: st.DrawFn) -> bytes:
+    how = draw(st.sampled_from(["field", "any", "bytes", "deep"]))
+    if how == "field":
+        doc = provision_doc()
+        doc[draw(st.sampled_from(["code", "csr", "ledger_key", "nonce", "x"]))] = draw(
+            json_values()
+        )
+        return json.dumps(doc).encode()
+    if how == "any":
+        return json.dumps(draw(json_values())).encode()
+    if how == "bytes":
+        return draw(st.binary(max_size=200))
+    return deep(draw(st.integers(500, 30_000)))
+
+
+def test_fuzzed_bodies_never_get_a_5xx(county: County, tmp_path: Path) -> None:
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    good = valid_batch(term)
+    ledger, provision = KeepAlive(county, term), KeepAlive(county)
+    seen: dict[int, int] = {}
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(batch=hostile_batches(good), prov=hostile_provisions())
+    def check(batch: bytes, prov: bytes) -> None:
+        for client, path, body in (
+            (ledger, "/v1/ledger", batch),
+            (provision, "/v1/provision", prov),
+        ):
+            status, answer = client.post(path, body, JSON)
+            seen[status] = seen.get(status, 0) + 1
+            assert status < 500, (path, body[:300], status, answer[:300])
+            if status != 200:
+                json.loads(answer)["problem"]
+
+    try:
+        check()
+    finally:
+        ledger.close()
+        provision.close()
+    assert seen.get(400, 0) > 100, seen  # the fuzz did reach the parsers
