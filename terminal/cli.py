@@ -74,12 +74,16 @@ def cmd_verify_token(a: argparse.Namespace) -> int:
     start_ms = fixed_ms if fixed_ms is not None else _wall_ms()
 
     with tempfile.TemporaryDirectory(prefix="verify-token-") as scratch:
-        if a.ledger is not None:
-            ledger_path = Path(a.ledger)
-            key_path = ledger_path.with_name(ledger_path.name + ".key.pem")
-        else:
-            root = state.prepare(a.state if a.state is not None else scratch)
-            ledger_path, key_path = root.ledger, root.key
+        ledger_path, key_path, home = _token_ledger(a, scratch)
+        held = None
+        if home is not None:
+            # This ledger is a terminal's: its replay memory counts for the daemon too.
+            held = state.lock(
+                home,
+                "canteen-terminal verify-token",
+                "leave out --state and --ledger to check codes against a scratch ledger",
+            )
+            settings = _identified(settings, home)
         if a.trust is None:
             # The terminal's own applied lists: what it would decide (read, never replaced).
             if a.state is None:
@@ -108,7 +112,37 @@ def cmd_verify_token(a: argparse.Namespace) -> int:
         finally:
             store.close()
             book.close()
+            if held is not None:
+                held.release()
     return 0
+
+
+def _token_ledger(a: argparse.Namespace, scratch: str) -> tuple[Path, Path, Path | None]:
+    """(ledger file, key file, the state directory it belongs to or None) for verify-token.
+
+    A terminal's ledger is signed with that terminal's pinned key, never a second one:
+    with --state DIR, DIR's key signs whatever ledger is written (DIR/ledger.sqlite,
+    or FILE of --ledger), and a --ledger FILE inside a state directory belongs to that
+    directory. Only a FILE outside any state directory is a stand-alone ledger with its
+    own key beside it (FILE.key.pem), for trying codes out; the county accepts none of
+    those (docs/ledger.md, "Identity").
+    """
+    if a.state is not None:
+        root = state.prepare(a.state)
+        return (Path(a.ledger) if a.ledger else root.ledger), root.key, root.root
+    if a.ledger is not None:
+        ledger_path = Path(a.ledger)
+        home = state.StatePaths(ledger_path.parent)
+        if home.key.exists() or home.identity.exists():
+            return ledger_path, home.key, home.root
+        return ledger_path, ledger_path.with_name(ledger_path.name + ".key.pem"), None
+    root = state.prepare(scratch)
+    return root.ledger, root.key, None
+
+
+def _identified(settings: config.Settings, root: Path) -> config.Settings:
+    """The settings with the ids of a provisioned state directory (terminal and canteen)."""
+    return state.with_identity(_replace_settings(settings, state_dir=root))
 
 
 def _replace_settings(s: config.Settings, **changes: Any) -> config.Settings:
@@ -158,6 +192,13 @@ def cmd_lists_install(a: argparse.Namespace) -> int:
     settings = config.load(a.config)
     root = state.prepare(a.state if a.state else settings.state_dir)
     now_s = a.now if a.now is not None else _wall_ms() // 1000
+    # Replacing lists under a running daemon would leave its cached keys and lists stale.
+    held = state.lock(
+        root.root,
+        "canteen-terminal lists install",
+        "publish the lists as a signed update (canteen-county publish trust|roster), "
+        "which the daemon applies itself",
+    )
     store = trust.TrustStore(root.trust)
     done: list[trust.ListInfo] = []
     try:
@@ -177,6 +218,7 @@ def cmd_lists_install(a: argparse.Namespace) -> int:
             done.append(store.replace_roster(trust.parse_roster_csv(text), header, now_s))
     finally:
         store.close()
+        held.release()
     if not done:
         raise CommandError("nothing to install: give --issuers, --revocations or --roster")
     for info in done:
@@ -215,6 +257,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     daemon.setup_logging()
     local = config.load(a.config)
+    # One writer per state directory, from before the update set is reconciled.
+    held = state.lock(local.state_dir, state.DAEMON)
     note = None
     settings = local
     try:
@@ -230,7 +274,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         finally:
             store.close()
         settings = updates.effective_settings(a.config, note)
-    return daemon.Daemon(settings, config_path=a.config, start_note=note).run()
+    return daemon.Daemon(settings, config_path=a.config, start_note=note, state_lock=held).run()
 
 
 # Where systemd's unit reads the settings (systemd/canteen-terminal.service), and the

@@ -58,14 +58,22 @@ class StateError(Exception):
 class StateInUse(StateError):
     """Another process holds the state directory's lock (the daemon, or a command)."""
 
-    def __init__(self, root: Path, holder: dict[str, Any]) -> None:
+    def __init__(self, root: Path, holder: dict[str, Any], instead: str | None = None) -> None:
         self.root = root
         self.holder = holder
         self.pid = holder.get("pid")
         self.daemon = holder.get("program") == DAEMON
         what = "the terminal daemon" if self.daemon else f"'{holder.get('program', 'a command')}'"
         pid = f" (pid {self.pid})" if self.pid else ""
-        super().__init__(f"{what} is running on {root}{pid}")
+        text = f"{what} is running on {root}{pid}"
+        if instead is not None:
+            first = (
+                "stop it first (systemctl stop canteen-terminal)"
+                if self.daemon
+                else "wait until it has finished"
+            )
+            text += f": {first}, or {instead}"
+        super().__init__(text)
 
 
 DAEMON = "canteen-terminal run"
@@ -150,8 +158,12 @@ class StateLock:
             self._fd = None
 
 
-def lock(root: str | Path, program: str) -> StateLock:
-    """Take the state directory for ``program``, or raise StateInUse naming who holds it."""
+def lock(root: str | Path, program: str, instead: str | None = None) -> StateLock:
+    """Take the state directory for ``program``, or raise StateInUse naming who holds it.
+
+    ``instead`` is what a command's user can do rather than wait (said after
+    "stop it first, or"): the one line a technician gets names both.
+    """
     paths = prepare(root)
     try:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -161,7 +173,7 @@ def lock(root: str | Path, program: str) -> StateLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StateInUse(paths.root, _holder(paths.lock)) from None
+        raise StateInUse(paths.root, _holder(paths.lock), instead) from None
     except OSError as exc:
         os.close(fd)
         raise StateError(f"{paths.lock}: cannot lock: {exc.strerror}") from None

@@ -150,16 +150,23 @@ def _pin_county_root(state_dir: Path, identity: CountyIdentity) -> str:
 
 
 def _open_for_apply(ledger_path: Path, state_dir: Path, terminal_id: str) -> ledger.Ledger:
-    """The ledger as its writer, with the key that signs its checkpoints."""
-    sibling = ledger_path.with_name(ledger_path.name + ".key.pem")
-    key_path = sibling if sibling.exists() else state.StatePaths(state_dir).key
-    return state.open_ledger(ledger_path, key_path, terminal_id, _wall_ms())
+    """The ledger as its writer, with the state directory's pinned key: the one the county
+    registered at provisioning, never a second key beside the file."""
+    return state.open_ledger(ledger_path, state.StatePaths(state_dir).key, terminal_id, _wall_ms())
 
 
 def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
+    held: state.StateLock | None = None
     try:
+        # A second writer beside the daemon would mark entries and record county times
+        # on its own terms: the daemon syncs by itself.
+        held = state.lock(
+            a.state,
+            "canteen-terminal sync",
+            "let the daemon sync by itself ('canteen-terminal status' shows its last sync)",
+        )
         settings = load_sync_settings(a.config)
         identity = load_identity(a.state)
         ledger_path = Path(a.ledger) if a.ledger else state.StatePaths(Path(a.state)).ledger
@@ -168,20 +175,28 @@ def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         client = SyncClient(ledger_path, identity, settings, server=a.server)
         book = _open_for_apply(ledger_path, Path(a.state), identity.terminal_id)
     except (SyncError, config.ConfigError, state.StateError, ledger.LedgerError) as exc:
+        if held is not None:
+            held.release()
         return _error(err, str(exc))
     clock = TrustedClock(book.last_time_ms(), 0, 0)
     try:
         if a.once:
-            return _sync_once(client, book, clock, settings.deadline_s, out)
-        return _sync_forever(client, book, clock, out)
-    except ledger.LedgerError as exc:
+            return _sync_once(client, book, clock, settings.deadline_s, out, Path(a.state))
+        return _sync_forever(client, book, clock, out, Path(a.state))
+    except (ledger.LedgerError, state.StateError) as exc:
         return _error(err, str(exc))
     finally:
         book.close()
+        held.release()
 
 
 def _sync_once(
-    client: SyncClient, book: ledger.Ledger, clock: TrustedClock, deadline_s: float, out: TextIO
+    client: SyncClient,
+    book: ledger.Ledger,
+    clock: TrustedClock,
+    deadline_s: float,
+    out: TextIO,
+    state_dir: Path,
 ) -> int:
     deadline = time.monotonic() + deadline_s
     total: dict[str, Any] = {}
@@ -191,6 +206,7 @@ def _sync_once(
     for _ in range(3):
         result = client.sync_once(deadline)
         applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+        state.record_acked(state_dir, book)  # the hash the county holds, checked at start
         sent += result.sent
         batches += result.batches
         marked += applied.marked
@@ -214,7 +230,9 @@ def _sync_once(
     return 0 if complete else 1
 
 
-def _sync_forever(client: SyncClient, book: ledger.Ledger, clock: TrustedClock, out: TextIO) -> int:
+def _sync_forever(
+    client: SyncClient, book: ledger.Ledger, clock: TrustedClock, out: TextIO, state_dir: Path
+) -> int:
     results: queue.Queue[SyncResult] = queue.Queue()
     schedule = SyncSchedule(client, client.settings, results.put)
     stop = False
@@ -233,6 +251,7 @@ def _sync_forever(client: SyncClient, book: ledger.Ledger, clock: TrustedClock, 
                 continue
             # Applied here, on the one thread that writes the ledger.
             applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+            state.record_acked(state_dir, book)
             line = result.summary()
             line.update(
                 {

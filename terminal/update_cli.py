@@ -49,8 +49,19 @@ def _one_line_errors(fn: Command) -> Command:
 def _state_and_canteen(a: argparse.Namespace) -> tuple[Path, str]:
     settings = config.load(a.config)
     root = state.prepare(a.state if a.state else settings.state_dir).root
-    canteen = getattr(a, "canteen", None) or settings.canteen_id
+    # A provisioned terminal's canteen is the one the county registered it for.
+    provisioned = state.identity(root)
+    canteen = (
+        getattr(a, "canteen", None)
+        or (provisioned.canteen_id if provisioned is not None else None)
+        or settings.canteen_id
+    )
     return root, canteen
+
+
+def _hold(root: Path, program: str, instead: str) -> state.StateLock:
+    """The state directory for this command alone; refused while the daemon runs on it."""
+    return state.lock(root, program, instead)
 
 
 def _print_applied(applied: updates.AppliedSet | None) -> None:
@@ -77,12 +88,18 @@ def _print_applied(applied: updates.AppliedSet | None) -> None:
 @_one_line_errors
 def cmd_update_apply(a: argparse.Namespace) -> int:
     root, canteen = _state_and_canteen(a)
+    held = _hold(
+        root,
+        "canteen-terminal update apply",
+        "let the daemon take the set from the county after its next sync",
+    )
     updater = updates.TerminalUpdater(root, canteen, medium=a.dir)
     store = trust.TrustStore(root / "trust.sqlite")
     try:
         _print_applied(updates.update_once(updater, store, int(time.time())))
     finally:
         store.close()
+        held.release()
     print("restart the terminal (systemctl restart canteen-terminal) to use it", file=sys.stderr)
     return 0
 
@@ -90,6 +107,18 @@ def cmd_update_apply(a: argparse.Namespace) -> int:
 @_one_line_errors
 def cmd_update_fetch(a: argparse.Namespace) -> int:
     root, canteen = _state_and_canteen(a)
+    held = _hold(
+        root,
+        "canteen-terminal update fetch",
+        "let the daemon refresh after each sync by itself ('canteen-terminal status' shows it)",
+    )
+    try:
+        return _fetch(a, root, canteen)
+    finally:
+        held.release()
+
+
+def _fetch(a: argparse.Namespace, root: Path, canteen: str) -> int:
     if a.server:
         updater = updates.TerminalUpdater(root, canteen, base_url=a.server)
     else:
