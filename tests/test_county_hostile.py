@@ -11,8 +11,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import select
+import socket
 import ssl
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from hypothesis import strategies as st
 from test_sync_support import (
     County,
     county_fixture,  # noqa: F401  (the county fixture)
+    make_county,
     provision_terminal,
 )
 
@@ -354,3 +363,176 @@ def test_fuzzed_bodies_never_get_a_5xx(county: County, tmp_path: Path) -> None:
         ledger.close()
         provision.close()
     assert seen.get(400, 0) > 100, seen  # the fuzz did reach the parsers
+
+
+# --- 6. bodies capped before they are read --------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1024 * 1024
+
+
+@dataclass
+class CountyProcess:
+    county: County
+    proc: subprocess.Popen[str]
+    port: int
+
+    def status(self, field: str) -> int:
+        """A /proc/PID/status figure of the server process, in KiB (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
+
+
+@pytest.fixture(name="county_process")
+def county_process_fixture(tmp_path: Path) -> Iterator[CountyProcess]:
+    """``canteen-county serve`` in a child process, so its memory can be read on its own."""
+    county = make_county(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "county.cli", "serve", "--data", str(county.data), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split("serving on ")[1].split()[0]
+        port = int(url.rsplit(":", 1)[1])
+        running = CountyProcess(county, proc, port)
+        deadline = time.monotonic() + 30
+        while True:  # the line comes before the socket listens
+            try:
+                if get(running, "/v1/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the county server did not start"
+            time.sleep(0.05)
+        yield running
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def get(running: CountyProcess, path: str) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cafile=str(ca.CAPaths(running.county.data).ca_cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", running.port, timeout=10, context=ctx)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def pieces(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    """``total`` bytes of a JSON-looking body, one reused block at a time (never in memory)."""
+    block = b"[" * size
+    while total > 0:
+        yield block[: min(size, total)]
+        total -= size
+
+
+def answer_waiting(sock: ssl.SSLSocket) -> bool:
+    return bool(sock.pending() or select.select([sock], [], [], 0)[0])
+
+
+def read_status(sock: ssl.SSLSocket) -> int | None:
+    """The status code of the server's answer, or None if the connection died without one."""
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    if not data.startswith(b"HTTP/1.1 "):
+        return None
+    return int(data.split()[1])
+
+
+def stream_upload(
+    port: int,
+    ctx: ssl.SSLContext,
+    path: str,
+    total: int,
+    *,
+    chunked: bool,
+    heed_answer: bool = True,
+) -> tuple[int | None, int]:
+    """POST a ``total``-byte body as fast as the server takes it: (status, bytes sent).
+
+    Stops sending once an answer is waiting (``heed_answer``) or the server closes;
+    a client that ignores the answer measures how much the server still reads."""
+    sock = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1"
+    )
+    try:
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n".encode()
+        )
+        sent = 0
+        try:
+            for piece in pieces(total):
+                if heed_answer and answer_waiting(sock):
+                    break
+                sock.sendall(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+            else:
+                if chunked:
+                    sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server closed the connection: what it should do
+        return read_status(sock), sent
+    finally:
+        sock.close()
+
+
+def test_bodies_are_capped_before_they_are_read(
+    county_process: CountyProcess, tmp_path: Path
+) -> None:
+    running = county_process
+    term = provision_terminal(
+        running.county, tmp_path / "t", "t1", "c1", server=f"https://127.0.0.1:{running.port}"
+    )
+    anyone = client_context(running.county)
+    terminal = client_context(running.county, term)
+    before_kib = running.status("VmRSS")
+    total = 150 * MB
+    # Four declared 150 MB bodies at once (the attack of issue 11), then endless chunked
+    # ones that declare nothing, with and without a terminal certificate.
+    uploads = [
+        ("/v1/provision", anyone, False, {413}),
+        ("/v1/ledger", anyone, False, {413}),
+        ("/v1/ledger", terminal, False, {413}),
+        ("/no/such/path", anyone, False, {413}),
+        ("/v1/provision", anyone, True, {413}),
+        ("/v1/ledger", terminal, True, {413}),
+        # Answered before the body is read (no certificate, no route); the body is not
+        # read after the answer either: the server closes the connection.
+        ("/v1/ledger", anyone, True, {401}),
+        ("/no/such/path", anyone, True, {404}),
+    ]
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        results = list(
+            pool.map(
+                lambda u: stream_upload(running.port, u[1], u[0], total, chunked=u[2]), uploads
+            )
+        )
+    for (path, _ctx, chunked, expected), (status, sent) in zip(uploads, results, strict=True):
+        assert status in expected, (path, chunked, status, sent)
+        # It stopped reading at the cap: the client could not push the whole body in.
+        assert sent < 32 * MB, (path, chunked, sent)
+    # A client that ignores the 413 and keeps sending is cut off too.
+    status, sent = stream_upload(
+        running.port, anyone, "/v1/provision", total, chunked=False, heed_answer=False
+    )
+    assert sent < 32 * MB, sent
+    peak_kib = running.status("VmHWM")
+    assert peak_kib - before_kib < 64 * 1024, (before_kib, peak_kib)
+    assert get(running, "/v1/health")[0] == 200
