@@ -10,11 +10,13 @@ status 2. Nothing here holds intake rules or key handling of its own.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from county import ca
 from county.store import CountyStore, StoreError, database_path, next_terminal_id
@@ -136,20 +138,143 @@ def cmd_revocations(a: argparse.Namespace) -> int:
     return 0
 
 
+def _local(ms: int | None, utc_offset_h: int) -> str:
+    """A time for people: local time of the canteens, to the second."""
+    if ms is None:
+        return "-"
+    zone = dt.timezone(dt.timedelta(hours=utc_offset_h))
+    return dt.datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_alarms(a: argparse.Namespace) -> int:
     store = _store(a)
     try:
-        for item in store.alarms():
-            print(json.dumps(item, ensure_ascii=False))
-        for item in store.conflicts():
-            print(json.dumps({"conflict": item}, ensure_ascii=False))
+        alarms = store.alarms()
+        conflicts = store.conflicts() if not a.text else []
     finally:
         store.close()
+    if a.text:
+        for x in alarms:
+            first = _local(x["first_ms"], a.utc_offset)
+            times = f", {x['times']} times, last {_local(x['last_ms'], a.utc_offset)}"
+            print(
+                f"alarm {x['id']} {x['kind']}: terminal {x['terminal']} at "
+                f"{x['canteen'] or '?'}, entry {x['seq']}, first {first}"
+                f"{times if x['times'] > 1 else ''}: {x['problem']}"
+            )
+        if not alarms:
+            print("no alarms")
+        return 0
+    for item in alarms:
+        print(json.dumps(item, ensure_ascii=False))
+    for item in conflicts:
+        print(json.dumps({"conflict": item}, ensure_ascii=False))
+    return 0
+
+
+def _conflict_lines(c: dict[str, Any], utc_offset_h: int) -> list[str]:
+    who = c["cadre"] + (f" ({c['name']})" if c["name"] else "")
+    state = (
+        f"WITHDRAWN {_local(c['withdrawn_ms'], utc_offset_h)}: {c['withdrawn_reason']}"
+        if c["withdrawn_ms"] is not None
+        else "standing"
+    )
+    lines = [
+        f"conflict {c['id']} {c['kind']} [{state}]: {who}, unit {c['unit'] or '-'}, "
+        f"{c['meal'] or '-'} on {c['day'] or '-'}",
+    ]
+    for label in ("first", "second"):
+        side = c[label]
+        lines.append(
+            f"  {label:6} {side['method'] or '?':4} at {_local(side['at_ms'], utc_offset_h)}, "
+            f"terminal {side['terminal']} ({side['canteen'] or '?'}), entry {side['seq']}, "
+            f"hash {(side['hash'] or '?')[:16]}"
+        )
+    if c["reason"]:
+        lines.append(f"  why: {c['reason']}")
+    revokes = ", ".join(c["revokes"]) or "nothing"
+    lines.append(f"  revokes: {revokes}; found {_local(c['found_ms'], utc_offset_h)}")
+    return lines
+
+
+def cmd_conflicts(a: argparse.Namespace) -> int:
+    if not a.data and not a.database:
+        raise CommandError("conflicts needs --data DIR (the county's data directory)")
+    store = _store(a)
+    try:
+        found = store.conflicts()
+    finally:
+        store.close()
+    if not a.all:
+        found = [c for c in found if c["withdrawn_ms"] is None]
+    if a.json:
+        for item in found:
+            print(json.dumps(item, ensure_ascii=False))
+        return 0
+    for c in found:
+        print("\n".join(_conflict_lines(c, a.utc_offset)))
+    if not found:
+        print("no standing conflicts" if not a.all else "no conflicts")
+    return 0
+
+
+def cmd_conflicts_withdraw(a: argparse.Namespace) -> int:
+    store = _store(a)
+    try:
+        lifted = store.withdraw_conflict(a.id, a.reason, _now_ms())
+    finally:
+        store.close()
+    print(f"conflict {a.id} withdrawn: {a.reason.strip()}")
+    if not lifted:
+        print("its revocations stand on another conflict: nothing lifted")
+        return 0
+    from county import updates
+
+    if not (updates.RepoPaths(Path(a.data)).metadata / "timestamp.json").is_file():
+        print(
+            f"lifted {len(lifted)} revocation(s); this county publishes no signed updates: "
+            f"install the list from '{PROG} revocations' on the terminals"
+        )
+        return 0
+    try:
+        with updates.CountyRepository(a.data) as repo:
+            pub = repo.lift(lifted, _now_ms() // 1000)
+    except updates.UpdatesError as exc:
+        raise CommandError(f"withdrawn, but the lift was not published: {exc}") from None
+    print(
+        f"lifted {pub.revocations_lifted} revocation(s) in signed revocation list version "
+        f"{pub.revocation_version}: terminals accept again after their next sync"
+    )
+    return 0
+
+
+def cmd_issuers_import(a: argparse.Namespace) -> int:
+    from terminal import trust
+
+    try:
+        doc = trust.read_json_file(a.file, "trust")
+        entries, _ = trust.split_list(doc, "trust")
+    except trust.TrustError as exc:
+        raise CommandError(str(exc)) from None
+    store = _store(a)
+    try:
+        added = store.add_issuer_keys(entries, _now_ms())
+        total = store.issuer_key_count()
+    except trust.TrustError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"{added} issuer key(s) new or changed; the county verifies codes with {total}")
     return 0
 
 
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
+
+
+def _people(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
+    p.add_argument("--utc-offset", type=int, default=8, metavar="H", help="local time (+8)")
 
 
 def _database(p: argparse.ArgumentParser) -> None:
@@ -240,10 +365,55 @@ def build_parser() -> argparse.ArgumentParser:
     _database(p)
     p.set_defaults(func=cmd_revocations)
 
-    p = sub.add_parser("alarms", help="fork and tamper alarms, then conflicts, as JSON lines")
+    p = sub.add_parser(
+        "alarms",
+        help="alarms against terminals (forks, tampering, unsigned batches, sales without "
+        "evidence), then conflicts, as JSON lines",
+    )
     _data(p)
     _database(p)
+    _people(p)
     p.set_defaults(func=cmd_alarms)
+
+    p = sub.add_parser(
+        "conflicts",
+        help="standing conflicts with their evidence, for review; 'withdraw' lifts one",
+        description="Each conflict: the cadre, both accepted sales (terminal, canteen, entry, "
+        "hash, local time), why it is a conflict and what it revoked.",
+    )
+    # Not required here: 'conflicts withdraw' takes its own --data after the action.
+    p.add_argument("--data", metavar="DIR", help="the county's data directory")
+    _database(p)
+    p.add_argument("--all", action="store_true", help="withdrawn conflicts too")
+    p.add_argument("--json", action="store_true", help="one JSON document per conflict")
+    p.add_argument("--utc-offset", type=int, default=8, metavar="H", help="local time (+8)")
+    p.set_defaults(func=cmd_conflicts)
+    csub = p.add_subparsers(dest="conflicts_command", metavar="ACTION")
+    p = csub.add_parser(
+        "withdraw",
+        help="withdraw a conflict after review and lift the revocations it alone made",
+        description="Mark the conflict withdrawn with a reason (kept for the record) and publish "
+        "a signed revocation list without the revocations no other standing conflict holds.",
+    )
+    _data(p)
+    _database(p)
+    p.add_argument("id", type=int, metavar="ID", help="the conflict's number")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why, for the record")
+    p.set_defaults(func=cmd_conflicts_withdraw)
+
+    p = sub.add_parser("issuers", help="issuer keys the county verifies phone codes with")
+    isub = p.add_subparsers(dest="issuers_command", required=True, metavar="ACTION")
+    p = isub.add_parser(
+        "import",
+        help="add a trust list's keys (publish trust does this by itself)",
+        description="Add the keys of a trust list (token.md §5 JSON) to those the county "
+        "verifies the signed codes of uploaded QR sales with. 'updates publish trust' does "
+        "this by itself; use import where lists reach terminals by USB.",
+    )
+    _data(p)
+    _database(p)
+    p.add_argument("file", metavar="FILE", help="the trust list (JSON)")
+    p.set_defaults(func=cmd_issuers_import)
     from county.updates_cli import add_update_commands
 
     add_update_commands(sub)

@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from county import evidence
 from terminal.ledger import (
     ACCEPT,
     GENESIS,
@@ -39,6 +40,8 @@ from terminal.ledger import (
     checkpoint_message,
     entry_hash,
 )
+from terminal.tokens import IssuerKey
+from terminal.trust import parse_issuer_keys
 
 # Conflict kinds.
 PRESENTATION_TWICE = "presentation_twice"  # one (iss, cti, ctr) accepted at two terminals
@@ -49,6 +52,8 @@ FORK = "fork"
 ALTERED = "altered"
 BAD_CHECKPOINT = "bad_checkpoint"
 BAD_GENESIS = "bad_genesis"
+UNSIGNED = "unsigned"  # the batch's last entry is not covered by a checkpoint: refused
+BAD_EVIDENCE = "bad_evidence"  # an accepted sale that proves nothing: stored, never a conflict
 
 # Batch outcomes.
 OK = "ok"
@@ -66,6 +71,8 @@ class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
     # Batches held for one terminal while an earlier gap is open.
     max_held_batches: int = 8
+    # How long a batch held behind a gap waits for the entries before it.
+    held_ttl_ms: int = 24 * 3_600_000
     # How long a provisioning code stays valid.
     code_ttl_ms: int = 7 * 86_400_000
     # SQLite busy timeout: how long a write waits for another writer before a 503.
@@ -100,7 +107,7 @@ class IntakeResult:
     acked_seq: int
     accepted: int = 0  # entries stored by this batch (held batches drained included)
     duplicates: int = 0  # entries that were already stored with the same hash
-    alarm: str | None = None  # FORK, ALTERED, BAD_CHECKPOINT, BAD_GENESIS
+    alarm: str | None = None  # FORK, ALTERED, BAD_CHECKPOINT, BAD_GENESIS, UNSIGNED
     problem: str | None = None  # one line for a person
     conflicts: list[int] = field(default_factory=list)
 
@@ -118,6 +125,14 @@ WIRE_ENTRY_LENGTH = len(_ENTRY_COLUMNS) + 2
 _INT_FIELDS = {0, 2, 13}
 _OPT_INT_FIELDS = {9, 14}
 _TEXT_FIELDS = {1, 3, 15}
+# Integers are stored in SQLite INTEGER columns: signed 64 bits. Anything outside is
+# malformed (400), never an overflow deep in the database (500, "retry later").
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(value: object) -> bool:
+    return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS terminals (
@@ -207,19 +222,101 @@ _SCHEMA = (
         found_ms INTEGER NOT NULL,
         UNIQUE (kind, second_terminal, second_seq)
     ) STRICT""",
-    """CREATE TABLE IF NOT EXISTS revocations (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        credential TEXT NOT NULL UNIQUE,
-        entry TEXT NOT NULL,
+    # Issuer keys the county verifies phone codes with: every key it ever published
+    # or imported, with its own window, so a key retired since still proves older sales.
+    """CREATE TABLE IF NOT EXISTS issuer_keys (
+        public_key BLOB NOT NULL,
+        iss TEXT NOT NULL,
+        kid BLOB NOT NULL,
+        not_before INTEGER,
+        not_after INTEGER,
+        added_ms INTEGER NOT NULL,
+        PRIMARY KEY (public_key, iss, kid)
+    ) STRICT""",
+    "CREATE INDEX IF NOT EXISTS issuer_keys_kid ON issuer_keys (kid)",
+    # The accepted sales the county verified itself (county/evidence.py): the only rows
+    # the cross-terminal checks read. A sale that proves nothing is stored but never here.
+    """CREATE TABLE IF NOT EXISTS evidence (
+        terminal TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        canteen TEXT NOT NULL,
+        method TEXT NOT NULL,
+        cadre TEXT NOT NULL,
+        name TEXT,
+        credential TEXT NOT NULL,
+        ctr INTEGER,
+        day TEXT,
+        meal TEXT,
+        at_ms INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (terminal, seq)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS evidence_presentation ON evidence (credential, ctr)"
+    " WHERE ctr IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS evidence_served ON evidence (cadre, day, meal)",
+    # What each conflict revokes. A credential stays revoked while one conflict that
+    # names it stands; withdrawing the last one lifts it.
+    """CREATE TABLE IF NOT EXISTS conflict_revocations (
         conflict_id INTEGER NOT NULL,
-        created_ms INTEGER NOT NULL
+        credential TEXT NOT NULL,
+        entry TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (conflict_id, credential)
     ) STRICT""",
     """CREATE TABLE IF NOT EXISTS counters (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) STRICT""",
+    # Each terminal's newest clock offset, read from its time_signal entries at intake
+    # (note_clock). scanned_seq: how far its entries were read; ahead_ms: its wall clock
+    # minus the county's time, from the entry at seq (NULL until one arrives).
+    """CREATE TABLE IF NOT EXISTS clock_offsets (
+        terminal TEXT PRIMARY KEY,
+        scanned_seq INTEGER NOT NULL,
+        seq INTEGER,
+        ahead_ms INTEGER,
+        server_ms INTEGER,
+        noted_ms INTEGER NOT NULL
+    ) STRICT""",
 )
+
+# Columns added to tables of earlier versions (ALTER TABLE ADD COLUMN when missing).
+_ADDED_COLUMNS = {
+    "conflicts": (
+        ("first_canteen", "TEXT"),
+        ("second_canteen", "TEXT"),
+        ("first_method", "TEXT"),
+        ("second_method", "TEXT"),
+        ("first_hash", "BLOB"),
+        ("second_hash", "BLOB"),
+        ("first_at_ms", "INTEGER"),
+        ("second_at_ms", "INTEGER"),
+        ("name", "TEXT"),
+        ("reason", "TEXT"),
+        ("withdrawn_ms", "INTEGER"),
+        ("withdrawn_reason", "TEXT"),
+    ),
+}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a county database of an earlier version up to this schema."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    # Revocations of the first version: one row per credential, in their own table.
+    old = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'revocations'"
+    ).fetchone()
+    if old is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO conflict_revocations (conflict_id, credential, entry,"
+            " created_ms) SELECT conflict_id, credential, entry, created_ms FROM revocations"
+        )
+        conn.execute("DROP TABLE revocations")
 
 
 def database_path(url: str) -> Path:
@@ -283,15 +380,19 @@ def parse_batch(
             value = item[j]
             name = _ENTRY_COLUMNS[j]
             if j in _INT_FIELDS:
-                ok = type(value) is int
+                ok = _int64(value)
             elif j in _OPT_INT_FIELDS:
-                ok = value is None or type(value) is int
+                ok = value is None or _int64(value)
             elif j in _TEXT_FIELDS:
                 ok = isinstance(value, str)
             else:
                 ok = value is None or isinstance(value, str)
             if not ok:
-                raise BatchInvalid(f"entry {i}: {name} has the wrong type")
+                raise BatchInvalid(
+                    f"entry {i}: {name} has the wrong type or is outside signed 64 bits"
+                )
+        if item[0] < 1:
+            raise BatchInvalid(f"entry {i}: seq must be 1 or more")
         entries.append(
             WireEntry(
                 tuple(item[:16]),
@@ -310,10 +411,13 @@ def parse_batch(
         if (
             not isinstance(item, list)
             or len(item) != 4
-            or type(item[0]) is not int
-            or type(item[2]) is not int
+            or not _int64(item[0])
+            or not _int64(item[2])
         ):
-            raise BatchInvalid(f"checkpoint {i}: must be [seq, hash hex, at_ms, signature hex]")
+            raise BatchInvalid(
+                f"checkpoint {i}: must be [seq, hash hex, at_ms, signature hex], "
+                "integers of 64 bits"
+            )
         checkpoints.append(
             (
                 item[0],
@@ -342,8 +446,11 @@ class CountyStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            _migrate(conn)
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the county database {self.path}: {exc}") from exc
         self._conn = conn
@@ -506,6 +613,11 @@ class CountyStore:
                 "UPDATE terminals SET last_seen_ms = ? WHERE terminal_id = ?",
                 (now_ms, terminal_id),
             )
+            # Held batches whose gap never closed: the terminal resends from the mark anyway.
+            conn.execute(
+                "DELETE FROM held_batches WHERE received_ms < ?",
+                (now_ms - self.limits.held_ttl_ms,),
+            )
             result = self._apply(
                 conn, terminal_id, canteen, key, acked, last_hash, entries, checkpoints, now_ms
             )
@@ -610,6 +722,23 @@ class CountyStore:
                     problem,
                     now_ms,
                 )
+        # The pinned ledger key must vouch for the whole batch: a checkpoint over its last
+        # entry, which covers every entry before it through the chain. The TLS key alone
+        # (a copied certificate, a root shell on the device) must not be enough.
+        last = entries[-1]
+        if not any(cp[0] == last.seq for cp in checkpoints):
+            return self._alarm(
+                conn,
+                terminal_id,
+                acked,
+                UNSIGNED,
+                last.seq,
+                last.hash,
+                None,
+                f"no checkpoint signed with the terminal's ledger key covers entry {last.seq}, "
+                "the last of the batch: refused (a terminal signs one at the end of each batch)",
+                now_ms,
+            )
         # 3. Against what the server holds.
         if first.seq > acked + 1:
             return IntakeResult(
@@ -678,10 +807,11 @@ class CountyStore:
                 "UPDATE terminals SET acked_seq = ?, last_hash = ? WHERE terminal_id = ?",
                 (new[-1].seq, new[-1].hash, terminal_id),
             )
+            keyring = _StoreKeyring(conn)
             for e in new:
                 if e.fields[3] == SALE and e.fields[4] == ACCEPT:
                     result.conflicts.extend(
-                        self._cross_check(conn, terminal_id, canteen, e, now_ms)
+                        self._take_evidence(conn, keyring, terminal_id, canteen, e, now_ms)
                     )
         return result
 
@@ -697,13 +827,7 @@ class CountyStore:
         problem: str,
         now_ms: int,
     ) -> IntakeResult:
-        # A terminal retries a refused batch; one alarm row counts the retries.
-        conn.execute(
-            "INSERT INTO alarms (terminal, kind, seq, theirs, ours, problem, first_ms, last_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (terminal, kind, seq, theirs)"
-            " DO UPDATE SET last_ms = excluded.last_ms, times = times + 1",
-            (terminal_id, kind, seq, theirs, ours, problem, now_ms, now_ms),
-        )
+        _record_alarm(conn, terminal_id, kind, seq, theirs, ours, problem, now_ms)
         return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
 
     def _hold(
@@ -772,78 +896,235 @@ class CountyStore:
             result.accepted += more.accepted
             result.conflicts.extend(more.conflicts)
 
-    # -- cross-terminal checks -----------------------------------------------------
+    # -- evidence and cross-terminal checks ------------------------------------------
 
-    def _cross_check(
-        self, conn: sqlite3.Connection, terminal_id: str, canteen: str, e: WireEntry, now_ms: int
+    def _take_evidence(
+        self,
+        conn: sqlite3.Connection,
+        keyring: _StoreKeyring,
+        terminal_id: str,
+        canteen: str,
+        e: WireEntry,
+        now_ms: int,
     ) -> list[int]:
+        """Verify one new accepted sale; only what verified is compared with other terminals."""
         f = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
-        found: list[int] = []
-        credential, ctr = f["credential"], f["ctr"]
-        if credential is not None and credential.startswith("qr/") and ctr is not None:
-            other = conn.execute(
-                "SELECT terminal, seq FROM entries WHERE credential = ? AND ctr = ?"
-                " AND kind = 'sale' AND verdict = 'accept' AND terminal != ?"
-                " ORDER BY received_ms LIMIT 1",
-                (credential, ctr, terminal_id),
+        proof = evidence.check_sale(f, keyring)
+        if isinstance(proof, str):
+            # The terminal vouched for a sale it cannot prove: an alarm against the terminal,
+            # never a conflict against the cadre it names.
+            _record_alarm(
+                conn,
+                terminal_id,
+                BAD_EVIDENCE,
+                e.seq,
+                e.hash,
+                None,
+                f"accepted sale {e.seq} is no evidence: {proof}",
+                now_ms,
+            )
+            self._bump(conn, "sales_without_evidence", 1)
+            return []
+        conn.execute(
+            "INSERT OR IGNORE INTO evidence (terminal, seq, canteen, method, cadre, name,"
+            " credential, ctr, day, meal, at_ms, hash, received_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                terminal_id,
+                e.seq,
+                canteen,
+                proof.method,
+                proof.cadre,
+                proof.name,
+                proof.credential,
+                f["ctr"] if proof.method == evidence.QR else None,
+                f["day"],
+                f["meal"],
+                f["at_ms"],
+                e.hash,
+                now_ms,
+            ),
+        )
+        second = _Side(terminal_id, e.seq, canteen, proof.method, proof.credential, e.hash)
+        second_at = int(f["at_ms"])
+        if proof.method == evidence.QR:
+            # One code accepted at two terminals: a copied code (a screenshot). It is one
+            # conflict, not also "served twice", though both are true.
+            row = conn.execute(
+                "SELECT terminal, seq, canteen, method, credential, hash, at_ms FROM evidence"
+                " WHERE credential = ? AND ctr = ? AND terminal != ?"
+                " ORDER BY received_ms, terminal, seq LIMIT 1",
+                (proof.credential, f["ctr"], terminal_id),
             ).fetchone()
-            if other is not None:
-                found.append(
-                    self._conflict(conn, PRESENTATION_TWICE, f, other, terminal_id, e.seq, now_ms)
+            if row is not None:
+                first = _Side(*row[:6])
+                reason = (
+                    f"one phone code (counter {f['ctr']}) was accepted at {first.terminal} and "
+                    f"{terminal_id}: the code was copied (a screenshot); its credential is revoked"
                 )
-        cadre, day, meal = f["cadre"], f["day"], f["meal"]
-        if cadre is not None and day is not None and meal is not None:
-            other = conn.execute(
-                "SELECT s.terminal, s.seq FROM entries AS s WHERE s.cadre = ? AND s.day = ?"
-                " AND s.meal = ? AND s.kind = 'sale' AND s.verdict = 'accept' AND s.canteen != ?"
-                " AND NOT EXISTS (SELECT 1 FROM entries AS r WHERE r.terminal = s.terminal"
-                "   AND r.ref_seq = s.seq AND r.kind = ?)"
-                " ORDER BY s.received_ms LIMIT 1",
-                (cadre, day, meal, canteen, REVERSAL),
-            ).fetchone()
-            if other is not None:
-                found.append(
-                    self._conflict(conn, SERVED_TWICE, f, other, terminal_id, e.seq, now_ms)
-                )
-        return found
+                return [
+                    self._conflict(
+                        conn,
+                        PRESENTATION_TWICE,
+                        f,
+                        proof,
+                        first,
+                        int(row[6]),
+                        second,
+                        second_at,
+                        [proof.credential],
+                        reason,
+                        now_ms,
+                    )
+                ]
+        if f["day"] is None or f["meal"] is None:
+            return []
+        row = conn.execute(
+            "SELECT v.terminal, v.seq, v.canteen, v.method, v.credential, v.hash, v.at_ms"
+            " FROM evidence AS v WHERE v.cadre = ? AND v.day = ? AND v.meal = ?"
+            " AND v.terminal != ?"
+            " AND NOT EXISTS (SELECT 1 FROM entries AS r WHERE r.terminal = v.terminal"
+            "   AND r.ref_seq = v.seq AND r.kind = ?)"
+            " ORDER BY v.received_ms, v.terminal, v.seq LIMIT 1",
+            (proof.cadre, f["day"], f["meal"], terminal_id, REVERSAL),
+        ).fetchone()
+        if row is None:
+            return []
+        first = _Side(*row[:6])
+        cards = sorted({s.credential for s in (first, second) if s.method == evidence.CARD})
+        where = f"{first.terminal} ({first.canteen}) and {terminal_id} ({canteen})"
+        if cards:
+            # A card proves nothing about its holder: revoke the card, never the phone.
+            revoke = cards
+            reason = (
+                f"{proof.cadre} was served {f['meal']} on {f['day']} at {where}, by card: a "
+                "cloned or lent card, or a faulty terminal; the card is revoked"
+            )
+        else:
+            revoke = [proof.credential]
+            reason = (
+                f"{proof.cadre} was served {f['meal']} on {f['day']} at {where}, both times "
+                "with the phone's signed code; the later credential is revoked"
+            )
+        return [
+            self._conflict(
+                conn,
+                SERVED_TWICE,
+                f,
+                proof,
+                first,
+                int(row[6]),
+                second,
+                second_at,
+                revoke,
+                reason,
+                now_ms,
+            )
+        ]
 
     def _conflict(
         self,
         conn: sqlite3.Connection,
         kind: str,
         f: dict[str, Any],
-        other: tuple[str, int],
-        terminal_id: str,
-        seq: int,
+        proof: evidence.Proof,
+        first: _Side,
+        first_at_ms: int,
+        second: _Side,
+        second_at_ms: int,
+        revoke: Sequence[str],
+        reason: str,
         now_ms: int,
     ) -> int:
         cur = conn.execute(
-            "INSERT INTO conflicts (kind, credential, cadre, unit, day, meal, first_terminal,"
-            " first_seq, second_terminal, second_seq, found_ms) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO conflicts (kind, credential, cadre, unit, day, meal,"
+            " first_terminal, first_seq, second_terminal, second_seq, found_ms, first_canteen,"
+            " second_canteen, first_method, second_method, first_hash, second_hash,"
+            " first_at_ms, second_at_ms, name, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kind,
-                f["credential"],
-                f["cadre"],
+                proof.credential,
+                proof.cadre,
                 f["unit"],
                 f["day"],
                 f["meal"],
-                other[0],
-                other[1],
-                terminal_id,
-                seq,
+                first.terminal,
+                first.seq,
+                second.terminal,
+                second.seq,
                 now_ms,
+                first.canteen,
+                second.canteen,
+                first.method,
+                second.method,
+                first.hash,
+                second.hash,
+                first_at_ms,
+                second_at_ms,
+                proof.name,
+                reason,
             ),
         )
         conflict_id = int(cur.lastrowid or 0)
-        entry = revocation_entry(f["credential"])
-        if entry is not None:
-            conn.execute(
-                "INSERT OR IGNORE INTO revocations (kind, credential, entry, conflict_id,"
-                " created_ms) VALUES (?, ?, ?, ?, ?)",
-                (entry["kind"], f["credential"], canonical_json(entry), conflict_id, now_ms),
-            )
+        for credential in revoke:
+            entry = revocation_entry(credential)
+            if entry is not None and conflict_id:
+                conn.execute(
+                    "INSERT OR IGNORE INTO conflict_revocations (conflict_id, credential, entry,"
+                    " created_ms) VALUES (?, ?, ?, ?)",
+                    (conflict_id, credential, canonical_json(entry), now_ms),
+                )
         return conflict_id
+
+    # -- issuer keys and review ---------------------------------------------------------
+
+    def add_issuer_keys(self, entries: Sequence[Any], now_ms: int) -> int:
+        """Remember trust-list entries (token.md §5) as keys that prove phone codes."""
+        keys = parse_issuer_keys(entries)
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO issuer_keys (public_key, iss, kid, not_before, not_after, added_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (public_key, iss, kid) DO UPDATE SET"
+                " not_before = excluded.not_before, not_after = excluded.not_after"
+                " WHERE not_before IS NOT excluded.not_before"
+                " OR not_after IS NOT excluded.not_after",
+                [(k.public_key, k.iss, k.kid, k.not_before, k.not_after, now_ms) for k in keys],
+            )
+            return conn.total_changes - before
+
+    def issuer_key_count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM issuer_keys").fetchone()[0])
+
+    def withdraw_conflict(self, conflict_id: int, reason: str, now_ms: int) -> list[dict[str, Any]]:
+        """Withdraw a conflict after review; the revocation entries it alone held are lifted."""
+        if not reason.strip():
+            raise StoreError("say why the conflict is withdrawn (--reason TEXT): it is kept")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT withdrawn_ms FROM conflicts WHERE id = ?", (conflict_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(
+                    f"no conflict {conflict_id}: 'canteen-county conflicts' lists them"
+                )
+            if row[0] is not None:
+                raise StoreError(f"conflict {conflict_id} was withdrawn already")
+            conn.execute(
+                "UPDATE conflicts SET withdrawn_ms = ?, withdrawn_reason = ? WHERE id = ?",
+                (now_ms, reason.strip(), conflict_id),
+            )
+            lifted = conn.execute(
+                "SELECT r.entry FROM conflict_revocations AS r WHERE r.conflict_id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM conflict_revocations AS o JOIN conflicts AS c"
+                "   ON c.id = o.conflict_id WHERE o.credential = r.credential"
+                "   AND c.withdrawn_ms IS NULL)"
+                " ORDER BY r.credential",
+                (conflict_id,),
+            ).fetchall()
+        return [json.loads(r[0]) for r in lifted]
 
     # -- reads for the commands --------------------------------------------------------
 
@@ -882,50 +1163,180 @@ class CountyStore:
             conn.close()
 
     def revocations(self) -> list[dict[str, Any]]:
+        """Revocation entries standing on at least one conflict that was not withdrawn."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT r.entry, r.conflict_id, r.created_ms, c.kind, c.unit FROM revocations AS r"
-                " JOIN conflicts AS c ON c.id = r.conflict_id ORDER BY r.id"
+                "SELECT r.entry, min(r.conflict_id), min(r.created_ms) FROM conflict_revocations"
+                " AS r JOIN conflicts AS c ON c.id = r.conflict_id WHERE c.withdrawn_ms IS NULL"
+                " GROUP BY r.credential ORDER BY min(r.conflict_id), r.credential"
             ).fetchall()
+            kinds = dict(self._conn.execute("SELECT id, kind FROM conflicts").fetchall())
+            units = dict(self._conn.execute("SELECT id, unit FROM conflicts").fetchall())
         out = []
-        for entry, conflict_id, created_ms, kind, unit in rows:
+        for entry, conflict_id, created_ms in rows:
             item = json.loads(entry)
             item.update(
-                {"reason": kind, "conflict": conflict_id, "unit": unit, "created_ms": created_ms}
+                {
+                    "reason": kinds.get(conflict_id),
+                    "conflict": conflict_id,
+                    "unit": units.get(conflict_id),
+                    "created_ms": created_ms,
+                }
             )
             out.append(item)
         return out
 
+    # -- terminals' clocks (issue 12, point 5) ---------------------------------------
+
+    CLOCK_TOLERANCE_MS = 30_000  # as the terminal's [sync] clock_tolerance_s default
+
+    def note_clock(self, terminal_id: str, now_ms: int) -> None:
+        """Read the terminal's time_signal entries held since the last call: keep its newest
+        clock offset, and raise a ``clock`` alarm for each one beyond the tolerance.
+
+        Only entries the chain checks accepted are read, so an offset is the terminal's
+        own signed-in-chain statement beside the county's signed time.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT scanned_seq FROM clock_offsets WHERE terminal = ?", (terminal_id,)
+            ).fetchone()
+            after = int(row[0]) if row else 0
+            top = conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM entries WHERE terminal = ?", (terminal_id,)
+            ).fetchone()[0]
+            if row is not None and top <= after:
+                return
+            found = None
+            for seq, detail in conn.execute(
+                "SELECT seq, detail FROM entries WHERE terminal = ? AND seq > ?"
+                " AND kind = 'time_signal' ORDER BY seq",
+                (terminal_id, after),
+            ).fetchall():
+                try:
+                    d = json.loads(detail)
+                except ValueError:
+                    continue
+                if not isinstance(d, dict):
+                    continue
+                ahead, server = d.get("wall_ahead_ms"), d.get("server_ms")
+                if type(ahead) is not int and type(d.get("offset_ms")) is int:
+                    ahead = -d["offset_ms"]  # entries written before wall_ahead_ms existed
+                if type(ahead) is not int or type(server) is not int:
+                    continue
+                found = (seq, ahead, server)
+                if abs(ahead) > self.CLOCK_TOLERANCE_MS:
+                    way = "ahead of" if ahead > 0 else "behind"
+                    conn.execute(
+                        "INSERT INTO alarms (terminal, kind, seq, problem, first_ms, last_ms)"
+                        " VALUES (?, 'clock', ?, ?, ?, ?)",
+                        (
+                            terminal_id,
+                            seq,
+                            f"the terminal's clock was {abs(ahead) / 1000:.0f} s {way} the "
+                            f"county's time (tolerance {self.CLOCK_TOLERANCE_MS // 1000} s): "
+                            "its sales ran on the county's time; have its clock set (NTP)",
+                            now_ms,
+                            now_ms,
+                        ),
+                    )
+            conn.execute(
+                "INSERT INTO clock_offsets (terminal, scanned_seq, noted_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (terminal) DO UPDATE SET scanned_seq = excluded.scanned_seq,"
+                " noted_ms = excluded.noted_ms",
+                (terminal_id, top, now_ms),
+            )
+            if found is not None:
+                conn.execute(
+                    "UPDATE clock_offsets SET seq = ?, ahead_ms = ?, server_ms = ?"
+                    " WHERE terminal = ?",
+                    (*found, terminal_id),
+                )
+
+    def clock_offsets(self) -> list[dict[str, Any]]:
+        """Each terminal's newest clock offset (``ahead_ms``: its clock minus county time)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT terminal, ahead_ms, seq, server_ms FROM clock_offsets"
+                " WHERE ahead_ms IS NOT NULL ORDER BY terminal"
+            ).fetchall()
+        return [
+            {
+                "terminal": t,
+                "ahead_ms": ahead,
+                "seq": seq,
+                "server_ms": server,
+                "in_tolerance": abs(ahead) <= self.CLOCK_TOLERANCE_MS,
+            }
+            for t, ahead, seq, server in rows
+        ]
+
     def alarms(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT terminal, kind, seq, problem, first_ms, last_ms, times FROM alarms"
-                " ORDER BY id"
-            ).fetchall()
-        keys = ("terminal", "kind", "seq", "problem", "first_ms", "last_ms", "times")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    def conflicts(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, kind, credential, cadre, unit, day, meal, first_terminal, first_seq,"
-                " second_terminal, second_seq, found_ms FROM conflicts ORDER BY id"
+                "SELECT a.id, a.terminal, t.canteen, a.kind, a.seq, a.problem, a.first_ms,"
+                " a.last_ms, a.times, a.theirs FROM alarms AS a"
+                " LEFT JOIN terminals AS t ON t.terminal_id = a.terminal ORDER BY a.id"
             ).fetchall()
         keys = (
+            "id",
+            "terminal",
+            "canteen",
+            "kind",
+            "seq",
+            "problem",
+            "first_ms",
+            "last_ms",
+            "times",
+        )
+        out = []
+        for r in rows:
+            item = dict(zip(keys, r[:9], strict=True))
+            item["hash"] = r[9].hex() if r[9] is not None else None
+            out.append(item)
+        return out
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """Every conflict with its evidence: both entries, their terminals, hashes and times."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, credential, cadre, name, unit, day, meal, reason, found_ms,"
+                " withdrawn_ms, withdrawn_reason,"
+                " first_terminal, first_canteen, first_seq, first_method, first_hash, first_at_ms,"
+                " second_terminal, second_canteen, second_seq, second_method, second_hash,"
+                " second_at_ms FROM conflicts ORDER BY id"
+            ).fetchall()
+            revoked: dict[int, list[str]] = {}
+            for conflict_id, credential in self._conn.execute(
+                "SELECT conflict_id, credential FROM conflict_revocations"
+                " ORDER BY conflict_id, credential"
+            ):
+                revoked.setdefault(conflict_id, []).append(credential)
+        head = (
             "id",
             "kind",
             "credential",
             "cadre",
+            "name",
             "unit",
             "day",
             "meal",
-            "first_terminal",
-            "first_seq",
-            "second_terminal",
-            "second_seq",
+            "reason",
             "found_ms",
+            "withdrawn_ms",
+            "withdrawn_reason",
         )
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        side = ("terminal", "canteen", "seq", "method", "hash", "at_ms")
+        out = []
+        for r in rows:
+            item = dict(zip(head, r[:12], strict=True))
+            for name, values in (("first", r[12:18]), ("second", r[18:24])):
+                entry = dict(zip(side, values, strict=True))
+                entry["hash"] = entry["hash"].hex() if entry["hash"] is not None else None
+                item[name] = entry
+            item["revokes"] = revoked.get(r[0], [])
+            out.append(item)
+        return out
 
     def report(self, now_ms: int, silent_after_ms: int, utc_offset_h: int = 8) -> dict[str, Any]:
         """Per canteen and day: meals, amounts, refusals by reason, conflicts; silent terminals.
@@ -973,6 +1384,7 @@ class CountyStore:
                 "SELECT c.kind, coalesce(c.unit, ''), e.canteen, coalesce(c.day, '')"
                 " FROM conflicts AS c JOIN entries AS e"
                 " ON e.terminal = c.second_terminal AND e.seq = c.second_seq"
+                " WHERE c.withdrawn_ms IS NULL"
             ):
                 slot(canteen, day)["conflicts"] += 1
                 u = per_unit.setdefault(unit, {})
@@ -985,13 +1397,68 @@ class CountyStore:
                     (now_ms - silent_after_ms,),
                 )
             ]
-            alarms = conn.execute("SELECT count(*) FROM alarms").fetchone()[0]
+            by_kind = dict(conn.execute("SELECT kind, count(*) FROM alarms GROUP BY kind"))
         return {
             "days": [days[k] for k in sorted(days)],
             "conflicts_by_unit": per_unit,
             "terminals_not_heard_from": silent,
-            "alarms": alarms,
+            "alarms": sum(by_kind.values()),
+            "alarms_by_kind": by_kind,
+            "clock_offsets": self.clock_offsets(),
         }
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One of the two accepted sales of a conflict."""
+
+    terminal: str
+    seq: int
+    canteen: str
+    method: str
+    credential: str
+    hash: bytes
+
+
+class _StoreKeyring:
+    """The issuer keys in the county database, read inside the intake's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._cache: dict[bytes, list[IssuerKey]] = {}
+
+    def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
+        found = self._cache.get(kid)
+        if found is None:
+            found = [
+                IssuerKey(iss, kid, bytes(public_key), not_before, not_after)
+                for public_key, iss, not_before, not_after in self.conn.execute(
+                    "SELECT public_key, iss, not_before, not_after FROM issuer_keys"
+                    " WHERE kid = ? ORDER BY public_key",
+                    (kid,),
+                )
+            ]
+            self._cache[kid] = found
+        return found
+
+
+def _record_alarm(
+    conn: sqlite3.Connection,
+    terminal_id: str,
+    kind: str,
+    seq: int,
+    theirs: bytes | None,
+    ours: bytes | None,
+    problem: str,
+    now_ms: int,
+) -> None:
+    # A terminal retries a refused batch; one alarm row counts the retries.
+    conn.execute(
+        "INSERT INTO alarms (terminal, kind, seq, theirs, ours, problem, first_ms, last_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (terminal, kind, seq, theirs)"
+        " DO UPDATE SET last_ms = excluded.last_ms, times = times + 1",
+        (terminal_id, kind, seq, theirs, ours, problem, now_ms, now_ms),
+    )
 
 
 def revocation_entry(credential: str | None) -> dict[str, Any] | None:

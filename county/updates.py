@@ -183,6 +183,7 @@ class Publication:
     bytes_written: int = 0
     revocation_version: int | None = None
     revocations_added: int = 0
+    revocations_lifted: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -194,6 +195,7 @@ class Publication:
             "target_bytes": self.bytes_written,
             "revocation_version": self.revocation_version,
             "revocations_added": self.revocations_added,
+            "revocations_lifted": self.revocations_lifted,
         }
 
 
@@ -217,11 +219,22 @@ CREATE TABLE IF NOT EXISTS applied (
 """
 
 
+# Who put a revocation on the list: county IT by hand, or the conflict checks. Only a
+# conflict's own revocation is lifted when county IT withdraws the conflict.
+BY_COUNTY_IT = "county-it"
+BY_CONFLICT = "conflict"
+
+
 def _source(paths: RepoPaths) -> sqlite3.Connection:
     db = sqlite3.connect(paths.source, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.executescript(_SOURCE_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(revocations)")}
+    if "origin" not in columns:
+        db.execute(
+            f"ALTER TABLE revocations ADD COLUMN origin TEXT NOT NULL DEFAULT '{BY_COUNTY_IT}'"
+        )
     return db
 
 
@@ -405,6 +418,8 @@ class CountyRepository:
         doc = trust.read_json_file(file, "trust")
         entries, header = trust.split_list(doc, "trust")
         trust.parse_issuer_keys(entries)  # every entry checked before anything is signed
+        # The county verifies phone codes in uploaded sales with every key it published.
+        _remember_issuer_keys(self.paths.data, entries, now)
         version = max(header.version, self._next_version(TRUST_TARGET))
         body = {
             "version": version,
@@ -438,23 +453,31 @@ class CountyRepository:
 
     # ---- revocations ----
 
-    def revoke(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
+    def revoke(
+        self, entries: Sequence[dict[str, Any]], now: int, origin: str = BY_COUNTY_IT
+    ) -> Publication:
         """Add §5 revocation entries to the master list and publish the shards they touch."""
         keys = list(trust.parse_revocations(entries))
         rows = []
         for key, entry in zip(keys, entries, strict=True):
             clean = {k: v for k, v in entry.items() if k in _ENTRY_FIELDS}
-            rows.append((key, shard_of(key), _dump(clean).decode(), now))
+            rows.append((key, shard_of(key), _dump(clean).decode(), now, origin))
         with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO revocations (k, shard, entry, added_at) "
-                    "VALUES (?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO revocations (k, shard, entry, added_at, origin) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
                 added = self._db.total_changes - before
+                if origin == BY_COUNTY_IT:
+                    # County IT's own word outlives any conflict's withdrawal.
+                    self._db.executemany(
+                        "UPDATE revocations SET origin = ? WHERE k = ?",
+                        [(origin, row[0]) for row in rows],
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -463,20 +486,59 @@ class CountyRepository:
         pub.revocations_added = added
         return pub
 
+    def lift(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
+        """Take a withdrawn conflict's revocations off the list and publish their shards.
+
+        Entries county IT revoked by hand stay: only the conflict checks' own are lifted.
+        """
+        keys = list(trust.parse_revocations(entries))
+        with self._locked():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                shards = sorted(
+                    {
+                        row[0]
+                        for key in keys
+                        for row in self._db.execute(
+                            "SELECT shard FROM revocations WHERE k = ? AND origin = ?",
+                            (key, BY_CONFLICT),
+                        )
+                    }
+                )
+                before = self._db.total_changes
+                self._db.executemany(
+                    "DELETE FROM revocations WHERE k = ? AND origin = ?",
+                    [(key, BY_CONFLICT) for key in keys],
+                )
+                lifted = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if not shards:
+                return Publication()
+            pub = self._publish_revocations(now, shards=shards)
+        pub.revocations_lifted = lifted
+        return pub
+
     def revocation_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM revocations").fetchone()[0])
 
-    def _publish_revocations(self, now: int, every_shard: bool = False) -> Publication:
-        """Publish each shard with unpublished entries (or all), then the index (lock held)."""
+    def _publish_revocations(
+        self, now: int, every_shard: bool = False, shards: Sequence[str] = ()
+    ) -> Publication:
+        """Publish each shard with unpublished entries (or all, or also ``shards``, which
+        lost entries), then the index (lock held)."""
         if every_shard:
             dirty = list(all_shards())
         else:
-            dirty = [
+            pending = {
                 r[0]
                 for r in self._db.execute(
                     "SELECT DISTINCT shard FROM revocations WHERE published = 0 ORDER BY shard"
                 )
-            ]
+            }
+            dirty = sorted(pending | set(shards))
         index = self.target_info(INDEX_TARGET)
         version = 1 if index is None else int(index.custom["version"]) + 1
         if not dirty and index is not None:
@@ -855,7 +917,42 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
     with CountyRepository(data_dir) as repo:
         if not entries:
             return Publication()
-        return repo.revoke(entries, now)
+        return repo.revoke(entries, now, origin=BY_CONFLICT)
+
+
+def _remember_issuer_keys(data_dir: Path, entries: Sequence[Any], now: int) -> None:
+    from county.store import CountyStore
+
+    store = CountyStore(Path(data_dir) / "county.sqlite")
+    try:
+        store.add_issuer_keys(entries, now * 1000)
+    finally:
+        store.close()
+
+
+def import_published_issuer_keys(data_dir: str | Path, now: int) -> int:
+    """Keys of the trust list in force, into the county database (a repository published
+    before the county verified codes); returns how many were new. No repository: 0."""
+    paths = RepoPaths(Path(data_dir))
+    if not (paths.metadata / "timestamp.json").is_file():
+        return 0
+    with CountyRepository(data_dir) as repo:
+        info = repo.target_info(TRUST_TARGET)
+        if info is None:
+            return 0
+    directory, _, base = TRUST_TARGET.rpartition("/")
+    file = paths.targets / directory / f"{info.hashes['sha256']}.{base}"
+    try:
+        entries, _ = trust.split_list(json.loads(file.read_bytes()), "trust")
+    except (OSError, ValueError, trust.TrustError) as exc:
+        raise UpdatesError(f"{file}: the published trust list cannot be read: {exc}") from None
+    from county.store import CountyStore
+
+    store = CountyStore(Path(data_dir) / "county.sqlite")
+    try:
+        return store.add_issuer_keys(entries, now * 1000)
+    finally:
+        store.close()
 
 
 def record_applied(

@@ -54,7 +54,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 from requests.adapters import HTTPAdapter
@@ -65,7 +65,15 @@ from terminal import config
 from terminal.checkout import TrustedClock
 from terminal.durable import fsync_dir as _fsync_dir
 from terminal.durable import write_atomic as _write_atomic
-from terminal.ledger import HASHED_COLUMNS, TIME_SIGNAL, EntryDraft, Ledger, LedgerEntry
+from terminal.ledger import (
+    HASHED_COLUMNS,
+    TIME_SIGNAL,
+    EntryDraft,
+    Ledger,
+    LedgerEntry,
+    checkpoint_message,
+    load_or_create_signing_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,12 @@ class SyncError(Exception):
     """A sync did not complete; ``kind`` says which kind of trouble, for logs and JSON."""
 
     kind = "sync"
+
+
+class LedgerKeyMissing(SyncError):
+    """The key that signs this ledger's checkpoints is not here: batches cannot be signed."""
+
+    kind = "ledger"
 
 
 class NetworkError(SyncError):
@@ -149,6 +163,7 @@ class SyncSettings:
     backoff_base_s: float = 5
     backoff_cap_s: float = 900
     offset_record_ms: int = 2000
+    clock_tolerance_s: int = 30
 
 
 def sync_settings_from(data: dict[str, Any], origin: str) -> SyncSettings:
@@ -165,6 +180,7 @@ def sync_settings_from(data: dict[str, Any], origin: str) -> SyncSettings:
         backoff_base_s=s.get_int("backoff_base_s", 1, 3_600),
         backoff_cap_s=s.get_int("backoff_cap_s", 1, 86_400),
         offset_record_ms=s.get_int("offset_record_ms", 1, 3_600_000),
+        clock_tolerance_s=s.get_int("clock_tolerance_s", 1, 86_400),
     )
     s.used.add("server")
     s.check_unused()
@@ -709,6 +725,12 @@ class LedgerReader:
         ).fetchall()
         return [[r[0], r[1].hex(), r[2], r[3].hex()] for r in rows]
 
+    def public_key(self) -> bytes:
+        row = self.conn.execute("SELECT public_key FROM meta").fetchone()
+        if row is None:
+            raise SyncError("the ledger has no terminal identity")
+        return bytes(row[0])
+
     def last_time_signal(self, last_seq: int) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT detail FROM entries WHERE seq > ? AND kind = ? ORDER BY seq DESC LIMIT 1",
@@ -740,6 +762,10 @@ class SyncResult:
     offset_ms: int | None = None  # county time minus the local wall clock (midpoint estimate)
     rtt_ms: int | None = None
     last_recorded_offset_ms: int | None = None  # from the newest TIME_SIGNAL entry
+    # When the last signed time arrived, by this terminal's monotonic and wall clocks (ms):
+    # the anchor a wrong wall clock is replaced by (TrustedClock.take_county_time).
+    answer_mono_ms: int | None = None
+    answer_wall_ms: int | None = None
     error: str | None = None
     error_kind: str | None = None
     alarm: str | None = None  # the server's alarm when it refused (fork, altered, ...)
@@ -785,9 +811,13 @@ class SyncClient:
         *,
         server: str | None = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.ledger_path = Path(ledger_path)
         self.identity = identity
+        # The ledger key signs a checkpoint over the last entry of every batch; without
+        # one the county refuses the batch (docs/sync-protocol.md).
+        self._signing_key = signing_key
         self.settings = settings or SyncSettings()
         self.server = (server or self.settings.server or identity.server).rstrip("/")
         self._wall_ms = wall_ms
@@ -852,6 +882,7 @@ class SyncClient:
                 )
             last = reader.last_seq()
             result.local_last_seq = last
+            key = self._ledger_key(reader.public_key())
             signal = reader.last_time_signal(last)
             if signal is not None:
                 recorded = signal.get("offset_ms")
@@ -869,6 +900,8 @@ class SyncClient:
                     rows = reader.batch(start, self.settings.batch_entries) if start <= last else []
                     rows = [r for r in rows if r[0] <= last]
                     checkpoints = reader.checkpoints(rows[0][0], rows[-1][0]) if rows else []
+                    if rows and (not checkpoints or checkpoints[-1][0] != rows[-1][0]):
+                        checkpoints.append(_batch_checkpoint(key, ledger_terminal, rows[-1]))
                     nonce = secrets.token_bytes(16)
                     doc = {"nonce": nonce.hex(), "entries": rows, "checkpoints": checkpoints}
                     sent_wall = self._wall_ms()
@@ -893,6 +926,29 @@ class SyncClient:
         finally:
             reader.close()
 
+    def _ledger_key(self, public_key: bytes) -> Ed25519PrivateKey:
+        """The private key of this ledger's genesis: the one the county pinned."""
+        if self._signing_key is None:
+            # The state directory's key, or the one a --ledger FILE keeps beside it.
+            for path in (
+                self.identity.root / "terminal-key.pem",
+                self.ledger_path.with_name(self.ledger_path.name + ".key.pem"),
+            ):
+                if path.is_file():
+                    key = load_or_create_signing_key(path)
+                    if key.public_key().public_bytes_raw() == public_key:
+                        self._signing_key = key
+                        break
+        if self._signing_key is None:
+            raise LedgerKeyMissing(
+                "no ledger key matching this ledger's genesis was found beside it "
+                f"({self.identity.root / 'terminal-key.pem'}): batches cannot be signed; "
+                "restore the terminal's key from its backup"
+            )
+        if self._signing_key.public_key().public_bytes_raw() != public_key:
+            raise LedgerKeyMissing("the ledger key given does not match this ledger's genesis")
+        return self._signing_key
+
     def _read_answer(
         self, result: SyncResult, status: int, answer: Any, nonce: bytes, last: int
     ) -> tuple[int, int]:
@@ -914,6 +970,8 @@ class SyncClient:
         )
         result.server_ms = server_ms
         result.time_signal = dict(answer["time"])
+        result.answer_mono_ms = time.monotonic_ns() // 1_000_000
+        result.answer_wall_ms = self._wall_ms()
         self._county_anchor = (server_ms, time.monotonic())
         duplicates = answer.get("duplicates")
         if type(duplicates) is int:
@@ -937,6 +995,17 @@ class SyncClient:
         return acked, acked + 1
 
 
+def _batch_checkpoint(key: Ed25519PrivateKey, terminal_id: str, row: list[Any]) -> list[Any]:
+    """A checkpoint over a wire row (the batch's last entry), signed now, not stored.
+
+    The ledger keeps its own checkpoints; this one only tells the county that the
+    holder of the pinned ledger key sent the batch, whose entries the chain ties to it.
+    """
+    seq, at_ms, digest = row[0], row[2], bytes.fromhex(row[17])
+    signature = key.sign(checkpoint_message(terminal_id, seq, digest))
+    return [seq, row[17], at_ms, signature.hex()]
+
+
 # --- applying a result (the ledger's owner only) ------------------------------------------
 
 
@@ -952,49 +1021,65 @@ def apply_result(
     result: SyncResult,
     wall_ms: int,
     settings: SyncSettings | None = None,
+    mono_ms: int | None = None,
 ) -> AppliedSync:
     """Mark acknowledged entries and take in the county's signed time. Ledger owner only.
 
-    The floor is raised to the county's time; a TIME_SIGNAL entry records it
-    (so the floor survives a restart) when no county time is recorded yet, when
-    the estimated offset moved by ``offset_record_ms`` or more, or when the
-    county time is that far ahead of the ledger's newest time.
+    The clock takes the county's time (``TrustedClock.take_county_time``): the
+    floor rises to it (or comes down to it from a floor a fast wall clock
+    raised), and a wall clock more than ``clock_tolerance_s`` from it is no
+    longer trusted. A TIME_SIGNAL entry records the county time, the offset and
+    the wall clock's standing (so they survive a restart and reach the county)
+    when no county time is recorded yet, when the estimated offset moved by
+    ``offset_record_ms`` or more, when the county time is that far ahead of the
+    ledger's newest time, when the standing changed, or when the floor came down.
+    ``mono_ms`` is the monotonic clock now, in ms (the daemon passes it).
     """
     settings = settings or SyncSettings()
+    entry: LedgerEntry | None = None
+    changed, lowered = False, None
+    floor_before = clock.floor_ms
+    if result.server_ms is not None and result.time_signal is not None:
+        # The county stamped its time about half a round trip before the answer arrived.
+        county_ms = result.server_ms + (result.rtt_ms or 0) // 2
+        changed, lowered = clock.take_county_time(
+            county_ms,
+            result.answer_mono_ms if result.answer_mono_ms is not None else mono_ms,
+            result.answer_wall_ms if result.answer_wall_ms is not None else wall_ms,
+            settings.clock_tolerance_s * 1000,
+        )
+    trusted = clock.current(wall_ms, mono_ms)
     marked = 0
-    trusted = max(wall_ms, clock.floor_ms)
     if result.acked_seq is not None and result.acked_seq >= 1:
         marked = ledger.mark_acked(min(result.acked_seq, ledger.last_seq()), trusted)
-    entry: LedgerEntry | None = None
     if result.server_ms is not None and result.time_signal is not None:
-        floor_before = clock.floor_ms
-        clock.raise_floor(result.server_ms)
         offset = result.offset_ms if result.offset_ms is not None else 0
         threshold = settings.offset_record_ms
         material = (
             result.last_recorded_offset_ms is None
             or abs(offset - result.last_recorded_offset_ms) >= threshold
             or result.server_ms - floor_before >= threshold
+            or changed
+            or lowered is not None
         )
         if material:
             signed = result.time_signal
-            at_ms = max(trusted, result.server_ms)
-            entry = ledger.append(
-                EntryDraft(
-                    kind=TIME_SIGNAL,
-                    detail={
-                        "server_ms": result.server_ms,
-                        "offset_ms": offset,
-                        "rtt_ms": result.rtt_ms,
-                        "acked_seq": signed.get("acked_seq"),
-                        "nonce": signed.get("nonce"),
-                        "signature": signed.get("signature"),
-                        "wall_ms": wall_ms,
-                    },
-                ),
-                at_ms,
-            )
-            clock.raise_floor(at_ms)
+            detail: dict[str, Any] = {
+                "server_ms": result.server_ms,
+                "offset_ms": offset,
+                "rtt_ms": result.rtt_ms,
+                "acked_seq": signed.get("acked_seq"),
+                "nonce": signed.get("nonce"),
+                "signature": signed.get("signature"),
+                "wall_ms": wall_ms,
+                # What the county reads at intake to keep this terminal's offset.
+                "wall_ahead_ms": -offset,
+                "clock_trusted": clock.wall_ahead_ms is None,
+            }
+            if lowered is not None:
+                detail["floor_lowered_from_ms"] = lowered
+            entry = ledger.append(EntryDraft(kind=TIME_SIGNAL, detail=detail), trusted)
+            clock.raise_floor(trusted)
     return AppliedSync(marked, entry)
 
 

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from hwsim.wallet import Issuer, key_from_seed, make_wallet
 from test_sync_support import (
     FAST,
     T0_MS,
@@ -46,19 +48,35 @@ def _sync(term) -> None:  # type: ignore[no-untyped-def]
 def test_conflicts_become_revocations_and_are_reported_per_unit(
     county: County, tmp_path: Path
 ) -> None:
+    issuer = Issuer("iss", key_from_seed("county-report-issuer"))
+    county.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
+    t0 = T0_MS // 1000
+
+    def signed(sub: str, unit: str, t: int, *, code: str | None = None, ctr: int = 1) -> Any:
+        w = make_wallet(issuer, sub, unit, sub, now=t0 - 86_400, seed=sub)
+        return sale(
+            0,
+            unit=unit,
+            cadre=f"iss/{sub}",
+            credential=f"qr/iss/{w.cti.hex()}",
+            ctr=ctr,
+            detail={"qr": code or w.draw(t, ctr=ctr)},
+        )
+
+    x = make_wallet(issuer, "x", "u-tax", "x", now=t0 - 86_400, seed="x")
+    copied = x.draw(t0, ctr=5)
     a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
     same = provision_terminal(county, tmp_path / "a2", "a2", "canteen-a")
     for term, draft in (
-        (a, sale(0, unit="u-tax", cadre="iss/x", credential="qr/iss/00aa", ctr=5)),
         # The same presentation (iss, cti, ctr) accepted at another terminal.
-        (b, sale(0, unit="u-tax", cadre="iss/y", credential="qr/iss/00aa", ctr=5)),
+        (a, signed("x", "u-tax", t0, code=copied, ctr=5)),
+        (b, signed("x", "u-tax", t0, code=copied, ctr=5)),
         # The same cadre served at another canteen in the same meal window.
-        (b, sale(1, unit="u-water", cadre="iss/z", credential="qr/iss/00bb", ctr=1)),
-        (a, sale(1, unit="u-water", cadre="iss/z", credential="qr/iss/00cc", ctr=1)),
-        # Twice at the same canteen is the terminal's own business, not a county conflict.
-        (same, sale(2, unit="u-x", cadre="iss/w", credential="qr/iss/00dd", ctr=1)),
-        (a, sale(2, unit="u-x", cadre="iss/w", credential="qr/iss/00ee", ctr=1)),
+        (b, signed("z", "u-water", t0, ctr=1)),
+        (a, signed("z", "u-water", t0 + 60, ctr=2)),
+        # Once each at two meals of one canteen: no conflict.
+        (same, signed("w", "u-x", t0, ctr=1)),
     ):
         book = term.open_ledger()
         book.append(draft, T0_MS)
@@ -67,9 +85,10 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     kinds = sorted(c["kind"] for c in county.store.conflicts())
     assert kinds == ["presentation_twice", "served_twice"]
     revocations = county.store.revocations()
+    z = make_wallet(issuer, "z", "u-water", "z", now=t0 - 86_400, seed="z")
     assert {(r["kind"], r.get("cti")) for r in revocations} == {
-        ("credential", "00aa"),
-        ("credential", "00cc"),
+        ("credential", x.cti.hex()),
+        ("credential", z.cti.hex()),
     }
     # The list is a revocation list the terminal's trust store takes as it is.
     keys = list(trust.parse_revocations(revocations))
@@ -81,7 +100,7 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     }
     day = {(d["canteen"], d["day"]): d for d in report["days"]}
     assert day[("canteen-b", "2026-05-28")]["conflicts"] == 1
-    assert day[("canteen-a", "2026-05-28")]["meals"] == 4
+    assert day[("canteen-a", "2026-05-28")]["meals"] == 3
 
 
 def test_report_counts_meals_amounts_refusals_and_silent_terminals(

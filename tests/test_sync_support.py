@@ -130,6 +130,7 @@ def sale(
     meal: str = "lunch",
     credential: str | None = None,
     ctr: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> EntryDraft:
     """An accepted QR sale; every ninth one a refusal, to vary kinds and reasons."""
     if i % 9 == 8:
@@ -151,7 +152,9 @@ def sale(
         day=day,
         meal=meal,
         amount_fen=1000,
-        detail={"qr": "HC1:" + "X" * 120, "price": "own"},
+        # Not a real signed code: the county stores such a sale but takes it as no
+        # evidence (a bad_evidence alarm); tests of conflicts pass a real one in detail.
+        detail=detail or {"qr": "HC1:" + "X" * 120, "price": "own"},
     )
 
 

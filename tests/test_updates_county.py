@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hwsim.wallet import Issuer, key_from_seed, make_wallet
 from test_sync_support import (
     FAST,
     T0_MS,
@@ -56,9 +57,21 @@ def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
             first = tu.update_once(updater, store, now)
             assert first is not None and "revocations" in first.changed
 
+            # One phone code, accepted at two terminals: a copied code.
+            issuer = Issuer("iss", key_from_seed("updates-county-issuer"))
+            county.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
+            w = make_wallet(issuer, "x", "u1", "x", now=T0_MS // 1000 - 86_400, seed="x")
+            code = w.draw(T0_MS // 1000, ctr=5)
             for term in (a, b):
                 book = term.open_ledger()
-                book.append(sale(0, cadre="iss/x", credential="qr/iss/00aa", ctr=5), T0_MS)
+                draft = sale(
+                    0,
+                    cadre="iss/x",
+                    credential=f"qr/iss/{w.cti.hex()}",
+                    ctr=5,
+                    detail={"qr": code},
+                )
+                book.append(draft, T0_MS)
                 book.close()
                 _sync(term)
             # The server's refresher publishes the conflict's revocation by itself.
@@ -79,7 +92,7 @@ def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
 
             applied = tu.update_once(tu.updater_for_county(a.root), store, now)
             assert applied is not None and applied.changed == ("revocations",)
-            key = trust.revocation_key("credential", "iss", bytes.fromhex("00aa"))
+            key = trust.revocation_key("credential", "iss", w.cti)
             assert store._has(key)
 
             # The terminal reports what it applied; county IT sees it.

@@ -1,0 +1,109 @@
+"""What the county accepts as proof that a cadre ate: the checks behind every conflict.
+
+This module owns one judgement: is an accepted sale, as a terminal uploaded it,
+evidence the county may act on? A QR sale is evidence only when the phone's
+signed code kept in its ``detail`` verifies again here (credential under an
+issuer key the county knows and that was valid at the sale's time, the
+presentation under the credential's holder key) and names the same cadre,
+credential, counter and unit as the entry. A terminal can write any field of
+its own entries, so without this check a stolen terminal could name any
+cadre's credential and get that cadre revoked. A card sale carries no
+signature of the cadre: it is evidence about the card only, and the conflicts
+it takes part in revoke the card, never the cadre's phone credential.
+
+It is pure: no database, network or clock. The store hands it the entry's
+fields and a keyring, and records what it says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from terminal import tokens
+from terminal.tokens import IssuerKey, TokenRejected
+
+QR = "qr"
+CARD = "card"
+
+# A code's own time ``t`` must lie within a day of the sale's time. The
+# terminal applied its tight freshness window already; the county only asks
+# that the code belongs to that day, so a terminal whose clock was hours off
+# (and said so in its ledger) still uploads evidence the county can use.
+EVIDENCE_WINDOW_S = 86_400
+
+
+class Keyring(Protocol):
+    def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]: ...
+
+
+@dataclass(frozen=True)
+class Proof:
+    """An accepted sale the county verified: who ate, by which means."""
+
+    method: str  # QR or CARD
+    cadre: str
+    credential: str
+    name: str | None = None  # the display name the issuer signed (QR only)
+
+
+class _AtTheTime:
+    """The county's keys for token checks: a key revoked since still proves older sales."""
+
+    def __init__(self, keys: Keyring) -> None:
+        self.keys = keys
+
+    def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
+        return self.keys.issuer_keys(kid)
+
+    def issuer_key_revoked(self, public_key: bytes) -> bool:
+        return False
+
+
+def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
+    """The proof in one accepted sale (ledger field names), or one line saying why not."""
+    method = fields.get("method")
+    cadre = fields.get("cadre")
+    credential = fields.get("credential")
+    if not isinstance(cadre, str) or not isinstance(credential, str):
+        return "the accepted sale names no cadre or credential"
+    if method == CARD:
+        if not credential.startswith("card/") or len(credential) <= 5:
+            return f"a card sale must name a card credential, not {credential[:60]!r}"
+        return Proof(CARD, cadre, credential)
+    if method != QR:
+        return f"an accepted sale by {str(method)[:20]!r} is neither a QR code nor a card"
+    try:
+        detail = json.loads(fields.get("detail") or "{}")
+    except ValueError:
+        return "the sale's detail is not JSON"
+    text = detail.get("qr") if isinstance(detail, dict) else None
+    if not isinstance(text, str):
+        return "the QR sale does not keep the phone's signed code"
+    at_s = int(fields["at_ms"]) // 1000
+    try:
+        p = tokens.verify_presentation(
+            text, at_s, _AtTheTime(keys), EVIDENCE_WINDOW_S, EVIDENCE_WINDOW_S
+        )
+    except TokenRejected as rejected:
+        return f"the phone's signed code does not verify here ({rejected.code})"
+    signed_cadre = f"{p.iss}/{p.sub}"
+    signed_credential = f"qr/{p.iss}/{p.cti.hex()}"
+    signed: dict[str, object] = {
+        "cadre": signed_cadre,
+        "credential": signed_credential,
+        "ctr": p.ctr,
+        "unit": p.unit,
+    }
+    for name, value in signed.items():
+        if fields.get(name) != value:
+            return (
+                f"the entry's {name} {str(fields.get(name))[:60]!r} is not the one the phone "
+                f"signed ({str(value)[:60]!r})"
+            )
+    return Proof(QR, signed_cadre, signed_credential, p.display_name)
+
+
+__all__ = ["CARD", "EVIDENCE_WINDOW_S", "QR", "Keyring", "Proof", "check_sale"]

@@ -1,0 +1,528 @@
+"""The county acts only on proof (issue 11): every test goes through the real county server
+over HTTPS with the terminal's client certificate.
+
+A QR sale is evidence only when the phone's signed code verifies again at the county and
+names the entry's cadre, credential, counter and unit; a card conflict revokes the card
+only; every batch must end on a checkpoint signed with the pinned ledger key; one copied
+code is one conflict; two terminals of one canteen are compared too; held batches expire;
+and county IT reviews and withdraws conflicts, which lifts their revocations through a
+signed update the terminals apply.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
+from test_sync_support import FAST, T0_MS, County, Terminal, make_county, provision_terminal
+
+from county import updates as cu
+from county.cli import main as county_main
+from county.store import BAD_EVIDENCE, UNSIGNED, Limits
+from terminal import trust
+from terminal import updates as tu
+from terminal.checkout import TrustedClock
+from terminal.ledger import ACCEPT, SALE, EntryDraft, checkpoint_message, entry_hash
+from terminal.sync import SyncClient, apply_result
+
+T0 = T0_MS // 1000
+DAY = "2026-05-28"
+
+
+@pytest.fixture(name="issuer")
+def issuer_fixture() -> Issuer:
+    return Issuer("hn-chenzhou", key_from_seed("evidence-issuer"))
+
+
+@pytest.fixture(name="county")
+def county_fixture(tmp_path: Path, issuer: Issuer) -> Iterator[County]:
+    c = make_county(tmp_path).start()
+    c.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def wallet(issuer: Issuer, sub: str, unit: str = "u-tax") -> Wallet:
+    return make_wallet(issuer, sub, unit, f"Cadre {sub}", now=T0 - 86_400, seed=sub)
+
+
+def qr_sale(w: Wallet, qr: str, ctr: int, **override: Any) -> EntryDraft:
+    """An accepted QR sale as a terminal records it: the signed code kept in detail."""
+    fields: dict[str, Any] = {
+        "kind": SALE,
+        "verdict": ACCEPT,
+        "method": "qr",
+        "cadre": f"{w.iss}/{w.sub}",
+        "credential": f"qr/{w.iss}/{w.cti.hex()}",
+        "ctr": ctr,
+        "unit": w.unit,
+        "day": DAY,
+        "meal": "lunch",
+        "amount_fen": 1200,
+        "detail": {"qr": qr},
+    }
+    fields.update(override)
+    return EntryDraft(**fields)
+
+
+def card_sale(w: Wallet, uid: str) -> EntryDraft:
+    return EntryDraft(
+        kind=SALE,
+        verdict=ACCEPT,
+        method="card",
+        cadre=f"{w.iss}/{w.sub}",
+        credential=f"card/{uid}",
+        unit=w.unit,
+        day=DAY,
+        meal="lunch",
+        amount_fen=1200,
+    )
+
+
+def record(term: Terminal, draft: EntryDraft, at_ms: int = T0_MS) -> None:
+    book = term.open_ledger()
+    try:
+        book.append(draft, at_ms)
+    finally:
+        book.close()
+
+
+def sync(term: Terminal) -> None:
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    result = client.sync_once(time.monotonic() + 10)
+    assert result.error is None, result.error
+    book = term.open_ledger()
+    try:
+        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
+    finally:
+        book.close()
+
+
+def alarms_of(county: County, kind: str) -> list[dict[str, Any]]:
+    return [a for a in county.store.alarms() if a["kind"] == kind]
+
+
+# --- 1. evidence before consequences ---------------------------------------------------
+
+
+def test_a_terminal_cannot_get_another_cadre_revoked(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    honest = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    stolen = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    a, b = wallet(issuer, "A"), wallet(issuer, "B")
+    # B really eats at the honest terminal.
+    record(honest, qr_sale(b, b.draw(T0), 1))
+    sync(honest)
+    # The stolen terminal claims B ate there too, three ways:
+    # without the signed code; with A's real code under B's name; with a code altered.
+    a_code = a.draw(T0)
+    forged = [
+        qr_sale(b, "", 7, detail={"price": "own"}),
+        qr_sale(b, a_code, 1),
+        qr_sale(b, b.draw(T0)[:-4] + "AAAA", 2),
+        # A's own code with B's credential id: the credential disagrees.
+        qr_sale(a, a_code, 1, credential=f"qr/{b.iss}/{b.cti.hex()}"),
+    ]
+    for draft in forged:
+        record(stolen, draft)
+    sync(stolen)
+    assert county.store.conflicts() == []
+    assert county.store.revocations() == []
+    bad = alarms_of(county, BAD_EVIDENCE)
+    assert [(x["terminal"], x["seq"]) for x in bad] == [("b1", 2), ("b1", 3), ("b1", 4), ("b1", 5)]
+    problems = [x["problem"] for x in bad]
+    assert "does not keep the phone's signed code" in problems[0]
+    assert "cadre" in problems[1] and "is not the one the phone signed" in problems[1]
+    assert "does not verify here" in problems[2]
+    assert "credential" in problems[3]
+    # The entries are still the terminal's record: stored, acknowledged, nothing lost.
+    assert county.store.terminal("b1").acked_seq == 5  # type: ignore[union-attr]
+
+
+def test_an_unknown_issuer_key_is_no_evidence(county: County, tmp_path: Path) -> None:
+    stranger = Issuer("hn-elsewhere", key_from_seed("unknown-to-the-county"))
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    w = wallet(stranger, "S")
+    code = w.draw(T0)
+    for term in (a, b):
+        record(term, qr_sale(w, code, 1))
+        sync(term)
+    assert county.store.conflicts() == []
+    assert next(x["problem"] for x in alarms_of(county, BAD_EVIDENCE)).endswith(
+        "(unknown_issuer_key)"
+    )
+
+
+def test_verified_codes_still_make_conflicts(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    w = wallet(issuer, "W", unit="u-water")
+    record(a, qr_sale(w, w.draw(T0), 1))
+    sync(a)
+    record(b, qr_sale(w, w.draw(T0 + 60), 2))
+    sync(b)
+    [c] = county.store.conflicts()
+    assert c["kind"] == "served_twice" and c["name"] == "Cadre W"
+    assert (c["first"]["terminal"], c["second"]["terminal"]) == ("a1", "b1")
+    assert c["first"]["hash"] and c["second"]["hash"] and c["reason"]
+    assert c["revokes"] == [f"qr/{w.iss}/{w.cti.hex()}"]
+    assert alarms_of(county, BAD_EVIDENCE) == []
+
+
+# --- 2. cards ----------------------------------------------------------------------------
+
+
+def test_a_card_conflict_revokes_the_card_never_the_phone(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    c = provision_terminal(county, tmp_path / "c", "c1", "canteen-c")
+    w = wallet(issuer, "K")
+    record(a, qr_sale(w, w.draw(T0), 1))  # the cadre's phone, at a1
+    sync(a)
+    record(b, card_sale(w, "04a1b2c3"))  # the cadre's card, at b1 the same lunch
+    sync(b)
+    record(c, card_sale(w, "04a1b2c3"))  # and again at c1
+    sync(c)
+    found = county.store.conflicts()
+    assert [x["kind"] for x in found] == ["served_twice", "served_twice"]
+    assert {(x["first"]["terminal"], x["second"]["terminal"]) for x in found} == {
+        ("a1", "b1"),
+        ("a1", "c1"),
+    }
+    assert all(x["second"]["method"] == "card" for x in found)
+    assert all("card" in x["reason"] for x in found)
+    revoked = county.store.revocations()
+    assert [(r["kind"], r.get("uid")) for r in revoked] == [("card", "04a1b2c3")]
+
+
+# --- 4. the pinned ledger key authenticates every batch ---------------------------------
+
+
+def _post(term: Terminal, doc: dict[str, Any]) -> requests.Response:
+    ident = term.identity
+    return requests.post(
+        ident.server + "/v1/ledger",
+        json=doc,
+        cert=(str(ident.cert_file), str(ident.key_file)),
+        verify=str(ident.ca_file),
+        timeout=10,
+    )
+
+
+def _chained(term: Terminal, n: int) -> list[list[Any]]:
+    """Entries that continue the terminal's acknowledged chain, as someone with a copy
+    of its ledger (but not its ledger key) could write them."""
+    book = term.open_ledger()
+    try:
+        last = book.entry(book.last_seq())
+        assert last is not None
+        seq, prev = last.seq, last.hash
+    finally:
+        book.close()
+    rows = []
+    for i in range(1, n + 1):
+        fields = [
+            seq + i,
+            secrets.token_hex(8),
+            T0_MS + i,
+            SALE,
+            ACCEPT,
+            None,
+            "card",
+            "hn-chenzhou/X",
+            "card/0badc0de",
+            None,
+            "u-tax",
+            DAY,
+            "dinner",
+            99_999,
+            None,
+            "{}",
+        ]
+        digest = entry_hash(prev, fields)
+        rows.append([*fields, prev.hex(), digest.hex()])
+        prev = digest
+    return rows
+
+
+def test_the_tls_key_alone_cannot_inject_entries(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    w = wallet(issuer, "G")
+    record(term, qr_sale(w, w.draw(T0), 1))
+    sync(term)
+    acked = county.store.terminal("a1").acked_seq  # type: ignore[union-attr]
+    rows = _chained(term, 3)
+    # Without any checkpoint, and with one signed by another key: both refused.
+    stranger = key_from_seed("not-the-ledger-key")
+    last = rows[-1]
+    wrong = stranger.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
+    for checkpoints in ([], [[last[0], last[17], last[2], wrong.hex()]]):
+        answer = _post(term, {"nonce": "00", "entries": rows, "checkpoints": checkpoints})
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["alarm"] in (UNSIGNED, "bad_checkpoint")
+        assert answer.json()["acked_seq"] == acked
+    assert county.store.terminal("a1").acked_seq == acked  # type: ignore[union-attr]
+    assert alarms_of(county, UNSIGNED)
+    # The genuine terminal is not locked out: its next sale syncs as usual.
+    record(term, qr_sale(w, w.draw(T0 + 600), 2, meal="dinner"))
+    sync(term)
+    book = term.open_ledger()
+    try:
+        assert book.unsynced()[0] == 0
+    finally:
+        book.close()
+    held = list(county.store.iter_entries("a1"))
+    assert [e["meal"] for e in held if e["kind"] == SALE] == ["lunch", "dinner"]
+    assert all(e["amount_fen"] != 99_999 for e in held)
+
+
+# --- 5. the same canteen; one copied code is one conflict --------------------------------
+
+
+def test_two_terminals_of_one_canteen_are_compared(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    one = provision_terminal(county, tmp_path / "a1", "a1", "canteen-a")
+    two = provision_terminal(county, tmp_path / "a2", "a2", "canteen-a")
+    w = wallet(issuer, "Q")
+    record(one, qr_sale(w, w.draw(T0), 1))
+    sync(one)
+    record(two, card_sale(w, "04ffee01"))
+    sync(two)
+    [c] = county.store.conflicts()
+    assert c["kind"] == "served_twice"
+    assert (c["first"]["canteen"], c["second"]["canteen"]) == ("canteen-a", "canteen-a")
+    assert c["revokes"] == ["card/04ffee01"]
+
+
+def test_a_replayed_screenshot_is_one_conflict(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    one = provision_terminal(county, tmp_path / "a1", "a1", "canteen-a")
+    two = provision_terminal(county, tmp_path / "a2", "a2", "canteen-a")
+    w = wallet(issuer, "R")
+    code = w.draw(T0)
+    for term in (one, two):
+        record(term, qr_sale(w, code, 1))
+        sync(term)
+    [c] = county.store.conflicts()
+    assert c["kind"] == "presentation_twice"
+    report = county.store.report(int(time.time() * 1000), 3_600_000)
+    assert sum(d["conflicts"] for d in report["days"]) == 1
+    assert report["conflicts_by_unit"] == {"u-tax": {"presentation_twice": 1}}
+
+
+# --- 9. held batches expire ---------------------------------------------------------------
+
+
+def test_held_batches_expire(tmp_path: Path, issuer: Issuer) -> None:
+    county = make_county(tmp_path)
+    county.server = None
+    from county.app import CountyServer
+
+    county.server = CountyServer(county.data, limits=Limits(held_ttl_ms=200)).start()
+    try:
+        term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        sync(term)
+        book = term.open_ledger()
+        try:
+            for i in range(4):
+                book.append(card_sale(wallet(issuer, f"H{i}"), f"0{i}aa"), T0_MS)
+        finally:
+            book.close()
+        # Send only the last two entries: a gap, so the batch is held.
+        book = term.open_ledger()
+        try:
+            key = book._key  # the terminal's own ledger key: a genuine but early batch
+            rows = [
+                [
+                    *[getattr(e, c) for c in _columns()],
+                    e.prev_hash.hex(),
+                    e.hash.hex(),
+                ]
+                for e in (book.entry(book.last_seq() - 1), book.entry(book.last_seq()))
+                if e is not None
+            ]
+        finally:
+            book.close()
+        for row in rows:
+            row[15] = json.dumps(row[15], sort_keys=True, separators=(",", ":"))
+        last = rows[-1]
+        signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
+        answer = _post(
+            term,
+            {
+                "nonce": "",
+                "entries": rows,
+                "checkpoints": [[last[0], last[17], 0, signature.hex()]],
+            },
+        )
+        assert answer.status_code == 200 and answer.json()["status"] == "gap", answer.text
+
+        def held() -> int:
+            with county.store._lock:
+                return int(
+                    county.store._conn.execute("SELECT count(*) FROM held_batches").fetchone()[0]
+                )
+
+        assert held() == 1
+        # Any later request from any terminal sweeps batches held longer than the limit.
+        other = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        deadline = time.monotonic() + 10
+        while held():
+            assert time.monotonic() < deadline, "the held batch never expired"
+            _post(other, {"nonce": "", "entries": [], "checkpoints": []})
+            time.sleep(0.05)
+    finally:
+        county.stop()
+
+
+def _columns() -> tuple[str, ...]:
+    from terminal.ledger import HASHED_COLUMNS
+
+    return HASHED_COLUMNS
+
+
+# --- 3. review: conflicts listed with evidence, withdrawn, lifted on the terminals ---------
+
+
+def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
+    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    county = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    trust_file = tmp_path / "trust.json"
+    trust_file.write_text(
+        json.dumps({"version": 1, "issued_at": now, "entries": [issuer.trust_entry()]})
+    )
+    with cu.CountyRepository(county.data) as repo:
+        repo.publish_trust(trust_file, now)  # also the keys the county verifies codes with
+    county.start()
+    try:
+        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
+        tu.pin_root(a.root, root)
+        store = trust.TrustStore(a.root / "trust.sqlite")
+        try:
+            assert tu.update_once(tu.updater_for_county(a.root), store, now) is not None
+            w = wallet(issuer, "V")
+            record(a, qr_sale(w, w.draw(T0), 1))
+            sync(a)
+            record(b, qr_sale(w, w.draw(T0 + 30), 2))
+            sync(b)
+            assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+            applied = tu.update_once(tu.updater_for_county(a.root), store, now)
+            assert applied is not None and applied.changed == ("revocations",)
+            key = trust.revocation_key("credential", w.iss, w.cti)
+            assert store._has(key)
+
+            # County IT reviews: names, both terminals, local times, hashes.
+            assert county_main(["conflicts", "--data", str(county.data)]) == 0
+            listing = capsys.readouterr().out
+            [conflict] = county.store.conflicts()
+            assert f"conflict {conflict['id']} served_twice [standing]" in listing
+            assert "Cadre V" in listing and "terminal a1 (canteen-a)" in listing
+            assert "terminal b1 (canteen-b)" in listing and "2026-05-28 " in listing
+
+            assert (
+                county_main(
+                    [
+                        "conflicts",
+                        "withdraw",
+                        str(conflict["id"]),
+                        "--data",
+                        str(county.data),
+                        "--reason",
+                        "the cadre was on an inspection trip; both meals approved",
+                    ]
+                )
+                == 0
+            )
+            out = capsys.readouterr().out
+            assert "lifted 1 revocation(s)" in out
+            # Withdrawn once only; an unknown conflict is one line, exit 2.
+            assert (
+                county_main(
+                    [
+                        "conflicts",
+                        "withdraw",
+                        str(conflict["id"]),
+                        "--data",
+                        str(county.data),
+                        "--reason",
+                        "again",
+                    ]
+                )
+                == 2
+            )
+            assert (
+                county_main(
+                    ["conflicts", "withdraw", "999", "--data", str(county.data), "--reason", "x"]
+                )
+                == 2
+            )
+            assert "no conflict 999" in capsys.readouterr().err
+            assert county.store.revocations() == []
+            # The refresher does not bring it back.
+            assert cu.publish_conflict_revocations(county.data, now).revocations_added == 0
+
+            lifted = tu.update_once(tu.updater_for_county(a.root), store, now)
+            assert lifted is not None and lifted.changed == ("revocations",)
+            assert not store._has(key)
+            # Withdrawn conflicts leave the report and stay on record.
+            report = county.store.report(int(time.time() * 1000), 3_600_000)
+            assert sum(d["conflicts"] for d in report["days"]) == 0
+            assert county_main(["conflicts", "--all", "--data", str(county.data)]) == 0
+            assert "WITHDRAWN" in capsys.readouterr().out
+        finally:
+            store.close()
+    finally:
+        county.stop()
+
+
+def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    """County IT revoked the card by hand too: withdrawing the conflict leaves it revoked."""
+    county = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    county.start()
+    try:
+        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        w = wallet(issuer, "M")
+        for term in (a, b):
+            record(term, card_sale(w, "04c0ffee"))
+            sync(term)
+        cu.publish_conflict_revocations(county.data, now)
+        with cu.CountyRepository(county.data) as repo:
+            repo.revoke([{"kind": "card", "uid": "04c0ffee"}], now)
+            count = repo.revocation_count()
+        [conflict] = county.store.conflicts()
+        lifted = county.store.withdraw_conflict(conflict["id"], "reviewed", T0_MS)
+        assert lifted == [{"kind": "card", "uid": "04c0ffee"}]
+        with cu.CountyRepository(county.data) as repo:
+            pub = repo.lift(lifted, now)
+            assert pub.revocations_lifted == 0 and repo.revocation_count() == count
+    finally:
+        county.stop()
