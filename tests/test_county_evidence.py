@@ -526,3 +526,33 @@ def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
             assert pub.revocations_lifted == 0 and repo.revocation_count() == count
     finally:
         county.stop()
+
+
+def test_a_county_takes_the_keys_of_a_trust_list_published_before(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    """A repository whose trust list was published before the county kept issuer keys:
+    the server takes them in at start, so the codes of that list's cadres are evidence."""
+    county = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    trust_file = tmp_path / "trust.json"
+    trust_file.write_text(
+        json.dumps({"version": 1, "issued_at": now, "entries": [issuer.trust_entry()]})
+    )
+    with cu.CountyRepository(county.data) as repo:
+        repo.publish_trust(trust_file, now)
+    import sqlite3
+
+    db = sqlite3.connect(county.data / "county.sqlite")
+    with db:
+        db.execute("DELETE FROM issuer_keys")
+    db.close()
+    county.start()
+    try:
+        deadline = time.monotonic() + 10
+        while county.store.issuer_key_count() == 0:
+            assert time.monotonic() < deadline, "the published keys were not taken in"
+            time.sleep(0.05)
+    finally:
+        county.stop()
