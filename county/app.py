@@ -499,6 +499,7 @@ def create_app(
             return _problem(401, str(exc))
         if result.status in (OK, GAP):
             await run_in_threadpool(_record_applied_sets, data, terminal_id, doc)
+            await run_in_threadpool(store.note_clock, terminal_id, clock())
         nonce = bytes.fromhex(doc.get("nonce", "")) if isinstance(doc, dict) else b""
         answer = {
             "protocol": PROTOCOL_VERSION,

@@ -30,6 +30,28 @@ hwsim() { "$PY" -m hwsim.cli "$@"; }
 terminal() { "$PY" -m terminal.cli "$@"; }
 county() { "$PY" -m county.cli "$@"; }
 
+# Each port must be free before anything starts: one line and exit status 2 instead of a
+# server's "Address already in use" traceback half-way through the start.
+port_free() {
+  "$PY" - "$1" <<'PYEOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PYEOF
+}
+for spec in "$SCREEN_PORT:the screen:CANTEEN_SCREEN_PORT" "$CAMERA_PORT:the simulated camera:CANTEEN_CAMERA_PORT" \
+            "$COUNTY_PORT:the county server:CANTEEN_COUNTY_PORT"; do
+  IFS=: read -r port what variable <<<"$spec"
+  if ! port_free "$port"; then
+    echo "run-terminal.sh: error: port $port on 127.0.0.1 ($what) is taken by another program (an earlier run still going?); stop it (\`ss -ltnp 'sport = :$port'\` shows which) or choose another port with $variable=PORT" >&2
+    exit 2
+  fi
+done
+
 if [ ! -f "$RUN/population/trust.json" ]; then
   hwsim issuer --out "$RUN/population" --cadres 40 --units demo-unit,visiting-bureau \
     --cards-fraction 0.3 --seed demo >/dev/null
@@ -73,16 +95,23 @@ interval_s = 30
 jitter_s = 5
 EOF
 
+# Every child is started as "$PY" itself (not through a shell function, which would put a
+# subshell between), so $! is the process to stop. SIGTERM or SIGINT to this script stops
+# them all through the EXIT trap and waits for them: the daemon closes its ledger, and
+# every port is free again when the script has exited.
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
-hwsim camera --port "$CAMERA_PORT" >"$RUN/camera.log" 2>&1 &
+"$PY" -m hwsim.cli camera --port "$CAMERA_PORT" >"$RUN/camera.log" 2>&1 &
 pids+=($!)
-hwsim card-reader --kind rdm6300 --link "$RUN/reader" >"$RUN/reader.log" 2>&1 &
+"$PY" -m hwsim.cli card-reader --kind rdm6300 --link "$RUN/reader" >"$RUN/reader.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   [ -e "$RUN/reader" ] && break
@@ -90,7 +119,7 @@ for _ in $(seq 1 100); do
 done
 
 [ -d "$RUN/county" ] || county ca init --data "$RUN/county" >/dev/null
-county serve --data "$RUN/county" --port "$COUNTY_PORT" >"$RUN/county.log" 2>&1 &
+"$PY" -m county.cli serve --data "$RUN/county" --port "$COUNTY_PORT" >"$RUN/county.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 150); do
   (exec 3<>"/dev/tcp/127.0.0.1/$COUNTY_PORT") 2>/dev/null && break
@@ -121,7 +150,7 @@ From another shell, in $TOP:
 Stop with Ctrl-C.
 
 EOF
-terminal run --config "$RUN/terminal.toml" &
+"$PY" -m terminal.cli run --config "$RUN/terminal.toml" &
 daemon=$!
 pids+=("$daemon")
 set +e

@@ -23,6 +23,7 @@ from terminal.ledger import (
     REJECT,
     REVERSAL,
     SALE,
+    TIME_SIGNAL,
     TOKEN_CHECK,
     EntryDraft,
     Ledger,
@@ -30,6 +31,9 @@ from terminal.ledger import (
 )
 from terminal.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
 from terminal.trust import REVOCATIONS, ROSTER, TrustStore
+
+# How far back (in entries) to look for the newest recorded county time, as the sync does.
+TIME_SIGNAL_LOOKBACK = 5000
 
 NO_SUCH_SALE = "no_such_sale"
 REVERSAL_TOO_LATE = "reversal_too_late"
@@ -66,12 +70,20 @@ class Decision:
 
 
 class TrustedClock:
-    """The terminal's time: the wall clock, never below the newest time already recorded.
+    """The terminal's time: the wall clock, checked against the county and the ledger.
 
     A Pi has no real-time clock and may boot with a clock in the past; a wall
     clock behind the floor is a clock fault, recorded once per episode, and the
     floor is used instead. The floor rises with every ledger entry and with
     signed times from the county server.
+
+    Each sync also judges the wall clock against the county's signed time
+    (``take_county_time``). Beyond the tolerance (``[sync] clock_tolerance_s``)
+    the wall clock is not trusted, fast or slow, and the time is the county's
+    signed time carried on by the monotonic clock, which a wrong or stepping
+    wall clock cannot move. Without such a time in this run (after a restart)
+    nothing is sold until the next sync. docs/sync-protocol.md, "Terminal
+    behaviour", says why.
     """
 
     def __init__(self, floor_ms: int, tolerance_ms: int, earliest_ms: int) -> None:
@@ -79,9 +91,41 @@ class TrustedClock:
         self.tolerance_ms = tolerance_ms
         self.earliest_ms = earliest_ms
         self.in_fault = False
+        # Wall clock minus county time at the last check, when beyond the tolerance;
+        # None while within it (or never checked).
+        self.wall_ahead_ms: int | None = None
+        # (county ms, monotonic ms, wall ms) at the last verified county time of this run.
+        self._county: tuple[int, int | None, int] | None = None
 
-    def read(self, wall_ms: int) -> tuple[int, bool]:
+    def county_now(self, wall_ms: int, mono_ms: int | None = None) -> int | None:
+        """The county's time now, from its last signed time, or None without one this run.
+
+        Carried on by the monotonic clock; a caller without one (a staff action, the
+        closing checkpoint) gets the wall clock's elapsed time, which is the same
+        unless the wall clock stepped since.
+        """
+        if self._county is None:
+            return None
+        server_ms, mono_at, wall_at = self._county
+        if mono_ms is not None and mono_at is not None:
+            elapsed = mono_ms - mono_at
+        else:
+            elapsed = wall_ms - wall_at
+        return server_ms + max(0, elapsed)
+
+    def current(self, wall_ms: int, mono_ms: int | None = None) -> int:
+        """The trusted time now, without starting a clock fault (screens, status)."""
+        if self.wall_ahead_ms is not None:
+            county = self.county_now(wall_ms, mono_ms)
+            return self.floor_ms if county is None else max(county, self.floor_ms)
+        return max(wall_ms, self.floor_ms)
+
+    def read(self, wall_ms: int, mono_ms: int | None = None) -> tuple[int, bool]:
         """(trusted ms, True when this reading starts a new clock fault)."""
+        if self.wall_ahead_ms is not None:
+            # The county showed the wall clock wrong: it is not read at all. With no county
+            # time this run the floor stands still, and sells() refuses.
+            return self.current(wall_ms, mono_ms), False
         if wall_ms + self.tolerance_ms < self.floor_ms:
             started = not self.in_fault
             self.in_fault = True
@@ -92,8 +136,42 @@ class TrustedClock:
     def raise_floor(self, ms: int) -> None:
         self.floor_ms = max(self.floor_ms, ms)
 
+    def take_county_time(
+        self, server_ms: int, mono_ms: int | None, wall_ms: int, tolerance_ms: int
+    ) -> tuple[bool, int | None]:
+        """Take a verified county time, received at ``mono_ms`` / ``wall_ms``.
+
+        Returns (the wall clock's standing changed, the floor before it was lowered
+        or None). A floor more than the tolerance above the county's time was
+        raised by a wall clock that ran ahead: the county's signed time is the
+        better witness, so the floor comes down to it.
+        """
+        ahead = wall_ms - server_ms
+        was_off = self.wall_ahead_ms is not None
+        self.wall_ahead_ms = ahead if abs(ahead) > tolerance_ms else None
+        self._county = (server_ms, mono_ms, wall_ms)
+        lowered: int | None = None
+        if self.floor_ms > server_ms + tolerance_ms:
+            lowered, self.floor_ms = self.floor_ms, server_ms
+            self.in_fault = False
+        else:
+            self.raise_floor(server_ms)
+        return was_off != (self.wall_ahead_ms is not None), lowered
+
+    def restore(self, wall_ahead_ms: int | None) -> None:
+        """At start: the standing the last recorded county time gave the wall clock."""
+        self.wall_ahead_ms = wall_ahead_ms
+
     def trusted(self, now_ms: int) -> bool:
-        return now_ms >= self.earliest_ms
+        """True when the time is plausible and the wall clock agrees with the county's."""
+        return now_ms >= self.earliest_ms and self.wall_ahead_ms is None
+
+    def sells(self, now_ms: int) -> bool:
+        """True when a sale may be decided at ``now_ms``: a plausible time, and either a
+        wall clock that agrees with the county or a county time received this run."""
+        return now_ms >= self.earliest_ms and (
+            self.wall_ahead_ms is None or self._county is not None
+        )
 
 
 def credential_ref(iss: str, cti: bytes) -> str:
@@ -116,15 +194,43 @@ class Checkout:
             settings.clock_fault_tolerance_s * 1000,
             settings.clock_earliest_s * 1000,
         )
+        self._restore_clock()
         genesis = ledger.entry(1)
         # With no acknowledged sync yet, "time since the last sync" counts from the ledger's start.
         self._began_ms = genesis.at_ms if genesis is not None else self.clock.floor_ms
 
     # ---- time ----
 
-    def now(self, wall_ms: int) -> int:
-        """Trusted time for a decision at ``wall_ms``; records a clock fault when one starts."""
-        trusted, fault_started = self.clock.read(wall_ms)
+    def _restore_clock(self) -> None:
+        """Take the wall clock's standing from the newest recorded county time.
+
+        Looks back at most TIME_SIGNAL_LOOKBACK entries, newest first. The floor is
+        the newest time from that entry on: a floor lowered by the county (after a
+        wall clock that ran ahead) stays lowered across a restart.
+        """
+        last = self.ledger.last_seq()
+        newest = 0
+        upper = last
+        while upper >= 1 and last - upper < TIME_SIGNAL_LOOKBACK:
+            lower = max(1, upper - 255)
+            page = list(self.ledger.entries(lower, upper - lower + 1))
+            for entry in reversed(page):
+                newest = max(newest, entry.at_ms)
+                if entry.kind == TIME_SIGNAL:
+                    ahead = entry.detail.get("wall_ahead_ms")
+                    off = entry.detail.get("clock_trusted") is False and type(ahead) is int
+                    self.clock.restore(ahead if off else None)
+                    self.clock.floor_ms = newest
+                    return
+            upper = lower - 1
+
+    def now(self, wall_ms: int, mono_ms: int | None = None) -> int:
+        """Trusted time for a decision at ``wall_ms``; records a clock fault when one starts.
+
+        ``mono_ms`` is the monotonic clock in ms: with it, a wall clock the county
+        found wrong is replaced by the county's time carried on by this clock.
+        """
+        trusted, fault_started = self.clock.read(wall_ms, mono_ms)
         if fault_started:
             self._append(
                 EntryDraft(
@@ -146,12 +252,12 @@ class Checkout:
 
     # ---- QR ----
 
-    def verify_token(self, text: str, wall_ms: int) -> Decision:
+    def verify_token(self, text: str, wall_ms: int, mono_ms: int | None = None) -> Decision:
         """Token checks only (steps 1 to 7, no meal policy), as verify-token does.
 
         Accepted checks are recorded like sales, so they are the replay memory.
         """
-        now_ms = self.now(wall_ms)
+        now_ms = self.now(wall_ms, mono_ms)
         outcome = self._token_checks(text, now_ms)
         if isinstance(outcome, str):
             return self._refuse_token(text, outcome, now_ms, TOKEN_CHECK)
@@ -169,10 +275,10 @@ class Checkout:
         )
         return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
 
-    def present_qr(self, text: str, wall_ms: int) -> Decision:
+    def present_qr(self, text: str, wall_ms: int, mono_ms: int | None = None) -> Decision:
         """A code from the camera: every check, the meal policy, and one ledger entry."""
-        now_ms = self.now(wall_ms)
-        if not self.clock.trusted(now_ms):
+        now_ms = self.now(wall_ms, mono_ms)
+        if not self.clock.sells(now_ms):
             return self._refuse_token(text, policy.CLOCK_UNTRUSTED, now_ms, SALE)
         outcome = self._token_checks(text, now_ms)
         if isinstance(outcome, str):
@@ -251,13 +357,13 @@ class Checkout:
 
     # ---- cards ----
 
-    def present_card(self, uid: bytes, wall_ms: int) -> Decision:
+    def present_card(self, uid: bytes, wall_ms: int, mono_ms: int | None = None) -> Decision:
         """A card UID (canonical bytes) from the reader, looked up in the roster."""
-        now_ms = self.now(wall_ms)
+        now_ms = self.now(wall_ms, mono_ms)
         ref = card_ref(uid)
         reason: str | None = None
         card = self.trust.card(uid)
-        if not self.clock.trusted(now_ms):
+        if not self.clock.sells(now_ms):
             reason = policy.CLOCK_UNTRUSTED
         elif card is None:
             reason = policy.CARD_UNKNOWN

@@ -841,7 +841,16 @@ class Daemon:
             WorkerDesk(self.worker, self.settings, dset.staff_pin),
             secret=session_secret(self.settings.state_dir),
         )
-        self.screen.start()
+        try:
+            self.screen.start()
+        except OSError as exc:
+            # One line, not a traceback: most often an earlier terminal still holds the port.
+            self.screen = None
+            raise config.ConfigError(
+                f"the screen cannot listen on {dset.host} port {dset.port}: {exc.strerror}; "
+                "another program holds it (an earlier terminal still running?): stop it, "
+                "or set another [display] port"
+            ) from None
         log.info("screen at %s", self.screen.url)
 
     def _start_status_socket(self) -> None:
