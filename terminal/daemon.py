@@ -237,6 +237,12 @@ def _log_failure(what: str) -> Callable[[Future[Any]], None]:
     return check
 
 
+def _mono_ms() -> int:
+    """The monotonic clock in ms: a wall clock the county found wrong is replaced by the
+    county's time carried on by this one (TrustedClock)."""
+    return time.monotonic_ns() // 1_000_000
+
+
 def free_mb(path: Path) -> float:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize / (1024 * 1024)
@@ -406,7 +412,7 @@ class DecisionWorker:
         if time.monotonic() - self._last_retain < 3600:
             return
         self._last_retain = time.monotonic()
-        now_ms = max(self._wall_ms(), counter.clock.floor_ms)
+        now_ms = counter.clock.current(self._wall_ms(), _mono_ms())
         try:
             removed = counter.ledger.prune(
                 now_ms - self.dsettings.retention_days * 86_400_000, now_ms
@@ -459,9 +465,13 @@ class DecisionWorker:
                         if isinstance(event, QrPresented):
                             if self.checker is not None:
                                 self.checker.claim(event.text)
-                            decisions.append(counter.present_qr(event.text, self._wall_ms()))
+                            decisions.append(
+                                counter.present_qr(event.text, self._wall_ms(), _mono_ms())
+                            )
                         else:
-                            decisions.append(counter.present_card(event.uid, self._wall_ms()))
+                            decisions.append(
+                                counter.present_card(event.uid, self._wall_ms(), _mono_ms())
+                            )
                     except ledger.LedgerError as exc:
                         log.error("%s", exc)
         except ledger.LedgerError as exc:
@@ -481,7 +491,7 @@ class DecisionWorker:
     def _refresh(self, counter: Checkout) -> None:
         """A snapshot of what health and the status line need; read by other threads."""
         wall = self._wall_ms()
-        now_ms = max(wall, counter.clock.floor_ms)
+        now_ms = counter.clock.current(wall, _mono_ms())
         unsynced, unsynced_fen = counter.ledger.unsynced()
         ages = {}
         for name in trust.LIST_NAMES:
@@ -497,6 +507,10 @@ class DecisionWorker:
             "list_ages_s": ages,
             "clock_trusted": counter.clock.trusted(now_ms) and not counter.clock.in_fault,
             "clock_floor_ms": counter.clock.floor_ms,
+            # Wall clock minus the county's time when beyond [sync] clock_tolerance_s, and
+            # whether sales may go on (on the county's time carried on by the monotonic clock).
+            "clock_ahead_ms": counter.clock.wall_ahead_ms,
+            "clock_sells": counter.clock.sells(now_ms),
             "meal": service.meal.name if service else None,
             "price_fen": service.meal.price_own_fen if service else None,
             "price_visitor_fen": service.meal.price_visitor_fen if service else None,
@@ -564,7 +578,7 @@ class WorkerDesk:
 def _todays_entries(c: Checkout, wall_ms: int) -> tuple[str, int, list[ledger.LedgerEntry]]:
     """(local service day, now ms, that day's entries). An entry with no day of its own (a
     refused code or card: nothing in it named a meal) belongs to the local day of its time."""
-    now_ms = max(wall_ms, c.clock.floor_ms)
+    now_ms = c.clock.current(wall_ms, _mono_ms())
     day = policy.local_day(c.settings, now_ms // 1000)
     todays = [
         e
@@ -632,6 +646,26 @@ class _StatusHandler(socketserver.StreamRequestHandler):
 
 class _StatusServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+
+
+def clock_problem(ahead_ms: int, sells: bool) -> str:
+    """The state's sentence for a wall clock the county's signed time found wrong."""
+    size = round(abs(ahead_ms) / 1000)
+    if size >= 3600:
+        h, m = divmod(round(size / 60), 60)
+        amount = f"{h} h {m} min"
+    else:
+        amount = f"{size // 60} min {size % 60} s" if size >= 60 else f"{size} s"
+    way = "fast" if ahead_ms > 0 else "slow"
+    if sells:
+        return (
+            f"clock not trusted: {amount} {way} by the county's time; selling on the "
+            "county's time; a technician should set the system clock (NTP)"
+        )
+    return (
+        f"clock not trusted: {amount} {way} by the county's time at the last sync; not "
+        "selling until the next sync: connect the network"
+    )
 
 
 def ask_status(state_dir: Path, timeout_s: float = 3.0) -> dict[str, Any]:
@@ -743,7 +777,9 @@ class Daemon:
             done.add_done_callback(_log_failure("applying the county's answer"))
 
             def apply(c: Checkout) -> Any:
-                applied = sync.apply_result(c.ledger, c.clock, result, self._wall_ms(), options)
+                applied = sync.apply_result(
+                    c.ledger, c.clock, result, self._wall_ms(), options, _mono_ms()
+                )
                 # The hash the county now holds, kept outside the ledger (checked at start).
                 state.record_acked(self.settings.state_dir, c.ledger)
                 return applied
@@ -953,7 +989,10 @@ class Daemon:
             problems.append(self.update_notice)
         if self.update_state == "stale":
             problems.append("updates stale: the county's signed timestamp expired; call county IT")
-        if snap and not snap.get("clock_trusted", True):
+        ahead = snap.get("clock_ahead_ms") if snap else None
+        if isinstance(ahead, int):
+            problems.append(clock_problem(ahead, bool(snap.get("clock_sells"))))
+        elif snap and not snap.get("clock_trusted", True):
             problems.append("clock not trusted: connect the network so the time can be set")
         self.problems = problems
         if self._stop.is_set():
