@@ -376,8 +376,11 @@ def status_lines(health: dict[str, Any], now_ms: int) -> list[str]:
     for name, dev in health.get("devices", {}).items():
         age = dev.get("last_activity_age_s")
         age_text = "never" if age is None else f"{age:.1f} s ago"
-        fps = dev.get("fps_measured")
-        rate = "" if fps is None else f", {fps:.1f} frames/s measured"
+        rate = ""
+        if "fps_measured" in dev:
+            fps = dev["fps_measured"]
+            got = "no frames coming" if fps is None else f"{fps:.1f} frames/s measured"
+            rate = f", {got} (settings ask {dev.get('fps_asked')})"
         lines.append(f"  {name}: {dev['state']} (last activity {age_text}{rate}): {dev['detail']}")
     lines.append(
         f"  ledger: {health.get('last_seq')} entries, {health.get('unsynced')} unsynced; "

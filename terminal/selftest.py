@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from terminal import config, ledger, state, trust
 
@@ -160,7 +161,7 @@ def _clock(settings: config.Settings, wall_ms: int, floor_ms: int) -> Check:
 def _camera(settings: config.Settings, timeout_s: float) -> Check:
     try:
         from terminal.daemon import camera_settings
-        from terminal.scanner.camera import open_capture
+        from terminal.scanner.camera import URL, V4L2, open_capture, source_kind
         from terminal.scanner.qr import make_decoder
     except ImportError as exc:
         return Check(
@@ -181,7 +182,20 @@ def _camera(settings: config.Settings, timeout_s: float) -> Check:
             ok, frame = cap.read()
             if ok and frame is not None:
                 h, w = frame.shape[:2]
-                return Check("camera", OK, f"{described}: a {w}x{h} frame read")
+                if source_kind(cam.source) not in (V4L2, URL):
+                    # A file or folder plays at the pace the settings ask: nothing to measure.
+                    return Check("camera", OK, f"{described}: a {w}x{h} frame read")
+                rate = _frame_rate(cap, min(RATE_S, max(0.5, deadline - time.monotonic())))
+                return Check(
+                    "camera",
+                    OK if rate is not None else WARN,
+                    f"{described}: a {w}x{h} frame read; "
+                    + (
+                        f"{rate:.1f} frames/s measured (settings ask {cam.fps})"
+                        if rate is not None
+                        else "then no more frames: check the light and the cable"
+                    ),
+                )
         return Check(
             "camera",
             FAIL,
@@ -189,6 +203,22 @@ def _camera(settings: config.Settings, timeout_s: float) -> Check:
         )
     finally:
         cap.release()
+
+
+RATE_S = 2.0  # how long the camera check counts frames after the first
+
+
+def _frame_rate(cap: Any, seconds: float) -> float | None:
+    """Frames per second the camera delivers, counted for ``seconds``; None if fewer than 2."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            times.append(time.monotonic())
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def _reader(settings: config.Settings) -> Check:

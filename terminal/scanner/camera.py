@@ -12,6 +12,7 @@ the queue is full the event is dropped and counted.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -187,9 +188,37 @@ def open_capture(settings: CameraSettings, kind: str | None = None) -> tuple[Any
     described = (
         f"{kind} {source} via {cap.getBackendName()}: "
         f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))} "
-        f"at {cap.get(cv2.CAP_PROP_FPS):.0f} fps, fourcc {got.strip() or '?'}"
+        f"(the driver claims {cap.get(cv2.CAP_PROP_FPS):.0f} fps), fourcc {got.strip() or '?'}"
     )
     return cap, described
+
+
+RATE_WINDOW_S = 5.0  # the measured frame rate is over the frames of the last few seconds
+
+
+class FrameRate:
+    """Frames per second actually read, over the last ``RATE_WINDOW_S``.
+
+    The rate the settings ask for, and the one the driver claims, are not what a camera
+    delivers (a USB camera in low light, a stream over a slow link): status and selftest
+    show this one. Written by the camera thread, read from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque(maxlen=1024)
+
+    def add(self, at: float) -> None:
+        self._times.append(at)
+
+    def clear(self) -> None:
+        self._times.clear()
+
+    def per_second(self, now: float) -> float | None:
+        """None until two frames came in the window (also when frames stopped)."""
+        times = [t for t in list(self._times) if now - t <= RATE_WINDOW_S]
+        if len(times) < 2 or times[-1] <= times[0]:
+            return None
+        return (len(times) - 1) / (times[-1] - times[0])
 
 
 class Camera:
@@ -222,9 +251,14 @@ class Camera:
         self._strays = StrayFilter(settings.confirm_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rate = FrameRate()
 
     def start(self) -> None:
         self._thread = start_thread(self._thread, self._run, self.name)
+
+    def measured_fps(self) -> float | None:
+        """Frames per second read over the last few seconds; None when none are coming."""
+        return self._rate.per_second(self._clock())
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the thread to end and wait; a driver read can delay it by up to stall_s."""
@@ -244,6 +278,7 @@ class Camera:
                 self._stop.wait(delay)
                 continue
             log.info("%s: opened %s", self.name, described)
+            self._rate.clear()
             self._board.set_state(UP, f"reading {described}", self._clock())
             try:
                 why = self._read_frames(cap, backoff)
@@ -290,6 +325,7 @@ class Camera:
                 continue
             frames += 1
             last_frame_at = now
+            self._rate.add(now)
             self._board.activity(now)
             self._board.count("frames")
             if frames == 1:
