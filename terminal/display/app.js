@@ -43,6 +43,7 @@ const T = {
     reverseNo: "取消",
     reversed: (n, a) => `已撤销 ${a}（记录 #${n}）`,
     window: (m) => `${m} 分钟内可撤销`,
+    aside: (t) => `（${t}）`,  // full-width brackets in Chinese text only
     totalsTitle: "今日统计",
     cols: ["餐次", "笔数", "金额", "撤销", "净额", "拒绝"],
     total: "合计",
@@ -103,6 +104,7 @@ const T = {
     reverseNo: "Cancel",
     reversed: (n, a) => `Reversed ${a} (entry #${n})`,
     window: (m) => `Reversible within ${m} min`,
+    aside: (t) => ` (${t})`,
     totalsTitle: "Today",
     cols: ["Meal", "Sales", "Amount", "Reversed", "Net", "Refused"],
     total: "Total",
@@ -491,7 +493,7 @@ function renderPanel(data) {
     $("reverse-button").hidden = true;
   }
   $("reverse-confirm").hidden = true;
-  if (data.reversal_minutes) put("last-title", `${L.lastTitle}（${L.window(data.reversal_minutes)}）`);
+  if (data.reversal_minutes) put("last-title", L.lastTitle + L.aside(L.window(data.reversal_minutes)));
   renderTotals(data.totals);
 }
 
