@@ -71,6 +71,11 @@ class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
     # Batches held for one terminal while an earlier gap is open.
     max_held_batches: int = 8
+    # Two sales of one cadre are "served twice" only when they happened this close:
+    # longer than any meal window, shorter than the gap between two meals' middles,
+    # so a terminal that labels a cadre's breakfast code "lunch" cannot make the
+    # cadre's real lunch elsewhere a conflict (the signed times are hours apart).
+    meal_span_s: int = 3 * 3600
     # How long a batch held behind a gap waits for the entries before it.
     held_ttl_ms: int = 24 * 3_600_000
     # How long a provisioning code stays valid.
@@ -247,6 +252,7 @@ _SCHEMA = (
         ctr INTEGER,
         day TEXT,
         meal TEXT,
+        t INTEGER NOT NULL,
         at_ms INTEGER NOT NULL,
         hash BLOB NOT NULL,
         received_ms INTEGER NOT NULL,
@@ -927,8 +933,8 @@ class CountyStore:
             return []
         conn.execute(
             "INSERT OR IGNORE INTO evidence (terminal, seq, canteen, method, cadre, name,"
-            " credential, ctr, day, meal, at_ms, hash, received_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " credential, ctr, day, meal, t, at_ms, hash, received_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 terminal_id,
                 e.seq,
@@ -940,6 +946,7 @@ class CountyStore:
                 f["ctr"] if proof.method == evidence.QR else None,
                 f["day"],
                 f["meal"],
+                proof.t,
                 f["at_ms"],
                 e.hash,
                 now_ms,
@@ -982,11 +989,19 @@ class CountyStore:
         row = conn.execute(
             "SELECT v.terminal, v.seq, v.canteen, v.method, v.credential, v.hash, v.at_ms"
             " FROM evidence AS v WHERE v.cadre = ? AND v.day = ? AND v.meal = ?"
-            " AND v.terminal != ?"
+            " AND v.terminal != ? AND abs(v.t - ?) <= ?"
             " AND NOT EXISTS (SELECT 1 FROM entries AS r WHERE r.terminal = v.terminal"
             "   AND r.ref_seq = v.seq AND r.kind = ?)"
             " ORDER BY v.received_ms, v.terminal, v.seq LIMIT 1",
-            (proof.cadre, f["day"], f["meal"], terminal_id, REVERSAL),
+            (
+                proof.cadre,
+                f["day"],
+                f["meal"],
+                terminal_id,
+                proof.t,
+                self.limits.meal_span_s,
+                REVERSAL,
+            ),
         ).fetchone()
         if row is None:
             return []

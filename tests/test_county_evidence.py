@@ -182,6 +182,29 @@ def test_verified_codes_still_make_conflicts(
     assert alarms_of(county, BAD_EVIDENCE) == []
 
 
+def test_a_code_seen_once_cannot_be_moved_to_another_meal(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    """A stolen terminal keeps the codes shown to it. It can neither date one hours later
+    nor label a cadre's breakfast "lunch" to clash with the cadre's real lunch elsewhere."""
+    stolen = provision_terminal(county, tmp_path / "s", "s1", "canteen-s")
+    honest = provision_terminal(county, tmp_path / "h", "h1", "canteen-h")
+    w = wallet(issuer, "P")
+    breakfast = w.draw(T0)
+    record(stolen, qr_sale(w, breakfast, 1, meal="breakfast"), T0_MS)
+    # The same code, dated four hours on as lunch: the phone signed another time.
+    record(stolen, qr_sale(w, breakfast, 1, meal="lunch"), T0_MS + 4 * 3_600_000)
+    # The same code at its own time, but labelled lunch.
+    record(stolen, qr_sale(w, breakfast, 1, meal="lunch"), T0_MS + 1_000)
+    sync(stolen)
+    # The cadre's real lunch, four hours after breakfast, at another canteen.
+    record(honest, qr_sale(w, w.draw(T0 + 4 * 3600), 2), T0_MS + 4 * 3_600_000)
+    sync(honest)
+    assert county.store.conflicts() == []
+    [moved] = [x for x in alarms_of(county, BAD_EVIDENCE) if x["terminal"] == "s1"]
+    assert moved["seq"] == 3 and "presentation_stale" in moved["problem"]
+
+
 # --- 2. cards ----------------------------------------------------------------------------
 
 
