@@ -17,6 +17,7 @@ and slow handshakes, headers and bodies are cut after a timeout.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import socket
 import sqlite3
@@ -26,8 +27,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import h11
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -69,8 +71,9 @@ class HttpLimits:
     # Bytes of a body on any other path but the ledger upload (capped by the store's
     # Limits.max_body_bytes): no other endpoint takes a body at all.
     other_body_bytes: int = 64 * 1024
-    # Seconds for the TLS handshake; asyncio's default is 60 and uvicorn passes none.
-    handshake_timeout_s: float = 10.0
+    # Seconds for the TLS handshake, and again for the TLS close (waiting for the
+    # client's close_notify): asyncio's defaults are 60 and 30, and uvicorn passes none.
+    tls_timeout_s: float = 10.0
     # Seconds from the end of the handshake (or a keep-alive request's first byte) to
     # the end of the request headers, which a terminal sends in one write.
     header_timeout_s: float = 10.0
@@ -224,7 +227,20 @@ class _WithPeerCert:
 
 
 class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the verified client certificate of the TLS connection."""
+    """uvicorn's h11 protocol, plus the verified client certificate of the TLS connection,
+    and deadlines for a request's headers and body (HttpLimits).
+
+    uvicorn itself times out only an idle keep-alive connection: a client that sends
+    one header byte now and then, or a body byte now and then, holds its connection
+    (and a file descriptor) forever. Here the headers must be complete within
+    ``header_timeout_s`` of the handshake or of the next request's first byte, and
+    the body within ``body_timeout_s`` of the headers; a request too slow is answered
+    408 if nothing was answered yet, and the connection is closed.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+    _deadline: asyncio.TimerHandle | None = None
+    _phase = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -234,6 +250,94 @@ class PeerCertH11Protocol(H11Protocol):
         # context verified any certificate against the county CA by then.
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.app = _WithPeerCert(base, der)
+        self._start("headers")
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._start("headers")  # the first byte of the next request on this connection
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()  # a pipelined request may have begun
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        super().connection_lost(exc)
+
+    def _follow(self) -> None:
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            if self._phase != "body":
+                self._start("body")
+        elif state is not h11.IDLE:
+            self._stop()  # the request is in (or the connection is over)
+
+    def _start(self, phase: str) -> None:
+        self._stop()
+        self._phase = phase
+        timeout = self.limits.header_timeout_s if phase == "headers" else self.limits.body_timeout_s
+        self._deadline = self.loop.call_later(timeout, self._too_slow)
+
+    def _stop(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = ""
+
+    def _too_slow(self) -> None:
+        phase, self._deadline = self._phase, None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle if phase == "body" else None
+        if cycle is None or not cycle.response_started:
+            timeout = (
+                self.limits.header_timeout_s if phase == "headers" else self.limits.body_timeout_s
+            )
+            body = json.dumps(
+                {"problem": f"the request {phase} took longer than {timeout:g} s"}
+            ).encode()
+            # Written past h11, which cannot answer a request it has not seen whole.
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+            )
+            if cycle is not None:
+                # What uvicorn does when the client leaves: the app's receive() says
+                # so and anything it still sends is dropped.
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.transport.close()
+
+    @classmethod
+    def with_limits(cls, limits: HttpLimits) -> type[PeerCertH11Protocol]:
+        return type("CountyH11Protocol", (cls,), {"limits": limits})
+
+
+def tls_server_protocol(
+    protocol_class: type[PeerCertH11Protocol], ctx: ssl.SSLContext
+) -> Callable[..., asyncio.BaseProtocol]:
+    """A protocol factory that runs TLS itself around ``protocol_class``, with deadlines.
+
+    loop.create_server takes ssl_handshake_timeout, but uvicorn does not pass it, so
+    a client could hold a connection for 60 s per handshake it never finishes. This
+    is what create_server(ssl=ctx) builds inside (asyncio's SSLProtocol around the
+    HTTP protocol, created on each accepted socket), with the timeouts set."""
+    timeout = protocol_class.limits.tls_timeout_s
+
+    def make(**kwargs: Any) -> asyncio.BaseProtocol:
+        return asyncio.sslproto.SSLProtocol(
+            asyncio.get_running_loop(),
+            protocol_class(**kwargs),
+            ctx,
+            None,  # type: ignore[arg-type]  # no waiter: nobody awaits the handshake
+            server_side=True,
+            ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # a float, as asyncio's own
+            ssl_shutdown_timeout=timeout,
+        )
+
+    return make
 
 
 def peer_cert_der(request: Request) -> bytes | None:
@@ -532,7 +636,7 @@ def _record_applied_sets(data: Path, terminal_id: str, doc: Any) -> None:
         try:
             detail = json.loads(row[15])
             updates.record_applied(data, terminal_id, detail, int(row[2]))
-        except (ValueError, TypeError, OSError, sqlite3.Error):
+        except (ValueError, TypeError, RecursionError, OSError, sqlite3.Error):
             continue  # the entry itself is stored; only the report line is lost
 
 
@@ -567,11 +671,13 @@ class CountyServer:
         wrap: Callable[[ASGIApp], ASGIApp] | None = None,
         log_level: str = "warning",
         refresh_interval_s: float = 60.0,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.data = Path(data)
         db = ca_db_path(self.data) if database_url is None else database_url_path(database_url)
         self.store = CountyStore(db, limits)
-        fastapi_app = create_app(self.data, self.store)
+        self.http_limits = http_limits or HttpLimits()
+        fastapi_app = create_app(self.data, self.store, http_limits=self.http_limits)
         # Signed updates (docs/updates.md): the TUF repository, served read-only.
         from county import updates
 
@@ -587,10 +693,10 @@ class CountyServer:
             app,
             host=host,
             port=port,
-            http=PeerCertH11Protocol,
-            ssl_certfile=str(paths.server_cert),
-            ssl_keyfile=str(paths.server_key),
-            ssl_context_factory=lambda _config, _default: ctx,
+            # TLS is in the protocol factory (no ssl_* options here), for its deadlines.
+            http=tls_server_protocol(  # type: ignore[arg-type]
+                PeerCertH11Protocol.with_limits(self.http_limits), ctx
+            ),
             log_level=log_level,
             access_log=False,
             lifespan="off",

@@ -222,6 +222,8 @@ class Job:
 _STOP = object()
 # Events decided together and made durable by one commit when a queue has built up.
 GROUP_MAX = 32
+# Entries the idle audit re-hashes per idle second (about 30 ms of the worker's time).
+AUDIT_SLICE = 5000
 
 
 def _log_failure(what: str) -> Callable[[Future[Any]], None]:
@@ -282,6 +284,8 @@ class DecisionWorker:
         # set, the worker never opens the ledger for writing and sells nothing.
         self.ledger_problem: str | None = None
         self.ledger_bad_seq: int | None = None
+        # Entries before the start check's mark, re-hashed a slice at a time while idle.
+        self._audit: ledger.ChainAudit | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decision-worker", daemon=True)
@@ -337,6 +341,8 @@ class DecisionWorker:
             self.open_error = exc
             self._opened.set()
             return
+        if check.trusted_to:
+            self._audit = ledger.ChainAudit(book, check.trusted_to)
         self._opened.set()
         try:
             self._refresh(counter)
@@ -345,6 +351,7 @@ class DecisionWorker:
                 try:
                     item = self.queue.get(timeout=1.0)
                 except queue.Empty:
+                    self._audit_step()
                     self._refresh(counter)
                     self._retain(counter)
                     continue
@@ -375,8 +382,28 @@ class DecisionWorker:
         finally:
             if self.checker is not None:
                 self.checker.stop()
-            book.close(counter.now(self._wall_ms()))
+            if self.ledger_problem is None:
+                book.close(counter.now(self._wall_ms()))
+            else:
+                book.close_unsigned()  # a damaged ledger gets no new checkpoint over it
             store.close()
+
+    def _audit_step(self) -> None:
+        """Idle: re-hash the next slice of entries the start check trusted from an earlier
+        start (about 30 ms a slice); a damaged one stops all writing from then on."""
+        audit = self._audit
+        if audit is None or not audit.step(AUDIT_SLICE):
+            return
+        self._audit = None
+        if audit.problem is None:
+            log.info("ledger audit: the %d entries before the start mark are intact", audit.checked)
+            return
+        self.ledger_bad_seq, self.ledger_problem = audit.problem
+        log.error(
+            "ledger audit: %s; not selling, and nothing more is written to %s",
+            self.ledger_problem,
+            state.LEDGER_FILE,
+        )
 
     def _refuse_all(self, check: ledger.StartCheck) -> None:
         """A ledger that failed its check: record nothing, decide nothing, keep the file as
@@ -409,7 +436,7 @@ class DecisionWorker:
 
     def _retain(self, counter: Checkout) -> None:
         """Hourly, while idle: remove acknowledged entries older than the retention."""
-        if time.monotonic() - self._last_retain < 3600:
+        if time.monotonic() - self._last_retain < 3600 or self.ledger_problem is not None:
             return
         self._last_retain = time.monotonic()
         now_ms = counter.clock.current(self._wall_ms(), _mono_ms())
@@ -439,6 +466,11 @@ class DecisionWorker:
             checker.submit(texts, counter.trust.all_issuer_keys())
 
     def _run_job(self, job: Job, counter: Checkout) -> None:
+        if self.ledger_problem is not None:
+            # Found damaged after start: nothing more is marked or appended.
+            if job.reply.set_running_or_notify_cancel():
+                job.reply.set_exception(ledger.LedgerError(f"not selling: {self.ledger_problem}"))
+            return
         if job.reply.set_running_or_notify_cancel():
             try:
                 job.reply.set_result(job.fn(counter))
@@ -446,6 +478,10 @@ class DecisionWorker:
                 job.reply.set_exception(exc)
 
     def _decide_group(self, batch: list[Any], counter: Checkout) -> None:
+        if self.ledger_problem is not None:
+            self.dropped += len(batch)
+            log.warning("not decided (the ledger is damaged): nothing recorded")
+            return
         # Stop before a write can fail: a ledger entry is either whole or absent.
         self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
         if self.disk_low:

@@ -833,6 +833,12 @@ class Ledger:
             self._conn = None
             conn.close()
 
+    def close_unsigned(self) -> None:
+        """Close without a checkpoint: a ledger found damaged is left as it is."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
     def __enter__(self) -> Ledger:
         return self
 
@@ -1153,9 +1159,13 @@ def _verify_chain(
 
 
 def _walk_chain(
-    conn: sqlite3.Connection, prev: bytes, expected: int, checkpoint_hash: dict[int, bytes]
+    conn: sqlite3.Connection,
+    prev: bytes,
+    expected: int,
+    checkpoint_hash: dict[int, bytes],
+    upto: int = _INT64_MAX,
 ) -> tuple[int, tuple[int, str] | None]:
-    """Re-hash entries from ``expected`` on, linked to ``prev``; (last good seq, problem)."""
+    """Re-hash entries ``expected..upto``, linked to ``prev``; (last good seq, problem)."""
     # The hot loop: keep per-row work to slicing, one CBOR encode and one hash.
     sha256 = hashlib.sha256
     dumps = cbor2.dumps
@@ -1163,8 +1173,8 @@ def _walk_chain(
     good_checkpoint = expected - 1
     cursor = conn.execute(
         "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries"
-        " WHERE seq >= ? ORDER BY seq",
-        (expected,),
+        " WHERE seq >= ? AND seq <= ? ORDER BY seq",
+        (expected, upto),
     )
     cursor.arraysize = 1024
     for row in cursor:
@@ -1257,6 +1267,9 @@ class StartCheck:
     first_bad_seq: int | None
     checked: int  # entries re-hashed by this check
     verified_to: ChainMark | None  # the newest signed checkpoint verified: the next start's mark
+    # Entries up to this seq were verified at an earlier start and not re-hashed now:
+    # the daemon audits them while idle (``ChainAudit``). 0 when the whole chain was walked.
+    trusted_to: int = 0
 
 
 def check_at_start(
@@ -1409,7 +1422,89 @@ def _check_at_start(
         mark: ChainMark | None = ChainMark(top, checkpoint_hash[top])
     else:
         mark = None if start is None else ChainMark(*start)
-    return StartCheck(True, None, None, checked, mark)
+    trusted_to = verified.seq if start is not None and verified is not None else 0
+    if start is not None and start == anchor:
+        trusted_to = 0
+    return StartCheck(True, None, None, checked, mark, trusted_to)
+
+
+class ChainAudit:
+    """Re-hash a ledger's entries up to a seq, a slice at a time, on its writer's connection.
+
+    The check at start re-hashes only what came after the last verified checkpoint; this
+    walks the older part while the terminal is idle, so an entry edited there without
+    re-hashing (which leaves every link intact) is still found at every start, without
+    making the start slow. Each ``step`` is short and runs on the decision worker, so it
+    never races the worker's own appends or a prune.
+    """
+
+    def __init__(self, book: Ledger, upto_seq: int) -> None:
+        self._book = book
+        self.upto = upto_seq
+        self.problem: tuple[int, str] | None = None
+        self.checked = 0
+        self._prev = GENESIS_PREV_HASH
+        self._next = 1
+        public = _public_bytes(book._key)
+        self._verifier = Ed25519PublicKey.from_public_bytes(public)
+        self._genesis_detail = canonical_json(
+            {"terminal_id": book.terminal_id, "public_key": public.hex()}
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.problem is not None or self._next > self.upto
+
+    def step(self, limit: int) -> bool:
+        """Re-hash up to ``limit`` more entries; True when the audit is over (done or bad)."""
+        if self.done:
+            return True
+        conn = self._book._db
+        anchor = _prune_anchor(conn)
+        if anchor is not None and self._next <= anchor[0]:
+            # Retention removed the start of the chain: its signed prune point vouches for it.
+            cp = conn.execute(
+                "SELECT hash, signature FROM checkpoints WHERE seq = ?", (anchor[0],)
+            ).fetchone()
+            if cp is None or bytes(cp[0]) != anchor[1] or not self._signed(anchor[0], cp):
+                self.problem = (anchor[0], f"the prune point {anchor[0]} is not signed")
+                return True
+            self._prev, self._next = anchor[1], anchor[0] + 1
+        elif self._next == 1:
+            genesis = conn.execute("SELECT kind, detail FROM entries WHERE seq = 1").fetchone()
+            if genesis is None or genesis[0] != GENESIS or genesis[1] != self._genesis_detail:
+                self.problem = (1, "entry 1 is not the genesis entry for this terminal and key")
+                return True
+        last = min(self.upto, self._next + limit - 1)
+        checkpoint_hash: dict[int, bytes] = {}
+        for cp_seq, cp_hash, signature in conn.execute(
+            "SELECT seq, hash, signature FROM checkpoints WHERE seq >= ? AND seq <= ?",
+            (self._next, last),
+        ):
+            if not self._signed(cp_seq, (cp_hash, signature)):
+                self.problem = (cp_seq, f"checkpoint at entry {cp_seq}: the signature is forged")
+                return True
+            checkpoint_hash[cp_seq] = cp_hash
+        walked, problem = _walk_chain(conn, self._prev, self._next, checkpoint_hash, last)
+        self.checked += max(0, walked - self._next + 1)
+        if problem is None and walked < last:
+            problem = (walked + 1, f"entry {walked + 1} is missing")
+        if problem is not None:
+            self.problem = problem
+            return True
+        self._prev = bytes(
+            conn.execute("SELECT hash FROM entries WHERE seq = ?", (last,)).fetchone()[0]
+        )
+        self._next = last + 1
+        return self.done
+
+    def _signed(self, seq: int, cp: Sequence[Any]) -> bool:
+        message = checkpoint_message(self._book.terminal_id, seq, bytes(cp[0]))
+        try:
+            self._verifier.verify(bytes(cp[1]), message)
+        except InvalidSignature:
+            return False
+        return True
 
 
 # --- export and stats ----------------------------------------------------------------

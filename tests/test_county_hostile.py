@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_sync_support import (
+    FAST,
     County,
     county_fixture,  # noqa: F401  (the county fixture)
     make_county,
@@ -36,7 +37,9 @@ from test_sync_support import (
 
 from county import ca
 from county import updates as county_updates
+from county.app import CountyServer, HttpLimits
 from terminal.ledger import entry_hash
+from terminal.sync import SyncClient
 
 
 def client_context(county: County, term: Any = None) -> ssl.SSLContext:
@@ -536,3 +539,133 @@ def test_bodies_are_capped_before_they_are_read(
     peak_kib = running.status("VmHWM")
     assert peak_kib - before_kib < 64 * 1024, (before_kib, peak_kib)
     assert get(running, "/v1/health")[0] == 200
+
+
+# --- 8. slow clients are cut ---------------------------------------------------------
+
+QUICK = HttpLimits(header_timeout_s=1, body_timeout_s=1, tls_timeout_s=1)
+
+
+@pytest.fixture(name="quick_county")
+def quick_county_fixture(tmp_path: Path) -> Iterator[County]:
+    """A county whose deadlines for the handshake, the headers and the body are 1 s."""
+    county = make_county(tmp_path)
+    county.server = CountyServer(county.data, http_limits=QUICK).start()
+    try:
+        yield county
+    finally:
+        county.stop()
+
+
+def drip_until_closed(
+    socks: list[Any], first: bytes, deadline_s: float, served: Callable[[], None]
+) -> dict[int, bytes]:
+    """Send ``first`` on each socket, then a byte on each now and then, until the server
+    has closed them all; meanwhile ``served()`` must succeed. What each one received."""
+    for sock in socks:
+        sock.sendall(first)
+    received: dict[int, bytes] = {}
+    open_ = {sock.fileno(): sock for sock in socks}
+    deadline = time.monotonic() + deadline_s
+    rounds = 0
+    while open_ and time.monotonic() < deadline:
+        for sock in list(open_.values()):
+            with contextlib.suppress(OSError):  # closed: the read below sees it
+                sock.send(b"x")
+        readable, _, _ = select.select(list(open_.values()), [], [], 0.2)
+        for sock in readable:
+            fd = sock.fileno()
+            try:
+                data = sock.recv(4096)
+            except (ssl.SSLWantReadError, TimeoutError):
+                continue  # part of a record; the rest comes
+            except OSError:
+                data = b""  # reset: closed
+            received[fd] = received.get(fd, b"") + data
+            if not data:
+                del open_[fd]
+        rounds += 1
+        if rounds % 5 == 0:
+            served()
+    assert not open_, f"{len(open_)} of {len(socks)} slow connections still open"
+    return received
+
+
+def tls_connect(county: County, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    assert county.server is not None
+    sock = socket.create_connection(("127.0.0.1", county.server.port), timeout=5)
+    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def test_connections_dripping_headers_are_closed_and_others_served(
+    quick_county: County, tmp_path: Path
+) -> None:
+    county = quick_county
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    ctx = client_context(county)
+    socks = [tls_connect(county, ctx) for _ in range(300)]
+    try:
+
+        def served() -> None:
+            assert request(county, "GET", "/v1/health")[0] == 200
+            client = SyncClient(term.ledger_path, term.identity, FAST)
+            result = client.sync_once(time.monotonic() + 10)
+            assert result.error is None, result.error
+
+        got = drip_until_closed(socks, b"POST /v1/ledger HTTP/1.1\r\nHost: 127.", 30, served)
+    finally:
+        for sock in socks:
+            sock.close()
+    answered = [data for data in got.values() if data]
+    assert answered and all(data.startswith(b"HTTP/1.1 408 ") for data in answered)
+    assert b"headers took longer than 1 s" in answered[0]
+
+
+def test_connections_dripping_a_body_are_answered_408_and_closed(
+    quick_county: County, tmp_path: Path
+) -> None:
+    county = quick_county
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    heads = {
+        "/v1/provision": client_context(county),
+        "/v1/ledger": client_context(county, term),
+    }
+    socks = [tls_connect(county, ctx) for ctx in heads.values() for _ in range(10)]
+    paths = [path for path in heads for _ in range(10)]
+    try:
+        for sock, path in zip(socks, paths, strict=True):
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 5000\r\n\r\n{".encode()
+            )
+
+        def served() -> None:
+            assert request(county, "GET", "/v1/health")[0] == 200
+
+        got = drip_until_closed(socks, b'"', 30, served)
+    finally:
+        for sock in socks:
+            sock.close()
+    answered = [data for data in got.values() if data]
+    assert answered and all(data.startswith(b"HTTP/1.1 408 ") for data in answered)
+    assert b"body took longer than 1 s" in answered[0]
+
+
+def test_unfinished_tls_handshakes_are_cut(quick_county: County) -> None:
+    county = quick_county
+    assert county.server is not None
+    # A TLS record header promising a ClientHello that never comes whole.
+    socks = [
+        socket.create_connection(("127.0.0.1", county.server.port), timeout=5) for _ in range(50)
+    ]
+    try:
+        drip_until_closed(
+            socks,
+            b"\x16\x03\x01\x02\x00\x01",
+            30,
+            lambda: None,
+        )
+    finally:
+        for sock in socks:
+            sock.close()
+    assert request(county, "GET", "/v1/health")[0] == 200

@@ -106,7 +106,7 @@ def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: 
         )
         assert status.returncode == 1
         first = status.stdout.splitlines()[0]
-        assert first.startswith("degraded: ledger damaged"), status.stdout
+        assert first.startswith("degraded") and "ledger damaged at entry" in first, status.stdout
         assert daemon.ask_status(state_dir)["ledger_problem"]
 
         if Path(CHROMIUM).exists():
@@ -149,6 +149,45 @@ def test_an_amount_changed_while_stopped_is_refused_at_start(
     )
     assert not ledger.verify_file(book).ok
     assert_refuses(settings_path, reader, book, seq)
+
+
+def tail(book: Path) -> tuple[int, int]:
+    """(last entry, last checkpoint), read-only."""
+    conn = sqlite3.connect(f"{book.as_uri()}?mode=ro", uri=True)
+    try:
+        entries = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
+        checkpoints = conn.execute("SELECT max(seq) FROM checkpoints").fetchone()[0]
+    finally:
+        conn.close()
+    return entries, checkpoints
+
+
+def test_an_older_entry_edited_without_rehashing_is_found_by_the_idle_audit(
+    tmp_path: Path, reader: ReaderPty
+) -> None:
+    """Before the mark, links stay intact: the start passes, the idle audit then finds it."""
+    settings_path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
+    install_lists(tmp_path / "state")
+    book = tmp_path / "state" / state.LEDGER_FILE
+    sell(settings_path, reader, 1)  # the sale is entry 2; the run closes with a checkpoint
+    sell(settings_path, reader, 1)  # this start verifies up to 2 and keeps it as its mark
+    sqlite3_cli(
+        book, "DROP TRIGGER entries_only_ack; UPDATE entries SET amount_fen = 1 WHERE seq = 2;"
+    )
+    before = tail(book)
+    assert before == (3, 3)
+    run = Running(settings_path)
+    try:
+        wait_for(lambda: "ledger damaged at entry 2" in run.d.sentence, what="the audit")
+        assert run.d.state == daemon.DEGRADED
+        wait_for(lambda: run.d.reader.health().up, what="reader up")
+        reader.swipe(CARD_UID)
+        wait_for(lambda: run.d.worker.dropped == 1, what="the swipe to be refused")
+        assert run.d.worker.decisions == 0
+    finally:
+        run.stop()
+    # Nothing was written once it was found, not even a closing checkpoint.
+    assert tail(book) == before
 
 
 def rehash_and_resign(book: Path, key_file: Path, seq: int, amount_fen: int) -> None:
