@@ -84,3 +84,48 @@ def test_the_example_settings_show_the_embedded_defaults() -> None:
         )
         == 2
     )
+
+
+def test_config_check_says_what_run_will_find(tmp_path: Path) -> None:
+    pty_master, pty_slave = os.openpty()
+    reader = os.ttyname(pty_slave)
+    try:
+        file = tmp_path / "terminal.toml"
+        file.write_text(
+            '[terminal]\nstate_dir = "new/state"\n[daemon]\ncamera = true\nreader = true\n'
+            '[camera]\nsource = "/dev/no-such-camera"\n'
+            f'[reader]\nport = "{reader}"\n',
+            encoding="utf-8",
+        )
+        ok = run("config", "check", str(file))
+        assert ok.returncode == 0, ok.stderr
+        lines = ok.stdout.splitlines()
+        assert f"state directory {tmp_path / 'new' / 'state'}: will be created" in lines[1]
+        assert lines[2].startswith("  camera /dev/no-such-camera: missing now; `run` starts")
+        assert "opens it when it appears" in lines[2]
+        assert lines[3] == f"  card reader {reader}: present"
+        assert not (tmp_path / "new").exists()  # checking creates nothing
+
+        (tmp_path / "state").mkdir()
+        file.write_text(
+            file.read_text(encoding="utf-8").replace("new/state", "state"), encoding="utf-8"
+        )
+        assert "exists, writable" in run("config", "check", str(file)).stdout
+
+        (tmp_path / "afile").write_text("", encoding="utf-8")
+        file.write_text(
+            file.read_text(encoding="utf-8").replace('"state"', '"afile/state"'),
+            encoding="utf-8",
+        )
+        bad = run("config", "check", str(file))
+        assert bad.returncode == 2 and bad.stdout == ""
+        assert bad.stderr.count("\n") == 1
+        assert "state_dir" in bad.stderr and "cannot be created" in bad.stderr
+        assert "is not a directory" in bad.stderr
+        # `run` with the same file stops the same way (one line, exit 2), before any device.
+        ran = run("run", "--config", str(file))
+        assert ran.returncode == 2 and "cannot create the state directory" in ran.stderr
+        assert "Traceback" not in ran.stderr
+    finally:
+        os.close(pty_master)
+        os.close(pty_slave)
