@@ -486,7 +486,15 @@ def cmd_selftest(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from terminal.demo import run_demo
 
-    return run_demo(a.state, a.config)
+    if a.state is None:
+        return run_demo(a.state, a.config)
+    held = state.lock(
+        a.state, "canteen-terminal demo", "leave out --state: the demo runs in a temporary one"
+    )
+    try:
+        return run_demo(a.state, a.config)
+    finally:
+        held.release()
 
 
 # ---- wiring ----
