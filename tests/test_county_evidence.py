@@ -29,7 +29,14 @@ from county.store import BAD_EVIDENCE, UNSIGNED, Limits
 from terminal import trust
 from terminal import updates as tu
 from terminal.checkout import TrustedClock
-from terminal.ledger import ACCEPT, SALE, EntryDraft, checkpoint_message, entry_hash
+from terminal.ledger import (
+    ACCEPT,
+    SALE,
+    EntryDraft,
+    checkpoint_message,
+    entry_hash,
+    load_or_create_signing_key,
+)
 from terminal.sync import SyncClient, apply_result
 
 T0 = T0_MS // 1000
@@ -577,5 +584,48 @@ def test_a_county_takes_the_keys_of_a_trust_list_published_before(
         while county.store.issuer_key_count() == 0:
             assert time.monotonic() < deadline, "the published keys were not taken in"
             time.sleep(0.05)
+    finally:
+        county.stop()
+
+
+def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    """Entry details are read twice at the county (evidence, applied sets): a detail nested
+    100,000 deep in a correctly chained and signed batch is stored and answered 200, so the
+    terminal is not told to retry a batch forever."""
+    county = make_county(tmp_path)
+    cu.init_repository(county.data, tmp_path / "root-keys", int(time.time()))
+    county.start()
+    try:
+        term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        sync(term)
+        deep = "[" * 100_000 + "]" * 100_000
+        with county.store._lock:
+            seq, prev = county.store._conn.execute(
+                "SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'"
+            ).fetchone()
+        rows: list[list[Any]] = []
+        for kind in ("config_applied", SALE):
+            seq += 1
+            fields = [seq, secrets.token_hex(8), T0_MS, kind, ACCEPT, None, "qr"]
+            fields += ["iss/x", "qr/iss/00", 1, "u", DAY, "lunch", 0, None, deep]
+            digest = entry_hash(prev, fields)
+            rows.append([*fields, prev.hex(), digest.hex()])
+            prev = digest
+        key = load_or_create_signing_key(term.root / "terminal-key.pem")
+        last = rows[-1]
+        signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
+        answer = _post(
+            term,
+            {
+                "nonce": "",
+                "entries": rows,
+                "checkpoints": [[last[0], last[17], 0, signature.hex()]],
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["accepted"] == 2
+        assert [x["seq"] for x in alarms_of(county, BAD_EVIDENCE)] == [last[0]]
     finally:
         county.stop()
