@@ -80,6 +80,9 @@ class Settings:
     # Tables read by other modules (camera, reader, daemon, sync, display), already merged
     # over the defaults; each module reads its own with ``section()`` and the same strictness.
     extra: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+    # Unit code -> the unit's name, shown to staff instead of the bare code (optional:
+    # neither tokens nor the roster carry names; county IT sets them with the settings).
+    unit_names: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def section(self, name: str) -> Section:
         """Typed access to one of the other modules' tables; unknown options stay errors."""
@@ -158,6 +161,18 @@ class Section:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{self._where(option)}: must be a list of non-empty texts")
         return list(value)
+
+    def get_name_table(self, option: str, limit: int = 64) -> dict[str, str]:
+        """A table of non-empty texts by non-empty key, each at most ``limit`` characters."""
+        value = self._raw(option)
+        if not isinstance(value, dict):
+            raise ConfigError(f'{self._where(option)}: must be a table such as {{ code = "name" }}')
+        for key, name in value.items():
+            if not isinstance(name, str) or not name.strip() or len(name) > limit:
+                raise ConfigError(
+                    f"{self._where(option)}: {key}: must be a name of 1 to {limit} characters"
+                )
+        return dict(value)
 
     def get_time(self, option: str) -> dt.time:
         value = self.get_str(option)
@@ -300,6 +315,7 @@ def _build(data: dict[str, Any], origin: str, base: Path) -> Settings:
         clock_earliest_s=int(earliest.timestamp()),
         source=origin,
         extra={k: v for k, v in data.items() if k not in _CORE_TABLES and isinstance(v, dict)},
+        unit_names=canteen.get_name_table("unit_names"),
     )
     for section in (term, canteen, tokens, caps_s, lists_s, clock):
         section.check_unused()

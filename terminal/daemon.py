@@ -586,6 +586,7 @@ class WorkerDesk:
                 meal=sale.meal,
                 amount_fen=sale.amount_fen,
                 method=sale.method or "",
+                unit_name=c.settings.unit_names.get(sale.unit or ""),
             )
 
         return self.worker.call(find)
@@ -944,6 +945,7 @@ class Daemon:
             "reason": e.reason,
             "display_name": decision.display_name,
             "unit": e.unit,
+            "unit_name": counter.settings.unit_names.get(e.unit or ""),
             "meal": e.meal,
             "amount_fen": e.amount_fen,
             "method": e.method,
@@ -976,6 +978,11 @@ class Daemon:
                     "opens": h.opens,
                     "counters": dict(h.counters),
                 }
+                if part is self.camera:
+                    # What the camera delivers, not what the settings ask (status, selftest).
+                    fps = part.measured_fps()
+                    devices[h.device]["fps_measured"] = None if fps is None else round(fps, 1)
+                    devices[h.device]["fps_asked"] = part.settings.fps
                 if part is self.camera:
                     # What the camera delivers, not what the settings ask (status, selftest).
                     fps = part.measured_fps()

@@ -161,6 +161,7 @@ class CheckoutDesk:
             meal=sale.meal,
             amount_fen=sale.amount_fen,
             method=sale.method or "",
+            unit_name=self.t.c.settings.unit_names.get(sale.unit or ""),
         )
 
     def reverse(self, sale_seq: int, staff: str, within_s: int) -> Reversal | Refusal:

@@ -281,7 +281,8 @@ function showDecision(d, ageMs, fresh) {
   box.className = ok ? "accept" : "reject";
   put("verdict-mark", ok ? "✓" : "✗");
   put("verdict-title", ok ? L.paid : (d.reason_text || L.refused));
-  const who = [d.display_name, d.unit].map(clean).filter(Boolean).join(" · ");
+  // The unit's name when the settings give one, else its code.
+  const who = [d.display_name, d.unit_name || d.unit].map(clean).filter(Boolean).join(" · ");
   put("verdict-who", who);
   if (ok) {
     put("verdict-what", [d.meal_label, yuan(d.amount_fen)].map(clean).filter(Boolean).join("  "));
@@ -479,7 +480,7 @@ function renderPanel(data) {
     const c = lastCharge;
     const lines = [
       [localTime(c.at_ms, false), L[c.method] || ""],
-      [c.display_name, c.unit],
+      [c.display_name, c.unit_name || c.unit],
       [c.meal_label, yuan(c.amount_fen)],
     ];
     box.replaceChildren(...lines.map((parts) => {

@@ -24,10 +24,11 @@ class Charge:
     seq: int  # ledger sequence number of the sale
     at_ms: int  # trusted time of the sale, Unix ms UTC
     display_name: str | None  # the cadre's name, when the terminal still knows it
-    unit: str | None
+    unit: str | None  # unit code
     meal: str | None
     amount_fen: int
     method: str  # "qr" or "card"
+    unit_name: str | None = None  # the unit's name from the settings, when they have one
 
 
 @dataclass(frozen=True)

@@ -578,6 +578,7 @@ class _Handler(BaseHTTPRequestHandler):
             "at_ms": charge.at_ms,
             "display_name": views.clean_text(charge.display_name, views.MAX_NAME),
             "unit": views.clean_text(charge.unit, views.MAX_NAME),
+            "unit_name": views.clean_text(charge.unit_name, views.MAX_NAME),
             "meal": views.clean_text(charge.meal, views.MAX_NAME),
             "meal_label": views.meal_label(charge.meal, lang),
             "amount_fen": charge.amount_fen,

@@ -47,7 +47,8 @@ class DecisionView(TypedDict, total=False):
     verdict: str  # "accept" or "reject"
     reason: str | None  # reason code (docs/reasons.md) for a refusal
     display_name: str | None
-    unit: str | None
+    unit: str | None  # unit code
+    unit_name: str | None  # the unit's name from the settings ([canteen] unit_names), if any
     meal: str | None  # meal window name
     amount_fen: int
     method: str  # "qr" or "card"
@@ -127,6 +128,7 @@ def decision(view: dict[str, Any] | DecisionView, language: str) -> dict[str, An
         "reason_todo": None if accepted else reason_todo,
         "display_name": clean_text(raw.get("display_name"), MAX_NAME),
         "unit": clean_text(raw.get("unit"), MAX_NAME),
+        "unit_name": clean_text(raw.get("unit_name"), MAX_NAME),
         "meal": clean_text(raw.get("meal"), MAX_NAME),
         "meal_label": meal_label(raw.get("meal"), language),
         "amount_fen": _int(raw.get("amount_fen")),
