@@ -983,11 +983,6 @@ class Daemon:
                     fps = part.measured_fps()
                     devices[h.device]["fps_measured"] = None if fps is None else round(fps, 1)
                     devices[h.device]["fps_asked"] = part.settings.fps
-                if part is self.camera:
-                    # What the camera delivers, not what the settings ask (status, selftest).
-                    fps = part.measured_fps()
-                    devices[h.device]["fps_measured"] = None if fps is None else round(fps, 1)
-                    devices[h.device]["fps_asked"] = part.settings.fps
         return {
             "state": self.state,
             "sentence": self.sentence,
