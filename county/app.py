@@ -170,7 +170,8 @@ def json_object(raw: bytes, content_type: str | None, what: str) -> dict[str, An
     """A JSON object from a request body, or Malformed with a line a person can act on."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json":
-        raise Malformed(f"{what} must be sent as application/json, not {media or 'untyped'}")
+        shown = media[:40] or "no Content-Type"
+        raise Malformed(f"{what} must be sent as application/json, not {shown}")
     if not raw.strip():
         raise Malformed(f"{what} is empty")
 
@@ -187,8 +188,9 @@ def json_object(raw: bytes, content_type: str | None, what: str) -> dict[str, An
         raise Malformed(f"{what} is not JSON in UTF-8 with integers of sane size") from None
     if not isinstance(doc, dict):
         raise Malformed(f"{what} must be a JSON object, not {type(doc).__name__}")
-    # One pass, without recursion (json allows nesting deeper than a Python stack):
-    # every text must be storable (no lone surrogates) and every integer fit 64 bits.
+    # One pass without recursion (a document nested just under the parser's limit
+    # would overflow a recursive walk): every text must be storable (no lone
+    # surrogates) and every integer fit 64 bits.
     stack: list[Any] = [doc]
     while stack:
         item = stack.pop()
