@@ -162,13 +162,14 @@ def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
     try:
         # A second writer beside the daemon would mark entries and record county times
         # on its own terms: the daemon syncs by itself.
-        held = state.lock(
-            a.state,
-            "canteen-terminal sync",
-            "let the daemon sync by itself ('canteen-terminal status' shows its last sync)",
-        )
-        settings = load_sync_settings(a.config)
+        if Path(a.state).is_dir():  # a mistyped DIR is not created, only not provisioned
+            held = state.lock(
+                a.state,
+                "canteen-terminal sync",
+                "let the daemon sync by itself ('canteen-terminal status' shows its last sync)",
+            )
         identity = load_identity(a.state)
+        settings = load_sync_settings(a.config)
         ledger_path = Path(a.ledger) if a.ledger else state.StatePaths(Path(a.state)).ledger
         if not ledger_path.is_file():
             raise SyncError(f"no ledger at {ledger_path}: nothing to sync")
@@ -187,7 +188,8 @@ def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         return _error(err, str(exc))
     finally:
         book.close()
-        held.release()
+        if held is not None:
+            held.release()
 
 
 def _sync_once(
