@@ -162,7 +162,8 @@ def test_status_command_asks_the_running_daemon(tmp_path: Path, reader: ReaderPt
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["state"] == "ready"
         human = run_cli("status", "--config", str(path))
-        assert human.returncode == 0 and human.stdout.startswith("ready: ")
+        # Not provisioned: the first line says the terminal works offline only.
+        assert human.returncode == 0 and human.stdout.startswith("ready, offline only: ")
         assert "reader: up" in human.stdout
     finally:
         d.request_stop()
