@@ -194,6 +194,8 @@ class Screen:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.dropped = 0  # streams dropped for falling behind (for health and tests)
+        self.evicted = 0  # streams closed to make room for a newer one
+        self._evicted_logged = -3600.0
 
     # ---- life ----
 
@@ -316,7 +318,17 @@ class Screen:
                 del self._streams[oldest]
                 if not oldest.offer(None):
                     oldest.cut()
-                log.warning("screen: all %d event streams taken; closed the oldest", len(others))
+                self.evicted += 1
+                # Once a minute at most: a process reconnecting in a loop must not flood the log.
+                now = time.monotonic()
+                if now - self._evicted_logged >= 60:
+                    self._evicted_logged = now
+                    log.warning(
+                        "screen: all %d event streams taken; closed the oldest without a kiosk "
+                        "session (%d so far)",
+                        self.settings.max_clients,
+                        self.evicted,
+                    )
             # The hello is queued under the same lock as broadcasts: nothing is missed or doubled.
             stream.offer(
                 f"retry: {RECONNECT_MS}\n".encode() + _event("hello", self._snapshot_locked())
