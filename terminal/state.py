@@ -243,6 +243,16 @@ def check_ledger(root: str | Path) -> StartCheck:
     """
     paths = StatePaths(Path(root))
     if not paths.ledger.exists():
+        if paths.acked.exists() or paths.verified.exists():
+            # A new ledger here would start a second history under the same terminal.
+            return StartCheck(
+                False,
+                f"the ledger {paths.ledger} is gone, but this terminal has had one: "
+                "restore it from backup or call county IT",
+                1,
+                0,
+                None,
+            )
         return StartCheck(True, None, None, 0, None)
     if not paths.key.exists():
         return StartCheck(

@@ -283,3 +283,7 @@ def test_the_start_check_is_read_only_and_fast_from_its_mark(tmp_path: Path) -> 
     again = state.check_ledger(paths.root)
     assert again.ok and again.checked == 10
     assert again.verified_to is not None and again.verified_to.seq == 211
+    # A terminal that had a ledger does not quietly start a new one.
+    paths.ledger.rename(paths.root / "elsewhere.sqlite")
+    gone = state.check_ledger(paths.root)
+    assert not gone.ok and gone.problem is not None and "is gone" in gone.problem
