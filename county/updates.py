@@ -867,6 +867,10 @@ def validate_settings(file: str | Path, canteen: str | None) -> bytes:
         raise SettingsRefused(f"{path}: not UTF-8 text; nothing published") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsRefused(f"{path}: not valid TOML: {exc}; nothing published") from None
+    except RecursionError:
+        raise SettingsRefused(
+            f"{path}: nested deeper than any setting needs; nothing published"
+        ) from None
     for section, options in _DEVICE_OPTIONS.items():
         table = doc.get(section)
         if isinstance(table, dict):

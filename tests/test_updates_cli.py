@@ -154,3 +154,20 @@ def test_server_parts_refresher_and_conflicts(tmp_path: Path) -> None:
             store.close()
     finally:
         server.stop()
+
+
+def test_a_settings_file_nested_too_deep_is_one_line_and_nothing_published(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, keys = tmp_path / "county", tmp_path / "offline"
+    assert county("updates", "init", "--data", str(data), "--root-keys", str(keys)) == 0
+    capsys.readouterr()
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[meals]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    with cu.CountyRepository(data) as repo:
+        before = repo.timestamp().signed.version
+    assert county("publish", "settings", "--data", str(data), "--all", str(deep)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing published" in err
+    with cu.CountyRepository(data) as repo:
+        assert repo.timestamp().signed.version == before
