@@ -669,3 +669,12 @@ def test_unfinished_tls_handshakes_are_cut(quick_county: County) -> None:
         for sock in socks:
             sock.close()
     assert request(county, "GET", "/v1/health")[0] == 200
+
+
+def test_openapi_still_describes_the_provisioning_body(county: County) -> None:
+    status, body = request(county, "GET", "/openapi.json")
+    assert status == 200
+    post = json.loads(body)["paths"]["/v1/provision"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"code", "csr", "ledger_key", "nonce"} <= set(schema["properties"])
+    assert "413" in post["responses"]
