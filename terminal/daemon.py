@@ -831,7 +831,10 @@ class Daemon:
                 )
             self.last_sync = result.summary()
             if online:
-                self._refresh_updates()
+                # Expiry is judged on the county's signed time just received, carried on by
+                # the monotonic clock: never on a wall clock that may be far behind.
+                at_ms = client.county_time_ms() if result.server_ms is not None else None
+                self._refresh_updates(at_ms)
 
         self.sync = sync.SyncSchedule(client, options, arrived)
         self.sync.start(first_delay_s=0.5)
@@ -863,16 +866,20 @@ class Daemon:
         except Exception as exc:
             log.error("recording the update set in force failed: %s", exc)
 
-    def _refresh_updates(self) -> None:
+    def _refresh_updates(self, at_ms: int | None) -> None:
         """In the sync thread, after a sync: fetch and verify a newer set, then let the
-        decision worker apply it between two decisions."""
+        decision worker apply it between two decisions. ``at_ms``: the trusted time that
+        judges expiry (None: there is none, and the refresh waits)."""
         from terminal import updates
 
         state_dir = self.settings.state_dir
+        if at_ms is None:
+            self.update_state = "waiting for the county's time"
+            return
         try:
             # A new client each time: a pooled connection from before an outage may be
             # black-holed and would hold the refresh until its read timeout.
-            prepared = updates.updater_for_county(state_dir).prepare_in_force()
+            prepared = updates.updater_for_county(state_dir).prepare_in_force(at_ms)
         except updates.NotPinned:
             self.update_state = "not pinned"
             return

@@ -20,6 +20,7 @@ trusts a byte that python-tuf has not verified against the pinned root.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -444,7 +445,7 @@ class TerminalUpdater:
 
     # ---- fetch and verify (network; no trust.sqlite writes) ----
 
-    def _updater(self) -> Updater:
+    def _updater(self, at_ms: int | None = None) -> Updater:
         if not (self.paths.tuf / "root.json").is_file():
             raise NotPinned(
                 f"{self.paths.tuf}: no county root is pinned; provision this terminal "
@@ -460,7 +461,7 @@ class TerminalUpdater:
         )
         # bootstrap=None: the trust anchor is the root.json in our own state directory,
         # pinned at provisioning and since then only replaced through verified rotations.
-        return Updater(
+        updater = Updater(
             str(self.paths.tuf),
             self.base + "metadata/",
             str(self.paths.staging),
@@ -469,17 +470,30 @@ class TerminalUpdater:
             config=cfg,
             bootstrap=None,
         )
+        if at_ms is not None:
+            # python-tuf judges expiry at the system clock when its trusted set is made. A
+            # Pi without a real-time clock may boot far behind and would take expired
+            # metadata (a freeze attack); the terminal's trusted time judges instead.
+            updater._trusted_set.reference_time = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC)
+        return updater
 
-    def prepare(self, applied: dict[str, Any] | None, shard_hashes: dict[str, str]) -> PreparedSet:
+    def prepare(
+        self,
+        applied: dict[str, Any] | None,
+        shard_hashes: dict[str, str],
+        at_ms: int | None = None,
+    ) -> PreparedSet:
         """Refresh the metadata and fetch what differs from ``applied``; verified and parsed.
 
         ``applied`` is ``TrustStore.applied_update_set()``; ``shard_hashes`` is
-        ``TrustStore.revocation_shard_hashes()``. Raises an ``UpdateError`` subclass.
+        ``TrustStore.revocation_shard_hashes()``. ``at_ms`` is the trusted time
+        (Unix ms) every expiry is judged at; None: the system clock (a command run
+        by a technician who checked it). Raises an ``UpdateError`` subclass.
         """
         with self._lock():
             self.fetcher.start()
             try:
-                return self._prepare(applied or {}, shard_hashes)
+                return self._prepare(applied or {}, shard_hashes, at_ms)
             except UpdateError:
                 raise
             except tuf_errors.ExpiredMetadataError as exc:
@@ -501,15 +515,16 @@ class TerminalUpdater:
             except OSError as exc:
                 raise UpdateUnavailable(f"cannot reach the county or write: {exc}") from None
 
-    def prepare_in_force(self) -> PreparedSet:
+    def prepare_in_force(self, at_ms: int | None = None) -> PreparedSet:
         """``prepare`` against the set in force, read through a connection of its own, so
-        the sync thread never touches the decision worker's trust store."""
+        the sync thread never touches the decision worker's trust store. ``at_ms`` as
+        for ``prepare`` (the daemon passes the county's signed time)."""
         store = trust.TrustStore(self.paths.trust)
         try:
             applied, shards = store.applied_update_set(), store.revocation_shard_hashes()
         finally:
             store.close()
-        return self.prepare(applied, shards)
+        return self.prepare(applied, shards, at_ms)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -521,8 +536,10 @@ class TerminalUpdater:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def _prepare(self, applied: dict[str, Any], shard_hashes: dict[str, str]) -> PreparedSet:
-        updater = self._updater()
+    def _prepare(
+        self, applied: dict[str, Any], shard_hashes: dict[str, str], at_ms: int | None
+    ) -> PreparedSet:
+        updater = self._updater(at_ms)
         updater.refresh()
         snapshot = Metadata.from_file(str(self.paths.tuf / "snapshot.json"))
         timestamp = Metadata.from_file(str(self.paths.tuf / "timestamp.json"))
@@ -968,7 +985,9 @@ def update_once(updater: TerminalUpdater, store: trust.TrustStore, now: int) -> 
     """Prepare and apply in the calling thread (commands, tests); records the outcome."""
     state = updater.paths.state
     try:
-        prepared = updater.prepare(store.applied_update_set(), store.revocation_shard_hashes())
+        prepared = updater.prepare(
+            store.applied_update_set(), store.revocation_shard_hashes(), now * 1000
+        )
         result = apply(state, store, prepared, now)
     except UpdateError as exc:
         record_refresh(state, {"at": now, "ok": False, "kind": exc.kind, "reason": str(exc)})
