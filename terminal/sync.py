@@ -955,6 +955,9 @@ class SyncClient:
         """(acked seq, where to continue) from one answer, or raise."""
         if status >= 500:
             raise NetworkError(f"the county server failed: {_problem_text(answer, status)}")
+        if status == 408:
+            # The county cut a request that arrived too slowly: the link, not the data.
+            raise NetworkError(f"the county server timed out: {_problem_text(answer, status)}")
         if status not in (200, 409):
             raise ServerRefused(
                 f"the county server refused the upload: {_problem_text(answer, status)}"

@@ -139,3 +139,36 @@ def test_ten_thousand_entries_exactly_once_through_faults(tmp_path: Path) -> Non
     finally:
         proxy.stop()
         county.stop()
+
+
+def test_a_408_from_the_county_is_a_network_failure_not_a_refusal(tmp_path: Path) -> None:
+    """The county answers 408 to a request that dripped in too slowly: the link is bad,
+    the data is not, so the terminal retries on the ordinary backoff."""
+
+    def wrap(app: faultproxy.ASGIApp) -> faultproxy.ASGIApp:
+        async def slow_link(scope, receive, send):  # type: ignore[no-untyped-def]
+            if scope["type"] == "http" and scope["path"] == "/v1/ledger":
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 408,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b'{"problem": "too slow"}'})
+                return
+            await app(scope, receive, send)
+
+        return slow_link
+
+    county = make_county(tmp_path).start(wrap=wrap)
+    try:
+        term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+        book = term.open_ledger()
+        append_entries(book, 3)
+        book.close()
+        result = SyncClient(term.ledger_path, term.identity, FAST).sync_once(time.monotonic() + 10)
+        assert result.error_kind == "network", result.error
+        assert "timed out" in (result.error or "")
+    finally:
+        county.stop()
