@@ -89,8 +89,13 @@ def cmd_provision(
     err = err or sys.stderr
     try:
         paths = state.prepare(a.state)
-        key = ledger.load_or_create_signing_key(paths.key)
-        identity = provision(paths.root, a.server, a.code, key.public_key().public_bytes_raw())
+        # New keys and a new identity under a running daemon would not be the ones it uses.
+        held = state.lock(paths.root, "canteen-terminal provision", "provision another DIR")
+        try:
+            key = ledger.load_or_create_signing_key(paths.key)
+            identity = provision(paths.root, a.server, a.code, key.public_key().public_bytes_raw())
+        finally:
+            held.release()
         existing = None
         if paths.ledger.exists():
             from terminal.sync import LedgerReader

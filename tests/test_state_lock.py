@@ -94,6 +94,19 @@ def test_commands_refuse_a_state_directory_the_daemon_holds(tmp_path: Path) -> N
             "next sync",
         )
         assert_refused(cli("update", "fetch", "--state", str(state_dir)), state_dir, "by itself")
+        assert_refused(
+            cli(
+                "provision",
+                "--state",
+                str(state_dir),
+                "--server",
+                "https://127.0.0.1:9",
+                "--code",
+                "00-" + "a" * 26,
+            ),
+            state_dir,
+            "another DIR",
+        )
         second = cli("run", "--config", str(settings_path))
         assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
         assert "the terminal daemon is running on" in second.stderr
