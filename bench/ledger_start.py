@@ -12,8 +12,10 @@ runs before it opens the ledger for writing:
   only those are re-hashed, from the checkpoint the previous start verified;
 - a restart with nothing new.
 
-``ledger verify`` (``verify_file``, which adds SQLite's integrity check) is
-timed on the same file as the reference. Target: a restart after a day of sales
+Then one slice of the idle audit (``ChainAudit.step``, 5,000 entries, what
+the decision worker spends per idle second re-hashing entries before the mark)
+and the whole audit. ``ledger verify`` (``verify_file``, which adds SQLite's
+integrity check) is timed on the same file as the reference. Target: a restart after a day of sales
 checks in under 1 s at 1,000,000 entries. Run:
 
     python bench/ledger_start.py [--entries 1000000] [--json]
@@ -38,11 +40,13 @@ if str(ROOT / "bench") not in sys.path:
 from figures import RESULTS, report  # noqa: E402
 
 from terminal import state  # noqa: E402
+from terminal.daemon import AUDIT_SLICE  # noqa: E402
 from terminal.ledger import (  # noqa: E402
     ACCEPT,
     REJECT,
     REVERSAL,
     SALE,
+    ChainAudit,
     EntryDraft,
     verify_file,
 )
@@ -139,6 +143,36 @@ def run(entries: int, day: int) -> None:
             f"whole chain {first_s:.1f} s",
             "< 1 s",
             again_s < 1.0,
+        )
+        paths = state.StatePaths(root)
+        book = state.open_ledger(paths.ledger, paths.key, "bench-terminal", T0_MS)
+        try:
+            audit = ChainAudit(book, entries)
+            slices = []
+            while not audit.done:
+                started = time.perf_counter()
+                audit.step(AUDIT_SLICE)
+                slices.append(time.perf_counter() - started)
+            assert audit.problem is None, audit.problem
+        finally:
+            book.close_unsigned()
+        slices.sort()
+        report(
+            f"idle audit, one slice of {AUDIT_SLICE:,} entries (median; worst "
+            f"{slices[-1] * 1000:.0f} ms)",
+            slices[len(slices) // 2] * 1000,
+            "ms",
+            "the worker is busy this long once per idle second",
+            "< 100 ms",
+            slices[len(slices) // 2] < 0.1,
+        )
+        report(
+            f"idle audit, whole ({len(slices)} slices)",
+            sum(slices),
+            "s",
+            f"whole chain at start {first_s:.1f} s",
+            "reported",
+            True,
         )
         started = time.perf_counter()
         verified = verify_file(state.StatePaths(root).ledger)
