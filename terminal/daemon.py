@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from terminal import config, ledger, policy, state, trust
 from terminal.checker import Checker
 from terminal.checkout import Checkout, Decision, ReversalRefused
+from terminal.display.desk import DeskClosed
 from terminal.events import CardPresented, QrPresented
 
 log = logging.getLogger("canteen.daemon")
@@ -427,9 +428,7 @@ class DecisionWorker:
                 return
             if isinstance(item, Job):
                 if item.reply.set_running_or_notify_cancel():
-                    item.reply.set_exception(
-                        ledger.LedgerError(f"not selling: {self.ledger_problem}")
-                    )
+                    item.reply.set_exception(NotSelling.because(self.ledger_problem))
                 continue
             self.dropped += 1
             log.warning("not decided (the ledger failed its check at start): nothing recorded")
@@ -469,7 +468,7 @@ class DecisionWorker:
         if self.ledger_problem is not None:
             # Found damaged after start: nothing more is marked or appended.
             if job.reply.set_running_or_notify_cancel():
-                job.reply.set_exception(ledger.LedgerError(f"not selling: {self.ledger_problem}"))
+                job.reply.set_exception(NotSelling.because(self.ledger_problem))
             return
         if job.reply.set_running_or_notify_cancel():
             try:
@@ -556,6 +555,18 @@ class DecisionWorker:
 
 
 # ---- the staff desk, over the worker ----
+
+
+class NotSelling(ledger.LedgerError, DeskClosed):
+    """A job refused because the ledger failed its check: a ledger error to the sync and
+    update paths, and to the screen a staff action refused in one line, not a traceback."""
+
+    @classmethod
+    def because(cls, problem: str | None) -> NotSelling:
+        return cls(
+            f"ledger damaged ({problem or 'it failed its check'}): not selling; keep the "
+            "terminal as it is and call county IT"
+        )
 
 
 class WorkerDesk:

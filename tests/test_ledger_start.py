@@ -109,6 +109,34 @@ def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: 
         assert first.startswith("degraded") and "ledger damaged at entry" in first, status.stdout
         assert daemon.ask_status(state_dir)["ledger_problem"]
 
+        # Staff actions are refused in one line, with the reason, and no traceback logged.
+        import json
+        import logging
+        import urllib.error
+        import urllib.request
+
+        from daemonkit import PIN
+
+        seen: list[logging.LogRecord] = []
+        catcher = logging.Handler()
+        catcher.emit = seen.append  # type: ignore[method-assign]
+        logging.getLogger().addHandler(catcher)
+        try:
+            request = urllib.request.Request(
+                run.d.screen.url + "staff/totals",
+                data=json.dumps({"pin": PIN}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+        finally:
+            logging.getLogger().removeHandler(catcher)
+        assert refused.value.code == 503
+        answer = json.loads(refused.value.read())
+        assert "ledger damaged" in json.dumps(answer), answer
+        assert not any(r.exc_info for r in seen), "a traceback was logged"
+
         if Path(CHROMIUM).exists():
             sync_api = pytest.importorskip("playwright.sync_api")
             with sync_api.sync_playwright() as pw:

@@ -98,6 +98,11 @@ class DaySummary:
         return data
 
 
+class DeskClosed(Exception):
+    """The terminal is not doing staff actions now (a ledger that failed its check):
+    the message says why, for staff, in one line."""
+
+
 class StaffDesk(Protocol):
     """Implemented by the daemon over its decision worker; every call may block briefly."""
 

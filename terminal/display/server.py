@@ -39,7 +39,15 @@ from typing import Any
 
 from terminal import durable
 from terminal.display import views
-from terminal.display.desk import Charge, DaySummary, DayTotals, Refusal, StaffDesk, summary_csv
+from terminal.display.desk import (
+    Charge,
+    DaySummary,
+    DayTotals,
+    DeskClosed,
+    Refusal,
+    StaffDesk,
+    summary_csv,
+)
 from terminal.display.settings import DisplaySettings
 
 log = logging.getLogger(__name__)
@@ -507,6 +515,9 @@ class _Handler(BaseHTTPRequestHandler):
             staff = self._staff(body)
             if staff is not None:
                 action(staff, body)
+        except DeskClosed as closed:
+            log.warning("screen: staff action %s refused: %s", path, closed)
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "not_selling", str(closed))
         except Exception:
             log.exception("screen: staff action %s failed", path)
             self._error(
