@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,10 @@ def record_acked(root: str | Path, book: Ledger) -> ChainMark | None:
     return newest
 
 
+# The ids of terminal/defaults.toml: no settings file named a terminal, nothing to correct.
+_EMBEDDED_IDS = ("demo-terminal", "demo-canteen")
+
+
 def with_identity(settings: config.Settings) -> config.Settings:
     """The settings with the terminal and canteen ids of a provisioned state directory.
 
@@ -310,4 +315,17 @@ def with_identity(settings: config.Settings) -> config.Settings:
     ident = identity(settings.state_dir)
     if ident is None:
         return settings
+    named = (settings.terminal_id, settings.canteen_id)
+    if named != (ident.terminal_id, ident.canteen_id) and named != _EMBEDDED_IDS:
+        # Not an error (the county's registration is right), but a technician reading the
+        # settings file should learn it names another terminal.
+        logging.getLogger("canteen.state").warning(
+            "the settings name terminal %s at canteen %s, but %s is provisioned as %s at %s: "
+            "using the county's; correct [terminal] id and [canteen] id",
+            settings.terminal_id,
+            settings.canteen_id,
+            settings.state_dir,
+            ident.terminal_id,
+            ident.canteen_id,
+        )
     return dataclasses.replace(settings, terminal_id=ident.terminal_id, canteen_id=ident.canteen_id)

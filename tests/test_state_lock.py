@@ -15,6 +15,7 @@ every entry accepted by the county (no bad_genesis).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -176,3 +177,21 @@ def test_a_provisioned_state_directory_gives_every_command_its_identity(
     # `update apply` (USB) takes the canteen from the directory too, not `demo-canteen`.
     args = argparse.Namespace(config=None, state=str(state_dir), canteen=None)
     assert update_cli._state_and_canteen(args) == (state_dir, "c-north")
+
+
+def test_settings_naming_another_terminal_are_corrected_with_a_warning(
+    tmp_path: Path, county: County, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_dir = tmp_path / "state"
+    code = county.code("t-south-2", "c-south")
+    done = cli("provision", "--state", str(state_dir), "--server", county.url, "--code", code)
+    assert done.returncode == 0, done.stderr
+    named = config.load(None)
+    quiet = state.with_identity(dataclasses.replace(named, state_dir=state_dir))
+    assert quiet.terminal_id == "t-south-2" and not caplog.records  # defaults: nothing to say
+    wrong = dataclasses.replace(named, state_dir=state_dir, terminal_id="t-old-1")
+    with caplog.at_level("WARNING"):
+        fixed = state.with_identity(wrong)
+    assert (fixed.terminal_id, fixed.canteen_id) == ("t-south-2", "c-south")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "t-old-1" in line and "t-south-2" in line and "correct [terminal] id" in line
