@@ -5,9 +5,13 @@
 Runs the real daemon (`canteen-terminal run`, its own process) against hw-sim's
 camera (an MJPEG stream on 127.0.0.1 at 15 fps) and prints, each next to its
 reference from the same run:
-- frame to page: from the first frame that shows a phone's code leaving the
+- frame to page: from the first frame that shows a phone's code readably leaving the
   simulated camera to the verdict arriving on the screen's event stream (what the
-  page receives), p50 and p99 over --codes phones; target p99 under 100 ms;
+  page receives), p50 and p99 over --codes phones; targets p50 under 25 ms and p99
+  under 100 ms. A phone's first frame is the smear of its arrival, which no decoder
+  reads (hwsim.camera draws it so); until issue 18 the figure counted from that frame
+  and so carried one frame period (67 ms at 15 fps) that no terminal can remove: it
+  is printed beside, as "from the entry frame";
 - the daemon idle with the camera at 15 fps: CPU percent of one core and memory
   (RSS), against the same daemon with the decoder set to "none" (frames read and
   dropped); target memory under 250 MB;
@@ -183,6 +187,7 @@ def main() -> int:
         camera = CameraSim(port=0, fps=15, hold_s=0.8, gap_s=0.4, lifetime_s=3600).start()
         try:
             latencies = []
+            from_entry = []
             for decoder in ("zxing", "none"):
                 run = tmp / decoder
                 run.mkdir()
@@ -200,7 +205,10 @@ def main() -> int:
                             if len(stream.decisions) > seen:
                                 arrived, view = stream.decisions[seen]
                                 assert view["verdict"] == "accept", view
-                                latencies.append((arrived - float(answer["started_at"])) * 1000)
+                                readable = camera.readable_at(int(answer["show"]))
+                                assert readable is not None, "a verdict before a readable frame"
+                                latencies.append((arrived - readable) * 1000)
+                                from_entry.append((arrived - float(answer["started_at"])) * 1000)
                         stream.close()
                         zx_cpu, zx_mem = idle_cost(proc, a.idle_s)
                     else:
@@ -210,14 +218,25 @@ def main() -> int:
         finally:
             camera.stop()
     latencies.sort()
+    from_entry.sort()
     n = len(latencies)
     p50 = latencies[n // 2]
     p99 = latencies[min(n - 1, int(n * 0.99))]
     report(
+        "frame to page p50",
+        p50,
+        "ms",
+        f"from the entry frame (a smear, unreadable): p50 {from_entry[n // 2]:.1f} ms",
+        "< 25 ms",
+        p50 < 25 and n == a.codes,
+        digits=2,
+    )
+    report(
         "frame to page p99",
         p99,
         "ms",
-        f"p50 {p50:.1f} ms over {n} of {a.codes} phones (all accepted)",
+        f"over {n} of {a.codes} phones (all accepted); from the entry frame: "
+        f"p99 {from_entry[min(n - 1, int(n * 0.99))]:.1f} ms",
         "< 100 ms",
         p99 < 100 and n == a.codes,
         digits=2,

@@ -72,6 +72,10 @@ class _Show:
     frames: list[bytes] = field(default_factory=list)  # entry, steady variants..., exit
     started: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None  # Unix seconds the first frame was published
+    # Unix seconds the first steady frame was published: the entry frame before it is a
+    # smear no decoder reads, so frame-to-page counts from here (bench/daemon.py).
+    readable_at: float | None = None
+    number: int = 0
     error: str | None = None
 
 
@@ -148,6 +152,7 @@ class CameraSim:
         self._background: render.Image | None = None
         self._intervals: deque[float] = deque(maxlen=256)
         self._showing: _Show | None = None
+        self._recent: deque[_Show] = deque(maxlen=64)  # for readable_at(), newest last
         self._shows = 0
         self._clients = 0
         self._started_at = 0.0
@@ -275,7 +280,8 @@ class CameraSim:
             with self._pending_lock:
                 self._pending -= 1
             raise CameraSimError(f"bad scene field: {exc}") from None
-        show = _Show(text, hold, drawn)
+        show = _Show(text, hold, drawn, number=number)
+        self._recent.append(show)
         self._requests.put(show)
         answer: dict[str, Any] = {"show": number, "hold_s": hold, "queued": self._pending - 1}
         if wait:
@@ -285,6 +291,14 @@ class CameraSim:
                 raise CameraSimError(show.error)
             answer["started_at"] = show.started_at
         return answer
+
+    def readable_at(self, show: int) -> float | None:
+        """When show number `show` (from show()'s answer) first published a frame a decoder
+        can read (Unix seconds), or None if not yet (or it is one of the 64 before)."""
+        for s in reversed(self._recent):
+            if s.number == show:
+                return s.readable_at
+        return None
 
     def health(self) -> dict[str, Any]:
         intervals = list(self._intervals)
@@ -406,6 +420,8 @@ class CameraSim:
             if show is not None and not show.started.is_set():
                 show.started_at = time.time()
                 show.started.set()
+            elif show is not None and show.readable_at is None and jpeg is not show.frames[-1]:
+                show.readable_at = time.time()
             if last is not None:
                 self._intervals.append(now - last)
             last = now

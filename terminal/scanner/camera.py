@@ -37,6 +37,7 @@ from terminal.scanner.device import (
     start_thread,
     stop_thread,
 )
+from terminal.scanner.mjpeg import MjpegStream, NotMjpeg
 from terminal.scanner.qr import (
     CAMERA_DECODERS,
     DEFAULT_DECODER,
@@ -132,9 +133,20 @@ def folder_pattern(folder: str) -> str | None:
     return None
 
 
+def _ffmpeg_url(source: str, timeout_ms: int) -> Any:
+    return cv2.VideoCapture(
+        source,
+        cv2.CAP_FFMPEG,
+        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms],
+    )
+
+
 def open_capture(settings: CameraSettings, kind: str | None = None) -> tuple[Any, str]:
     """An opened cv2.VideoCapture for the source and a line describing it; OSError if it
-    cannot be opened (missing device, unreachable URL, empty folder). `kind` is
+    cannot be opened (missing device, unreachable URL, empty folder). An http(s) MJPEG
+    stream is read by `MjpegStream` instead, which keeps only the newest part as a V4L2
+    device with one buffer does (FFmpeg would hand out every part in order, however
+    late). `kind` is
     `source_kind(settings.source)` unless given (a camera fixes it at start, so a
     folder that disappears is still a folder)."""
     source = settings.source
@@ -152,17 +164,20 @@ def open_capture(settings: CameraSettings, kind: str | None = None) -> tuple[Any
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, settings.height)
             cap.set(cv2.CAP_PROP_FPS, settings.fps)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, settings.buffer_frames)
+    elif kind == URL and source.lower().startswith(("http://", "https://")):
+        try:
+            stream = MjpegStream(source, settings.stall_s)
+        except NotMjpeg:
+            stream = None  # another kind of stream over HTTP: FFmpeg reads it below
+        except OSError as e:
+            raise OSError(
+                f"{e} ({kind}): check that the stream's server is running and reachable"
+            ) from None
+        if stream is not None:
+            return stream, f"{kind} {source}: MJPEG over HTTP, the newest part read in grey"
+        cap = _ffmpeg_url(source, timeout_ms)
     elif kind == URL:
-        cap = cv2.VideoCapture(
-            source,
-            cv2.CAP_FFMPEG,
-            [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                timeout_ms,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                timeout_ms,
-            ],
-        )
+        cap = _ffmpeg_url(source, timeout_ms)
     elif kind == FOLDER:
         pattern = folder_pattern(source) if os.path.isdir(source) else source
         if pattern is None:
