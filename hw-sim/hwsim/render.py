@@ -141,12 +141,18 @@ def counter_background(size: tuple[int, int], rng: np.random.Generator) -> Image
 
 
 def hold_phone(
-    background: Image, text: str | None, scene: Scene, rng: np.random.Generator
+    background: Image,
+    text: str | None,
+    scene: Scene,
+    rng: np.random.Generator,
+    face: tuple[Image, Image, float, tuple[float, float]] | None = None,
 ) -> FloatImage:
     """The phone held over `background` (perspective, rotation, glare, exposure), before
-    the camera's own blur, noise and compression (`camera_effects`)."""
+    the camera's own blur, noise and compression (`camera_effects`). `face` is a
+    `phone_face` result drawn with `rng` and then altered (a cracked screen, its pixel
+    grid: bench/hard_frames.py); None draws it here."""
     h, w = background.shape[:2]
-    phone, mask, code_flat, centre = phone_face(text, rng, scene)
+    phone, mask, code_flat, centre = face if face is not None else phone_face(text, rng, scene)
     scale = scene.code_px / code_flat
     angle = math.radians(scene.rotate_deg)
     ph, pw = phone.shape[:2]

@@ -4,15 +4,20 @@ This module owns turning a frame (a numpy image as OpenCV gives it) into the
 QR texts it shows: `prepare_frame` refuses or shrinks frames that are empty,
 None, tiny, oddly shaped or huge so that every frame costs bounded time, and
 `make_decoder` builds the decoder a setting names: zxing-cpp (the default),
-pyzbar over Debian's libzbar0, or OpenCV's QRCodeDetector. It reads QR codes
-only. It never opens a camera, never keeps state between frames (deduplication
-is the camera thread's job) and never interprets the text: a token is checked
+pyzbar over Debian's libzbar0, or OpenCV's QRCodeDetector. The default carries
+a second look (`RegionFallback`): when zxing-cpp locates a QR symbol or finder
+pattern but decodes nothing, only that region, cropped and resized to a bounded
+size, is read again with other binarizers. It reads QR codes only. It never
+opens a camera, never keeps state between frames (deduplication is the camera
+thread's job) and never interprets the text: a token is checked
 by terminal/tokens.py in the decision worker.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import cv2
@@ -110,13 +115,113 @@ def decode_frame(decoder: QrDecoder, frame: object, max_side: int = DEFAULT_MAX_
     return decoder.decode(gray)
 
 
+# The region fallback (docs/devices.md, "A second look"). zxing-cpp reports a symbol it
+# located but could not decode as an invalid result with its corners: a whole QR code,
+# or a lone finder pattern taken for a Micro QR or rMQR symbol. A token code (version 13,
+# 69 modules) reaches about five such quads' widths past a lone finder pattern, so the
+# region is grown by FINDER_REACH of them; around a whole code a small margin suffices.
+FINDER_REACH = 6.0
+WHOLE_MARGIN = 0.15
+# The region is resized so its longer side lies in this range: small codes get more
+# pixels per module, and the time of the second look is bounded whatever the frame.
+FALLBACK_MIN_SIDE = 500
+FALLBACK_MAX_SIDE = 900
+_WHOLE_QR = frozenset({"QRCode", "QRCodeModel2", "QRCodeModel1"})
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1 and y1 excluded
+
+
+def located_region(shape: tuple[int, ...], quads: Sequence[tuple[bool, Any]]) -> Region | None:
+    """The part of a frame of `shape` (h, w) that holds the symbols zxing-cpp located:
+    `quads` are (whole, corners) pairs, `whole` True for a full QR code, corners four
+    (x, y) points. None when nothing of it falls inside the frame."""
+    h, w = int(shape[0]), int(shape[1])
+    boxes = []
+    for whole, corners in quads:
+        xs = [float(x) for x, _ in corners]
+        ys = [float(y) for _, y in corners]
+        side = max(max(xs) - min(xs), max(ys) - min(ys), 8.0)
+        grow = (WHOLE_MARGIN if whole else FINDER_REACH) * side
+        boxes.append((min(xs) - grow, min(ys) - grow, max(xs) + grow, max(ys) + grow))
+    if not boxes:
+        return None
+    x0 = max(0, int(min(b[0] for b in boxes)))
+    y0 = max(0, int(min(b[1] for b in boxes)))
+    x1 = min(w, int(max(b[2] for b in boxes)) + 1)
+    y1 = min(h, int(max(b[3] for b in boxes)) + 1)
+    if x1 - x0 < MIN_SIDE or y1 - y0 < MIN_SIDE:
+        return None
+    return x0, y0, x1, y1
+
+
+def region_image(gray: Gray, region: Region) -> Gray:
+    """The region cropped and resized to FALLBACK_MIN_SIDE..FALLBACK_MAX_SIDE (longer side)."""
+    x0, y0, x1, y1 = region
+    crop = gray[y0:y1, x0:x1]
+    longest = max(crop.shape)
+    scale = 1.0
+    if longest < FALLBACK_MIN_SIDE:
+        scale = FALLBACK_MIN_SIDE / longest
+    elif longest > FALLBACK_MAX_SIDE:
+        scale = FALLBACK_MAX_SIDE / longest
+    if scale != 1.0:
+        # Cubic when enlarging keeps module edges sharp; area when shrinking averages.
+        how = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+        return np.ascontiguousarray(
+            cv2.resize(crop, None, fx=scale, fy=scale, interpolation=how), dtype=np.uint8
+        )
+    return np.ascontiguousarray(crop)
+
+
+class RegionFallback:
+    """The second look at a located but undecoded symbol: zxing-cpp with its global
+    histogram binarizer, then pyzbar (another binarizer and sampler), on the region only.
+    Measured on bench/hard_frames.py's set against OpenCV's WeChat decoder and others
+    (docs/devices.md)."""
+
+    def __init__(self) -> None:
+        import zxingcpp
+
+        self._zx: Any = zxingcpp
+        self._pyzbar: Any = None
+        try:
+            from pyzbar import pyzbar
+
+            self._pyzbar = pyzbar
+            self._symbols = [pyzbar.ZBarSymbol.QRCODE]
+        except ImportError as e:  # libzbar0 missing: the zxing half still helps
+            log.warning("decoder fallback: pyzbar cannot load (%s); install libzbar0", e)
+
+    def decode(self, gray: Gray, region: Region) -> list[str]:
+        image = region_image(gray, region)
+        found = self._zx.read_barcodes(
+            image,
+            formats=self._zx.BarcodeFormat.QRCode,
+            try_rotate=False,
+            try_invert=False,
+            try_downscale=False,
+            binarizer=self._zx.Binarizer.GlobalHistogram,
+        )
+        texts = [str(b.text) for b in found if b.text]
+        if texts or self._pyzbar is None:
+            return texts
+        symbols = self._pyzbar.decode(image, symbols=self._symbols)
+        return [bytes(s.data).decode("utf-8", "replace") for s in symbols if s.data]
+
+
 class ZxingDecoder:
     """zxing-cpp: the default. QR only, no rotation or inversion passes (QR finder
-    patterns are found at any angle anyway; token codes are dark on light)."""
+    patterns are found at any angle anyway; token codes are dark on light).
+
+    With `fallback` (the default), a frame where zxing-cpp locates a symbol but decodes
+    none gets `RegionFallback`'s second look; a frame with no located symbol (an empty
+    counter) costs nothing more. `last_fallback_ms` is that look's time on the last
+    frame (None when there was none), for bench/scan.py to count it separately.
+    """
 
     name = ZXING
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: bool = True) -> None:
         try:
             import zxingcpp
         except ImportError as e:  # pragma: no cover - it is a hard dependency
@@ -126,16 +231,43 @@ class ZxingDecoder:
             ) from e
         self._zx: Any = zxingcpp
         self._formats = zxingcpp.BarcodeFormat.QRCode
+        self._fallback = RegionFallback() if fallback else None
+        self.last_fallback_ms: float | None = None
 
     def decode(self, gray: Gray) -> list[str]:
+        self.last_fallback_ms = None
         found = self._zx.read_barcodes(
             gray,
             formats=self._formats,
             try_rotate=False,
             try_invert=False,
             try_downscale=True,
+            return_errors=self._fallback is not None,
         )
-        return [str(b.text) for b in found if b.text]
+        texts = [str(b.text) for b in found if b.valid and b.text]
+        if texts or self._fallback is None:
+            return texts
+        quads = [(b.format.name in _WHOLE_QR, _corners(b.position)) for b in found]
+        region = located_region(gray.shape, quads)
+        if region is None:
+            return []
+        started = time.perf_counter()
+        try:
+            return self._fallback.decode(gray, region)
+        finally:
+            self.last_fallback_ms = (time.perf_counter() - started) * 1000
+
+
+def _corners(position: Any) -> list[tuple[float, float]]:
+    return [
+        (float(p.x), float(p.y))
+        for p in (
+            position.top_left,
+            position.top_right,
+            position.bottom_right,
+            position.bottom_left,
+        )
+    ]
 
 
 class PyzbarDecoder:
