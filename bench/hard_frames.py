@@ -154,11 +154,81 @@ def write_set(folder: str, frames: list[HardFrame], quality: int = 92) -> None:
         json.dump(meta, out, indent=1)
 
 
+def commit_subset(folder: str, count: int, window: tuple[int, int] = (800, 600)) -> int:
+    """Write `count` frames that only the second look reads, for tests/data/hard-frames/.
+
+    Each is cut to `window` around the symbol (small files to commit), written as JPEG
+    and read back, and kept only if, read from the file, zxing-cpp alone decodes nothing
+    and the chain decodes its token: what the tests rely on is checked on the bytes they
+    will read. One frame per kind at most, in KINDS order, first indices first."""
+    from terminal.scanner.qr import ZxingDecoder, decode_frame
+
+    alone, chain = ZxingDecoder(fallback=False), ZxingDecoder(fallback=True)
+    os.makedirs(folder, exist_ok=True)
+    kept: list[dict[str, object]] = []
+    for index in range(200):
+        for kind in KINDS:
+            if len(kept) >= count or any(k["kind"] == kind for k in kept):
+                continue
+            wallet = make_wallet(
+                ISSUER, f"h{index:04d}", "unit", "hard", now=NOW - 86400, seed=f"{index}"
+            )
+            text = wallet.draw(NOW + index)
+            frame = hard_frame(kind, index, text)
+            if decode_frame(alone, frame) or decode_frame(chain, frame) != [text]:
+                continue
+            cut = _cut(frame, chain, window)
+            path = os.path.join(folder, f"frame_{len(kept):04d}.jpg")
+            cv2.imwrite(path, cut, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            back = cv2.imread(path, cv2.IMREAD_COLOR)
+            if decode_frame(alone, back) or decode_frame(chain, back) != [text]:
+                os.remove(path)
+                continue
+            kept.append({"kind": kind, "index": index, "text": text, "drawn_at": NOW + index})
+        if len(kept) >= count:
+            break
+    with open(os.path.join(folder, "texts.json"), "w", encoding="utf-8") as out:
+        json.dump(kept, out, indent=1)
+    return len(kept)
+
+
+def _cut(frame: render.Image, chain: object, window: tuple[int, int]) -> render.Image:
+    """`window` of `frame` centred on the symbol the second look read."""
+    import zxingcpp
+
+    from terminal.scanner.qr import located_region, prepare_frame
+
+    gray = prepare_frame(frame)
+    assert gray is not None
+    found = zxingcpp.read_barcodes(
+        gray, formats=zxingcpp.BarcodeFormat.QRCode, try_rotate=False, return_errors=True
+    )
+    quads = [
+        (False, [(p.x, p.y) for p in (b.position.top_left, b.position.bottom_right)]) for b in found
+    ]
+    region = located_region(gray.shape, quads) or (0, 0, gray.shape[1], gray.shape[0])
+    h, w = frame.shape[:2]
+    cx, cy = (region[0] + region[2]) // 2, (region[1] + region[3]) // 2
+    x0 = min(max(0, cx - window[0] // 2), max(0, w - window[0]))
+    y0 = min(max(0, cy - window[1] // 2), max(0, h - window[1]))
+    return np.ascontiguousarray(frame[y0 : y0 + window[1], x0 : x0 + window[0]])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for the frames")
     parser.add_argument("--per-kind", type=int, default=40)
+    parser.add_argument(
+        "--commit-subset",
+        type=int,
+        metavar="N",
+        help="instead: N frames only the second look reads (tests/data/hard-frames)",
+    )
     args = parser.parse_args()
+    if args.commit_subset:
+        kept = commit_subset(args.out, args.commit_subset)
+        print(f"{kept} frames in {args.out}")
+        return 0 if kept == args.commit_subset else 1
     frames = hard_set(args.per_kind)
     write_set(args.out, frames)
     print(f"{len(frames)} frames in {args.out}")
