@@ -1,6 +1,7 @@
 """Sync benchmark: backlog upload, decisions while syncing, 300 terminals reconnecting.
 
 Run:  PYTHONPATH=.:hw-sim .venv/bin/python bench/sync.py [--backlog 100000] [--terminals 300]
+          [--decisions-backlog 200000] [--only backlog|decisions|gil|fleet]
 
 Prints each figure next to its target (issue 4). The county server runs as a
 separate process (canteen-county serve) on 127.0.0.1, so the memory figure is
@@ -39,11 +40,13 @@ from terminal.sync import (  # noqa: E402
     LedgerReader,
     SyncClient,
     SyncSettings,
+    _batch_checkpoint,
     apply_result,
     provision,
 )
 
 T0 = 1_780_000_000_000
+IDLE_DECISIONS = 1000
 SETTINGS = SyncSettings(deadline_s=60, batch_entries=500, read_timeout_s=30)
 
 
@@ -143,6 +146,7 @@ def bench_backlog(tmp: Path, n: int) -> None:
         from terminal.sync import load_identity
 
         ident = load_identity(root_a)
+        key = load_or_create_signing_key(root_a / "terminal-key.pem")
         reader = LedgerReader(root_a / "ledger.sqlite")
         bodies = []
         seq = 1
@@ -150,6 +154,9 @@ def bench_backlog(tmp: Path, n: int) -> None:
         while seq <= last:
             rows = reader.batch(seq, 500)
             cps = reader.checkpoints(rows[0][0], rows[-1][0])
+            if not cps or cps[-1][0] != rows[-1][0]:
+                # The county takes a batch only with a signed checkpoint over its last entry.
+                cps.append(_batch_checkpoint(key, "t1", rows[-1]))
             bodies.append(
                 json.dumps(
                     {"nonce": os.urandom(16).hex(), "entries": rows, "checkpoints": cps},
@@ -244,8 +251,11 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
         def p99(xs: list[float]) -> float:
             return statistics.quantiles(xs, n=100)[98]
 
+        # Idle decisions before and after the upload, so a neighbour's load on a shared
+        # machine weighs on both figures alike; the upload is long enough for about 1,500
+        # decisions (a p99 of 200, as before, was the second-worst of them).
         idle = []
-        for i in range(400):
+        for i in range(IDLE_DECISIONS // 2):
             idle.append(decide(i))
             time.sleep(0.005)
         results = []
@@ -271,6 +281,12 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
             time.sleep(0.005)
         syncing.clear()
         th.join()
+        while results:
+            apply_result(book, clock, results.pop(), T0 + 20_000_000, SETTINGS)
+        for _ in range(IDLE_DECISIONS // 2):
+            idle.append(decide(i))
+            i += 1
+            time.sleep(0.005)
         book.close()
         ratio = p99(busy) / p99(idle)
         line(
@@ -282,6 +298,74 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
         line("  ratio", f"{ratio:.2f} ({len(busy)} decisions)", "<= 1.5", ratio <= 1.5)
     finally:
         county.stop()
+
+
+# --- 2b. what the sync thread's batch building costs a decision (the GIL) ---------------------
+
+
+def bench_gil(tmp: Path, entries: int = 30_000) -> None:
+    """Build every batch of a backlog as the sync did before issue 12 (rows into Python,
+    json.dumps) and as it does now (JSON built inside SQLite), while a probe thread sleeps
+    0.2 ms in a loop and records how late it runs again: the wait for the GIL (and a CPU)
+    that a decision waking from its fsync would see. No county, no network: the figure
+    is the batch building's own."""
+    import json as _json
+
+    from terminal.sync import SWITCH_INTERVAL_S, encode_body
+
+    paths = state.prepare(tmp / "tg")
+    book = state.open_ledger(paths.ledger, paths.key, "t1", T0)
+    fill(book, entries)
+    book.close()
+    reader = LedgerReader(paths.ledger)
+
+    def rows_and_dumps() -> None:
+        seq = 1
+        while seq <= entries:
+            rows = reader.batch(seq, 500)
+            doc = {"nonce": "0" * 32, "entries": rows, "checkpoints": []}
+            _json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            seq = rows[-1][0] + 1
+
+    def sqlite_json() -> None:
+        seq = 1
+        while seq <= entries:
+            batch = reader.wire_batch(seq, 500, entries)
+            encode_body({"nonce": "0" * 32, "entries": batch, "checkpoints": []})
+            seq = batch[-1][0] + 1
+
+    def probe(stop: threading.Event, out: list[float]) -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.0002)
+            out.append((time.perf_counter() - t - 0.0002) * 1000)
+
+    before = sys.getswitchinterval()
+    try:
+        for name, work, interval in (
+            ("rows + json.dumps, 5 ms switch", rows_and_dumps, 0.005),
+            ("SQLite JSON, 0.5 ms switch", sqlite_json, SWITCH_INTERVAL_S),
+        ):
+            sys.setswitchinterval(interval)
+            stop = threading.Event()
+            waits: list[float] = []
+            prober = threading.Thread(target=probe, args=(stop, waits))
+            prober.start()
+            cpu = time.thread_time()
+            work()
+            cpu = time.thread_time() - cpu
+            stop.set()
+            prober.join()
+            p99 = statistics.quantiles(waits, n=100)[98]
+            line(
+                f"batch building ({name})",
+                f"{cpu * 1000:.0f} ms CPU, wait p99 {p99:.2f} ms",
+                "-",
+                True,
+            )
+    finally:
+        sys.setswitchinterval(before)
+        reader.close()
 
 
 # --- 3. 300 terminals reconnecting --------------------------------------------------------------
@@ -349,7 +433,13 @@ def main() -> int:
         "--fleet-entries", type=int, default=300, help="backlog per terminal after the outage"
     )
     ap.add_argument("--jitter", type=float, default=10.0, help="reconnect jitter, seconds")
-    ap.add_argument("--only", choices=("backlog", "decisions", "fleet"))
+    ap.add_argument(
+        "--decisions-backlog",
+        type=int,
+        default=200_000,
+        help="backlog uploaded while decisions are timed (long enough for ~1,500 of them)",
+    )
+    ap.add_argument("--only", choices=("backlog", "decisions", "gil", "fleet"))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     print(f"bench/sync.py on {os.cpu_count()} cores", flush=True)
@@ -357,7 +447,9 @@ def main() -> int:
         if a.only in (None, "backlog"):
             bench_backlog(tmp, a.backlog)
         if a.only in (None, "decisions"):
-            bench_decisions(tmp, 20_000)
+            bench_decisions(tmp, a.decisions_backlog)
+        if a.only in (None, "gil"):
+            bench_gil(tmp)
         if a.only in (None, "fleet"):
             bench_fleet(tmp, a.terminals, a.fleet_entries, a.jitter)
     finally:

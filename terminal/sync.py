@@ -37,6 +37,7 @@ import random
 import secrets
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,6 +89,12 @@ TLS_KEY_FILE = "sync-key.pem"
 
 # Largest answer body the terminal reads: an answer is a few hundred bytes.
 MAX_ANSWER_BYTES = 64 * 1024
+
+# The sync thread shares the interpreter with the decision worker. A thread that wakes
+# from an fsync waits for the GIL up to the switch interval while another runs Python:
+# Python's 5 ms default showed in the decisions' p99 while a backlog uploaded
+# (bench/sync.py); 0.5 ms bounds that wait at a cost that does not show.
+SWITCH_INTERVAL_S = 0.0005
 
 
 def time_message(terminal_id: str, server_ms: int, acked_seq: int, nonce: bytes) -> bytes:
@@ -656,7 +663,7 @@ class _Transport:
     def post_json(
         self, url: str, doc: Any, deadline_at: float, timeouts: tuple[float, float]
     ) -> tuple[int, Any]:
-        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = encode_body(doc)
         status, data = self._request("POST", url, deadline_at, timeouts, body)
         try:
             return status, json.loads(data) if data else None
@@ -676,9 +683,56 @@ def warnings_silenced() -> Iterator[None]:
         yield
 
 
+def encode_body(doc: Any) -> bytes:
+    """A request body as compact JSON; a ``WireBatch`` goes in as the text SQLite built.
+
+    Encoding 500 entries with json.dumps holds the GIL for a millisecond or more in one
+    piece, and the decision worker waits for it (bench/sync.py, "decisions while a
+    backlog uploads"); the batch's text is spliced in instead.
+    """
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    if not isinstance(entries, WireBatch):
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    rest = {k: v for k, v in doc.items() if k != "entries"}
+    head = json.dumps(rest, separators=(",", ":"), ensure_ascii=False)
+    return (head[:-1] + (',"entries":' if rest else '"entries":') + entries.text + "}").encode()
+
+
 # --- reading the ledger (read-only, never the writer's connection) -----------------------
 
 _SELECT_WIRE = "SELECT " + ", ".join(HASHED_COLUMNS) + ", prev_hash, hash FROM entries"
+# One batch as the wire's JSON text (an array of entry arrays), built inside SQLite: the
+# sqlite3 module releases the GIL while a statement steps, so the sync thread does not
+# hold it for the fetch, the hex and the encoding of every row (issue 12, performance).
+_WIRE_JSON = (
+    "SELECT json_group_array(json_array("
+    + ", ".join(HASHED_COLUMNS)
+    + ", lower(hex(prev_hash)), lower(hex(hash)))), count(*), min(seq), max(seq) FROM"
+    " (SELECT * FROM entries WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?)"
+)
+
+
+@dataclass(frozen=True)
+class WireBatch:
+    """Entries ready for the wire: their JSON text, and the first and last as lists (what
+    the batch's checkpoints need). ``len`` and ``[0]`` / ``[-1]`` work as on a list."""
+
+    text: str
+    count: int
+    first: list[Any] | None
+    last: list[Any] | None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> list[Any]:
+        row = self.first if index == 0 else self.last if index in (-1, self.count - 1) else None
+        if row is None:
+            raise IndexError(index)
+        return row
+
+
+EMPTY_BATCH = WireBatch("[]", 0, None, None)
 # How far back to look for the last recorded county time; without one in this
 # window the next signal is recorded again, so at most one entry per window.
 _TIME_SIGNAL_LOOKBACK = 5000
@@ -710,6 +764,21 @@ class LedgerReader:
         row = self.conn.execute("SELECT min(seq) FROM entries WHERE acked_at_ms IS NULL")
         value = row.fetchone()[0]
         return None if value is None else int(value)
+
+    def wire_batch(self, from_seq: int, limit: int, up_to: int) -> WireBatch:
+        """Entries ``from_seq`` .. ``up_to`` (at most ``limit``) as a ``WireBatch``, read in
+        one snapshot so the text and the end rows agree."""
+        self.conn.execute("BEGIN")
+        try:
+            text, count, low, high = self.conn.execute(
+                _WIRE_JSON, (from_seq, up_to, limit)
+            ).fetchone()
+            if not count:
+                return EMPTY_BATCH
+            ends = self.batch(low, 1) + self.batch(high, 1)
+        finally:
+            self.conn.execute("COMMIT")
+        return WireBatch(str(text), int(count), ends[0], ends[-1])
 
     def batch(self, from_seq: int, limit: int) -> list[list[Any]]:
         rows = self.conn.execute(
@@ -829,6 +898,7 @@ class SyncClient:
         self.verifier = ServerVerifier(ca, self.county_time_ms)
         self._resume_hint: int | None = None  # where the server said to continue
         self._lock = threading.Lock()
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
     def county_time_ms(self) -> int | None:
         """The newest county time this terminal holds, advanced by the monotonic clock."""
@@ -897,8 +967,11 @@ class SyncClient:
             cert = (str(self.identity.cert_file), str(self.identity.key_file))
             with _Transport(verify=True, cert=cert, ca_verifier=self.verifier) as http:
                 while True:
-                    rows = reader.batch(start, self.settings.batch_entries) if start <= last else []
-                    rows = [r for r in rows if r[0] <= last]
+                    rows = (
+                        reader.wire_batch(start, self.settings.batch_entries, last)
+                        if start <= last
+                        else EMPTY_BATCH
+                    )
                     checkpoints = reader.checkpoints(rows[0][0], rows[-1][0]) if rows else []
                     if rows and (not checkpoints or checkpoints[-1][0] != rows[-1][0]):
                         checkpoints.append(_batch_checkpoint(key, ledger_terminal, rows[-1]))
