@@ -8,13 +8,17 @@ Real tokens, a real trust store and a real ledger file, read back after a restar
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonkit import CARD_CADRE, CARD_UID, ReaderPty, install_lists, wait_for, write_settings
+from daemonkit import ISSUER as DAEMON_ISSUER
 from test_checkout import ISSUER, LUNCH, Canteen, wallet
 
-from terminal import ledger, policy, tokens, trust
+from terminal import config, daemon, ledger, policy, tokens, trust
 
 CARD = trust.RosterCard(b"\x21\x22\x23\x24", ISSUER.iss, "K7", "own", "card seven", "active")
 OTHER = trust.RosterCard(b"\x31\x32\x33\x34", ISSUER.iss, "K8", "own", "card eight", "active")
@@ -91,3 +95,42 @@ def test_a_replayed_code_keeps_the_cadre_it_proves(canteen: Canteen) -> None:
     assert again.reason == tokens.REPLAYED
     assert again.entry.cadre == "hn-test/R10" and again.entry.detail["highest_ctr"] == w.ctr
     assert again.entry.method == policy.QR
+
+
+def test_a_running_daemon_refuses_a_revoked_cadres_swiped_card(tmp_path: Path) -> None:
+    """Through the real reader path: a pty card reader, the daemon, its ledger."""
+    state_dir = tmp_path / "state"
+    install_lists(state_dir)
+    store = trust.TrustStore(state_dir / "trust.sqlite")
+    try:
+        header = trust.ListHeader(2, int(time.time()) - 60, None)
+        revoked = [{"kind": "cadre", "iss": DAEMON_ISSUER.iss, "sub": CARD_CADRE}]
+        store.replace_revocations(trust.parse_revocations(revoked), header, int(time.time()))
+    finally:
+        store.close()
+    reader = ReaderPty()
+    settings = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
+    d = daemon.Daemon(config.load(settings), notifier=daemon.Notifier(""))
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
+        reader.swipe(CARD_UID)
+        wait_for(lambda: d.worker.decisions == 1, what="the swipe")
+    finally:
+        d.request_stop()
+        thread.join(15)
+        reader.close()
+    book = ledger.Ledger.open(
+        state_dir / "ledger.sqlite",
+        terminal_id="t-daemon",
+        signing_key=ledger.load_or_create_signing_key(state_dir / "terminal-key.pem"),
+        now_ms=time.time_ns() // 1_000_000,
+    )
+    try:
+        sale = [e for e in book.entries() if e.kind == "sale"][-1]
+    finally:
+        book.close()
+    assert (sale.verdict, sale.reason) == ("reject", tokens.REVOKED)
+    assert sale.cadre == f"{DAEMON_ISSUER.iss}/{CARD_CADRE}"
+    assert sale.detail["revoked"] == "cadre"
