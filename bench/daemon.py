@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +85,28 @@ class EventStream:
         self._resp.close()
 
 
-def start_daemon(tmp: Path, camera_url: str, decoder: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_daemon(
+    tmp: Path,
+    camera_url: str,
+    decoder: str,
+    env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The daemon in its own process; `env` adds variables, `preexec` runs in the child
+    before it starts (bench/pi_budget.py: the fsync shim, joining cgroups)."""
     settings = write_settings(tmp, reader_port=None, camera_source=camera_url)
     text = settings.read_text(encoding="utf-8").replace(
         "fps = 10\n", f'fps = 15\ndecoder = "{decoder}"\n'
     )
     settings.write_text(text, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "terminal.cli", "run", "--config", str(settings)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
         cwd=ROOT,
+        preexec_fn=preexec,
     )
     from terminal import daemon
 
@@ -110,7 +120,8 @@ def start_daemon(tmp: Path, camera_url: str, decoder: str) -> tuple[subprocess.P
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("the daemon did not become ready: " + proc.stderr.read().decode()[-2000:])
+    err = proc.stderr.read().decode()[-2000:] if proc.stderr is not None else ""
+    raise RuntimeError("the daemon did not become ready: " + err)
 
 
 def cpu_seconds(pid: int) -> float:
