@@ -156,10 +156,11 @@ def cmd_alarms(a: argparse.Namespace) -> int:
     if a.text:
         for x in alarms:
             first = _local(x["first_ms"], a.utc_offset)
+            where = f", entry {x['seq']}" if x["seq"] else ""
             times = f", {x['times']} times, last {_local(x['last_ms'], a.utc_offset)}"
             print(
                 f"alarm {x['id']} {x['kind']}: terminal {x['terminal']} at "
-                f"{x['canteen'] or '?'}, entry {x['seq']}, first {first}"
+                f"{x['canteen'] or '?'}{where}, first {first}"
                 f"{times if x['times'] > 1 else ''}: {x['problem']}"
             )
         if not alarms:

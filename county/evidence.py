@@ -86,9 +86,10 @@ def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
         return "the QR sale does not keep the phone's signed code"
     at_s = int(fields["at_ms"]) // 1000
     try:
-        p = tokens.verify_presentation(
-            text, at_s, _AtTheTime(keys), EVIDENCE_CLOCK_S, EVIDENCE_CLOCK_S
-        )
+        # Freshness as token.md step 5 reads it: stale when t < now - window - skew, from
+        # the future when t > now + skew; so no window and a skew of EVIDENCE_CLOCK_S
+        # is exactly "within EVIDENCE_CLOCK_S of the entry's time, either way".
+        p = tokens.verify_presentation(text, at_s, _AtTheTime(keys), 0, EVIDENCE_CLOCK_S)
     except TokenRejected as rejected:
         return f"the phone's signed code does not verify here ({rejected.code})"
     signed_cadre = f"{p.iss}/{p.sub}"

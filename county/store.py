@@ -53,6 +53,8 @@ ALTERED = "altered"
 BAD_CHECKPOINT = "bad_checkpoint"
 BAD_GENESIS = "bad_genesis"
 UNSIGNED = "unsigned"  # the batch's last entry is not covered by a checkpoint: refused
+# Refusals found before the ledger key vouched for the batch (anyone with the TLS key).
+_BEFORE_THE_KEY = frozenset((ALTERED, BAD_GENESIS, BAD_CHECKPOINT, UNSIGNED))
 BAD_EVIDENCE = "bad_evidence"  # an accepted sale that proves nothing: stored, never a conflict
 
 # Batch outcomes.
@@ -460,7 +462,6 @@ class CountyStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the county database {self.path}: {exc}") from exc
         self._conn = conn
-        self._certs: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -526,9 +527,11 @@ class CountyStore:
                     "a terminal keeps its canteen: register a new terminal id instead"
                 )
             else:
-                # Re-provisioning (a new TLS key): the pinned ledger key stays.
+                # Re-provisioning (a new TLS key): the pinned ledger key stays, and the old
+                # certificate stops working now, so a stolen terminal is cut off at once.
                 conn.execute(
-                    "UPDATE terminals SET code_hash = ?, code_expires_ms = ? WHERE terminal_id = ?",
+                    "UPDATE terminals SET code_hash = ?, code_expires_ms = ?, cert_sha256 = NULL"
+                    " WHERE terminal_id = ?",
                     (code_hash, now_ms + self.limits.code_ttl_ms, terminal_id),
                 )
         return secret.hex()
@@ -576,20 +579,19 @@ class CountyStore:
                 " ledger_key = coalesce(ledger_key, ?), provisioned_ms = ? WHERE terminal_id = ?",
                 (cert_sha256, ledger_key, now_ms, terminal_id),
             )
-        self._certs.clear()
 
     def terminal_for_cert(self, cert_sha256: str) -> tuple[str, str] | None:
-        """(terminal id, canteen) of a provisioned certificate, or None."""
-        cached = self._certs.get(cert_sha256)
-        if cached is not None:
-            return cached
+        """(terminal id, canteen) of a provisioned certificate, or None.
+
+        Asked of the database each time (one indexed read): county IT re-registering a
+        terminal in another process must cut its old certificate off at once.
+        """
         with self._lock:
             row = self._conn.execute(
                 "SELECT terminal_id, canteen FROM terminals WHERE cert_sha256 = ?", (cert_sha256,)
             ).fetchone()
         if row is None:
             return None
-        self._certs[cert_sha256] = (row[0], row[1])
         return row[0], row[1]
 
     def terminal(self, terminal_id: str) -> Terminal | None:
@@ -833,6 +835,10 @@ class CountyStore:
         problem: str,
         now_ms: int,
     ) -> IntakeResult:
+        if kind in _BEFORE_THE_KEY:
+            # Reachable with the TLS key alone, with any hash the sender likes: one row per
+            # terminal and kind counts them, so a flood cannot grow the table.
+            seq, theirs, ours = 0, b"", None
         _record_alarm(conn, terminal_id, kind, seq, theirs, ours, problem, now_ms)
         return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
 
@@ -1230,8 +1236,8 @@ class CountyStore:
             ).fetchall():
                 try:
                     d = json.loads(detail)
-                except ValueError:
-                    continue
+                except (ValueError, RecursionError):
+                    continue  # a signed entry the county cannot read: no offset from it
                 if not isinstance(d, dict):
                     continue
                 ahead, server = d.get("wall_ahead_ms"), d.get("server_ms")
@@ -1471,7 +1477,8 @@ def _record_alarm(
     conn.execute(
         "INSERT INTO alarms (terminal, kind, seq, theirs, ours, problem, first_ms, last_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (terminal, kind, seq, theirs)"
-        " DO UPDATE SET last_ms = excluded.last_ms, times = times + 1",
+        " DO UPDATE SET last_ms = excluded.last_ms, times = times + 1,"
+        " problem = excluded.problem",
         (terminal_id, kind, seq, theirs, ours, problem, now_ms, now_ms),
     )
 

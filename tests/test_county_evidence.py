@@ -309,7 +309,13 @@ def test_the_tls_key_alone_cannot_inject_entries(
         assert answer.json()["alarm"] in (UNSIGNED, "bad_checkpoint")
         assert answer.json()["acked_seq"] == acked
     assert county.store.terminal("a1").acked_seq == acked  # type: ignore[union-attr]
-    assert alarms_of(county, UNSIGNED)
+    # A flood of such batches, each with other hashes, is one alarm row that counts them.
+    for _ in range(20):
+        assert (
+            _post(term, {"nonce": "", "entries": _chained(term, 2), "checkpoints": []}).ok is False
+        )
+    [flood] = alarms_of(county, UNSIGNED)
+    assert flood["times"] == 21 and "no checkpoint" in flood["problem"]
     # The genuine terminal is not locked out: its next sale syncs as usual.
     record(term, qr_sale(w, w.draw(T0 + 600), 2, meal="dinner"))
     sync(term)
@@ -591,7 +597,7 @@ def test_a_county_takes_the_keys_of_a_trust_list_published_before(
 def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
     tmp_path: Path, issuer: Issuer
 ) -> None:
-    """Entry details are read twice at the county (evidence, applied sets): a detail nested
+    """Entry details are read at the county (evidence, applied sets, clock offsets): a detail nested
     100,000 deep in a correctly chained and signed batch is stored and answered 200, so the
     terminal is not told to retry a batch forever."""
     county = make_county(tmp_path)
@@ -606,7 +612,7 @@ def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
                 "SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'"
             ).fetchone()
         rows: list[list[Any]] = []
-        for kind in ("config_applied", SALE):
+        for kind in ("config_applied", "time_signal", SALE):
             seq += 1
             fields = [seq, secrets.token_hex(8), T0_MS, kind, ACCEPT, None, "qr"]
             fields += ["iss/x", "qr/iss/00", 1, "u", DAY, "lunch", 0, None, deep]
@@ -625,7 +631,35 @@ def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
             },
         )
         assert answer.status_code == 200, answer.text
-        assert answer.json()["accepted"] == 2
+        assert answer.json()["accepted"] == 3
         assert [x["seq"] for x in alarms_of(county, BAD_EVIDENCE)] == [last[0]]
     finally:
         county.stop()
+
+
+def test_re_registering_a_terminal_cuts_its_old_certificate_off_at_once(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    """A stolen terminal: county IT registers the terminal id again (a new code for the
+    replacement device) and the certificate on the stolen one stops working now."""
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    sync(term)
+    # In another process, as `canteen-county terminal add` would: the server must notice.
+    assert (
+        county_main(
+            [
+                "terminal",
+                "add",
+                "--data",
+                str(county.data),
+                "--canteen",
+                "canteen-a",
+                "--terminal",
+                "a1",
+            ]
+        )
+        == 0
+    )
+    record(term, card_sale(wallet(issuer, "T"), "04aa"))
+    result = SyncClient(term.ledger_path, term.identity, FAST).sync_once(time.monotonic() + 10)
+    assert result.error_kind == "refused" and "not (or no longer)" in (result.error or "")
