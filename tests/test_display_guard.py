@@ -2,20 +2,26 @@
 
 Real HTTP on 127.0.0.1 to a real screen server over a real Checkout
 (tests/displaykit.py). Only the PIN buckets' monotonic clock is moved by the
-test, so an hour of guessing takes seconds.
+test, so an hour of guessing takes seconds. The kiosk's start page is opened
+in Debian's Chromium (Playwright, headless), as the kiosk unit opens it.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import re
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from displaykit import LUNCH, EventReader, Kit, wallet
 
-from terminal.display.server import KIOSK_COOKIE
+from terminal.display.server import KIOSK_COOKIE, KIOSK_DIR_ENV
 
 PIN = "4821"
 
@@ -169,3 +175,172 @@ def test_a_body_nested_2000_deep_gets_400_and_no_traceback(
     assert kit.post("/staff/open", {"pin": PIN})[0] == 200
     assert "Traceback" not in capfd.readouterr().err
     assert not [r for r in caplog.records if r.exc_info]
+
+
+# ---- the kiosk's start page: a session from the moment it starts, without a PIN ----
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def kiosk_kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Kit]:
+    """A screen that writes its start page where canteen-terminal.service tells it to."""
+    (tmp_path / "kiosk").mkdir(mode=0o750)
+    monkeypatch.setenv(KIOSK_DIR_ENV, str(tmp_path / "kiosk"))
+    k = Kit(tmp_path / "state", max_clients=3)
+    k.ready()
+    yield k
+    k.close()
+
+
+def start_url(kit: Kit) -> str:
+    assert kit.screen.kiosk_page is not None
+    page = kit.screen.kiosk_page.read_text()
+    match = re.search(r'http-equiv="refresh" content="0; url=(http://[^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def get_raw(kit: Kit, target: str) -> tuple[int, dict[str, str]]:
+    """(status, headers) of a GET that does not follow redirects."""
+    conn = http.client.HTTPConnection("127.0.0.1", kit.screen.port, timeout=10)
+    try:
+        conn.request("GET", target.removeprefix(kit.url.rstrip("/")))
+        response = conn.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+def test_the_start_page_token_gives_a_kiosk_session_once(kiosk_kit: Kit) -> None:
+    clock = FakeClock()
+    kiosk_kit.screen.clock = clock
+    page = kiosk_kit.screen.kiosk_page
+    assert page is not None and stat.S_IMODE(page.stat().st_mode) == 0o640
+    first = start_url(kiosk_kit)
+    assert first.startswith(kiosk_kit.url + "?kiosk=")
+    # Another process has spent the shared PIN budget.
+    for _ in range(kiosk_kit.settings.staff_tries):
+        kiosk_kit.post("/staff/open", {"pin": "0000"})
+    assert kiosk_kit.post("/staff/open", {"pin": PIN})[0] == 429
+    # The token, once: a session cookie and on to the plain page.
+    status, head = get_raw(kiosk_kit, first)
+    assert (status, head["Location"]) == (303, "/")
+    cookie = cookie_from(head)
+    # The session has its own budget: the right PIN is checked and lets staff in.
+    assert kiosk_kit.post("/staff/open", {"pin": PIN}, {"Cookie": cookie})[0] == 200
+    # Used, it is worth nothing; the start page already holds the next one.
+    status, head = get_raw(kiosk_kit, first)
+    assert (status, head["Location"]) == (303, "/") and "Set-Cookie" not in head
+    second = start_url(kiosk_kit)
+    assert second != first
+    for wrong in (second[:-1], second + "x", kiosk_kit.url + "?kiosk=", kiosk_kit.url + "?kiosk"):
+        status, head = get_raw(kiosk_kit, wrong)
+        assert (status, head["Location"]) == (303, "/") and "Set-Cookie" not in head
+    status, head = get_raw(kiosk_kit, second)
+    assert status == 303 and cookie_from(head)
+
+
+def test_no_kiosk_directory_no_token(kit: Kit) -> None:
+    assert kit.screen.kiosk_page is None
+    status, head = get_raw(kit, "/?kiosk=anything")
+    assert (status, head["Location"]) == (303, "/") and "Set-Cookie" not in head
+
+
+def test_an_unwritable_kiosk_directory_is_one_warning_and_the_screen_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(KIOSK_DIR_ENV, str(tmp_path / "missing" / "kiosk"))
+    (tmp_path / "missing").write_text("a file where the directory should be")
+    k = Kit(tmp_path / "state")
+    try:
+        assert "cannot write the kiosk start page" in caplog.text
+        assert k.get("/state")[0] == 200
+        assert get_raw(k, "/?kiosk=x")[0] == 303
+    finally:
+        k.close()
+
+
+class Intruder:
+    """A local process from boot on: wrong PINs without pause, event streams in a loop."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+        self.stop = threading.Event()
+        self.guesses = 0
+        self.streams = 0
+        self.thread = threading.Thread(target=self._run, name="intruder", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        held: list[EventReader] = []
+        while not self.stop.is_set():
+            self.kit.post("/staff/open", {"pin": f"{self.guesses % 10000:04d}"})
+            self.guesses += 1
+            # Take every slot it can, and keep reconnecting: each new stream pushes out the
+            # oldest stream without a kiosk session.
+            try:
+                held.append(EventReader(self.kit, timeout=2))
+                self.streams += 1
+            except OSError:
+                pass
+            while len(held) > self.kit.settings.max_clients:
+                held.pop(0).close()
+            self.stop.wait(0.02)  # the intruder's own pace, not a test's wait
+        for reader in held:
+            reader.close()
+
+
+def test_a_fresh_kiosk_gets_its_feed_and_the_pin_while_a_process_attacks_from_boot(
+    kiosk_kit: Kit, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    expect = sync_api.expect
+    kit = kiosk_kit
+    intruder = Intruder(kit)
+    try:
+        deadline = time.monotonic() + 10
+        while kit.post("/staff/open", {"pin": PIN})[0] != 429 or kit.screen.evicted < 3:
+            assert time.monotonic() < deadline, "the intruder never got going"
+            time.sleep(0.05)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                # A fresh profile, as after a reboot: no cookie. The kiosk unit opens the
+                # start page from the file.
+                context = browser.new_context(viewport={"width": 800, "height": 480})
+                page: Any = context.new_page()
+                page.clock.install(time=kit.terminal.clock_ms / 1000)
+                assert kit.screen.kiosk_page is not None
+                page.goto(kit.screen.kiosk_page.as_uri())
+                page.wait_for_url(kit.url)  # the plain address, without the token
+                expect(page.locator("#idle-meal")).to_have_text(re.compile(r"午餐|Lunch"))
+                assert [c["name"] for c in context.cookies()] == [KIOSK_COOKIE]
+                evicted = kit.screen.evicted
+                sale = kit.terminal.present(wallet("K1", "李四").draw(LUNCH))
+                expect(page.locator("body")).to_have_attribute("data-view", "accept")
+                expect(page.locator("#verdict-who")).to_contain_text("李四")
+                # The staff panel opens with the right PIN, through the page's own pad.
+                page.locator("#staff-button").click()
+                for digit in PIN:
+                    page.locator(f'#pin-pad button[data-key="{digit}"]').click()
+                page.locator("#pin-ok").click()
+                expect(page.locator("#panel-view")).to_be_visible()
+                expect(page.locator("#last-charge")).to_contain_text("李四")
+                # All the while the intruder kept reconnecting and is still locked out.
+                deadline = time.monotonic() + 10
+                while kit.screen.evicted < evicted + 3:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                assert kit.post("/staff/open", {"pin": PIN})[0] == 429
+                assert sale.entry.seq > 0
+            finally:
+                browser.close()
+    finally:
+        intruder.stop.set()
+        intruder.thread.join(timeout=10)

@@ -5,15 +5,17 @@ server on a loopback address that serves the page and its files, a
 server-sent events stream (``/events``) that hands every screen the current
 state on (re)connect and then each decision and status change, a JSON state
 endpoint, and the staff endpoints behind the PIN. Wrong PINs are bounded by
-token buckets (``PinGate``); a right PIN gives the browser a kiosk session
-cookie, and that session keeps its own PIN budget and an event stream no
-other client can push out, so a local process can neither guess freely nor
-lock the staff out. The daemon calls ``show_decision`` and ``set_status`` from its worker
-thread; those calls must never block on a screen, so each stream has a
-bounded queue and a stream that falls behind is dropped (its page reconnects
-and gets the current state). It never touches the ledger, the policy or a
-device: staff actions go through the ``StaffDesk`` the daemon gives it, and
-it never shows a verdict the daemon has not committed.
+token buckets (``PinGate``). A kiosk session cookie gives a browser its own PIN
+budget and an event stream no other client can push out, so a local process can
+neither guess freely nor lock the staff out. The kiosk gets that cookie at start,
+without a PIN: the server writes a start page holding a one-use kiosk token into a
+directory only the kiosk's user can read (``CANTEEN_KIOSK_DIR``), and exchanges the
+token for the cookie (a right PIN also earns one). The daemon calls ``show_decision``
+and ``set_status`` from its worker thread; those calls must never block on a
+screen, so each stream has a bounded queue and a stream that falls behind is
+dropped (its page reconnects and gets the current state). It never touches the
+ledger, the policy or a device: staff actions go through the ``StaffDesk`` the
+daemon gives it, and it never shows a verdict the daemon has not committed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import secrets
 import socket
@@ -36,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from terminal import durable
 from terminal.display import views
@@ -65,6 +69,12 @@ RECONNECT_MS = 2000  # the page's EventSource retry delay
 # budget and event stream slot (docs/install.md, "The staff PIN and the kiosk session").
 KIOSK_COOKIE = "canteen_kiosk"
 KIOSK_COOKIE_AGE_S = 400 * 86400  # the longest a browser keeps a cookie
+# Where the kiosk's start page goes: set by canteen-terminal.service to a directory that
+# only the kiosk's user (group canteen-kiosk) and the daemon can read (docs/install.md).
+KIOSK_DIR_ENV = "CANTEEN_KIOSK_DIR"
+KIOSK_PAGE = "start.html"
+KIOSK_PAGE_MODE = 0o640  # the directory's group (set-group-ID) is the kiosk's
+KIOSK_QUERY = "kiosk"  # GET /?kiosk=TOKEN: the start page's way in
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -184,6 +194,7 @@ class Screen:
         *,
         secret: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kiosk_dir: str | Path | None = None,
     ) -> None:
         self.settings = settings
         self.staff = staff
@@ -204,6 +215,13 @@ class Screen:
         self.dropped = 0  # streams dropped for falling behind (for health and tests)
         self.evicted = 0  # streams closed to make room for a newer one
         self._evicted_logged = -3600.0
+        # The kiosk's start page: None when neither the caller nor the unit names a directory
+        # (a demo, a test): then only a right PIN earns a kiosk session.
+        where = kiosk_dir if kiosk_dir is not None else os.environ.get(KIOSK_DIR_ENV) or None
+        self.kiosk_page = Path(where) / KIOSK_PAGE if where is not None else None
+        self._kiosk_token: str | None = None  # the one the start page holds now
+        self._kiosk_lock = threading.Lock()
+        self._bad_token_logged = -3600.0
 
     # ---- life ----
 
@@ -213,6 +231,10 @@ class Screen:
             return
         server = _Server((self.settings.host, self.settings.port), _Handler, self)
         self._server = server
+        # Before the first request is served: the kiosk unit waits for the page to answer,
+        # then opens the start page, which must already hold this start's token.
+        with self._kiosk_lock:
+            self._write_kiosk_page(secrets.token_urlsafe(32))
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="screen-http"
         )
@@ -350,6 +372,51 @@ class Screen:
 
     # ---- kiosk sessions ----
 
+    def _write_kiosk_page(self, token: str) -> None:
+        # Called with _kiosk_lock held. A token is in force only once the page holding it is
+        # on disk; when the write fails none is (a used token must not come back).
+        if self.kiosk_page is None:
+            return
+        target = f"{self.url}?{KIOSK_QUERY}={token}"
+        page = (
+            '<!doctype html>\n<meta charset="utf-8">\n'
+            '<meta name="referrer" content="no-referrer">\n'
+            f'<meta http-equiv="refresh" content="0; url={target}">\n'
+            "<title>canteen screen</title>\n"
+        )
+        try:
+            durable.write_atomic(self.kiosk_page, page.encode(), mode=KIOSK_PAGE_MODE)
+            # The daemon's umask (0077) took the group's read bit away at creation.
+            os.chmod(self.kiosk_page, KIOSK_PAGE_MODE)
+        except OSError as exc:
+            log.warning(
+                "screen: cannot write the kiosk start page %s: %s; the kiosk gets its "
+                "session only from a right PIN until this is fixed (docs/install.md, step 7)",
+                self.kiosk_page,
+                exc.strerror or exc,
+            )
+            self._kiosk_token = None
+            return
+        self._kiosk_token = token
+
+    def redeem_kiosk_token(self, token: str) -> str | None:
+        """A new kiosk session cookie value for the start page's token, or None.
+
+        Each token is good once: a right one is replaced at once by a new one in the start
+        page, so a token read later (from a history, a log) is worth nothing.
+        """
+        with self._kiosk_lock:
+            current = self._kiosk_token
+            if current is not None and hmac.compare_digest(token.encode(), current.encode()):
+                self._write_kiosk_page(secrets.token_urlsafe(32))
+                log.info("screen: the kiosk's start page opened a kiosk session")
+                return self.new_session()
+            now = time.monotonic()
+            if now - self._bad_token_logged >= 60:
+                self._bad_token_logged = now
+                log.warning("screen: a wrong or used kiosk token was refused")
+            return None
+
     def _mac(self, sid: str) -> str:
         return hmac.new(self._secret, sid.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -443,11 +510,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        self.set_cookie = None
         if not self._host_ok():
             self._error(HTTPStatus.MISDIRECTED_REQUEST, "wrong_host", "use http://127.0.0.1")
             return
-        path = self.path.split("?", 1)[0]
-        if path in STATIC:
+        path, _, query = self.path.partition("?")
+        kiosk = parse_qs(query, keep_blank_values=True).get(KIOSK_QUERY) if query else None
+        if path == "/" and kiosk:
+            self._kiosk_start(kiosk[0])
+        elif path in STATIC:
             name, content_type = STATIC[path]
             self._send(HTTPStatus.OK, _asset(name), content_type)
         elif path == "/state":
@@ -458,6 +529,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         else:
             self._error(HTTPStatus.NOT_FOUND, "not_found", "no such page")
+
+    def _kiosk_start(self, token: str) -> None:
+        # Whether the token was right or not, on to the plain page: the address bar and the
+        # page's own reloads never carry a token, and a used one still shows the screen.
+        value = self.screen.redeem_kiosk_token(token) if len(token) <= 128 else None
+        if value is not None:
+            self.set_cookie = _session_cookie(value)
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8", {"Location": "/"})
 
     def _events(self) -> None:
         kiosk = self.screen.session_of(self.headers.get("Cookie")) is not None
@@ -566,10 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
         left = screen.gate.record(key, staff is not None, now)
         if staff is not None:
             if session is None:
-                self.set_cookie = (
-                    f"{KIOSK_COOKIE}={screen.new_session()}; Path=/; HttpOnly; "
-                    f"SameSite=Strict; Max-Age={KIOSK_COOKIE_AGE_S}"
-                )
+                self.set_cookie = _session_cookie(screen.new_session())
             return staff
         # Checked and wrong (403); with no try left, it also says how long to wait.
         wait = screen.gate.locked_for(key, now)
@@ -679,6 +755,12 @@ class _Handler(BaseHTTPRequestHandler):
             "text/csv; charset=utf-8",
             {"Content-Disposition": f'attachment; filename="{safe}"'},
         )
+
+
+def _session_cookie(value: str) -> str:
+    return (
+        f"{KIOSK_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={KIOSK_COOKIE_AGE_S}"
+    )
 
 
 _ASSETS: dict[str, bytes] = {}
