@@ -385,9 +385,7 @@ class Screen:
             "<title>canteen screen</title>\n"
         )
         try:
-            durable.write_atomic(self.kiosk_page, page.encode(), mode=KIOSK_PAGE_MODE)
-            # The daemon's umask (0077) took the group's read bit away at creation.
-            os.chmod(self.kiosk_page, KIOSK_PAGE_MODE)
+            _write_kiosk_file(self.kiosk_page, page.encode())
         except OSError as exc:
             log.warning(
                 "screen: cannot write the kiosk start page %s: %s; the kiosk gets its "
@@ -755,6 +753,28 @@ class _Handler(BaseHTTPRequestHandler):
             "text/csv; charset=utf-8",
             {"Content-Disposition": f'attachment; filename="{safe}"'},
         )
+
+
+def _write_kiosk_file(path: Path, data: bytes) -> None:
+    """Temp file, mode, fsync, rename: the kiosk finds the old page or the new, always readable.
+
+    Not durable.write_atomic: that one creates a missing directory, and this one must come
+    from systemd-tmpfiles with the kiosk's group (set-group-ID), and the mode is set before
+    the rename because the daemon's umask (0077) takes the group's read bit at creation.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), KIOSK_PAGE_MODE)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _session_cookie(value: str) -> str:
