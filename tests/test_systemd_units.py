@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,172 @@ def test_the_udev_rule_gives_the_two_stable_names() -> None:
     assert set(names) == {"canteen-reader", "canteen-camera"}
     ids = re.findall(r'ATTRS\{idVendor\}=="(\w+)", ATTRS\{idProduct\}=="(\w+)"', RULES.read_text())
     assert {("1a86", "7523"), ("10c4", "ea60"), ("0403", "6001")} <= set(ids)
+
+
+# ---- the kiosk unit's command, run with the real Chromium (headless) ----
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def kiosk_command() -> str:
+    """The shell script of the kiosk unit's ExecStart, as systemd hands it to /bin/sh.
+
+    Continuation lines are joined and ``$$`` becomes ``$``; the unit's other variables
+    are left for the shell, which reads them from the same environment systemd would.
+    """
+    text = KIOSK_UNIT.read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[:2] == ["/bin/sh", "-c"]
+    return argv[2].replace("$$", "$")
+
+
+def run_kiosk(tmp_path: Path, url: str, page: Path) -> subprocess.Popen[str]:
+    """The kiosk unit's command, with ``chromium`` a wrapper that adds headless flags."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "chromium"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# No Wayland here: headless, and the rest of the unit's flags as they are.\n"
+        'for a; do shift; [ "$a" = --ozone-platform=wayland ] || set -- "$@" "$a"; done\n'
+        f'exec {CHROMIUM} --headless=new --no-sandbox --disable-gpu "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "XDG_RUNTIME_DIR": str(runtime),
+        "CANTEEN_SCREEN_URL": url,
+        "CANTEEN_KIOSK_PAGE": str(page),
+    }
+    return subprocess.Popen(
+        ["/bin/sh", "-c", kiosk_command()],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    return err
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="apt-get install chromium")
+@pytest.mark.parametrize("readable", [True, False])
+def test_the_kiosk_unit_opens_the_start_page_and_gets_a_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readable: bool
+) -> None:
+    from displaykit import Kit
+
+    kiosk_dir = tmp_path / "kiosk"
+    kiosk_dir.mkdir(mode=0o750)
+    monkeypatch.setenv("CANTEEN_KIOSK_DIR", str(kiosk_dir))
+    kit = Kit(tmp_path / "state")
+    try:
+        kit.ready()
+        page = kit.screen.kiosk_page
+        assert page is not None
+        first = page.read_text()
+        # Not readable: as for a desktop user left out of group canteen-kiosk.
+        proc = run_kiosk(tmp_path, kit.url, page if readable else kiosk_dir / "nothing.html")
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                streams = list(kit.screen._streams)
+                if streams:
+                    break
+                assert proc.poll() is None, "the kiosk command exited"
+                assert time.monotonic() < deadline, "Chromium never opened the screen's events"
+                time.sleep(0.1)
+        finally:
+            err = stop(proc)
+        # With the start page: the token was used (the page holds a new one) and the page's
+        # event stream has the kiosk session. Without: the plain page, and a line that says
+        # what to fix.
+        assert [s.kiosk for s in streams] == [readable]
+        assert (page.read_text() != first) == readable
+        assert ("add this user to group canteen-kiosk" in err) != readable, err
+    finally:
+        kit.close()
+
+
+# ---- the start page's directory: who may read the kiosk token ----
+
+SYSUSERS = UNITS / "canteen-terminal.sysusers"
+TMPFILES = UNITS / "canteen-kiosk.tmpfiles"
+KIOSK_DIR = "/run/canteen-kiosk"
+
+
+def test_the_kiosk_directory_is_the_same_in_every_file() -> None:
+    assert "Environment=CANTEEN_KIOSK_DIR=" + KIOSK_DIR in TERMINAL_UNIT.read_text()
+    assert "ReadWritePaths=-" + KIOSK_DIR in TERMINAL_UNIT.read_text()
+    assert f"Environment=CANTEEN_KIOSK_PAGE={KIOSK_DIR}/start.html" in KIOSK_UNIT.read_text()
+    lines = [x for x in TMPFILES.read_text().splitlines() if x and not x.startswith("#")]
+    assert lines == [f"d {KIOSK_DIR} 2750 canteen-terminal canteen-kiosk -"]
+    assert "g canteen-kiosk -" in SYSUSERS.read_text().splitlines()
+
+
+def ids(root: Path, table: str, name: str) -> int:
+    for line in (root / "etc" / table).read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise AssertionError(f"{name} not in {table}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes users and changes owners: needs root")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="apt-get install util-linux")
+def test_only_the_kiosk_group_reads_the_start_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    from displaykit import Kit
+
+    # The real sysusers and tmpfiles files, applied to a scratch root that other users can
+    # walk into as they can into / and /run (pytest's own directories are root's alone).
+    root = Path(tempfile.mkdtemp(prefix="canteen-root-"))
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    root.chmod(0o755)
+    (root / "etc").mkdir()
+    for command in (
+        ["systemd-sysusers", f"--root={root}", str(SYSUSERS)],
+        ["systemd-tmpfiles", f"--root={root}", "--create", str(TMPFILES)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    daemon_uid = ids(root, "passwd", "canteen-terminal")
+    kiosk_gid = ids(root, "group", "canteen-kiosk")
+    where = root / KIOSK_DIR.lstrip("/")
+    info = where.stat()
+    assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o7777)) == (
+        daemon_uid,
+        kiosk_gid,
+        "0o2750",
+    )
+    # The daemon's user writes there (through the screen server's own code below, as root:
+    # the set-group-ID directory gives the file the kiosk's group either way).
+    as_daemon = ["setpriv", f"--reuid={daemon_uid}", f"--regid={daemon_uid}", "--clear-groups"]
+    assert subprocess.run([*as_daemon, "touch", str(where / "probe")]).returncode == 0
+    monkeypatch.setenv("CANTEEN_KIOSK_DIR", str(where))
+    kit = Kit(tmp_path / "state")
+    try:
+        page = kit.screen.kiosk_page
+        assert page is not None and page.stat().st_gid == kiosk_gid
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534"]
+        # A process of another user: cannot list the directory nor read the page.
+        for what in (["ls", str(where)], ["cat", str(page)]):
+            done = subprocess.run([*nobody, "--clear-groups", *what], capture_output=True)
+            assert done.returncode != 0 and b"Permission denied" in done.stderr
+        # The kiosk's user, in group canteen-kiosk: reads the token.
+        done = subprocess.run(
+            [*nobody, f"--groups={kiosk_gid}", "cat", str(page)], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "?kiosk=" in done.stdout
+    finally:
+        kit.close()
