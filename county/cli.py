@@ -220,32 +220,41 @@ def cmd_conflicts(a: argparse.Namespace) -> int:
 
 
 def cmd_conflicts_withdraw(a: argparse.Namespace) -> int:
+    from county import updates
+
+    has_repo = (updates.RepoPaths(Path(a.data)).metadata / "timestamp.json").is_file()
     store = _store(a)
     try:
-        lifted = store.withdraw_conflict(a.id, a.reason, _now_ms())
+        if has_repo:
+            try:
+                with updates.CountyRepository(a.data) as repo:
+                    lifted, pub = repo.withdraw_conflict(store, a.id, a.reason, _now_ms())
+            except updates.UpdatesError as exc:
+                raise CommandError(f"nothing withdrawn: {exc}") from None
+        else:
+            lifted, pub = store.withdraw_conflict(a.id, a.reason, _now_ms()), None
     finally:
         store.close()
     print(f"conflict {a.id} withdrawn: {a.reason.strip()}")
     if not lifted:
         print("its revocations stand on another conflict: nothing lifted")
         return 0
-    from county import updates
-
-    if not (updates.RepoPaths(Path(a.data)).metadata / "timestamp.json").is_file():
+    if pub is None:
         print(
             f"lifted {len(lifted)} revocation(s); this county publishes no signed updates: "
             f"install the list from '{PROG} revocations' on the terminals"
         )
         return 0
-    try:
-        with updates.CountyRepository(a.data) as repo:
-            pub = repo.lift(lifted, _now_ms() // 1000)
-    except updates.UpdatesError as exc:
-        raise CommandError(f"withdrawn, but the lift was not published: {exc}") from None
     print(
         f"lifted {pub.revocations_lifted} revocation(s) in signed revocation list version "
         f"{pub.revocation_version}: terminals accept again after their next sync"
     )
+    kept = len(lifted) - pub.revocations_lifted
+    if kept:
+        print(
+            f"{kept} stay revoked: county IT revoked them by hand ('{PROG} revoke'), and a "
+            "withdrawal never lifts those"
+        )
     return 0
 
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from terminal import tokens
+from terminal import tokens, trust
 from terminal.tokens import IssuerKey, TokenRejected
 
 QR = "qr"
@@ -72,8 +72,14 @@ def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
     if not isinstance(cadre, str) or not isinstance(credential, str):
         return "the accepted sale names no cadre or credential"
     if method == CARD:
-        if not credential.startswith("card/") or len(credential) <= 5:
+        if not credential.startswith("card/"):
             return f"a card sale must name a card credential, not {credential[:60]!r}"
+        try:
+            # A UID the terminals' revocation list would refuse could never be revoked,
+            # and one such entry would stop the whole list from being published.
+            list(trust.parse_revocations([{"kind": "card", "uid": credential[5:]}]))
+        except trust.TrustError:
+            return f"{credential[:60]!r} is not a card UID (4 to 10 bytes of hex)"
         return Proof(CARD, cadre, credential, None, int(fields["at_ms"]) // 1000)
     if method != QR:
         return f"an accepted sale by {str(method)[:20]!r} is neither a QR code nor a card"

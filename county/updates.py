@@ -232,10 +232,34 @@ def _source(paths: RepoPaths) -> sqlite3.Connection:
     db.executescript(_SOURCE_SCHEMA)
     columns = {row[1] for row in db.execute("PRAGMA table_info(revocations)")}
     if "origin" not in columns:
+        db.execute("BEGIN IMMEDIATE")
         db.execute(
             f"ALTER TABLE revocations ADD COLUMN origin TEXT NOT NULL DEFAULT '{BY_COUNTY_IT}'"
         )
+        # A list published before origins were kept: the conflict checks' revocations are
+        # those the county database holds for its conflicts; they must stay liftable.
+        keys = [(BY_CONFLICT, k) for k in _conflict_revocation_keys(paths.data)]
+        db.executemany("UPDATE revocations SET origin = ? WHERE k = ?", keys)
+        db.execute("COMMIT")
     return db
+
+
+def _conflict_revocation_keys(data: Path) -> list[bytes]:
+    """Index keys of every revocation the county database made from a conflict."""
+    file = data / "county.sqlite"
+    if not file.is_file():
+        return []
+    conn = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        # This release's table, or the first release's (one row per credential).
+        table = "conflict_revocations" if "conflict_revocations" in tables else "revocations"
+        if table not in tables:
+            return []
+        entries = [json.loads(r[0]) for r in conn.execute(f"SELECT entry FROM {table}")]
+    finally:
+        conn.close()
+    return list(trust.parse_revocations(entries))
 
 
 class CountyRepository:
@@ -457,32 +481,36 @@ class CountyRepository:
         self, entries: Sequence[dict[str, Any]], now: int, origin: str = BY_COUNTY_IT
     ) -> Publication:
         """Add §5 revocation entries to the master list and publish the shards they touch."""
+        with self._locked():
+            return self._revoke_held(entries, now, origin)
+
+    def _revoke_held(self, entries: Sequence[dict[str, Any]], now: int, origin: str) -> Publication:
+        """``revoke`` with the repository lock already held."""
         keys = list(trust.parse_revocations(entries))
         rows = []
         for key, entry in zip(keys, entries, strict=True):
             clean = {k: v for k, v in entry.items() if k in _ENTRY_FIELDS}
             rows.append((key, shard_of(key), _dump(clean).decode(), now, origin))
-        with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._db.total_changes
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO revocations (k, shard, entry, added_at, origin) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            added = self._db.total_changes - before
+            if origin == BY_COUNTY_IT:
+                # County IT's own word outlives any conflict's withdrawal.
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO revocations (k, shard, entry, added_at, origin) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    rows,
+                    "UPDATE revocations SET origin = ? WHERE k = ?",
+                    [(origin, row[0]) for row in rows],
                 )
-                added = self._db.total_changes - before
-                if origin == BY_COUNTY_IT:
-                    # County IT's own word outlives any conflict's withdrawal.
-                    self._db.executemany(
-                        "UPDATE revocations SET origin = ? WHERE k = ?",
-                        [(origin, row[0]) for row in rows],
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            pub = self._publish_revocations(now)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        pub = self._publish_revocations(now)
         pub.revocations_added = added
         return pub
 
@@ -491,35 +519,49 @@ class CountyRepository:
 
         Entries county IT revoked by hand stay: only the conflict checks' own are lifted.
         """
-        keys = list(trust.parse_revocations(entries))
         with self._locked():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                shards = sorted(
-                    {
-                        row[0]
-                        for key in keys
-                        for row in self._db.execute(
-                            "SELECT shard FROM revocations WHERE k = ? AND origin = ?",
-                            (key, BY_CONFLICT),
-                        )
-                    }
-                )
-                before = self._db.total_changes
-                self._db.executemany(
-                    "DELETE FROM revocations WHERE k = ? AND origin = ?",
-                    [(key, BY_CONFLICT) for key in keys],
-                )
-                lifted = self._db.total_changes - before
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            if not shards:
-                return Publication()
-            pub = self._publish_revocations(now, shards=shards)
+            return self._lift_held(entries, now)
+
+    def _lift_held(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
+        """``lift`` with the repository lock already held."""
+        keys = list(trust.parse_revocations(entries))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            shards = sorted(
+                {
+                    row[0]
+                    for key in keys
+                    for row in self._db.execute(
+                        "SELECT shard FROM revocations WHERE k = ? AND origin = ?",
+                        (key, BY_CONFLICT),
+                    )
+                }
+            )
+            before = self._db.total_changes
+            self._db.executemany(
+                "DELETE FROM revocations WHERE k = ? AND origin = ?",
+                [(key, BY_CONFLICT) for key in keys],
+            )
+            lifted = self._db.total_changes - before
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if not shards:
+            return Publication()
+        pub = self._publish_revocations(now, shards=shards)
         pub.revocations_lifted = lifted
         return pub
+
+    def withdraw_conflict(
+        self, store: Any, conflict_id: int, reason: str, now_ms: int
+    ) -> tuple[list[dict[str, Any]], Publication]:
+        """Withdraw a conflict in ``store`` (a CountyStore) and lift what it alone revoked,
+        under the repository lock, so the refresher cannot publish it again in between."""
+        with self._locked():
+            lifted = store.withdraw_conflict(conflict_id, reason, now_ms)
+            pub = self._lift_held(lifted, now_ms // 1000) if lifted else Publication()
+        return lifted, pub
 
     def revocation_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM revocations").fetchone()[0])
@@ -912,16 +954,27 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
     db = Path(data_dir) / "county.sqlite"
     if not db.is_file():
         return Publication()  # no intake yet, so no conflicts
-    store = CountyStore(db)
-    try:
-        found = store.revocations()
-    finally:
-        store.close()
-    entries = [{k: v for k, v in e.items() if k in _ENTRY_FIELDS} for e in found]
-    with CountyRepository(data_dir) as repo:
+    with CountyRepository(data_dir) as repo, repo._locked():
+        # Read under the lock that a withdrawal takes too: a conflict withdrawn between
+        # this read and the publication would otherwise be revoked again.
+        store = CountyStore(db)
+        try:
+            found = store.revocations()
+        finally:
+            store.close()
+        entries = []
+        for e in found:
+            entry = {k: v for k, v in e.items() if k in _ENTRY_FIELDS}
+            try:
+                list(trust.parse_revocations([entry]))
+            except trust.TrustError as exc:
+                # One bad entry must not hold back every other conflict's revocation.
+                log.warning("conflict %s: its revocation cannot be published: %s", e, exc)
+                continue
+            entries.append(entry)
         if not entries:
             return Publication()
-        return repo.revoke(entries, now, origin=BY_CONFLICT)
+        return repo._revoke_held(entries, now, BY_CONFLICT)
 
 
 def _remember_issuer_keys(data_dir: Path, entries: Sequence[Any], now: int) -> None:

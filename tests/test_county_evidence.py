@@ -240,6 +240,23 @@ def test_a_card_conflict_revokes_the_card_never_the_phone(
     assert [(r["kind"], r.get("uid")) for r in revoked] == [("card", "04a1b2c3")]
 
 
+def test_a_card_uid_the_terminals_cannot_revoke_is_no_evidence(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    """A card sale whose UID no revocation list would take: were it a conflict, its
+    revocation could never be published, and it would hold back every other one."""
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    w = wallet(issuer, "Y")
+    record(a, qr_sale(w, w.draw(T0), 1))
+    sync(a)
+    record(b, card_sale(w, "04aa"))  # two bytes: not a card UID
+    sync(b)
+    assert county.store.conflicts() == []
+    [bad] = alarms_of(county, BAD_EVIDENCE)
+    assert "is not a card UID" in bad["problem"]
+
+
 # --- 4. the pinned ledger key authenticates every batch ---------------------------------
 
 
@@ -663,3 +680,60 @@ def test_re_registering_a_terminal_cuts_its_old_certificate_off_at_once(
     record(term, card_sale(wallet(issuer, "T"), "04aa"))
     result = SyncClient(term.ledger_path, term.identity, FAST).sync_once(time.monotonic() + 10)
     assert result.error_kind == "refused" and "not (or no longer)" in (result.error or "")
+
+
+def test_revocations_published_before_origins_were_kept_can_still_be_lifted(
+    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A county upgraded from the release without origins: its conflict revocations were
+    published without one. The upgrade marks them as the conflict checks', so withdrawing
+    the conflict lifts them (it used to say "lifted 0" and leave the cadre revoked)."""
+    import sqlite3
+
+    county = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    county.start()
+    try:
+        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        w = wallet(issuer, "U")
+        for term in (a, b):
+            record(term, card_sale(w, "04beef01"))
+            sync(term)
+        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+    finally:
+        county.stop()
+    source = sqlite3.connect(cu.RepoPaths(county.data).source)
+    with source:
+        source.execute("ALTER TABLE revocations DROP COLUMN origin")  # as the old release
+    source.close()
+    [conflict] = county_main_json(county.data)
+    assert (
+        county_main(
+            [
+                "conflicts",
+                "withdraw",
+                str(conflict["id"]),
+                "--data",
+                str(county.data),
+                "--reason",
+                "reviewed: a faulty reader",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "lifted 1 revocation(s)" in out and "stay revoked" not in out
+    with cu.CountyRepository(county.data) as repo:
+        assert repo.revocation_count() == 0
+
+
+def county_main_json(data: Path) -> list[dict[str, Any]]:
+    from county.store import CountyStore
+
+    store = CountyStore(data / "county.sqlite")
+    try:
+        return store.conflicts()
+    finally:
+        store.close()
