@@ -821,7 +821,29 @@ class CountyStore:
                     result.conflicts.extend(
                         self._take_evidence(conn, keyring, terminal_id, canteen, e, now_ms)
                     )
+                elif e.fields[3] == REVERSAL and e.fields[14] is not None:
+                    self._reversed(conn, terminal_id, e, now_ms)
         return result
+
+    def _reversed(
+        self, conn: sqlite3.Connection, terminal_id: str, e: WireEntry, now_ms: int
+    ) -> None:
+        """Staff undid a sale: a standing conflict it was part of no longer stands. The
+        refresher lifts what only that conflict revoked (county/updates.py)."""
+        ref = e.fields[14]
+        conn.execute(
+            "UPDATE conflicts SET withdrawn_ms = ?, withdrawn_reason = ? WHERE withdrawn_ms IS NULL"
+            " AND ((first_terminal = ? AND first_seq = ?) OR (second_terminal = ? AND"
+            " second_seq = ?))",
+            (
+                now_ms,
+                f"staff at {terminal_id} reversed entry {ref} (reversal entry {e.seq})",
+                terminal_id,
+                ref,
+                terminal_id,
+                ref,
+            ),
+        )
 
     def _alarm(
         self,
@@ -960,6 +982,12 @@ class CountyStore:
         )
         second = _Side(terminal_id, e.seq, canteen, proof.method, proof.credential, e.hash)
         second_at = int(f["at_ms"])
+        undone = conn.execute(
+            "SELECT 1 FROM entries WHERE terminal = ? AND ref_seq = ? AND kind = ?",
+            (terminal_id, e.seq, REVERSAL),
+        ).fetchone()
+        if undone is not None:
+            return []  # reversed in the same batch: the cadre was not charged for it
         if proof.method == evidence.QR:
             # One code accepted at two terminals: a copied code (a screenshot). It is one
             # conflict, not also "served twice", though both are true.

@@ -524,7 +524,9 @@ class CountyRepository:
 
     def _lift_held(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
         """``lift`` with the repository lock already held."""
-        keys = list(trust.parse_revocations(entries))
+        return self._lift_keys_held(list(trust.parse_revocations(entries)), now)
+
+    def _lift_keys_held(self, keys: Sequence[bytes], now: int) -> Publication:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             shards = sorted(
@@ -963,18 +965,30 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
         finally:
             store.close()
         entries = []
+        standing: set[bytes] = set()
         for e in found:
             entry = {k: v for k, v in e.items() if k in _ENTRY_FIELDS}
             try:
-                list(trust.parse_revocations([entry]))
+                [key] = trust.parse_revocations([entry])
             except trust.TrustError as exc:
                 # One bad entry must not hold back every other conflict's revocation.
                 log.warning("conflict %s: its revocation cannot be published: %s", e, exc)
                 continue
+            standing.add(key)
             entries.append(entry)
-        if not entries:
-            return Publication()
-        return repo._revoke_held(entries, now, BY_CONFLICT)
+        # What the conflict checks published and no standing conflict holds any more (a
+        # conflict withdrawn by review or by a staff reversal) comes off the list.
+        published = {
+            bytes(r[0])
+            for r in repo._db.execute("SELECT k FROM revocations WHERE origin = ?", (BY_CONFLICT,))
+        }
+        gone = sorted(published - standing)
+        pub = repo._lift_keys_held(gone, now) if gone else Publication()
+        if entries:
+            lifted = pub.revocations_lifted
+            pub = repo._revoke_held(entries, now, BY_CONFLICT)
+            pub.revocations_lifted = lifted
+        return pub
 
 
 def _remember_issuer_keys(data_dir: Path, entries: Sequence[Any], now: int) -> None:

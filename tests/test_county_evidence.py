@@ -257,6 +257,69 @@ def test_a_card_uid_the_terminals_cannot_revoke_is_no_evidence(
     assert "is not a card UID" in bad["problem"]
 
 
+def _undo(term: Terminal) -> None:
+    """Staff reverse the terminal's last sale, as the screen's undo does."""
+    book = term.open_ledger()
+    try:
+        sale = book.last_sale()
+        assert sale is not None
+        book.append(
+            EntryDraft(
+                kind="reversal",
+                method=sale.method,
+                cadre=sale.cadre,
+                credential=sale.credential,
+                unit=sale.unit,
+                day=sale.day,
+                meal=sale.meal,
+                amount_fen=sale.amount_fen,
+                ref_seq=sale.seq,
+                detail={"staff": "staff"},
+            ),
+            T0_MS + 1,
+        )
+    finally:
+        book.close()
+
+
+def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    county = make_county(tmp_path)
+    now = int(time.time())
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    county.start()
+    try:
+        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+        c = provision_terminal(county, tmp_path / "c", "c1", "canteen-c")
+        w = wallet(issuer, "X")
+        record(a, card_sale(w, "04010203"))
+        sync(a)
+        # Charged by mistake at b1 and undone at once: both arrive in one batch.
+        record(b, card_sale(w, "04010203"))
+        _undo(b)
+        sync(b)
+        assert county.store.conflicts() == []
+        # Charged at c1, uploaded (a conflict, the card revoked), then undone by staff.
+        record(c, card_sale(w, "04010203"))
+        sync(c)
+        [conflict] = county.store.conflicts()
+        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+        _undo(c)
+        sync(c)
+        [after] = county.store.conflicts()
+        assert after["id"] == conflict["id"] and after["withdrawn_ms"] is not None
+        assert "reversed entry" in after["withdrawn_reason"]
+        assert county.store.revocations() == []
+        # The refresher's next round takes the card off the signed list.
+        assert cu.publish_conflict_revocations(county.data, now).revocations_lifted == 1
+        with cu.CountyRepository(county.data) as repo:
+            assert repo.revocation_count() == 0
+    finally:
+        county.stop()
+
+
 # --- 4. the pinned ledger key authenticates every batch ---------------------------------
 
 
