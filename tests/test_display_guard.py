@@ -206,11 +206,11 @@ def start_url(kit: Kit) -> str:
     return match.group(1)
 
 
-def get_raw(kit: Kit, target: str) -> tuple[int, dict[str, str]]:
+def get_raw(kit: Kit, target: str, method: str = "GET") -> tuple[int, dict[str, str]]:
     """(status, headers) of a GET that does not follow redirects."""
     conn = http.client.HTTPConnection("127.0.0.1", kit.screen.port, timeout=10)
     try:
-        conn.request("GET", target.removeprefix(kit.url.rstrip("/")))
+        conn.request(method, target.removeprefix(kit.url.rstrip("/")))
         response = conn.getresponse()
         response.read()
         return response.status, dict(response.getheaders())
@@ -229,6 +229,9 @@ def test_the_start_page_token_gives_a_kiosk_session_once(kiosk_kit: Kit) -> None
     for _ in range(kiosk_kit.settings.staff_tries):
         kiosk_kit.post("/staff/open", {"pin": "0000"})
     assert kiosk_kit.post("/staff/open", {"pin": PIN})[0] == 429
+    # A HEAD does not spend it.
+    status, head = get_raw(kiosk_kit, first, "HEAD")
+    assert (status, head["Location"]) == (303, "/") and "Set-Cookie" not in head
     # The token, once: a session cookie and on to the plain page.
     status, head = get_raw(kiosk_kit, first)
     assert (status, head["Location"]) == (303, "/")

@@ -65,8 +65,9 @@ MAX_BODY = 4096  # bytes of a staff request: a PIN and a sequence number
 KEEPALIVE_S = 10.0  # a ping on an idle stream: the page and the server both notice a dead peer
 WRITE_TIMEOUT_S = 10.0  # a screen that takes longer to accept bytes is dropped
 RECONNECT_MS = 2000  # the page's EventSource retry delay
-# The cookie a right PIN gives the browser it came from: that kiosk then has its own PIN
-# budget and event stream slot (docs/install.md, "The staff PIN and the kiosk session").
+# The cookie the kiosk's start page (or a right PIN) gives the browser it came from: that
+# kiosk then has its own PIN budget and event stream slot (docs/install.md, "The staff
+# PIN and the kiosk session").
 KIOSK_COOKIE = "canteen_kiosk"
 KIOSK_COOKIE_AGE_S = 400 * 86400  # the longest a browser keeps a cookie
 # Where the kiosk's start page goes: set by canteen-terminal.service to a directory that
@@ -94,8 +95,9 @@ class PinGate:
     Each client kind has its own token bucket of ``tries`` wrong PINs that refills
     one try every ``refill_s`` seconds: a burst of ``tries`` and then one guess per
     ``refill_s``, however many clients share the bucket. Clients without a kiosk
-    session (every local process, and a kiosk that has never had the right PIN)
-    share one bucket; each kiosk session (the cookie a right PIN earns) has its own.
+    session (every local process, and a kiosk without its start page that has never had
+    the right PIN) share one bucket; each kiosk session (the cookie the start page's token
+    or a right PIN earns) has its own.
     So a local process guessing drains only the shared bucket, and staff at the
     kiosk still get in. A right PIN refills the session's own bucket, never the
     shared one: on the shared one it says nothing about the others who use it.
@@ -531,7 +533,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _kiosk_start(self, token: str) -> None:
         # Whether the token was right or not, on to the plain page: the address bar and the
         # page's own reloads never carry a token, and a used one still shows the screen.
-        value = self.screen.redeem_kiosk_token(token) if len(token) <= 128 else None
+        # Only a GET spends the token: a HEAD (a link checker, curl -I) gets no cookie to keep.
+        spend = self.command == "GET" and len(token) <= 128
+        value = self.screen.redeem_kiosk_token(token) if spend else None
         if value is not None:
             self.set_cookie = _session_cookie(value)
         self._send(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8", {"Location": "/"})
