@@ -677,7 +677,9 @@ class CountyServer:
     ) -> None:
         self.data = Path(data)
         db = ca_db_path(self.data) if database_url is None else database_url_path(database_url)
-        self.store = CountyStore(db, limits)
+        from county.published import Published
+
+        self.store = CountyStore(db, limits, Published(self.data))
         self.http_limits = http_limits or HttpLimits()
         fastapi_app = create_app(self.data, self.store, http_limits=self.http_limits)
         # Signed updates (docs/updates.md): the TUF repository, served read-only.

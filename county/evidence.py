@@ -40,6 +40,19 @@ class Keyring(Protocol):
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]: ...
 
 
+class Lists(Protocol):
+    """What county IT published (county/published.py)."""
+
+    def meals_near(self, canteen: str, at_s: int) -> set[tuple[str, str]] | None: ...
+
+    def card_holder(self, uid: bytes) -> tuple[bool, str | None]: ...
+
+
+class Unjudged(str):
+    """A sale the county has nothing to judge by (no roster published for a card):
+    neither evidence nor a fault of the terminal."""
+
+
 @dataclass(frozen=True)
 class Proof:
     """An accepted sale the county verified: who ate, by which means."""
@@ -64,8 +77,29 @@ class _AtTheTime:
         return False
 
 
-def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
-    """The proof in one accepted sale (ledger field names), or one line saying why not."""
+def check_sale(
+    fields: Mapping[str, Any], keys: Keyring, canteen: str = "", lists: Lists | None = None
+) -> Proof | str:
+    """The proof in one accepted sale (ledger field names) at ``canteen``, or one line
+    saying why not (an ``Unjudged`` line when the county has nothing to judge it by)."""
+    proof = _proof(fields, keys, lists)
+    if isinstance(proof, str) or lists is None:
+        return proof
+    # The meal's name is the terminal's word: it must be the meal the canteen serves at
+    # the sale's time, as county IT published the windows (a QR sale's time is tied to
+    # the phone's signature, so a breakfast code cannot become "lunch").
+    served = lists.meals_near(canteen, int(fields["at_ms"]) // 1000)
+    claimed = (fields.get("day"), fields.get("meal"))
+    if served is not None and claimed not in served:
+        shown = ", ".join(f"{m} on {d}" for d, m in sorted(served)) or "no meal"
+        return (
+            f"the entry says {claimed[1]} on {claimed[0]}, but at its time canteen "
+            f"{canteen} serves {shown}"
+        )
+    return proof
+
+
+def _proof(fields: Mapping[str, Any], keys: Keyring, lists: Lists | None) -> Proof | str:
     method = fields.get("method")
     cadre = fields.get("cadre")
     credential = fields.get("credential")
@@ -80,6 +114,16 @@ def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
             list(trust.parse_revocations([{"kind": "card", "uid": credential[5:]}]))
         except trust.TrustError:
             return f"{credential[:60]!r} is not a card UID (4 to 10 bytes of hex)"
+        roster, holder = (
+            (False, None) if lists is None else lists.card_holder(bytes.fromhex(credential[5:]))
+        )
+        if not roster:
+            return Unjudged("no card roster is published: the county cannot tell whose card")
+        if holder != cadre:
+            return (
+                f"card {credential[5:]} belongs to {holder or 'nobody'} in the published "
+                f"roster, not to {cadre[:60]}"
+            )
         return Proof(CARD, cadre, credential, None, int(fields["at_ms"]) // 1000)
     if method != QR:
         return f"an accepted sale by {str(method)[:20]!r} is neither a QR code nor a card"
@@ -115,4 +159,4 @@ def check_sale(fields: Mapping[str, Any], keys: Keyring) -> Proof | str:
     return Proof(QR, signed_cadre, signed_credential, p.display_name, p.t)
 
 
-__all__ = ["CARD", "EVIDENCE_CLOCK_S", "QR", "Keyring", "Proof", "check_sale"]
+__all__ = ["CARD", "EVIDENCE_CLOCK_S", "QR", "Keyring", "Lists", "Proof", "Unjudged", "check_sale"]

@@ -73,11 +73,12 @@ class Limits:
     max_body_bytes: int = 8 * 1024 * 1024
     # Batches held for one terminal while an earlier gap is open.
     max_held_batches: int = 8
-    # Two sales of one cadre are "served twice" only when they happened this close:
-    # longer than any meal window, shorter than the gap between two meals' middles,
-    # so a terminal that labels a cadre's breakfast code "lunch" cannot make the
-    # cadre's real lunch elsewhere a conflict (the signed times are hours apart).
-    meal_span_s: int = 3 * 3600
+    # Two sales of one cadre are "served twice" only when they happened this close: as
+    # long as the longest default meal window, shorter than the shortest default gap
+    # between two meals (09:00 to 11:30), so without published meal windows a terminal
+    # that labels a breakfast code "lunch" still cannot clash it with the real lunch.
+    # Where county IT published the windows, the meal itself is checked (published.py).
+    meal_span_s: int = 2 * 3600
     # How long a batch held behind a gap waits for the entries before it.
     held_ttl_ms: int = 24 * 3_600_000
     # How long a provisioning code stays valid.
@@ -440,9 +441,13 @@ def parse_batch(
 class CountyStore:
     """The open county database. Thread-safe: one lock serialises every write."""
 
-    def __init__(self, path: str | Path, limits: Limits | None = None) -> None:
+    def __init__(
+        self, path: str | Path, limits: Limits | None = None, lists: evidence.Lists | None = None
+    ) -> None:
         self.path = Path(path)
         self.limits = limits or Limits()
+        # What county IT published (meal windows, roster), for judging evidence at intake.
+        self.lists = lists
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -943,7 +948,10 @@ class CountyStore:
     ) -> list[int]:
         """Verify one new accepted sale; only what verified is compared with other terminals."""
         f = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
-        proof = evidence.check_sale(f, keyring)
+        proof = evidence.check_sale(f, keyring, canteen, self.lists)
+        if isinstance(proof, evidence.Unjudged):
+            self._bump(conn, "sales_unjudged", 1)
+            return []
         if isinstance(proof, str):
             # The terminal vouched for a sale it cannot prove: an alarm against the terminal,
             # never a conflict against the cadre it names.

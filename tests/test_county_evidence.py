@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,15 +44,50 @@ T0 = T0_MS // 1000
 DAY = "2026-05-28"
 
 
+ISSUER = Issuer("hn-chenzhou", key_from_seed("evidence-issuer"))
+# The cards of the tests, and whose they are in the roster county IT published.
+CARDS = {"04a1b2c3": "K", "04010203": "X", "04ffee01": "Q", "04c0ffee": "M", "04beef01": "U"}
+
+
 @pytest.fixture(name="issuer")
 def issuer_fixture() -> Issuer:
-    return Issuer("hn-chenzhou", key_from_seed("evidence-issuer"))
+    return ISSUER
+
+
+@pytest.fixture(name="published", scope="module")
+def published_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A county data directory with its update repository, the issuer's trust list and
+    the card roster published: made once, copied for each test (publishing takes seconds)."""
+    root = tmp_path_factory.mktemp("published")
+    county = make_county(root)
+    now = int(time.time())
+    cu.init_repository(county.data, root / "root-keys", now)
+    trust_file = root / "trust.json"
+    trust_file.write_text(
+        json.dumps({"version": 1, "issued_at": now, "entries": [ISSUER.trust_entry()]})
+    )
+    roster = root / "roster.csv"
+    roster.write_text(
+        "uid,iss,sub,unit,display_name,status\n"
+        + "".join(
+            f"{uid},{ISSUER.iss},{sub},u-tax,Cadre {sub},active\n" for uid, sub in CARDS.items()
+        )
+    )
+    with cu.CountyRepository(county.data) as repo:
+        repo.publish_trust(trust_file, now)  # also the keys the county verifies codes with
+        repo.publish_roster(roster, now)
+    return county.data
+
+
+def fresh_county(published: Path, tmp_path: Path) -> County:
+    data = tmp_path / "county"
+    shutil.copytree(published, data)
+    return County(data)
 
 
 @pytest.fixture(name="county")
-def county_fixture(tmp_path: Path, issuer: Issuer) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    c.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
+def county_fixture(published: Path, tmp_path: Path) -> Iterator[County]:
+    c = fresh_county(published, tmp_path).start()
     try:
         yield c
     finally:
@@ -212,6 +248,83 @@ def test_a_code_seen_once_cannot_be_moved_to_another_meal(
     assert moved["seq"] == 3 and "presentation_stale" in moved["problem"]
 
 
+def _local_s(hhmm: str) -> int:
+    """Unix seconds of 2026-05-29 at ``hhmm`` in the canteens' time zone (UTC+8)."""
+    import datetime as dt
+
+    h, m = (int(x) for x in hhmm.split(":"))
+    zone = dt.timezone(dt.timedelta(hours=8))
+    return int(dt.datetime(2026, 5, 29, h, m, tzinfo=zone).timestamp())
+
+
+def test_a_meal_relabelled_against_the_published_windows_is_no_evidence(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    """Where county IT published the meal windows, the meal of a sale must be the one the
+    canteen serves at its time: here lunch starts 30 minutes after breakfast ends, closer
+    than any time span could separate, and the relabelled breakfast is still caught."""
+    settings = tmp_path / "windows.toml"
+    settings.write_text(
+        "".join(
+            f'[[meals]]\nname = "{name}"\nstart = "{start}"\nend = "{end}"\n'
+            "price_own_fen = 500\nprice_visitor_fen = 800\n\n"
+            for name, start, end in (("breakfast", "07:00", "09:00"), ("lunch", "09:30", "11:30"))
+        )
+    )
+    with cu.CountyRepository(county.data) as repo:
+        for canteen in ("canteen-s", "canteen-h"):
+            repo.publish_settings(settings, canteen, int(time.time()))
+    stolen = provision_terminal(county, tmp_path / "s", "s1", "canteen-s")
+    honest = provision_terminal(county, tmp_path / "h", "h1", "canteen-h")
+    w = wallet(issuer, "L")
+    breakfast = _local_s("08:55")
+    record(
+        stolen, qr_sale(w, w.draw(breakfast), 1, day="2026-05-29", meal="lunch"), breakfast * 1000
+    )
+    sync(stolen)
+    lunch = _local_s("09:40")
+    record(honest, qr_sale(w, w.draw(lunch), 2, day="2026-05-29", meal="lunch"), lunch * 1000)
+    sync(honest)
+    assert county.store.conflicts() == []
+    [bad] = alarms_of(county, BAD_EVIDENCE)
+    assert bad["terminal"] == "s1" and "serves breakfast on 2026-05-29" in bad["problem"]
+    assert alarms_of(county, BAD_EVIDENCE) == [bad]  # the honest lunch is evidence
+
+
+def test_without_published_windows_a_relabelled_breakfast_is_kept_apart_by_time(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    """No meal windows published: the two sales' times must lie within two hours, shorter
+    than the shortest default gap between meals (09:00 to 11:30)."""
+    stolen = provision_terminal(county, tmp_path / "s", "s1", "canteen-s")
+    honest = provision_terminal(county, tmp_path / "h", "h1", "canteen-h")
+    w = wallet(issuer, "N")
+    breakfast, lunch = _local_s("08:50"), _local_s("11:35")
+    record(stolen, qr_sale(w, w.draw(breakfast), 1, day="2026-05-29"), breakfast * 1000)
+    sync(stolen)
+    record(honest, qr_sale(w, w.draw(lunch), 2, day="2026-05-29"), lunch * 1000)
+    sync(honest)
+    assert county.store.conflicts() == []
+
+
+def test_a_card_sale_must_name_the_cards_holder_in_the_published_roster(
+    county: County, issuer: Issuer, tmp_path: Path
+) -> None:
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    stolen = provision_terminal(county, tmp_path / "s", "s1", "canteen-s")
+    v = wallet(issuer, "V")
+    record(a, qr_sale(v, v.draw(T0), 1))  # V's real lunch
+    sync(a)
+    # K's card, and a card in no roster, each claimed for V's lunch.
+    record(stolen, card_sale(v, "04a1b2c3"))
+    record(stolen, card_sale(v, "0badcafe"))
+    sync(stolen)
+    assert county.store.conflicts() == []
+    problems = [x["problem"] for x in alarms_of(county, BAD_EVIDENCE)]
+    assert len(problems) == 2
+    assert "belongs to hn-chenzhou/K" in problems[0] and "belongs to nobody" in problems[1]
+
+
 # --- 2. cards ----------------------------------------------------------------------------
 
 
@@ -283,11 +396,10 @@ def _undo(term: Terminal) -> None:
 
 
 def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
-    tmp_path: Path, issuer: Issuer
+    published: Path, tmp_path: Path, issuer: Issuer
 ) -> None:
-    county = make_county(tmp_path)
+    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
     county.start()
     try:
         a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -520,17 +632,10 @@ def _columns() -> tuple[str, ...]:
 
 
 def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
-    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+    published: Path, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    county = make_county(tmp_path)
+    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
-    trust_file = tmp_path / "trust.json"
-    trust_file.write_text(
-        json.dumps({"version": 1, "issued_at": now, "entries": [issuer.trust_entry()]})
-    )
-    with cu.CountyRepository(county.data) as repo:
-        repo.publish_trust(trust_file, now)  # also the keys the county verifies codes with
     county.start()
     try:
         a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -616,12 +721,11 @@ def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
 
 
 def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
-    tmp_path: Path, issuer: Issuer
+    published: Path, tmp_path: Path, issuer: Issuer
 ) -> None:
     """County IT revoked the card by hand too: withdrawing the conflict leaves it revoked."""
-    county = make_county(tmp_path)
+    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
     county.start()
     try:
         a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -675,13 +779,12 @@ def test_a_county_takes_the_keys_of_a_trust_list_published_before(
 
 
 def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
-    tmp_path: Path, issuer: Issuer
+    published: Path, tmp_path: Path, issuer: Issuer
 ) -> None:
     """Entry details are read at the county (evidence, applied sets, clock offsets): a detail nested
     100,000 deep in a correctly chained and signed batch is stored and answered 200, so the
     terminal is not told to retry a batch forever."""
-    county = make_county(tmp_path)
-    cu.init_repository(county.data, tmp_path / "root-keys", int(time.time()))
+    county = fresh_county(published, tmp_path)
     county.start()
     try:
         term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -746,16 +849,15 @@ def test_re_registering_a_terminal_cuts_its_old_certificate_off_at_once(
 
 
 def test_revocations_published_before_origins_were_kept_can_still_be_lifted(
-    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+    published: Path, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A county upgraded from the release without origins: its conflict revocations were
     published without one. The upgrade marks them as the conflict checks', so withdrawing
     the conflict lifts them (it used to say "lifted 0" and leave the cadre revoked)."""
     import sqlite3
 
-    county = make_county(tmp_path)
+    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
     county.start()
     try:
         a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
