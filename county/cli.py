@@ -119,7 +119,16 @@ def cmd_report(a: argparse.Namespace) -> int:
             )
         for t in report["terminals_not_heard_from"]:
             print(f"not heard from: {t['terminal']} at {t['canteen']} (acked to {t['acked_seq']})")
-        print(f"alarms: {report['alarms']}")
+        for c in report.get("clock_offsets", []):
+            if not c["in_tolerance"]:
+                ahead = c["ahead_ms"] / 1000
+                way = "fast" if ahead > 0 else "slow"
+                print(
+                    f"clock: {c['terminal']} is {abs(ahead):.0f} s {way} "
+                    f"(county time {_local(c['server_ms'], a.utc_offset)})"
+                )
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["alarms_by_kind"].items()))
+        print(f"alarms: {report['alarms']}" + (f" ({kinds})" if kinds else ""))
     else:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     return 0

@@ -176,7 +176,7 @@ def run(d: daemon.Daemon) -> threading.Thread:
 
 
 def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
-    tmp_path: Path, county: County
+    tmp_path: Path, county: County, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state_dir = tmp_path / "state"
     provision_terminal(county, state_dir, "t-daemon", "c-daemon")
@@ -226,6 +226,12 @@ def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
         alarms = [a for a in county.store.alarms() if a["kind"] == "clock"]
         assert alarms and alarms[0]["terminal"] == "t-daemon"
         assert "ahead of the county's time" in alarms[0]["problem"]
+        # County IT's report says so in words.
+        from county.cli import main as county_main
+
+        county_main(["report", "--data", str(county.data), "--text"])
+        text = capsys.readouterr().out
+        assert "clock: t-daemon is 108" in text and "s fast" in text and "clock 1" in text
     finally:
         if playwright is not None:
             playwright.stop()
