@@ -25,6 +25,7 @@ from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 from test_sync_support import FAST, T0_MS, County, Terminal, make_county, provision_terminal
 
 from county import updates as cu
+from county.app import CountyServer
 from county.cli import main as county_main
 from county.store import BAD_EVIDENCE, UNSIGNED, Limits
 from terminal import trust
@@ -87,7 +88,10 @@ def fresh_county(published: Path, tmp_path: Path) -> County:
 
 @pytest.fixture(name="county")
 def county_fixture(published: Path, tmp_path: Path) -> Iterator[County]:
-    c = fresh_county(published, tmp_path).start()
+    c = fresh_county(published, tmp_path)
+    # The refresher's first round runs at start; the tests publish conflicts themselves
+    # after that, so no later round may race them.
+    c.server = CountyServer(c.data, refresh_interval_s=3600).start()
     try:
         yield c
     finally:
@@ -396,40 +400,35 @@ def _undo(term: Terminal) -> None:
 
 
 def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
-    published: Path, tmp_path: Path, issuer: Issuer
+    county: County, tmp_path: Path, issuer: Issuer
 ) -> None:
-    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    county.start()
-    try:
-        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
-        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-        c = provision_terminal(county, tmp_path / "c", "c1", "canteen-c")
-        w = wallet(issuer, "X")
-        record(a, card_sale(w, "04010203"))
-        sync(a)
-        # Charged by mistake at b1 and undone at once: both arrive in one batch.
-        record(b, card_sale(w, "04010203"))
-        _undo(b)
-        sync(b)
-        assert county.store.conflicts() == []
-        # Charged at c1, uploaded (a conflict, the card revoked), then undone by staff.
-        record(c, card_sale(w, "04010203"))
-        sync(c)
-        [conflict] = county.store.conflicts()
-        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
-        _undo(c)
-        sync(c)
-        [after] = county.store.conflicts()
-        assert after["id"] == conflict["id"] and after["withdrawn_ms"] is not None
-        assert "reversed entry" in after["withdrawn_reason"]
-        assert county.store.revocations() == []
-        # The refresher's next round takes the card off the signed list.
-        assert cu.publish_conflict_revocations(county.data, now).revocations_lifted == 1
-        with cu.CountyRepository(county.data) as repo:
-            assert repo.revocation_count() == 0
-    finally:
-        county.stop()
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    c = provision_terminal(county, tmp_path / "c", "c1", "canteen-c")
+    w = wallet(issuer, "X")
+    record(a, card_sale(w, "04010203"))
+    sync(a)
+    # Charged by mistake at b1 and undone at once: both arrive in one batch.
+    record(b, card_sale(w, "04010203"))
+    _undo(b)
+    sync(b)
+    assert county.store.conflicts() == []
+    # Charged at c1, uploaded (a conflict, the card revoked), then undone by staff.
+    record(c, card_sale(w, "04010203"))
+    sync(c)
+    [conflict] = county.store.conflicts()
+    assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+    _undo(c)
+    sync(c)
+    [after] = county.store.conflicts()
+    assert after["id"] == conflict["id"] and after["withdrawn_ms"] is not None
+    assert "reversed entry" in after["withdrawn_reason"]
+    assert county.store.revocations() == []
+    # The refresher's next round takes the card off the signed list.
+    assert cu.publish_conflict_revocations(county.data, now).revocations_lifted == 1
+    with cu.CountyRepository(county.data) as repo:
+        assert repo.revocation_count() == 0
 
 
 # --- 4. the pinned ledger key authenticates every batch ---------------------------------
@@ -562,9 +561,6 @@ def test_a_replayed_screenshot_is_one_conflict(
 
 def test_held_batches_expire(tmp_path: Path, issuer: Issuer) -> None:
     county = make_county(tmp_path)
-    county.server = None
-    from county.app import CountyServer
-
     county.server = CountyServer(county.data, limits=Limits(held_ttl_ms=200)).start()
     try:
         term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -632,120 +628,110 @@ def _columns() -> tuple[str, ...]:
 
 
 def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
-    published: Path, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+    county: County, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    county.start()
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
+    tu.pin_root(a.root, root)
+    store = trust.TrustStore(a.root / "trust.sqlite")
     try:
-        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
-        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-        root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
-        tu.pin_root(a.root, root)
-        store = trust.TrustStore(a.root / "trust.sqlite")
-        try:
-            assert tu.update_once(tu.updater_for_county(a.root), store, now) is not None
-            w = wallet(issuer, "V")
-            record(a, qr_sale(w, w.draw(T0), 1))
-            sync(a)
-            record(b, qr_sale(w, w.draw(T0 + 30), 2))
-            sync(b)
-            assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
-            applied = tu.update_once(tu.updater_for_county(a.root), store, now)
-            assert applied is not None and applied.changed == ("revocations",)
-            key = trust.revocation_key("credential", w.iss, w.cti)
-            assert store._has(key)
+        assert tu.update_once(tu.updater_for_county(a.root), store, now) is not None
+        w = wallet(issuer, "V")
+        record(a, qr_sale(w, w.draw(T0), 1))
+        sync(a)
+        record(b, qr_sale(w, w.draw(T0 + 30), 2))
+        sync(b)
+        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+        applied = tu.update_once(tu.updater_for_county(a.root), store, now)
+        assert applied is not None and applied.changed == ("revocations",)
+        key = trust.revocation_key("credential", w.iss, w.cti)
+        assert store._has(key)
 
-            # County IT reviews: names, both terminals, local times, hashes.
-            assert county_main(["conflicts", "--data", str(county.data)]) == 0
-            listing = capsys.readouterr().out
-            [conflict] = county.store.conflicts()
-            assert f"conflict {conflict['id']} served_twice [standing]" in listing
-            assert "Cadre V" in listing and "terminal a1 (canteen-a)" in listing
-            assert "terminal b1 (canteen-b)" in listing and "2026-05-28 " in listing
+        # County IT reviews: names, both terminals, local times, hashes.
+        assert county_main(["conflicts", "--data", str(county.data)]) == 0
+        listing = capsys.readouterr().out
+        [conflict] = county.store.conflicts()
+        assert f"conflict {conflict['id']} served_twice [standing]" in listing
+        assert "Cadre V" in listing and "terminal a1 (canteen-a)" in listing
+        assert "terminal b1 (canteen-b)" in listing and "2026-05-28 " in listing
 
-            assert (
-                county_main(
-                    [
-                        "conflicts",
-                        "withdraw",
-                        str(conflict["id"]),
-                        "--data",
-                        str(county.data),
-                        "--reason",
-                        "the cadre was on an inspection trip; both meals approved",
-                    ]
-                )
-                == 0
+        assert (
+            county_main(
+                [
+                    "conflicts",
+                    "withdraw",
+                    str(conflict["id"]),
+                    "--data",
+                    str(county.data),
+                    "--reason",
+                    "the cadre was on an inspection trip; both meals approved",
+                ]
             )
-            out = capsys.readouterr().out
-            assert "lifted 1 revocation(s)" in out
-            # Withdrawn once only; an unknown conflict is one line, exit 2.
-            assert (
-                county_main(
-                    [
-                        "conflicts",
-                        "withdraw",
-                        str(conflict["id"]),
-                        "--data",
-                        str(county.data),
-                        "--reason",
-                        "again",
-                    ]
-                )
-                == 2
+            == 0
+        )
+        out = capsys.readouterr().out
+        assert "lifted 1 revocation(s)" in out
+        # Withdrawn once only; an unknown conflict is one line, exit 2.
+        assert (
+            county_main(
+                [
+                    "conflicts",
+                    "withdraw",
+                    str(conflict["id"]),
+                    "--data",
+                    str(county.data),
+                    "--reason",
+                    "again",
+                ]
             )
-            assert (
-                county_main(
-                    ["conflicts", "withdraw", "999", "--data", str(county.data), "--reason", "x"]
-                )
-                == 2
+            == 2
+        )
+        assert (
+            county_main(
+                ["conflicts", "withdraw", "999", "--data", str(county.data), "--reason", "x"]
             )
-            assert "no conflict 999" in capsys.readouterr().err
-            assert county.store.revocations() == []
-            # The refresher does not bring it back.
-            assert cu.publish_conflict_revocations(county.data, now).revocations_added == 0
+            == 2
+        )
+        assert "no conflict 999" in capsys.readouterr().err
+        assert county.store.revocations() == []
+        # The refresher does not bring it back.
+        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 0
 
-            lifted = tu.update_once(tu.updater_for_county(a.root), store, now)
-            assert lifted is not None and lifted.changed == ("revocations",)
-            assert not store._has(key)
-            # Withdrawn conflicts leave the report and stay on record.
-            report = county.store.report(int(time.time() * 1000), 3_600_000)
-            assert sum(d["conflicts"] for d in report["days"]) == 0
-            assert county_main(["conflicts", "--all", "--data", str(county.data)]) == 0
-            assert "WITHDRAWN" in capsys.readouterr().out
-        finally:
-            store.close()
+        lifted = tu.update_once(tu.updater_for_county(a.root), store, now)
+        assert lifted is not None and lifted.changed == ("revocations",)
+        assert not store._has(key)
+        # Withdrawn conflicts leave the report and stay on record.
+        report = county.store.report(int(time.time() * 1000), 3_600_000)
+        assert sum(d["conflicts"] for d in report["days"]) == 0
+        assert county_main(["conflicts", "--all", "--data", str(county.data)]) == 0
+        assert "WITHDRAWN" in capsys.readouterr().out
     finally:
-        county.stop()
+        store.close()
 
 
 def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
-    published: Path, tmp_path: Path, issuer: Issuer
+    county: County, tmp_path: Path, issuer: Issuer
 ) -> None:
     """County IT revoked the card by hand too: withdrawing the conflict leaves it revoked."""
-    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    county.start()
-    try:
-        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
-        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-        w = wallet(issuer, "M")
-        for term in (a, b):
-            record(term, card_sale(w, "04c0ffee"))
-            sync(term)
-        cu.publish_conflict_revocations(county.data, now)
-        with cu.CountyRepository(county.data) as repo:
-            repo.revoke([{"kind": "card", "uid": "04c0ffee"}], now)
-            count = repo.revocation_count()
-        [conflict] = county.store.conflicts()
-        lifted = county.store.withdraw_conflict(conflict["id"], "reviewed", T0_MS)
-        assert lifted == [{"kind": "card", "uid": "04c0ffee"}]
-        with cu.CountyRepository(county.data) as repo:
-            pub = repo.lift(lifted, now)
-            assert pub.revocations_lifted == 0 and repo.revocation_count() == count
-    finally:
-        county.stop()
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    w = wallet(issuer, "M")
+    for term in (a, b):
+        record(term, card_sale(w, "04c0ffee"))
+        sync(term)
+    cu.publish_conflict_revocations(county.data, now)
+    with cu.CountyRepository(county.data) as repo:
+        repo.revoke([{"kind": "card", "uid": "04c0ffee"}], now)
+        count = repo.revocation_count()
+    [conflict] = county.store.conflicts()
+    lifted = county.store.withdraw_conflict(conflict["id"], "reviewed", T0_MS)
+    assert lifted == [{"kind": "card", "uid": "04c0ffee"}]
+    with cu.CountyRepository(county.data) as repo:
+        pub = repo.lift(lifted, now)
+        assert pub.revocations_lifted == 0 and repo.revocation_count() == count
 
 
 def test_a_county_takes_the_keys_of_a_trust_list_published_before(
@@ -779,45 +765,40 @@ def test_a_county_takes_the_keys_of_a_trust_list_published_before(
 
 
 def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
-    published: Path, tmp_path: Path, issuer: Issuer
+    county: County, tmp_path: Path, issuer: Issuer
 ) -> None:
     """Entry details are read at the county (evidence, applied sets, clock offsets): a detail nested
     100,000 deep in a correctly chained and signed batch is stored and answered 200, so the
     terminal is not told to retry a batch forever."""
-    county = fresh_county(published, tmp_path)
-    county.start()
-    try:
-        term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
-        sync(term)
-        deep = "[" * 100_000 + "]" * 100_000
-        with county.store._lock:
-            seq, prev = county.store._conn.execute(
-                "SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'"
-            ).fetchone()
-        rows: list[list[Any]] = []
-        for kind in ("config_applied", "time_signal", SALE):
-            seq += 1
-            fields = [seq, secrets.token_hex(8), T0_MS, kind, ACCEPT, None, "qr"]
-            fields += ["iss/x", "qr/iss/00", 1, "u", DAY, "lunch", 0, None, deep]
-            digest = entry_hash(prev, fields)
-            rows.append([*fields, prev.hex(), digest.hex()])
-            prev = digest
-        key = load_or_create_signing_key(term.root / "terminal-key.pem")
-        last = rows[-1]
-        signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
-        answer = _post(
-            term,
-            {
-                "nonce": "",
-                "entries": rows,
-                "checkpoints": [[last[0], last[17], 0, signature.hex()]],
-            },
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["accepted"] == 3
-        assert [x["seq"] for x in alarms_of(county, BAD_EVIDENCE)] == [last[0]]
-    finally:
-        county.stop()
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    sync(term)
+    deep = "[" * 100_000 + "]" * 100_000
+    with county.store._lock:
+        seq, prev = county.store._conn.execute(
+            "SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'"
+        ).fetchone()
+    rows: list[list[Any]] = []
+    for kind in ("config_applied", "time_signal", SALE):
+        seq += 1
+        fields = [seq, secrets.token_hex(8), T0_MS, kind, ACCEPT, None, "qr"]
+        fields += ["iss/x", "qr/iss/00", 1, "u", DAY, "lunch", 0, None, deep]
+        digest = entry_hash(prev, fields)
+        rows.append([*fields, prev.hex(), digest.hex()])
+        prev = digest
+    key = load_or_create_signing_key(term.root / "terminal-key.pem")
+    last = rows[-1]
+    signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
+    answer = _post(
+        term,
+        {
+            "nonce": "",
+            "entries": rows,
+            "checkpoints": [[last[0], last[17], 0, signature.hex()]],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 3
+    assert [x["seq"] for x in alarms_of(county, BAD_EVIDENCE)] == [last[0]]
 
 
 def test_re_registering_a_terminal_cuts_its_old_certificate_off_at_once(
@@ -849,26 +830,21 @@ def test_re_registering_a_terminal_cuts_its_old_certificate_off_at_once(
 
 
 def test_revocations_published_before_origins_were_kept_can_still_be_lifted(
-    published: Path, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+    county: County, tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A county upgraded from the release without origins: its conflict revocations were
     published without one. The upgrade marks them as the conflict checks', so withdrawing
     the conflict lifts them (it used to say "lifted 0" and leave the cadre revoked)."""
     import sqlite3
 
-    county = fresh_county(published, tmp_path)
     now = int(time.time())
-    county.start()
-    try:
-        a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
-        b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-        w = wallet(issuer, "U")
-        for term in (a, b):
-            record(term, card_sale(w, "04beef01"))
-            sync(term)
-        assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
-    finally:
-        county.stop()
+    a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
+    w = wallet(issuer, "U")
+    for term in (a, b):
+        record(term, card_sale(w, "04beef01"))
+        sync(term)
+    assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
     source = sqlite3.connect(cu.RepoPaths(county.data).source)
     with source:
         source.execute("ALTER TABLE revocations DROP COLUMN origin")  # as the old release
