@@ -196,7 +196,36 @@ def decoder_table(n: int) -> dict[str, dict[str, dict[str, Any]]]:
     # symbols it located but could not decode costs (nothing, on empty frames).
     alone = ZxingDecoder(fallback=False)
     table["zx-alone"] = {k: timed_decode(alone, f, w) for k, (f, w) in sets.items()}
+    paired_empty(hd_empty)
     return table
+
+
+def paired_empty(frames: list[np.ndarray]) -> None:
+    """What asking zxing-cpp for located-but-undecoded symbols costs on empty frames:
+    both decoders on each frame in turn (median of 5 runs each), so load on a shared
+    machine falls on both alike; the mean paired difference is the cost."""
+    alone, chain = ZxingDecoder(fallback=False), ZxingDecoder()
+    ta: list[float] = []
+    tc: list[float] = []
+    looks = 0
+    for frame in frames:
+        ra, rc = [], []
+        for _ in range(5):
+            started = time.perf_counter()
+            decode_frame(alone, frame)
+            ra.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            decode_frame(chain, frame)
+            rc.append((time.perf_counter() - started) * 1000)
+            looks += chain.last_fallback_ms is not None
+        ta.append(statistics.median(ra))
+        tc.append(statistics.median(rc))
+    diff = statistics.mean(c - a for a, c in zip(ta, tc, strict=True))
+    print(
+        f"\nEmpty 1280x720 frames, zxing alone and the chain in turn ({len(frames)} frames): "
+        f"p99 {pct(ta, 99):.2f} vs {pct(tc, 99):.2f} ms, mean paired difference "
+        f"{diff:+.3f} ms, second looks {looks}"
+    )
 
 
 def print_decoders(table: dict[str, dict[str, dict[str, Any]]]) -> None:
