@@ -17,7 +17,7 @@ runs verify_presentation and then `Checkout.present_qr` on a real ledger
 Figures are printed next to the issue's targets.
 Run:
 
-    PYTHONPATH=.:hw-sim python bench/scan.py [--frames 200] [--e2e 150] [--hard 40]
+    PYTHONPATH=.:hw-sim python bench/scan.py [--frames 200] [--e2e 150] [--hard 40] [--hard-from 0]
 """
 
 from __future__ import annotations
@@ -125,10 +125,13 @@ class WechatDecoder:
         return [str(t) for t in texts if t]
 
 
-def hard_table(per_kind: int) -> None:
-    """Each decoder and the chain on the hard set, in the same run."""
-    print(f"rendering the hard set: {per_kind} frames of each of {len(hard_frames.KINDS)} kinds")
-    hard = hard_frames.hard_set(per_kind)
+def hard_table(per_kind: int, first_index: int = 0) -> None:
+    """Each decoder and the chain on the hard set, in the same run. The second look's
+    settings were chosen on indices 0-39; `first_index` 1000 gives frames they were not
+    chosen on."""
+    kinds = len(hard_frames.KINDS)
+    print(f"rendering the hard set: {per_kind} frames of each of {kinds} kinds from {first_index}")
+    hard = hard_frames.hard_set(per_kind, first_index)
     frames = [h.frame for h in hard]
     want: list[str | None] = [h.text for h in hard]
     candidates: list[tuple[str, Any]] = [
@@ -384,12 +387,13 @@ def main() -> int:
     parser.add_argument("--e2e", type=int, default=150, help="codes through the camera thread")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per frame (median)")
     parser.add_argument("--hard", type=int, default=40, help="hard-set frames of each kind")
+    parser.add_argument("--hard-from", type=int, default=0, help="first hard-set index")
     args = parser.parse_args()
     global REPEAT
     REPEAT = max(1, args.repeat)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{os.cpu_count()} CPUs, load average {load:.2f}; {REPEAT} timed runs per frame")
-    hard_table(args.hard)
+    hard_table(args.hard, args.hard_from)
     print_decoders(decoder_table(args.frames))
     bounded_frames()
     framer_throughput()
