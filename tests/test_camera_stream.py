@@ -1,6 +1,6 @@
 """The http(s) camera source read like a V4L2 device with one buffer: the newest frame wins.
 
-A real MJPEG server on 127.0.0.1 numbers its frames (a grey block whose level is the
+A real MJPEG server on 127.0.0.1 numbers its frames (grey blocks whose levels give the
 frame's number); the terminal's own open_capture reads it. A reader that falls behind
 the stream (a slow core) must get the newest frame, never one that waited in a socket
 buffer, and a URL that is no MJPEG stream is one clear line.
@@ -21,7 +21,10 @@ import pytest
 from terminal.scanner.camera import CameraSettings, open_capture
 from terminal.scanner.mjpeg import MjpegStream
 
-LEVELS = 25  # frame k shows level (k % LEVELS) * 10 in its top-left block
+# Frame k shows its number in two grey blocks, level (k % 25) * 10 top left and
+# (k // 25 % 25) * 10 top right: frames are told apart over 625 in a row.
+LEVELS = 25
+NUMBERS = LEVELS * LEVELS
 WAIT_S = 10.0
 
 
@@ -37,14 +40,15 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
 class NumberedStream:
     """multipart/x-mixed-replace frames at `fps`, each showing its number; `sent` counts them."""
 
-    def __init__(self, fps: float = 50, with_length: bool = True, kind: str = "mjpeg") -> None:
+    def __init__(self, fps: float = 25, with_length: bool = True, kind: str = "mjpeg") -> None:
         self.sent = -1
         rng = np.random.default_rng(0)
         base = rng.integers(0, 255, (240, 320), dtype=np.uint8)
         self.jpegs = []
-        for v in range(LEVELS):
+        for k in range(NUMBERS):
             frame = base.copy()
-            frame[:80, :80] = v * 10
+            frame[:80, :80] = k % LEVELS * 10
+            frame[:80, -80:] = k // LEVELS * 10
             self.jpegs.append(cv2.imencode(".jpg", frame)[1].tobytes())
         owner = self
         self._gone = threading.Event()
@@ -65,7 +69,7 @@ class NumberedStream:
                 self.end_headers()
                 k = 0
                 while not gone.is_set():
-                    jpg = owner.jpegs[k % LEVELS]
+                    jpg = owner.jpegs[k % NUMBERS]
                     head = "--frame\r\nContent-Type: image/jpeg\r\n"
                     if with_length:
                         head += f"Content-Length: {len(jpg)}\r\n"
@@ -95,9 +99,11 @@ class NumberedStream:
         self._server.server_close()
 
 
-def level(frame: np.ndarray) -> int:
+def number(frame: np.ndarray) -> int:
     grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    return round(float(grey[:80, :80].mean()) / 10) % LEVELS
+    low = round(float(grey[:80, :80].mean()) / 10) % LEVELS
+    high = round(float(grey[:80, -80:].mean()) / 10) % LEVELS
+    return high * LEVELS + low
 
 
 @pytest.fixture()
@@ -107,22 +113,27 @@ def stream() -> Iterator[NumberedStream]:
     s.stop()
 
 
-def frames_behind_after_falling_behind(server: NumberedStream) -> list[int]:
-    """How far behind the newest frame each read is, when each read comes 10 frames late."""
+def sent_at_least(server: NumberedStream, n: int) -> Callable[[], bool]:
+    return lambda: server.sent >= n
+
+
+def reads_after_falling_behind(server: NumberedStream) -> list[int]:
+    """For reads that each come 10 frames late: how much newer each frame read is than the
+    newest frame sent before the read began (0: that one; negative: an older one)."""
     cap, described = open_capture(CameraSettings(source=server.url, stall_s=3.0))
     assert isinstance(cap, MjpegStream), described
     assert "newest" in described
     try:
-        behind = []
+        newer = []
         for _ in range(3):
             assert cap.read()[0]
             # The reader falls 10 frames behind (decoding on a starved core, say).
-            start = server.sent
-            assert wait_for(lambda s=start: server.sent >= s + 10)
+            assert wait_for(sent_at_least(server, server.sent + 10))
+            newest = server.sent
             ok, frame = cap.read()
             assert ok
-            behind.append((server.sent - level(frame)) % LEVELS)
-        return behind
+            newer.append((number(frame) - newest + NUMBERS // 2) % NUMBERS - NUMBERS // 2)
+        return newer
     finally:
         cap.release()
 
@@ -131,9 +142,11 @@ def frames_behind_after_falling_behind(server: NumberedStream) -> list[int]:
 def test_a_reader_that_falls_behind_gets_the_newest_frame(with_length: bool) -> None:
     server = NumberedStream(with_length=with_length)
     try:
-        # FFmpeg read these in order: 10 frames late every time (later still once the
-        # socket buffers fill). The newest frame is at most a frame or two old.
-        assert all(b <= 2 for b in frames_behind_after_falling_behind(server))
+        # FFmpeg read these in order: each read gave the frame after the last one read,
+        # 9 or more frames older than the newest sent (more once the socket buffers
+        # fill). Here a frame or two may still be on its way to the reader thread, and a
+        # part without Content-Length is whole only when the next one begins.
+        assert all(n >= -3 for n in reads_after_falling_behind(server))
     finally:
         server.stop()
 
@@ -151,7 +164,7 @@ def test_frames_are_grey_and_the_size_is_known(stream: NumberedStream) -> None:
         cap.release()
 
 
-def test_a_stream_that_stops_ends_reads_and_release_is_prompt(stream: NumberedStream) -> None:
+def test_a_stream_that_stops_ends_reads(stream: NumberedStream) -> None:
     cap, _ = open_capture(CameraSettings(source=stream.url, stall_s=1.0))
     try:
         assert cap.read()[0]
