@@ -62,6 +62,8 @@ class Published:
         from county.updates import CountyRepository, RepoPaths, UpdatesError
 
         paths = RepoPaths(self.data)
+        if not (paths.metadata / "timestamp.json").is_file():
+            return None  # this county publishes nothing: nothing to judge by
         try:
             with CountyRepository(self.data) as repo:
                 info = repo.target_info(path)
