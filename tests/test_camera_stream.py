@@ -8,6 +8,7 @@ buffer, and a URL that is no MJPEG stream is one clear line.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from terminal.scanner.camera import CameraSettings, open_capture
-from terminal.scanner.mjpeg import MjpegStream
+from terminal.scanner.mjpeg import MjpegStream, jpeg_size
 
 # Frame k shows its number in two grey blocks, level (k % 25) * 10 top left and
 # (k // 25 % 25) * 10 top right: frames are told apart over 625 in a row.
@@ -190,3 +191,119 @@ def test_no_server_and_not_a_stream_are_one_clear_line() -> None:
     with pytest.raises(OSError, match=r"cannot reach .* check that the stream's server") as e:
         open_capture(CameraSettings(source=url, stall_s=1.0))
     assert "\n" not in str(e.value)
+
+
+class RawStream:
+    """A one-connection HTTP/1.1 server on 127.0.0.1 that answers with `head` and then
+    whatever `body(conn)` writes; stops with the test."""
+
+    def __init__(self, content_type: str, body: Callable[[socket.socket], None]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.done = threading.Event()
+
+        def serve() -> None:
+            conn, _ = self._listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\r\n".encode())
+                with contextlib.suppress(OSError):
+                    body(conn)
+            self.done.set()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/stream.mjpg"
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _jpeg(width: int = 64, height: int = 48) -> bytes:
+    return cv2.imencode(".jpg", np.full((height, width), 128, np.uint8))[1].tobytes()
+
+
+def test_release_stops_the_reader_of_a_stream_that_drips_without_lengths() -> None:
+    """No Content-Length (the response takes the socket over) and a byte every 0.2 s,
+    inside the per-read timeout: release() must still stop the reader thread."""
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n")
+        while not stop.wait(0.2):
+            conn.sendall(b"x")
+
+    server = RawStream("multipart/x-mixed-replace; boundary=frame", drip)
+    try:
+        reader = MjpegStream(server.url, timeout_s=1.0)
+        assert wait_for(lambda: reader._thread.is_alive())
+        reader.release()
+        assert wait_for(lambda: not reader._thread.is_alive(), timeout_s=3.0)
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_a_frame_declaring_too_many_pixels_is_skipped_undecoded() -> None:
+    bomb = bytearray(_jpeg())
+    size = jpeg_size(bytes(bomb))
+    assert size == (64, 48)
+    # The same JPEG with a frame header claiming 16000x16000: half a GB if decoded.
+    sof = next(i for i in range(2, len(bomb)) if bomb[i] == 0xFF and bomb[i + 1] == 0xC0)
+    bomb[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
+    assert jpeg_size(bytes(bomb)) == (16000, 16000)
+    good = _jpeg(80, 60)
+    stop, go = threading.Event(), threading.Event()
+
+    def part(conn: socket.socket, jpg: bytes) -> None:
+        length = str(len(jpg)).encode()
+        conn.sendall(
+            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + length + b"\r\n\r\n"
+        )
+        conn.sendall(jpg + b"\r\n")
+
+    def parts(conn: socket.socket) -> None:
+        part(conn, bytes(bomb))
+        go.wait(10)  # the good frame only once the bomb was read
+        part(conn, good)
+        stop.wait(10)
+
+    server = RawStream("multipart/x-mixed-replace; boundary=frame", parts)
+    try:
+        reader = MjpegStream(server.url, timeout_s=2.0)
+        try:
+            assert wait_for(lambda: reader.parts == 1)
+            assert reader.read() == (False, None)  # skipped, never decoded
+            assert reader._not_frames == 1
+            go.set()
+            ok, frame = reader.read()
+            assert ok and frame.shape == (60, 80)
+        finally:
+            reader.release()
+    finally:
+        stop.set()
+        go.set()
+        server.close()
+
+
+def test_a_boundary_declared_with_its_dashes_is_read() -> None:
+    stop = threading.Event()
+    jpg = _jpeg()
+
+    def parts(conn: socket.socket) -> None:
+        while not stop.is_set():
+            conn.sendall(b"--myboundary\r\nContent-Type: image/jpeg\r\n\r\n" + jpg + b"\r\n")
+            stop.wait(0.05)
+
+    server = RawStream("multipart/x-mixed-replace; boundary=--myboundary", parts)
+    try:
+        reader = MjpegStream(server.url, timeout_s=3.0)
+        try:
+            ok, frame = reader.read()
+            assert ok and frame.shape == (48, 64)
+        finally:
+            reader.release()
+    finally:
+        stop.set()
+        server.close()

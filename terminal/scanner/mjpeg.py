@@ -30,8 +30,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 8 * 1024 * 1024  # a 4K JPEG at high quality is about 2 MB
+# Pixels of one frame: a few MB of JPEG can declare 16000x16000 (half a GB decoded).
+MAX_PIXELS = 4096 * 4096
 MAX_HEADER_LINE = 4096
 MAX_HEADERS = 32
+MAX_BLANK_LINES = 64  # between two parts: a CRLF or two, not an endless trickle
+_SKIP_LOG_S = 60.0  # parts skipped as not a frame: one log line a minute at most
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 
@@ -65,8 +69,12 @@ class MjpegStream:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        self._sock: socket.socket | None = None
         try:
             self._conn.request("GET", path, headers={"Accept": "multipart/x-mixed-replace"})
+            # Kept now: without a Content-Length the response takes the socket over, and
+            # release() must still be able to shut it to wake the reader thread.
+            self._sock = self._conn.sock
             resp = self._conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             self._conn.close()
@@ -80,7 +88,13 @@ class MjpegStream:
                 "not a multipart MJPEG stream"
             )
         self._resp = resp
-        self._boundary = b"--" + found.group(1).encode("latin-1")
+        given = found.group(1).encode("latin-1")
+        # Some cameras declare the boundary with its leading "--" already; take both.
+        self._boundary: tuple[bytes, ...] = (b"--" + given,) + (
+            (given,) if given.startswith(b"--") else ()
+        )
+        self._skipped_logged = 0.0
+        self._not_frames = 0
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
@@ -128,24 +142,37 @@ class MjpegStream:
                     return False, None
                 jpeg, self._taken = self._jpeg, self._seq
             assert jpeg is not None
-            frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+            size = jpeg_size(jpeg)
+            frame = None
+            if size is not None and size[0] * size[1] <= MAX_PIXELS:
+                frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
             if frame is not None:
                 self.height, self.width = frame.shape[:2]
                 return True, frame
-            log.warning("%s: a part that is not a JPEG was skipped", self.url)
+            self._not_frames += 1
+            if time.monotonic() - self._skipped_logged >= _SKIP_LOG_S:
+                self._skipped_logged = time.monotonic()
+                log.warning(
+                    "%s: %d part(s) skipped: not a JPEG, or larger than %d pixels",
+                    self.url,
+                    self._not_frames,
+                    MAX_PIXELS,
+                )
 
     def release(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         # shutdown wakes the reader thread out of a blocking recv; close alone may not.
-        sock = self._conn.sock
-        if sock is not None:
+        if self._sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._conn.close()
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not threading.current_thread():
             self._thread.join(self._timeout + 1)
+        # Closed only once the reader is out of it: http.client is not thread-safe.
+        with contextlib.suppress(OSError):
+            self._resp.close()
+        self._conn.close()
 
     # -- the reader thread --
 
@@ -180,8 +207,10 @@ class MjpegStream:
 
     def _next_part(self) -> bytes:
         line = self._line()
+        blank = 0
         while not line.startswith(self._boundary):  # the CRLF after a part, or a preamble
-            if line.strip():
+            blank += 1
+            if line.strip() or blank > MAX_BLANK_LINES:
                 raise StreamError("data between parts: not an MJPEG stream")
             line = self._line()
         if line.rstrip().endswith(b"--"):
@@ -208,8 +237,7 @@ class MjpegStream:
     def _part_until_boundary(self) -> bytes:
         """A part without Content-Length (some IP cameras): up to the next boundary line."""
         fp = self._resp
-        chunks: list[bytes] = []
-        size = 0
+        data = bytearray()  # one buffer: a part of millions of short lines costs its bytes
         while True:
             line: bytes = fp.readline(65536)
             if not line:
@@ -217,9 +245,40 @@ class MjpegStream:
             if line.startswith(self._boundary):
                 self._pushback = line
                 break
-            chunks.append(line)
-            size += len(line)
-            if size > MAX_PART_BYTES:
+            data += line
+            if len(data) > MAX_PART_BYTES:
                 raise StreamError("a part without a length grew past 8 MB: not a camera frame")
-        data = b"".join(chunks)
-        return data[:-2] if data.endswith(b"\r\n") else data
+        if data.endswith(b"\r\n"):
+            del data[-2:]
+        return bytes(data)
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic), which carry
+# the frame's size; the others (DHT C4, JPG C8, DAC CC) are not frames.
+_SOF = frozenset((*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read before decoding; None if not a JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SOF and i + 9 <= len(data):
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
