@@ -43,6 +43,7 @@ from terminal.sync import (  # noqa: E402
     _batch_checkpoint,
     apply_result,
     provision,
+    share_the_interpreter,
 )
 
 T0 = 1_780_000_000_000
@@ -232,6 +233,7 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
         from terminal.sync import load_identity
 
         client = SyncClient(root / "ledger.sqlite", load_identity(root), SETTINGS)
+        share_the_interpreter()  # as the daemon does when its sync thread starts
         book = state.open_ledger(root / "ledger.sqlite", root / "terminal-key.pem", "t1", T0)
         clock = TrustedClock(book.last_time_ms(), 0, 0)
 

@@ -33,7 +33,6 @@ from terminal.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, veri
 from terminal.trust import REVOCATIONS, ROSTER, TrustStore
 
 # How far back (in entries) to look for the newest recorded county time, as the sync does.
-TIME_SIGNAL_LOOKBACK = 5000
 
 NO_SUCH_SALE = "no_such_sale"
 REVERSAL_TOO_LATE = "reversal_too_late"
@@ -204,25 +203,19 @@ class Checkout:
     def _restore_clock(self) -> None:
         """Take the wall clock's standing from the newest recorded county time.
 
-        Looks back at most TIME_SIGNAL_LOOKBACK entries, newest first. The floor is
-        the newest time from that entry on: a floor lowered by the county (after a
-        wall clock that ran ahead) stays lowered across a restart.
+        However far back it is: a terminal the county found fast, offline since and busy
+        (or fed thousands of refusals at the counter), must not come back from a power
+        cut trusting its wall clock. The floor is the newest time from that entry on: a
+        floor lowered by the county (after a wall clock that ran ahead) stays lowered.
         """
-        last = self.ledger.last_seq()
-        newest = 0
-        upper = last
-        while upper >= 1 and last - upper < TIME_SIGNAL_LOOKBACK:
-            lower = max(1, upper - 255)
-            page = list(self.ledger.entries(lower, upper - lower + 1))
-            for entry in reversed(page):
-                newest = max(newest, entry.at_ms)
-                if entry.kind == TIME_SIGNAL:
-                    ahead = entry.detail.get("wall_ahead_ms")
-                    off = entry.detail.get("clock_trusted") is False and type(ahead) is int
-                    self.clock.restore(ahead if off else None)
-                    self.clock.floor_ms = newest
-                    return
-            upper = lower - 1
+        found = self.ledger.last_of_kind(TIME_SIGNAL)
+        if found is None:
+            return
+        entry, newest = found
+        ahead = entry.detail.get("wall_ahead_ms")
+        off = entry.detail.get("clock_trusted") is False and type(ahead) is int
+        self.clock.restore(ahead if off else None)
+        self.clock.floor_ms = newest
 
     def now(self, wall_ms: int, mono_ms: int | None = None) -> int:
         """Trusted time for a decision at ``wall_ms``; records a clock fault when one starts.

@@ -818,6 +818,7 @@ class Daemon:
             options,
             wall_ms=self._wall_ms,
         )
+        sync.share_the_interpreter()  # decisions wait less for the sync thread's GIL
 
         def arrived(result: sync.SyncResult) -> None:
             # The sync thread never writes the ledger: the worker applies the answer.

@@ -857,6 +857,23 @@ class Ledger:
         value: int = self._db.execute("SELECT max(at_ms) FROM entries").fetchone()[0]
         return value
 
+    def last_of_kind(self, kind: str) -> tuple[LedgerEntry, int] | None:
+        """The newest entry of ``kind``, and the newest time from it on; None if none.
+
+        Reads the whole table when the kind is rare (once, at start): however many
+        entries came since, the newest county time must be found.
+        """
+        row = self._db.execute("SELECT max(seq) FROM entries WHERE kind = ?", (kind,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        entry = self.entry(int(row[0]))
+        if entry is None:
+            return None
+        newest = self._db.execute(
+            "SELECT max(at_ms) FROM entries WHERE seq >= ?", (entry.seq,)
+        ).fetchone()[0]
+        return entry, int(newest)
+
     def highest_ctr(self, credential: str) -> int | None:
         """Highest presentation counter accepted for ``credential`` (sales and token checks)."""
         row = self._db.execute(

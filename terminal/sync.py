@@ -97,6 +97,15 @@ MAX_ANSWER_BYTES = 64 * 1024
 SWITCH_INTERVAL_S = 0.0005
 
 
+def share_the_interpreter() -> None:
+    """Shorten the interpreter's switch interval (SWITCH_INTERVAL_S) for the process.
+
+    The daemon calls it once, when its sync thread starts beside the decision worker;
+    a one-off command or a test that only builds a client leaves the process as it was.
+    """
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+
+
 def time_message(terminal_id: str, server_ms: int, acked_seq: int, nonce: bytes) -> bytes:
     """The bytes the county's time signature covers (canonical CBOR)."""
     return cbor2.dumps([TIME_DOMAIN, terminal_id, server_ms, acked_seq, nonce], canonical=True)
@@ -898,7 +907,6 @@ class SyncClient:
         self.verifier = ServerVerifier(ca, self.county_time_ms)
         self._resume_hint: int | None = None  # where the server said to continue
         self._lock = threading.Lock()
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
     def county_time_ms(self) -> int | None:
         """The newest county time this terminal holds, advanced by the monotonic clock."""

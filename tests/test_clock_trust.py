@@ -95,6 +95,29 @@ def test_a_fast_clock_sells_on_county_time_and_its_floor_comes_down(canteen: Can
     assert ledger.verify_file(canteen.root / "ledger.sqlite").ok
 
 
+def test_a_county_time_far_back_still_rules_after_a_restart(canteen: Canteen) -> None:
+    """The county found the clock fast; then, offline, more than 5,000 entries (a busy
+    canteen, or unknown cards swiped at the counter by the thousand). After a power cut
+    the wall clock must still not be trusted: the newest county time is found however
+    far back it is."""
+    real = LUNCH * 1000
+    fast = real + 3 * HOUR_MS
+    sync.apply_result(
+        canteen.c.ledger, canteen.c.clock, county_answer(real, fast, 2_000), fast, mono_ms=2_000
+    )
+    book = canteen.c.ledger
+    with book.group():  # one commit, as the worker's group commit does
+        for _ in range(5_200):
+            book.append(
+                ledger.EntryDraft(kind="sale", verdict="reject", reason="card_unknown"), real
+            )
+    canteen.restart()
+    assert canteen.c.clock.wall_ahead_ms == 3 * HOUR_MS
+    refused = canteen.c.present_card(CARD.uid, fast + 60_000, 5_000)
+    assert refused.reason == policy.CLOCK_UNTRUSTED
+    assert refused.entry.at_ms < fast  # dated at the floor, not by the fast wall clock
+
+
 def test_a_slow_clock_is_not_trusted_either(canteen: Canteen) -> None:
     real = LUNCH * 1000
     slow = real - 4 * HOUR_MS  # breakfast by the wall clock
