@@ -1222,23 +1222,20 @@ class CountyStore:
     def revocations(self) -> list[dict[str, Any]]:
         """Revocation entries standing on at least one conflict that was not withdrawn."""
         with self._lock:
+            # One row per credential, named after the first standing conflict that revokes it;
+            # the conflict's kind and unit joined in SQL, not read for every conflict.
             rows = self._conn.execute(
-                "SELECT r.entry, min(r.conflict_id), min(r.created_ms) FROM conflict_revocations"
-                " AS r JOIN conflicts AS c ON c.id = r.conflict_id WHERE c.withdrawn_ms IS NULL"
-                " GROUP BY r.credential ORDER BY min(r.conflict_id), r.credential"
+                "SELECT s.entry, s.first, s.created, c.kind, c.unit FROM (SELECT r.credential,"
+                " r.entry, min(r.conflict_id) AS first, min(r.created_ms) AS created"
+                " FROM conflict_revocations AS r JOIN conflicts AS w ON w.id = r.conflict_id"
+                " WHERE w.withdrawn_ms IS NULL GROUP BY r.credential) AS s"
+                " JOIN conflicts AS c ON c.id = s.first ORDER BY s.first, s.credential"
             ).fetchall()
-            kinds = dict(self._conn.execute("SELECT id, kind FROM conflicts").fetchall())
-            units = dict(self._conn.execute("SELECT id, unit FROM conflicts").fetchall())
         out = []
-        for entry, conflict_id, created_ms in rows:
+        for entry, conflict_id, created_ms, kind, unit in rows:
             item = json.loads(entry)
             item.update(
-                {
-                    "reason": kinds.get(conflict_id),
-                    "conflict": conflict_id,
-                    "unit": units.get(conflict_id),
-                    "created_ms": created_ms,
-                }
+                {"reason": kind, "conflict": conflict_id, "unit": unit, "created_ms": created_ms}
             )
             out.append(item)
         return out
