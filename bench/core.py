@@ -41,10 +41,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from figures import RESULTS, report  # noqa: E402
 from hwsim.wallet import Issuer, key_from_seed, make_wallet  # noqa: E402
 
+from protocol.tokens import verify_presentation  # noqa: E402
 from terminal import config, daemon, state, tokens, trust  # noqa: E402
-from terminal.checkout import Checkout  # noqa: E402
-from terminal.events import QrPresented  # noqa: E402
-from terminal.tokens import verify_presentation  # noqa: E402
+from terminal.core.checkout import Checkout  # noqa: E402
+from terminal.core.events import QrPresented  # noqa: E402
 
 
 def lunch_at(settings: config.Settings) -> int:
@@ -177,7 +177,7 @@ def bench_decisions(n: int, tmp: Path) -> None:
     store.close()
 
     # (b) A backlog through the daemon's decision worker, whose checker process checks the
-    # signatures of waiting codes beside it (terminal/checker.py). The process starts on
+    # signatures of waiting codes beside it (terminal/service/checker.py). The process starts on
     # a day's first backlog and stays up; here it is up before this backlog comes.
     root = tmp / "worker"
     book, store = state.open_state(root, "bench", now * 1000)
@@ -287,7 +287,7 @@ def bench_revocations(tmp: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; sys.path[:0]=[sys.argv[1]]; import terminal.trust, terminal.tokens;"
+            "import sys; sys.path[:0]=[sys.argv[1]]; import terminal.trust, protocol.tokens;"
             "print(next(int(l.split()[1])/1024 for l in open('/proc/self/status') "
             "if l.startswith('VmRSS:')))",
             str(ROOT),

@@ -101,14 +101,14 @@ def start_daemon(
     settings.write_text(text, encoding="utf-8")
     env = {**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "terminal.cli", "run", "--config", str(settings)],
+        [sys.executable, "-m", "terminal.commands.main", "run", "--config", str(settings)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
         cwd=ROOT,
         preexec_fn=preexec,
     )
-    from terminal import daemon
+    from terminal.service import daemon
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -40,7 +40,6 @@ if str(ROOT / "bench") not in sys.path:
 from figures import RESULTS, report  # noqa: E402
 
 from terminal import state  # noqa: E402
-from terminal.daemon import AUDIT_SLICE  # noqa: E402
 from terminal.ledger import (  # noqa: E402
     ACCEPT,
     REJECT,
@@ -50,6 +49,7 @@ from terminal.ledger import (  # noqa: E402
     EntryDraft,
     verify_file,
 )
+from terminal.service.daemon import AUDIT_SLICE  # noqa: E402
 
 T0_MS = 1_772_000_000_000
 GROUP = 2000  # appends per commit while building (the daemon groups up to 32)

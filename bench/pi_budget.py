@@ -300,7 +300,7 @@ def daemon_alone(
     from hwsim import population as pop
     from hwsim.camera import CameraSim
 
-    from terminal import daemon
+    from terminal.service import daemon
 
     run = tmp / "alone"
     run.mkdir()

@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 import scanimages as si  # noqa: E402
 from hwsim.wallet import Issuer, StaticKeyring, key_from_seed, make_wallet  # noqa: E402
 
-from terminal.events import QrPresented  # noqa: E402
+from protocol.tokens import TokenRejected, verify_presentation  # noqa: E402
+from terminal.core.events import QrPresented  # noqa: E402
 from terminal.scanner.camera import Camera, CameraSettings  # noqa: E402
 from terminal.scanner.qr import (  # noqa: E402
     DECODERS,
@@ -57,7 +58,6 @@ from terminal.scanner.qr import (  # noqa: E402
     make_decoder,
     prepare_frame,
 )
-from terminal.tokens import TokenRejected, verify_presentation  # noqa: E402
 
 ISSUER = Issuer("hn-chenzhou", key_from_seed("bench-scan-issuer"))
 
@@ -277,7 +277,7 @@ def bounded_frames() -> None:
 def end_to_end(n: int, folder: Path, state_dir: Path) -> None:
     try:
         from terminal import config, state, trust
-        from terminal.checkout import Checkout
+        from terminal.core.checkout import Checkout
     except ImportError as e:  # the decision core is someone else's and may be mid-change
         print(f"\nend to end: decision core not importable ({e}); verify only")
         config = None  # type: ignore[assignment]

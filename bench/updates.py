@@ -34,7 +34,7 @@ from hwsim.wallet import Issuer, key_from_seed, make_wallet
 from county import updates as cu
 from terminal import config, state, trust
 from terminal import updates as tu
-from terminal.checkout import Checkout
+from terminal.core.checkout import Checkout
 
 
 def serve(data: Path) -> tuple[uvicorn.Server, threading.Thread, int]:

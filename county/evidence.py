@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from terminal import tokens, trust
-from terminal.tokens import IssuerKey, TokenRejected
+from protocol import tokens
+from protocol.tokens import IssuerKey, TokenRejected
+from terminal import trust
 
 QR = "qr"
 CARD = "card"

@@ -19,7 +19,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from terminal import config, policy, trust
+from terminal import config, trust
+from terminal.core import policy
 from terminal.updates import ROSTER_TARGET, settings_target
 
 log = logging.getLogger("canteen.county.published")

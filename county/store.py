@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from county import evidence
+from protocol.tokens import IssuerKey
 from terminal.ledger import (
     ACCEPT,
     GENESIS,
@@ -40,7 +41,6 @@ from terminal.ledger import (
     checkpoint_message,
     entry_hash,
 )
-from terminal.tokens import IssuerKey
 from terminal.trust import parse_issuer_keys
 
 # Conflict kinds.

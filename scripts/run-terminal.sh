@@ -27,7 +27,7 @@ COUNTY_PORT=${CANTEEN_COUNTY_PORT:-8443}
 mkdir -p "$RUN"
 
 hwsim() { "$PY" -m hwsim.cli "$@"; }
-terminal() { "$PY" -m terminal.cli "$@"; }
+terminal() { "$PY" -m terminal.commands.main "$@"; }
 county() { "$PY" -m county.cli "$@"; }
 
 # Each port must be free before anything starts: one line and exit status 2 instead of a
@@ -150,7 +150,7 @@ From another shell, in $TOP:
 Stop with Ctrl-C.
 
 EOF
-"$PY" -m terminal.cli run --config "$RUN/terminal.toml" &
+"$PY" -m terminal.commands.main run --config "$RUN/terminal.toml" &
 daemon=$!
 pids+=("$daemon")
 set +e

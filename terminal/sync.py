@@ -63,7 +63,7 @@ from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from terminal import config
-from terminal.checkout import TrustedClock
+from terminal.core.checkout import TrustedClock
 from terminal.durable import fsync_dir as _fsync_dir
 from terminal.durable import write_atomic as _write_atomic
 from terminal.ledger import (

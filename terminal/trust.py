@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from terminal.tokens import IssuerKey, Presentation
+from protocol.tokens import IssuerKey, Presentation
 
 ISSUERS = "issuers"
 REVOCATIONS = "revocations"
@@ -278,7 +278,7 @@ class TrustStore:
         self._infos[name] = info
         return info
 
-    # ---- signed update sets (terminal/updates.py): shards, one transaction, undo ----
+    # ---- signed update sets (terminal/updates/): shards, one transaction, undo ----
     #
     # The revocations table keeps its one-column shape, so replace_revocations and every
     # existing file keep working; which shard a key came from lives in a table beside it

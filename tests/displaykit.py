@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
-from terminal import config, daemon, state, trust
-from terminal.checkout import NO_SUCH_SALE, Checkout, Decision, ReversalRefused
-from terminal.display.desk import (
+from terminal import config, state, trust
+from terminal.core.checkout import NO_SUCH_SALE, Checkout, Decision, ReversalRefused
+from terminal.core.desk import (
     Charge,
     DaySummary,
     DayTotals,
@@ -35,6 +35,7 @@ from terminal.display.desk import (
 from terminal.display.settings import DisplaySettings
 from terminal.display.settings import load as load_display
 from terminal.ledger import LedgerEntry, LedgerError
+from terminal.service import daemon
 
 SETTINGS = dataclasses.replace(config.load(), units=frozenset({"own"}))
 TZ = SETTINGS.timezone
@@ -179,7 +180,7 @@ class CheckoutDesk:
 
         return self.t.run(act)
 
-    # The daemon's own figures (terminal/daemon.py), on this terminal's worker.
+    # The daemon's own figures (terminal/service/daemon.py), on this terminal's worker.
     def today_totals(self) -> DayTotals:
         return self.t.run(lambda: daemon.day_totals(self.t.c, self.t.clock_ms))
 

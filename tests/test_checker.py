@@ -1,4 +1,4 @@
-"""The decision worker's checker process (terminal/checker.py): a real spawned process
+"""The decision worker's checker process (terminal/service/checker.py): a real spawned process
 checks the signatures of waiting codes; its answers are exactly the worker's own; a
 process that dies is given up with one log line and the worker goes on alone."""
 
@@ -12,9 +12,9 @@ import time
 import pytest
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
-from terminal import tokens
-from terminal.checker import Checker
-from terminal.tokens import TokenRejected, verify_presentation
+from protocol import tokens
+from protocol.tokens import TokenRejected, verify_presentation
+from terminal.service.checker import Checker
 
 NOW = 1_790_000_000
 ISSUER = Issuer("hn-checker", key_from_seed("checker-test-issuer"))
@@ -86,7 +86,7 @@ def test_a_process_that_dies_is_given_up_and_the_worker_goes_on(
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         texts = codes("B", 4)
-        with caplog.at_level(logging.WARNING, logger="terminal.checker"):
+        with caplog.at_level(logging.WARNING, logger="terminal.service.checker"):
             checker.submit(texts, [ISSUER.issuer_key()])
             for text in texts:
                 checker.claim(text)
@@ -94,7 +94,7 @@ def test_a_process_that_dies_is_given_up_and_the_worker_goes_on(
             checker.submit(texts, [ISSUER.issuer_key()])  # nothing happens any more
             for text in texts:
                 checker.claim(text)
-        lines = [r.getMessage() for r in caplog.records if r.name == "terminal.checker"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "terminal.service.checker"]
         assert len(lines) == 1 and "checks every code itself" in lines[0]
         ring = Ring()
         assert [verify_presentation(t, NOW, ring).sub for t in texts] == [f"B{i}" for i in range(4)]

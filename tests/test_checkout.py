@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
-from terminal import config, ledger, policy, state, tokens, trust
-from terminal.checkout import Checkout, ReversalRefused
+from protocol import tokens
+from terminal import config, ledger, state, trust
+from terminal.core import policy
+from terminal.core.checkout import Checkout, ReversalRefused
 
 SETTINGS = dataclasses.replace(config.load(), units=frozenset({"own"}))
 TZ = SETTINGS.timezone

@@ -23,7 +23,7 @@ def run(
         [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
     )
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", *args],
+        [sys.executable, "-m", "terminal.commands.main", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -244,7 +244,7 @@ def test_demo_runs_the_core_and_verifies(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    from terminal.cli import build_parser
+    from terminal.commands.main import build_parser
 
     parser = build_parser()
     actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]

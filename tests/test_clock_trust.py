@@ -24,8 +24,10 @@ from daemonkit import CARD_UID, ReaderPty, install_lists, midday_zone, wait_for,
 from test_checkout import LUNCH, Canteen
 from test_sync_support import County, make_county, provision_terminal
 
-from terminal import config, daemon, ledger, policy, sync, trust
+from terminal import config, ledger, sync, trust
+from terminal.core import policy
 from terminal.ledger import TIME_SIGNAL
+from terminal.service import daemon
 
 HOUR_MS = 3_600_000
 CARD = trust.RosterCard(b"\x41\x42\x43\x44", "hn-test", "K41", "own", "card", "active")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from terminal import config
-from terminal.cli import main
+from terminal.commands.main import main
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -27,9 +27,9 @@ from test_sync_support import (
 from county.cli import build_parser
 from county.cli import main as county_main
 from terminal import trust
-from terminal.checkout import TrustedClock
+from terminal.commands.sync import add_sync_commands
+from terminal.core.checkout import TrustedClock
 from terminal.sync import SyncClient, apply_result
-from terminal.sync_cli import add_sync_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,12 +191,19 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
         st = tmp_path / "state"
         # No ledger yet: the sync says so and fails.
         out = _run(
-            "terminal.sync_cli", "provision", "--state", str(st), "--server", url, "--code", code
+            "terminal.commands.sync",
+            "provision",
+            "--state",
+            str(st),
+            "--server",
+            url,
+            "--code",
+            code,
         ).stdout
         assert json.loads(out)["terminal"] == "t1"
         assert (
             _run(
-                "terminal.sync_cli",
+                "terminal.commands.sync",
                 "provision",
                 "--state",
                 str(st),
@@ -213,7 +220,7 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
         book = state.open_ledger(st / "ledger.sqlite", st / "terminal-key.pem", "t1", T0_MS)
         append_entries(book, 120)
         book.close()
-        proc = _run("terminal.sync_cli", "sync", "--once", "--state", str(st))
+        proc = _run("terminal.commands.sync", "sync", "--once", "--state", str(st))
         summary = json.loads(proc.stdout)
         assert summary["complete"] and summary["unacked"] == 0 and summary["errors"] == []
         entries = [
@@ -233,11 +240,16 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
         server.terminate()
         server.wait(15)
     # Server gone: one JSON line with the error, exit 1.
-    proc = _run("terminal.sync_cli", "sync", "--once", "--state", str(st), check=False)
+    proc = _run("terminal.commands.sync", "sync", "--once", "--state", str(st), check=False)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["error_kind"] == "network"
     # Not provisioned: one line, exit 2.
     proc = _run(
-        "terminal.sync_cli", "sync", "--once", "--state", str(tmp_path / "nothing"), check=False
+        "terminal.commands.sync",
+        "sync",
+        "--once",
+        "--state",
+        str(tmp_path / "nothing"),
+        check=False,
     )
     assert proc.returncode == 2 and "provision" in proc.stderr

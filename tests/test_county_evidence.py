@@ -30,7 +30,7 @@ from county.cli import main as county_main
 from county.store import BAD_EVIDENCE, UNSIGNED, Limits
 from terminal import trust
 from terminal import updates as tu
-from terminal.checkout import TrustedClock
+from terminal.core.checkout import TrustedClock
 from terminal.ledger import (
     ACCEPT,
     SALE,

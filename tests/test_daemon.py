@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 
-from terminal import config, daemon, ledger
+from terminal import config, ledger
+from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
 
@@ -142,7 +143,7 @@ def test_watchdog_stops_when_the_worker_is_stuck(tmp_path: Path) -> None:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", *args],
+        [sys.executable, "-m", "terminal.commands.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -176,7 +177,7 @@ def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: Read
     book = tmp_path / "state" / "ledger.sqlite"
     for round_no, delay in enumerate((0.05, 0.3, 0.9)):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "terminal.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "terminal.commands.main", "run", "--config", str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
@@ -292,8 +293,8 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
 
     from daemonkit import wallet
 
-    from terminal import tokens
-    from terminal.events import QrPresented
+    from protocol import tokens
+    from terminal.core.events import QrPresented
 
     # Every signature check that finds no earlier answer does the curve arithmetic in
     # this process; the checker process does it for codes still waiting. Between the

@@ -23,7 +23,8 @@ from hwsim.camera import CameraSim
 from hwsim.reader import ReaderSim
 from test_hwsim_daemon import install
 
-from terminal import config, daemon, ledger
+from terminal import config, ledger
+from terminal.service import daemon
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

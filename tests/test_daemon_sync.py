@@ -13,7 +13,8 @@ import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 from test_sync_support import County, make_county, provision_terminal
 
-from terminal import config, daemon, ledger, selftest
+from terminal import config, ledger
+from terminal.service import daemon, selftest
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))

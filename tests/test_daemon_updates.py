@@ -19,8 +19,9 @@ from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, wait_for, write_s
 from test_sync_support import make_county, provision_terminal
 
 from county import updates as cu
-from terminal import config, daemon, ledger
+from terminal import config, ledger
 from terminal import updates as tu
+from terminal.service import daemon
 
 SYNC = """
 [sync]

@@ -1,6 +1,6 @@
 """Day totals as staff see them: the panel, the printed summary and the CSV over real HTTP.
 
-The figures are the daemon's own (terminal/daemon.py day_totals / day_summary) over
+The figures are the daemon's own (terminal/service/daemon.py day_totals / day_summary) over
 a real ledger written by a real Checkout (tests/displaykit.py).
 """
 

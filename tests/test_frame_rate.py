@@ -13,7 +13,8 @@ from pathlib import Path
 from daemonkit import install_lists, wait_for, write_settings
 from hwsim.camera import CameraSim
 
-from terminal import config, daemon
+from terminal import config
+from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
 SENT_FPS = 8
@@ -26,7 +27,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
     )
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", *args],
+        [sys.executable, "-m", "terminal.commands.main", *args],
         capture_output=True,
         text=True,
         env=env,

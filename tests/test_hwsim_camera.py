@@ -23,10 +23,10 @@ from hwsim.camera import CameraControl, CameraSim, CameraSimError
 from hwsim.phone import load_wallet
 from hwsim.wallet import StaticKeyring
 
+from protocol.tokens import verify_presentation
 from terminal import trust
-from terminal.events import QrPresented
+from terminal.core.events import QrPresented
 from terminal.scanner.camera import Camera, CameraSettings
-from terminal.tokens import verify_presentation
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 15.0

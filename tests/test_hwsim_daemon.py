@@ -14,7 +14,8 @@ from hwsim import population as pop
 from hwsim.camera import CameraSim
 from hwsim.reader import ReaderSim
 
-from terminal import config, daemon, ledger, state, trust
+from terminal import config, ledger, state, trust
+from terminal.service import daemon
 
 
 def wait_for(predicate: object, timeout_s: float = 30.0, what: str = "") -> None:

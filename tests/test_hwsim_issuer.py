@@ -18,9 +18,9 @@ from hwsim.cli import main
 from hwsim.phone import WalletError, draw_code, load_wallet
 from hwsim.wallet import StaticKeyring
 
+from protocol.tokens import verify_presentation
 from terminal import trust
 from terminal.scanner.qr import decode_frame, make_decoder
-from terminal.tokens import verify_presentation
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_790_000_000

@@ -27,7 +27,7 @@ from hwsim.reader import (
 )
 
 from terminal import trust
-from terminal.events import CardPresented
+from terminal.core.events import CardPresented
 from terminal.scanner.framing import AsciiLineFramer, Rdm6300Framer
 from terminal.scanner.reader import CardReader, ReaderSettings
 

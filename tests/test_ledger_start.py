@@ -23,7 +23,8 @@ import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 from test_sync_support import County, make_county, provision_terminal
 
-from terminal import config, daemon, ledger, state
+from terminal import config, ledger, state
+from terminal.service import daemon
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).parent.parent
@@ -98,7 +99,7 @@ def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: 
         assert run.d.worker.decisions == 0
 
         status = subprocess.run(
-            [sys.executable, "-m", "terminal.cli", "status", "--state", str(state_dir)],
+            [sys.executable, "-m", "terminal.commands.main", "status", "--state", str(state_dir)],
             capture_output=True,
             text=True,
             timeout=30,

@@ -81,7 +81,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
                         [
                             sys.executable,
                             "-m",
-                            "terminal.cli",
+                            "terminal.commands.main",
                             "status",
                             "--config",
                             str(status),
@@ -123,7 +123,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
 
         def accepted() -> bool:
             out = subprocess.run(
-                [sys.executable, "-m", "terminal.cli", "ledger", "export", str(book)],
+                [sys.executable, "-m", "terminal.commands.main", "ledger", "export", str(book)],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -160,7 +160,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
         [
             sys.executable,
             "-m",
-            "terminal.cli",
+            "terminal.commands.main",
             "ledger",
             "verify",
             str(run / "state" / "ledger.sqlite"),

@@ -20,7 +20,7 @@ def run(
         [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
     )
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", *args],
+        [sys.executable, "-m", "terminal.commands.main", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -7,8 +7,9 @@ import datetime as dt
 
 import pytest
 
-from terminal import config, policy
-from terminal.tokens import Allowance
+from protocol.tokens import Allowance
+from terminal import config
+from terminal.core import policy
 
 SETTINGS = dataclasses.replace(config.load(), units=frozenset({"own-unit"}))
 TZ = SETTINGS.timezone

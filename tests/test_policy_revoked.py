@@ -18,7 +18,10 @@ from daemonkit import CARD_CADRE, CARD_UID, ReaderPty, install_lists, wait_for, 
 from daemonkit import ISSUER as DAEMON_ISSUER
 from test_checkout import ISSUER, LUNCH, Canteen, wallet
 
-from terminal import config, daemon, ledger, policy, tokens, trust
+from protocol import tokens
+from terminal import config, ledger, trust
+from terminal.core import policy
+from terminal.service import daemon
 
 CARD = trust.RosterCard(b"\x21\x22\x23\x24", ISSUER.iss, "K7", "own", "card seven", "active")
 OTHER = trust.RosterCard(b"\x31\x32\x33\x34", ISSUER.iss, "K8", "own", "card eight", "active")

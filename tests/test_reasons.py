@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from terminal import policy, reasons, tokens
+from protocol import tokens
+from terminal.core import policy, reasons
 
 DOC = (Path(__file__).parent.parent / "docs" / "reasons.md").read_text(encoding="utf-8")
 

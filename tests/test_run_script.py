@@ -87,7 +87,15 @@ def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def daemon_ready(env: dict[str, str], run: Path) -> bool:
     out = subprocess.run(
-        [sys.executable, "-m", "terminal.cli", "status", "--state", str(run / "state"), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "terminal.commands.main",
+            "status",
+            "--state",
+            str(run / "state"),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -146,7 +154,7 @@ def test_the_daemon_on_a_taken_screen_port_says_so_in_one_line(tmp_path: Path) -
         )
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
         result = subprocess.run(
-            [sys.executable, "-m", "terminal.cli", "run", "--config", str(settings)],
+            [sys.executable, "-m", "terminal.commands.main", "run", "--config", str(settings)],
             capture_output=True,
             text=True,
             env=env,

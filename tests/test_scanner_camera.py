@@ -3,7 +3,7 @@ path (an image folder and an MJPEG stream served on 127.0.0.1), decoded and veri
 
 Frames come from tests/scanimages.py (segno at error correction M, perspective,
 blur, noise, glare, JPEG); tokens come from the hardware simulator's wallet and
-are verified with terminal.tokens.verify_presentation.
+are verified with protocol.tokens.verify_presentation.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import pytest
 import scanimages as si
 from hwsim.wallet import Issuer, StaticKeyring, Wallet, key_from_seed, make_wallet
 
-from terminal.events import QrPresented
-from terminal.scan_cli import cmd_scan_image, main
+from protocol.tokens import verify_presentation
+from terminal.commands.scan import cmd_scan_image, main
+from terminal.core.events import QrPresented
 from terminal.scanner.camera import (
     FILE,
     FOLDER,
@@ -50,7 +51,6 @@ from terminal.scanner.qr import (
     make_decoder,
     prepare_frame,
 )
-from terminal.tokens import verify_presentation
 
 WAIT_S = 15.0  # generous: crossing threads, ffmpeg opens, reopen backoff
 NOW = 1_790_000_000
@@ -458,7 +458,7 @@ def run_cli(argv: list[str]) -> tuple[int, list[dict[str, object]], str]:
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    from terminal.scan_cli import add_scan_image
+    from terminal.commands.scan import add_scan_image
 
     add_scan_image(sub)
     args = parser.parse_args(["scan-image", *argv])
@@ -493,7 +493,7 @@ def test_scan_image_as_a_program(images: dict[str, str], token: str) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([".", "hw-sim"]))
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "terminal.scan_cli", "--decoder", "pyzbar", images["code"]],
+        [sys.executable, "-m", "terminal.commands.scan", "--decoder", "pyzbar", images["code"]],
         capture_output=True,
         text=True,
         cwd=root,
@@ -503,7 +503,7 @@ def test_scan_image_as_a_program(images: dict[str, str], token: str) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["texts"] == [token]
     helped = subprocess.run(
-        [sys.executable, "-m", "terminal.scan_cli", "--help"],
+        [sys.executable, "-m", "terminal.commands.scan", "--help"],
         capture_output=True,
         text=True,
         cwd=root,

@@ -22,7 +22,8 @@ import pytest
 import scanimages as si
 from hwsim.wallet import Issuer, StaticKeyring, key_from_seed
 
-from terminal.events import QrPresented
+from protocol.tokens import verify_presentation
+from terminal.core.events import QrPresented
 from terminal.scanner.camera import Camera, CameraSettings
 from terminal.scanner.qr import (
     FALLBACK_MAX_SIDE,
@@ -34,7 +35,6 @@ from terminal.scanner.qr import (
     prepare_frame,
     region_image,
 )
-from terminal.tokens import verify_presentation
 
 HARD = Path(__file__).parent / "data" / "hard-frames"
 # The issuer bench/hard_frames.py draws its tokens with.

@@ -24,7 +24,7 @@ from hwsim.pn532 import Pn532Emulator
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from terminal.events import CardPresented
+from terminal.core.events import CardPresented
 from terminal.scanner.device import PresenceFilter
 from terminal.scanner.framing import (
     PN532_ACK,

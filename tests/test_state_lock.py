@@ -28,14 +28,16 @@ import pytest
 from daemonkit import ISSUER, install_lists, wait_for, wallet, write_settings
 from test_sync_support import County, make_county
 
-from terminal import config, daemon, ledger, state, update_cli
+from terminal import config, ledger, state
+from terminal.commands import update as update_cli
+from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", *args],
+        [sys.executable, "-m", "terminal.commands.main", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -20,7 +20,8 @@ import pytest
 from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
 from test_sync_support import County, make_county, provision_terminal
 
-from terminal import config, daemon
+from terminal import config
+from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,7 +43,7 @@ def status(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
     )
     return subprocess.run(
-        [sys.executable, "-m", "terminal.cli", "status", *args],
+        [sys.executable, "-m", "terminal.commands.main", "status", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -32,7 +32,7 @@ from test_sync_support import (
 
 from county import ca
 from terminal import config
-from terminal.checkout import TrustedClock
+from terminal.core.checkout import TrustedClock
 from terminal.ledger import TIME_SIGNAL
 from terminal.sync import (
     NotProvisioned,
@@ -497,7 +497,7 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
         [
             sys.executable,
             "-m",
-            "terminal.sync_cli",
+            "terminal.commands.sync",
             "sync",
             "--state",
             str(term.root),

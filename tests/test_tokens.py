@@ -25,7 +25,7 @@ from hwsim.wallet import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terminal.tokens import (
+from protocol.tokens import (
     BAD_CREDENTIAL_SIGNATURE,
     BAD_PRESENTATION_SIGNATURE,
     CREDENTIAL_EXPIRED,
@@ -441,7 +441,7 @@ def test_checked_ahead_never_decides_anything(issuer: Issuer, keyring: StaticKey
 def test_checked_ahead_is_exactly_what_the_worker_finds(
     issuer: Issuer, keyring: StaticKeyring
 ) -> None:
-    from terminal import tokens
+    from protocol import tokens
 
     codes = [make_wallet(issuer, f"Q{i}", "U1", "n", now=NOW - 100).draw(NOW) for i in range(3)]
     tokens._verified.clear()

@@ -27,7 +27,7 @@ from hwsim.wallet import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from terminal.tokens import (
+from protocol.tokens import (
     MALFORMED,
     UNKNOWN_ISSUER_KEY,
     UNSUPPORTED_ALG,

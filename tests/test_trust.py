@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.tokens import IssuerKey, Presentation
 from terminal import trust
-from terminal.tokens import IssuerKey, Presentation
 
 PK1 = bytes(range(32))
 PK2 = bytes(range(1, 33))

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from daemonkit import CARD_UID, PIN, ReaderPty, install_lists, wait_for, write_settings
 
-from terminal import config, daemon
+from terminal import config
 from terminal.config import ConfigError
+from terminal.service import daemon
 
 CHROMIUM = "/usr/bin/chromium"
 NAME = "Bureau of Own Affairs"

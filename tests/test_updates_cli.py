@@ -16,7 +16,7 @@ from county import updates as cu
 from county.updates_cli import add_update_commands as add_county
 from terminal import trust
 from terminal import updates as tu
-from terminal.update_cli import add_update_commands as add_terminal
+from terminal.commands.update import add_update_commands as add_terminal
 
 
 def parser(add: Any, prog: str) -> argparse.ArgumentParser:

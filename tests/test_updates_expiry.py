@@ -23,9 +23,10 @@ from test_sync_support import make_county
 
 import county.app
 from county import updates as cu
-from terminal import config, daemon, ledger, state, sync, trust
+from terminal import config, ledger, state, sync, trust
 from terminal import updates as tu
 from terminal.ledger import load_or_create_signing_key
+from terminal.service import daemon
 
 DAY_MS = 86_400_000
 AHEAD_MS = 30 * DAY_MS

@@ -69,7 +69,7 @@ from hwsim.wallet import (
     raw_public,
     sign1,
 )
-from terminal.checkout import card_ref, credential_ref
+from terminal.core.checkout import card_ref, credential_ref
 from terminal.ledger import LedgerEntry
 
 log = logging.getLogger("hwsim.scenario")
@@ -656,7 +656,8 @@ class RunningTerminal:
     """The real daemon in a thread, on the simulated clock, and a screen client reading it."""
 
     def __init__(self, settings_path: Path, clock: SimClock) -> None:
-        from terminal import config, daemon
+        from terminal import config
+        from terminal.service import daemon
 
         # config_path: an applied settings set is merged over this file, live.
         self.daemon = daemon.Daemon(

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from terminal.tokens import PREFIX, IssuerKey
+from protocol.tokens import PREFIX, IssuerKey
 
 DAY_S = 86_400
 CANTEEN_CLAIM = -65537

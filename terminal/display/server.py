@@ -42,8 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from terminal import durable
-from terminal.display import views
-from terminal.display.desk import (
+from terminal.core.desk import (
     Charge,
     DaySummary,
     DayTotals,
@@ -52,6 +51,7 @@ from terminal.display.desk import (
     StaffDesk,
     summary_csv,
 )
+from terminal.display import views
 from terminal.display.settings import DisplaySettings
 
 log = logging.getLogger(__name__)

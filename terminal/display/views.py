@@ -5,7 +5,7 @@ of every text in it. Display names and units come from signed tokens and the
 card roster but may hold anything, so control, format (bidi overrides,
 zero-width) and separator characters are removed and lengths are capped here;
 the page also writes them only through ``textContent``. It words reason codes
-and meal names in the screen's language (terminal/reasons.py). It never reads
+and meal names in the screen's language (terminal/core/reasons.py). It never reads
 a clock, the ledger or the network, and never raises on a bad field from the
 daemon: a field of the wrong type is sent as null.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, TypedDict
 
-from terminal import reasons
+from terminal.core import reasons
 
 MAX_NAME = 40  # characters of a display name or unit shown
 MAX_TEXT = 200  # characters of any other text (sentences, names of things)

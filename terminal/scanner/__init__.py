@@ -1,7 +1,7 @@
 """Devices: camera frames to QR texts, serial reader bytes to card UIDs, as queue events.
 
 This package owns the terminal's two input devices. Each device thread puts
-`terminal.events.QrPresented` or `CardPresented` on the queue the daemon gives
+`terminal.core.events.QrPresented` or `CardPresented` on the queue the daemon gives
 it and reports a `DeviceHealth` snapshot; nothing here touches the ledger, the
 policy, the trust state or the display, and no core module imports this
 package. It is a package rather than one module because it has two jobs with

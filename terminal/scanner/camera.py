@@ -25,7 +25,8 @@ from typing import Any
 
 import cv2
 
-from terminal.events import QrPresented
+from protocol.tokens import PREFIX
+from terminal.core.events import QrPresented
 from terminal.scanner.device import (
     DOWN,
     STOPPED,
@@ -45,7 +46,6 @@ from terminal.scanner.qr import (
     decode_frame,
     make_decoder,
 )
-from terminal.tokens import PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ pattern but decodes nothing, only that region, cropped and resized to a bounded
 size, is read again: other binarizers, sharpened, and pyzbar. It reads QR
 codes only. It never opens a camera, never keeps state between frames
 (deduplication is the camera thread's job) and never interprets the text: a
-token is checked by terminal/tokens.py in the decision worker.
+token is checked by protocol/tokens.py in the decision worker.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 import serial
 from serial.threaded import Protocol, ReaderThread
 
-from terminal.events import CardPresented
+from terminal.core.events import CardPresented
 from terminal.scanner.device import (
     DOWN,
     STARTING,

@@ -15,8 +15,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from terminal import config, ledger, reasons, state, trust
-from terminal.checkout import Checkout, Decision
+from terminal import config, ledger, state, trust
+from terminal.core import reasons
+from terminal.core.checkout import Checkout, Decision
 
 DEMO_ISSUER = "hn-demo"
 

@@ -4,7 +4,7 @@ This module owns steps 1 to 5 of the token checks: the text, strict CBOR and
 COSE structure, the issuer key, the credential and presentation signatures, and
 freshness. Replay (step 6) and revocation (step 7, except an issuer key that
 the revocation list names) need the terminal's memory and are done by the
-caller (terminal/checkout.py). It never does I/O, never reads a clock (``now``
+caller (terminal/core/checkout.py). It never does I/O, never reads a clock (``now``
 is an argument), never signs anything, and never lets an exception other than
 ``TokenRejected`` escape, whatever the QR text holds.
 """

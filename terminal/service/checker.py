@@ -27,8 +27,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from terminal import tokens
-from terminal.tokens import IssuerKey
+from protocol import tokens
+from protocol.tokens import IssuerKey
 
 log = logging.getLogger(__name__)
 

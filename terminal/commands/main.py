@@ -65,7 +65,7 @@ def _qr_texts(args: Sequence[str]) -> Iterator[str]:
 
 
 def cmd_verify_token(a: argparse.Namespace) -> int:
-    from terminal.checkout import Checkout  # the token stack loads only when it is needed
+    from terminal.core.checkout import Checkout  # the token stack loads only when it is needed
 
     settings = config.load(a.config)
     window = a.window if a.window is not None else settings.window_s
@@ -244,7 +244,7 @@ def cmd_lists_show(a: argparse.Namespace) -> int:
 
 
 def cmd_config_check(a: argparse.Namespace) -> int:
-    from terminal import daemon
+    from terminal.service import daemon
 
     s = config.load(a.file)
     daemon.check_settings(s)  # camera, reader, daemon, display and sync tables too
@@ -307,7 +307,7 @@ def _device_line(what: str, where: str) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from terminal import daemon
+    from terminal.service import daemon
 
     daemon.setup_logging()
     local = config.load(a.config)
@@ -354,7 +354,7 @@ def _status_places(a: argparse.Namespace) -> list[Path]:
 
 
 def _ask_daemon(a: argparse.Namespace) -> dict[str, Any]:
-    from terminal import daemon
+    from terminal.service import daemon
 
     places = _status_places(a)
     tried = []
@@ -464,7 +464,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_selftest(a: argparse.Namespace) -> int:
-    from terminal import selftest
+    from terminal.service import selftest
 
     settings = config.load(a.config)
     if a.state:
@@ -484,7 +484,7 @@ def cmd_selftest(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from terminal.demo import run_demo
+    from terminal.commands.demo import run_demo
 
     if a.state is None:
         return run_demo(a.state, a.config)
@@ -621,21 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     try:
-        from terminal.sync_cli import add_sync_commands
+        from terminal.commands.sync import add_sync_commands
     except ImportError:  # requests / APScheduler missing: the core commands still work
         pass
     else:
         add_sync_commands(sub)
 
     try:
-        from terminal.update_cli import add_update_commands
+        from terminal.commands.update import add_update_commands
     except ImportError:  # python-tuf missing: the core commands still work
         pass
     else:
         add_update_commands(sub)
 
     try:
-        from terminal.scan_cli import add_scan_image
+        from terminal.commands.scan import add_scan_image
     except ImportError:  # the camera stack is optional for the core commands
         pass
     else:

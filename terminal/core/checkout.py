@@ -15,8 +15,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from terminal import policy
+from protocol.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
 from terminal.config import Settings
+from terminal.core import policy
 from terminal.ledger import (
     ACCEPT,
     CLOCK_FAULT,
@@ -29,7 +30,6 @@ from terminal.ledger import (
     Ledger,
     LedgerEntry,
 )
-from terminal.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
 from terminal.trust import REVOCATIONS, ROSTER, TrustStore
 
 # How far back (in entries) to look for the newest recorded county time, as the sync does.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from terminal import config, ledger, state
-from terminal.checkout import TrustedClock
+from terminal.core.checkout import TrustedClock
 from terminal.sync import (
     CountyIdentity,
     SyncClient,
@@ -279,7 +279,7 @@ def _sync_forever(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sync commands alone (until terminal/cli.py wires them in)."""
+    """Run the sync commands alone (until terminal/commands/main.py wires them in)."""
     parser = argparse.ArgumentParser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_sync_commands(sub)

@@ -15,10 +15,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.tokens import Allowance
 from terminal.config import MealWindow, Settings
-from terminal.tokens import Allowance
 
-# Policy reason codes (the token-level codes are in terminal/tokens.py).
+# Policy reason codes (the token-level codes are in protocol/tokens.py).
 CLOCK_UNTRUSTED = "clock_untrusted"
 OUTSIDE_MEAL_WINDOW = "outside_meal_window"
 ALREADY_SERVED = "already_served"

@@ -7,7 +7,7 @@ touches the ledger and the trust store), shows a verdict only after its entry
 is committed, keeps the daemon's state (starting, ready, degraded, stopped)
 with a sentence for the person in front of the terminal, speaks systemd's
 notify protocol, and stops cleanly on SIGTERM. It never decides a verdict
-itself (terminal/checkout.py does) and never daemonizes: systemd does that.
+itself (terminal/core/checkout.py does) and never daemonizes: systemd does that.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from terminal import config, ledger, policy, state, trust
-from terminal.checker import Checker
-from terminal.checkout import Checkout, Decision, ReversalRefused
-from terminal.display.desk import DeskClosed
-from terminal.events import CardPresented, QrPresented
+from terminal import config, ledger, state, trust
+from terminal.core import policy
+from terminal.core.checkout import Checkout, Decision, ReversalRefused
+from terminal.core.desk import DeskClosed
+from terminal.core.events import CardPresented, QrPresented
+from terminal.service.checker import Checker
 
 log = logging.getLogger("canteen.daemon")
 
@@ -125,7 +126,7 @@ class DaemonSettings:
     retention_days: int
     camera: bool
     reader: bool
-    # Check the signatures of waiting codes in a child process (terminal/checker.py).
+    # Check the signatures of waiting codes in a child process (terminal/service/checker.py).
     check_ahead: bool = True
 
 
@@ -275,7 +276,7 @@ class DecisionWorker:
         self.disk_low = False
         self.snapshot: dict[str, Any] = {}
         # Signatures of codes still waiting are checked ahead in a child process, started
-        # on the first backlog (terminal/checker.py); None: the worker checks them all.
+        # on the first backlog (terminal/service/checker.py); None: the worker checks them all.
         self.checker: Checker | None = Checker() if dsettings.check_ahead else None
         # Names are not in the ledger (only signed codes are); the staff panel's "last
         # charge" shows the name of a sale made since this start.
@@ -578,12 +579,12 @@ class WorkerDesk:
         self.pin = pin
 
     def staff_for_pin(self, pin: str) -> str | None:
-        from terminal.display.desk import pin_matches
+        from terminal.core.desk import pin_matches
 
         return "staff" if pin_matches(self.pin, pin) else None
 
     def last_charge(self) -> Any:
-        from terminal.display.desk import Charge
+        from terminal.core.desk import Charge
 
         def find(c: Checkout) -> Any:
             sale = c.ledger.last_sale()
@@ -603,7 +604,7 @@ class WorkerDesk:
         return self.worker.call(find)
 
     def reverse(self, sale_seq: int, staff: str, within_s: int) -> Any:
-        from terminal.display.desk import Refusal, Reversal
+        from terminal.core.desk import Refusal, Reversal
 
         def undo(c: Checkout) -> Any:
             try:
@@ -637,7 +638,7 @@ def _todays_entries(c: Checkout, wall_ms: int) -> tuple[str, int, list[ledger.Le
 
 
 def _totals_of(c: Checkout, day: str, now_ms: int, entries: list[ledger.LedgerEntry]) -> Any:
-    from terminal.display.desk import DayTotals, MealTotal
+    from terminal.core.desk import DayTotals, MealTotal
 
     rows: dict[str, list[int]] = {m.name: [0, 0, 0, 0, 0] for m in c.settings.meals}
     for e in entries:
@@ -662,7 +663,7 @@ def day_totals(c: Checkout, wall_ms: int) -> Any:
 
 def day_summary(c: Checkout, wall_ms: int) -> Any:
     """The end-of-day summary (printed and CSV) for the local service day at ``wall_ms``."""
-    from terminal.display.desk import DaySummary
+    from terminal.core.desk import DaySummary
 
     day, now_ms, todays = _todays_entries(c, wall_ms)
     reasons: dict[str, int] = {}
@@ -852,7 +853,7 @@ class Daemon:
         self.sync.start(first_delay_s=0.5)
         log.info("syncing with %s every %s s", client.server, options.interval_s)
 
-    # -- signed updates (terminal/updates.py, docs/updates.md) --
+    # -- signed updates (terminal/updates/, docs/updates.md) --
 
     def _record_start_note(self) -> None:
         """Up and serving: a rollback goes in the ledger, the set in force becomes last good."""

@@ -91,7 +91,7 @@ def _readable(name: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m terminal.scan_cli FILE...`: the same command without the rest of the CLI."""
+    """`python -m terminal.commands.scan FILE...`: the same command without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="canteen-terminal scan-image", description=HELP)
     configure(parser)
     args = parser.parse_args(argv)

@@ -160,9 +160,9 @@ def _clock(settings: config.Settings, wall_ms: int, floor_ms: int) -> Check:
 
 def _camera(settings: config.Settings, timeout_s: float) -> Check:
     try:
-        from terminal.daemon import camera_settings
         from terminal.scanner.camera import URL, V4L2, open_capture, source_kind
         from terminal.scanner.qr import make_decoder
+        from terminal.service.daemon import camera_settings
     except ImportError as exc:
         return Check(
             "camera", FAIL, f"the camera stack cannot load ({exc}); reinstall the terminal"
@@ -225,7 +225,7 @@ def _reader(settings: config.Settings) -> Check:
     try:
         import serial
 
-        from terminal.daemon import reader_settings
+        from terminal.service.daemon import reader_settings
     except ImportError as exc:
         return Check("reader", FAIL, f"pyserial cannot load ({exc}); reinstall the terminal")
     rs = reader_settings(settings)
@@ -245,7 +245,7 @@ def _reader(settings: config.Settings) -> Check:
 def _county(settings: config.Settings, timeout_s: float) -> Check:
     try:
         from terminal import sync
-        from terminal.daemon import sync_settings
+        from terminal.service.daemon import sync_settings
     except ImportError as exc:
         return Check("county", FAIL, f"the sync stack cannot load ({exc}); reinstall the terminal")
     try:
@@ -283,7 +283,7 @@ def run_checks(
         "county",
     ),
 ) -> list[Check]:
-    from terminal.daemon import daemon_settings
+    from terminal.service.daemon import daemon_settings
 
     dset = daemon_settings(settings)
     now = wall_ms()

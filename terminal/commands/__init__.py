@@ -1,0 +1,1 @@
+"""`canteen-terminal`: one module per command group."""

@@ -1,0 +1,4 @@
+"""The decision core: tokens, policy, checkout, clock, desk, reasons, events.
+
+No device, network or database imports.
+"""

@@ -1,0 +1,1 @@
+"""The terminal's one way to reach the county: transport, provisioning, update fetch."""

@@ -1,0 +1,1 @@
+"""The running terminal: daemon, decision worker, systemd notify, status socket, selftest."""
