@@ -50,7 +50,7 @@ from county.store import (
     ProvisionRefused,
     StoreError,
 )
-from terminal.sync import PROTOCOL_VERSION, time_message
+from protocol.wire import PROTOCOL_VERSION, time_message
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

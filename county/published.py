@@ -19,9 +19,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.layout import ROSTER_TARGET, settings_target
 from terminal import config, trust
 from terminal.core import policy
-from terminal.updates import ROSTER_TARGET, settings_target
 
 log = logging.getLogger("canteen.county.published")
 

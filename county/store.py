@@ -29,18 +29,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from county import evidence
-from protocol.tokens import IssuerKey
-from terminal.ledger import (
-    ACCEPT,
-    GENESIS,
+from protocol.chain import (
     GENESIS_PREV_HASH,
     HASHED_COLUMNS,
-    REVERSAL,
-    SALE,
     canonical_json,
     checkpoint_message,
     entry_hash,
 )
+from protocol.tokens import IssuerKey
+from terminal.ledger import ACCEPT, GENESIS, REVERSAL, SALE
 from terminal.trust import parse_issuer_keys
 
 # Conflict kinds.

@@ -50,9 +50,7 @@ from tuf.api._payload import (  # re-exported by tuf.api.metadata, but not to my
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
-from terminal import config, trust
-from terminal.durable import write_atomic
-from terminal.updates import (
+from protocol.layout import (
     BIN_BITS,
     BIN_PREFIX,
     INDEX_TARGET,
@@ -66,6 +64,8 @@ from terminal.updates import (
     shard_of,
     shard_target,
 )
+from terminal import config, trust
+from terminal.durable import write_atomic
 
 log = logging.getLogger(__name__)
 

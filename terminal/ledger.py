@@ -94,32 +94,17 @@ class VerifyReport:
 
 # --- formats -----------------------------------------------------------------
 
-# Domain prefixes keep a ledger hash or signature from ever being valid as
-# anything else this project hashes or signs (tokens, updates, sync batches).
-ENTRY_DOMAIN = b"canteen-terminal/ledger-entry/v1\x00"
-CHECKPOINT_DOMAIN = "canteen-terminal/ledger-checkpoint/v1"
-GENESIS_PREV_HASH = bytes(32)
-
-# Hashed columns, in the order they are encoded. Changing this order or the
-# encoding breaks every existing ledger: add a new schema version instead.
-HASHED_COLUMNS = (
-    "seq",
-    "entry_id",
-    "at_ms",
-    "kind",
-    "verdict",
-    "reason",
-    "method",
-    "cadre",
-    "credential",
-    "ctr",
-    "unit",
-    "day",
-    "meal",
-    "amount_fen",
-    "ref_seq",
-    "detail",
+# The chain format is protocol/chain.py's (the county checks it too).
+from protocol.chain import (  # noqa: E402, F401
+    CHECKPOINT_DOMAIN,
+    ENTRY_DOMAIN,
+    GENESIS_PREV_HASH,
+    HASHED_COLUMNS,
+    canonical_json,
+    checkpoint_message,
+    entry_hash,
 )
+
 ALL_COLUMNS = (*HASHED_COLUMNS, "prev_hash", "hash", "acked_at_ms")
 _SELECT_ALL = "SELECT " + ", ".join(ALL_COLUMNS) + " FROM entries"
 _INSERT = (
@@ -131,24 +116,6 @@ _INSERT = (
 )
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
-
-
-def canonical_json(value: dict[str, Any]) -> str:
-    """The one JSON spelling of ``detail`` that is stored and hashed."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def entry_hash(prev_hash: bytes, hashed_fields: Sequence[Any]) -> bytes:
-    """SHA-256 of the domain, the previous hash and the canonical CBOR array of fields."""
-    encoded = cbor2.dumps(tuple(hashed_fields), canonical=True)
-    return hashlib.sha256(ENTRY_DOMAIN + prev_hash + encoded).digest()
-
-
-def checkpoint_message(terminal_id: str, seq: int, chain_hash: bytes) -> bytes:
-    """The bytes a checkpoint signature covers."""
-    return cbor2.dumps([CHECKPOINT_DOMAIN, terminal_id, seq, chain_hash], canonical=True)
 
 
 # --- schema ------------------------------------------------------------------

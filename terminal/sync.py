@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import cbor2
 import requests
 import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -62,24 +61,16 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from protocol.chain import HASHED_COLUMNS, checkpoint_message
+from protocol.wire import PROTOCOL_VERSION, TIME_DOMAIN, time_message  # noqa: F401
 from terminal import config
 from terminal.core.checkout import TrustedClock
 from terminal.durable import fsync_dir as _fsync_dir
 from terminal.durable import write_atomic as _write_atomic
-from terminal.ledger import (
-    HASHED_COLUMNS,
-    TIME_SIGNAL,
-    EntryDraft,
-    Ledger,
-    LedgerEntry,
-    checkpoint_message,
-    load_or_create_signing_key,
-)
+from terminal.ledger import TIME_SIGNAL, EntryDraft, Ledger, LedgerEntry, load_or_create_signing_key
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-TIME_DOMAIN = "canteen-county/time/v1"
 
 # Files in the terminal's state directory (terminal/state.py owns the rest).
 IDENTITY_FILE = "county.json"
@@ -104,11 +95,6 @@ def share_the_interpreter() -> None:
     a one-off command or a test that only builds a client leaves the process as it was.
     """
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-
-
-def time_message(terminal_id: str, server_ms: int, acked_seq: int, nonce: bytes) -> bytes:
-    """The bytes the county's time signature covers (canonical CBOR)."""
-    return cbor2.dumps([TIME_DOMAIN, terminal_id, server_ms, acked_seq, nonce], canonical=True)
 
 
 # --- errors ------------------------------------------------------------------------

@@ -28,17 +28,11 @@ from county import updates as cu
 from county.app import CountyServer
 from county.cli import main as county_main
 from county.store import BAD_EVIDENCE, UNSIGNED, Limits
+from protocol.chain import checkpoint_message, entry_hash
 from terminal import trust
 from terminal import updates as tu
 from terminal.core.checkout import TrustedClock
-from terminal.ledger import (
-    ACCEPT,
-    SALE,
-    EntryDraft,
-    checkpoint_message,
-    entry_hash,
-    load_or_create_signing_key,
-)
+from terminal.ledger import ACCEPT, SALE, EntryDraft, load_or_create_signing_key
 from terminal.sync import SyncClient, apply_result
 
 T0 = T0_MS // 1000
@@ -619,7 +613,7 @@ def test_held_batches_expire(tmp_path: Path, issuer: Issuer) -> None:
 
 
 def _columns() -> tuple[str, ...]:
-    from terminal.ledger import HASHED_COLUMNS
+    from protocol.chain import HASHED_COLUMNS
 
     return HASHED_COLUMNS
 

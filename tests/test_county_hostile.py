@@ -38,7 +38,7 @@ from test_sync_support import (
 from county import ca
 from county import updates as county_updates
 from county.app import CountyServer, HttpLimits
-from terminal.ledger import entry_hash
+from protocol.chain import entry_hash
 from terminal.sync import SyncClient
 
 

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.chain import HASHED_COLUMNS, canonical_json, entry_hash
 from terminal.ledger import (
     ACCEPT,
     CLOCK_FAULT,
     GENESIS,
-    HASHED_COLUMNS,
     PRUNED,
     REJECT,
     REVERSAL,
@@ -36,8 +36,6 @@ from terminal.ledger import (
     EntryDraft,
     Ledger,
     LedgerError,
-    canonical_json,
-    entry_hash,
     export_file,
     load_or_create_signing_key,
     stats_file,

@@ -325,7 +325,7 @@ def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> No
 
 
 def _rechain(rows: list) -> list:  # type: ignore[type-arg]
-    from terminal.ledger import entry_hash
+    from protocol.chain import entry_hash
 
     prev = bytes(32)
     for row in rows:

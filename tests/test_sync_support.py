@@ -18,6 +18,7 @@ import pytest
 from county import ca
 from county.app import ASGIApp, CountyServer, new_provisioning_code
 from county.store import CountyStore
+from protocol.chain import entry_hash
 from terminal import state
 from terminal.ledger import (
     ACCEPT,
@@ -26,7 +27,6 @@ from terminal.ledger import (
     SALE,
     EntryDraft,
     Ledger,
-    entry_hash,
     load_or_create_signing_key,
 )
 from terminal.sync import CountyIdentity, SyncSettings, provision

@@ -41,51 +41,31 @@ from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
+from protocol.layout import (  # noqa: F401  (the layout names, as both sides use them)
+    BIN_BITS,
+    BIN_PREFIX,
+    INDEX_TARGET,
+    ROSTER_TARGET,
+    SHARD_COUNT,
+    SHARD_HEX,
+    SIGNED_AT_FIELD,
+    TRUST_TARGET,
+    all_shards,
+    settings_target,
+    shard_bytes,
+    shard_of,
+    shard_target,
+)
 from terminal import config, trust
 from terminal.durable import write_atomic
 from terminal.ledger import CONFIG_APPLIED, EntryDraft
 
-# ---- the repository layout both sides agree on -------------------------------------
-
-SHARD_HEX = 3  # hex digits of SHA-256(revocation key) that name its shard
-SHARD_COUNT = 16**SHARD_HEX
-BIN_BITS = 6  # shards are listed in 2**6 delegated "bins" roles (hash of the target path)
-BIN_PREFIX = "bins"
-INDEX_TARGET = "revocations/index.json"
-TRUST_TARGET = "trust/issuers.json"
-ROSTER_TARGET = "roster/roster.csv"
-SIGNED_AT_FIELD = "x-canteen-signed-at"  # Unix seconds the timestamp was signed, in its body
-
+# Files in the terminal's state directory.
 TUF_DIR = "tuf"
 UPDATES_DIR = "updates"
 APPLIED_FILE = "applied.json"
 LAST_REFRESH_FILE = "last-refresh.json"
 REFUSED_FILE = "refused-settings.json"
-
-
-def settings_target(canteen: str | None) -> str:
-    """The target path of the settings for one canteen, or for every canteen (None)."""
-    return "settings/all.toml" if canteen is None else f"settings/canteen/{canteen}.toml"
-
-
-def shard_of(key: bytes) -> str:
-    """The shard of a revocation index key (terminal.trust.revocation_key)."""
-    return hashlib.sha256(key).hexdigest()[:SHARD_HEX]
-
-
-def shard_bytes(shard: str, version: int, entries: list[dict[str, Any]]) -> bytes:
-    """The exact bytes of a shard file; the county writes them, the terminal may rebuild."""
-    doc = {"count": len(entries), "entries": entries, "shard": shard, "version": version}
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
-def shard_target(shard: str) -> str:
-    return f"revocations/shard-{shard}.json"
-
-
-def all_shards() -> Iterator[str]:
-    for n in range(SHARD_COUNT):
-        yield f"{n:0{SHARD_HEX}x}"
 
 
 # ---- limits and errors --------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""The ledger's hash chain format, as the terminal writes it and the county checks it.
+
+This module owns the domain prefixes, the hashed columns and their order, the one
+JSON spelling of an entry's detail, the entry hash and the bytes a checkpoint
+signature covers (docs/ledger.md). It never opens a database and never reads a
+clock: terminal/ledger.py and county/store.py do those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+
+# Domain prefixes keep a ledger hash or signature from ever being valid as
+# anything else this project hashes or signs (tokens, updates, sync batches).
+ENTRY_DOMAIN = b"canteen-terminal/ledger-entry/v1\x00"
+CHECKPOINT_DOMAIN = "canteen-terminal/ledger-checkpoint/v1"
+GENESIS_PREV_HASH = bytes(32)
+
+# Hashed columns, in the order they are encoded. Changing this order or the
+# encoding breaks every existing ledger: add a new schema version instead.
+HASHED_COLUMNS = (
+    "seq",
+    "entry_id",
+    "at_ms",
+    "kind",
+    "verdict",
+    "reason",
+    "method",
+    "cadre",
+    "credential",
+    "ctr",
+    "unit",
+    "day",
+    "meal",
+    "amount_fen",
+    "ref_seq",
+    "detail",
+)
+
+
+def canonical_json(value: dict[str, Any]) -> str:
+    """The one JSON spelling of ``detail`` that is stored and hashed."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def entry_hash(prev_hash: bytes, hashed_fields: Sequence[Any]) -> bytes:
+    """SHA-256 of the domain, the previous hash and the canonical CBOR array of fields."""
+    encoded = cbor2.dumps(tuple(hashed_fields), canonical=True)
+    return hashlib.sha256(ENTRY_DOMAIN + prev_hash + encoded).digest()
+
+
+def checkpoint_message(terminal_id: str, seq: int, chain_hash: bytes) -> bytes:
+    """The bytes a checkpoint signature covers."""
+    return cbor2.dumps([CHECKPOINT_DOMAIN, terminal_id, seq, chain_hash], canonical=True)
