@@ -261,9 +261,12 @@ class DecisionWorker:
         dsettings: DaemonSettings,
         on_decision: Callable[[Decision, Checkout], None],
         wall_ms: Callable[[], int],
+        free_mb_gauge: Callable[[Path], float] = free_mb,
     ) -> None:
         self.settings = settings
         self.dsettings = dsettings
+        # Free space in MB on the state directory's disk; tests pass a fake one.
+        self._free_mb = free_mb_gauge
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=dsettings.queue_size)
         self._on_decision = on_decision
         self._wall_ms = wall_ms
@@ -483,7 +486,7 @@ class DecisionWorker:
             log.warning("not decided (the ledger is damaged): nothing recorded")
             return
         # Stop before a write can fail: a ledger entry is either whole or absent.
-        self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
+        self.disk_low = self._free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
         if self.disk_low:
             self.dropped += len(batch)
             log.error(
@@ -534,7 +537,7 @@ class DecisionWorker:
             info = counter.trust.list_info(name)
             ages[name] = None if info is None else max(0, now_ms // 1000 - info.issued_at)
         service = policy.service_at(counter.settings, now_ms // 1000)
-        self.disk_low = free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
+        self.disk_low = self._free_mb(self.settings.state_dir) < self.dsettings.min_free_mb
         self.snapshot = {
             "unsynced": unsynced,
             "unsynced_fen": unsynced_fen,
@@ -550,7 +553,7 @@ class DecisionWorker:
             "meal": service.meal.name if service else None,
             "price_fen": service.meal.price_own_fen if service else None,
             "price_visitor_fen": service.meal.price_visitor_fen if service else None,
-            "free_mb": round(free_mb(self.settings.state_dir), 1),
+            "free_mb": round(self._free_mb(self.settings.state_dir), 1),
             "disk_low": self.disk_low,
         }
 
@@ -747,6 +750,7 @@ class Daemon:
         config_path: str | None = None,
         start_note: Any = None,
         state_lock: state.StateLock | None = None,
+        free_mb_gauge: Callable[[Path], float] = free_mb,
     ) -> None:
         # A provisioned state directory says who this terminal is: its ids rule over the
         # settings' (docs/ledger.md, "Identity"), so the ledger is the one the county expects.
@@ -766,7 +770,9 @@ class Daemon:
         self.sentence = "The terminal is starting; please wait."
         self.problems: list[str] = []
         self._stop = threading.Event()
-        self.worker = DecisionWorker(settings, self.dsettings, self._shown, self._wall_ms)
+        self.worker = DecisionWorker(
+            settings, self.dsettings, self._shown, self._wall_ms, free_mb_gauge
+        )
         self.camera: Any = None
         self.reader: Any = None
         self.screen: Any = None
