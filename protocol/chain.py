@@ -1,9 +1,10 @@
 """The ledger's hash chain format, as the terminal writes it and the county checks it.
 
-This module owns the domain prefixes, the hashed columns and their order, the one
-JSON spelling of an entry's detail, the entry hash and the bytes a checkpoint
-signature covers (docs/ledger.md). It never opens a database and never reads a
-clock: terminal/ledger.py and county/store.py do those.
+This module owns the entry kinds and verdicts, the domain prefixes, the hashed
+columns and their order, the one JSON spelling of an entry's detail, the entry
+hash and the bytes a checkpoint signature covers (docs/ledger.md). It never opens
+a database and never reads a clock: terminal/ledger.py and county/store.py do
+those.
 """
 
 from __future__ import annotations
@@ -14,6 +15,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import cbor2
+
+# Entry kinds.
+SALE = "sale"  # an accepted or refused presentation / swipe (verdict says which)
+REVERSAL = "reversal"  # staff undid an accepted sale; ref_seq names it
+TOKEN_CHECK = "token_check"  # verify-token --ledger: token checks only, no meal policy
+CLOCK_FAULT = "clock_fault"  # wall clock behind the trusted-time floor
+CONFIG_APPLIED = "config_applied"  # settings / lists version now in force
+TIME_SIGNAL = "time_signal"  # signed time received (raises the floor)
+GENESIS = "genesis"  # seq 1: terminal id and checkpoint public key
+PRUNED = "pruned"  # acknowledged entries up to a signed checkpoint were removed (retention)
+
+# Verdicts of a decision entry.
+ACCEPT = "accept"
+REJECT = "reject"
 
 # Domain prefixes keep a ledger hash or signature from ever being valid as
 # anything else this project hashes or signs (tokens, updates, sync batches).

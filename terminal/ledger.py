@@ -30,20 +30,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+# Entry kinds and verdicts are protocol/chain.py's (the county reads them too).
+from protocol.chain import ACCEPT as ACCEPT
+from protocol.chain import CLOCK_FAULT as CLOCK_FAULT
+from protocol.chain import CONFIG_APPLIED as CONFIG_APPLIED
+from protocol.chain import GENESIS as GENESIS
+from protocol.chain import PRUNED as PRUNED
+from protocol.chain import REJECT as REJECT
+from protocol.chain import REVERSAL as REVERSAL
+from protocol.chain import SALE as SALE
+from protocol.chain import TIME_SIGNAL as TIME_SIGNAL
+from protocol.chain import TOKEN_CHECK as TOKEN_CHECK
 from terminal.durable import write_atomic
-
-# Entry kinds.
-SALE = "sale"  # an accepted or refused presentation / swipe (verdict says which)
-REVERSAL = "reversal"  # staff undid an accepted sale; ref_seq names it
-TOKEN_CHECK = "token_check"  # verify-token --ledger: token checks only, no meal policy
-CLOCK_FAULT = "clock_fault"  # wall clock behind the trusted-time floor
-CONFIG_APPLIED = "config_applied"  # settings / lists version now in force
-TIME_SIGNAL = "time_signal"  # signed time received (raises the floor)
-GENESIS = "genesis"  # seq 1: terminal id and checkpoint public key
-PRUNED = "pruned"  # acknowledged entries up to a signed checkpoint were removed (retention)
-
-ACCEPT = "accept"
-REJECT = "reject"
 
 
 @dataclass(frozen=True)

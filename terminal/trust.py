@@ -13,34 +13,33 @@ verdict: it answers questions.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The list formats are protocol/lists.py's (the county checks them too); the names stay
+# importable from here.
+from protocol.lists import CARD_STATUSES as CARD_STATUSES
+from protocol.lists import REVOCATION_KINDS as REVOCATION_KINDS
+from protocol.lists import ROSTER_COLUMNS as ROSTER_COLUMNS
+from protocol.lists import ListHeader as ListHeader
+from protocol.lists import RosterCard as RosterCard
+from protocol.lists import TrustError as TrustError
+from protocol.lists import parse_issuer_keys as parse_issuer_keys
+from protocol.lists import parse_list_json
+from protocol.lists import parse_revocations as parse_revocations
+from protocol.lists import parse_roster_csv as parse_roster_csv
+from protocol.lists import revocation_key as revocation_key
+from protocol.lists import split_list as split_list
 from protocol.tokens import IssuerKey, Presentation
 
 ISSUERS = "issuers"
 REVOCATIONS = "revocations"
 ROSTER = "roster"
 LIST_NAMES = (ISSUERS, REVOCATIONS, ROSTER)
-
-REVOCATION_KINDS = ("credential", "cadre", "holder_key", "issuer_key", "card")
-CARD_STATUSES = ("active", "lost", "blocked")
-
-# One byte per revocation kind, so every revocation is a single short key in one index.
-_KIND_TAG = {
-    "credential": b"C",
-    "cadre": b"S",
-    "holder_key": b"H",
-    "issuer_key": b"I",
-    "card": b"R",
-}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lists (
@@ -71,10 +70,6 @@ CREATE TABLE IF NOT EXISTS roster (
 """
 
 
-class TrustError(Exception):
-    """A list is unusable: the message names the list, the entry and what is wrong."""
-
-
 @dataclass(frozen=True)
 class ListInfo:
     """Which version of a list is in force, and how old it is."""
@@ -85,40 +80,6 @@ class ListInfo:
     expires_at: int | None
     installed_at: int
     count: int
-
-
-@dataclass(frozen=True)
-class RosterCard:
-    """One canteen card: its canonical UID and the cadre who holds it."""
-
-    uid: bytes
-    iss: str
-    sub: str
-    unit: str
-    display_name: str
-    status: str  # active, lost or blocked
-
-    @property
-    def cadre(self) -> str:
-        return f"{self.iss}/{self.sub}"
-
-
-@dataclass(frozen=True)
-class ListHeader:
-    """Version and times of a list file; a bare §5 array has none and gets version 0."""
-
-    version: int
-    issued_at: int | None
-    expires_at: int | None
-
-
-def revocation_key(kind: str, *parts: str | bytes) -> bytes:
-    """The index key of one revocation: a kind tag, then length-prefixed parts."""
-    out = bytearray(_KIND_TAG[kind])
-    for part in parts:
-        raw = part.encode("utf-8") if isinstance(part, str) else part
-        out += len(raw).to_bytes(2, "big") + raw
-    return bytes(out)
 
 
 class TrustStore:
@@ -644,131 +605,13 @@ class UpdateSet:
     stack_undo: bool = False  # the set in force is unconfirmed: keep the older undo
 
 
-# ---- list files (token.md §5 and the roster CSV) ----
-
-
-def _hex(value: Any, where: str, length: int | None = None) -> bytes:
-    if not isinstance(value, str):
-        raise TrustError(f"{where}: must be hex text")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise TrustError(f"{where}: not hex: {value[:40]!r}") from None
-    if length is not None and len(raw) != length:
-        raise TrustError(f"{where}: must be {length} bytes, got {len(raw)}")
-    return raw
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise TrustError(f"{where}: must be a non-empty text")
-    return value
-
-
-def _opt_int(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TrustError(f"{where}: must be a whole number of Unix seconds")
-    return value
-
-
-def split_list(doc: Any, name: str) -> tuple[list[Any], ListHeader]:
-    """A list document: a bare §5 array, or {"version", "issued_at", "expires_at", "entries"}."""
-    if isinstance(doc, list):
-        return doc, ListHeader(0, None, None)
-    if isinstance(doc, dict) and isinstance(doc.get("entries"), list):
-        version = _opt_int(doc.get("version", 0), f"{name} list: version")
-        header = ListHeader(
-            version or 0,
-            _opt_int(doc.get("issued_at"), f"{name} list: issued_at"),
-            _opt_int(doc.get("expires_at"), f"{name} list: expires_at"),
-        )
-        return doc["entries"], header
-    raise TrustError(f"{name} list: must be a JSON array of entries or an object with 'entries'")
-
-
-def parse_issuer_keys(entries: Sequence[Any]) -> list[IssuerKey]:
-    keys = []
-    for i, entry in enumerate(entries):
-        where = f"trust list entry {i}"
-        if not isinstance(entry, dict):
-            raise TrustError(f"{where}: must be an object")
-        pk = _hex(entry.get("public_key"), f"{where}: public_key", 32)
-        kid = _hex(entry.get("kid"), f"{where}: kid", 8)
-        if kid != hashlib.sha256(pk).digest()[:8]:
-            raise TrustError(f"{where}: kid {kid.hex()} is not the kid of its public key")
-        keys.append(
-            IssuerKey(
-                iss=_text(entry.get("iss"), f"{where}: iss"),
-                kid=kid,
-                public_key=pk,
-                not_before=_opt_int(entry.get("not_before"), f"{where}: not_before"),
-                not_after=_opt_int(entry.get("not_after"), f"{where}: not_after"),
-            )
-        )
-    return keys
-
-
-def parse_revocations(entries: Iterable[Any]) -> Iterator[bytes]:
-    """Revocation index keys from §5 entries; a bad entry stops with a TrustError naming it."""
-    for i, entry in enumerate(entries):
-        where = f"revocation list entry {i}"
-        if not isinstance(entry, dict):
-            raise TrustError(f"{where}: must be an object")
-        kind = entry.get("kind")
-        if kind == "credential":
-            cti = _hex(entry.get("cti"), f"{where}: cti")
-            yield revocation_key(kind, _text(entry.get("iss"), f"{where}: iss"), cti)
-        elif kind == "cadre":
-            iss = _text(entry.get("iss"), f"{where}: iss")
-            yield revocation_key(kind, iss, _text(entry.get("sub"), f"{where}: sub"))
-        elif kind in ("holder_key", "issuer_key"):
-            yield revocation_key(kind, _hex(entry.get("public_key"), f"{where}: public_key", 32))
-        elif kind == "card":
-            uid = _hex(entry.get("uid"), f"{where}: uid")
-            if not 4 <= len(uid) <= 10:
-                raise TrustError(f"{where}: uid must be 4 to 10 bytes, got {len(uid)}")
-            yield revocation_key(kind, uid)
-        else:
-            raise TrustError(f"{where}: kind must be one of {', '.join(REVOCATION_KINDS)}")
-
-
-ROSTER_COLUMNS = ("uid", "iss", "sub", "unit", "display_name", "status")
-
-
-def parse_roster_csv(text: str) -> list[RosterCard]:
-    """A roster CSV with the header uid,iss,sub,unit,display_name,status (uid in hex)."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != ROSTER_COLUMNS:
-        raise TrustError(f"roster CSV: the header must be {','.join(ROSTER_COLUMNS)}")
-    cards = []
-    for row in reader:
-        where = f"roster CSV line {reader.line_num}"
-        uid = _hex(row["uid"], f"{where}: uid")
-        if not 4 <= len(uid) <= 10:
-            raise TrustError(f"{where}: uid must be 4 to 10 bytes, got {len(uid)}")
-        status = row["status"]
-        if status not in CARD_STATUSES:
-            raise TrustError(f"{where}: status must be one of {', '.join(CARD_STATUSES)}")
-        cards.append(
-            RosterCard(
-                uid=uid,
-                iss=_text(row["iss"], f"{where}: iss"),
-                sub=_text(row["sub"], f"{where}: sub"),
-                unit=_text(row["unit"], f"{where}: unit"),
-                display_name=_text(row["display_name"], f"{where}: display_name"),
-                status=status,
-            )
-        )
-    return cards
+# ---- list files ----
 
 
 def read_json_file(path: str | Path, name: str) -> Any:
+    """A list file (token.md §5 JSON) from disk; a ``TrustError`` if unreadable or not JSON."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise TrustError(f"{path}: cannot read the {name} list: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrustError(f"{path}: the {name} list is not valid JSON: {exc}") from None
+    return parse_list_json(data, str(path), name)
