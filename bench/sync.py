@@ -34,12 +34,12 @@ from county import ca  # noqa: E402
 from county.app import new_provisioning_code  # noqa: E402
 from county.store import CountyStore  # noqa: E402
 from terminal import state  # noqa: E402
-from terminal.core.checkout import TrustedClock  # noqa: E402
+from terminal.config import SyncSettings  # noqa: E402
+from terminal.core.clock import TrustedClock  # noqa: E402
 from terminal.ledger import ACCEPT, SALE, EntryDraft, Ledger, load_or_create_signing_key  # noqa: E402
 from terminal.sync import (  # noqa: E402
     LedgerReader,
     SyncClient,
-    SyncSettings,
     _batch_checkpoint,
     apply_result,
     provision,

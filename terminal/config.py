@@ -5,6 +5,13 @@ range and choice, refuses an option it does not know (naming the section and
 option), and hands out frozen dataclasses. It never opens a device, the ledger
 or the network, and it never guesses: a broken file is a ``ConfigError`` that
 says what is wrong and where, and nothing starts with it.
+
+There is one way in: ``load(path)`` (or ``read`` then ``build``, for a
+published file laid over the local one) gives one ``Settings``. Each other part
+reads its own table from it with ``Settings.section(name)``, as strictly as
+the core tables are read here: the screen (``terminal.display.settings``), the
+service, camera and reader (``terminal.service.settings``), and the sync
+(``sync_settings`` below: its table has no device to depend on).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULTS_RESOURCE = "defaults.toml"
 # The tables this module reads itself; every other table belongs to another module.
@@ -229,23 +237,49 @@ def default_text() -> str:
     return resources.files("terminal").joinpath(DEFAULTS_RESOURCE).read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class Document:
+    """The settings as read, before they are checked: TOML tables merged over the defaults.
+
+    ``origin`` names the file(s) for messages; ``base`` is where a relative state_dir
+    is taken from (the folder of the local file).
+    """
+
+    data: dict[str, Any] = field(hash=False, compare=False)
+    origin: str
+    base: Path
+
+    def over(self, text: str, where: str) -> Document:
+        """This document with another settings text laid over it (a published file)."""
+        data = _merge(self.data, _read_toml(text, where), where)
+        return Document(data, f"{self.origin} + {where}", self.base)
+
+
+def read(path: str | Path | None = None) -> Document:
+    """The file at ``path`` over the embedded defaults, or the defaults alone; unchecked."""
+    origin = "embedded defaults"
+    data = _read_toml(default_text(), origin)
+    if path is None:
+        return Document(data, origin, Path.cwd())
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the settings file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: the settings file is not UTF-8 text") from None
+    origin = str(file)
+    return Document(_merge(data, _read_toml(text, origin), origin), origin, file.resolve().parent)
+
+
 def load(path: str | Path | None = None) -> Settings:
     """Settings from ``path`` over the embedded defaults, or the defaults alone."""
-    data = _read_toml(default_text(), "embedded defaults")
-    origin = "embedded defaults"
-    base = Path.cwd()
-    if path is not None:
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read the settings file: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{file}: the settings file is not UTF-8 text") from None
-        origin = str(file)
-        data = _merge(data, _read_toml(text, origin), origin)
-        base = file.resolve().parent
-    return _build(data, origin, base)
+    return build(read(path))
+
+
+def build(doc: Document) -> Settings:
+    """Check the core tables of ``doc``; the other tables are checked by their readers."""
+    return _build(doc.data, doc.origin, doc.base)
 
 
 def _build(data: dict[str, Any], origin: str, base: Path) -> Settings:
@@ -358,5 +392,52 @@ def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
     return tuple(ordered)
 
 
-# The name other modules first used; kept so both spellings work.
-_Section = Section
+# ---- the [sync] table ----
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The [sync] section of the settings (terminal/defaults.toml documents each option)."""
+
+    server: str = ""  # empty: the server stored at provisioning
+    interval_s: float = 300
+    jitter_s: float = 30
+    deadline_s: float = 60
+    connect_timeout_s: float = 10
+    read_timeout_s: float = 20
+    batch_entries: int = 500
+    backoff_base_s: float = 5
+    backoff_cap_s: float = 900
+    offset_record_ms: int = 2000
+    clock_tolerance_s: int = 30
+
+
+def sync_settings(settings: Settings) -> SyncSettings:
+    """The [sync] table of ``settings``, checked; an unknown option is an error that names it."""
+    origin = settings.source
+    s = settings.section("sync")
+    result = SyncSettings(
+        server=s.get_str("server") if s.data.get("server") else "",
+        interval_s=s.get_int("interval_s", 1, 86_400),
+        jitter_s=s.get_int("jitter_s", 0, 86_400),
+        deadline_s=s.get_int("deadline_s", 1, 3_600),
+        connect_timeout_s=s.get_int("connect_timeout_s", 1, 600),
+        read_timeout_s=s.get_int("read_timeout_s", 1, 600),
+        batch_entries=s.get_int("batch_entries", 1, 2_000),
+        backoff_base_s=s.get_int("backoff_base_s", 1, 3_600),
+        backoff_cap_s=s.get_int("backoff_cap_s", 1, 86_400),
+        offset_record_ms=s.get_int("offset_record_ms", 1, 3_600_000),
+        clock_tolerance_s=s.get_int("clock_tolerance_s", 1, 86_400),
+    )
+    s.used.add("server")
+    s.check_unused()
+    if result.server and urlsplit(result.server).scheme != "https":
+        raise ConfigError(f"{origin}: [sync] server: must be an https:// address")
+    if result.jitter_s * 2 > result.interval_s:
+        raise ConfigError(
+            f"{origin}: [sync] jitter_s: must be at most half of interval_s (a sync starts up "
+            "to jitter_s before its interval is over)"
+        )
+    if result.backoff_base_s > result.backoff_cap_s:
+        raise ConfigError(f"{origin}: [sync] backoff_base_s: must not be above backoff_cap_s")
+    return result

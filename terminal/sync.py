@@ -63,8 +63,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from protocol.chain import HASHED_COLUMNS, checkpoint_message
 from protocol.wire import PROTOCOL_VERSION, TIME_DOMAIN, time_message  # noqa: F401
-from terminal import config
-from terminal.core.checkout import TrustedClock
+from terminal.config import SyncSettings
+from terminal.core.clock import TrustedClock
 from terminal.durable import fsync_dir as _fsync_dir
 from terminal.durable import write_atomic as _write_atomic
 from terminal.ledger import TIME_SIGNAL, EntryDraft, Ledger, LedgerEntry, load_or_create_signing_key
@@ -146,78 +146,6 @@ class NotProvisioned(SyncError):
     """The state directory has no county identity: run 'canteen-terminal provision'."""
 
     kind = "not_provisioned"
-
-
-# --- settings ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    """The [sync] section of the settings (terminal/defaults.toml documents each option)."""
-
-    server: str = ""  # empty: the server stored at provisioning
-    interval_s: float = 300
-    jitter_s: float = 30
-    deadline_s: float = 60
-    connect_timeout_s: float = 10
-    read_timeout_s: float = 20
-    batch_entries: int = 500
-    backoff_base_s: float = 5
-    backoff_cap_s: float = 900
-    offset_record_ms: int = 2000
-    clock_tolerance_s: int = 30
-
-
-def sync_settings_from(data: dict[str, Any], origin: str) -> SyncSettings:
-    """Check a parsed [sync] table; an unknown option is an error that names it."""
-    s = config._Section(origin, "sync", data)
-    settings = SyncSettings(
-        server=s.get_str("server") if data.get("server") else "",
-        interval_s=s.get_int("interval_s", 1, 86_400),
-        jitter_s=s.get_int("jitter_s", 0, 86_400),
-        deadline_s=s.get_int("deadline_s", 1, 3_600),
-        connect_timeout_s=s.get_int("connect_timeout_s", 1, 600),
-        read_timeout_s=s.get_int("read_timeout_s", 1, 600),
-        batch_entries=s.get_int("batch_entries", 1, 2_000),
-        backoff_base_s=s.get_int("backoff_base_s", 1, 3_600),
-        backoff_cap_s=s.get_int("backoff_cap_s", 1, 86_400),
-        offset_record_ms=s.get_int("offset_record_ms", 1, 3_600_000),
-        clock_tolerance_s=s.get_int("clock_tolerance_s", 1, 86_400),
-    )
-    s.used.add("server")
-    s.check_unused()
-    if settings.server and urlsplit(settings.server).scheme != "https":
-        raise config.ConfigError(f"{origin}: [sync] server: must be an https:// address")
-    if settings.jitter_s * 2 > settings.interval_s:
-        raise config.ConfigError(
-            f"{origin}: [sync] jitter_s: must be at most half of interval_s (a sync starts up "
-            "to jitter_s before its interval is over)"
-        )
-    if settings.backoff_base_s > settings.backoff_cap_s:
-        raise config.ConfigError(
-            f"{origin}: [sync] backoff_base_s: must not be above backoff_cap_s"
-        )
-    return settings
-
-
-def load_sync_settings(path: str | Path | None = None) -> SyncSettings:
-    """The [sync] settings from ``path`` over the embedded defaults (as config.load reads them)."""
-    data = config._read_toml(config.default_text(), "embedded defaults")
-    origin = "embedded defaults"
-    if path is not None:
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise config.ConfigError(
-                f"{file}: cannot read the settings file: {exc.strerror}"
-            ) from None
-        origin = str(file)
-        data = config._merge(data, config._read_toml(text, origin), origin)
-    section = data.get("sync")
-    if not isinstance(section, dict):
-        raise config.ConfigError(f"{origin}: [sync] must be a table")
-    return sync_settings_from(section, origin)
 
 
 # --- identity (what provisioning stores) ----------------------------------------------

@@ -28,7 +28,7 @@ from county.cli import build_parser
 from county.cli import main as county_main
 from terminal import trust
 from terminal.commands.sync import add_sync_commands
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.sync import SyncClient, apply_result
 
 ROOT = Path(__file__).resolve().parent.parent

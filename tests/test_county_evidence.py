@@ -31,7 +31,7 @@ from county.store import BAD_EVIDENCE, UNSIGNED, Limits
 from protocol.chain import checkpoint_message, entry_hash
 from terminal import trust
 from terminal import updates as tu
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.ledger import ACCEPT, SALE, EntryDraft, load_or_create_signing_key
 from terminal.sync import SyncClient, apply_result
 

@@ -25,8 +25,9 @@ from hwsim.county import (
 )
 
 from terminal import state
+from terminal.config import SyncSettings
 from terminal.ledger import load_or_create_signing_key
-from terminal.sync import SyncClient, SyncSettings, provision
+from terminal.sync import SyncClient, provision
 
 # --- an upstream that echoes, and counts what reached it --------------------------------
 

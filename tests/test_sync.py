@@ -32,7 +32,7 @@ from test_sync_support import (
 
 from county import ca
 from terminal import config
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.ledger import TIME_SIGNAL
 from terminal.sync import (
     NotProvisioned,
@@ -41,10 +41,8 @@ from terminal.sync import (
     SyncClient,
     SyncResult,
     SyncSchedule,
-    SyncSettings,
     apply_result,
     load_identity,
-    load_sync_settings,
     provision,
 )
 
@@ -418,7 +416,7 @@ def test_after_a_success_the_next_sync_is_never_later_than_the_interval() -> Non
     one sync reaches an online terminal within one interval."""
     import random
 
-    settings = SyncSettings(interval_s=300, jitter_s=30)
+    settings = config.SyncSettings(interval_s=300, jitter_s=30)
     schedule = SyncSchedule(None, settings, lambda _r: None, rng=random.Random(7))  # type: ignore[arg-type]
     delays = [schedule._next_delay() for _ in range(2000)]
     assert all(270 <= d <= 300 for d in delays)
@@ -550,24 +548,24 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
 
 
 def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
-    s = load_sync_settings()
+    s = config.sync_settings(config.load())
     assert s.interval_s == 300 and s.batch_entries == 500 and s.server == ""
     f = tmp_path / "t.toml"
     f.write_text('[sync]\ninterval_s = 60\nserver = "https://county.example:8443"\n')
-    s = load_sync_settings(f)
+    s = config.sync_settings(config.load(f))
     assert s.interval_s == 60 and s.server == "https://county.example:8443"
     f.write_text("[sync]\nintervall_s = 60\n")
     with pytest.raises(config.ConfigError, match=r"\[sync\] intervall_s: unknown option"):
-        load_sync_settings(f)
+        config.sync_settings(config.load(f))
     f.write_text("[sync]\nbatch_entries = 5000\n")
     with pytest.raises(config.ConfigError, match="batch_entries"):
-        load_sync_settings(f)
+        config.sync_settings(config.load(f))
     f.write_text('[sync]\nserver = "http://plain"\n')
     with pytest.raises(config.ConfigError, match="https"):
-        load_sync_settings(f)
+        config.sync_settings(config.load(f))
     f.write_text("[sync]\ninterval_s = 60\njitter_s = 31\n")
     with pytest.raises(config.ConfigError, match="jitter_s: must be at most half"):
-        load_sync_settings(f)
+        config.sync_settings(config.load(f))
     # The core's loader still takes a file with a [sync] section.
     f.write_text("[sync]\ninterval_s = 60\n")
     assert config.load(f).terminal_id

@@ -26,7 +26,7 @@ from test_sync_support import (
     server_chain,
 )
 
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.ledger import verify_file
 from terminal.sync import SyncClient, SyncResult, apply_result
 

@@ -20,7 +20,7 @@ from county import updates as cu
 from county.app import ASGIApp
 from terminal import trust
 from terminal import updates as tu
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.sync import SyncClient, apply_result
 
 

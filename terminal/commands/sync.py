@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from terminal import config, ledger, state
-from terminal.core.checkout import TrustedClock
+from terminal.core.clock import TrustedClock
 from terminal.sync import (
     CountyIdentity,
     SyncClient,
@@ -31,7 +31,6 @@ from terminal.sync import (
     SyncSchedule,
     apply_result,
     load_identity,
-    load_sync_settings,
     provision,
 )
 
@@ -174,7 +173,7 @@ def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
                 "let the daemon sync by itself ('canteen-terminal status' shows its last sync)",
             )
         identity = load_identity(a.state)
-        settings = load_sync_settings(a.config)
+        settings = config.sync_settings(config.load(a.config))
         ledger_path = Path(a.ledger) if a.ledger else state.StatePaths(Path(a.state)).ledger
         if not ledger_path.is_file():
             raise SyncError(f"no ledger at {ledger_path}: nothing to sync")

@@ -1,8 +1,9 @@
 """The decision at the counter: a QR text or a card UID in, a committed verdict out.
 
 This module owns the order of the checks (token.md §4 steps 1 to 8 for QR
-codes, the roster for cards), the terminal's trusted time, and turning each
-outcome into exactly one ledger entry. It is what the one decision worker runs;
+codes, the roster for cards), recording the clock faults of the trusted time
+(terminal/core/clock.py), and turning each outcome into exactly one ledger
+entry. It is what the one decision worker runs;
 nothing here is thread-safe and nothing needs to be. A verdict is returned only
 after its entry is committed, so nothing reaches the screen that the ledger
 does not hold. It imports no device or network library and takes the wall
@@ -18,6 +19,7 @@ from typing import Any
 from protocol.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
 from terminal.config import Settings
 from terminal.core import policy
+from terminal.core.clock import TrustedClock
 from terminal.ledger import (
     ACCEPT,
     CLOCK_FAULT,
@@ -31,8 +33,6 @@ from terminal.ledger import (
     LedgerEntry,
 )
 from terminal.trust import REVOCATIONS, ROSTER, TrustStore
-
-# How far back (in entries) to look for the newest recorded county time, as the sync does.
 
 NO_SUCH_SALE = "no_such_sale"
 REVERSAL_TOO_LATE = "reversal_too_late"
@@ -66,111 +66,6 @@ class Decision:
             "cti": self.cti.hex() if self.cti is not None else None,
             "ctr": self.entry.ctr,
         }
-
-
-class TrustedClock:
-    """The terminal's time: the wall clock, checked against the county and the ledger.
-
-    A Pi has no real-time clock and may boot with a clock in the past; a wall
-    clock behind the floor is a clock fault, recorded once per episode, and the
-    floor is used instead. The floor rises with every ledger entry and with
-    signed times from the county server.
-
-    Each sync also judges the wall clock against the county's signed time
-    (``take_county_time``). Beyond the tolerance (``[sync] clock_tolerance_s``)
-    the wall clock is not trusted, fast or slow, and the time is the county's
-    signed time carried on by the monotonic clock, which a wrong or stepping
-    wall clock cannot move. Without such a time in this run (after a restart)
-    nothing is sold until the next sync. docs/sync-protocol.md, "Terminal
-    behaviour", says why.
-    """
-
-    def __init__(self, floor_ms: int, tolerance_ms: int, earliest_ms: int) -> None:
-        self.floor_ms = floor_ms
-        self.tolerance_ms = tolerance_ms
-        self.earliest_ms = earliest_ms
-        self.in_fault = False
-        # Wall clock minus county time at the last check, when beyond the tolerance;
-        # None while within it (or never checked).
-        self.wall_ahead_ms: int | None = None
-        # (county ms, monotonic ms, wall ms) at the last verified county time of this run.
-        self._county: tuple[int, int | None, int] | None = None
-
-    def county_now(self, wall_ms: int, mono_ms: int | None = None) -> int | None:
-        """The county's time now, from its last signed time, or None without one this run.
-
-        Carried on by the monotonic clock; a caller without one (a staff action, the
-        closing checkpoint) gets the wall clock's elapsed time, which is the same
-        unless the wall clock stepped since.
-        """
-        if self._county is None:
-            return None
-        server_ms, mono_at, wall_at = self._county
-        if mono_ms is not None and mono_at is not None:
-            elapsed = mono_ms - mono_at
-        else:
-            elapsed = wall_ms - wall_at
-        return server_ms + max(0, elapsed)
-
-    def current(self, wall_ms: int, mono_ms: int | None = None) -> int:
-        """The trusted time now, without starting a clock fault (screens, status)."""
-        if self.wall_ahead_ms is not None:
-            county = self.county_now(wall_ms, mono_ms)
-            return self.floor_ms if county is None else max(county, self.floor_ms)
-        return max(wall_ms, self.floor_ms)
-
-    def read(self, wall_ms: int, mono_ms: int | None = None) -> tuple[int, bool]:
-        """(trusted ms, True when this reading starts a new clock fault)."""
-        if self.wall_ahead_ms is not None:
-            # The county showed the wall clock wrong: it is not read at all. With no county
-            # time this run the floor stands still, and sells() refuses.
-            return self.current(wall_ms, mono_ms), False
-        if wall_ms + self.tolerance_ms < self.floor_ms:
-            started = not self.in_fault
-            self.in_fault = True
-            return self.floor_ms, started
-        self.in_fault = False
-        return max(wall_ms, self.floor_ms), False
-
-    def raise_floor(self, ms: int) -> None:
-        self.floor_ms = max(self.floor_ms, ms)
-
-    def take_county_time(
-        self, server_ms: int, mono_ms: int | None, wall_ms: int, tolerance_ms: int
-    ) -> tuple[bool, int | None]:
-        """Take a verified county time, received at ``mono_ms`` / ``wall_ms``.
-
-        Returns (the wall clock's standing changed, the floor before it was lowered
-        or None). A floor more than the tolerance above the county's time was
-        raised by a wall clock that ran ahead: the county's signed time is the
-        better witness, so the floor comes down to it.
-        """
-        ahead = wall_ms - server_ms
-        was_off = self.wall_ahead_ms is not None
-        self.wall_ahead_ms = ahead if abs(ahead) > tolerance_ms else None
-        self._county = (server_ms, mono_ms, wall_ms)
-        lowered: int | None = None
-        if self.floor_ms > server_ms + tolerance_ms:
-            lowered, self.floor_ms = self.floor_ms, server_ms
-            self.in_fault = False
-        else:
-            self.raise_floor(server_ms)
-        return was_off != (self.wall_ahead_ms is not None), lowered
-
-    def restore(self, wall_ahead_ms: int | None) -> None:
-        """At start: the standing the last recorded county time gave the wall clock."""
-        self.wall_ahead_ms = wall_ahead_ms
-
-    def trusted(self, now_ms: int) -> bool:
-        """True when the time is plausible and the wall clock agrees with the county's."""
-        return now_ms >= self.earliest_ms and self.wall_ahead_ms is None
-
-    def sells(self, now_ms: int) -> bool:
-        """True when a sale may be decided at ``now_ms``: a plausible time, and either a
-        wall clock that agrees with the county or a county time received this run."""
-        return now_ms >= self.earliest_ms and (
-            self.wall_ahead_ms is None or self._county is not None
-        )
 
 
 def credential_ref(iss: str, cti: bytes) -> str:
@@ -214,8 +109,7 @@ class Checkout:
         entry, newest = found
         ahead = entry.detail.get("wall_ahead_ms")
         off = entry.detail.get("clock_trusted") is False and type(ahead) is int
-        self.clock.restore(ahead if off else None)
-        self.clock.floor_ms = newest
+        self.clock.restore(ahead if off else None, newest)
 
     def now(self, wall_ms: int, mono_ms: int | None = None) -> int:
         """Trusted time for a decision at ``wall_ms``; records a clock fault when one starts.

@@ -2,21 +2,20 @@
 
 This module owns the ``[display]`` section of the settings file: its options,
 their types and ranges, and the screen-related values it borrows from
-``[terminal]`` (language and time zone). It reads the same file the same way
-as ``terminal.config.load`` (TOML over the embedded defaults, unknown option =
-``ConfigError`` naming section and option). It never opens a socket, a device
-or the ledger; it only hands out a frozen ``DisplaySettings``.
+``[terminal]`` (language and time zone). It reads them from the one loaded
+``config.Settings`` (``from_settings``), never from the file itself; an
+unknown option is a ``ConfigError`` naming section and option. It never opens
+a socket, a device or the ledger; it only hands out a frozen
+``DisplaySettings``.
 """
 
 from __future__ import annotations
 
-import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from terminal import config
-from terminal.config import ConfigError
+from terminal.config import ConfigError, Section
 
 # The staff PIN travels in plain HTTP between Chromium and the daemon on the
 # same device; serving it to the network would expose it, so only loopback.
@@ -47,41 +46,17 @@ class DisplaySettings:
 
 def load(path: str | Path | None = None) -> DisplaySettings:
     """The ``[display]`` settings from ``path`` over the embedded defaults."""
-    origin = "embedded defaults"
-    data = config._read_toml(config.default_text(), origin)
-    if path is not None:
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read the settings file: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{file}: the settings file is not UTF-8 text") from None
-        origin = str(file)
-        data = config._merge(data, config._read_toml(text, origin), origin)
-    return from_tables(data, origin)
+    return from_settings(config.load(path))
 
 
-def from_tables(data: dict[str, Any], origin: str) -> DisplaySettings:
-    """Build from merged TOML tables (what ``config.load`` has before ``_build``)."""
-    section = config._Section(origin, "display", data["display"])
-    terminal = data["terminal"]
-    language = terminal.get("language")
-    if language not in ("zh", "en"):
-        raise ConfigError(f"{origin}: [terminal] language: must be one of zh, en")
-    tz_name = terminal.get("timezone")
-    try:
-        zoneinfo.ZoneInfo(str(tz_name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"{origin}: [terminal] timezone: unknown time zone {tz_name!r}; "
-            "use a name such as Asia/Shanghai"
-        ) from None
-    settings = DisplaySettings(
+def from_settings(settings: config.Settings) -> DisplaySettings:
+    """The ``[display]`` table of the loaded settings, checked."""
+    section = settings.section("display")
+    result = DisplaySettings(
         host=section.get_str("host", LOOPBACK_HOSTS),
         port=section.get_int("port", 0, 65535),
-        language=language,
-        timezone=str(tz_name),
+        language=settings.language,
+        timezone=settings.timezone.key,
         staff_pin=_pin(section),
         staff_tries=section.get_int("staff_tries", 1, 100),
         staff_lockout_s=section.get_int("staff_lockout_s", 1, 86400),
@@ -94,10 +69,10 @@ def from_tables(data: dict[str, Any], origin: str) -> DisplaySettings:
         client_queue=section.get_int("client_queue", 4, 4096),
     )
     section.check_unused()
-    return settings
+    return result
 
 
-def _pin(section: config._Section) -> str:
+def _pin(section: Section) -> str:
     where = f"{section.origin}: [display] staff_pin"
     if "staff_pin" not in section.data:
         raise ConfigError(f"{where}: missing; add it to the settings file")
@@ -111,7 +86,7 @@ def _pin(section: config._Section) -> str:
     return value
 
 
-def _bool(section: config._Section, option: str) -> bool:
+def _bool(section: Section, option: str) -> bool:
     where = f"{section.origin}: [display] {option}"
     if option not in section.data:
         raise ConfigError(f"{where}: missing; add it to the settings file")

@@ -34,6 +34,8 @@ from terminal.core import policy
 from terminal.core.checkout import Checkout, Decision, ReversalRefused
 from terminal.core.desk import DeskClosed
 from terminal.core.events import CardPresented, QrPresented
+from terminal.display.settings import DisplaySettings
+from terminal.display.settings import from_settings as display_settings_from
 from terminal.service.checker import Checker
 
 log = logging.getLogger("canteen.daemon")
@@ -185,20 +187,12 @@ def reader_settings(settings: config.Settings) -> Any:
     return result
 
 
-def display_settings(settings: config.Settings) -> Any:
-    from terminal.display import settings as display
-
-    tables = {
-        "display": settings.extra.get("display", {}),
-        "terminal": {"language": settings.language, "timezone": settings.timezone.key},
-    }
-    return display.from_tables(tables, settings.source)
+def display_settings(settings: config.Settings) -> DisplaySettings:
+    return display_settings_from(settings)
 
 
-def sync_settings(settings: config.Settings) -> Any:
-    from terminal import sync
-
-    return sync.sync_settings_from(dict(settings.extra.get("sync", {})), settings.source)
+def sync_settings(settings: config.Settings) -> config.SyncSettings:
+    return config.sync_settings(settings)
 
 
 def check_settings(settings: config.Settings) -> None:

@@ -891,26 +891,11 @@ def effective_settings(local: str | Path | None, note: StartNote) -> config.Sett
     The published file may not name [terminal] id or state_dir (the county refuses to
     sign one that does), so a device keeps its own identity and state directory.
     """
-    from terminal.config import _build, _merge, _read_toml, default_text
-
-    data = _read_toml(default_text(), "embedded defaults")
-    origin = "embedded defaults"
-    base = Path.cwd()
-    if local is not None:
-        file = Path(local)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise config.ConfigError(f"{file}: cannot read the settings file: {exc}") from None
-        origin = str(file)
-        data = _merge(data, _read_toml(text, origin), origin)
-        base = file.resolve().parent
+    doc = config.read(local)
     if note.settings_file is not None:
         published = note.settings_file.read_text(encoding="utf-8")
-        where = f"{note.settings_file} (update set {note.set_version})"
-        data = _merge(data, _read_toml(published, where), where)
-        origin = f"{origin} + {where}"
-    return _build(data, origin, base)
+        doc = doc.over(published, f"{note.settings_file} (update set {note.set_version})")
+    return config.build(doc)
 
 
 # ---- status and the one-call path for commands ---------------------------------------
