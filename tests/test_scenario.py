@@ -16,7 +16,8 @@ from typing import Any
 import cv2
 import pytest
 from hwsim import cli
-from hwsim.scenario import (
+from hwsim.scenario.lunch import play
+from hwsim.scenario.plan import (
     CARD_KINDS,
     FIRST_MEAL,
     HOSTILE_KINDS,
@@ -26,13 +27,11 @@ from hwsim.scenario import (
     REVOKED_LATER,
     SETTINGS,
     Options,
-    RunRecord,
     ScenarioError,
-    entry_marks,
     make_plan,
-    qr_marks,
 )
-from hwsim.scenario_report import applied_entry, check, figures, play, report_text
+from hwsim.scenario.record import RunRecord, entry_marks, qr_marks
+from hwsim.scenario.report import applied_entry, check, figures, report_text
 
 from terminal.ledger import LedgerEntry
 

@@ -1,6 +1,6 @@
 """The lunch-rush scenario's verdict on itself: checks, figures, the printed report and a chart.
 
-This module owns judging a ``RunRecord`` (hwsim.scenario): the checks that
+This module owns judging a ``RunRecord`` (hwsim.scenario.record): the checks that
 make the scenario fail (every decision as the model expected, one decision
 per presentation, the ledger verifies, the county holds exactly the ledger's
 entries and so every accepted sale once, the outage was real and the terminal
@@ -18,22 +18,14 @@ record to see the checks fail.
 
 from __future__ import annotations
 
-import datetime as dt
-import zoneinfo
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hwsim.scenario import (
-    ACCEPT,
-    PRICES_AFTER,
-    PRICES_BEFORE,
-    REVOCATION,
-    REVOKED_LATER,
-    SETTINGS,
-    TIMEZONE,
-    RunRecord,
-)
+from hwsim.scenario.clock import local_time
+from hwsim.scenario.model import ACCEPT
+from hwsim.scenario.plan import PRICES_AFTER, PRICES_BEFORE, REVOCATION, REVOKED_LATER, SETTINGS
+from hwsim.scenario.record import RunRecord
 
 CONFIG_APPLIED = "config_applied"  # terminal.ledger.CONFIG_APPLIED
 REVOKED_REASONS = ("revoked", "card_revoked")
@@ -309,8 +301,8 @@ def figures(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def _local(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, zoneinfo.ZoneInfo(TIMEZONE)).strftime("%H:%M")
+def _hm(ms: int) -> str:
+    return local_time(ms, "%H:%M")
 
 
 def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> str:
@@ -344,7 +336,7 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
     )
     if record.outage:
         lines.append(
-            f"outage: {_local(record.outage['start_sim_ms'])}-{_local(record.outage['end_sim_ms'])}"
+            f"outage: {_hm(record.outage['start_sim_ms'])}-{_hm(record.outage['end_sim_ms'])}"
             f" ({out['simulated_s'] / 60:.1f} simulated min), {out['presentations_offline']} "
             f"presentations offline, backlog up to {out['max_backlog_entries']} entries"
         )
@@ -364,7 +356,7 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
         )
         lines.append(
             f"{what}: signed update set {u['set']} published at "
-            f"{_local(u['published_sim_ms'])}, {applied}"
+            f"{_hm(u['published_sim_ms'])}, {applied}"
         )
     lines.append(
         f"ledger: {f['ledger_entries']} entries, verifies: "
@@ -444,8 +436,8 @@ def draw_chart(record: RunRecord, path: Path) -> Path:
         x = x_of(ms)
         for y in (top_panel[1], bottom_panel[1]):
             cv2.line(img, (x, y), (x, y + 5), (0, 0, 0), 1)
-        text(_local(ms), (x - 20, bottom_panel[1] + 22), 0.45)
-        text(_local(ms), (x - 20, top_panel[1] + 22), 0.45)
+        text(_hm(ms), (x - 20, bottom_panel[1] + 22), 0.45)
+        text(_hm(ms), (x - 20, top_panel[1] + 22), 0.45)
 
     lat = [p["latency_ms"] for p in ps if p["latency_ms"] is not None]
     top = max(100.0, (_percentile(lat, 99) or 100.0) * 1.3, max(lat, default=0) * 1.05)
@@ -505,18 +497,3 @@ def draw_chart(record: RunRecord, path: Path) -> Path:
     if not cv2.imwrite(str(path), img):
         raise OSError(f"cannot write the chart {path}")
     return path
-
-
-# --- a run, judged ----------------------------------------------------------------------------
-
-
-def play(opts: Any, progress: Any = print) -> tuple[RunRecord, list[str], str]:
-    """Run the lunch, check it, draw the chart, write report.txt: (record, failures, report)."""
-    from hwsim.scenario import Lunch
-
-    record = Lunch(opts, progress).run()
-    failures = check(record)
-    chart = draw_chart(record, Path(opts.out) / "lunch-rush.png")
-    text = report_text(record, failures, chart)
-    (Path(opts.out) / "report.txt").write_text(text + "\n", encoding="utf-8")
-    return record, failures, text
