@@ -13,7 +13,6 @@ itself (terminal/core/checkout.py does) and never daemonizes: systemd does that.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ from terminal.core.desk import DeskClosed
 from terminal.core.events import CardPresented, QrPresented
 from terminal.display.settings import DisplaySettings
 from terminal.display.settings import from_settings as display_settings_from
-from terminal.service.checker import Checker
 
 log = logging.getLogger("canteen.daemon")
 
@@ -128,8 +126,6 @@ class DaemonSettings:
     retention_days: int
     camera: bool
     reader: bool
-    # Check the signatures of waiting codes in a child process (terminal/service/checker.py).
-    check_ahead: bool = True
 
 
 def daemon_settings(settings: config.Settings) -> DaemonSettings:
@@ -141,8 +137,14 @@ def daemon_settings(settings: config.Settings) -> DaemonSettings:
         retention_days=section.get_int("retention_days", 7, 36500),
         camera=section.get_bool("camera"),
         reader=section.get_bool("reader"),
-        check_ahead=section.get_bool("check_ahead"),
     )
+    if "check_ahead" in section.data:
+        # The check-ahead process was removed in issue 13 (docs/architecture.md, "No
+        # check-ahead process"); an old settings file that still sets it is told so.
+        raise config.ConfigError(
+            f"{settings.source}: [daemon] check_ahead: no longer an option (the check-ahead "
+            "process was removed; the decision worker checks every code); remove this line"
+        )
     section.check_unused()
     return result
 
@@ -272,9 +274,6 @@ class DecisionWorker:
         self.dropped = 0
         self.disk_low = False
         self.snapshot: dict[str, Any] = {}
-        # Signatures of codes still waiting are checked ahead in a child process, started
-        # on the first backlog (terminal/service/checker.py); None: the worker checks them all.
-        self.checker: Checker | None = Checker() if dsettings.check_ahead else None
         # Names are not in the ledger (only signed codes are); the staff panel's "last
         # charge" shows the name of a sale made since this start.
         self.names: dict[int, str] = {}
@@ -372,15 +371,12 @@ class DecisionWorker:
                     else:
                         carry = waiting
                         break
-                self._check_ahead(counter, batch[1:])
                 self._decide_group(batch, counter)
                 if carry is _STOP:
                     break
                 if isinstance(carry, Job):
                     self._run_job(carry, counter)
         finally:
-            if self.checker is not None:
-                self.checker.stop()
             if self.ledger_problem is None:
                 book.close(counter.now(self._wall_ms()))
             else:
@@ -451,17 +447,6 @@ class DecisionWorker:
                 self.dsettings.retention_days,
             )
 
-    def _check_ahead(self, counter: Checkout, taken: list[Any]) -> None:
-        """Hand the codes of this group and those still waiting to the checker process."""
-        checker = self.checker
-        if checker is None:
-            return
-        with self.queue.mutex:
-            waiting = list(itertools.islice(self.queue.queue, GROUP_MAX))
-        texts = [e.text for e in (*taken, *waiting) if isinstance(e, QrPresented)]
-        if texts and checker.ready():
-            checker.submit(texts, counter.trust.all_issuer_keys())
-
     def _run_job(self, job: Job, counter: Checkout) -> None:
         if self.ledger_problem is not None:
             # Found damaged after start: nothing more is marked or appended.
@@ -496,8 +481,6 @@ class DecisionWorker:
                 for event in batch:
                     try:
                         if isinstance(event, QrPresented):
-                            if self.checker is not None:
-                                self.checker.claim(event.text)
                             decisions.append(
                                 counter.present_qr(event.text, self._wall_ms(), _mono_ms())
                             )
