@@ -303,9 +303,8 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     from protocol import tokens
     from terminal.core.events import QrPresented
 
-    # Every signature check that finds no earlier answer does the curve arithmetic in
-    # this process; the checker process does it for codes still waiting. Between the
-    # two, each code's two signatures are checked once.
+    # Every signature check that finds no earlier answer does the curve arithmetic; the
+    # worker's memo answers the replay, so each code's two signatures are checked once.
     curve_checks: list[bytes] = []
     real_verifies = tokens._verifies
 
@@ -345,10 +344,6 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     for code in codes:
         worker.put(QrPresented(code, 0.0))
     worker.put(QrPresented(codes[0], 0.0))  # a replay inside the backlog
-    checker = worker.checker
-    assert checker is not None
-    # The process starts on a day's first backlog; here it is up before this one.
-    wait_for(checker.ready, what="the checker process")
     worker.start()
     wait_for(lambda: len(seen) == 81, what="every decision shown")
     worker.stop()
@@ -358,10 +353,20 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     assert stats["by_verdict"]["accept"] == 80
     assert stats["by_reason"] == {"replayed": 1}
     assert ledger.verify_file(book).ok
-    # 80 codes (and the replay, perhaps checked ahead again), two signatures each.
-    assert checker.checked_ahead > 0, "the checker process took no code"
-    assert len(curve_checks) == len(set(curve_checks))
-    assert len(curve_checks) + 2 * checker.checked_ahead in (160, 162)
+    # 80 codes, two signatures each; the replay's were found in the memo.
+    assert len(curve_checks) == len(set(curve_checks)) == 160
+
+
+def test_an_old_settings_file_with_check_ahead_gets_one_clear_line(tmp_path: Path) -> None:
+    # The check-ahead process was removed (docs/architecture.md); its option is refused
+    # with a sentence that says so, as any unknown option is refused.
+    path = write_settings(
+        tmp_path, reader_port=None, camera_source=None, daemon_options="check_ahead = true"
+    )
+    with pytest.raises(config.ConfigError) as refused:
+        daemon.daemon_settings(config.load(path))
+    message = str(refused.value)
+    assert "[daemon] check_ahead: no longer an option" in message and "\n" not in message
 
 
 def test_the_worker_prunes_acknowledged_entries_past_the_retention(tmp_path: Path) -> None:
