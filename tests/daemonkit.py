@@ -1,5 +1,7 @@
 """Helpers that set up a real terminal for daemon tests: settings, lists, a card reader pty.
 
+It never waits by itself (`wait_for` is in conftest.py) and never starts a daemon.
+
 The daemon reads the wall clock, so the settings put the canteen in a time zone
 where it is midday now and one meal window spans the whole day: tests then never
 depend on the hour at which they run.
@@ -11,7 +13,6 @@ import datetime as dt
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
@@ -21,19 +22,6 @@ ISSUER = Issuer("hn-daemon", key_from_seed("daemon-test-issuer"))
 CARD_UID = bytes.fromhex("0a1b2c3d4e")  # RDM6300: version byte + 32-bit id
 CARD_CADRE = "K1"
 PIN = "2468"
-
-
-def wait_for(predicate: Any, timeout_s: float = 40.0, what: str = "") -> None:
-    """Poll until ``predicate()`` is true; a socket not yet listening counts as not yet."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def midday_zone() -> str:
@@ -104,6 +92,20 @@ def install_lists(state_dir: Path, now: int | None = None) -> None:
     card = trust.RosterCard(CARD_UID, ISSUER.iss, CARD_CADRE, "own", "Card holder", "active")
     store.replace_roster([card], header, now)
     store.close()
+
+
+def install_sim_lists(folder: Path, state_dir: Path, now: int) -> None:
+    """What 'canteen-terminal lists install' does with hw-sim issuer's files in ``folder``."""
+    store = trust.TrustStore(state.prepare(state_dir).trust)
+    try:
+        entries, header = trust.split_list(trust.read_json_file(folder / "trust.json", "t"), "t")
+        store.replace_issuers(trust.parse_issuer_keys(entries), header, now)
+        entries, header = trust.split_list(trust.read_json_file(folder / "revoked.json", "r"), "r")
+        store.replace_revocations(trust.parse_revocations(entries), header, now)
+        roster = trust.parse_roster_csv((folder / "roster.csv").read_text(encoding="utf-8"))
+        store.replace_roster(roster, trust.ListHeader(1, now - 60, None), now)
+    finally:
+        store.close()
 
 
 def wallet(sub: str) -> Wallet:

@@ -12,12 +12,12 @@ import contextlib
 import http.server
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from terminal.scanner.camera import CameraSettings, open_capture
 from terminal.scanner.mjpeg import MjpegStream, jpeg_size
@@ -27,15 +27,6 @@ from terminal.scanner.mjpeg import MjpegStream, jpeg_size
 LEVELS = 25
 NUMBERS = LEVELS * LEVELS
 WAIT_S = 10.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 class NumberedStream:

@@ -14,15 +14,15 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, midday_zone, wait_for, write_settings
-from test_checkout import LUNCH, Canteen
-from test_sync_support import County, make_county, provision_terminal
+from canteenkit import LUNCH, Canteen
+from conftest import SMALL, Browser, wait_for
+from countykit import County, provision_terminal
+from daemonkit import CARD_UID, ReaderPty, install_lists, midday_zone, write_settings
 
 from terminal import config, ledger, sync, trust
 from terminal.core import policy
@@ -47,11 +47,9 @@ def county_answer(server_ms: int, wall_ms: int, mono_ms: int) -> sync.SyncResult
 
 
 @pytest.fixture
-def canteen(tmp_path: Path) -> Iterator[Canteen]:
-    place = Canteen(tmp_path / "state")
-    place.install(cards=[CARD, CARD2])
-    yield place
-    place.close()
+def canteen_cards() -> list[trust.RosterCard]:
+    """The cards of this module's canteen (the `canteen` fixture is in conftest.py)."""
+    return [CARD, CARD2]
 
 
 def test_a_fast_clock_sells_on_county_time_and_its_floor_comes_down(canteen: Canteen) -> None:
@@ -154,8 +152,6 @@ backoff_base_s = 1
 backoff_cap_s = 2
 """
 
-CHROMIUM = "/usr/bin/chromium"
-
 
 def meal_settings(tmp_path: Path, reader_port: str) -> Path:
     """Lunch around the local time now, dinner two to four hours on."""
@@ -178,15 +174,6 @@ def meal_settings(tmp_path: Path, reader_port: str) -> Path:
     return path
 
 
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def entries(state_dir: Path) -> list[dict[str, Any]]:
     out = state_dir.parent / "ledger.jsonl"
     with open(out, "w", encoding="utf-8") as f:
@@ -201,7 +188,10 @@ def run(d: daemon.Daemon) -> threading.Thread:
 
 
 def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
-    tmp_path: Path, county: County, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    county: County,
+    capsys: pytest.CaptureFixture[str],
+    maybe_browser: Browser | None,
 ) -> None:
     state_dir = tmp_path / "state"
     provision_terminal(county, state_dir, "t-daemon", "c-daemon")
@@ -211,7 +201,6 @@ def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
     fast = lambda: time.time_ns() // 1_000_000 + 3 * HOUR_MS  # noqa: E731
     d = daemon.Daemon(config.load(settings), notifier=daemon.Notifier(""), wall_ms=fast)
     thread = run(d)
-    playwright = None
     try:
         wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
         wait_for(
@@ -229,15 +218,10 @@ def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
         assert "3 h 0 min fast" in health["sentence"] and "county's time" in health["sentence"]
         assert d._status_view()["clock_trusted"] is False
 
-        if Path(CHROMIUM).exists():
-            sync_api = pytest.importorskip("playwright.sync_api")
-            playwright = sync_api.sync_playwright().start()
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            page = browser.new_page(viewport={"width": 800, "height": 480})
+        if maybe_browser is not None:
+            from playwright import sync_api
+
+            page = maybe_browser.new_page(viewport=SMALL)
             page.goto(d.screen.url)
             sync_api.expect(page.locator("#st-clock")).to_contain_text("NOT trusted")
 
@@ -258,8 +242,6 @@ def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
         text = capsys.readouterr().out
         assert "clock: t-daemon is 108" in text and "s fast" in text and "clock 1" in text
     finally:
-        if playwright is not None:
-            playwright.stop()
         d.request_stop()
         thread.join(15)
     assert not thread.is_alive()

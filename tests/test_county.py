@@ -13,16 +13,15 @@ from typing import Any
 
 import pytest
 import requests
-from hwsim.wallet import Issuer, key_from_seed, make_wallet
-from test_sync_support import (
+from countykit import (
     FAST,
     T0_MS,
     County,
     append_entries,
-    county_fixture,  # noqa: F401  (the county fixture)
     provision_terminal,
     sale,
 )
+from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
 from county.cli import build_parser
 from county.cli import main as county_main

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import requests
+from countykit import FAST, T0_MS, County, Terminal, make_county, provision_terminal
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
-from test_sync_support import FAST, T0_MS, County, Terminal, make_county, provision_terminal
 
 from county import updates as cu
 from county.app import CountyServer

@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_sync_support import (
+from countykit import (
     FAST,
     County,
-    county_fixture,  # noqa: F401  (the county fixture)
     make_county,
     provision_terminal,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from county import ca
 from county import updates as county_updates

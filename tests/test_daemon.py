@@ -9,25 +9,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
+from conftest import wait_for
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger
 from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def reader() -> Iterator[ReaderPty]:
-    pty = ReaderPty()
-    yield pty
-    pty.close()
 
 
 class NotifySocket:

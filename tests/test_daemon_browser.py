@@ -8,7 +8,6 @@ test-artifacts/daemon/ (or $TEST_ARTIFACTS/daemon).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,30 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonkit import PIN, wait_for, write_settings
+from conftest import SMALL, shot, wait_for
+from daemonkit import PIN, install_sim_lists, write_settings
 from hwsim import population as pop
 from hwsim.camera import CameraSim
 from hwsim.reader import ReaderSim
-from test_hwsim_daemon import install
 
 from terminal import config, ledger
 from terminal.service import daemon
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
-SHOTS = ARTIFACTS / "daemon"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"
-)
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = sync_api.expect
 
@@ -61,7 +45,7 @@ def canteen(tmp_path: Path) -> Iterator[Canteen]:
         now=now - 3600, cadres=6, units=["own"], cards_fraction=0.5, seed="browser"
     )
     pop.write_population(population, tmp_path / "sim")
-    install(tmp_path / "sim", tmp_path / "state", now)
+    install_sim_lists(tmp_path / "sim", tmp_path / "state", now)
     camera = CameraSim(port=0, fps=10, hold_s=1.0, lifetime_s=300).start()
     reader = ReaderSim("rdm6300", tmp_path / "reader", lifetime_s=300).start()
     settings = write_settings(tmp_path, reader_port=str(reader.link), camera_source=camera.url)
@@ -79,16 +63,8 @@ def canteen(tmp_path: Path) -> Iterator[Canteen]:
     assert ledger.verify_file(tmp_path / "state" / "ledger.sqlite").ok
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
 def open_page(browser: Any, c: Canteen) -> Any:
-    page = browser.new_page(viewport={"width": 800, "height": 480})
+    page = browser.new_page(viewport=SMALL)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors
@@ -97,20 +73,15 @@ def open_page(browser: Any, c: Canteen) -> Any:
     return page
 
 
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-
-
 def test_a_phone_at_the_camera_appears_on_the_page(browser: Any, canteen: Canteen) -> None:
     page = open_page(browser, canteen)
-    shot(page, "idle-800x480")
+    shot(page, "idle-800x480", "daemon")
     cadre = canteen.population.cadres[0]
     canteen.camera.show(cadre.wallet.draw(int(time.time())), wait=False)
     expect(page.locator("body")).to_have_attribute("data-view", "accept", timeout=15000)
     expect(page.locator("#verdict-who")).to_contain_text(cadre.display_name)
     expect(page.locator("#verdict-what")).to_contain_text("¥10.00")
-    shot(page, "accept-800x480")
+    shot(page, "accept-800x480", "daemon")
     # The page showed it only after the commit: the entry is in the ledger now.
     assert ledger.stats_file(canteen.book)["by_verdict"].get("accept") == 1
     assert page.errors == []
@@ -122,7 +93,7 @@ def test_a_refused_card_shows_its_reason(browser: Any, canteen: Canteen) -> None
     expect(page.locator("body")).to_have_attribute("data-view", "reject", timeout=15000)
     expect(page.locator("#verdict-title")).to_have_text("Card not registered")
     expect(page.locator("#verdict-todo")).to_contain_text("Use the phone code")
-    shot(page, "refusal-800x480")
+    shot(page, "refusal-800x480", "daemon")
 
 
 def enter_pin(page: Any, pin: str) -> None:
@@ -143,7 +114,7 @@ def test_staff_reverse_with_the_pin_and_a_wrong_pin_is_refused(
     enter_pin(page, "0000")
     expect(page.locator("#pin-message")).to_contain_text("4")  # tries left
     expect(page.locator("#panel-view")).to_be_hidden()
-    shot(page, "staff-wrong-pin-800x480")
+    shot(page, "staff-wrong-pin-800x480", "daemon")
     page.reload()
     expect(page.locator("#canteen")).to_have_text("Test canteen")
     enter_pin(page, PIN)
@@ -152,7 +123,7 @@ def test_staff_reverse_with_the_pin_and_a_wrong_pin_is_refused(
     page.locator("#reverse-button").click()
     page.locator("#reverse-yes").click()
     expect(page.locator("body")).to_have_attribute("data-reversal", "done", timeout=10000)
-    shot(page, "staff-reversed-800x480")
+    shot(page, "staff-reversed-800x480", "daemon")
     wait_for(
         lambda: ledger.stats_file(canteen.book)["by_kind"].get("reversal") == 1,
         what="the reversal entry",

@@ -4,20 +4,15 @@ server stops (Debian's Chromium through Playwright, screenshots at 800x480)."""
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
-from test_sync_support import County, make_county, provision_terminal
+from conftest import SMALL, Browser, shot, wait_for
+from countykit import County, provision_terminal
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger
 from terminal.service import daemon, selftest
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
 SYNC = """
 [sync]
@@ -31,17 +26,8 @@ backoff_cap_s = 2
 """
 
 
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
-    tmp_path: Path, county: County
+    tmp_path: Path, county: County, maybe_browser: Browser | None
 ) -> None:
     provision_terminal(county, tmp_path / "state", "t-daemon", "c-daemon")
     install_lists(tmp_path / "state")
@@ -60,7 +46,6 @@ def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
     thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
     page = None
-    playwright = None
     try:
         wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
         wait_for(lambda: d.online is True, what="the first sync")
@@ -76,15 +61,10 @@ def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
         (county_line,) = selftest.run_checks(config.load(settings), parts=("county",))
         assert county_line.result == selftest.OK and "mTLS" in county_line.detail
 
-        if Path(CHROMIUM).exists():
-            sync_api = pytest.importorskip("playwright.sync_api")
-            playwright = sync_api.sync_playwright().start()
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            page = browser.new_page(viewport={"width": 800, "height": 480})
+        if maybe_browser is not None:
+            from playwright import sync_api
+
+            page = maybe_browser.new_page(viewport=SMALL)
             page.goto(d.screen.url)
             sync_api.expect(page.locator("#st-online")).to_contain_text("Online")
             sync_api.expect(page.locator("#banner-offline")).to_be_hidden()
@@ -97,16 +77,12 @@ def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
         assert county_line.result == selftest.FAIL and "check the network" in county_line.detail
         if page is not None:
             sync_api.expect(page.locator("#banner-offline")).to_be_visible(timeout=15000)
-            shots = ARTIFACTS / "daemon"
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "offline-banner-800x480.png"))
+            shot(page, "offline-banner-800x480", "daemon")
         # Offline, the terminal still sells: the next swipe is decided and kept.
         reader.swipe(bytes.fromhex("0102030405"))
         wait_for(lambda: d.worker.decisions == 2, what="an offline decision")
         assert d.worker.snapshot.get("unsynced", 0) >= 1
     finally:
-        if playwright is not None:
-            playwright.stop()
         d.request_stop()
         thread.join(15)
         reader.close()

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, wait_for, write_settings
-from test_sync_support import make_county, provision_terminal
+from conftest import wait_for
+from countykit import make_county, provision_terminal
+from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, write_settings
 
 from county import updates as cu
 from terminal import config, ledger

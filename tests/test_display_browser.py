@@ -9,48 +9,20 @@ a person can look at them; CI keeps that directory.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import LARGE, SMALL, shot
 from displaykit import LUNCH, Kit, wallet
 
 from terminal.display.server import Screen
 from terminal.ledger import REVERSAL
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
-SMALL = {"width": 800, "height": 480}
-LARGE = {"width": 1024, "height": 600}
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
-SHOTS = ARTIFACTS / "display"
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is missing: apt-get install chromium fonts-noto-cjk",
-)
-
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = sync_api.expect
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -73,11 +45,6 @@ def open_page(browser: Any, kit: Kit, viewport: dict[str, int] = SMALL) -> Any:
     # Connected: the hello has arrived and the idle view shows the meal.
     expect(page.locator("#idle-meal")).to_have_text(re.compile(r"午餐|Lunch"))
     return page
-
-
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 def no_overflow(page: Any) -> None:

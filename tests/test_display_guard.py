@@ -14,12 +14,12 @@ import os
 import re
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SMALL, Browser, wait_for
 from displaykit import LUNCH, EventReader, Kit, wallet
 
 from terminal.display.server import KIOSK_COOKIE, KIOSK_DIR_ENV
@@ -33,13 +33,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path / "state")
-    yield k
-    k.close()
 
 
 def cookie_from(head: dict[str, str]) -> str:
@@ -128,10 +121,7 @@ def test_a_process_holding_every_event_slot_does_not_keep_the_kiosk_out(kit: Kit
             readers.append(hog)
             assert hog.status_line.split()[1] == "200"
             hog.next()
-        deadline = time.monotonic() + 5
-        while kit.screen.streams > slots:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: kit.screen.streams <= slots, what="the pushed-out streams to close")
         sale = kit.terminal.present(wallet("G1").draw(LUNCH))
         name, event = kiosk.next(skip=("ping", "status"))
         assert (name, event["seq"]) == ("decision", sale.entry.seq)
@@ -179,8 +169,6 @@ def test_a_body_nested_2000_deep_gets_400_and_no_traceback(
 
 
 # ---- the kiosk's start page: a session from the moment it starts, without a PIN ----
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -302,54 +290,42 @@ class Intruder:
 
 
 def test_a_fresh_kiosk_gets_its_feed_and_the_pin_while_a_process_attacks_from_boot(
-    kiosk_kit: Kit, tmp_path: Path
+    kiosk_kit: Kit, tmp_path: Path, browser: Browser
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    expect = sync_api.expect
+    from playwright.sync_api import expect
+
     kit = kiosk_kit
     intruder = Intruder(kit)
     try:
-        deadline = time.monotonic() + 10
-        while kit.post("/staff/open", {"pin": PIN})[0] != 429 or kit.screen.evicted < 3:
-            assert time.monotonic() < deadline, "the intruder never got going"
-            time.sleep(0.05)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
-            )
-            try:
-                # A fresh profile, as after a reboot: no cookie. The kiosk unit opens the
-                # start page from the file.
-                context = browser.new_context(viewport={"width": 800, "height": 480})
-                page: Any = context.new_page()
-                page.clock.install(time=kit.terminal.clock_ms / 1000)
-                assert kit.screen.kiosk_page is not None
-                page.goto(kit.screen.kiosk_page.as_uri())
-                page.wait_for_url(kit.url)  # the plain address, without the token
-                expect(page.locator("#idle-meal")).to_have_text(re.compile(r"午餐|Lunch"))
-                assert [c["name"] for c in context.cookies()] == [KIOSK_COOKIE]
-                evicted = kit.screen.evicted
-                sale = kit.terminal.present(wallet("K1", "李四").draw(LUNCH))
-                expect(page.locator("body")).to_have_attribute("data-view", "accept")
-                expect(page.locator("#verdict-who")).to_contain_text("李四")
-                # The staff panel opens with the right PIN, through the page's own pad.
-                page.locator("#staff-button").click()
-                for digit in PIN:
-                    page.locator(f'#pin-pad button[data-key="{digit}"]').click()
-                page.locator("#pin-ok").click()
-                expect(page.locator("#panel-view")).to_be_visible()
-                expect(page.locator("#last-charge")).to_contain_text("李四")
-                # All the while the intruder kept reconnecting and is still locked out.
-                deadline = time.monotonic() + 10
-                while kit.screen.evicted < evicted + 3:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
-                assert kit.post("/staff/open", {"pin": PIN})[0] == 429
-                assert sale.entry.seq > 0
-            finally:
-                browser.close()
+        wait_for(
+            lambda: kit.post("/staff/open", {"pin": PIN})[0] == 429 and kit.screen.evicted >= 3,
+            what="the intruder to get going",
+        )
+        # A fresh profile, as after a reboot: no cookie. The kiosk unit opens the
+        # start page from the file.
+        context = browser.new_context(viewport=SMALL)
+        page: Any = context.new_page()
+        page.clock.install(time=kit.terminal.clock_ms / 1000)
+        assert kit.screen.kiosk_page is not None
+        page.goto(kit.screen.kiosk_page.as_uri())
+        page.wait_for_url(kit.url)  # the plain address, without the token
+        expect(page.locator("#idle-meal")).to_have_text(re.compile(r"午餐|Lunch"))
+        assert [c["name"] for c in context.cookies()] == [KIOSK_COOKIE]
+        evicted = kit.screen.evicted
+        sale = kit.terminal.present(wallet("K1", "李四").draw(LUNCH))
+        expect(page.locator("body")).to_have_attribute("data-view", "accept")
+        expect(page.locator("#verdict-who")).to_contain_text("李四")
+        # The staff panel opens with the right PIN, through the page's own pad.
+        page.locator("#staff-button").click()
+        for digit in PIN:
+            page.locator(f'#pin-pad button[data-key="{digit}"]').click()
+        page.locator("#pin-ok").click()
+        expect(page.locator("#panel-view")).to_be_visible()
+        expect(page.locator("#last-charge")).to_contain_text("李四")
+        # All the while the intruder kept reconnecting and is still locked out.
+        wait_for(lambda: kit.screen.evicted >= evicted + 3, what="the intruder to reconnect")
+        assert kit.post("/staff/open", {"pin": PIN})[0] == 429
+        assert sale.entry.seq > 0
     finally:
         intruder.stop.set()
         intruder.thread.join(timeout=10)

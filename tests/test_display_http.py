@@ -11,10 +11,10 @@ import dataclasses
 import io
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from displaykit import LUNCH, EventReader, Kit, wallet
 
 from terminal.config import ConfigError
@@ -24,13 +24,6 @@ from terminal.display.server import Screen
 from terminal.ledger import REVERSAL
 
 PIN = "4821"
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path / "state")
-    yield k
-    k.close()
 
 
 def test_state_has_settings_status_and_the_recent_decision(kit: Kit) -> None:
@@ -119,10 +112,7 @@ def test_a_screen_that_stops_reading_never_blocks_the_daemon(tmp_path: Path) -> 
     stuck.connect(("127.0.0.1", k.screen.port))
     stuck.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{k.screen.port}\r\n\r\n".encode())
     try:
-        deadline = time.monotonic() + 5
-        while k.screen.streams < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: k.screen.streams >= 1, what="the stuck stream")
         slowest = 0.0
         calls = 0
         sentence = "请恢复网络连接" * 28  # about 600 bytes an event
@@ -133,9 +123,7 @@ def test_a_screen_that_stops_reading_never_blocks_the_daemon(tmp_path: Path) -> 
             calls += 1
             assert calls < 50_000, "the stuck screen was never dropped"
         assert slowest < 0.05, f"set_status waited {slowest:.3f} s on a screen"
-        while k.screen.streams:
-            assert time.monotonic() < deadline + 5
-            time.sleep(0.01)
+        wait_for(lambda: k.screen.streams == 0, what="the stuck stream to be dropped")
         # A healthy screen connecting now gets the current state and the next decision.
         reader = EventReader(k)
         try:

@@ -13,25 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SMALL, shot
 from displaykit import LUNCH, Kit, wallet
-from test_display_browser import ARGS, CHROMIUM, SMALL, shot
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is missing: apt-get install chromium fonts-noto-cjk",
-)
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 expect = sync_api.expect
 
 FULL_WIDTH = re.compile(r"[\u3000-\u303f\uff00-\uffef]")  # CJK punctuation, full-width forms
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

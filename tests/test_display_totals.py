@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from displaykit import LUNCH, Kit, at, wallet
 
 from terminal.ledger import REJECT
 
 PIN = "4821"
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path / "state")
-    yield k
-    k.close()
 
 
 def test_every_refusal_of_the_day_is_counted_even_with_no_meal(kit: Kit) -> None:

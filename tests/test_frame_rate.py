@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from daemonkit import install_lists, wait_for, write_settings
+from conftest import wait_for
+from daemonkit import install_lists, write_settings
 from hwsim.camera import CameraSim
 
 from terminal import config

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from hwsim import population as pop
 from hwsim.camera import CameraControl, CameraSim, CameraSimError
 from hwsim.phone import load_wallet
@@ -30,15 +31,6 @@ from terminal.scanner.camera import Camera, CameraSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 15.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture(scope="module")

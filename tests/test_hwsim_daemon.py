@@ -9,36 +9,14 @@ import threading
 import time
 from pathlib import Path
 
-from daemonkit import write_settings
+from conftest import wait_for
+from daemonkit import install_sim_lists, write_settings
 from hwsim import population as pop
 from hwsim.camera import CameraSim
 from hwsim.reader import ReaderSim
 
-from terminal import config, ledger, state, trust
+from terminal import config, ledger
 from terminal.service import daemon
-
-
-def wait_for(predicate: object, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def install(folder: Path, state_dir: Path, now: int) -> None:
-    """What 'canteen-terminal lists install' does with the issuer's files."""
-    store = trust.TrustStore(state.prepare(state_dir).trust)
-    try:
-        entries, header = trust.split_list(trust.read_json_file(folder / "trust.json", "t"), "t")
-        store.replace_issuers(trust.parse_issuer_keys(entries), header, now)
-        entries, header = trust.split_list(trust.read_json_file(folder / "revoked.json", "r"), "r")
-        store.replace_revocations(trust.parse_revocations(entries), header, now)
-        roster = trust.parse_roster_csv((folder / "roster.csv").read_text(encoding="utf-8"))
-        store.replace_roster(roster, trust.ListHeader(1, now - 60, None), now)
-    finally:
-        store.close()
 
 
 def test_phone_and_card_through_the_simulators_to_the_ledger(tmp_path: Path) -> None:
@@ -47,7 +25,7 @@ def test_phone_and_card_through_the_simulators_to_the_ledger(tmp_path: Path) -> 
         now=now - 3600, cadres=4, units=["own"], cards_fraction=0.5, seed="daemon"
     )
     pop.write_population(population, tmp_path / "sim")
-    install(tmp_path / "sim", tmp_path / "state", now)
+    install_sim_lists(tmp_path / "sim", tmp_path / "state", now)
     camera = CameraSim(port=0, fps=10, lifetime_s=120).start()
     reader = ReaderSim("rdm6300", tmp_path / "reader", lifetime_s=120).start()
     settings = write_settings(tmp_path, reader_port=str(reader.link), camera_source=camera.url)

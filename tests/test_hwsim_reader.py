@@ -11,10 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from hwsim import population as pop
 from hwsim.pn532 import Pn532Emulator, device_frame
 from hwsim.reader import (
@@ -34,15 +35,6 @@ from terminal.scanner.reader import CardReader, ReaderSettings
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 10.0
 NOW = 1_790_000_000
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def take(q: queue.Queue[CardPresented], n: int) -> list[bytes]:

@@ -16,17 +16,16 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
-from test_sync_support import County, make_county, provision_terminal
+from conftest import SMALL, Browser, wait_for
+from countykit import County, provision_terminal
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger, state
 from terminal.service import daemon
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).parent.parent
 
 SYNC = """
@@ -39,13 +38,6 @@ read_timeout_s = 2
 backoff_base_s = 1
 backoff_cap_s = 2
 """
-
-
-@pytest.fixture
-def reader() -> Iterator[ReaderPty]:
-    pty = ReaderPty()
-    yield pty
-    pty.close()
 
 
 class Running:
@@ -84,7 +76,9 @@ def sqlite3_cli(db: Path, sql: str) -> None:
     subprocess.run(["sqlite3", str(db), sql], check=True, capture_output=True)
 
 
-def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: int) -> None:
+def assert_refuses(
+    settings_path: Path, reader: ReaderPty, book: Path, bad_seq: int, browser: Browser | None
+) -> None:
     """Start on a damaged ledger: not ready, nothing sold, said everywhere, file unchanged."""
     before = digest(book)
     state_dir = book.parent
@@ -138,18 +132,12 @@ def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: 
         assert "ledger damaged" in json.dumps(answer), answer
         assert not any(r.exc_info for r in seen), "a traceback was logged"
 
-        if Path(CHROMIUM).exists():
-            sync_api = pytest.importorskip("playwright.sync_api")
-            with sync_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=CHROMIUM,
-                    headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-                )
-                page = browser.new_page(viewport={"width": 800, "height": 480})
-                page.goto(run.d.screen.url)
-                sync_api.expect(page.locator("#idle-hint")).to_contain_text("ledger damaged")
-                browser.close()
+        if browser is not None:
+            from playwright import sync_api
+
+            page = browser.new_page(viewport=SMALL)
+            page.goto(run.d.screen.url)
+            sync_api.expect(page.locator("#idle-hint")).to_contain_text("ledger damaged")
     finally:
         run.stop()
     assert digest(book) == before, "the damaged ledger was written to"
@@ -157,7 +145,7 @@ def assert_refuses(settings_path: Path, reader: ReaderPty, book: Path, bad_seq: 
 
 
 def test_an_amount_changed_while_stopped_is_refused_at_start(
-    tmp_path: Path, reader: ReaderPty
+    tmp_path: Path, reader: ReaderPty, maybe_browser: Browser | None
 ) -> None:
     settings_path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
     install_lists(tmp_path / "state")
@@ -177,7 +165,7 @@ def test_an_amount_changed_while_stopped_is_refused_at_start(
         f"DROP TRIGGER entries_only_ack; UPDATE entries SET amount_fen = 1 WHERE seq = {seq};",
     )
     assert not ledger.verify_file(book).ok
-    assert_refuses(settings_path, reader, book, seq)
+    assert_refuses(settings_path, reader, book, seq, maybe_browser)
 
 
 def tail(book: Path) -> tuple[int, int]:
@@ -250,17 +238,8 @@ def rehash_and_resign(book: Path, key_file: Path, seq: int, amount_fen: int) -> 
     conn.close()
 
 
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def test_a_resigned_history_the_county_acknowledged_is_refused_at_start(
-    tmp_path: Path, reader: ReaderPty, county: County
+    tmp_path: Path, reader: ReaderPty, county: County, maybe_browser: Browser | None
 ) -> None:
     state_dir = tmp_path / "state"
     provision_terminal(county, state_dir, "t-daemon", "c-daemon")
@@ -292,7 +271,7 @@ def test_a_resigned_history_the_county_acknowledged_is_refused_at_start(
     assert ledger.verify_file(book).ok
     # ...and whoever did it knows of the start mark too.
     (state_dir / state.VERIFIED_FILE).unlink()
-    assert_refuses(settings_path, reader, book, acked_seq)
+    assert_refuses(settings_path, reader, book, acked_seq, maybe_browser)
 
 
 def test_the_start_check_is_read_only_and_fast_from_its_mark(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonkit import CARD_CADRE, CARD_UID, ReaderPty, install_lists, wait_for, write_settings
+from canteenkit import ISSUER, LUNCH, Canteen, wallet
+from conftest import wait_for
+from daemonkit import CARD_CADRE, CARD_UID, ReaderPty, install_lists, write_settings
 from daemonkit import ISSUER as DAEMON_ISSUER
-from test_checkout import ISSUER, LUNCH, Canteen, wallet
 
 from protocol import tokens
 from terminal import config, ledger, trust
@@ -28,11 +28,9 @@ OTHER = trust.RosterCard(b"\x31\x32\x33\x34", ISSUER.iss, "K8", "own", "card eig
 
 
 @pytest.fixture
-def canteen(tmp_path: Path) -> Iterator[Canteen]:
-    place = Canteen(tmp_path / "state")
-    place.install(cards=[CARD, OTHER])
-    yield place
-    place.close()
+def canteen_cards() -> list[trust.RosterCard]:
+    """The cards of this module's canteen (the `canteen` fixture is in conftest.py)."""
+    return [CARD, OTHER]
 
 
 def test_a_revoked_cadre_is_refused_by_card_as_well_as_by_code(canteen: Canteen) -> None:

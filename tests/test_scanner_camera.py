@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import scanimages as si
+from conftest import wait_for
 from hwsim.wallet import Issuer, StaticKeyring, Wallet, key_from_seed, make_wallet
 
 from protocol.tokens import verify_presentation
@@ -60,15 +61,6 @@ KEYRING = StaticKeyring([ISSUER.issuer_key()])
 
 def new_wallet(sub: str = "cz-0001") -> Wallet:
     return make_wallet(ISSUER, sub, "czs-finance", "王小明", now=NOW - 86400, seed=f"w-{sub}")
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def take(q: queue.Queue[QrPresented], n: int) -> list[QrPresented]:

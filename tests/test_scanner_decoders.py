@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import queue
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import pytest
 import scanimages as si
+from conftest import wait_for
 from hwsim.wallet import Issuer, StaticKeyring, key_from_seed
 
 from protocol.tokens import verify_presentation
@@ -40,15 +39,6 @@ HARD = Path(__file__).parent / "data" / "hard-frames"
 # The issuer bench/hard_frames.py draws its tokens with.
 KEYRING = StaticKeyring([Issuer("hn-chenzhou", key_from_seed("bench-hard-frames")).issuer_key()])
 WAIT_S = 15.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from hwsim.pn532 import Pn532Emulator
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -459,15 +460,6 @@ def running_reader(
     finally:
         reader.stop()
         assert reader.health().state == "stopped"
-
-
-def wait_for(predicate: object, timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def take(q: queue.Queue[CardPresented], n: int) -> list[bytes]:

@@ -21,12 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonkit import ISSUER, install_lists, wait_for, wallet, write_settings
-from test_sync_support import County, make_county
+from conftest import wait_for
+from countykit import County
+from daemonkit import ISSUER, install_lists, wallet, write_settings
 
 from terminal import config, ledger, state
 from terminal.commands import update as update_cli
@@ -136,15 +136,6 @@ def test_a_command_holding_the_directory_keeps_the_daemon_out(tmp_path: Path) ->
     finally:
         held.release()
     assert not (tmp_path / "state" / state.LEDGER_FILE).exists()
-
-
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_a_provisioned_state_directory_gives_every_command_its_identity(

@@ -13,12 +13,11 @@ import subprocess
 import sys
 import threading
 import zoneinfo
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from daemonkit import CARD_UID, ReaderPty, install_lists, wait_for, write_settings
-from test_sync_support import County, make_county, provision_terminal
+from conftest import wait_for
+from countykit import County, provision_terminal
+from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 
 from terminal import config
 from terminal.service import daemon
@@ -50,15 +49,6 @@ def status(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         timeout=60,
     )
-
-
-@pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_status_finds_the_daemon_says_offline_and_shows_local_times(

@@ -18,12 +18,11 @@ from pathlib import Path
 import faultproxy
 import pytest
 import requests
-from test_sync_support import (
+from countykit import (
     FAST,
     T0_MS,
     County,
     append_entries,
-    county_fixture,  # noqa: F401  (the county fixture)
     local_chain,
     make_county,
     provision_terminal,
@@ -236,7 +235,7 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     assert sync_all(client, term.ledger_path, term.open_ledger).complete
 
     clone_identity = load_identity(clone_root)
-    from test_sync_support import Terminal
+    from countykit import Terminal
 
     clone = Terminal(clone_root, "t1", clone_identity)
     book = clone.open_ledger()

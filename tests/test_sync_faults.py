@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import faultproxy
-from test_sync_support import (
+from countykit import (
     FAST,
     T0_MS,
     append_entries,

@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemonkit import CARD_UID, PIN, ReaderPty, install_lists, wait_for, write_settings
+from conftest import wait_for
+from daemonkit import CARD_UID, PIN, ReaderPty, install_lists, write_settings
 
 from terminal import config
 from terminal.config import ConfigError

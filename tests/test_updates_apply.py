@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_updates_support import NOW, Canteen, open_canteen, revoked_cadre
+from updateskit import NOW, Canteen, open_canteen, revoked_cadre
 
 from county import updates as cu
 from terminal import trust

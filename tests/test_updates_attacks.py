@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from securesystemslib.signer import Signature, SSlibKey
-from test_updates_support import Canteen, endless, fixed, open_canteen, trickle
 from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization.json import JSONSerializer
+from updateskit import Canteen, endless, fixed, open_canteen, trickle
 
 from county import updates as cu
 from terminal import updates as tu

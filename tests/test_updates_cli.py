@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_updates_support import NOW, RepoServer
+from updateskit import NOW, RepoServer
 
 from county import updates as cu
 from county.updates_cli import add_update_commands as add_county

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hwsim.wallet import Issuer, key_from_seed, make_wallet
-from test_sync_support import (
+from countykit import (
     FAST,
     T0_MS,
     County,
@@ -15,6 +14,7 @@ from test_sync_support import (
     provision_terminal,
     sale,
 )
+from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
 from county import updates as cu
 from county.app import ASGIApp

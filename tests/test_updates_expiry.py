@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonkit import ISSUER, install_lists, wait_for, write_settings
-from test_sync_support import make_county
+from conftest import wait_for
+from countykit import make_county
+from daemonkit import ISSUER, install_lists, write_settings
 
 import county.app
 from county import updates as cu

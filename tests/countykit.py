@@ -1,19 +1,18 @@
 """Shared pieces of the sync and county tests: a county with a running server, provisioned
 terminals, ledgers with realistic entries, and a check of the server's copy of a chain.
 
-No tests live here; test_sync*.py and test_county*.py import these helpers.
+No tests and no fixtures live here (the `county` fixture is in conftest.py); it never
+starts a server by itself.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from county import ca
 from county.app import ASGIApp, CountyServer, new_provisioning_code
@@ -81,15 +80,6 @@ def make_county(root: Path) -> County:
     data = root / "county"
     ca.init_ca(data)
     return County(data)
-
-
-@pytest.fixture(name="county")
-def county_fixture(tmp_path: Path) -> Iterator[County]:
-    c = make_county(tmp_path).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @dataclass

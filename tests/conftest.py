@@ -1,0 +1,188 @@
+"""What every test module shares: one way to wait, the canteen fixtures, one browser.
+
+It owns `wait_for` (poll a condition until it holds, never a fixed sleep), the
+fixtures that several modules set up the same way (a running county server, a card
+reader on a pty, a screen over a test terminal, a checkout canteen with its lists),
+and one headless Chromium per test process (Debian's /usr/bin/chromium driven by
+Playwright). It never downloads a browser (`playwright install` is not used) and never
+starts anything a test did not ask for: each fixture is built only when requested.
+
+Test modules import `wait_for` and the constants from here (`from conftest import ...`);
+the helpers that build things live in the kits beside it (canteenkit, countykit,
+daemonkit, displaykit, updateskit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from canteenkit import Canteen
+from countykit import County, make_county
+from daemonkit import ReaderPty
+from displaykit import Kit
+
+from terminal import trust
+
+WAIT_S = 30.0  # long enough for a loaded 2-core machine; a passing test never waits it out
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout_s: float = WAIT_S,
+    what: str = "",
+    *,
+    every_s: float = 0.02,
+) -> bool:
+    """Poll until ``predicate()`` is true and return True; fail the test after ``timeout_s``.
+
+    A predicate that raises OSError (a socket not listening yet, a file not written yet)
+    counts as not yet; the last such error is named in the failure.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
+    while True:
+        try:
+            if predicate():
+                return True
+        except OSError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            why = f" (last error: {last})" if last is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}{why}")
+        time.sleep(every_s)
+
+
+# ---- the browser ----
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never fetched
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+SMALL = {"width": 800, "height": 480}  # the 7-inch Pi screen
+LARGE = {"width": 1024, "height": 600}
+# Screenshots for a person to look at; CI keeps this directory.
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+
+def shot(page: Any, name: str, folder: str = "display") -> None:
+    """Save a screenshot of ``page`` as ARTIFACTS/<folder>/<name>.png."""
+    (ARTIFACTS / folder).mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / folder / f"{name}.png"))
+
+
+class Browser:
+    """The session's Chromium, seen by one test: pages and contexts it opens are closed
+    when the test ends, so one test's page never outlives it."""
+
+    def __init__(self, chromium: Any) -> None:
+        self._chromium = chromium
+        self._opened: list[Any] = []
+
+    def new_page(self, **options: Any) -> Any:
+        page = self._chromium.new_page(**options)
+        self._opened.append(page)
+        return page
+
+    def new_context(self, **options: Any) -> Any:
+        context = self._chromium.new_context(**options)
+        self._opened.append(context)
+        return context
+
+    def close(self) -> None:
+        for thing in reversed(self._opened):
+            with contextlib.suppress(Exception):  # already closed, or the browser went away
+                thing.close()
+        self._opened.clear()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for this test process; skips when it or Playwright is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium fonts-noto-cjk")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Browser]:
+    b = Browser(chromium)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def maybe_browser(request: pytest.FixtureRequest) -> Iterator[Browser | None]:
+    """The browser where Chromium and Playwright are installed, else None: for tests whose
+    screen check is one part among others."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    if not CHROMIUM.exists():
+        yield None
+        return
+    b = Browser(request.getfixturevalue("chromium"))
+    yield b
+    b.close()
+
+
+# ---- the canteen fixtures ----
+
+
+@pytest.fixture
+def county(tmp_path: Path) -> Iterator[County]:
+    """A county (its CA in tmp_path/county) with its server running on a free port."""
+    c = make_county(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def reader() -> Iterator[ReaderPty]:
+    """A card reader on a pty: the daemon opens ``reader.path``, the test swipes."""
+    pty = ReaderPty()
+    yield pty
+    pty.close()
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    """A screen server over a test terminal at lunch (tests/displaykit.py)."""
+    k = Kit(tmp_path / "state")
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def canteen_cards() -> list[trust.RosterCard]:
+    """The roster of the `canteen` fixture; a module overrides this to add its cards."""
+    return []
+
+
+@pytest.fixture
+def canteen(tmp_path: Path, canteen_cards: list[trust.RosterCard]) -> Iterator[Canteen]:
+    """A terminal's state with the test issuer's lists, opened like the daemon would
+    (tests/canteenkit.py)."""
+    place = Canteen(tmp_path / "state")
+    place.install(cards=canteen_cards)
+    yield place
+    place.close()
