@@ -19,6 +19,7 @@ from county.app import ASGIApp, CountyServer, new_provisioning_code
 from county.store import CountyStore
 from protocol.chain import entry_hash
 from terminal import state
+from terminal.config import SyncSettings
 from terminal.ledger import (
     ACCEPT,
     REJECT,
@@ -28,7 +29,7 @@ from terminal.ledger import (
     Ledger,
     load_or_create_signing_key,
 )
-from terminal.sync import CountyIdentity, SyncSettings, provision
+from terminal.sync import CountyIdentity, provision
 
 T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
 
