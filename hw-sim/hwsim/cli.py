@@ -1,13 +1,17 @@
 """The hw-sim command: the hardware simulator, one subcommand per simulated part.
 
-Each subcommand parses its arguments, calls the hwsim library and prints what
-a technician needs next; every library error becomes one line on standard
-error that says what happened and what to do, with exit status 2. The
-simulators that serve (camera, card-reader) run in the foreground until
-Ctrl-C, SIGTERM or --stop-after, and always close what they opened. A new
-simulator slots in as one more entry in COMMANDS (a name, a function that adds
-its arguments, and a function that runs it); nothing here holds logic that the
-tests or the lunch-rush scenario would need: they use the library directly.
+This module owns the command line and nothing else. ``COMMANDS`` is one table:
+each row is a command's name, its one-line help, its page of description, its
+arguments (``arg`` and ``one_of``, argparse's own keywords), its handler, and
+the actions under it; ``build_parser`` builds the argparse tree from the table
+and holds no command of its own. Each handler is a small function that calls
+the hwsim library and prints what a technician needs next; every library error
+becomes one line on standard error that says what happened and what to do,
+with exit status 2. The simulators that serve (camera, card-reader, county)
+run in the foreground until Ctrl-C, SIGTERM or --stop-after, and always close
+what they opened. A new simulator slots in as one more row. Nothing here holds
+logic that the tests or the lunch-rush scenario would need: they use the
+library directly.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -37,11 +41,49 @@ class CommandError(Exception):
     """A usage problem the command found itself (a missing file, a bad combination)."""
 
 
-# --- shared pieces ---------------------------------------------------------------------
+# --- the table's shape -------------------------------------------------------------------------
 
 
-def _now(value: int | None) -> int:
-    return int(time.time()) if value is None else value
+@dataclass(frozen=True)
+class Arg:
+    """One argument: its flags (or its positional name) and argparse's keywords for it."""
+
+    flags: tuple[str, ...]
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Arguments of which at most one may be given (exactly one when ``required``)."""
+
+    args: tuple[Arg, ...]
+    required: bool = False
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+def one_of(*args: Arg, required: bool = False) -> OneOf:
+    return OneOf(args, required)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One hw-sim command or action: its name, one-line help, page of description,
+    arguments and handler; ``actions`` are the commands under it (hw-sim camera show)."""
+
+    name: str
+    help: str
+    description: str | None
+    args: tuple[Arg | OneOf, ...]
+    run: Callable[[argparse.Namespace], int]
+    actions: tuple[Command, ...] = ()
+    actions_dest: str = ""  # where the chosen action's name goes
+    actions_description: str = ""
+
+
+# --- argument types ------------------------------------------------------------------------
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -67,6 +109,23 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
+# --- shared pieces of the handlers -----------------------------------------------------------
+
+
+def _now(value: int | None) -> int:
+    return int(time.time()) if value is None else value
+
+
 def run_until_stopped(stop_after_s: float | None) -> str:
     """Block until Ctrl-C, SIGTERM or `stop_after_s`; the reason, for the last line printed."""
     stopped = threading.Event()
@@ -85,55 +144,13 @@ def run_until_stopped(stop_after_s: float | None) -> str:
     return why[0]
 
 
+def _print_json(answer: dict[str, Any], indent: int | None = None) -> int:
+    answer.pop("ok", None)
+    print(json.dumps(answer, ensure_ascii=False, indent=indent))
+    return 0
+
+
 # --- hw-sim issuer -----------------------------------------------------------------------
-
-
-def _add_issuer(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (made if missing)")
-    p.add_argument("--iss", default=pop.DEFAULT_ISS, help="issuer id (default %(default)s)")
-    p.add_argument("--cadres", type=int, default=50, metavar="N", help="cadres (default 50)")
-    p.add_argument(
-        "--units",
-        nargs="+",
-        metavar="UNIT",
-        help="agency codes the cadres belong to, spread in turn (space- or comma-separated); "
-        "a canteen's own units are in its settings, [canteen] units. Default: "
-        + ",".join(pop.DEFAULT_UNITS),
-    )
-    p.add_argument(
-        "--cards-fraction",
-        type=float,
-        default=0.3,
-        metavar="F",
-        help="share of cadres who also hold a canteen card (default 0.3)",
-    )
-    p.add_argument(
-        "--card-type",
-        choices=pop.CARD_TYPE_CHOICES,
-        default="rdm6300",
-        help="rdm6300: 125 kHz EM4100, 5-byte UIDs (the default reader); mifare4 / mifare7: "
-        "ISO 14443-A 4- or 7-byte UIDs (PN532 and most ASCII readers); mixed: some of each",
-    )
-    p.add_argument("--issuer-keys", type=int, default=1, metavar="N", help="issuer keys (1)")
-    p.add_argument("--days", type=int, default=365, help="credential validity (default 365)")
-    p.add_argument(
-        "--now",
-        type=int,
-        metavar="UNIX_SECONDS",
-        help="issue time of the credentials (default: 00:00 UTC yesterday, so the same --seed "
-        "gives the same files all day)",
-    )
-    p.add_argument(
-        "--seed",
-        help="makes every key, name, card and credential reproducible (default: a random seed, "
-        "recorded in population.json)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite an existing population; its wallets' counters start again from 0, "
-        "so terminals that saw the old ones will refuse the new codes as replays",
-    )
 
 
 def cmd_issuer(a: argparse.Namespace) -> int:
@@ -145,7 +162,7 @@ def cmd_issuer(a: argparse.Namespace) -> int:
         )
     units = pop.DEFAULT_UNITS
     if a.units:
-        units = tuple(u.strip() for arg in a.units for u in arg.split(",") if u.strip())
+        units = tuple(u.strip() for item in a.units for u in item.split(",") if u.strip())
     now = (int(time.time()) // DAY_S - 1) * DAY_S if a.now is None else a.now
     if a.seed is None:
         import secrets
@@ -170,6 +187,11 @@ def cmd_issuer(a: argparse.Namespace) -> int:
         f"units, {summary['card_count']} cards, {len(summary['issuer_keys'])} key(s), "
         f"seed {seed}"
     )
+    _print_issuer_next(out, population)
+    return 0
+
+
+def _print_issuer_next(out: Path, population: pop.Population) -> None:
     print(f"wrote {out}/: {pop.TRUST_FILE}, {pop.REVOKED_FILE}, {pop.ROSTER_FILE},")
     print(f"  {pop.SUMMARY_FILE}, {pop.ISSUER_KEYS_FILE} (private), {pop.WALLETS_DIR}/ (private)")
     print("load the lists into a terminal:")
@@ -181,119 +203,36 @@ def cmd_issuer(a: argparse.Namespace) -> int:
         first = population.cadres[0]
         print("draw a code from a phone:")
         print(f"  hw-sim phone --wallet {out / pop.WALLETS_DIR / (first.sub + '.json')}")
-    return 0
 
 
 # --- hw-sim phone --------------------------------------------------------------------------
 
 
-def _add_phone(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wallet", required=True, metavar="FILE", help="a wallet from hw-sim issuer")
-    p.add_argument(
-        "--now",
-        type=int,
-        metavar="UNIX_SECONDS",
-        help="the phone's clock when it draws (default: this computer's clock); an old or "
-        "future time shows how the terminal handles a phone with a wrong clock",
-    )
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--text", action="store_true", help="print the code's text (the default)")
-    out.add_argument(
-        "--png",
-        metavar="OUT",
-        help="write the phone's screen as a PNG, to show on a monitor held up to a real camera",
-    )
-    out.add_argument(
-        "--frame",
-        metavar="OUT",
-        help="write a camera frame of the phone held over a counter (JPEG or PNG by the name), "
-        "for canteen-terminal scan-image",
-    )
-    p.add_argument("--seed", type=int, default=0, help="picture variation for --png/--frame")
-
-
 def cmd_phone(a: argparse.Namespace) -> int:
     text, wallet = draw_code(a.wallet, _now(a.now))
-    if a.png or a.frame:
-        from hwsim import render
-
-        if a.png:
-            Path(a.png).write_bytes(render.phone_screen_png(text, a.seed))
-            where = a.png
-        else:
-            import cv2
-
-            scene = render.random_scene(a.seed)
-            if not cv2.imwrite(a.frame, render.render_frame(text, scene)):
-                raise CommandError(f"{a.frame}: cannot write the frame (use .jpg or .png)")
-            where = a.frame
-        print(
-            f"{wallet.sub} ({wallet.display_name}) code #{wallet.ctr} written to {where}",
-            file=sys.stderr,
-        )
-    else:
+    if not (a.png or a.frame):
         print(text)
+        return 0
+    from hwsim import render
+
+    if a.png:
+        Path(a.png).write_bytes(render.phone_screen_png(text, a.seed))
+        where = a.png
+    else:
+        import cv2
+
+        scene = render.random_scene(a.seed)
+        if not cv2.imwrite(a.frame, render.render_frame(text, scene)):
+            raise CommandError(f"{a.frame}: cannot write the frame (use .jpg or .png)")
+        where = a.frame
+    print(
+        f"{wallet.sub} ({wallet.display_name}) code #{wallet.ctr} written to {where}",
+        file=sys.stderr,
+    )
     return 0
 
 
 # --- hw-sim camera ----------------------------------------------------------------------------
-
-
-def _add_camera(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="loopback address to serve on (%(default)s)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=CAMERA_PORT,
-        help="port (default %(default)s; 0 picks a free one and prints it)",
-    )
-    p.add_argument("--fps", type=_positive(float), default=15.0, help="frames per second (15)")
-    p.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT (1280x720)")
-    p.add_argument(
-        "--hold",
-        type=_positive(float),
-        default=1.5,
-        metavar="S",
-        help="how long a phone stays in view (default 1.5 s)",
-    )
-    p.add_argument(
-        "--gap", type=float, default=0.4, metavar="S", help="empty counter between phones (0.4 s)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="varies the counter and the phones")
-    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
-    p.set_defaults(func=cmd_camera)
-    actions = p.add_subparsers(
-        dest="camera_action",
-        metavar="ACTION",
-        description="Without an ACTION the camera runs; with one, the command talks to a "
-        "camera already running (at --url).",
-    )
-    a = actions.add_parser(
-        "show",
-        help="hold a phone up to the running simulated camera",
-        description="Draw the next code from a wallet (or take a given text) and ask the "
-        "running simulated camera to show it: a phone comes into view, stays --hold seconds "
-        "and is taken away. Returns once the phone is in view.",
-    )
-    a.add_argument(
-        "--url",
-        default=f"http://127.0.0.1:{CAMERA_PORT}",
-        help="the running camera (its stream URL or its base URL; default %(default)s)",
-    )
-    what = a.add_mutually_exclusive_group(required=True)
-    what.add_argument("--wallet", metavar="FILE", help="a wallet from hw-sim issuer")
-    what.add_argument("--text", metavar="QR", help="a QR text to show as it is (e.g. a replay)")
-    a.add_argument("--now", type=int, metavar="UNIX_SECONDS", help="the phone's clock (--wallet)")
-    a.add_argument("--hold", type=_positive(float), metavar="S", help="seconds in view")
-    a.add_argument("--no-wait", action="store_true", help="return at once, do not wait for it")
-    a.set_defaults(func=cmd_camera_show)
-    a = actions.add_parser("status", help="the running camera's health, as JSON")
-    a.add_argument(
-        "--url",
-        default=f"http://127.0.0.1:{CAMERA_PORT}",
-        help="the running camera (default %(default)s)",
-    )
-    a.set_defaults(func=cmd_camera_status)
 
 
 def cmd_camera(a: argparse.Namespace) -> int:
@@ -341,85 +280,6 @@ def cmd_camera_status(a: argparse.Namespace) -> int:
 # --- hw-sim card-reader -----------------------------------------------------------------------
 
 
-def _add_reader_target(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--link",
-        default=reader_mod.DEFAULT_LINK,
-        help="the running simulator's port link (default %(default)s); its control socket "
-        "is LINK.ctl",
-    )
-    where.add_argument("--control", metavar="SOCKET", help="the control socket itself")
-
-
-def _add_card_reader(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--kind",
-        choices=reader_mod.KINDS,
-        default=reader_mod.RDM6300,
-        help="which reader to behave as; must match the terminal's [reader] kind "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--link",
-        default=reader_mod.DEFAULT_LINK,
-        help="where the serial port appears; set the terminal's [reader] port to it "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--ascii-format",
-        choices=("hex", "dec"),
-        default="hex",
-        help="ascii readers: print the UID in hex or zero-padded decimal (match [reader] "
-        "ascii_format)",
-    )
-    p.add_argument(
-        "--ascii-byte-order",
-        choices=("msb_first", "lsb_first"),
-        default="msb_first",
-        help="ascii readers: print UID0 first or last (match [reader] ascii_byte_order)",
-    )
-    p.add_argument(
-        "--frame-interval",
-        type=_positive(float),
-        default=0.1,
-        metavar="S",
-        help="seconds between the frames of a card held on an rdm6300/ascii reader (0.1)",
-    )
-    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
-    p.set_defaults(func=cmd_card_reader)
-    actions = p.add_subparsers(
-        dest="reader_action",
-        metavar="ACTION",
-        description="Without an ACTION the simulator runs; with one, the command talks to a "
-        "simulator already running (at --link, or --control).",
-    )
-    a = actions.add_parser(
-        "swipe",
-        help="present a card to the running simulated reader",
-        description="Present a card: the running simulator sends the UID as its reader kind "
-        "would. With --repeat the card is held (several frames, or several PN532 polls); "
-        "with --noise, line noise goes around it.",
-    )
-    _add_reader_target(a)
-    a.add_argument("--uid", required=True, metavar="HEX", help="card UID, e.g. 0a1b2c3d4e")
-    a.add_argument("--noise", type=int, default=0, metavar="N", help="noise bytes around it")
-    a.add_argument("--repeat", type=int, default=1, metavar="N", help="frames (card held)")
-    a.set_defaults(func=cmd_reader_client, action="swipe")
-    a = actions.add_parser("noise", help="send line noise and no card")
-    _add_reader_target(a)
-    a.add_argument("--bytes", type=int, default=1000, metavar="N", help="how many (1000)")
-    a.set_defaults(func=cmd_reader_client, action="noise")
-    for name, text in (
-        ("unplug", "pull the reader's cable: the port goes away until replug"),
-        ("replug", "plug the reader back in at the same port path"),
-        ("status", "what the simulated reader is doing, as JSON"),
-    ):
-        a = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        _add_reader_target(a)
-        a.set_defaults(func=cmd_reader_client, action=name)
-
-
 def cmd_card_reader(a: argparse.Namespace) -> int:
     sim = reader_mod.ReaderSim(
         a.kind,
@@ -441,102 +301,42 @@ def cmd_card_reader(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reader_client(a: argparse.Namespace) -> int:
-    control = reader_mod.ReaderControl(a.control or reader_mod.control_path(a.link))
-    if a.action == "swipe":
-        answer = control.swipe(a.uid, noise=a.noise, repeat=a.repeat)
-        if "read" in answer and answer["read"] < a.repeat:
-            raise CommandError(
-                f"the card was in the field but read {answer['read']} of {a.repeat} times: "
-                "is the terminal running and polling the PN532?"
-            )
-    elif a.action == "noise":
-        answer = control.noise(a.bytes)
-    else:
-        answer = control.request(a.action)
-    answer.pop("ok", None)
-    print(json.dumps(answer, ensure_ascii=False, indent=1 if a.action == "status" else None))
-    return 0
+def _reader_control(a: argparse.Namespace) -> reader_mod.ReaderControl:
+    return reader_mod.ReaderControl(a.control or reader_mod.control_path(a.link))
+
+
+def cmd_reader_swipe(a: argparse.Namespace) -> int:
+    answer = _reader_control(a).swipe(a.uid, noise=a.noise, repeat=a.repeat)
+    if "read" in answer and answer["read"] < a.repeat:
+        raise CommandError(
+            f"the card was in the field but read {answer['read']} of {a.repeat} times: "
+            "is the terminal running and polling the PN532?"
+        )
+    return _print_json(answer)
+
+
+def cmd_reader_noise(a: argparse.Namespace) -> int:
+    return _print_json(_reader_control(a).noise(a.bytes))
+
+
+def cmd_reader_request(a: argparse.Namespace) -> int:
+    """unplug, replug and status: the action's name is the request."""
+    answer = _reader_control(a).request(a.reader_action)
+    return _print_json(answer, indent=1 if a.reader_action == "status" else None)
 
 
 # --- hw-sim county ----------------------------------------------------------------------------
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
-    return value
-
-
-def _add_county(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        required=True,
-        metavar="DIR",
-        help="the county data directory (canteen-county ca init); made with a new CA if empty",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=0,
-        help="the port terminals connect to (the proxy; default 0: a free one, printed)",
-    )
-    p.add_argument(
-        "--latency-ms",
-        type=float,
-        default=0.0,
-        metavar="X",
-        help="delay every chunk of data, both ways, by X ms (a slow township link)",
-    )
-    p.add_argument(
-        "--drop",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="cut each connection with probability P, half before the request reaches the "
-        "server (nothing stored) and half after it was stored (the answer is lost)",
-    )
-    p.add_argument(
-        "--error-500",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="answer a ledger upload with HTTP 500 with probability P, half before and half "
-        "after the server stored it",
-    )
-    p.add_argument(
-        "--partition",
-        default="",
-        metavar="START:END,...",
-        help="network outages in seconds after start, e.g. 60:120,300:330: during each, "
-        "every connection is refused (or black-holed, see --partition-mode)",
-    )
-    p.add_argument(
-        "--partition-mode",
-        choices=("refuse", "blackhole"),
-        default="refuse",
-        help="refuse: connections close at once (a cable pulled at the county); blackhole: "
-        "connections are accepted and never answered (a dead township uplink), so the "
-        "terminal waits for its [sync] deadline (default refuse)",
-    )
-    p.add_argument("--seed", type=int, help="makes the drawn faults reproducible")
-    p.add_argument("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
-
-
 def cmd_county(a: argparse.Namespace) -> int:
     from hwsim import county as county_mod
 
+    def said(on: bool, at: float) -> None:
+        state = "network DOWN (partition)" if on else "network back"
+        print(f"[{at:7.1f} s] {state}", flush=True)
+
     try:
         windows = county_mod.parse_partitions(a.partition)
-
-        def said(on: bool, at: float) -> None:
-            state = "network DOWN (partition)" if on else "network back"
-            print(f"[{at:7.1f} s] {state}", flush=True)
-
         sim = county_mod.CountySim(
             a.data,
             port=a.port,
@@ -553,17 +353,7 @@ def cmd_county(a: argparse.Namespace) -> int:
     try:
         if sim.created_ca:
             print(f"made a new county CA in {a.data} (terminals pin it when provisioned)")
-        faults = []
-        if a.latency_ms:
-            faults.append(f"latency {a.latency_ms:g} ms")
-        if a.drop:
-            faults.append(f"drop {a.drop:g}")
-        if a.error_500:
-            faults.append(f"500s {a.error_500:g}")
-        if windows:
-            spans = ", ".join(f"{s:g}-{e:g} s" for s, e in windows)
-            faults.append(f"{a.partition_mode} partitions at {spans}")
-        print(f"county server at {sim.url} ({'; '.join(faults) or 'no faults'})", flush=True)
+        print(f"county server at {sim.url} ({_county_faults(a, windows)})", flush=True)
         print(f"  the server itself (no faults): {sim.server_url}")
         print(f"  register a terminal: canteen-county terminal add --data {a.data} --canteen C")
         print(
@@ -580,58 +370,38 @@ def cmd_county(a: argparse.Namespace) -> int:
     return 0
 
 
+def _county_faults(a: argparse.Namespace, windows: Sequence[tuple[float, float]]) -> str:
+    faults = []
+    if a.latency_ms:
+        faults.append(f"latency {a.latency_ms:g} ms")
+    if a.drop:
+        faults.append(f"drop {a.drop:g}")
+    if a.error_500:
+        faults.append(f"500s {a.error_500:g}")
+    if windows:
+        spans = ", ".join(f"{s:g}-{e:g} s" for s, e in windows)
+        faults.append(f"{a.partition_mode} partitions at {spans}")
+    return "; ".join(faults) or "no faults"
+
+
 # --- hw-sim scenario ----------------------------------------------------------------------------
-
-
-def _add_scenario(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=("lunch-rush",), help="the scenario to play")
-    p.add_argument(
-        "--cadres",
-        type=int,
-        default=300,
-        metavar="N",
-        help="presentations at the counter, 5%% of them hostile (default 300)",
-    )
-    p.add_argument(
-        "--speed",
-        type=_positive(float),
-        default=30.0,
-        metavar="X",
-        help="simulated seconds per real second, at most 60 (default 30: the 300-cadre "
-        "lunch takes about five real minutes)",
-    )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="folder for the run (made if missing; default: a new folder under /tmp): "
-        "report.txt, lunch-rush.png, run.json, daemon.log, the terminal's state and the "
-        "county's data",
-    )
-    p.add_argument("--seed", default="lunch-rush", help="varies who comes when and how")
-    p.add_argument(
-        "--short",
-        action="store_true",
-        help="the CI run: 40 presentations (every hostile kind once) and a two-minute outage",
-    )
 
 
 def cmd_scenario(a: argparse.Namespace) -> int:
     import tempfile
 
-    from hwsim import scenario, scenario_report
+    from hwsim import scenario
 
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="lunch-rush-"))
-    opts = (
-        scenario.Options.shortened(out, speed=a.speed, seed=a.seed)
-        if a.short
-        else scenario.Options(out=out, cadres=a.cadres, speed=a.speed, seed=a.seed)
-    )
-    if a.short and a.cadres != 300:
-        opts = scenario.Options.shortened(out, speed=a.speed, seed=a.seed, cadres=a.cadres)
+    if a.short:
+        changes = {} if a.cadres == 300 else {"cadres": a.cadres}
+        opts = scenario.Options.shortened(out, speed=a.speed, seed=a.seed, **changes)
+    else:
+        opts = scenario.Options(out=out, cadres=a.cadres, speed=a.speed, seed=a.seed)
     try:
         opts.check()
         print(f"lunch-rush in {out} ({opts.cadres} presentations at {opts.speed:g}x)", flush=True)
-        _record, failures, text = scenario_report.play(opts, lambda s: print(s, flush=True))
+        _record, failures, text = scenario.play(opts, lambda s: print(s, flush=True))
     except scenario.ScenarioError as exc:
         raise CommandError(str(exc)) from None
     print(text, flush=True)
@@ -640,119 +410,429 @@ def cmd_scenario(a: argparse.Namespace) -> int:
 
 # --- the command table ----------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Command:
-    """One hw-sim subcommand: its name, its one-line help, a page of description."""
-
-    name: str
-    help: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command(
-        "issuer",
-        "make issuer keys, cadres, phone wallets, cards and the lists a terminal loads",
-        "Make a simulated one-card platform: issuer key(s), N cadres with units and Chinese "
-        "names, one phone wallet each (DIR/wallets/<sub>.json: credential and holder key), "
-        "canteen cards for a share of them, and the files a terminal or county server loads: "
-        "trust.json and revoked.json (docs/token-format.md section 5), roster.csv "
-        "(uid,iss,sub,unit,display_name,status) and population.json (a summary). The same "
-        "--seed and --now give the same files.",
-        _add_issuer,
-        cmd_issuer,
+STOP_AFTER = arg("--stop-after", type=_positive(float), metavar="S", help="stop after S seconds")
+CAMERA_URL = f"http://127.0.0.1:{CAMERA_PORT}"
+READER_TARGET = one_of(
+    arg(
+        "--link",
+        default=reader_mod.DEFAULT_LINK,
+        help="the running simulator's port link (default %(default)s); its control socket "
+        "is LINK.ctl",
     ),
-    Command(
-        "phone",
-        "draw a QR code from a cadre's wallet: print its text or draw the phone's screen",
-        "Draw the next code from a wallet as the cadre's phone would: the phone's time and a "
-        "counter one above the last, saved back into the wallet file before the code is "
-        "shown (so every code is new to a terminal). Prints the code's text, or writes a "
-        "picture of the phone's screen (--png) or of a camera frame (--frame).",
-        _add_phone,
-        cmd_phone,
-    ),
-    Command(
-        "camera",
-        "an MJPEG camera on 127.0.0.1 that shows phones to the terminal on command",
-        "Run a simulated camera: an MJPEG stream (multipart/x-mixed-replace) that the "
-        "terminal reads as its [camera] source, http://127.0.0.1:PORT/stream.mjpg. It shows "
-        "an empty canteen counter; when asked, a phone showing a QR code is held up "
-        "(perspective, blur, glare, noise) for --hold seconds and taken away. It runs until "
-        "Ctrl-C or SIGTERM. From another shell, 'hw-sim camera show --wallet FILE' draws a "
-        'code and shows it; scripts can POST /show with {"text": ...} or '
-        '{"wallet": path}; GET /health reports frames, clients and pacing; open '
-        "http://127.0.0.1:PORT/ in a browser to watch.",
-        _add_camera,
-        cmd_camera,
-    ),
-    Command(
-        "card-reader",
-        "a serial card reader (RDM6300, ASCII or PN532) on a pty; swipe cards on command",
-        "Run a simulated card reader: a serial port (a pty) linked at --link, which the "
-        "terminal opens as its [reader] port, behaving as an RDM6300 (125 kHz, 5-byte UIDs), "
-        "an ASCII line reader, or a PN532 in HSU mode (answers wake-up, SAMConfiguration and "
-        "InListPassiveTarget polls). It runs until Ctrl-C or SIGTERM. From another shell, "
-        "'hw-sim card-reader swipe --uid HEX' presents a card (UIDs are in the issuer's "
-        "roster.csv), and 'unplug' / 'replug' pull and restore the cable. Commands travel "
-        "over the Unix socket LINK.ctl (one JSON line each way).",
-        _add_card_reader,
-        cmd_card_reader,
-    ),
-    Command(
-        "county",
-        "the reference county server behind a fault-injecting proxy (latency, drops, 500s, "
-        "outages)",
-        "Run the reference county server (the one canteen-county serve runs) on a port of "
-        "its own, behind a proxy on 127.0.0.1 that breaks the network on purpose, the way a "
-        "township link does: --latency-ms delays every chunk, --drop cuts connections "
-        "before or after the server stored an upload, --error-500 answers uploads with "
-        "HTTP 500, and --partition gives outages (seconds after start) during which every "
-        "connection is refused or black-holed. Terminals use the printed proxy address as "
-        "their county server, so a technician can watch a terminal keep selling offline and "
-        "catch up when the link returns (canteen-terminal status; canteen-county entries "
-        "--data DIR). The data directory is an ordinary county data directory; an empty one "
-        "gets a new CA. It runs until Ctrl-C, SIGTERM or --stop-after.",
-        _add_county,
-        cmd_county,
-    ),
-    Command(
-        "scenario",
-        "play a whole lunch against a real terminal in accelerated time, and check it",
-        "Play 'lunch-rush': a whole lunch at one canteen on a simulated clock that runs "
-        "--speed times faster than real time. A real terminal daemon (its own settings and "
-        "state in --out) reads phones from the simulated camera and cards from the simulated "
-        "reader, and syncs with the reference county server behind the fault proxy. "
-        "--cadres presentations, 70%% by QR and 30%% by card, 5%% hostile (replayed and "
-        "forged codes, revoked and expired credentials, second meals, lost cards and cards "
-        "not in the roster); a ten-minute network outage in the middle; the lunch price "
-        "changes and a revocation list is published during the run. At the end it checks "
-        "every verdict against what it expected, that every ledger verifies and that the "
-        "county holds exactly the terminal's entries, prints the figures (decisions by "
-        "reason, latency p50/p99 from presentation to verdict on the screen stream, time to "
-        "resync after the outage) and draws lunch-rush.png. Exit status 0 when every check "
-        "passed, 1 when one failed, 2 when it could not run.",
-        _add_scenario,
-        cmd_scenario,
-    ),
+    arg("--control", metavar="SOCKET", help="the control socket itself"),
 )
 
-_ERRORS: tuple[type[Exception], ...] = (
-    CommandError,
-    pop.PopulationError,
-    WalletError,
-    reader_mod.ReaderSimError,
+ISSUER = Command(
+    "issuer",
+    "make issuer keys, cadres, phone wallets, cards and the lists a terminal loads",
+    "Make a simulated one-card platform: issuer key(s), N cadres with units and Chinese "
+    "names, one phone wallet each (DIR/wallets/<sub>.json: credential and holder key), "
+    "canteen cards for a share of them, and the files a terminal or county server loads: "
+    "trust.json and revoked.json (docs/token-format.md section 5), roster.csv "
+    "(uid,iss,sub,unit,display_name,status) and population.json (a summary). The same "
+    "--seed and --now give the same files.",
+    (
+        arg("--out", required=True, metavar="DIR", help="folder to write (made if missing)"),
+        arg("--iss", default=pop.DEFAULT_ISS, help="issuer id (default %(default)s)"),
+        arg("--cadres", type=int, default=50, metavar="N", help="cadres (default 50)"),
+        arg(
+            "--units",
+            nargs="+",
+            metavar="UNIT",
+            help="agency codes the cadres belong to, spread in turn (space- or comma-separated); "
+            "a canteen's own units are in its settings, [canteen] units. Default: "
+            + ",".join(pop.DEFAULT_UNITS),
+        ),
+        arg(
+            "--cards-fraction",
+            type=float,
+            default=0.3,
+            metavar="F",
+            help="share of cadres who also hold a canteen card (default 0.3)",
+        ),
+        arg(
+            "--card-type",
+            choices=pop.CARD_TYPE_CHOICES,
+            default="rdm6300",
+            help="rdm6300: 125 kHz EM4100, 5-byte UIDs (the default reader); mifare4 / mifare7: "
+            "ISO 14443-A 4- or 7-byte UIDs (PN532 and most ASCII readers); mixed: some of each",
+        ),
+        arg("--issuer-keys", type=int, default=1, metavar="N", help="issuer keys (1)"),
+        arg("--days", type=int, default=365, help="credential validity (default 365)"),
+        arg(
+            "--now",
+            type=int,
+            metavar="UNIX_SECONDS",
+            help="issue time of the credentials (default: 00:00 UTC yesterday, so the same "
+            "--seed gives the same files all day)",
+        ),
+        arg(
+            "--seed",
+            help="makes every key, name, card and credential reproducible (default: a random "
+            "seed, recorded in population.json)",
+        ),
+        arg(
+            "--force",
+            action="store_true",
+            help="overwrite an existing population; its wallets' counters start again from 0, "
+            "so terminals that saw the old ones will refuse the new codes as replays",
+        ),
+    ),
+    cmd_issuer,
+)
+
+PHONE = Command(
+    "phone",
+    "draw a QR code from a cadre's wallet: print its text or draw the phone's screen",
+    "Draw the next code from a wallet as the cadre's phone would: the phone's time and a "
+    "counter one above the last, saved back into the wallet file before the code is "
+    "shown (so every code is new to a terminal). Prints the code's text, or writes a "
+    "picture of the phone's screen (--png) or of a camera frame (--frame).",
+    (
+        arg("--wallet", required=True, metavar="FILE", help="a wallet from hw-sim issuer"),
+        arg(
+            "--now",
+            type=int,
+            metavar="UNIX_SECONDS",
+            help="the phone's clock when it draws (default: this computer's clock); an old or "
+            "future time shows how the terminal handles a phone with a wrong clock",
+        ),
+        one_of(
+            arg("--text", action="store_true", help="print the code's text (the default)"),
+            arg(
+                "--png",
+                metavar="OUT",
+                help="write the phone's screen as a PNG, to show on a monitor held up to a real "
+                "camera",
+            ),
+            arg(
+                "--frame",
+                metavar="OUT",
+                help="write a camera frame of the phone held over a counter (JPEG or PNG by the "
+                "name), for canteen-terminal scan-image",
+            ),
+        ),
+        arg("--seed", type=int, default=0, help="picture variation for --png/--frame"),
+    ),
+    cmd_phone,
+)
+
+CAMERA = Command(
+    "camera",
+    "an MJPEG camera on 127.0.0.1 that shows phones to the terminal on command",
+    "Run a simulated camera: an MJPEG stream (multipart/x-mixed-replace) that the "
+    "terminal reads as its [camera] source, http://127.0.0.1:PORT/stream.mjpg. It shows "
+    "an empty canteen counter; when asked, a phone showing a QR code is held up "
+    "(perspective, blur, glare, noise) for --hold seconds and taken away. It runs until "
+    "Ctrl-C or SIGTERM. From another shell, 'hw-sim camera show --wallet FILE' draws a "
+    'code and shows it; scripts can POST /show with {"text": ...} or '
+    '{"wallet": path}; GET /health reports frames, clients and pacing; open '
+    "http://127.0.0.1:PORT/ in a browser to watch.",
+    (
+        arg("--host", default="127.0.0.1", help="loopback address to serve on (%(default)s)"),
+        arg(
+            "--port",
+            type=int,
+            default=CAMERA_PORT,
+            help="port (default %(default)s; 0 picks a free one and prints it)",
+        ),
+        arg("--fps", type=_positive(float), default=15.0, help="frames per second (15)"),
+        arg("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT (1280x720)"),
+        arg(
+            "--hold",
+            type=_positive(float),
+            default=1.5,
+            metavar="S",
+            help="how long a phone stays in view (default 1.5 s)",
+        ),
+        arg(
+            "--gap",
+            type=float,
+            default=0.4,
+            metavar="S",
+            help="empty counter between phones (0.4 s)",
+        ),
+        arg("--seed", type=int, default=0, help="varies the counter and the phones"),
+        STOP_AFTER,
+    ),
+    cmd_camera,
+    actions=(
+        Command(
+            "show",
+            "hold a phone up to the running simulated camera",
+            "Draw the next code from a wallet (or take a given text) and ask the running "
+            "simulated camera to show it: a phone comes into view, stays --hold seconds and is "
+            "taken away. Returns once the phone is in view.",
+            (
+                arg(
+                    "--url",
+                    default=CAMERA_URL,
+                    help="the running camera (its stream URL or its base URL; default %(default)s)",
+                ),
+                one_of(
+                    arg("--wallet", metavar="FILE", help="a wallet from hw-sim issuer"),
+                    arg("--text", metavar="QR", help="a QR text to show as it is (e.g. a replay)"),
+                    required=True,
+                ),
+                arg("--now", type=int, metavar="UNIX_SECONDS", help="the phone's clock (--wallet)"),
+                arg("--hold", type=_positive(float), metavar="S", help="seconds in view"),
+                arg("--no-wait", action="store_true", help="return at once, do not wait for it"),
+            ),
+            cmd_camera_show,
+        ),
+        Command(
+            "status",
+            "the running camera's health, as JSON",
+            None,
+            (arg("--url", default=CAMERA_URL, help="the running camera (default %(default)s)"),),
+            cmd_camera_status,
+        ),
+    ),
+    actions_dest="camera_action",
+    actions_description="Without an ACTION the camera runs; with one, the command talks to a "
+    "camera already running (at --url).",
 )
 
 
-def _errors() -> tuple[type[Exception], ...]:
-    """The library errors that become one line; the camera's only if it was loaded (it needs
-    OpenCV, which the other simulators do not)."""
-    camera = sys.modules.get("hwsim.camera")
-    return _ERRORS + ((camera.CameraSimError,) if camera is not None else ())
+def _reader_request(name: str, text: str) -> Command:
+    """unplug, replug, status: no argument but where the simulator is."""
+    return Command(
+        name, text, text[0].upper() + text[1:] + ".", (READER_TARGET,), cmd_reader_request
+    )
+
+
+CARD_READER = Command(
+    "card-reader",
+    "a serial card reader (RDM6300, ASCII or PN532) on a pty; swipe cards on command",
+    "Run a simulated card reader: a serial port (a pty) linked at --link, which the "
+    "terminal opens as its [reader] port, behaving as an RDM6300 (125 kHz, 5-byte UIDs), "
+    "an ASCII line reader, or a PN532 in HSU mode (answers wake-up, SAMConfiguration and "
+    "InListPassiveTarget polls). It runs until Ctrl-C or SIGTERM. From another shell, "
+    "'hw-sim card-reader swipe --uid HEX' presents a card (UIDs are in the issuer's "
+    "roster.csv), and 'unplug' / 'replug' pull and restore the cable. Commands travel "
+    "over the Unix socket LINK.ctl (one JSON line each way).",
+    (
+        arg(
+            "--kind",
+            choices=reader_mod.KINDS,
+            default=reader_mod.RDM6300,
+            help="which reader to behave as; must match the terminal's [reader] kind "
+            "(default %(default)s)",
+        ),
+        arg(
+            "--link",
+            default=reader_mod.DEFAULT_LINK,
+            help="where the serial port appears; set the terminal's [reader] port to it "
+            "(default %(default)s)",
+        ),
+        arg(
+            "--ascii-format",
+            choices=("hex", "dec"),
+            default="hex",
+            help="ascii readers: print the UID in hex or zero-padded decimal (match [reader] "
+            "ascii_format)",
+        ),
+        arg(
+            "--ascii-byte-order",
+            choices=("msb_first", "lsb_first"),
+            default="msb_first",
+            help="ascii readers: print UID0 first or last (match [reader] ascii_byte_order)",
+        ),
+        arg(
+            "--frame-interval",
+            type=_positive(float),
+            default=0.1,
+            metavar="S",
+            help="seconds between the frames of a card held on an rdm6300/ascii reader (0.1)",
+        ),
+        STOP_AFTER,
+    ),
+    cmd_card_reader,
+    actions=(
+        Command(
+            "swipe",
+            "present a card to the running simulated reader",
+            "Present a card: the running simulator sends the UID as its reader kind would. "
+            "With --repeat the card is held (several frames, or several PN532 polls); with "
+            "--noise, line noise goes around it.",
+            (
+                READER_TARGET,
+                arg("--uid", required=True, metavar="HEX", help="card UID, e.g. 0a1b2c3d4e"),
+                arg("--noise", type=int, default=0, metavar="N", help="noise bytes around it"),
+                arg("--repeat", type=int, default=1, metavar="N", help="frames (card held)"),
+            ),
+            cmd_reader_swipe,
+        ),
+        Command(
+            "noise",
+            "send line noise and no card",
+            None,
+            (
+                READER_TARGET,
+                arg("--bytes", type=int, default=1000, metavar="N", help="how many (1000)"),
+            ),
+            cmd_reader_noise,
+        ),
+        _reader_request("unplug", "pull the reader's cable: the port goes away until replug"),
+        _reader_request("replug", "plug the reader back in at the same port path"),
+        _reader_request("status", "what the simulated reader is doing, as JSON"),
+    ),
+    actions_dest="reader_action",
+    actions_description="Without an ACTION the simulator runs; with one, the command talks to "
+    "a simulator already running (at --link, or --control).",
+)
+
+COUNTY = Command(
+    "county",
+    "the reference county server behind a fault-injecting proxy (latency, drops, 500s, outages)",
+    "Run the reference county server (the one canteen-county serve runs) on a port of "
+    "its own, behind a proxy on 127.0.0.1 that breaks the network on purpose, the way a "
+    "township link does: --latency-ms delays every chunk, --drop cuts connections "
+    "before or after the server stored an upload, --error-500 answers uploads with "
+    "HTTP 500, and --partition gives outages (seconds after start) during which every "
+    "connection is refused or black-holed. Terminals use the printed proxy address as "
+    "their county server, so a technician can watch a terminal keep selling offline and "
+    "catch up when the link returns (canteen-terminal status; canteen-county entries "
+    "--data DIR). The data directory is an ordinary county data directory; an empty one "
+    "gets a new CA. It runs until Ctrl-C, SIGTERM or --stop-after.",
+    (
+        arg(
+            "--data",
+            required=True,
+            metavar="DIR",
+            help="the county data directory (canteen-county ca init); made with a new CA if empty",
+        ),
+        arg(
+            "--port",
+            type=int,
+            default=0,
+            help="the port terminals connect to (the proxy; default 0: a free one, printed)",
+        ),
+        arg(
+            "--latency-ms",
+            type=float,
+            default=0.0,
+            metavar="X",
+            help="delay every chunk of data, both ways, by X ms (a slow township link)",
+        ),
+        arg(
+            "--drop",
+            type=_probability,
+            default=0.0,
+            metavar="P",
+            help="cut each connection with probability P, half before the request reaches the "
+            "server (nothing stored) and half after it was stored (the answer is lost)",
+        ),
+        arg(
+            "--error-500",
+            type=_probability,
+            default=0.0,
+            metavar="P",
+            help="answer a ledger upload with HTTP 500 with probability P, half before and half "
+            "after the server stored it",
+        ),
+        arg(
+            "--partition",
+            default="",
+            metavar="START:END,...",
+            help="network outages in seconds after start, e.g. 60:120,300:330: during each, "
+            "every connection is refused (or black-holed, see --partition-mode)",
+        ),
+        arg(
+            "--partition-mode",
+            choices=("refuse", "blackhole"),
+            default="refuse",
+            help="refuse: connections close at once (a cable pulled at the county); blackhole: "
+            "connections are accepted and never answered (a dead township uplink), so the "
+            "terminal waits for its [sync] deadline (default refuse)",
+        ),
+        arg("--seed", type=int, help="makes the drawn faults reproducible"),
+        STOP_AFTER,
+    ),
+    cmd_county,
+)
+
+SCENARIO = Command(
+    "scenario",
+    "play a whole lunch against a real terminal in accelerated time, and check it",
+    "Play 'lunch-rush': a whole lunch at one canteen on a simulated clock that runs "
+    "--speed times faster than real time. A real terminal daemon (its own settings and "
+    "state in --out) reads phones from the simulated camera and cards from the simulated "
+    "reader, and syncs with the reference county server behind the fault proxy. "
+    "--cadres presentations, 70% by QR and 30% by card, 5% hostile (replayed and "
+    "forged codes, revoked and expired credentials, second meals, lost cards and cards "
+    "not in the roster); a ten-minute network outage in the middle; the lunch price "
+    "changes and a revocation list is published during the run. At the end it checks "
+    "every verdict against what it expected, that every ledger verifies and that the "
+    "county holds exactly the terminal's entries, prints the figures (decisions by "
+    "reason, latency p50/p99 from presentation to verdict on the screen stream, time to "
+    "resync after the outage) and draws lunch-rush.png. Exit status 0 when every check "
+    "passed, 1 when one failed, 2 when it could not run.",
+    (
+        arg("name", choices=("lunch-rush",), help="the scenario to play"),
+        arg(
+            "--cadres",
+            type=int,
+            default=300,
+            metavar="N",
+            help="presentations at the counter, 5%% of them hostile (default 300)",
+        ),
+        arg(
+            "--speed",
+            type=_positive(float),
+            default=30.0,
+            metavar="X",
+            help="simulated seconds per real second, at most 60 (default 30: the 300-cadre "
+            "lunch takes about five real minutes)",
+        ),
+        arg(
+            "--out",
+            metavar="DIR",
+            help="folder for the run (made if missing; default: a new folder under /tmp): "
+            "report.txt, lunch-rush.png, run.json, daemon.log, the terminal's state and the "
+            "county's data",
+        ),
+        arg("--seed", default="lunch-rush", help="varies who comes when and how"),
+        arg(
+            "--short",
+            action="store_true",
+            help="the CI run: 40 presentations (every hostile kind once) and a two-minute outage",
+        ),
+    ),
+    cmd_scenario,
+)
+
+COMMANDS: tuple[Command, ...] = (ISSUER, PHONE, CAMERA, CARD_READER, COUNTY, SCENARIO)
+
+
+# --- the parser, built from the table --------------------------------------------------------
+
+
+def _add_arguments(p: argparse.ArgumentParser, args: Sequence[Arg | OneOf]) -> None:
+    for a in args:
+        if isinstance(a, OneOf):
+            group = p.add_mutually_exclusive_group(required=a.required)
+            for one in a.args:
+                group.add_argument(*one.flags, **one.options)
+        else:
+            p.add_argument(*a.flags, **a.options)
+
+
+def _add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command
+) -> None:
+    """Add ``command`` (and the actions under it) to the subparsers ``sub``."""
+    p = sub.add_parser(command.name, help=command.help, description=command.description)
+    _add_arguments(p, command.args)
+    p.set_defaults(func=command.run)
+    if command.actions:
+        actions = p.add_subparsers(
+            dest=command.actions_dest,
+            metavar="ACTION",
+            description=command.actions_description,
+        )
+        for action in command.actions:
+            _add_command(actions, action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -767,10 +847,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.description)
-        command.add_arguments(p)
-        p.set_defaults(func=command.run)
+        _add_command(sub, command)
     return parser
+
+
+# --- running a command -------------------------------------------------------------------------
+
+_ERRORS: tuple[type[Exception], ...] = (
+    CommandError,
+    pop.PopulationError,
+    WalletError,
+    reader_mod.ReaderSimError,
+)
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    """The library errors that become one line; the camera's only if it was loaded (it needs
+    OpenCV, which the other simulators do not)."""
+    camera = sys.modules.get("hwsim.camera")
+    return _ERRORS + ((camera.CameraSimError,) if camera is not None else ())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
