@@ -867,7 +867,7 @@ def test_a_kill_inside_a_group_leaves_none_of_it(path: Path, key: Ed25519Private
     led = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0)
     led.close()
     child = """
-import sys, time
+import sys, threading
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from terminal.ledger import ACCEPT, SALE, EntryDraft, Ledger
 key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[2]))
@@ -876,7 +876,7 @@ with led.group():
     for i in range(5):
         led.append(EntryDraft(kind=SALE, verdict=ACCEPT, cadre=f"iss/k{i}", amount_fen=1), 10 + i)
     print("appended", flush=True)
-    time.sleep(60)
+    threading.Event().wait(60)  # inside the group until the test kills this process
 """
     from cryptography.hazmat.primitives import serialization
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import faultproxy
 import pytest
 import requests
+from conftest import wait_for
 from countykit import (
     FAST,
     T0_MS,
@@ -437,23 +438,23 @@ def test_backoff_after_failures_then_nudges_when_online(county: County, tmp_path
         schedule = SyncSchedule(client, settings, results.append)
         schedule.start(first_delay_s=0)
         try:
-            time.sleep(2.0)
-            failures = [r for r in results if r.error_kind == "network"]
-            # Backoff in [0, 0.4] s: several retries, but no busy loop.
-            assert 3 <= len(failures) <= 40, len(failures)
+            started = time.monotonic()
+            failed = lambda: [r for r in results if r.error_kind == "network"]  # noqa: E731
+            wait_for(lambda: len(failed()) >= 5, what="five refused syncs")
+            # Backoff in [0, 0.4] s: several retries, but no busy loop (a refused connection
+            # fails at once, so five in a row without a backoff take a few milliseconds).
+            took = time.monotonic() - started
+            assert took > 0.1 and len(failed()) <= 5 + 20 * took, (took, len(failed()))
             assert not schedule.nudge()  # offline: a nudge does not hammer the server
             down.clear()
-            deadline = time.monotonic() + 3
-            while not (results and results[-1].error is None) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert results[-1].error is None and schedule.online
+            wait_for(lambda: results[-1].error is None, 3, "a sync once the county is back")
+            assert schedule.online
             n = len(results)
             t_nudge = time.monotonic()
             assert schedule.nudge()
-            while len(results) == n and time.monotonic() < t_nudge + 3:
-                time.sleep(0.01)
+            wait_for(lambda: len(results) > n, 3, "the nudged sync", every_s=0.005)
             # Interval is 30 s; the nudge brought a sync within a fraction of a second.
-            assert len(results) > n and time.monotonic() - t_nudge < 1.0
+            assert time.monotonic() - t_nudge < 1.0
         finally:
             schedule.stop()
         assert proxy.triggered[faultproxy.REFUSE] >= 3
@@ -516,13 +517,18 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 15
-        while len(lines) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(lines) >= 3 or proc.poll() is not None, 15, "three syncs")
         assert len(lines) >= 3, proc.stderr.read() if proc.poll() is not None else lines  # type: ignore[union-attr]
         clock_file.write_text(f"{step}\n")
         stepped_at = time.monotonic()
-        time.sleep(6.0)
+        # Four syncs after the step (interval 1 s): the first one's delay and three gaps.
+        wait_for(
+            lambda: (
+                sum(ln["monotonic"] > stepped_at for ln in lines) >= 4 or proc.poll() is not None
+            ),
+            15,
+            "four syncs after the wall clock stepped",
+        )
     finally:
         proc.terminate()
         try:
