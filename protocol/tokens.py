@@ -4,20 +4,23 @@ This module owns steps 1 to 5 of the token checks: the text, strict CBOR and
 COSE structure, the issuer key, the credential and presentation signatures, and
 freshness. Replay (step 6) and revocation (step 7, except an issuer key that
 the revocation list names) need the terminal's memory and are done by the
-caller (terminal/core/checkout.py). It never does I/O, never reads a clock (``now``
-is an argument), never signs anything, and never lets an exception other than
-``TokenRejected`` escape, whatever the QR text holds.
+caller (terminal/core/checkout.py; the county's evidence check too). It never
+does I/O, never reads a clock (``now`` is an argument), never signs anything
+(protocol/issue.py does), keeps no state between calls (a caller that checks
+many codes may pass its own ``SignatureMemo``), and never lets an exception
+other than ``TokenRejected`` escape, whatever the QR text holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
+import base45
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -126,10 +129,6 @@ _TAG18 = b"\xd2"  # tag 18 (COSE_Sign1) in its one-byte preferred form
 # --- base45 (RFC 9285) ------------------------------------------------------
 
 _B45_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
-_B45_INVALID = 0xFF
-_B45_DIGIT = bytes(
-    _B45_ALPHABET.index(c) if c in _B45_ALPHABET else _B45_INVALID for c in range(256)
-)
 
 
 def _reject(code: str, detail: str) -> NoReturn:
@@ -137,30 +136,17 @@ def _reject(code: str, detail: str) -> NoReturn:
 
 
 def _b45decode(text: str) -> bytes:
-    # The text is at most 1,200 characters by the time it gets here, so every
-    # step below is bounded; slices and zip keep the per-character work in C.
-    if not text.isascii():
+    # The base45 package's decoder refuses a length of 1 mod 3, a triple above
+    # 65535 and a final pair above 255. It also strips trailing newlines and
+    # accepts bytes, which RFC 9285 and our spec do not, so the alphabet is
+    # checked here first (in C: a few microseconds for 1,200 characters).
+    if not text.isascii() or text.encode("ascii").translate(None, _B45_ALPHABET):
         _reject(MALFORMED, "character outside the base45 alphabet")
-    digits = text.encode("ascii").translate(_B45_DIGIT)
-    if _B45_INVALID in digits:
-        _reject(MALFORMED, "character outside the base45 alphabet")
-    n = len(digits)
-    if n % 3 == 1:
-        _reject(MALFORMED, "base45 length not allowed by RFC 9285")
-    full = n - n % 3
-    words = [
-        a + 45 * b + 2025 * c
-        for a, b, c in zip(digits[0:full:3], digits[1:full:3], digits[2:full:3], strict=True)
-    ]
-    if words and max(words) > 0xFFFF:
-        _reject(MALFORMED, "base45 triple above 65535")
-    out = struct.pack(f">{len(words)}H", *words)
-    if n % 3 == 2:
-        last = digits[n - 2] + 45 * digits[n - 1]
-        if last > 0xFF:
-            _reject(MALFORMED, "base45 pair above 255")
-        out += bytes((last,))
-    return out
+    try:
+        decoded: bytes = base45.b45decode(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise TokenRejected(MALFORMED, "not base45 as RFC 9285 allows it") from exc
+    return decoded
 
 
 # --- strict CBOR ------------------------------------------------------------
@@ -175,9 +161,11 @@ def _no_tag(*_args: object) -> NoReturn:
 # or a no-op wrapper (55799) past the type checks, so each one is refused.
 # Tag 18 never reaches the decoder: it is peeled off by hand, and only from
 # the front of a COSE_Sign1.
-_SEMANTIC_REFUSED = dict.fromkeys(
-    (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 55799),
-    _no_tag,
+_SEMANTIC_REFUSED = MappingProxyType(
+    dict.fromkeys(
+        (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 55799),
+        _no_tag,
+    )
 )
 
 
@@ -308,70 +296,71 @@ def _to_be_signed(msg: _Sign1) -> bytes:
     )
 
 
-# --- keys -------------------------------------------------------------------
-
-# Issuer keys are few and used on every scan, so their parsed objects are kept;
-# the bound stops a hostile trust update from growing this without limit.
-_ISSUER_KEY_CACHE_MAX = 64
-_issuer_key_cache: dict[bytes, Ed25519PublicKey] = {}
+# --- keys and the memo ------------------------------------------------------
 
 
-def _issuer_public_key(raw: bytes) -> Ed25519PublicKey | None:
-    key = _issuer_key_cache.get(raw)
-    if key is None:
-        try:
-            key = Ed25519PublicKey.from_public_bytes(raw)
-        except (TypeError, ValueError):
-            return None  # a broken trust entry can vouch for nothing
-        if len(_issuer_key_cache) >= _ISSUER_KEY_CACHE_MAX:
-            _issuer_key_cache.clear()
-        _issuer_key_cache[raw] = key
-    return key
-
-
-# Signatures already found good, keyed by SHA-256 over (key, signature, signed bytes):
-# the decision worker's checker process (good_signatures) checks the codes still waiting
-# in the queue, remember_good_signatures() puts its answers here, and the worker's
-# in-order checks then find the answer instead of redoing the curve arithmetic. Only good
-# signatures are kept; a hit means exactly these bytes verified under exactly this key.
-# The bound keeps it small; clearing is harmless.
-_VERIFIED_MAX = 1024
-_verified: dict[bytes, bool] = {}
-
-
-def _signature_digest(raw_key: bytes, msg: _Sign1, signed: bytes) -> bytes:
-    return hashlib.sha256(raw_key + msg.signature + signed).digest()
-
-
-def _digest_if_good(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bytes | None:
-    """The digest of ``msg``'s signature if it verifies under ``key`` (no memo)."""
-    signed = _to_be_signed(msg)
+def _public_key(raw: bytes) -> Ed25519PublicKey | None:
     try:
-        key.verify(msg.signature, signed)
-    except InvalidSignature:
-        return None
-    return _signature_digest(raw_key, msg, signed)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (TypeError, ValueError):
+        return None  # a broken trust entry can vouch for nothing
 
 
-def _verifies(key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
-    signed = _to_be_signed(msg)
-    memo = _signature_digest(raw_key, msg, signed)
-    if memo in _verified:
-        return True
+def _curve_verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
+    """The Ed25519 arithmetic itself: the one place a signature is really checked."""
     try:
-        key.verify(msg.signature, signed)
+        key.verify(signature, signed)
     except InvalidSignature:
         return False
-    remember_good_signatures((memo,))
     return True
 
 
-def remember_good_signatures(digests: Iterable[bytes]) -> None:
-    """Record signatures found good (by ``good_signatures``, maybe in another process)."""
-    for digest in digests:
-        if len(_verified) >= _VERIFIED_MAX:
-            _verified.clear()
-        _verified[digest] = True
+class SignatureMemo:
+    """What one caller of ``verify_presentation`` keeps between its calls.
+
+    The parsed issuer keys (few, and used on every code), and the signatures
+    already found good, keyed by SHA-256 over (raw key, signature, signed
+    bytes): a code shown again (a replay, a screenshot, the same code read
+    twice) then skips the curve arithmetic. A hit means exactly these bytes
+    verified under exactly this key, so the memo changes no answer; every other
+    check still runs in the spec's order at the call's own time and trust. Both
+    parts are bounded and cleared when full; clearing is harmless.
+
+    The decision worker's ``Checkout`` owns one and uses it from that thread
+    only; it is not safe to share between threads.
+    """
+
+    ISSUER_KEYS_MAX = 64  # a hostile trust update cannot grow it without limit
+    GOOD_MAX = 1024
+
+    def __init__(self) -> None:
+        self._issuer_keys: dict[bytes, Ed25519PublicKey] = {}
+        self._good: set[bytes] = set()
+
+    def issuer_key(self, raw: bytes) -> Ed25519PublicKey | None:
+        """The parsed issuer key, or None when the trusted bytes are no Ed25519 key."""
+        key = self._issuer_keys.get(raw)
+        if key is None:
+            key = _public_key(raw)
+            if key is None:
+                return None
+            if len(self._issuer_keys) >= self.ISSUER_KEYS_MAX:
+                self._issuer_keys.clear()
+            self._issuer_keys[raw] = key
+        return key
+
+    def verifies(self, key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
+        """True when ``msg``'s signature verifies under ``key`` (raw bytes ``raw_key``)."""
+        signed = _to_be_signed(msg)
+        digest = hashlib.sha256(raw_key + msg.signature + signed).digest()
+        if digest in self._good:
+            return True
+        if not _curve_verifies(key, msg.signature, signed):
+            return False
+        if len(self._good) >= self.GOOD_MAX:
+            self._good.clear()
+        self._good.add(digest)
+        return True
 
 
 def _in_window(key: IssuerKey, now: int) -> bool:
@@ -455,47 +444,13 @@ def _parse(qr_text: str) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
     return outer, inner, inner.kid, _claims(inner.payload), t, ctr
 
 
-def good_signatures(texts: Sequence[str], keys: Sequence[IssuerKey]) -> list[bytes]:
-    """The digests of the good signatures in ``texts`` under ``keys``, for
-    ``remember_good_signatures``: the curve arithmetic of codes still waiting in
-    the queue, done ahead of their turn in the decision worker's checker process.
-
-    Decides nothing and never raises; it neither reads nor fills this process's
-    memo. ``verify_presentation`` on the decision worker still runs every check
-    in the spec's order at the decision's own time, and only skips the curve
-    arithmetic for exactly the bytes and key found good here. Keys are tried
-    whatever their validity window or revocation; the real check applies both.
-    """
-    by_kid: dict[bytes, list[IssuerKey]] = {}
-    for k in keys:
-        by_kid.setdefault(k.kid, []).append(k)
-    good: list[bytes] = []
-    for text in texts:
-        try:
-            outer, inner, kid, claims, _t, _ctr = _parse(text)
-            for candidate in by_kid.get(kid, ()):
-                raw = candidate.public_key
-                key = _issuer_public_key(raw)
-                credential = None if key is None else _digest_if_good(key, raw, inner)
-                if credential is None:
-                    continue
-                good.append(credential)
-                holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
-                presentation = _digest_if_good(holder, claims.holder_key, outer)
-                if presentation is not None:
-                    good.append(presentation)
-                break
-        except Exception:  # a bad code is the real check's to report
-            continue
-    return good
-
-
 def verify_presentation(
     qr_text: str,
     now: int,
     keyring: IssuerKeyring,
     window_s: int = 60,
     skew_s: int = 30,
+    memo: SignatureMemo | None = None,
 ) -> Presentation:
     """Run token checks 1 to 5 of spec §4 on ``qr_text`` at trusted time ``now``.
 
@@ -531,7 +486,12 @@ def verify_presentation(
       ``iss`` claim is treated like a key that did not verify, so the result
       is ``bad_credential_signature`` (the kid was known; no key *trusted for
       that issuer* verified). Both iat and exp are checked; iat first.
+
+    ``memo`` is the caller's own ``SignatureMemo`` (the decision worker keeps
+    one); without one, nothing is kept past this call.
     """
+    if memo is None:
+        memo = SignatureMemo()
     # Step 1: text, then strict CBOR and types of every layer.
     outer, inner, kid, claims, t, ctr = _parse(qr_text)
 
@@ -546,8 +506,8 @@ def verify_presentation(
     # Step 3: credential signature, then its validity.
     issuer_key: IssuerKey | None = None
     for candidate in usable:
-        key = _issuer_public_key(candidate.public_key)
-        good = key is not None and _verifies(key, candidate.public_key, inner)
+        key = memo.issuer_key(candidate.public_key)
+        good = key is not None and memo.verifies(key, candidate.public_key, inner)
         if good and candidate.iss == claims.iss:
             issuer_key = candidate
             break
@@ -563,7 +523,7 @@ def verify_presentation(
         holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
     except ValueError:
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key is not a usable Ed25519 key")
-    if not _verifies(holder, claims.holder_key, outer):
+    if not memo.verifies(holder, claims.holder_key, outer):
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key does not verify the presentation")
 
     # Step 5: freshness.

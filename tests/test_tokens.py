@@ -38,9 +38,8 @@ from protocol.tokens import (
     Allowance,
     IssuerKey,
     Presentation,
+    SignatureMemo,
     TokenRejected,
-    good_signatures,
-    remember_good_signatures,
     verify_presentation,
 )
 
@@ -251,7 +250,7 @@ def test_both_algs_and_tag_choices_verify(
 # --- the time checks at their edges -------------------------------------------
 
 
-def rejected(qr: str, now: int, keyring: StaticKeyring, **kw: int) -> str:
+def rejected(qr: str, now: int, keyring: StaticKeyring, **kw: Any) -> str:
     with pytest.raises(TokenRejected) as info:
         verify_presentation(qr, now, keyring, **kw)
     return info.value.code
@@ -408,63 +407,98 @@ def test_any_valid_wallet_verifies(
     )
 
 
-# --- signatures checked ahead of their turn (the checker process) --------------------------
+# --- the caller's memo (protocol/tokens.py SignatureMemo) ------------------------------
 # (speed figures live in bench/core.py, not in timed tests)
 
 
-def _keys(keyring: StaticKeyring) -> list[IssuerKey]:
-    return [k for ks in keyring._by_kid.values() for k in ks]
-
-
-def _ahead(texts: list[str], keyring: StaticKeyring) -> list[bytes]:
-    """What the checker process does, then what the worker does with its answer."""
-    digests = good_signatures(texts, _keys(keyring))
-    remember_good_signatures(digests)
-    return digests
-
-
-def test_checked_ahead_never_decides_anything(issuer: Issuer, keyring: StaticKeyring) -> None:
-    wallet = make_wallet(issuer, "P1", "U1", "n", now=NOW - 100)
-    qr = wallet.draw(NOW)
-    assert len(_ahead([qr], keyring)) == 2  # the credential's and the presentation's
-    # Checked ahead, yet every rule still applies at the decision's own time and trust.
-    assert verify_presentation(qr, NOW, keyring).sub == "P1"
-    assert rejected(qr, NOW + 200, keyring) == PRESENTATION_STALE
-    assert rejected(qr, NOW, StaticKeyring()) == UNKNOWN_ISSUER_KEY
-    assert rejected(qr, NOW, windowed(issuer, NOW + 1, None)) == UNKNOWN_ISSUER_KEY
-    thief = Wallet(**{**vars(wallet), "holder_key": key_from_seed("thief")})
-    forged = thief.draw(NOW)
-    assert len(_ahead([forged], keyring)) == 1  # only the credential is good
-    assert rejected(forged, NOW, keyring) == BAD_PRESENTATION_SIGNATURE
-
-
-def test_checked_ahead_is_exactly_what_the_worker_finds(
-    issuer: Issuer, keyring: StaticKeyring
-) -> None:
+@pytest.fixture
+def curve_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The signatures whose curve arithmetic ran, in order."""
     from protocol import tokens
 
-    codes = [make_wallet(issuer, f"Q{i}", "U1", "n", now=NOW - 100).draw(NOW) for i in range(3)]
-    tokens._verified.clear()
-    for qr in codes:
-        verify_presentation(qr, NOW, keyring)
-    found_by_worker = set(tokens._verified)
-    tokens._verified.clear()
-    hostile = ["CT1:not base45 ~", codes[0][:-4], "x" * 5000]
-    assert set(good_signatures([*codes, *hostile], _keys(keyring))) == found_by_worker
-    assert not tokens._verified  # it neither reads nor fills this process's memo
+    seen: list[bytes] = []
+    real = tokens._curve_verifies
+
+    def counting(key: Any, signature: bytes, signed: bytes) -> bool:
+        seen.append(signature)
+        return real(key, signature, signed)
+
+    monkeypatch.setattr(tokens, "_curve_verifies", counting)
+    return seen
 
 
-def test_a_rogue_issuer_checked_ahead_does_not_vouch_for_it(issuer: Issuer) -> None:
+def test_a_memo_changes_no_answer(issuer: Issuer, keyring: StaticKeyring) -> None:
+    memo = SignatureMemo()
+    wallet = make_wallet(issuer, "P1", "U1", "n", now=NOW - 100)
+    qr = wallet.draw(NOW)
+    assert verify_presentation(qr, NOW, keyring, memo=memo).sub == "P1"
+    # Both signatures are in the memo now, yet every rule still applies at each call's
+    # own time and trust.
+    assert verify_presentation(qr, NOW, keyring, memo=memo).sub == "P1"
+    assert rejected(qr, NOW + 200, keyring, memo=memo) == PRESENTATION_STALE
+    assert rejected(qr, NOW, StaticKeyring(), memo=memo) == UNKNOWN_ISSUER_KEY
+    assert rejected(qr, NOW, windowed(issuer, NOW + 1, None), memo=memo) == UNKNOWN_ISSUER_KEY
+    revoked = StaticKeyring([issuer.issuer_key()], revoked=[issuer.public_key])
+    assert rejected(qr, NOW, revoked, memo=memo) == REVOKED
+    # The credential is in the memo; a presentation signed by another key is not.
+    thief = Wallet(**{**vars(wallet), "holder_key": key_from_seed("thief")})
+    assert rejected(thief.draw(NOW), NOW, keyring, memo=memo) == BAD_PRESENTATION_SIGNATURE
+
+
+def test_the_memo_spares_the_curve_only_for_the_same_bytes(
+    issuer: Issuer, keyring: StaticKeyring, curve_checks: list[bytes]
+) -> None:
+    memo = SignatureMemo()
+    wallet = make_wallet(issuer, "P2", "U1", "n", now=NOW - 100)
+    qr = wallet.draw(NOW)
+    verify_presentation(qr, NOW, keyring, memo=memo)
+    assert len(curve_checks) == 2  # the credential's and the presentation's
+    verify_presentation(qr, NOW, keyring, memo=memo)
+    assert len(curve_checks) == 2  # the same code again: both found in the memo
+    verify_presentation(wallet.draw(NOW), NOW, keyring, memo=memo)
+    assert len(curve_checks) == 3  # a new code: only its presentation is new
+    # Without a memo nothing is kept from one call to the next.
+    verify_presentation(qr, NOW, keyring)
+    verify_presentation(qr, NOW, keyring)
+    assert len(curve_checks) == 7
+
+
+def test_a_rogue_key_in_the_memo_does_not_vouch_for_another_key(issuer: Issuer) -> None:
+    memo = SignatureMemo()
     rogue = Issuer(issuer.iss, key_from_seed("rogue"))
     # The rogue's code carries the real issuer's kid but the rogue's signature.
     fake = Issuer(issuer.iss, rogue.key)
     qr = make_wallet(fake, "R1", "U1", "n", now=NOW).draw(NOW)
+    rogue_ring = StaticKeyring([IssuerKey(issuer.iss, fake.kid, rogue.public_key)])
+    assert verify_presentation(qr, NOW, rogue_ring, memo=memo).sub == "R1"
     twin = StaticKeyring([IssuerKey(issuer.iss, fake.kid, issuer.public_key)])
-    _ahead([qr], StaticKeyring([rogue.issuer_key()]))
-    assert rejected(qr, NOW, twin) == BAD_CREDENTIAL_SIGNATURE
+    assert rejected(qr, NOW, twin, memo=memo) == BAD_CREDENTIAL_SIGNATURE
 
 
-@settings(max_examples=200, deadline=None)
-@given(text=st.text(max_size=300) | st.just("CT1:") | st.binary(max_size=300).map(repr))
-def test_checking_ahead_never_raises(text: str) -> None:
-    assert good_signatures([text, "CT1:" + text], []) == []
+def test_the_memo_stays_bounded(issuer: Issuer, keyring: StaticKeyring) -> None:
+    class Small(SignatureMemo):
+        ISSUER_KEYS_MAX = 2
+        GOOD_MAX = 5
+
+    memo = Small()
+    for i in range(6):
+        qr = make_wallet(issuer, f"B{i}", "U1", "n", now=NOW - 100).draw(NOW)
+        assert verify_presentation(qr, NOW, keyring, memo=memo).sub == f"B{i}"
+        assert len(memo._good) <= 5
+    for i in range(4):
+        other = Issuer(f"hn-{i}", key_from_seed(f"other-{i}"))
+        qr = make_wallet(other, "K", "U1", "n", now=NOW - 100).draw(NOW)
+        verify_presentation(qr, NOW, StaticKeyring([other.issuer_key()]), memo=memo)
+        assert len(memo._issuer_keys) <= 2
+
+
+def test_the_token_module_keeps_no_mutable_state() -> None:
+    from protocol import tokens
+
+    mutable = (dict, list, set, bytearray)
+    found = [
+        name
+        for name, value in vars(tokens).items()
+        if isinstance(value, mutable) and not name.startswith("__")
+    ]
+    assert found == []

@@ -16,7 +16,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.tokens import REPLAYED, REVOKED, Presentation, TokenRejected, verify_presentation
+from protocol.tokens import (
+    REPLAYED,
+    REVOKED,
+    Presentation,
+    SignatureMemo,
+    TokenRejected,
+    verify_presentation,
+)
 from terminal.config import Settings
 from terminal.core import policy
 from terminal.core.clock import TrustedClock
@@ -83,6 +90,8 @@ class Checkout:
         self.settings = settings
         self.ledger = ledger
         self.trust = trust
+        # Parsed issuer keys and good signatures, kept between codes (protocol/tokens.py).
+        self.token_memo = SignatureMemo()
         self.clock = TrustedClock(
             ledger.last_time_ms(),
             settings.clock_fault_tolerance_s * 1000,
@@ -191,7 +200,12 @@ class Checkout:
         (presentation, reason, detail) when it verified and is replayed or revoked."""
         try:
             p = verify_presentation(
-                text, now_ms // 1000, self.trust, self.settings.window_s, self.settings.skew_s
+                text,
+                now_ms // 1000,
+                self.trust,
+                self.settings.window_s,
+                self.settings.skew_s,
+                self.token_memo,
             )
         except TokenRejected as rejected:
             return rejected.code
