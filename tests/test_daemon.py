@@ -122,15 +122,11 @@ def test_watchdog_stops_when_the_worker_is_stuck(tmp_path: Path) -> None:
         wait_for(lambda: notify.seen("READY", "1"), what="READY=1")
         # A job that never ends: the worker stops beating.
         d.worker.put(daemon.Job(lambda _c: release.wait(60), Future()))
-        wait_for(lambda: "stuck" in d.sentence, what="the stuck worker to be noticed")
-        assert d.state == daemon.DEGRADED
-        # From the round that found it stuck on, status updates go on, without a ping.
+        time.sleep(3.5)
         count = len(notify.messages)
-        wait_for(
-            lambda: any("STATUS" in m for m in notify.messages[count:]),
-            what="the next status update",
-        )
+        time.sleep(2.5)
         later = notify.messages[count:]
+        assert later, "status updates continue"
         assert not any("WATCHDOG" in m for m in later), "no watchdog pings while stuck"
         assert d.state == daemon.DEGRADED and "stuck" in d.sentence
     finally:
@@ -293,7 +289,6 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
 def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hashlib
     import sqlite3
 
     from daemonkit import wallet
@@ -304,16 +299,13 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     # Every signature check that finds no earlier answer does the curve arithmetic; the
     # worker's memo answers the replay, so each code's two signatures are checked once.
     curve_checks: list[bytes] = []
-    real_verifies = tokens._verifies
+    real_verifies = tokens._curve_verifies
 
-    def counting(key: Any, raw_key: bytes, msg: Any) -> bool:
-        memo = hashlib.sha256(raw_key + msg.signature + tokens._to_be_signed(msg)).digest()
-        if memo not in tokens._verified:
-            curve_checks.append(memo)
-        return real_verifies(key, raw_key, msg)
+    def counting(key: Any, signature: bytes, signed: bytes) -> bool:
+        curve_checks.append(signature)
+        return real_verifies(key, signature, signed)
 
-    monkeypatch.setattr(tokens, "_verifies", counting)
-    tokens._verified.clear()
+    monkeypatch.setattr(tokens, "_curve_verifies", counting)
 
     path = write_settings(tmp_path, reader_port=None, camera_source=None)
     install_lists(tmp_path / "state")
