@@ -1,0 +1,121 @@
+"""The start-up marker of signed updates: which set a start uses, and when it is confirmed.
+
+This module owns what the daemon does with update sets around a start
+(docs/updates.md): ``begin_start`` reconciles trust.sqlite (the truth) with
+``updates/applied.json`` (rewritten from it after a crash between the two) and
+takes a new set back whole when the previous start with it never reached
+``confirm_started``; ``effective_settings`` lays the set's published settings over
+the local ones. It never fetches anything and never writes the ledger: a
+rollback comes back as a ``StartNote`` whose ``ledger_draft`` the daemon records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terminal import config, trust
+from terminal.ledger import CONFIG_APPLIED, EntryDraft
+from terminal.updates.apply import UpdatePaths, read_json, roll_back, write_pointer
+
+
+@dataclass(frozen=True)
+class StartNote:
+    """What ``begin_start`` found: the settings file to load and anything to tell people."""
+
+    settings_file: Path | None
+    set_version: int | None
+    rolled_back_from: int | None = None
+    message: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def ledger_draft(self) -> EntryDraft | None:
+        if self.rolled_back_from is None:
+            return None
+        return EntryDraft(
+            kind=CONFIG_APPLIED,
+            reason="rolled_back",
+            detail={
+                "set": self.set_version,
+                "rolled_back_from": self.rolled_back_from,
+                "message": self.message,
+                **self.detail,
+            },
+        )
+
+
+def begin_start(state_dir: str | Path, store: trust.TrustStore) -> StartNote:
+    """Call once at every start, before loading settings: reconcile, and roll back if needed.
+
+    - trust.sqlite is the truth; ``applied.json`` is rewritten from it when a crash fell
+      between the transaction and the pointer (its settings file was synced before).
+    - a set not yet confirmed whose previous start never reached ``confirm_started`` is
+      taken back whole: lists and settings of the last good set return, and its settings
+      are remembered as refused so the next refresh does not bring them back.
+    """
+    paths = UpdatePaths(Path(state_dir))
+    applied = store.applied_update_set()
+    if applied is None:
+        return StartNote(None, None)
+    pointer = read_json(paths.applied)
+    name = applied.get("settings_file")
+    if name and not _settings_intact(paths, name, applied):
+        # Cannot happen with synced writes; if a card was swapped or damaged, go back.
+        return _rolled_back(paths, store, applied, "its settings file is missing or damaged")
+    if pointer is None or pointer.get("set") != applied["set"]:
+        pointer = write_pointer(paths, store, confirmed=False, previous=pointer)
+    if not pointer.get("confirmed", False):
+        starts = int(pointer.get("starts", 0))
+        if starts >= 1:
+            return _rolled_back(paths, store, applied, "the terminal did not start with it")
+        pointer = write_pointer(
+            paths,
+            store,
+            confirmed=False,
+            previous={"set": pointer.get("previous_set")},
+            starts=starts + 1,
+        )
+    settings = paths.settings_file(name) if name else None
+    return StartNote(settings, applied["set"])
+
+
+def _settings_intact(paths: UpdatePaths, name: str, applied: dict[str, Any]) -> bool:
+    expected = (applied.get("settings") or {}).get("sha256")
+    try:
+        data = paths.settings_file(name).read_bytes()
+    except OSError:
+        return False
+    return expected is None or hashlib.sha256(data).hexdigest() == expected
+
+
+def confirm_started(state_dir: str | Path, store: trust.TrustStore) -> None:
+    """The daemon is up with the set in force: it becomes the last good set."""
+    paths = UpdatePaths(Path(state_dir))
+    pointer = read_json(paths.applied)
+    if pointer is not None and pointer.get("confirmed"):
+        return
+    if store.applied_update_set() is None:
+        return
+    write_pointer(paths, store, confirmed=True, previous=pointer)
+
+
+def effective_settings(local: str | Path | None, note: StartNote) -> config.Settings:
+    """The settings in force: embedded defaults, then the local file, then the published set.
+
+    The published file may not name [terminal] id or state_dir (the county refuses to
+    sign one that does), so a device keeps its own identity and state directory.
+    """
+    doc = config.read(local)
+    if note.settings_file is not None:
+        published = note.settings_file.read_text(encoding="utf-8")
+        doc = doc.over(published, f"{note.settings_file} (update set {note.set_version})")
+    return config.build(doc)
+
+
+def _rolled_back(
+    paths: UpdatePaths, store: trust.TrustStore, bad: dict[str, Any], why: str
+) -> StartNote:
+    version, settings, message = roll_back(paths, store, bad, why)
+    return StartNote(settings, version, rolled_back_from=int(bad["set"]), message=message)

@@ -1,0 +1,103 @@
+"""Signed updates at a glance: what is in force, how the last refresh went, one-call refresh.
+
+This module owns ``updates/last-refresh.json`` (``record_refresh``), the status
+that ``canteen-terminal update status`` and the daemon show (``status``: the set
+in force, whether it is confirmed, whether the county's signed timestamp has
+expired), and ``update_once``, the prepare-and-apply path for commands and tests
+in the calling thread. It never decides a verdict and never writes the ledger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata
+
+from protocol.layout import SIGNED_AT_FIELD
+from terminal import trust
+from terminal.durable import write_atomic
+from terminal.updates.apply import (
+    AppliedSet,
+    TerminalUpdater,
+    UpdateError,
+    UpdatePaths,
+    UpdateRefused,
+    UpdatesStale,
+    apply,
+    json_bytes,
+    read_json,
+)
+
+
+def record_refresh(state_dir: str | Path, outcome: dict[str, Any]) -> None:
+    paths = UpdatePaths(Path(state_dir))
+    write_atomic(paths.last_refresh, json_bytes(outcome))
+
+
+def status(state_dir: str | Path, store: trust.TrustStore, now: int) -> dict[str, Any]:
+    """What is in force, whether it is confirmed, and whether updates are stale."""
+    paths = UpdatePaths(Path(state_dir))
+    applied = store.applied_update_set()
+    pointer = read_json(paths.applied) or {}
+    out: dict[str, Any] = {
+        "pinned": (paths.tuf / "root.json").is_file(),
+        "set": applied["set"] if applied else None,
+        "confirmed": bool(pointer.get("confirmed")),
+        "settings_file": pointer.get("settings"),
+        "last_refresh": read_json(paths.last_refresh),
+        "state": "no updates yet",
+    }
+    try:
+        ts = Metadata.from_file(str(paths.tuf / "timestamp.json"))
+        root = Metadata.from_file(str(paths.tuf / "root.json"))
+    except Exception:
+        return out
+    expires = int(ts.signed.expires.timestamp())
+    out.update(
+        root_version=root.signed.version,
+        timestamp_version=ts.signed.version,
+        timestamp_expires=expires,
+        signed_at=ts.signed.unrecognized_fields.get(SIGNED_AT_FIELD),
+    )
+    last = out["last_refresh"] or {}
+    if now >= expires or last.get("kind") == UpdatesStale.kind:
+        out["state"] = "updates stale"
+        out["what_to_do"] = (
+            "the county's signed timestamp has expired: check the network to the county "
+            "server; county IT must keep 'canteen-county serve' (or 'timestamp refresh') running"
+        )
+    else:
+        out["state"] = "current"
+    for name in trust.LIST_NAMES:
+        info = store.list_info(name)
+        out[name] = info.__dict__ if info else None
+    return out
+
+
+def update_once(updater: TerminalUpdater, store: trust.TrustStore, now: int) -> AppliedSet | None:
+    """Prepare and apply in the calling thread (commands, tests); records the outcome."""
+    state = updater.paths.state
+    try:
+        prepared = updater.prepare(
+            store.applied_update_set(), store.revocation_shard_hashes(), now * 1000
+        )
+        result = apply(state, store, prepared, now)
+    except UpdateError as exc:
+        record_refresh(state, {"at": now, "ok": False, "kind": exc.kind, "reason": str(exc)})
+        raise
+    except trust.TrustError as exc:
+        record_refresh(state, {"at": now, "ok": False, "kind": "refused", "reason": str(exc)})
+        raise UpdateRefused(str(exc)) from None
+    record_refresh(
+        state,
+        {
+            "at": now,
+            "ok": True,
+            "set": prepared.set_version,
+            "applied": result is not None,
+            "changed": prepared.changed,
+            "bytes": prepared.bytes_downloaded,
+        },
+    )
+    return result
