@@ -170,7 +170,8 @@ def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: Read
     path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
     install_lists(tmp_path / "state")
     book = tmp_path / "state" / "ledger.sqlite"
-    for round_no, delay in enumerate((0.05, 0.3, 0.9)):
+    # SIGTERM at once, after the first decision, and half-way through the stream.
+    for round_no, decided in enumerate((0, 1, 20)):
         proc = subprocess.Popen(
             [sys.executable, "-m", "terminal.commands.main", "run", "--config", str(path)],
             stdout=subprocess.PIPE,
@@ -186,7 +187,11 @@ def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: Read
             # A stream of distinct cards (unknown ones are refused, and each refusal is an entry).
             for i in range(40):
                 reader.swipe(bytes([round_no, 0, 0, 0, i]))
-            time.sleep(delay)
+            wait_for(
+                lambda n=decided: daemon.ask_status(tmp_path / "state")["decisions"] >= n,
+                what=f"{decided} decisions",
+                every_s=0.005,
+            )
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=15)
