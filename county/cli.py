@@ -13,24 +13,15 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from county import ca
+from county.command import PROG, CommandError, add_data, now_ms, print_json, run
 from county.store import CountyStore, StoreError, database_path, next_terminal_id
 
-PROG = "canteen-county"
 DB_FILE = "county.sqlite"
-
-
-class CommandError(Exception):
-    """A usage problem found by the command itself."""
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _db(a: argparse.Namespace) -> Path:
@@ -67,7 +58,7 @@ def cmd_terminal_add(a: argparse.Namespace) -> int:
     store = _store(a)
     try:
         terminal_id = a.terminal or next_terminal_id(store, a.canteen)
-        secret = store.add_terminal(terminal_id, a.canteen, _now_ms())
+        secret = store.add_terminal(terminal_id, a.canteen, now_ms())
         days = store.limits.code_ttl_ms // 86_400_000
     finally:
         store.close()
@@ -102,7 +93,7 @@ def cmd_entries(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     store = _store(a)
     try:
-        report = store.report(_now_ms(), int(a.silent_hours * 3_600_000), a.utc_offset)
+        report = store.report(now_ms(), int(a.silent_hours * 3_600_000), a.utc_offset)
     finally:
         store.close()
     if a.text:
@@ -130,7 +121,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["alarms_by_kind"].items()))
         print(f"alarms: {report['alarms']}" + (f" ({kinds})" if kinds else ""))
     else:
-        print(json.dumps(report, ensure_ascii=False, indent=1))
+        print_json(report)
     return 0
 
 
@@ -142,8 +133,8 @@ def cmd_revocations(a: argparse.Namespace) -> int:
         store.close()
     # The shape of a terminal revocation list (token.md §5), so
     # 'canteen-terminal lists install --revocations' takes it as it is.
-    doc = {"version": len(entries), "issued_at": _now_ms() // 1000, "entries": entries}
-    print(json.dumps(doc, ensure_ascii=False, indent=1))
+    doc = {"version": len(entries), "issued_at": now_ms() // 1000, "entries": entries}
+    print_json(doc)
     return 0
 
 
@@ -237,11 +228,11 @@ def cmd_conflicts_withdraw(a: argparse.Namespace) -> int:
         if has_repo:
             try:
                 with updates.CountyRepository(a.data) as repo:
-                    lifted, pub = repo.withdraw_conflict(store, a.id, a.reason, _now_ms())
+                    lifted, pub = repo.withdraw_conflict(store, a.id, a.reason, now_ms())
             except updates.UpdatesError as exc:
                 raise CommandError(f"nothing withdrawn: {exc}") from None
         else:
-            lifted, pub = store.withdraw_conflict(a.id, a.reason, _now_ms()), None
+            lifted, pub = store.withdraw_conflict(a.id, a.reason, now_ms()), None
     finally:
         store.close()
     print(f"conflict {a.id} withdrawn: {a.reason.strip()}")
@@ -268,27 +259,23 @@ def cmd_conflicts_withdraw(a: argparse.Namespace) -> int:
 
 
 def cmd_issuers_import(a: argparse.Namespace) -> int:
-    from terminal import trust
+    from county.files import read_list_file
+    from protocol.lists import TrustError, split_list
 
     try:
-        doc = trust.read_json_file(a.file, "trust")
-        entries, _ = trust.split_list(doc, "trust")
-    except trust.TrustError as exc:
+        entries, _ = split_list(read_list_file(a.file, "trust"), "trust")
+    except TrustError as exc:
         raise CommandError(str(exc)) from None
     store = _store(a)
     try:
-        added = store.add_issuer_keys(entries, _now_ms())
+        added = store.add_issuer_keys(entries, now_ms())
         total = store.issuer_key_count()
-    except trust.TrustError as exc:
+    except TrustError as exc:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
     print(f"{added} issuer key(s) new or changed; the county verifies codes with {total}")
     return 0
-
-
-def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
 
 
 def _people(p: argparse.ArgumentParser) -> None:
@@ -320,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make the county CA, an HTTPS certificate for 127.0.0.1, localhost and any "
         "--host, and the Ed25519 key that signs the server's time. Refuses to replace a CA.",
     )
-    _data(p)
+    add_data(p)
     p.add_argument("--host", action="append", metavar="NAME", help="another server name or IP")
     p.set_defaults(func=cmd_ca_init)
 
@@ -333,14 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and print a one-time code: its secret, then the county CA's fingerprint that the "
         "terminal pins.",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument("--canteen", required=True, metavar="ID", help="the canteen it serves")
     p.add_argument("--terminal", metavar="ID", help="terminal id (default CANTEEN-N)")
     p.set_defaults(func=cmd_terminal_add)
 
     p = sub.add_parser("serve", help="serve the county API over HTTPS (mTLS)")
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 picks one)")
@@ -348,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("entries", help="every acknowledged entry as a JSON line")
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument("--terminal", metavar="ID", help="only this terminal's entries")
     p.set_defaults(func=cmd_entries)
@@ -357,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="per canteen and day: meals, amounts, refusals, conflicts; silent terminals",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument(
         "--silent-hours",
@@ -380,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "revocations",
         help="credential revocations made from conflicts, as a revocation list (JSON)",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     p.set_defaults(func=cmd_revocations)
 
@@ -389,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="alarms against terminals (forks, tampering, unsigned batches, sales without "
         "evidence), then conflicts, as JSON lines",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     _people(p)
     p.set_defaults(func=cmd_alarms)
@@ -414,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mark the conflict withdrawn with a reason (kept for the record) and publish "
         "a signed revocation list without the revocations no other standing conflict holds.",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument("id", type=int, metavar="ID", help="the conflict's number")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why, for the record")
@@ -429,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verifies the signed codes of uploaded QR sales with. 'updates publish trust' does "
         "this by itself; use import where lists reach terminals by USB.",
     )
-    _data(p)
+    add_data(p)
     _database(p)
     p.add_argument("file", metavar="FILE", help="the trust list (JSON)")
     p.set_defaults(func=cmd_issuers_import)
@@ -440,16 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ca.CAError, StoreError, CommandError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv, (ca.CAError, StoreError, CommandError))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import tokens
+from protocol.lists import TrustError, parse_revocations
 from protocol.tokens import IssuerKey, TokenRejected
-from terminal import trust
 
 QR = "qr"
 CARD = "card"
@@ -112,8 +112,8 @@ def _proof(fields: Mapping[str, Any], keys: Keyring, lists: Lists | None) -> Pro
         try:
             # A UID the terminals' revocation list would refuse could never be revoked,
             # and one such entry would stop the whole list from being published.
-            list(trust.parse_revocations([{"kind": "card", "uid": credential[5:]}]))
-        except trust.TrustError:
+            list(parse_revocations([{"kind": "card", "uid": credential[5:]}]))
+        except TrustError:
             return f"{credential[:60]!r} is not a card UID (4 to 10 bytes of hex)"
         roster, holder = (
             (False, None) if lists is None else lists.card_holder(bytes.fromhex(credential[5:]))

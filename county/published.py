@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.layout import ROSTER_TARGET, settings_target
-from terminal import config, trust
+from protocol.lists import TrustError, parse_roster_csv
+from terminal import config
 from terminal.core import policy
 
 log = logging.getLogger("canteen.county.published")
@@ -117,9 +118,9 @@ class Published:
                 file = self._target_file(ROSTER_TARGET)
                 if file is not None:
                     try:
-                        cards = trust.parse_roster_csv(file.read_text(encoding="utf-8"))
+                        cards = parse_roster_csv(file.read_text(encoding="utf-8"))
                         view.roster = {c.uid: c.cadre for c in cards}
-                    except (OSError, ValueError, trust.TrustError) as exc:
+                    except (OSError, ValueError, TrustError) as exc:
                         log.warning("published roster %s cannot be read: %s", file, exc)
             roster = view.roster
         if roster is None:

@@ -30,15 +30,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from county import evidence
 from protocol.chain import (
+    ACCEPT,
+    GENESIS,
     GENESIS_PREV_HASH,
     HASHED_COLUMNS,
+    REVERSAL,
+    SALE,
     canonical_json,
     checkpoint_message,
     entry_hash,
 )
+from protocol.lists import parse_issuer_keys
 from protocol.tokens import IssuerKey
-from terminal.ledger import ACCEPT, GENESIS, REVERSAL, SALE
-from terminal.trust import parse_issuer_keys
 
 # Conflict kinds.
 PRESENTATION_TWICE = "presentation_twice"  # one (iss, cti, ctr) accepted at two terminals

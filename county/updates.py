@@ -50,6 +50,7 @@ from tuf.api._payload import (  # re-exported by tuf.api.metadata, but not to my
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
+from county.files import read_list_file, write_atomic
 from protocol.layout import (
     BIN_BITS,
     BIN_PREFIX,
@@ -64,8 +65,14 @@ from protocol.layout import (
     shard_of,
     shard_target,
 )
-from terminal import config, trust
-from terminal.durable import write_atomic
+from protocol.lists import (
+    TrustError,
+    parse_issuer_keys,
+    parse_revocations,
+    parse_roster_csv,
+    split_list,
+)
+from terminal import config
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,12 @@ def _utc(unix_s: int) -> dt.datetime:
 
 def _expiry(role: str, now: int) -> dt.datetime:
     return _utc(now + EXPIRY_S[role])
+
+
+def _bump(md: Metadata[Any], role: str, now: int) -> None:
+    """The next version of a role, valid for the role's span from ``now`` (then re-sign it)."""
+    md.signed.version += 1
+    md.signed.expires = _expiry(role, now)
 
 
 def _dump(doc: Any) -> bytes:
@@ -259,7 +272,7 @@ def _conflict_revocation_keys(data: Path) -> list[bytes]:
         entries = [json.loads(r[0]) for r in conn.execute(f"SELECT entry FROM {table}")]
     finally:
         conn.close()
-    return list(trust.parse_revocations(entries))
+    return list(parse_revocations(entries))
 
 
 class CountyRepository:
@@ -374,27 +387,11 @@ class CountyRepository:
                     touched_bins[name] = self.bin(name, snap)
         bin_signers = list(self._signers(BINS).values())
         for name, md in sorted(touched_bins.items()):
-            md.signed.version += 1
-            md.signed.expires = _expiry(BINS, now)
-            self._sign(md, bin_signers, BINS)
-            self._write_meta(f"{md.signed.version}.{name}.json", md)
-            snap.signed.meta[f"{name}.json"] = MetaFile(md.signed.version)
+            self._new_version(md, BINS, name, now, snap, bin_signers)
             pub.bins.append(name)
         if top or Targets.type in resign or BINS in resign:
-            targets.signed.version += 1
-            targets.signed.expires = _expiry(Targets.type, now)
-            self._sign(targets, list(self._signers(Targets.type).values()), Targets.type)
-            self._write_meta(f"{targets.signed.version}.targets.json", targets)
-            snap.signed.meta["targets.json"] = MetaFile(targets.signed.version)
-        snap.signed.version += 1
-        snap.signed.expires = _expiry(Snapshot.type, now)
-        self._sign(snap, list(self._signers(Snapshot.type).values()), Snapshot.type)
-        self._write_meta(f"{snap.signed.version}.snapshot.json", snap)
-        ts = self.timestamp()
-        ts.signed.version += 1
-        ts.signed.snapshot_meta = MetaFile(snap.signed.version)
-        self._write_timestamp(ts, now)
-        pub.timestamp_version = ts.signed.version
+            self._new_version(targets, Targets.type, Targets.type, now, snap)
+        pub.timestamp_version = self._commit(snap, now)
         pub.snapshot_version = snap.signed.version
         pub.targets_version = snap.signed.meta["targets.json"].version
         return pub
@@ -409,13 +406,43 @@ class CountyRepository:
         for signer in signers:
             md.sign(signer, append=True)
 
-    def _write_timestamp(self, ts: Metadata[Timestamp], now: int) -> None:
-        ts.signed.expires = _expiry(Timestamp.type, now)
+    def _new_version(
+        self,
+        md: Metadata[Any],
+        role: str,
+        name: str,
+        now: int,
+        snap: Metadata[Snapshot],
+        signers: Sequence[Signer] | None = None,
+    ) -> None:
+        """The next version of a targets or bin role: signed, written, listed in ``snap``.
+
+        The snapshot is not written here: ``_commit`` does that after every role."""
+        _bump(md, role, now)
+        self._sign(md, list(self._signers(role).values()) if signers is None else signers, role)
+        self._write_meta(f"{md.signed.version}.{name}.json", md)
+        snap.signed.meta[f"{name}.json"] = MetaFile(md.signed.version)
+
+    def _commit(self, snap: Metadata[Snapshot], now: int) -> int:
+        """Sign and write the next snapshot version, then a timestamp that names it (the
+        commit: terminals see the publication from here on). The timestamp's version."""
+        _bump(snap, Snapshot.type, now)
+        self._sign(snap, list(self._signers(Snapshot.type).values()), Snapshot.type)
+        self._write_meta(f"{snap.signed.version}.snapshot.json", snap)
+        return self._new_timestamp(now, snap.signed.version)
+
+    def _new_timestamp(self, now: int, snapshot_version: int | None = None) -> int:
+        """Sign and write the next timestamp version (naming a new snapshot, if given)."""
+        ts = self.timestamp()
+        _bump(ts, Timestamp.type, now)
+        if snapshot_version is not None:
+            ts.signed.snapshot_meta = MetaFile(snapshot_version)
         # When the county last vouched that everything listed is current: the terminal
         # counts the freshness of its lists from this, not from when a list last changed.
         ts.signed.unrecognized_fields[SIGNED_AT_FIELD] = now
         self._sign(ts, list(self._signers(Timestamp.type).values()), Timestamp.type)
         self._write_meta("timestamp.json", ts)
+        return int(ts.signed.version)
 
     def _write_meta(self, name: str, md: Metadata[Any]) -> None:
         write_atomic(self.paths.metadata / name, md.to_bytes(_COMPACT))
@@ -439,9 +466,9 @@ class CountyRepository:
             )
 
     def publish_trust(self, file: str | Path, now: int) -> Publication:
-        doc = trust.read_json_file(file, "trust")
-        entries, header = trust.split_list(doc, "trust")
-        trust.parse_issuer_keys(entries)  # every entry checked before anything is signed
+        doc = read_list_file(file, "trust")
+        entries, header = split_list(doc, "trust")
+        parse_issuer_keys(entries)  # every entry checked before anything is signed
         # The county verifies phone codes in uploaded sales with every key it published.
         _remember_issuer_keys(self.paths.data, entries, now)
         version = max(header.version, self._next_version(TRUST_TARGET))
@@ -461,7 +488,7 @@ class CountyRepository:
             text = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UpdatesError(f"{file}: cannot read the roster CSV: {exc}") from None
-        trust.parse_roster_csv(text)
+        parse_roster_csv(text)
         version = self._next_version(ROSTER_TARGET)
         with self._locked():
             return self._publish(
@@ -486,7 +513,7 @@ class CountyRepository:
 
     def _revoke_held(self, entries: Sequence[dict[str, Any]], now: int, origin: str) -> Publication:
         """``revoke`` with the repository lock already held."""
-        keys = list(trust.parse_revocations(entries))
+        keys = list(parse_revocations(entries))
         rows = []
         for key, entry in zip(keys, entries, strict=True):
             clean = {k: v for k, v in entry.items() if k in _ENTRY_FIELDS}
@@ -524,7 +551,7 @@ class CountyRepository:
 
     def _lift_held(self, entries: Sequence[dict[str, Any]], now: int) -> Publication:
         """``lift`` with the repository lock already held."""
-        return self._lift_keys_held(list(trust.parse_revocations(entries)), now)
+        return self._lift_keys_held(list(parse_revocations(entries)), now)
 
     def _lift_keys_held(self, keys: Sequence[bytes], now: int) -> Publication:
         self._db.execute("BEGIN IMMEDIATE")
@@ -637,10 +664,8 @@ class CountyRepository:
             if resign or due(snap, Snapshot.type):
                 self._publish(now, resign=resign)
                 return [*resign, Snapshot.type, Timestamp.type]
-            ts = self.timestamp()
-            if due(ts, Timestamp.type):
-                ts.signed.version += 1
-                self._write_timestamp(ts, now)
+            if due(self.timestamp(), Timestamp.type):
+                self._new_timestamp(now)
                 return [Timestamp.type]
             return []
 
@@ -650,12 +675,9 @@ class CountyRepository:
         with self._locked():
             previous = self.root()
             root = self.root()
-            root.signed.version += 1
-            root.signed.expires = _expiry(Root.type, now)
+            _bump(root, Root.type, now)
             self._sign_root(root, _load_signers(root_keys), previous=previous)
-            root.verify_delegate(Root.type, root)
-            self._write_meta(f"{root.signed.version}.root.json", root)
-            self._write_meta("root.json", root)
+            self._write_root(root)
             return {"root_version": root.signed.version, "expires": str(root.signed.expires)}
 
     def rotate(self, role: str, now: int, root_keys: Path) -> dict[str, Any]:
@@ -675,17 +697,14 @@ class CountyRepository:
                 root.signed.revoke_key(keyid, role)
             for signer in new_signers:
                 root.signed.add_key(signer.public_key, role)
-            root.signed.version += 1
-            root.signed.expires = _expiry(Root.type, now)
+            _bump(root, Root.type, now)
             # The old root's threshold must sign the new root, and so must the new one's.
             self._sign_root(root, old_root_signers, previous=self.root())
             if role == Root.type:
                 for signer in new_signers:
                     root.sign(signer, append=True)
                     _save_signer(root_keys, signer)
-            root.verify_delegate(Root.type, root)
-            self._write_meta(f"{root.signed.version}.root.json", root)
-            self._write_meta("root.json", root)
+            self._write_root(root)
             if role != Root.type:
                 directory = self.paths.keys / role
                 for old in directory.glob("*.pem"):
@@ -718,6 +737,12 @@ class CountyRepository:
         for keyid in wanted:
             root.sign(signers[keyid], append=True)
 
+    def _write_root(self, root: Metadata[Root]) -> None:
+        """A new root, once it verifies under itself: its versioned file, then root.json."""
+        root.verify_delegate(Root.type, root)
+        self._write_meta(f"{root.signed.version}.root.json", root)
+        self._write_meta("root.json", root)
+
     def _rotate_bins(self, now: int) -> dict[str, Any]:
         signer = _new_signer()
         snap = self.snapshot()
@@ -735,19 +760,8 @@ class CountyRepository:
         _save_signer(directory, signer)
         # _publish reads the targets role from disk, so write the new delegation first
         # as the next version and let the publication carry it.
-        targets.signed.version += 1
-        targets.signed.expires = _expiry(Targets.type, now)
-        self._sign(targets, list(self._signers(Targets.type).values()), Targets.type)
-        self._write_meta(f"{targets.signed.version}.targets.json", targets)
-        snap.signed.meta["targets.json"] = MetaFile(targets.signed.version)
-        snap.signed.version += 1
-        snap.signed.expires = _expiry(Snapshot.type, now)
-        self._sign(snap, list(self._signers(Snapshot.type).values()), Snapshot.type)
-        self._write_meta(f"{snap.signed.version}.snapshot.json", snap)
-        ts = self.timestamp()
-        ts.signed.version += 1
-        ts.signed.snapshot_meta = MetaFile(snap.signed.version)
-        self._write_timestamp(ts, now)
+        self._new_version(targets, Targets.type, Targets.type, now, snap)
+        self._commit(snap, now)
         self._publish(now, resign=[BINS])
         return {"role": BINS, "keys": [signer.public_key.keyid]}
 
@@ -969,8 +983,8 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
         for e in found:
             entry = {k: v for k, v in e.items() if k in _ENTRY_FIELDS}
             try:
-                [key] = trust.parse_revocations([entry])
-            except trust.TrustError as exc:
+                [key] = parse_revocations([entry])
+            except TrustError as exc:
                 # One bad entry must not hold back every other conflict's revocation.
                 log.warning("conflict %s: its revocation cannot be published: %s", e, exc)
                 continue
@@ -1014,8 +1028,8 @@ def import_published_issuer_keys(data_dir: str | Path, now: int) -> int:
     directory, _, base = TRUST_TARGET.rpartition("/")
     file = paths.targets / directory / f"{info.hashes['sha256']}.{base}"
     try:
-        entries, _ = trust.split_list(json.loads(file.read_bytes()), "trust")
-    except (OSError, ValueError, trust.TrustError) as exc:
+        entries, _ = split_list(json.loads(file.read_bytes()), "trust")
+    except (OSError, ValueError, TrustError) as exc:
         raise UpdatesError(f"{file}: the published trust list cannot be read: {exc}") from None
     from county.store import CountyStore
 

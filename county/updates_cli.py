@@ -11,18 +11,16 @@ logic and never touches keys itself.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from county import updates
-from terminal import config, trust
+from county.command import add_data, now_s, one_line_errors, print_json
+from county.files import read_list_file
+from protocol.lists import TrustError, split_list
+from terminal import config
 
-PROG = "canteen-county"
 KINDS = {
     "credential": ("ISS", "CTI_HEX"),
     "cadre": ("ISS", "SUB"),
@@ -31,27 +29,8 @@ KINDS = {
     "issuer_key": ("PUBLIC_KEY_HEX",),
 }
 
-Command = Callable[[argparse.Namespace], int]
-
-
-def _one_line_errors(fn: Command) -> Command:
-    @functools.wraps(fn)
-    def run(a: argparse.Namespace) -> int:
-        try:
-            return fn(a)
-        except (updates.UpdatesError, trust.TrustError, config.ConfigError) as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-def _print(doc: Any) -> None:
-    print(json.dumps(doc, ensure_ascii=False, indent=1))
+# Each command turns these into one line by itself (see the module's docstring).
+_one_line_errors = one_line_errors(updates.UpdatesError, TrustError, config.ConfigError)
 
 
 def _default_root_keys(data: str) -> Path:
@@ -61,7 +40,7 @@ def _default_root_keys(data: str) -> Path:
 @_one_line_errors
 def cmd_init(a: argparse.Namespace) -> int:
     root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
-    _print(updates.init_repository(a.data, root_keys, _now()))
+    print_json(updates.init_repository(a.data, root_keys, now_s()))
     print(
         f"WARNING: {root_keys} holds the 3 root keys (2 sign). Copy them to offline media, "
         "keep the copies apart, and delete them from this server; 'rotate' needs two of "
@@ -75,36 +54,36 @@ def cmd_init(a: argparse.Namespace) -> int:
 def cmd_renew_root(a: argparse.Namespace) -> int:
     root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
     with updates.CountyRepository(a.data) as repo:
-        _print(repo.renew_root(_now(), root_keys))
+        print_json(repo.renew_root(now_s(), root_keys))
     return 0
 
 
 @_one_line_errors
 def cmd_status(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
-        _print(repo.status())
+        print_json(repo.status())
     return 0
 
 
 @_one_line_errors
 def cmd_publish_settings(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
-        pub = repo.publish_settings(a.file, None if a.all else a.canteen, _now())
-    _print(pub.summary())
+        pub = repo.publish_settings(a.file, None if a.all else a.canteen, now_s())
+    print_json(pub.summary())
     return 0
 
 
 @_one_line_errors
 def cmd_publish_trust(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
-        _print(repo.publish_trust(a.file, _now()).summary())
+        print_json(repo.publish_trust(a.file, now_s()).summary())
     return 0
 
 
 @_one_line_errors
 def cmd_publish_roster(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
-        _print(repo.publish_roster(a.file, _now()).summary())
+        print_json(repo.publish_roster(a.file, now_s()).summary())
     return 0
 
 
@@ -113,8 +92,7 @@ def _revocation_entries(a: argparse.Namespace) -> list[dict[str, Any]]:
     if a.kind == "file":
         if len(a.values) != 1:
             raise updates.UpdatesError("revoke file takes one JSON file (token.md §5 entries)")
-        doc = trust.read_json_file(a.values[0], "revocation")
-        listed, _ = trust.split_list(doc, "revocation")
+        listed, _ = split_list(read_list_file(a.values[0], "revocation"), "revocation")
         return list(listed)  # each entry is checked by revoke before anything is signed
     names = KINDS[a.kind]
     if len(a.values) != len(names):
@@ -136,12 +114,12 @@ def _revocation_entries(a: argparse.Namespace) -> list[dict[str, Any]]:
 @_one_line_errors
 def cmd_revoke(a: argparse.Namespace) -> int:
     if a.kind == "conflicts":
-        pub = updates.publish_conflict_revocations(a.data, _now())
+        pub = updates.publish_conflict_revocations(a.data, now_s())
     else:
         entries = _revocation_entries(a)
         with updates.CountyRepository(a.data) as repo:
-            pub = repo.revoke(entries, _now())
-    _print(pub.summary())
+            pub = repo.revoke(entries, now_s())
+    print_json(pub.summary())
     return 0
 
 
@@ -149,16 +127,18 @@ def cmd_revoke(a: argparse.Namespace) -> int:
 def cmd_rotate(a: argparse.Namespace) -> int:
     root_keys = Path(a.root_keys) if a.root_keys else _default_root_keys(a.data)
     with updates.CountyRepository(a.data) as repo:
-        _print(repo.rotate(a.role, _now(), root_keys))
+        print_json(repo.rotate(a.role, now_s(), root_keys))
     return 0
 
 
 @_one_line_errors
 def cmd_timestamp_refresh(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
-        renewed = repo.refresh(_now(), force=a.force)
+        renewed = repo.refresh(now_s(), force=a.force)
         ts = repo.timestamp()
-    _print({"renewed": renewed, "timestamp": ts.signed.version, "expires": str(ts.signed.expires)})
+    print_json(
+        {"renewed": renewed, "timestamp": ts.signed.version, "expires": str(ts.signed.expires)}
+    )
     return 0
 
 
@@ -172,12 +152,8 @@ def cmd_applied(a: argparse.Namespace) -> int:
             behind = "" if row["set"] == current else f" (county is at {current})"
             print(f"{row['terminal']}: set {row['set']}{behind}, applied at {row['applied_at_ms']}")
     else:
-        _print({"county_set": current, "terminals": rows})
+        print_json({"county_set": current, "terminals": rows})
     return 0
-
-
-def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
 
 
 def _root_keys(p: argparse.ArgumentParser) -> None:
@@ -199,7 +175,7 @@ def add_update_commands(subparsers: Any) -> None:
         "and an empty revocation list. The three root keys go to a separate directory that "
         "must be taken offline.",
     )
-    _data(p)
+    add_data(p)
     _root_keys(p)
     p.set_defaults(func=cmd_init)
     p = usub.add_parser(
@@ -208,11 +184,11 @@ def add_update_commands(subparsers: Any) -> None:
         description="A new root version with the same keys, valid 365 days, signed by two of "
         "the offline root keys. An expired root stops every terminal's updates.",
     )
-    _data(p)
+    add_data(p)
     _root_keys(p)
     p.set_defaults(func=cmd_renew_root)
     p = usub.add_parser("status", help="versions, expiry and what is listed")
-    _data(p)
+    add_data(p)
     p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser("publish", help="sign and publish settings, trust list or roster")
@@ -224,18 +200,18 @@ def add_update_commands(subparsers: Any) -> None:
         "windows that do not overlap, prices not negative); an invalid file is refused with "
         "the line and reason and nothing is published. A canteen's own file wins over --all.",
     )
-    _data(p)
+    add_data(p)
     p.add_argument("file", metavar="FILE", help="the settings file (TOML)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--canteen", metavar="ID", help="for this canteen only")
     who.add_argument("--all", action="store_true", help="for every canteen without its own")
     p.set_defaults(func=cmd_publish_settings)
     p = psub.add_parser("trust", help="the issuer trust list (token.md §5 JSON)")
-    _data(p)
+    add_data(p)
     p.add_argument("file", metavar="TRUST.json")
     p.set_defaults(func=cmd_publish_trust)
     p = psub.add_parser("roster", help="the card roster (CSV uid,iss,sub,unit,display_name,status)")
-    _data(p)
+    add_data(p)
     p.add_argument("file", metavar="ROSTER.csv")
     p.set_defaults(func=cmd_publish_roster)
 
@@ -247,7 +223,7 @@ def add_update_commands(subparsers: Any) -> None:
         "conflicts (every credential the county found in a conflict). Only the shards that "
         "change are published.",
     )
-    _data(p)
+    add_data(p)
     p.add_argument("kind", choices=(*KINDS, "file", "conflicts"), metavar="KIND")
     p.add_argument("values", nargs="*", metavar="VALUE")
     p.set_defaults(func=cmd_revoke)
@@ -258,7 +234,7 @@ def add_update_commands(subparsers: Any) -> None:
         description="Replace a role's keys. Every role but bins changes the root, which two "
         "of the offline root keys must sign (--root-keys); rotating root makes three new ones.",
     )
-    _data(p)
+    add_data(p)
     _root_keys(p)
     p.add_argument("role", choices=updates.ROLES, metavar="ROLE")
     p.set_defaults(func=cmd_rotate)
@@ -268,11 +244,11 @@ def add_update_commands(subparsers: Any) -> None:
     p = tsub.add_parser(
         "refresh", help="re-sign online roles near expiry (timestamp, snapshot, targets, bins)"
     )
-    _data(p)
+    add_data(p)
     p.add_argument("--force", action="store_true", help="re-sign even if not near expiry")
     p.set_defaults(func=cmd_timestamp_refresh)
 
     p = subparsers.add_parser("applied", help="what each terminal last reported applying")
-    _data(p)
+    add_data(p)
     p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
     p.set_defaults(func=cmd_applied)

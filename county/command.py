@@ -1,0 +1,82 @@
+"""canteen-county's command plumbing, shared by county/cli.py and county/updates_cli.py.
+
+This module owns what every county command does the same way: the program name,
+turning a library error into one line on standard error with exit status 2,
+running the parsed command (a broken pipe is exit 0, Ctrl+C 130), printing a
+JSON document, the clock a command reads, and the --data option. It holds no
+command of its own and never touches the county's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+PROG = "canteen-county"
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A usage problem found by the command itself."""
+
+
+def error_line(exc: BaseException) -> int:
+    """One line on standard error that says what happened; the exit status 2."""
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def one_line_errors(*errors: type[Exception]) -> Callable[[Command], Command]:
+    """Make a command turn ``errors`` into one line and exit status 2 by itself, so it
+    behaves the same whichever parser it was added to."""
+
+    def wrap(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def run(a: argparse.Namespace) -> int:
+            try:
+                return fn(a)
+            except errors as exc:
+                return error_line(exc)
+
+        return run
+
+    return wrap
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    errors: tuple[type[Exception], ...],
+) -> int:
+    """Parse ``argv``, run the chosen command and return its exit status."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except errors as exc:
+        return error_line(exc)
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(doc: Any) -> None:
+    print(json.dumps(doc, ensure_ascii=False, indent=1))
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
