@@ -45,6 +45,7 @@ def test_the_command_table_is_the_parser() -> None:
         }
     )
     actions = {path for path, _, _ in ALL if len(path) == 2}
+    assert actions == {(c.name, a.name) for c in COMMANDS for a in c.actions}
     assert actions == {
         ("camera", "show"),
         ("camera", "status"),
@@ -83,3 +84,14 @@ def test_top_level_help_and_usage_errors() -> None:
         [*run, "camera", "--size", "huge"], capture_output=True, text=True, env=env, timeout=60
     )
     assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
+
+
+@pytest.mark.parametrize("action", ["swipe", "noise", "unplug", "replug", "status"])
+def test_a_reader_action_without_a_reader_is_one_line(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--uid", "0a1b2c3d4e"] if action == "swipe" else []
+    missing = str(tmp_path / "no-reader.ctl")
+    assert main(["card-reader", action, "--control", missing, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hw-sim: error:") and err.count("\n") == 1, err
