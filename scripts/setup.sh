@@ -25,5 +25,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# A Pi needs only the terminal's own dependencies (pip install .); this checkout also
+# runs the county, the simulator and the tests.
+.venv/bin/python -m pip install -q -e ".[county,hwsim,test]"
 echo "setup: ready (.venv)"
