@@ -62,6 +62,13 @@ def terminal_camera(url: str) -> tuple[Camera, queue.Queue[QrPresented]]:
     return cam, q
 
 
+def frames_read(cam: Camera, n: int) -> None:
+    """Wait until the terminal's camera has read and decoded ``n`` more frames."""
+    start = cam.health().counters.get("frames", 0)
+    # A frame is counted before it is decoded: one more means the n-th was decoded.
+    wait_for(lambda: cam.health().counters.get("frames", 0) >= start + n + 1, what="frames")
+
+
 class StreamWatcher:
     """Reads the MJPEG stream with a plain HTTP client and notes when each part arrives."""
 
@@ -106,7 +113,7 @@ def test_terminal_camera_reads_each_phone_once_and_codes_verify(
 ) -> None:
     cam, q = terminal_camera(camera_sim.url)
     try:
-        time.sleep(1.0)  # the empty counter holds no code
+        frames_read(cam, 10)  # the empty counter holds no code
         assert q.empty()
         now = int(time.time())
         ring = keyring(issued)
@@ -119,7 +126,8 @@ def test_terminal_camera_reads_each_phone_once_and_codes_verify(
             p = verify_presentation(event.text, now + 2, ring)
             assert p.sub == sub
         # Each phone was held for 1.5 s (about 22 frames) and gave one presentation.
-        time.sleep(2.0)
+        wait_for(lambda: not camera_sim.health()["showing"], what="the last phone to go")
+        frames_read(cam, 10)
         assert q.empty()
         health = camera_sim.health()
         assert health["shows"] == 3 and health["clients"] == 1 and not health["showing"]
@@ -141,7 +149,8 @@ def test_frames_keep_their_pace_while_phones_are_drawn(issued: Path, camera_sim:
         ]
         for t in shows:
             t.start()
-        time.sleep(4.0)
+        # About 3.5 s of stream at 15 fps, while the three phones are drawn and shown.
+        wait_for(lambda: len(watcher.arrivals) >= 52, what="52 frames")
     finally:
         watcher.close()
     gaps = [b - a for a, b in zip(watcher.arrivals, watcher.arrivals[1:], strict=False)]
@@ -201,9 +210,13 @@ def test_loopback_only_and_stops_by_itself() -> None:
     sim = CameraSim(port=0, lifetime_s=1.0).start()
     port = sim.port
     assert CameraControl(sim.control_url).health()["ok"]
-    assert wait_for(lambda: sim._stopped.is_set(), 5.0)
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0
+    wait_for(lambda: sim._stopped.is_set(), 5.0, "the camera to stop by itself")
+
+    def refused() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) != 0
+
+    wait_for(refused, 5.0, "its port to close")
     with pytest.raises(CameraSimError, match="not running"):
         sim.show("CT1:X")
 
