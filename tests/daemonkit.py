@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
@@ -110,6 +111,13 @@ def install_sim_lists(folder: Path, state_dir: Path, now: int) -> None:
 
 def wallet(sub: str) -> Wallet:
     return make_wallet(ISSUER, sub, "own", f"Cadre {sub}", now=int(time.time()) - 3600)
+
+
+def card_gone(reader: Any, uid: bytes) -> bool:
+    """True once the card reader no longer counts ``uid`` as still on it: its card_leave_s
+    has passed since the last sighting, so the next swipe is a new presentation."""
+    with reader._presence_lock:
+        return not reader._presence.holds(uid, reader._clock())
 
 
 def rdm6300_frame(uid5: bytes) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from daemonkit import card_gone
 from hwsim.pn532 import Pn532Emulator
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -462,6 +463,12 @@ def running_reader(
         assert reader.health().state == "stopped"
 
 
+def sightings(reader: CardReader) -> int:
+    """Cards the reader has read so far, new ones and repeats."""
+    counters = reader.health().counters
+    return counters.get("cards", 0) + counters.get("repeats", 0)
+
+
 def take(q: queue.Queue[CardPresented], n: int) -> list[bytes]:
     return [q.get(timeout=WAIT_S).uid for _ in range(n)]
 
@@ -483,12 +490,13 @@ def test_rdm6300_over_pty_chunked_held_and_left(plug: PtyPlug) -> None:
         assert take(q, 5) == uids
         # A card held on the reader repeats its frame every 50 ms: one swipe.
         held = bytes.fromhex("1122334455")
-        for _ in range(12):
+        for n in range(12):
             plug.write(rdm6300_frame(held))
-            time.sleep(0.05)
+            # Each frame read on its own, as the reader sends them 50 ms apart.
+            wait_for(lambda n=n: sightings(reader) >= 5 + n + 1, what="the frame read")
         assert take(q, 1) == [held]
         # Gone for longer than card_leave_s, then back: a new swipe.
-        time.sleep(1.5)
+        wait_for(lambda: card_gone(reader, held), what="card_leave_s to pass")
         plug.write(rdm6300_frame(held))
         assert take(q, 1) == [held]
         # Noise and broken frames never become cards.
@@ -561,9 +569,9 @@ def test_unplug_and_replug(plug: PtyPlug) -> None:
         assert wait_for(lambda: reader.health().state == "down")
         h = reader.health()
         assert "check the reader's USB cable" in h.detail
-        time.sleep(0.5)  # several reopen attempts fail meanwhile
+        # Several reopen attempts fail meanwhile.
+        wait_for(lambda: reader.health().counters.get("open_failures", 0) >= 3, what="retries")
         assert reader.health().state == "down"
-        assert reader.health().counters.get("open_failures", 0) >= 1
         plug.plug()
         assert wait_for(lambda: reader.health().up)
         assert reader.health().opens == 2
@@ -669,10 +677,12 @@ def test_pn532_over_pty(plug: PtyPlug) -> None:
             uid7 = bytes.fromhex("04112233445566")
             emu.card = uid7
             assert take(q, 1) == [uid7]
-            time.sleep(0.4)  # still on the reader: polled again and again, one swipe
+            # Still on the reader: polled again and again, one swipe.
+            polled = reader.health().counters["frames"]
+            wait_for(lambda: reader.health().counters["frames"] >= polled + 8, what="polls")
             assert q.empty()
             emu.card = None
-            time.sleep(1.0)
+            wait_for(lambda: card_gone(reader, uid7), what="card_leave_s to pass")
             emu.faults = ["bad_dcs", "nack", "error"]
             emu.card = uid7
             assert take(q, 1) == [uid7]
