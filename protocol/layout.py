@@ -29,7 +29,7 @@ def settings_target(canteen: str | None) -> str:
 
 
 def shard_of(key: bytes) -> str:
-    """The shard of a revocation index key (terminal.trust.revocation_key)."""
+    """The shard of a revocation index key (protocol.lists.revocation_key)."""
     return hashlib.sha256(key).hexdigest()[:SHARD_HEX]
 
 
