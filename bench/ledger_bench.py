@@ -4,7 +4,9 @@
 and kills it with SIGKILL at random moments, then checks that every entry the
 writer acknowledged (printed after ``append`` returned) is in the ledger exactly
 once at the same seq, and that the file verifies. ``verify_timing`` builds a
-ledger of n entries through ``Ledger.append`` and times ``verify_file`` on it.
+ledger of n entries through ``Ledger.append`` (tests/ledger_writer.py's synthetic
+entries, each committed on its own, with short details) and times ``verify_file``
+on it.
 tests/test_ledger_crash.py and bench/core.py reuse both. Run:
 
     python bench/ledger_bench.py --kills 1000 --verify 100000
@@ -30,17 +32,14 @@ WRITER = ROOT / "tests" / "ledger_writer.py"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.append(str(ROOT / "tests"))  # the synthetic ledger writer
 
-from terminal.ledger import (  # noqa: E402  (path set up above for direct runs)
-    ACCEPT,
-    REJECT,
-    REVERSAL,
-    SALE,
-    EntryDraft,
-    Ledger,
-    load_or_create_signing_key,
-    verify_file,
-)
+from ledger_writer import T0_MS, write_synthetic  # noqa: E402
+
+from terminal.ledger import Ledger  # noqa: E402  (path set up above for direct runs)
+from terminal.ledger_audit import verify_file  # noqa: E402
+from terminal.ledger_key import load_or_create_signing_key  # noqa: E402
 
 
 def _writer_env() -> dict[str, str]:
@@ -142,35 +141,10 @@ def verify_timing(n_entries: int, dir: str | os.PathLike[str]) -> dict[str, Any]
     work = Path(dir)
     path = work / f"verify-{n_entries}.db"
     key = load_or_create_signing_key(work / "verify.key")
-    rng = random.Random(1)
-    at_ms = 1_772_000_000_000
-    ledger = Ledger.open(path, terminal_id="bench", signing_key=key, now_ms=at_ms)
+    ledger = Ledger.open(path, terminal_id="bench", signing_key=key, now_ms=T0_MS)
     started = time.perf_counter()
-    last_sale = 0
-    for n in range(n_entries - 1):  # genesis is the first entry
-        at_ms += 1500
-        if last_sale and n % 50 == 0:
-            draft = EntryDraft(kind=REVERSAL, ref_seq=last_sale, amount_fen=1200)
-            last_sale = 0
-        else:
-            accepted = rng.random() < 0.9
-            draft = EntryDraft(
-                kind=SALE,
-                verdict=ACCEPT if accepted else REJECT,
-                reason=None if accepted else "already_served",
-                method="qr",
-                cadre=f"iss/{rng.randrange(5000)}",
-                credential=f"qr/iss/{rng.getrandbits(64):016x}",
-                ctr=n,
-                unit="u-17",
-                day="2026-03-01",
-                meal="lunch",
-                amount_fen=1200 if accepted else 0,
-                detail={"kid": "k1", "n": n},
-            )
-        entry = ledger.append(draft, at_ms)
-        if draft.kind == SALE and accepted:
-            last_sale = entry.seq
+    # Genesis is the first entry. Short details, as the reference in docs/ledger.md.
+    write_synthetic(ledger, n_entries - 1, start=1, keep_code=False)
     build = time.perf_counter() - started
     ledger.close()
     started = time.perf_counter()

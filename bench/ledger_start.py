@@ -1,10 +1,10 @@
 """The daemon's ledger check at start, at 1,000,000 entries: full walk vs from the mark.
 
 Builds a state directory whose ledger holds N entries (default 1,000,000) made
-through ``Ledger.append`` in groups (accepted QR sales keep a signed code of
-about 200 characters, as real ones do; every tenth a refusal, every fiftieth a
-reversal), then times ``state.check_ledger``, the function the decision worker
-runs before it opens the ledger for writing:
+through ``Ledger.append`` in groups by tests/ledger_writer.py (accepted QR sales
+keep a signed code of about 200 characters, as real ones do; every tenth a
+refusal, every fiftieth a reversal), then times ``state.check_ledger``, the
+function the decision worker runs before it opens the ledger for writing:
 
 - the first start (no ``ledger-verified.json``): the whole chain is re-hashed
   and every checkpoint signature checked;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -36,65 +35,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 if str(ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.append(str(ROOT / "tests"))  # the synthetic ledger writer
 
 from figures import RESULTS, report  # noqa: E402
+from ledger_writer import T0_MS, write_synthetic  # noqa: E402
 
 from terminal import state  # noqa: E402
-from terminal.ledger import (  # noqa: E402
-    ACCEPT,
-    REJECT,
-    REVERSAL,
-    SALE,
-    ChainAudit,
-    EntryDraft,
-    verify_file,
-)
+from terminal.ledger_audit import ChainAudit, verify_file  # noqa: E402
 from terminal.service.daemon import AUDIT_SLICE  # noqa: E402
 
-T0_MS = 1_772_000_000_000
 GROUP = 2000  # appends per commit while building (the daemon groups up to 32)
-
-
-def _draft(n: int, rng: random.Random, last_sale: int) -> EntryDraft:
-    if last_sale and n % 50 == 0:
-        return EntryDraft(kind=REVERSAL, ref_seq=last_sale, amount_fen=1200, detail={"staff": "s"})
-    if n % 10 == 9:
-        return EntryDraft(
-            kind=SALE,
-            verdict=REJECT,
-            reason="already_served",
-            method="qr",
-            detail={"qr_sha256": f"{rng.getrandbits(64):016x}", "qr_length": 212},
-        )
-    return EntryDraft(
-        kind=SALE,
-        verdict=ACCEPT,
-        method="qr",
-        cadre=f"hn/{rng.randrange(5000)}",
-        credential=f"qr/hn/{rng.getrandbits(64):016x}",
-        ctr=n,
-        unit="u-17",
-        day="2026-03-01",
-        meal="lunch",
-        amount_fen=1200,
-        detail={"qr": "CT1:" + "A" * 208, "price": "own"},
-    )
 
 
 def append(root: Path, count: int, start: int) -> None:
     paths = state.StatePaths(root)
     book = state.open_ledger(paths.ledger, paths.key, "bench-terminal", T0_MS)
-    rng = random.Random(start)
-    last_sale = 0
-    done = 0
     try:
-        while done < count:
-            with book.group():
-                for _ in range(min(GROUP, count - done)):
-                    n = start + done
-                    entry = book.append(_draft(n, rng, last_sale), T0_MS + n * 1500)
-                    last_sale = entry.seq if entry.verdict == ACCEPT else 0
-                    done += 1
+        write_synthetic(book, count, start=start, group=GROUP)
     finally:
         book.close()
 
