@@ -37,12 +37,12 @@ from terminal import state  # noqa: E402
 from terminal.config import SyncSettings  # noqa: E402
 from terminal.core.clock import TrustedClock  # noqa: E402
 from terminal.ledger import ACCEPT, SALE, EntryDraft, Ledger, load_or_create_signing_key  # noqa: E402
+from terminal.link.provision import load_identity, provision  # noqa: E402
 from terminal.sync import (  # noqa: E402
     LedgerReader,
     SyncClient,
     _batch_checkpoint,
     apply_result,
-    provision,
     share_the_interpreter,
 )
 
@@ -144,7 +144,6 @@ def bench_backlog(tmp: Path, n: int) -> None:
         )
 
         # Plain requests loop: the same batches, the same bytes (but the nonce).
-        from terminal.sync import load_identity
 
         ident = load_identity(root_a)
         key = load_or_create_signing_key(root_a / "terminal-key.pem")
@@ -230,7 +229,6 @@ def bench_decisions(tmp: Path, backlog: int) -> None:
     county = County(tmp / "county-d")
     try:
         root = terminal(county, tmp / "td", "t1", "c1", backlog)
-        from terminal.sync import load_identity
 
         client = SyncClient(root / "ledger.sqlite", load_identity(root), SETTINGS)
         share_the_interpreter()  # as the daemon does when its sync thread starts
@@ -386,7 +384,6 @@ def bench_fleet(tmp: Path, terminals: int, entries: int, jitter_s: float) -> Non
             f"{time.perf_counter() - t:.0f} s)",
             flush=True,
         )
-        from terminal.sync import load_identity
 
         latencies: list[float] = []
         lock = threading.Lock()

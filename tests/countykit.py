@@ -29,7 +29,7 @@ from terminal.ledger import (
     Ledger,
     load_or_create_signing_key,
 )
-from terminal.sync import CountyIdentity, provision
+from terminal.link.provision import CountyIdentity, provision
 
 T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
 

@@ -29,7 +29,8 @@ from hwsim.county import (
 from terminal import state
 from terminal.config import SyncSettings
 from terminal.ledger import load_or_create_signing_key
-from terminal.sync import SyncClient, provision
+from terminal.link.provision import provision
+from terminal.sync import SyncClient
 
 # --- an upstream that echoes, and counts what reached it --------------------------------
 
@@ -209,7 +210,7 @@ def test_county_behind_the_proxy_with_a_simulated_clock(tmp_path: Path) -> None:
     with CountySim(tmp_path / "county", clock=clock, partition_mode=BLACKHOLE) as sim:
         assert sim.created_ca
         root = provisioned(sim, tmp_path / "t", clock())
-        from terminal.sync import load_identity
+        from terminal.link.provision import load_identity
 
         client = SyncClient(root / "ledger.sqlite", load_identity(root), FAST, wall_ms=clock)
         result = client.sync_once(time.monotonic() + 5)
@@ -230,7 +231,7 @@ def test_county_behind_the_proxy_with_a_simulated_clock(tmp_path: Path) -> None:
 def test_uploads_answered_500(tmp_path: Path) -> None:
     with CountySim(tmp_path / "county", error_500=1.0, seed=5) as sim:
         root = provisioned(sim, tmp_path / "t", time.time_ns() // 1_000_000)
-        from terminal.sync import load_identity
+        from terminal.link.provision import load_identity
 
         client = SyncClient(root / "ledger.sqlite", load_identity(root), FAST)
         failed = client.sync_once(time.monotonic() + 5)

@@ -34,17 +34,9 @@ from county import ca
 from terminal import config
 from terminal.core.clock import TrustedClock
 from terminal.ledger import TIME_SIGNAL
-from terminal.sync import (
-    NotProvisioned,
-    ServerCertificateRefused,
-    ServerRefused,
-    SyncClient,
-    SyncResult,
-    SyncSchedule,
-    apply_result,
-    load_identity,
-    provision,
-)
+from terminal.link.provision import load_identity, provision
+from terminal.link.transport import NotProvisioned, ServerCertificateRefused, ServerRefused
+from terminal.sync import SyncClient, SyncResult, SyncSchedule, apply_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +108,8 @@ def test_server_certificate_for_another_name_is_refused(county: County, tmp_path
     )
     assert client.sync_once(time.monotonic() + 5).error is None
     with pytest.raises(ServerCertificateRefused):
-        client.verifier.verify(
+        assert client.link.server_check is not None
+        client.link.server_check.verify(
             county.data.joinpath("server.pem").read_bytes() and _der(county.data / "server.pem"),
             "county.example",
         )
@@ -418,11 +411,11 @@ def test_after_a_success_the_next_sync_is_never_later_than_the_interval() -> Non
 
     settings = config.SyncSettings(interval_s=300, jitter_s=30)
     schedule = SyncSchedule(None, settings, lambda _r: None, rng=random.Random(7))  # type: ignore[arg-type]
-    delays = [schedule._next_delay() for _ in range(2000)]
+    delays = [schedule.trigger.delay() for _ in range(2000)]
     assert all(270 <= d <= 300 for d in delays)
     assert max(delays) - min(delays) > 25  # spread over the jitter, so terminals do not align
     schedule.stats.failures = 3  # after failures: full-jitter backoff, not the interval
-    assert all(0 <= schedule._next_delay() <= settings.backoff_base_s * 4 for _ in range(200))
+    assert all(0 <= schedule.trigger.delay() <= settings.backoff_base_s * 4 for _ in range(200))
 
 
 def test_backoff_after_failures_then_nudges_when_online(county: County, tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ from daemonkit import ISSUER, install_lists, write_settings
 
 import county.app
 from county import updates as cu
-from terminal import config, ledger, state, sync, trust
+from terminal import config, ledger, state, trust
 from terminal import updates as tu
 from terminal.ledger import load_or_create_signing_key
+from terminal.link.provision import provision
 from terminal.service import daemon
 
 DAY_MS = 86_400_000
@@ -76,7 +77,7 @@ def test_a_clock_far_behind_does_not_take_expired_updates(
         paths = state.prepare(state_dir)
         key = load_or_create_signing_key(paths.key)
         code = county.app.new_provisioning_code(data.data, secret)
-        sync.provision(paths.root, data.url, code, key.public_key().public_bytes_raw())
+        provision(paths.root, data.url, code, key.public_key().public_bytes_raw())
         install_lists(state_dir)
         tu.pin_root(state_dir, (cu.RepoPaths(data.data).metadata / "1.root.json").read_bytes())
 

@@ -7,7 +7,7 @@ one sync now with a JSON summary line, exit 0 only when the server holds every
 entry; without ``--once``: the scheduled sync in the foreground, one JSON line
 per sync). It applies results to the ledger from the main thread only, as the
 daemon's decision worker would, and holds no sync logic of its own
-(terminal/sync.py does).
+(terminal/sync.py and terminal/link/ do).
 """
 
 from __future__ import annotations
@@ -21,24 +21,21 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography import x509
+
 from terminal import config, ledger, state
+from terminal.commands import cli
+from terminal.commands.cli import PROG, wall_ms
 from terminal.core.clock import TrustedClock
+from terminal.link.provision import CountyIdentity, load_identity, provision
+from terminal.link.transport import Link, LinkError
 from terminal.sync import (
-    CountyIdentity,
     SyncClient,
     SyncError,
     SyncResult,
     SyncSchedule,
     apply_result,
-    load_identity,
-    provision,
 )
-
-PROG = "canteen-terminal"
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def add_sync_commands(subparsers: Any) -> None:
@@ -68,17 +65,8 @@ def add_sync_commands(subparsers: Any) -> None:
     p.add_argument("--ledger", metavar="FILE", help="the ledger (default: DIR/ledger.sqlite)")
     p.add_argument("--once", action="store_true", help="one sync now, then exit")
     p.add_argument("--server", metavar="URL", help="override the server stored at provisioning")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="settings file (TOML) over the embedded defaults; its [sync] section is used",
-    )
+    cli.add_config(p, "settings file (TOML) over the embedded defaults; its [sync] section is used")
     p.set_defaults(func=cmd_sync)
-
-
-def _error(err: TextIO, text: str) -> int:
-    print(f"{PROG}: error: {text}", file=err)
-    return 2
 
 
 def cmd_provision(
@@ -104,8 +92,8 @@ def cmd_provision(
                 existing = reader.terminal_id()
             finally:
                 reader.close()
-    except (SyncError, state.StateError, ledger.LedgerError) as exc:
-        return _error(err, str(exc))
+    except (LinkError, state.StateError, ledger.LedgerError) as exc:
+        return cli.error(exc, err)
     print(
         json.dumps(
             {
@@ -135,20 +123,29 @@ def _pin_county_root(state_dir: Path, identity: CountyIdentity) -> str:
     later with 'canteen-terminal update pin-root'.
     """
     try:
-        import requests
-
         from terminal import updates
     except ImportError:
         return "signed updates are not installed: no update root pinned"
     base = identity.server.rstrip("/") + "/tuf/metadata/"
-    cert = (str(identity.cert_file), str(identity.key_file))
+    ca = x509.load_pem_x509_certificate(identity.ca_file.read_bytes())
+    link = Link(
+        ca,
+        client_cert=(str(identity.cert_file), str(identity.key_file)),
+        county_time=lambda: identity.provisioned_server_ms,
+    )
     try:
-        for name in ("root.json", "1.root.json"):
-            answer = requests.get(base + name, verify=str(identity.ca_file), cert=cert, timeout=10)
-            if answer.status_code == 200:
-                digest = updates.pin_root(state_dir, answer.content)
-                return f"county update root pinned (sha256 {digest[:16]}...)"
-    except (requests.RequestException, updates.UpdateError) as exc:
+        with link:
+            for name in ("root.json", "1.root.json"):
+                status, data = link.exchange(
+                    "GET",
+                    base + name,
+                    time.monotonic() + 10,
+                    max_bytes=updates.UpdateLimits().root_max_bytes,
+                )
+                if status == 200:
+                    digest = updates.pin_root(state_dir, data)
+                    return f"county update root pinned (sha256 {digest[:16]}...)"
+    except (LinkError, updates.UpdateError) as exc:
         return f"update root not pinned ({exc}); pin it with 'canteen-terminal update pin-root'"
     return "the county publishes no signed updates yet: pin its root later with 'update pin-root'"
 
@@ -156,7 +153,7 @@ def _pin_county_root(state_dir: Path, identity: CountyIdentity) -> str:
 def _open_for_apply(ledger_path: Path, state_dir: Path, terminal_id: str) -> ledger.Ledger:
     """The ledger as its writer, with the state directory's pinned key: the one the county
     registered at provisioning, never a second key beside the file."""
-    return state.open_ledger(ledger_path, state.StatePaths(state_dir).key, terminal_id, _wall_ms())
+    return state.open_ledger(ledger_path, state.StatePaths(state_dir).key, terminal_id, wall_ms())
 
 
 def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -173,23 +170,28 @@ def cmd_sync(a: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
                 "let the daemon sync by itself ('canteen-terminal status' shows its last sync)",
             )
         identity = load_identity(a.state)
-        settings = config.sync_settings(config.load(a.config))
+        loaded = config.load(a.config)
+        settings = config.sync_settings(loaded)
         ledger_path = Path(a.ledger) if a.ledger else state.StatePaths(Path(a.state)).ledger
         if not ledger_path.is_file():
             raise SyncError(f"no ledger at {ledger_path}: nothing to sync")
         client = SyncClient(ledger_path, identity, settings, server=a.server)
         book = _open_for_apply(ledger_path, Path(a.state), identity.terminal_id)
-    except (SyncError, config.ConfigError, state.StateError, ledger.LedgerError) as exc:
+    except (LinkError, config.ConfigError, state.StateError, ledger.LedgerError) as exc:
         if held is not None:
             held.release()
-        return _error(err, str(exc))
-    clock = TrustedClock(book.last_time_ms(), 0, 0)
+        return cli.error(exc, err)
+    clock = TrustedClock(
+        book.last_time_ms(),
+        loaded.clock_fault_tolerance_s * 1000,
+        loaded.clock_earliest_s * 1000,
+    )
     try:
         if a.once:
             return _sync_once(client, book, clock, settings.deadline_s, out, Path(a.state))
         return _sync_forever(client, book, clock, out, Path(a.state))
     except (ledger.LedgerError, state.StateError) as exc:
-        return _error(err, str(exc))
+        return cli.error(exc, err)
     finally:
         book.close()
         if held is not None:
@@ -211,7 +213,7 @@ def _sync_once(
     # same deadline) so that it is acknowledged too.
     for _ in range(3):
         result = client.sync_once(deadline)
-        applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+        applied = apply_result(book, clock, result, wall_ms(), client.settings)
         state.record_acked(state_dir, book)  # the hash the county holds, checked at start
         sent += result.sent
         batches += result.batches
@@ -256,7 +258,7 @@ def _sync_forever(
             except queue.Empty:
                 continue
             # Applied here, on the one thread that writes the ledger.
-            applied = apply_result(book, clock, result, _wall_ms(), client.settings)
+            applied = apply_result(book, clock, result, wall_ms(), client.settings)
             state.record_acked(state_dir, book)
             line = result.summary()
             line.update(
@@ -265,7 +267,6 @@ def _sync_forever(
                     "time_recorded": applied.time_entry is not None,
                     "monotonic": round(time.monotonic(), 3),
                     "runs": schedule.stats.runs,
-                    "guard_kicks": schedule.stats.guard_kicks,
                 }
             )
             print(json.dumps(line, ensure_ascii=False), file=out, flush=True)
@@ -278,12 +279,8 @@ def _sync_forever(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sync commands alone (until terminal/commands/main.py wires them in)."""
-    parser = argparse.ArgumentParser(prog=PROG)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_sync_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """Run the sync commands alone (``python -m terminal.commands.sync``)."""
+    return cli.standalone(add_sync_commands, argv)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,18 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
 from cryptography import x509
 from cryptography.x509 import verification
 from requests.adapters import HTTPAdapter
-from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
 
 # Largest answer body ``Link.exchange`` reads: a sync answer is a few hundred bytes.
 MAX_ANSWER_BYTES = 64 * 1024

@@ -292,14 +292,15 @@ def serve_updates(county: Any) -> None:
 
 def provision(county: Any, state_dir: Path, clock: SimClock) -> None:
     from county import updates as cu
-    from terminal import state, sync
+    from terminal import state
     from terminal import updates as tu
     from terminal.ledger import load_or_create_signing_key
+    from terminal.link.provision import provision as provision_terminal
 
     paths = state.prepare(state_dir)
     key = load_or_create_signing_key(paths.key)
     code = county.add_terminal(TERMINAL_ID, CANTEEN_ID, clock.now_ms())
-    sync.provision(paths.root, county.url, code, key.public_key().public_bytes_raw())
+    provision_terminal(paths.root, county.url, code, key.public_key().public_bytes_raw())
     # The county's update root, pinned as 'canteen-terminal provision' pins it.
     tu.pin_root(state_dir, (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes())
 

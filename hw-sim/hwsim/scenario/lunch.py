@@ -505,8 +505,9 @@ class Lunch:
         """Entries written while the daemon stopped (none expected) are uploaded once more,
         without touching the ledger, so the county comparison covers the whole ledger."""
         from terminal import config, sync
+        from terminal.link.provision import load_identity
 
-        identity = sync.load_identity(state_dir)
+        identity = load_identity(state_dir)
         client = sync.SyncClient(
             state_dir / "ledger.sqlite",
             identity,
