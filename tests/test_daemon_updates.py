@@ -17,7 +17,7 @@ from typing import Any
 
 from conftest import wait_for
 from countykit import make_county, provision_terminal
-from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, write_settings
+from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, card_gone, write_settings
 
 from county import updates as cu
 from terminal import config, ledger
@@ -90,7 +90,7 @@ def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
             repo.revoke([{"kind": "card", "uid": CARD_UID.hex()}], now)
             repo.publish_settings(tmp_path / "price.toml", "c-daemon", now)
         wait_for(lambda: len(applied()) >= 2, what="the second signed set")
-        time.sleep(1.0)  # the card left the field
+        wait_for(lambda: card_gone(d.reader, CARD_UID), what="the card to leave the field")
         reader.swipe(CARD_UID)
         wait_for(lambda: d.worker.decisions == 2, what="the revoked card's swipe")
         reader.swipe(bytes.fromhex("0102030405"))

@@ -383,7 +383,11 @@ def test_camera_over_mjpeg_stream_unplug_replug(mjpeg: MjpegServer, token: str) 
         # Unplug: the stream goes away; health shows the camera down meanwhile.
         mjpeg.stop()
         assert wait_for(lambda: camera.health().state == "down")
-        time.sleep(0.5)
+        # It stays down while its reopen attempts fail.
+        tries = ("open_failures", "reopens")
+        failed = lambda: sum(camera.health().counters.get(k, 0) for k in tries)  # noqa: E731
+        first = failed()
+        wait_for(lambda: failed() >= first + 2, what="two failed reopens")
         assert not camera.health().up
         # Replug with a new code on the phone.
         fresh = new_wallet("cz-0004").draw(NOW)
