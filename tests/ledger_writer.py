@@ -29,6 +29,7 @@ from terminal.ledger import (
     SALE,
     EntryDraft,
     Ledger,
+    LedgerEntry,
     load_or_create_signing_key,
 )
 
@@ -40,10 +41,11 @@ QR_TEXT = "CT1:" + "A" * 208  # the signed code an accepted sale keeps, about re
 def synthetic_draft(
     n: int, rng: random.Random, last_sale: int, *, reverse_every: int = 50, keep_code: bool = True
 ) -> EntryDraft:
-    """Entry ``n``: a reversal of ``last_sale`` (when non-zero) every ``reverse_every``,
-    a refusal every tenth, else an accepted QR sale. Without ``keep_code`` the sale
-    keeps a short detail instead of its signed code (bench/ledger_bench.py's verify
-    figure in docs/ledger.md was measured on such entries)."""
+    """Entry ``n``: every ``reverse_every``-th a reversal of ``last_sale`` (the newest
+    accepted sale not reversed yet; 0 for none), every tenth a refusal, else an
+    accepted QR sale. Without ``keep_code`` the sale keeps a short detail instead of
+    its signed code (bench/ledger_bench.py's verify figure in docs/ledger.md was
+    measured on such entries)."""
     if last_sale and n % reverse_every == 0:
         return EntryDraft(kind=REVERSAL, ref_seq=last_sale, amount_fen=1200, detail={"staff": "s"})
     if n % 10 == 9:
@@ -91,7 +93,14 @@ def write_synthetic(
             for n in range(first, min(first + group, end)):
                 draft = synthetic_draft(n, rng, last_sale, keep_code=keep_code)
                 entry = book.append(draft, t0_ms + n * step_ms)
-                last_sale = entry.seq if entry.verdict == ACCEPT else 0
+                last_sale = _unreversed(entry, last_sale)
+
+
+def _unreversed(entry: LedgerEntry, last_sale: int) -> int:
+    """The newest accepted sale not reversed yet, after ``entry``; 0 when there is none."""
+    if entry.kind == SALE and entry.verdict == ACCEPT:
+        return entry.seq
+    return 0 if entry.kind == REVERSAL else last_sale
 
 
 def main(argv: list[str]) -> int:
@@ -114,7 +123,7 @@ def main(argv: list[str]) -> int:
         at_ms = max(floor, time.time_ns() // 1_000_000)
         floor = at_ms
         entry = ledger.append(synthetic_draft(n, rng, last_sale, reverse_every=7), at_ms)
-        last_sale = entry.seq if entry.verdict == ACCEPT else 0
+        last_sale = _unreversed(entry, last_sale)
         out.write(f"{entry.seq} {entry.entry_id}\n")
         out.flush()
         if n % 13 == 0 and entry.seq > 3:
