@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +57,15 @@ def wait_for(
             why = f" (last error: {last})" if last is not None else ""
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}{why}")
         time.sleep(every_s)
+
+
+def listening(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on (host, port)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 # ---- the browser ----

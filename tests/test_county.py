@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import listening, wait_for
 from countykit import (
     FAST,
     T0_MS,
@@ -186,7 +187,9 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
     try:
         assert server.stdout is not None
         url = server.stdout.readline().split("serving on ")[1].split()[0]
-        time.sleep(0.5)
+        # The line comes before the socket listens.
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        wait_for(lambda: listening(host, int(port)), what="the county server to listen")
         st = tmp_path / "state"
         # No ledger yet: the sync says so and fails.
         out = _run(

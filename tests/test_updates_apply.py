@@ -240,6 +240,8 @@ def test_sigkill_while_applying_leaves_one_whole_set(canteen: Canteen, tmp_path:
             child.wait(60)
             assert child.returncode == 0
             return time.monotonic() - started
+        # A SIGKILL at a random moment of the apply: the moment is what is tested, and
+        # the child says nothing between its first write and its last.
         time.sleep(kill_after)
         child.send_signal(signal.SIGKILL)
         child.wait(30)
