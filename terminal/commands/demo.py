@@ -1,11 +1,12 @@
 """A small built-in canteen lunch, run through the real decision core.
 
 This module owns the newcomer's first run: it makes an issuer and a handful of
-cadres with the hardware simulator's wallet code, installs their lists in a
+cadres with the token-issuing code of protocol/issue.py, installs their lists in a
 real state directory, presents QR codes and card swipes at lunch time through
 the same Checkout the daemon uses, prints every committed verdict, then
 verifies the ledger it wrote. It is a demonstration, never part of a terminal's
-normal work, and the only terminal module that signs tokens (through hwsim).
+normal work, and the only terminal module that signs tokens. It never imports the
+simulator (hwsim): its keys come from fixed seeds, so every run draws the same cadres.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from protocol.issue import Issuer, Wallet, cti_from_seed, enrol, key_from_seed
 from terminal import config, ledger, state, trust
 from terminal.core import reasons
 from terminal.core.checkout import Checkout, Decision
@@ -40,15 +42,19 @@ def _lunch_time(settings: config.Settings) -> int:
 
 
 def _run(root: Path, settings: config.Settings) -> int:
-    from hwsim.wallet import Issuer, key_from_seed, make_wallet
-
     now = _lunch_time(settings)
     own_unit = sorted(settings.units)[0]
     issuer = Issuer(DEMO_ISSUER, key_from_seed("demo-issuer"))
-    zhang = make_wallet(issuer, "D0001", own_unit, "张伟", now=now - 86400, seed="demo-zhang")
-    li = make_wallet(issuer, "D0002", "visiting-bureau", "李娜", now=now - 86400, seed="demo-li")
-    wang = make_wallet(issuer, "D0003", own_unit, "王芳", now=now - 86400, seed="demo-wang")
-    zhao = make_wallet(issuer, "D0004", own_unit, "赵强", now=now - 86400, seed="demo-zhao")
+
+    def cadre(sub: str, unit: str, name: str, seed: str) -> Wallet:
+        """A cadre enrolled yesterday on a phone whose key and credential id come from ``seed``."""
+        key, cti = key_from_seed(seed), cti_from_seed(seed)
+        return enrol(issuer, sub, unit, name, holder_key=key, cti=cti, now=now - 86400)
+
+    zhang = cadre("D0001", own_unit, "张伟", "demo-zhang")
+    li = cadre("D0002", "visiting-bureau", "李娜", "demo-li")
+    wang = cadre("D0003", own_unit, "王芳", "demo-wang")
+    zhao = cadre("D0004", own_unit, "赵强", "demo-zhao")
 
     paths = state.prepare(root)
     store = trust.TrustStore(paths.trust)
