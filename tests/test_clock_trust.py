@@ -269,3 +269,25 @@ def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
     refusal = [e for e in entries(state_dir) if e["kind"] == "sale"][-1]
     assert refusal["reason"] == policy.CLOCK_UNTRUSTED
     assert refusal["at_ms"] < time.time_ns() // 1_000_000 + HOUR_MS
+
+
+def test_the_trusted_clock_reads_one_time_and_starts_a_fault_once() -> None:
+    from terminal.core.clock import TrustedClock
+
+    clock = TrustedClock(floor_ms=10_000, tolerance_ms=1_000, earliest_ms=5_000)
+    # Within the tolerance behind the floor: the floor, and no fault.
+    assert clock.read(9_500) == (10_000, False) and not clock.in_fault
+    # Further behind: the floor, a fault that starts once per episode.
+    assert clock.wall_behind(8_000)
+    assert clock.read(8_000) == (10_000, True)
+    assert clock.read(8_500) == (10_000, False) and clock.in_fault
+    # current() gives the same time as read() without touching the episode.
+    assert clock.current(8_500) == 10_000 and clock.in_fault
+    assert clock.read(12_000) == (12_000, False) and not clock.in_fault
+    assert clock.plausible(5_000) and not clock.plausible(4_999)
+    # The county found the wall clock 1 h fast: the county's time, carried on by mono.
+    changed, lowered = clock.take_county_time(20_000, 100, 3_620_000, 1_000)
+    assert changed and lowered is None
+    assert clock.read(3_700_000, 150) == (20_050, False)
+    assert clock.current(3_700_000, 150) == 20_050
+    assert clock.sells(20_050) and not clock.trusted(20_050)

@@ -162,3 +162,39 @@ def test_the_example_settings_file_checks(capsys: pytest.CaptureFixture[str]) ->
     for table, options in defaults.items():
         if isinstance(options, dict):
             assert set(shown[table]) == set(options), table
+
+
+def test_a_published_file_lies_over_the_local_one(tmp_path: Path) -> None:
+    local = write(tmp_path, '[terminal]\nid = "t-7"\nstate_dir = "var"\n')
+    doc = config.read(local).over("[tokens]\nwindow_s = 90\n", "published.toml (update set 3)")
+    s = config.build(doc)
+    assert (s.terminal_id, s.window_s, s.state_dir) == ("t-7", 90, tmp_path / "var")
+    assert s.source == f"{local} + published.toml (update set 3)"
+    # A problem in the published file names it, not the local one.
+    with pytest.raises(config.ConfigError, match=r"^published\.toml \(update set 3\): \[tokns\]"):
+        config.read(local).over("[tokns]\nwindow_s = 90\n", "published.toml (update set 3)")
+    assert config.load(local) == config.build(config.read(local))
+
+
+def test_each_part_reads_its_table_from_the_one_loaded_settings(tmp_path: Path) -> None:
+    from terminal.display import settings as display
+    from terminal.service import settings as sections
+
+    s = config.load(write(tmp_path, '[terminal]\nlanguage = "en"\n[sync]\ninterval_s = 60\n'))
+    assert config.sync_settings(s).interval_s == 60
+    assert display.from_settings(s).language == "en"
+    assert sections.daemon_settings(s).queue_size >= 1
+    sections.check_settings(s)
+
+
+def test_no_private_helper_of_config_is_used_outside_it() -> None:
+    root = Path(__file__).parent.parent
+    users = []
+    for folder in ("terminal", "protocol", "county", "hw-sim/hwsim", "bench"):
+        for path in (root / folder).rglob("*.py"):
+            if path == root / "terminal" / "config.py":
+                continue
+            text = path.read_text(encoding="utf-8")
+            if "config._" in text or "from terminal.config import _" in text:
+                users.append(str(path.relative_to(root)))
+    assert users == []

@@ -11,39 +11,24 @@ entry when it next starts (``begin_start`` then the set in force).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from terminal import config, state, trust, updates
-
-PROG = "canteen-terminal"
-
-Command = Callable[[argparse.Namespace], int]
+from terminal.commands import cli
 
 
-def _one_line_errors(fn: Command) -> Command:
-    @functools.wraps(fn)
-    def run(a: argparse.Namespace) -> int:
-        try:
-            return fn(a)
-        except (
-            updates.UpdateError,
-            trust.TrustError,
-            config.ConfigError,
-            state.StateError,
-        ) as exc:
-            kind = getattr(exc, "kind", "error")
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            if isinstance(exc, updates.UpdateError):
-                print(json.dumps({"ok": False, "kind": kind, "reason": str(exc)}))
-            return 2
+def _json_refusal(exc: Exception) -> None:
+    """An update error is also a JSON line on standard output, for scripts."""
+    if isinstance(exc, updates.UpdateError):
+        kind = getattr(exc, "kind", "error")
+        print(json.dumps({"ok": False, "kind": kind, "reason": str(exc)}))
 
-    return run
+
+_one_line_errors = cli.one_line_errors(updates.UpdateError, also=_json_refusal)
 
 
 def _state_and_canteen(a: argparse.Namespace) -> tuple[Path, str]:
@@ -124,7 +109,7 @@ def _fetch(a: argparse.Namespace, root: Path, canteen: str) -> int:
     else:
         try:
             updater = updates.updater_for_county(root)
-        except Exception as exc:  # NotProvisioned from terminal.sync
+        except Exception as exc:  # NotProvisioned from terminal.link.provision
             raise updates.UpdateError(str(exc)) from None
     store = trust.TrustStore(root / "trust.sqlite")
     try:
@@ -161,13 +146,13 @@ def cmd_update_pin_root(a: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="DIR", help="state directory (default: from settings)")
-    p.add_argument("--config", metavar="FILE", help="settings file over the embedded defaults")
+    cli.add_config(p, "settings file over the embedded defaults")
 
 
 def add_update_commands(subparsers: Any) -> None:
     """Add 'update apply|fetch|status|pin-root' to canteen-terminal."""
     p = subparsers.add_parser("update", help="signed updates from county IT (TUF)")
-    usub = p.add_subparsers(dest="update_command", required=True, metavar="ACTION")
+    usub = cli.subcommands(p, "update_command", "ACTION")
     p = usub.add_parser(
         "apply",
         help="apply a copy of the county's update repository (USB stick)",

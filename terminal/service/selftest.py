@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from terminal import config, ledger, state, trust
+from terminal.core.clock import TrustedClock
 
 OK = "ok"
 WARN = "warn"
@@ -140,14 +141,18 @@ def _lists(settings: config.Settings, now_s: int) -> list[Check]:
 
 
 def _clock(settings: config.Settings, wall_ms: int, floor_ms: int) -> Check:
-    if wall_ms < settings.clock_earliest_s * 1000:
+    # The same clock and the same fault rule as the decision worker's (terminal/core/clock.py).
+    clock = TrustedClock(
+        floor_ms, settings.clock_fault_tolerance_s * 1000, settings.clock_earliest_s * 1000
+    )
+    if not clock.plausible(wall_ms):
         return Check(
             "clock",
             FAIL,
             "the system clock is before the earliest plausible date: "
             "connect the network (NTP) or set the time",
         )
-    if floor_ms and wall_ms + settings.clock_fault_tolerance_s * 1000 < floor_ms:
+    if clock.wall_behind(wall_ms):
         behind = (floor_ms - wall_ms) / 1000
         return Check(
             "clock",
@@ -162,7 +167,7 @@ def _camera(settings: config.Settings, timeout_s: float) -> Check:
     try:
         from terminal.scanner.camera import URL, V4L2, open_capture, source_kind
         from terminal.scanner.qr import make_decoder
-        from terminal.service.daemon import camera_settings
+        from terminal.service.settings import camera_settings
     except ImportError as exc:
         return Check(
             "camera", FAIL, f"the camera stack cannot load ({exc}); reinstall the terminal"
@@ -225,7 +230,7 @@ def _reader(settings: config.Settings) -> Check:
     try:
         import serial
 
-        from terminal.service.daemon import reader_settings
+        from terminal.service.settings import reader_settings
     except ImportError as exc:
         return Check("reader", FAIL, f"pyserial cannot load ({exc}); reinstall the terminal")
     rs = reader_settings(settings)
@@ -245,19 +250,21 @@ def _reader(settings: config.Settings) -> Check:
 def _county(settings: config.Settings, timeout_s: float) -> Check:
     try:
         from terminal import sync
-        from terminal.service.daemon import sync_settings
+        from terminal.link.provision import load_identity
+        from terminal.link.transport import LinkError, NotProvisioned
+        from terminal.service.settings import sync_settings
     except ImportError as exc:
         return Check("county", FAIL, f"the sync stack cannot load ({exc}); reinstall the terminal")
     try:
-        identity = sync.load_identity(settings.state_dir)
-    except sync.NotProvisioned as exc:
+        identity = load_identity(settings.state_dir)
+    except NotProvisioned as exc:
         return Check("county", WARN, f"{exc}; until then the terminal works offline only")
     try:
         client = sync.SyncClient(
             Path(settings.state_dir) / state.LEDGER_FILE, identity, sync_settings(settings)
         )
         protocol = client.check_reachable(timeout_s)
-    except sync.SyncError as exc:
+    except LinkError as exc:
         return Check(
             "county",
             FAIL,
@@ -283,7 +290,7 @@ def run_checks(
         "county",
     ),
 ) -> list[Check]:
-    from terminal.service.daemon import daemon_settings
+    from terminal.service.settings import daemon_settings
 
     dset = daemon_settings(settings)
     now = wall_ms()
