@@ -728,6 +728,7 @@ def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
         assert pub.revocations_lifted == 0 and repo.revocation_count() == count
 
 
+@pytest.mark.slow
 def test_a_county_takes_the_keys_of_a_trust_list_published_before(
     tmp_path: Path, issuer: Issuer
 ) -> None:

@@ -83,6 +83,7 @@ def one_line_problem(body: bytes) -> str:
 # --- 10. no update repository yet ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_update_paths_answer_404_until_updates_init_then_serve_without_restart(
     county: County, tmp_path: Path
 ) -> None:
@@ -334,6 +335,7 @@ def hostile_provisions(draw: st.DrawFn) -> bytes:
     return deep(draw(st.integers(500, 30_000)))
 
 
+@pytest.mark.slow
 def test_fuzzed_bodies_never_get_a_5xx(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     good = valid_batch(term)

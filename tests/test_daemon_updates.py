@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import wait_for
 from countykit import make_county, provision_terminal
 from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, card_gone, write_settings
@@ -41,6 +42,7 @@ def entries(book: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
     now = int(time.time())
     county = make_county(tmp_path)

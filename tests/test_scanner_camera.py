@@ -112,6 +112,7 @@ def test_unknown_decoder_is_one_clear_error() -> None:
         make_decoder("quirc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1280, 720), (640, 480)])
 def test_default_decoder_reads_varied_phone_frames(size: tuple[int, int], token: str) -> None:
     """Perspective, rotation, blur, noise, glare, exposure and JPEG, codes 300 to 420 px wide

@@ -46,12 +46,14 @@ def run_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunR
     assert (out / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_short_lunch_passes_every_check(run: tuple[RunRecord, str]) -> None:
     record, text = run
     assert check(record) == [], text
     assert "checks passed" in text
 
 
+@pytest.mark.slow
 def test_short_lunch_covers_every_kind_and_reports_figures(run: tuple[RunRecord, str]) -> None:
     record, text = run
     kinds = Counter(p["kind"] for p in record.presentations)
@@ -96,6 +98,7 @@ def test_short_lunch_covers_every_kind_and_reports_figures(run: tuple[RunRecord,
     assert img is not None and img.shape[1] >= 1000
 
 
+@pytest.mark.slow
 def test_run_record_round_trips(run: tuple[RunRecord, str]) -> None:
     record, _ = run
     again = RunRecord.from_json(record.to_json())
@@ -107,6 +110,7 @@ def spoiled(record: RunRecord) -> RunRecord:
     return copy.deepcopy(record)
 
 
+@pytest.mark.slow
 def test_a_wrong_expectation_fails(run: tuple[RunRecord, str]) -> None:
     record = spoiled(run[0])
     refused = next(p for p in record.presentations if p["kind"] == "expired")
@@ -126,6 +130,7 @@ def test_a_wrong_expectation_fails(run: tuple[RunRecord, str]) -> None:
     assert any("expected 1" in x for x in check(record))
 
 
+@pytest.mark.slow
 def test_a_lost_or_doubled_entry_fails(run: tuple[RunRecord, str]) -> None:
     record = spoiled(run[0])
     sale = next(p for p in record.presentations if p["verdict"] == "accept")
@@ -143,6 +148,7 @@ def test_a_lost_or_doubled_entry_fails(run: tuple[RunRecord, str]) -> None:
     assert any("differs from the ledger" in x for x in check(record))
 
 
+@pytest.mark.slow
 def test_a_missing_verdict_or_an_extra_one_fails(run: tuple[RunRecord, str]) -> None:
     record = spoiled(run[0])
     record.presentations[5]["verdict"] = None
@@ -152,6 +158,7 @@ def test_a_missing_verdict_or_an_extra_one_fails(run: tuple[RunRecord, str]) -> 
     assert any("no presentation asked for" in x for x in check(record))
 
 
+@pytest.mark.slow
 def test_each_decision_is_matched_to_its_own_presentation(run: tuple[RunRecord, str]) -> None:
     """A presentation is paired with the decision whose ledger entry carries its code, its
     digest, its credential or its card; a decision for any other code (a camera misread)
@@ -199,6 +206,7 @@ def _entry(row: dict[str, Any]) -> LedgerEntry:
     )
 
 
+@pytest.mark.slow
 def test_a_bad_ledger_or_a_leaky_outage_fails(run: tuple[RunRecord, str]) -> None:
     record = spoiled(run[0])
     record.ledger_verify = {"ok": False, "problem": "entry 7 altered"}
@@ -220,6 +228,7 @@ def test_a_bad_ledger_or_a_leaky_outage_fails(run: tuple[RunRecord, str]) -> Non
     assert "CHECKS FAILED" in report_text(record, check(record), None)
 
 
+@pytest.mark.slow
 def test_an_update_not_applied_or_not_in_force_fails(run: tuple[RunRecord, str]) -> None:
     record = spoiled(run[0])
     settings = next(e for e in record.events if e["kind"] == SETTINGS)

@@ -138,6 +138,7 @@ def test_a_command_holding_the_directory_keeps_the_daemon_out(tmp_path: Path) ->
     assert not (tmp_path / "state" / state.LEDGER_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_provisioned_state_directory_gives_every_command_its_identity(
     tmp_path: Path, county: County
 ) -> None:

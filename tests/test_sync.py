@@ -463,6 +463,7 @@ FAKETIME = (
     not FAKETIME.exists(),
     reason="libfaketime (pip install libfaketime) is needed to step the wall clock",
 )
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["-365d", "+3650d"])
 def test_wall_clock_steps_do_not_stop_the_schedule(
     county: County, tmp_path: Path, step: str

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import faultproxy
+import pytest
 from countykit import (
     FAST,
     T0_MS,
@@ -33,6 +34,7 @@ from terminal.sync import SyncClient, SyncResult, apply_result
 ENTRIES = 10_000
 
 
+@pytest.mark.slow
 def test_ten_thousand_entries_exactly_once_through_faults(tmp_path: Path) -> None:
     server_faults: list[faultproxy.ServerFaults] = []
 

@@ -53,6 +53,7 @@ def test_every_command_has_help() -> None:
                         stack.append(sub)
 
 
+@pytest.mark.slow
 def test_county_it_to_a_terminal_by_usb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, keys = tmp_path / "county", tmp_path / "offline"
     assert county("updates", "init", "--data", str(data), "--root-keys", str(keys)) == 0
@@ -118,6 +119,7 @@ def test_county_it_to_a_terminal_by_usb(tmp_path: Path, capsys: pytest.CaptureFi
     assert rows[0]["terminal"] == "c1-1" and rows[0]["set"] == applied["set"]
 
 
+@pytest.mark.slow
 def test_server_parts_refresher_and_conflicts(tmp_path: Path) -> None:
     data = tmp_path / "county"
     cu.init_repository(data, tmp_path / "offline", NOW)
@@ -156,6 +158,7 @@ def test_server_parts_refresher_and_conflicts(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_settings_file_nested_too_deep_is_one_line_and_nothing_published(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

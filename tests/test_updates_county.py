@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from countykit import (
     FAST,
     T0_MS,
@@ -35,6 +36,7 @@ def _sync(term) -> None:  # type: ignore[no-untyped-def]
         book.close()
 
 
+@pytest.mark.slow
 def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
     county: County = make_county(tmp_path)
     now = int(time.time())

@@ -50,6 +50,7 @@ def kinds(book: Path) -> list[str]:
     return [json.loads(x)["kind"] for x in out.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_a_clock_far_behind_does_not_take_expired_updates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
