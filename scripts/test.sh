@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Set up from nothing, then lint, type-check and run the whole test suite.
+# Set up from nothing, then lint, type-check and run the whole test suite in two steps:
+#   1. the default suite: every test not marked slow;
+#   2. the slow tests (crash loops, large lists, the whole-lunch scenario, long soaks).
+# Both run on TEST_WORKERS processes (pytest-xdist; default 2, 0 for one process).
+# Arguments are passed to pytest: with any, one run does what they select, slow tests included
+# (for example `bash scripts/test.sh tests/test_ledger.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+WORKERS=(-n "${TEST_WORKERS:-2}")
+if [ $# -gt 0 ]; then
+  .venv/bin/python -m pytest -q "${WORKERS[@]}" "$@"
+  exit
+fi
+echo "test: step 1 of 2: the default suite (-m 'not slow')"
+.venv/bin/python -m pytest -q "${WORKERS[@]}" -m "not slow"
+echo "test: step 2 of 2: the slow tests (-m slow)"
+.venv/bin/python -m pytest -q "${WORKERS[@]}" -m slow
