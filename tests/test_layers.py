@@ -88,7 +88,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("terminal/core/checkout.py", "terminal.ledger"),  # being removed in issue 13
         ("terminal/core/checkout.py", "terminal.trust"),  # being removed in issue 13
         ("terminal/core/policy.py", "terminal.config"),  # being removed in issue 13
-        ("terminal/core/reasons.py", "REASONS"),  # being removed in issue 13
     }
 )
 
