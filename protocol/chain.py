@@ -1,10 +1,10 @@
 """The ledger's hash chain format, as the terminal writes it and the county checks it.
 
-This module owns the entry kinds and verdicts, the domain prefixes, the hashed
-columns and their order, the one JSON spelling of an entry's detail, the entry
-hash and the bytes a checkpoint signature covers (docs/ledger.md). It never opens
-a database and never reads a clock: terminal/ledger.py and county/store.py do
-those.
+This module owns the entry kinds and verdicts, what an entry holds (``EntryDraft``,
+``LedgerEntry``), the domain prefixes, the hashed columns and their order, the one
+JSON spelling of an entry's detail, the entry hash and the bytes a checkpoint
+signature covers (docs/ledger.md). It never opens a database and never reads a
+clock: terminal/ledger.py and county/store.py do those.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -29,6 +30,38 @@ PRUNED = "pruned"  # acknowledged entries up to a signed checkpoint were removed
 # Verdicts of a decision entry.
 ACCEPT = "accept"
 REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class EntryDraft:
+    """What the decision worker asks the ledger to record. Hashed, never edited."""
+
+    kind: str
+    verdict: str | None = None  # ACCEPT / REJECT for decisions, None otherwise
+    reason: str | None = None  # reason code for a refusal (docs/reasons.md)
+    method: str | None = None  # "qr" or "card"
+    cadre: str | None = None  # "iss/sub" for QR, roster cadre id "card/<cadre>" for cards
+    credential: str | None = None  # "qr/<iss>/<cti hex>" or "card/<uid hex>"
+    ctr: int | None = None  # presentation counter (QR only)
+    unit: str | None = None
+    day: str | None = None  # local service day, "YYYY-MM-DD"
+    meal: str | None = None  # meal window name, e.g. "lunch"
+    amount_fen: int = 0
+    ref_seq: int | None = None  # the entry a reversal reverses
+    detail: dict[str, Any] = field(default_factory=dict)  # JSON-able extras
+
+
+@dataclass(frozen=True)
+class LedgerEntry(EntryDraft):
+    """A committed entry."""
+
+    seq: int = 0
+    entry_id: str = ""
+    at_ms: int = 0  # trusted time, Unix milliseconds UTC
+    prev_hash: bytes = b""
+    hash: bytes = b""
+    acked_at_ms: int | None = None
+
 
 # Domain prefixes keep a ledger hash or signature from ever being valid as
 # anything else this project hashes or signs (tokens, updates, sync batches).

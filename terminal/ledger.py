@@ -18,14 +18,13 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-# The chain format, entry kinds and verdicts are protocol/chain.py's (the county
-# reads them too); re-exported for the terminal's callers.
+# The chain format, entry kinds, verdicts and the entry types are protocol/chain.py's
+# (the county and terminal.core use them too); re-exported for the terminal's callers.
 from protocol.chain import ACCEPT as ACCEPT
 from protocol.chain import CHECKPOINT_DOMAIN as CHECKPOINT_DOMAIN
 from protocol.chain import CLOCK_FAULT as CLOCK_FAULT
@@ -40,6 +39,8 @@ from protocol.chain import REVERSAL as REVERSAL
 from protocol.chain import SALE as SALE
 from protocol.chain import TIME_SIGNAL as TIME_SIGNAL
 from protocol.chain import TOKEN_CHECK as TOKEN_CHECK
+from protocol.chain import EntryDraft as EntryDraft
+from protocol.chain import LedgerEntry as LedgerEntry
 from protocol.chain import canonical_json as canonical_json
 from protocol.chain import checkpoint_message as checkpoint_message
 from protocol.chain import entry_hash as entry_hash
@@ -66,38 +67,6 @@ from terminal.ledger_schema import (
 )
 from terminal.ledger_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from terminal.ledger_schema import LedgerError as LedgerError
-
-
-@dataclass(frozen=True)
-class EntryDraft:
-    """What the decision worker asks the ledger to record. Hashed, never edited."""
-
-    kind: str
-    verdict: str | None = None  # ACCEPT / REJECT for decisions, None otherwise
-    reason: str | None = None  # reason code for a refusal (docs/reasons.md)
-    method: str | None = None  # "qr" or "card"
-    cadre: str | None = None  # "iss/sub" for QR, roster cadre id "card/<cadre>" for cards
-    credential: str | None = None  # "qr/<iss>/<cti hex>" or "card/<uid hex>"
-    ctr: int | None = None  # presentation counter (QR only)
-    unit: str | None = None
-    day: str | None = None  # local service day, "YYYY-MM-DD"
-    meal: str | None = None  # meal window name, e.g. "lunch"
-    amount_fen: int = 0
-    ref_seq: int | None = None  # the entry a reversal reverses
-    detail: dict[str, Any] = field(default_factory=dict)  # JSON-able extras
-
-
-@dataclass(frozen=True)
-class LedgerEntry(EntryDraft):
-    """A committed entry."""
-
-    seq: int = 0
-    entry_id: str = ""
-    at_ms: int = 0  # trusted time, Unix milliseconds UTC
-    prev_hash: bytes = b""
-    hash: bytes = b""
-    acked_at_ms: int | None = None
-
 
 # --- the writer ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from ledger_writer import synthetic_draft, write_synthetic
 
+from protocol import chain
 from terminal import ledger, ledger_audit, ledger_key, ledger_schema
 from terminal.durable import write_transaction
 
@@ -75,6 +76,7 @@ def test_the_write_lock_is_taken_at_begin(tmp_path: Path, conn: sqlite3.Connecti
 
 def test_terminal_ledger_reexports_the_names_that_moved_beside_it() -> None:
     moved = {
+        chain: ("EntryDraft", "LedgerEntry", "SALE", "ACCEPT", "entry_hash"),
         ledger_audit: (
             "ChainAudit",
             "ChainMark",
