@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from updateskit import NOW, RepoServer
 
 from county import updates as cu
@@ -37,6 +37,11 @@ def terminal(*args: str) -> int:
 
 def out_json(capsys: pytest.CaptureFixture[str]) -> Any:
     return json.loads(capsys.readouterr().out)
+
+
+def timestamp_version(data: Path) -> int:
+    with cu.CountyRepository(data) as repo:
+        return int(repo.timestamp().signed.version)
 
 
 def test_every_command_has_help() -> None:
@@ -128,13 +133,7 @@ def test_server_parts_refresher_and_conflicts(tmp_path: Path) -> None:
     # A clock two-thirds of a day on: the refresher must re-sign the timestamp.
     stop = cu.start_timestamp_refresher(data, 0.05, clock=lambda: NOW + 16 * 3600)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with cu.CountyRepository(data) as repo:
-                if repo.timestamp().signed.version > first:
-                    break
-            assert time.monotonic() < deadline, "the timestamp was not re-signed"
-            time.sleep(0.05)
+        wait_for(lambda: timestamp_version(data) > first, 10, "the timestamp to be re-signed")
     finally:
         stop()
     # No conflicts recorded: nothing to publish, and no error.

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from conftest import wait_for
 from fastapi import FastAPI
 
 from county import updates as cu
@@ -155,10 +156,7 @@ class RepoServer:
     def start(self) -> RepoServer:
         self.thread.start()
         self.timer.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the repository server did not start"
-            time.sleep(0.01)
+        wait_for(lambda: self.server.started, 10, "the repository server to start")
         return self
 
     def stop(self) -> None:
