@@ -23,6 +23,17 @@ ISSUER = Issuer("hn-daemon", key_from_seed("daemon-test-issuer"))
 CARD_UID = bytes.fromhex("0a1b2c3d4e")  # RDM6300: version byte + 32-bit id
 CARD_CADRE = "K1"
 PIN = "2468"
+# A [sync] section for a daemon with a county in the test: a sync every second.
+SYNC = """
+[sync]
+interval_s = 1
+jitter_s = 0
+deadline_s = 5
+connect_timeout_s = 2
+read_timeout_s = 2
+backoff_base_s = 1
+backoff_cap_s = 2
+"""
 
 
 def midday_zone() -> str:

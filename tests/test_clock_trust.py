@@ -22,7 +22,7 @@ import pytest
 from canteenkit import LUNCH, Canteen
 from conftest import SMALL, Browser, wait_for
 from countykit import County, provision_terminal
-from daemonkit import CARD_UID, ReaderPty, install_lists, midday_zone, write_settings
+from daemonkit import CARD_UID, SYNC, ReaderPty, install_lists, midday_zone, write_settings
 
 from terminal import config, ledger, sync, trust
 from terminal.core import policy
@@ -140,17 +140,6 @@ def test_within_the_tolerance_the_wall_clock_is_trusted(canteen: Canteen) -> Non
 
 
 # ---- a real daemon, three hours fast, against a real county server ----
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 5
-connect_timeout_s = 2
-read_timeout_s = 2
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 def meal_settings(tmp_path: Path, reader_port: str) -> Path:

@@ -9,21 +9,10 @@ from pathlib import Path
 
 from conftest import SMALL, Browser, shot, wait_for
 from countykit import County, provision_terminal
-from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from daemonkit import CARD_UID, SYNC, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger
 from terminal.service import daemon, selftest
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 5
-connect_timeout_s = 2
-read_timeout_s = 2
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 def test_sales_upload_by_themselves_and_the_banner_follows_the_county(

@@ -21,23 +21,12 @@ from pathlib import Path
 import pytest
 from conftest import SMALL, Browser, wait_for
 from countykit import County, provision_terminal
-from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from daemonkit import CARD_UID, SYNC, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger, state
 from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 5
-connect_timeout_s = 2
-read_timeout_s = 2
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 class Running:

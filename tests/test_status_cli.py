@@ -17,23 +17,12 @@ from pathlib import Path
 
 from conftest import wait_for
 from countykit import County, provision_terminal
-from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
+from daemonkit import CARD_UID, SYNC, ReaderPty, install_lists, write_settings
 
 from terminal import config
 from terminal.service import daemon
 
 ROOT = Path(__file__).parent.parent
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 5
-connect_timeout_s = 2
-read_timeout_s = 2
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 def status(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
