@@ -645,7 +645,10 @@ class SyncTrigger(BaseTrigger):  # type: ignore[misc]
     def get_next_fire_time(
         self, previous_fire_time: dt.datetime | None, now: dt.datetime
     ) -> dt.datetime:
-        return now + dt.timedelta(seconds=self.delay())
+        # APScheduler asks as it hands a run to its thread, before the outcome is known:
+        # a time after that run's deadline, so it never fires into the running sync. The
+        # run's end replaces it with ``delay()`` (SyncSchedule._run, job.modify).
+        return now + dt.timedelta(seconds=self.settings.deadline_s + self.delay())
 
     def __str__(self) -> str:
         return "canteen sync"
@@ -717,7 +720,7 @@ class SteadyJobStore(BaseJobStore):  # type: ignore[misc]
 class SyncSchedule:
     """Runs ``client.sync_once`` on one APScheduler job and hands each result to ``on_result``.
 
-    The job has one instance at a time and coalesces missed runs; ``SyncTrigger``
+    One sync runs at a time and missed runs coalesce; ``SyncTrigger``
     says when it runs next. APScheduler asks the trigger as a run starts, before
     its outcome is known, so when the run ends the job's next run time is set
     again from the trigger with the outcome in (``job.modify``). ``nudge()`` asks
@@ -746,7 +749,9 @@ class SyncSchedule:
         self._scheduler = BackgroundScheduler(
             timezone=dt.UTC,
             jobstores={"default": SteadyJobStore()},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            # Two instances: a run due at once may start while the one before is
+            # returning; ``_running`` still keeps two syncs from overlapping.
+            job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
         )
         self._job: Job | None = None
 
@@ -804,7 +809,6 @@ class SyncSchedule:
             result = self.client.sync_once(time.monotonic() + self.settings.deadline_s)
         finally:
             with self._lock:
-                self._running = False
                 self.stats.runs += 1
                 if result is None or isinstance(result.failure, RETRY_SOON):
                     self.stats.failures += 1
@@ -814,16 +818,24 @@ class SyncSchedule:
                     # Refused by the server (a fork alarm): retrying soon will not help.
                     self.stats.failures = max(self.stats.failures + 1, 8)
                 self.stats.last_result = result
-                self.trigger.soon = self._nudged or (
-                    result is not None
-                    and result.failure is None
-                    and result.acked_seq is not None
-                    and result.acked_seq < result.local_last_seq
-                )
-                delay = self.trigger.delay()
-            self._next_run_in(delay)
-        if result is not None:
             try:
-                self.on_result(result)
-            except Exception:
-                log.exception("the sync result callback failed")
+                if result is not None:
+                    try:
+                        self.on_result(result)
+                    except Exception:
+                        log.exception("the sync result callback failed")
+            finally:
+                self._ended(result)
+
+    def _ended(self, result: SyncResult | None) -> None:
+        """The run is over: the next one is due when the trigger says, outcome known."""
+        with self._lock:
+            self._running = False
+            self.trigger.soon = self._nudged or (
+                result is not None
+                and result.failure is None
+                and result.acked_seq is not None
+                and result.acked_seq < result.local_last_seq
+            )
+            delay = self.trigger.delay()
+        self._next_run_in(delay)

@@ -80,7 +80,7 @@ def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
         reader.swipe(CARD_UID)
         wait_for(lambda: d.worker.decisions == 1, what="the first swipe")
         first = [e for e in entries(book) if e["kind"] == "sale"][-1]
-        assert (first["verdict"], first["amount_fen"]) == ("accept", 1000)
+        assert (first["verdict"], first["amount_fen"]) == ("accept", 1000), first["reason"]
 
         # County IT: revoke the first card, and publish a new price for this canteen.
         (tmp_path / "price.toml").write_text(

@@ -294,8 +294,10 @@ class Link:
     """One requests Session to the county: mTLS, a deadline per exchange, ServerCheck.
 
     ``ca`` is the pinned county CA; None only where nothing can be checked yet (the
-    CA download at provisioning, which the code's fingerprint checks afterwards)
-    or for a plain-HTTP address (a test repository). One exchange at a time: a Link
+    CA download at provisioning, which the code's fingerprint checks afterwards),
+    for a plain-HTTP address (a test repository), or with ``system_trust`` for a
+    repository mirror a technician names (the system's CAs, checked by the ssl
+    module at the wall clock; python-tuf verifies what it serves). One exchange at a time: a Link
     belongs to one thread at a time (the sync thread, or one update refresh).
     ``close()`` drops pooled connections; the Link can be used again afterwards.
     """
@@ -308,6 +310,7 @@ class Link:
         county_time: Callable[[], int | None] = lambda: None,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 20.0,
+        system_trust: bool = False,
     ) -> None:
         self.server_check = ServerCheck(ca, county_time) if ca is not None else None
         self.timeouts = (connect_timeout_s, read_timeout_s)
@@ -325,7 +328,7 @@ class Link:
         self.session.mount("http://", _LinkAdapter(self))
         # ServerCheck verifies the chain and host after the handshake (at the trusted
         # time as well as the wall clock), so the ssl module checks nothing itself.
-        self.session.verify = False
+        self.session.verify = ca is None and system_trust
         if client_cert is not None:
             self.session.cert = client_cert
 

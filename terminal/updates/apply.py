@@ -277,12 +277,12 @@ class TerminalUpdater:
             ca = None
             if ca_file:
                 ca = x509.load_pem_x509_certificate(Path(ca_file).read_bytes())
-            elif base_url.startswith("https:"):
-                raise ValueError("an https:// repository needs the county CA (ca_file)")
-            # The server's certificate is checked at the wall clock or at the trusted
-            # time the refresh judges expiry at (a Pi may boot far behind).
+            # The county's certificate is checked at the wall clock or at the trusted
+            # time the refresh judges expiry at (a Pi may boot far behind); a mirror
+            # named without the county CA by the system's CAs.
             self.link = Link(
                 ca,
+                system_trust=ca is None,
                 client_cert=(cert_file, key_file or cert_file) if cert_file else None,
                 county_time=lambda: self._at_ms,
                 connect_timeout_s=self.limits.connect_timeout_s,
