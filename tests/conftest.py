@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +68,28 @@ def listening(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_terminal(
+    *args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`canteen-terminal ARGS` in a child process of this checkout (hw-sim importable)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "terminal.commands.main", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
 
 
 # ---- the browser ----

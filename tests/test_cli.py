@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_terminal as run
 
 ROOT = Path(__file__).parent.parent
 VECTORS = json.loads((ROOT / "tests" / "data" / "vectors-v1.json").read_text(encoding="utf-8"))
-
-
-def run(
-    *args: str, stdin: str | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "terminal.commands.main", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd or ROOT,
-        timeout=120,
-    )
 
 
 def write_json(path: Path, data: Any) -> Path:

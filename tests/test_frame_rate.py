@@ -4,12 +4,10 @@ sends 8 frames a second while the settings ask for 25; a real daemon reads it.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
+from conftest import run_terminal as cli
 from conftest import wait_for
 from daemonkit import install_lists, write_settings
 from hwsim.camera import CameraSim
@@ -20,21 +18,6 @@ from terminal.service import daemon
 ROOT = Path(__file__).parent.parent
 SENT_FPS = 8
 ASKED_FPS = 25
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "terminal.commands.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 def test_status_and_selftest_give_the_rate_the_camera_delivers(tmp_path: Path) -> None:

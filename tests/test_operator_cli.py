@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
+from conftest import run_terminal as run
+
 ROOT = Path(__file__).parent.parent
-
-
-def run(
-    *args: str, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "hw-sim"), env.get("PYTHONPATH", "")]
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "terminal.commands.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd or ROOT,
-        timeout=timeout,
-    )
 
 
 def test_a_settings_file_nested_5000_deep_is_one_line_and_exit_2(tmp_path: Path) -> None:
