@@ -12,14 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import SMALL, Browser, wait_for
 from daemonkit import CARD_UID, PIN, ReaderPty, install_lists, write_settings
 
 from terminal import config
 from terminal.config import ConfigError
 from terminal.service import daemon
 
-CHROMIUM = "/usr/bin/chromium"
 NAME = "Bureau of Own Affairs"
 
 
@@ -34,9 +33,9 @@ def staff_open(url: str) -> dict[str, object]:
         return dict(json.loads(answer.read()))
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
-def test_the_screen_and_the_panel_name_the_unit(tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_the_screen_and_the_panel_name_the_unit(tmp_path: Path, browser: Browser) -> None:
+    from playwright import sync_api
+
     install_lists(tmp_path / "state")
     reader = ReaderPty()
     settings = write_settings(
@@ -50,16 +49,11 @@ def test_the_screen_and_the_panel_name_the_unit(tmp_path: Path) -> None:
     thread.start()
     try:
         wait_for(lambda: d.state == daemon.READY, what="ready")
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
-            )
-            page = browser.new_page(viewport={"width": 800, "height": 480})
-            page.goto(d.screen.url)
-            sync_api.expect(page.locator("body")).to_have_attribute("data-view", "idle")
-            reader.swipe(CARD_UID)
-            sync_api.expect(page.locator("#verdict-who")).to_have_text(f"Card holder · {NAME}")
-            browser.close()
+        page = browser.new_page(viewport=SMALL)
+        page.goto(d.screen.url)
+        sync_api.expect(page.locator("body")).to_have_attribute("data-view", "idle")
+        reader.swipe(CARD_UID)
+        sync_api.expect(page.locator("#verdict-who")).to_have_text(f"Card holder · {NAME}")
         charge = staff_open(d.screen.url)["last_charge"]
         assert isinstance(charge, dict)
         assert (charge["unit"], charge["unit_name"]) == ("own", NAME)
