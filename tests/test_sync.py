@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faultproxy
 import pytest
@@ -37,6 +38,9 @@ from terminal.ledger import TIME_SIGNAL
 from terminal.link.provision import load_identity, provision
 from terminal.link.transport import NotProvisioned, ServerCertificateRefused, ServerRefused
 from terminal.sync import SyncClient, SyncResult, SyncSchedule, apply_result
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -568,3 +572,93 @@ def test_sync_settings_defaults_and_strictness(tmp_path: Path) -> None:
     # The core's loader still takes a file with a [sync] section.
     f.write_text("[sync]\ninterval_s = 60\n")
     assert config.load(f).terminal_id
+
+
+# --- the server certificate's dates --------------------------------------------------------
+
+
+def _cert_chain(not_before: str, not_after: str) -> tuple[x509.Certificate, bytes]:
+    """A CA and a server certificate for 127.0.0.1 valid between two ISO dates (UTC)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    start = dt.datetime.fromisoformat(not_before).replace(tzinfo=dt.UTC)
+    end = dt.datetime.fromisoformat(not_after).replace(tzinfo=dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test county CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2099, 1, 1, tzinfo=dt.UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "county")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ca, leaf.public_bytes(serialization.Encoding.DER)
+
+
+def _ms(iso: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(iso).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def test_server_certificate_dates_are_judged_at_the_wall_clock_or_the_county_time() -> None:
+    """Expired or not yet valid at both the wall clock and the county time: refused. Valid
+    at the county time a terminal holds (its wall clock stepped): accepted."""
+    from terminal.link.transport import ServerCheck
+
+    ca, expired = _cert_chain("2020-01-01", "2020-12-31")
+    with pytest.raises(ServerCertificateRefused, match="does not chain"):
+        ServerCheck(ca, lambda: None).verify(expired, "127.0.0.1")
+    with pytest.raises(ServerCertificateRefused):
+        ServerCheck(ca, lambda: _ms("2021-06-01")).verify(expired, "127.0.0.1")
+    # A terminal whose wall clock ran years ahead still reaches its county.
+    ServerCheck(ca, lambda: _ms("2020-06-01")).verify(expired, "127.0.0.1")
+
+    ca, future = _cert_chain("2090-01-01", "2091-01-01")
+    with pytest.raises(ServerCertificateRefused):
+        ServerCheck(ca, lambda: None).verify(future, "127.0.0.1")
+    ServerCheck(ca, lambda: _ms("2090-06-01")).verify(future, "127.0.0.1")
+
+    other_ca, _ = _cert_chain("2020-01-01", "2099-01-01")
+    _, current = _cert_chain("2020-01-01", "2099-01-01")
+    with pytest.raises(ServerCertificateRefused):
+        ServerCheck(other_ca, lambda: None).verify(current, "127.0.0.1")
+    with pytest.raises(ServerCertificateRefused):
+        ServerCheck(ca, lambda: None).verify(None, "127.0.0.1")
