@@ -21,6 +21,11 @@ from typing import Any
 
 from protocol.tokens import IssuerKey
 
+ISSUERS = "issuers"
+REVOCATIONS = "revocations"
+ROSTER = "roster"
+LIST_NAMES = (ISSUERS, REVOCATIONS, ROSTER)
+
 REVOCATION_KINDS = ("credential", "cadre", "holder_key", "issuer_key", "card")
 CARD_STATUSES = ("active", "lost", "blocked")
 ROSTER_COLUMNS = ("uid", "iss", "sub", "unit", "display_name", "status")
@@ -48,6 +53,18 @@ class ListHeader:
     version: int
     issued_at: int | None
     expires_at: int | None
+
+
+@dataclass(frozen=True)
+class ListInfo:
+    """Which version of a list is in force, and how old it is."""
+
+    name: str
+    version: int
+    issued_at: int  # Unix seconds, from the list's publisher
+    expires_at: int | None
+    installed_at: int
+    count: int
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,14 @@ from typing import Any
 # The list formats are protocol/lists.py's (the county checks them too); the names stay
 # importable from here.
 from protocol.lists import CARD_STATUSES as CARD_STATUSES
+from protocol.lists import ISSUERS as ISSUERS
+from protocol.lists import LIST_NAMES as LIST_NAMES
 from protocol.lists import REVOCATION_KINDS as REVOCATION_KINDS
+from protocol.lists import REVOCATIONS as REVOCATIONS
+from protocol.lists import ROSTER as ROSTER
 from protocol.lists import ROSTER_COLUMNS as ROSTER_COLUMNS
 from protocol.lists import ListHeader as ListHeader
+from protocol.lists import ListInfo as ListInfo
 from protocol.lists import RosterCard as RosterCard
 from protocol.lists import TrustError as TrustError
 from protocol.lists import parse_issuer_keys as parse_issuer_keys
@@ -35,11 +40,6 @@ from protocol.lists import parse_roster_csv as parse_roster_csv
 from protocol.lists import revocation_key as revocation_key
 from protocol.lists import split_list as split_list
 from protocol.tokens import IssuerKey, Presentation
-
-ISSUERS = "issuers"
-REVOCATIONS = "revocations"
-ROSTER = "roster"
-LIST_NAMES = (ISSUERS, REVOCATIONS, ROSTER)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lists (
@@ -68,18 +68,6 @@ CREATE TABLE IF NOT EXISTS roster (
     status TEXT NOT NULL
 ) STRICT, WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True)
-class ListInfo:
-    """Which version of a list is in force, and how old it is."""
-
-    name: str
-    version: int
-    issued_at: int  # Unix seconds, from the list's publisher
-    expires_at: int | None
-    installed_at: int
-    count: int
 
 
 class TrustStore:

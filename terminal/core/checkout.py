@@ -14,8 +14,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from protocol.chain import (
+    ACCEPT,
+    CLOCK_FAULT,
+    REJECT,
+    REVERSAL,
+    SALE,
+    TIME_SIGNAL,
+    TOKEN_CHECK,
+    EntryDraft,
+    LedgerEntry,
+)
+from protocol.lists import REVOCATIONS, ROSTER
 from protocol.tokens import (
     REPLAYED,
     REVOKED,
@@ -27,19 +39,7 @@ from protocol.tokens import (
 from terminal.config import Settings
 from terminal.core import policy
 from terminal.core.clock import TrustedClock
-from terminal.ledger import (
-    ACCEPT,
-    CLOCK_FAULT,
-    REJECT,
-    REVERSAL,
-    SALE,
-    TIME_SIGNAL,
-    TOKEN_CHECK,
-    EntryDraft,
-    Ledger,
-    LedgerEntry,
-)
-from terminal.trust import REVOCATIONS, ROSTER, TrustStore
+from terminal.core.ports import Book, Lists
 
 NO_SUCH_SALE = "no_such_sale"
 REVERSAL_TOO_LATE = "reversal_too_late"
@@ -83,10 +83,19 @@ def card_ref(uid: bytes) -> str:
     return f"card/{uid.hex()}"
 
 
-class Checkout:
-    """Runs every check for one presentation and records the outcome."""
+B = TypeVar("B", bound=Book)
+L = TypeVar("L", bound=Lists)
 
-    def __init__(self, settings: Settings, ledger: Ledger, trust: TrustStore) -> None:
+
+class Checkout(Generic[B, L]):
+    """Runs every check for one presentation and records the outcome.
+
+    Generic over the ledger (``B``) and the lists (``L``) it is given, so that the
+    service keeps their full types (``TerminalCheckout``) while the core names only
+    what it asks of them (terminal/core/ports.py).
+    """
+
+    def __init__(self, settings: Settings, ledger: B, trust: L) -> None:
         self.settings = settings
         self.ledger = ledger
         self.trust = trust

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from terminal import config, ledger, state, trust
-from terminal.core.checkout import Checkout, Decision
+from terminal.core.checkout import Decision
 
 # Names other modules and tests reach through this module: re-exported explicitly.
 from terminal.service.notify import JournalFormatter as JournalFormatter
@@ -46,11 +46,11 @@ from terminal.service.worker import GROUP_MAX as GROUP_MAX
 from terminal.service.worker import DecisionWorker as DecisionWorker
 from terminal.service.worker import Job as Job
 from terminal.service.worker import NotSelling as NotSelling
+from terminal.service.worker import TerminalCheckout, log_failure, mono_ms
 from terminal.service.worker import WorkerDesk as WorkerDesk
 from terminal.service.worker import day_summary as day_summary
 from terminal.service.worker import day_totals as day_totals
 from terminal.service.worker import free_mb as free_mb
-from terminal.service.worker import log_failure, mono_ms
 
 log = logging.getLogger("canteen.daemon")
 
@@ -156,7 +156,7 @@ class Daemon:
             done: Future[Any] = Future()
             done.add_done_callback(log_failure("applying the county's answer"))
 
-            def apply(c: Checkout) -> Any:
+            def apply(c: TerminalCheckout) -> Any:
                 applied = sync.apply_result(
                     c.ledger, c.clock, result, self._wall_ms(), options, mono_ms()
                 )
@@ -196,7 +196,7 @@ class Daemon:
         if self.worker.ledger_problem is not None:
             return  # nothing is in force while not selling; the next good start records it
 
-        def record(c: Checkout) -> None:
+        def record(c: TerminalCheckout) -> None:
             draft = note.ledger_draft() if note is not None else None
             if draft is not None:
                 at = c.now(self._wall_ms())
@@ -238,7 +238,7 @@ class Daemon:
         done.add_done_callback(log_failure("applying an update set"))
         self.worker.put(Job(lambda c: self._apply_set(c, prepared), done))
 
-    def _apply_set(self, c: Checkout, prepared: Any) -> None:
+    def _apply_set(self, c: TerminalCheckout, prepared: Any) -> None:
         from terminal import updates
 
         now_ms = c.now(self._wall_ms())
@@ -282,7 +282,7 @@ class Daemon:
 
     # -- decisions reach the screen only here, after the commit --
 
-    def _shown(self, decision: Decision, counter: Checkout) -> None:
+    def _shown(self, decision: Decision, counter: TerminalCheckout) -> None:
         e = decision.entry
         view = {
             "seq": e.seq,

@@ -35,11 +35,15 @@ from terminal.service.settings import DaemonSettings
 log = logging.getLogger("canteen.daemon")
 
 
+# The checkout the service runs: over the SQLite ledger and trust store.
+TerminalCheckout = Checkout[ledger.Ledger, trust.TrustStore]
+
+
 @dataclass
 class Job:
     """A function to run on the decision worker (staff actions, sync results, reloads)."""
 
-    fn: Callable[[Checkout], Any]
+    fn: Callable[[TerminalCheckout], Any]
     reply: Future[Any]
 
 
@@ -81,7 +85,7 @@ class DecisionWorker:
         self,
         settings: config.Settings,
         dsettings: DaemonSettings,
-        on_decision: Callable[[Decision, Checkout], None],
+        on_decision: Callable[[Decision, TerminalCheckout], None],
         wall_ms: Callable[[], int],
         free_mb_gauge: Callable[[Path], float] = free_mb,
     ) -> None:
@@ -132,7 +136,7 @@ class DecisionWorker:
             return False
         return True
 
-    def call(self, fn: Callable[[Checkout], Any], timeout_s: float = 10.0) -> Any:
+    def call(self, fn: Callable[[TerminalCheckout], Any], timeout_s: float = 10.0) -> Any:
         """Run ``fn(checkout)`` on the worker and wait for its answer (staff actions, sync)."""
         reply: Future[Any] = Future()
         self.queue.put(Job(fn, reply), timeout=timeout_s)
@@ -253,7 +257,7 @@ class DecisionWorker:
             self.dropped += 1
             log.warning("not decided (the ledger failed its check at start): nothing recorded")
 
-    def _retain(self, counter: Checkout) -> None:
+    def _retain(self, counter: TerminalCheckout) -> None:
         """Hourly, while idle: remove acknowledged entries older than the retention."""
         if time.monotonic() - self._last_retain < 3600 or self.ledger_problem is not None:
             return
@@ -273,7 +277,7 @@ class DecisionWorker:
                 self.dsettings.retention_days,
             )
 
-    def _run_job(self, job: Job, counter: Checkout) -> None:
+    def _run_job(self, job: Job, counter: TerminalCheckout) -> None:
         if self.ledger_problem is not None:
             # Found damaged after start: nothing more is marked or appended.
             if job.reply.set_running_or_notify_cancel():
@@ -285,7 +289,7 @@ class DecisionWorker:
             except BaseException as exc:
                 job.reply.set_exception(exc)
 
-    def _decide_group(self, batch: list[Any], counter: Checkout) -> None:
+    def _decide_group(self, batch: list[Any], counter: TerminalCheckout) -> None:
         if self.ledger_problem is not None:
             self.dropped += len(batch)
             log.warning("not decided (the ledger is damaged): nothing recorded")
@@ -330,7 +334,7 @@ class DecisionWorker:
         for decision in decisions:
             self._on_decision(decision, counter)
 
-    def _refresh(self, counter: Checkout) -> None:
+    def _refresh(self, counter: TerminalCheckout) -> None:
         """A snapshot of what health and the status line need; read by other threads."""
         wall = self._wall_ms()
         now_ms = counter.clock.current(wall, mono_ms())
@@ -389,7 +393,7 @@ class WorkerDesk:
     def last_charge(self) -> Any:
         from terminal.core.desk import Charge
 
-        def find(c: Checkout) -> Any:
+        def find(c: TerminalCheckout) -> Any:
             sale = c.ledger.last_sale()
             if sale is None:
                 return None
@@ -409,7 +413,7 @@ class WorkerDesk:
     def reverse(self, sale_seq: int, staff: str, within_s: int) -> Any:
         from terminal.core.desk import Refusal, Reversal
 
-        def undo(c: Checkout) -> Any:
+        def undo(c: TerminalCheckout) -> Any:
             try:
                 entry = c.reverse(sale_seq, self.worker._wall_ms(), within_s, staff)
             except ReversalRefused as refused:
@@ -427,7 +431,7 @@ class WorkerDesk:
         return self.worker.call(lambda c: day_summary(c, self.worker._wall_ms()))
 
 
-def _todays_entries(c: Checkout, wall_ms: int) -> tuple[str, int, list[ledger.LedgerEntry]]:
+def _todays_entries(c: TerminalCheckout, wall_ms: int) -> tuple[str, int, list[ledger.LedgerEntry]]:
     """(local service day, now ms, that day's entries). An entry with no day of its own (a
     refused code or card: nothing in it named a meal) belongs to the local day of its time."""
     now_ms = c.clock.current(wall_ms, mono_ms())
@@ -440,7 +444,9 @@ def _todays_entries(c: Checkout, wall_ms: int) -> tuple[str, int, list[ledger.Le
     return day, now_ms, todays
 
 
-def _totals_of(c: Checkout, day: str, now_ms: int, entries: list[ledger.LedgerEntry]) -> Any:
+def _totals_of(
+    c: TerminalCheckout, day: str, now_ms: int, entries: list[ledger.LedgerEntry]
+) -> Any:
     from terminal.core.desk import DayTotals, MealTotal
 
     rows: dict[str, list[int]] = {m.name: [0, 0, 0, 0, 0] for m in c.settings.meals}
@@ -459,12 +465,12 @@ def _totals_of(c: Checkout, day: str, now_ms: int, entries: list[ledger.LedgerEn
     return DayTotals(day=day, meals=meals, generated_at_ms=now_ms)
 
 
-def day_totals(c: Checkout, wall_ms: int) -> Any:
+def day_totals(c: TerminalCheckout, wall_ms: int) -> Any:
     """Totals by meal for the local service day at ``wall_ms`` (the staff panel's figures)."""
     return _totals_of(c, *_todays_entries(c, wall_ms))
 
 
-def day_summary(c: Checkout, wall_ms: int) -> Any:
+def day_summary(c: TerminalCheckout, wall_ms: int) -> Any:
     """The end-of-day summary (printed and CSV) for the local service day at ``wall_ms``."""
     from terminal.core.desk import DaySummary
 
