@@ -7,8 +7,8 @@ Needs root (it makes cgroups) and a C compiler (Debian's cc). Each setting below
 stands for a Raspberry Pi; each is run twice, and the same is run without limits
 first, in the same run, as the reference:
 
-- the daemon alone (`canteen-terminal run`, its own process, the whole process and
-  its checker child inside the setting's cgroups), reading hw-sim's camera at 15 fps
+- the daemon alone (`canteen-terminal run`, its own process, the whole process
+  inside the setting's cgroups), reading hw-sim's camera at 15 fps
   and 1280x720 (the terminal's default capture): frame to page over --codes phones
   (from the first frame a decoder can read, as bench/daemon.py), then the daemon idle
   for --idle-s with the camera running: CPU as a share of the quota, peak RSS;
@@ -16,8 +16,8 @@ first, in the same run, as the reference:
   updates; --full-lunch adds the 300-presentation lunch at the target setting), in a
   child process. The scenario runs the daemon in one of its threads (it reads the
   worker's queue and ledger in process), so here the daemon's thread joins the
-  setting's CPU cgroup before it starts anything, and every thread and the checker
-  process it starts inherit that (cgroup v1 places threads; the simulators, the county
+  setting's CPU cgroup before it starts anything, and every thread it starts
+  inherits that (cgroup v1 places threads; the simulators, the county
   and the scenario stay outside, as they are not on a terminal). They still share
   the interpreter's lock with the daemon, so this is slightly harsher than a Pi. Memory
   cannot be limited per thread: the limit covers the whole lunch process (daemon,
@@ -561,7 +561,7 @@ def judge(name: str, alone: dict[str, Any], meal: dict[str, Any]) -> None:
         f"{name} daemon peak RSS",
         rss,
         "MB",
-        "the daemon's process and its checker",
+        "the daemon's process",
         "< 200 MB",
         rss < 200,
         digits=0,
