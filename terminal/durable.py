@@ -28,14 +28,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file, fsync, rename, fsync of the directory: the old file or the new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(
+    path: Path,
+    data: bytes,
+    mode: int = 0o644,
+    *,
+    make_parent: bool = True,
+    exact_mode: bool = False,
+) -> None:
+    """Temp file, fsync, rename, fsync of the directory: the old file or the new, whole.
+
+    ``make_parent=False``: the directory must exist already (someone else makes it,
+    with its owner and group). ``exact_mode``: the file gets ``mode`` whatever the
+    process umask, set before the rename, so no reader ever sees it with fewer bits.
+    """
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     # A unique temp name: two writers of the same file never write into each other's temp.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            if exact_mode:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -760,25 +760,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _write_kiosk_file(path: Path, data: bytes) -> None:
-    """Temp file, mode, fsync, rename: the kiosk finds the old page or the new, always readable.
+    """The kiosk page replaced whole: the kiosk finds the old page or the new, always readable.
 
-    Not durable.write_atomic: that one creates a missing directory, and this one must come
-    from systemd-tmpfiles with the kiosk's group (set-group-ID), and the mode is set before
-    the rename because the daemon's umask (0077) takes the group's read bit at creation.
+    The directory is not made here: it comes from systemd-tmpfiles with the kiosk's group
+    (set-group-ID). The mode is set before the rename because the daemon's umask (0077)
+    takes the group's read bit at creation.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), KIOSK_PAGE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    durable.write_atomic(path, data, KIOSK_PAGE_MODE, make_parent=False, exact_mode=True)
 
 
 def _session_cookie(value: str) -> str:
