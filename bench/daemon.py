@@ -28,12 +28,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hw-sim"), str(ROOT / "tests")]
@@ -42,6 +39,7 @@ from daemonkit import write_settings  # noqa: E402
 from figures import RESULTS, report  # noqa: E402
 from hwsim import population as pop  # noqa: E402
 from hwsim.camera import CameraSim  # noqa: E402
+from hwsim.scenario.canteen import ScreenStream  # noqa: E402
 
 from terminal import state, trust  # noqa: E402
 
@@ -58,31 +56,6 @@ def install(population: pop.Population, folder: Path, state_dir: Path, now: int)
         store.replace_roster(roster, header, now)
     finally:
         store.close()
-
-
-class EventStream:
-    """A reader of the screen's server-sent events: what the page receives, and when."""
-
-    def __init__(self, url: str) -> None:
-        self.decisions: list[tuple[float, dict[str, Any]]] = []
-        self._resp = urllib.request.urlopen(url + "events", timeout=60)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        event = ""
-        try:
-            for raw in self._resp:
-                line = raw.decode("utf-8").rstrip("\n")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "decision":
-                    self.decisions.append((time.time(), json.loads(line[5:])))
-        except (OSError, ValueError):
-            return
-
-    def close(self) -> None:
-        self._resp.close()
 
 
 def start_daemon(
@@ -206,15 +179,13 @@ def main() -> int:
                 proc, screen = start_daemon(run, camera.url, decoder)
                 try:
                     if decoder == "zxing":
-                        stream = EventStream(screen)
+                        stream = ScreenStream(screen, timeout_s=60)
                         for cadre in population.cadres:
                             seen = len(stream.decisions)
                             answer = camera.show(cadre.wallet.draw(int(time.time())), wait=True)
-                            deadline = time.monotonic() + 10
-                            while len(stream.decisions) == seen and time.monotonic() < deadline:
-                                time.sleep(0.002)
-                            if len(stream.decisions) > seen:
-                                arrived, view = stream.decisions[seen]
+                            got = stream.wait_for(seen, 10)
+                            if got is not None:
+                                arrived, view = got
                                 assert view["verdict"] == "accept", view
                                 readable = camera.readable_at(int(answer["show"]))
                                 assert readable is not None, "a verdict before a readable frame"

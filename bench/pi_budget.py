@@ -299,6 +299,7 @@ def daemon_alone(
     import daemon as bench_daemon  # bench/daemon.py
     from hwsim import population as pop
     from hwsim.camera import CameraSim
+    from hwsim.scenario.canteen import ScreenStream
 
     from terminal.service import daemon
 
@@ -320,17 +321,15 @@ def daemon_alone(
             env=fsync_env(lib, setting, run / "state"),
             preexec=lambda: groups.join_process(),
         )
-        stream = bench_daemon.EventStream(screen)
+        stream = ScreenStream(screen, timeout_s=60)
         latencies = []
         for cadre in population.cadres:
             seen = len(stream.decisions)
             answer = camera.show(cadre.wallet.draw(int(time.time())), wait=True)
-            deadline = time.monotonic() + 15
-            while len(stream.decisions) == seen and time.monotonic() < deadline:
-                time.sleep(0.002)
+            got = stream.wait_for(seen, 15)
             readable = camera.readable_at(int(answer["show"]))
-            if len(stream.decisions) > seen and readable is not None:
-                latencies.append((stream.decisions[seen][0] - readable) * 1000)
+            if got is not None and readable is not None:
+                latencies.append((got[0] - readable) * 1000)
         stream.close()
         time.sleep(2)  # the last phone leaves; past its verdict
         c0, t0 = groups.cpu_s(), time.monotonic()

@@ -132,10 +132,10 @@ price_visitor_fen = 1200
 class ScreenStream:
     """The screen's server-sent events as a page receives them: decisions, with arrival times."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = 600) -> None:
         self.decisions: list[tuple[float, dict[str, Any]]] = []
         self._cond = threading.Condition()
-        self._resp = urllib.request.urlopen(url.rstrip("/") + "/events", timeout=600)
+        self._resp = urllib.request.urlopen(url.rstrip("/") + "/events", timeout=timeout_s)
         self._thread = threading.Thread(target=self._read, name="scenario-screen", daemon=True)
         self._thread.start()
 
@@ -155,6 +155,7 @@ class ScreenStream:
             return
 
     def wait_for(self, index: int, timeout_s: float) -> tuple[float, dict[str, Any]] | None:
+        """Decision number ``index`` (from 0) with its arrival time, or None at the timeout."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.decisions) > index, timeout_s):
                 return None
