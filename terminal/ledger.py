@@ -401,10 +401,15 @@ class Ledger:
         if point is None or (done is not None and point <= done[0]):
             return 0
         point_hash = conn.execute("SELECT hash FROM entries WHERE seq = ?", (point,)).fetchone()[0]
-        self.append(
-            EntryDraft(kind=PRUNED, detail={"up_to_seq": point, "up_to_hash": point_hash.hex()}),
-            at_ms,
-        )
+        # When the county last acknowledged what goes: with every acknowledged entry
+        # pruned, "time since the last sync" must still count from it (last_ack_ms).
+        acked = conn.execute(
+            "SELECT max(acked_at_ms) FROM entries WHERE seq <= ?", (point,)
+        ).fetchone()[0]
+        detail: dict[str, Any] = {"up_to_seq": point, "up_to_hash": point_hash.hex()}
+        if acked is not None:
+            detail["acked_at_ms"] = int(acked)
+        self.append(EntryDraft(kind=PRUNED, detail=detail), at_ms)
         with _writing(conn):
             conn.execute(
                 "INSERT INTO pruned_ctr (credential, ctr)"
@@ -594,11 +599,21 @@ class Ledger:
         return self._unsynced
 
     def last_ack_ms(self) -> int | None:
-        """When the county server last acknowledged entries, or None if it never has."""
+        """When the county server last acknowledged entries, or None if it never has.
+
+        Retention may have removed every acknowledged entry: the newest PRUNED entry
+        then says when the county acknowledged the last of them.
+        """
         value: int | None = self._db.execute(
             "SELECT max(acked_at_ms) FROM entries WHERE acked_at_ms IS NOT NULL"
         ).fetchone()[0]
-        return value
+        if value is not None:
+            return value
+        row = self._db.execute(
+            "SELECT detail FROM entries WHERE kind = ? ORDER BY seq DESC LIMIT 1", (PRUNED,)
+        ).fetchone()
+        acked = json.loads(row[0]).get("acked_at_ms") if row is not None else None
+        return acked if type(acked) is int else None
 
     def last_acked(self) -> ChainMark | None:
         """The highest entry the county server acknowledged, with its hash; None if none."""

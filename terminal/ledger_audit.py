@@ -259,11 +259,11 @@ def _prune_anchor(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
 
 def _prune_recorded(conn: sqlite3.Connection, anchor: tuple[int, bytes]) -> bool:
     """A PRUNED entry in the (verified) chain names this prune point and its hash."""
-    wanted = {"up_to_seq": anchor[0], "up_to_hash": anchor[1].hex()}
     for (detail,) in conn.execute(
         "SELECT detail FROM entries WHERE kind = ? AND seq > ?", (PRUNED, anchor[0])
     ):
-        if json.loads(detail) == wanted:
+        named = json.loads(detail)
+        if named.get("up_to_seq") == anchor[0] and named.get("up_to_hash") == anchor[1].hex():
             return True
     return False
 

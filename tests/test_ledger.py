@@ -929,6 +929,26 @@ def test_prune_removes_only_acknowledged_old_entries_up_to_a_checkpoint(
     again.close()
 
 
+def test_the_last_acknowledgement_outlives_a_prune_of_every_acknowledged_entry(
+    path: Path, key: Ed25519PrivateKey
+) -> None:
+    # Up to entry 24 acknowledged, 24 is a checkpoint: the prune takes every acknowledged
+    # entry. "Time since the last sync" (sync_overdue) must still count from the county's
+    # acknowledgement, not fall back to the ledger's start.
+    led = aged_ledger(path, key)
+    led.mark_acked(24, T0 + 50_000)
+    assert led.prune(T0 + 10**9, T0 + 100_000) == 24
+    assert led.entry(25) is not None and led.entry(25).acked_at_ms is None  # type: ignore[union-attr]
+    assert led.last_ack_ms() == T0 + 50_000
+    led.close()
+    assert verify_file(path, public_bytes(key)).ok
+    again = Ledger.open(path, terminal_id="t-001", signing_key=key, now_ms=T0)
+    assert again.last_ack_ms() == T0 + 50_000
+    again.mark_acked(30, T0 + 70_000)
+    assert again.last_ack_ms() == T0 + 70_000
+    again.close()
+
+
 def test_prune_keeps_what_is_younger_than_the_retention(path: Path, key: Ed25519PrivateKey) -> None:
     led = aged_ledger(path, key)
     led.mark_acked(led.last_seq(), T0 + 50_000)
