@@ -30,6 +30,7 @@ from terminal.core.desk import (
     DayTotals,
     Refusal,
     Reversal,
+    charge_of,
     pin_matches,
 )
 from terminal.display.settings import DisplaySettings
@@ -154,16 +155,7 @@ class CheckoutDesk:
         sale = self.t.run(lambda: self.t.c.ledger.last_sale())
         if sale is None:
             return None
-        return Charge(
-            seq=sale.seq,
-            at_ms=sale.at_ms,
-            display_name=self.t.names.get(sale.seq),
-            unit=sale.unit,
-            meal=sale.meal,
-            amount_fen=sale.amount_fen,
-            method=sale.method or "",
-            unit_name=self.t.c.settings.unit_names.get(sale.unit or ""),
-        )
+        return charge_of(sale, self.t.names.get(sale.seq), self.t.c.settings.unit_names)
 
     def reverse(self, sale_seq: int, staff: str, within_s: int) -> Reversal | Refusal:
         def act() -> Reversal | Refusal:

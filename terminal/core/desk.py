@@ -13,8 +13,11 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from protocol.chain import LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,20 @@ class Charge:
     amount_fen: int
     method: str  # "qr" or "card"
     unit_name: str | None = None  # the unit's name from the settings, when they have one
+
+
+def charge_of(sale: LedgerEntry, display_name: str | None, unit_names: Mapping[str, str]) -> Charge:
+    """The charge staff see for ``sale``, with the cadre's name and the unit's name if known."""
+    return Charge(
+        seq=sale.seq,
+        at_ms=sale.at_ms,
+        display_name=display_name,
+        unit=sale.unit,
+        meal=sale.meal,
+        amount_fen=sale.amount_fen,
+        method=sale.method or "",
+        unit_name=unit_names.get(sale.unit or ""),
+    )
 
 
 @dataclass(frozen=True)

@@ -391,22 +391,13 @@ class WorkerDesk:
         return "staff" if pin_matches(self.pin, pin) else None
 
     def last_charge(self) -> Any:
-        from terminal.core.desk import Charge
+        from terminal.core.desk import charge_of
 
         def find(c: TerminalCheckout) -> Any:
             sale = c.ledger.last_sale()
             if sale is None:
                 return None
-            return Charge(
-                seq=sale.seq,
-                at_ms=sale.at_ms,
-                display_name=self.worker.names.get(sale.seq),
-                unit=sale.unit,
-                meal=sale.meal,
-                amount_fen=sale.amount_fen,
-                method=sale.method or "",
-                unit_name=c.settings.unit_names.get(sale.unit or ""),
-            )
+            return charge_of(sale, self.worker.names.get(sale.seq), c.settings.unit_names)
 
         return self.worker.call(find)
 
