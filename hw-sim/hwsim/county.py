@@ -572,25 +572,29 @@ class CountySim:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def _running_proxy(self) -> FaultProxy:
+        if self.proxy is None:
+            raise CountySimError("the simulated county is not running")
+        return self.proxy
+
+    def _running_server(self) -> CountyServer:
+        if self.server is None:
+            raise CountySimError("the simulated county is not running")
+        return self.server
+
     @property
     def url(self) -> str:
         """The address terminals use: the proxy."""
-        if self.proxy is None:
-            raise CountySimError("the simulated county is not running")
-        return self.proxy.url
+        return self._running_proxy().url
 
     @property
     def server_url(self) -> str:
         """The county server itself, without faults."""
-        if self.server is None:
-            raise CountySimError("the simulated county is not running")
-        return self.server.url
+        return self._running_server().url
 
     @property
     def store(self) -> CountyStore:
-        if self.server is None:
-            raise CountySimError("the simulated county is not running")
-        return self.server.store
+        return self._running_server().store
 
     @property
     def partitioned(self) -> bool:
@@ -598,9 +602,7 @@ class CountySim:
 
     def set_partition(self, on: bool) -> None:
         """Cut the network between terminals and the server (``on``), or heal it."""
-        if self.proxy is None:
-            raise CountySimError("the simulated county is not running")
-        self.proxy.set_partition(on)
+        self._running_proxy().set_partition(on)
         if self.on_partition is not None:
             self.on_partition(on, time.monotonic() - self._started_at)
 
