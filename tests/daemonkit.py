@@ -34,6 +34,15 @@ read_timeout_s = 2
 backoff_base_s = 1
 backoff_cap_s = 2
 """
+# The same for the update tests: the default timeouts and a 10 s deadline.
+UPDATES_SYNC = """
+[sync]
+interval_s = 1
+jitter_s = 0
+deadline_s = 10
+backoff_base_s = 1
+backoff_cap_s = 2
+"""
 
 
 def midday_zone() -> str:

@@ -18,21 +18,20 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from countykit import make_county, provision_terminal
-from daemonkit import CARD_CADRE, CARD_UID, ISSUER, ReaderPty, card_gone, write_settings
+from daemonkit import (
+    CARD_CADRE,
+    CARD_UID,
+    ISSUER,
+    UPDATES_SYNC,
+    ReaderPty,
+    card_gone,
+    write_settings,
+)
 
 from county import updates as cu
 from terminal import config, ledger
 from terminal import updates as tu
 from terminal.service import daemon
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 10
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 def entries(book: Path) -> list[dict[str, Any]]:
@@ -60,7 +59,7 @@ def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
     county.start()
     reader = ReaderPty()
     settings_path = write_settings(
-        tmp_path, reader_port=reader.path, camera_source=None, extra=SYNC
+        tmp_path, reader_port=reader.path, camera_source=None, extra=UPDATES_SYNC
     )
     state_dir = tmp_path / "state"
     provision_terminal(county, state_dir, "t-daemon", "c-daemon")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from countykit import make_county
-from daemonkit import ISSUER, install_lists, write_settings
+from daemonkit import ISSUER, UPDATES_SYNC, install_lists, write_settings
 
 import county.app
 from county import updates as cu
@@ -32,15 +32,6 @@ from terminal.service import daemon
 
 DAY_MS = 86_400_000
 AHEAD_MS = 30 * DAY_MS
-
-SYNC = """
-[sync]
-interval_s = 1
-jitter_s = 0
-deadline_s = 10
-backoff_base_s = 1
-backoff_cap_s = 2
-"""
 
 
 def kinds(book: Path) -> list[str]:
@@ -88,7 +79,9 @@ def test_a_clock_far_behind_does_not_take_expired_updates(
             updater.prepare_in_force(time.time_ns() // 1_000_000 + AHEAD_MS)
         assert updater.prepare_in_force(None).set_version >= 1  # what a freeze relies on
 
-        settings = write_settings(tmp_path, reader_port=None, camera_source=None, extra=SYNC)
+        settings = write_settings(
+            tmp_path, reader_port=None, camera_source=None, extra=UPDATES_SYNC
+        )
         d = daemon.Daemon(
             config.load(settings), notifier=daemon.Notifier(""), config_path=str(settings)
         )
