@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import run_terminal, wait_for
 from daemonkit import CARD_UID, ReaderPty, install_lists, write_settings
 
 from terminal import config, ledger
@@ -140,28 +140,18 @@ def test_watchdog_stops_when_the_worker_is_stuck(tmp_path: Path) -> None:
         notify.close()
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "terminal.commands.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
 def test_status_command_asks_the_running_daemon(tmp_path: Path, reader: ReaderPty) -> None:
     path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
     install_lists(tmp_path / "state")
-    not_running = run_cli("status", "--config", str(path))
+    not_running = run_terminal("status", "--config", str(path))
     assert not_running.returncode == 2 and "no running terminal answers" in not_running.stderr
     d, thread = start_daemon(path, None)
     try:
         wait_for(lambda: d.state == daemon.READY, what="ready")
-        out = run_cli("status", "--config", str(path), "--json")
+        out = run_terminal("status", "--config", str(path), "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["state"] == "ready"
-        human = run_cli("status", "--config", str(path))
+        human = run_terminal("status", "--config", str(path))
         # Not provisioned: the first line says the terminal works offline only.
         assert human.returncode == 0 and human.stdout.startswith("ready, offline only: ")
         assert "reader: up" in human.stdout
@@ -247,7 +237,7 @@ def test_disk_nearly_full_stops_selling_before_any_write(tmp_path: Path, reader:
 def test_a_broken_settings_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[daemon]\nqueue_sise = 5\n", encoding="utf-8")
-    out = run_cli("run", "--config", str(bad))
+    out = run_terminal("run", "--config", str(bad))
     assert out.returncode == 2
     assert "queue_sise: unknown option" in out.stderr
 
@@ -260,7 +250,7 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
 
     cv2.imwrite(str(frames / "0001.png"), np.zeros((120, 160, 3), dtype=np.uint8))
     path = write_settings(tmp_path, reader_port=reader.path, camera_source=str(frames))
-    fresh = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    fresh = run_terminal("selftest", "--config", str(path), "--camera-timeout", "3")
     assert fresh.returncode == 1  # no lists yet
     assert "FAIL lists" in fresh.stdout and "lists install" in fresh.stdout
     assert "WARN ledger" in fresh.stdout  # not created until the first start
@@ -271,7 +261,7 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
     finally:
         d.request_stop()
         thread.join(15)
-    good = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    good = run_terminal("selftest", "--config", str(path), "--camera-timeout", "3")
     assert good.returncode == 0, good.stdout
     for part in (
         "state",
@@ -291,7 +281,7 @@ def test_selftest_says_what_to_fix(tmp_path: Path, reader: ReaderPty) -> None:
     assert "WARN county" in good.stdout and "not provisioned" in good.stdout  # offline only
     broken = path.read_text(encoding="utf-8").replace(reader.path, "/dev/no-such-reader")
     path.write_text(broken, encoding="utf-8")
-    bad = run_cli("selftest", "--config", str(path), "--camera-timeout", "3")
+    bad = run_terminal("selftest", "--config", str(path), "--camera-timeout", "3")
     assert bad.returncode == 1 and "FAIL reader" in bad.stdout and "check the cable" in bad.stdout
 
 
