@@ -12,8 +12,9 @@ read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from terminal import config
 from terminal.display import settings as display
@@ -22,6 +23,8 @@ from terminal.display.settings import DisplaySettings
 if TYPE_CHECKING:
     from terminal.scanner.camera import CameraSettings
     from terminal.scanner.reader import ReaderSettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,10 @@ def daemon_settings(settings: config.Settings) -> DaemonSettings:
 def camera_settings(settings: config.Settings) -> CameraSettings:
     from terminal.scanner.camera import CameraSettings
 
-    s = settings.section("camera")
-    try:
-        result = CameraSettings(
+    return _table(
+        settings,
+        "camera",
+        lambda s: CameraSettings(
             source=s.get_str("source"),
             width=s.get_int("width", 16, 8192),
             height=s.get_int("height", 16, 8192),
@@ -70,27 +74,34 @@ def camera_settings(settings: config.Settings) -> CameraSettings:
             stall_s=s.get_float("stall_s", 0.1, 600),
             same_text_s=s.get_float("same_text_s", 0, 600),
             confirm_s=s.get_float("confirm_s", 0.01, 60),
-        )
-    except ValueError as exc:
-        raise config.ConfigError(f"{settings.source}: [camera]: {exc}") from None
-    s.check_unused()
-    return result
+        ),
+    )
 
 
 def reader_settings(settings: config.Settings) -> ReaderSettings:
     from terminal.scanner.reader import ReaderSettings
 
-    s = settings.section("reader")
-    try:
-        result = ReaderSettings(
+    return _table(
+        settings,
+        "reader",
+        lambda s: ReaderSettings(
             port=s.get_str("port"),
             kind=s.get_str("kind", ("rdm6300", "ascii", "pn532")),
             ascii_format=s.get_str("ascii_format", ("hex", "dec")),
             ascii_byte_order=s.get_str("ascii_byte_order", ("msb_first", "lsb_first")),
             card_leave_s=s.get_float("card_leave_s", 0, 60),
-        )
+        ),
+    )
+
+
+def _table(settings: config.Settings, name: str, build: Callable[[config.Section], T]) -> T:
+    """The table ``name`` built by ``build``: a value its dataclass refuses is a ConfigError
+    naming the table, and an option nothing read is one too."""
+    s = settings.section(name)
+    try:
+        result = build(s)
     except ValueError as exc:
-        raise config.ConfigError(f"{settings.source}: [reader]: {exc}") from None
+        raise config.ConfigError(f"{settings.source}: [{name}]: {exc}") from None
     s.check_unused()
     return result
 
