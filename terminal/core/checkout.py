@@ -169,15 +169,7 @@ class Checkout(Generic[B, L]):
         if isinstance(outcome, tuple):
             return self._refuse_verified(text, *outcome, now_ms, TOKEN_CHECK)
         p = outcome
-        draft = EntryDraft(
-            kind=TOKEN_CHECK,
-            verdict=ACCEPT,
-            method=policy.QR,
-            cadre=f"{p.iss}/{p.sub}",
-            credential=credential_ref(p.iss, p.cti),
-            ctr=p.ctr,
-            unit=p.unit,
-        )
+        draft = _verified_draft(p, TOKEN_CHECK, ACCEPT)
         return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
 
     def present_qr(self, text: str, wall_ms: int, mono_ms: int | None = None) -> Decision:
@@ -238,30 +230,14 @@ class Checkout(Generic[B, L]):
         # Steps 1-5 passed, so the signed fields are proven: the county sees which cadre and
         # credential still try after a revocation (or who replays). The code itself is not
         # kept; its digest matches it against other attempts, as for unverified codes.
-        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
-        draft = EntryDraft(
-            kind=kind,
-            verdict=REJECT,
-            reason=reason,
-            method=policy.QR,
-            cadre=f"{p.iss}/{p.sub}",
-            credential=credential_ref(p.iss, p.cti),
-            ctr=p.ctr,
-            unit=p.unit,
-            detail={**detail, "qr_sha256": digest, "qr_length": len(text)},
-        )
+        draft = _verified_draft(p, kind, REJECT, reason, {**detail, **_text_digest(text)})
         return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
 
     def _refuse_token(self, text: str, reason: str, now_ms: int, kind: str) -> Decision:
         # Nothing from an unverified payload is recorded; a digest lets the county match
         # repeated attempts with the same text without storing hostile bytes.
-        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
         draft = EntryDraft(
-            kind=kind,
-            verdict=REJECT,
-            reason=reason,
-            method=policy.QR,
-            detail={"qr_sha256": digest, "qr_length": len(text)},
+            kind=kind, verdict=REJECT, reason=reason, method=policy.QR, detail=_text_digest(text)
         )
         return Decision(self._append(draft, now_ms))
 
@@ -371,19 +347,51 @@ class Checkout(Generic[B, L]):
                 REVERSAL_TOO_LATE,
                 f"sale {seq} is older than {within_s // 60} minutes; ask county IT to refund it",
             )
-        draft = EntryDraft(
-            kind=REVERSAL,
-            method=sale.method,
-            cadre=sale.cadre,
-            credential=sale.credential,
-            unit=sale.unit,
-            day=sale.day,
-            meal=sale.meal,
-            amount_fen=sale.amount_fen,
-            ref_seq=seq,
-            detail={"staff": staff},
-        )
-        return self._append(draft, now_ms)
+        return self._append(reversal_draft(sale, staff), now_ms)
+
+
+def _verified_draft(
+    p: Presentation,
+    kind: str,
+    verdict: str,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> EntryDraft:
+    """An entry for a code whose signature verified: its cadre, credential, counter and
+    unit are proven, so they are recorded."""
+    return EntryDraft(
+        kind=kind,
+        verdict=verdict,
+        reason=reason,
+        method=policy.QR,
+        cadre=f"{p.iss}/{p.sub}",
+        credential=credential_ref(p.iss, p.cti),
+        ctr=p.ctr,
+        unit=p.unit,
+        detail=detail if detail is not None else {},
+    )
+
+
+def _text_digest(text: str) -> dict[str, Any]:
+    """What is kept of a code's text when it is refused: a digest and the length, not the bytes."""
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]
+    return {"qr_sha256": digest, "qr_length": len(text)}
+
+
+def reversal_draft(sale: LedgerEntry, staff: str) -> EntryDraft:
+    """The entry that undoes ``sale``: its diner, unit, meal and amount, naming it and the staff."""
+    return EntryDraft(
+        kind=REVERSAL,
+        method=sale.method,
+        cadre=sale.cadre,
+        credential=sale.credential,
+        unit=sale.unit,
+        day=sale.day,
+        meal=sale.meal,
+        amount_fen=sale.amount_fen,
+        ref_seq=sale.seq,
+        detail={"staff": staff},
+    )
 
 
 class ReversalRefused(Exception):
