@@ -15,21 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from county import ca
+from county import updates as county_updates
 from county.app import ASGIApp, CountyServer, new_provisioning_code
 from county.store import CountyStore
 from protocol.chain import entry_hash
 from terminal import state
+from terminal import updates as terminal_updates
 from terminal.config import SyncSettings
+from terminal.core.checkout import reversal_draft
+from terminal.core.clock import TrustedClock
 from terminal.ledger import (
     ACCEPT,
     REJECT,
-    REVERSAL,
     SALE,
     EntryDraft,
     Ledger,
     load_or_create_signing_key,
 )
 from terminal.link.provision import CountyIdentity, provision
+from terminal.sync import SyncClient, apply_result
 
 T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
 
@@ -76,6 +80,11 @@ class County:
             store.close()
         return new_provisioning_code(self.data, secret)
 
+    def pin_root(self, terminal_root: Path) -> None:
+        """Pin this county's first update root on a terminal, as county IT does at provisioning."""
+        root_json = (county_updates.RepoPaths(self.data).metadata / "1.root.json").read_bytes()
+        terminal_updates.pin_root(terminal_root, root_json)
+
 
 def make_county(root: Path) -> County:
     data = root / "county"
@@ -97,6 +106,14 @@ class Terminal:
         paths = state.StatePaths(self.root)
         return state.open_ledger(paths.ledger, paths.key, self.terminal_id, T0_MS)
 
+    def append_entries(self, n: int, **kw: Any) -> None:
+        """``n`` more made-up entries in this terminal's ledger (``append_entries``)."""
+        book = self.open_ledger()
+        try:
+            append_entries(book, n, **kw)
+        finally:
+            book.close()
+
 
 def provision_terminal(
     county: County, root: Path, terminal_id: str, canteen: str, server: str | None = None
@@ -110,6 +127,18 @@ def provision_terminal(
     term = Terminal(paths.root, terminal_id, identity)
     term.open_ledger().close()
     return term
+
+
+def sync(term: Terminal) -> None:
+    """One sync of ``term`` with the county, which must succeed, and its result kept."""
+    client = SyncClient(term.ledger_path, term.identity, FAST)
+    result = client.sync_once(time.monotonic() + 10)
+    assert result.error is None, result.error
+    book = term.open_ledger()
+    try:
+        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
+    finally:
+        book.close()
 
 
 def sale(
@@ -155,19 +184,7 @@ def append_entries(book: Ledger, n: int, start_ms: int = T0_MS, **kw: Any) -> No
         entry = book.append(sale(first + i, **kw), start_ms + first + i)
         if i % 50 == 49 and entry.verdict == ACCEPT:
             # A staff undo now and then: reversals reference earlier entries.
-            undo = EntryDraft(
-                kind=REVERSAL,
-                method="qr",
-                cadre=entry.cadre,
-                credential=entry.credential,
-                unit=entry.unit,
-                day=entry.day,
-                meal=entry.meal,
-                amount_fen=entry.amount_fen,
-                ref_seq=entry.seq,
-                detail={"staff": "s1"},
-            )
-            book.append(undo, start_ms + first + i)
+            book.append(reversal_draft(entry, "s1"), start_ms + first + i)
 
 
 def local_chain(path: Path) -> list[tuple[int, str]]:

@@ -15,12 +15,12 @@ import pytest
 import requests
 from conftest import listening, wait_for
 from countykit import (
-    FAST,
     T0_MS,
     County,
     append_entries,
     provision_terminal,
     sale,
+    sync,
 )
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
@@ -28,21 +28,8 @@ from county.cli import build_parser
 from county.cli import main as county_main
 from terminal import trust
 from terminal.commands.sync import add_sync_commands
-from terminal.core.clock import TrustedClock
-from terminal.sync import SyncClient, apply_result
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _sync(term) -> None:  # type: ignore[no-untyped-def]
-    client = SyncClient(term.ledger_path, term.identity, FAST)
-    result = client.sync_once(time.monotonic() + 10)
-    assert result.error is None, result.error
-    book = term.open_ledger()
-    try:
-        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
-    finally:
-        book.close()
 
 
 def test_conflicts_become_revocations_and_are_reported_per_unit(
@@ -81,7 +68,7 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
         book = term.open_ledger()
         book.append(draft, T0_MS)
         book.close()
-        _sync(term)
+        sync(term)
     kinds = sorted(c["kind"] for c in county.store.conflicts())
     assert kinds == ["presentation_twice", "served_twice"]
     revocations = county.store.revocations()
@@ -108,10 +95,8 @@ def test_report_counts_meals_amounts_refusals_and_silent_terminals(
 ) -> None:
     a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     county.code("never-1", "canteen-z")  # registered, never heard from
-    book = a.open_ledger()
-    append_entries(book, 100)
-    book.close()
-    _sync(a)
+    a.append_entries(100)
+    sync(a)
     report = county.store.report(int(time.time() * 1000), 3_600_000)
     [d] = [d for d in report["days"] if d["day"] == "2026-05-28"]
     refusals = sum(sum(x["refusals"].values()) for x in report["days"])

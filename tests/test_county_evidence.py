@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import wait_for
-from countykit import FAST, T0_MS, County, Terminal, make_county, provision_terminal
+from countykit import FAST, T0_MS, County, Terminal, make_county, provision_terminal, sync
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
 from county import updates as cu
@@ -32,9 +32,9 @@ from county.store import BAD_EVIDENCE, UNSIGNED, Limits
 from protocol.chain import checkpoint_message, entry_hash
 from terminal import trust
 from terminal import updates as tu
-from terminal.core.clock import TrustedClock
+from terminal.core.checkout import reversal_draft
 from terminal.ledger import ACCEPT, SALE, EntryDraft, load_or_create_signing_key
-from terminal.sync import SyncClient, apply_result
+from terminal.sync import SyncClient
 
 T0 = T0_MS // 1000
 DAY = "2026-05-28"
@@ -134,17 +134,6 @@ def record(term: Terminal, draft: EntryDraft, at_ms: int = T0_MS) -> None:
     book = term.open_ledger()
     try:
         book.append(draft, at_ms)
-    finally:
-        book.close()
-
-
-def sync(term: Terminal) -> None:
-    client = SyncClient(term.ledger_path, term.identity, FAST)
-    result = client.sync_once(time.monotonic() + 10)
-    assert result.error is None, result.error
-    book = term.open_ledger()
-    try:
-        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
     finally:
         book.close()
 
@@ -375,21 +364,7 @@ def _undo(term: Terminal) -> None:
     try:
         sale = book.last_sale()
         assert sale is not None
-        book.append(
-            EntryDraft(
-                kind="reversal",
-                method=sale.method,
-                cadre=sale.cadre,
-                credential=sale.credential,
-                unit=sale.unit,
-                day=sale.day,
-                meal=sale.meal,
-                amount_fen=sale.amount_fen,
-                ref_seq=sale.seq,
-                detail={"staff": "staff"},
-            ),
-            T0_MS + 1,
-        )
+        book.append(reversal_draft(sale, "staff"), T0_MS + 1)
     finally:
         book.close()
 
@@ -629,8 +604,7 @@ def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
     now = int(time.time())
     a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-    root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
-    tu.pin_root(a.root, root)
+    county.pin_root(a.root)
     store = trust.TrustStore(a.root / "trust.sqlite")
     try:
         assert tu.update_once(tu.updater_for_county(a.root), store, now) is not None

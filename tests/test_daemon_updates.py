@@ -63,7 +63,7 @@ def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
     )
     state_dir = tmp_path / "state"
     provision_terminal(county, state_dir, "t-daemon", "c-daemon")
-    tu.pin_root(state_dir, (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes())
+    county.pin_root(state_dir)
     d = daemon.Daemon(
         config.load(settings_path),
         notifier=daemon.Notifier(""),

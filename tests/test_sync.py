@@ -24,7 +24,6 @@ from countykit import (
     FAST,
     T0_MS,
     County,
-    append_entries,
     local_chain,
     make_county,
     provision_terminal,
@@ -190,9 +189,7 @@ def test_not_provisioned_state_says_what_to_do(tmp_path: Path) -> None:
 
 def test_sync_uploads_marks_and_records_county_time(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 700)
-    book.close()
+    term.append_entries(700)
     client = SyncClient(term.ledger_path, term.identity, FAST)
     result = sync_all(client, term.ledger_path, term.open_ledger)
     assert result.complete and result.batches == 4 and result.error is None
@@ -219,16 +216,12 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     county: County, tmp_path: Path
 ) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 50)
-    book.close()
+    term.append_entries(50)
     # A restored backup / cloned terminal: the same ledger up to here, then other entries.
     clone_root = tmp_path / "clone"
     shutil.copytree(term.root, clone_root)
     shared = len(local_chain(term.ledger_path))
-    book = term.open_ledger()
-    append_entries(book, 30)
-    book.close()
+    term.append_entries(30)
     client = SyncClient(term.ledger_path, term.identity, FAST)
     assert sync_all(client, term.ledger_path, term.open_ledger).complete
 
@@ -236,9 +229,7 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     from countykit import Terminal
 
     clone = Terminal(clone_root, "t1", clone_identity)
-    book = clone.open_ledger()
-    append_entries(book, 10, cadre="someone-else")
-    book.close()
+    clone.append_entries(10, cadre="someone-else")
     result = sync_all(
         SyncClient(clone.ledger_path, clone_identity, FAST), clone.ledger_path, clone.open_ledger
     )
@@ -282,9 +273,7 @@ def _rows(term, first: int, last: int) -> tuple[list, list]:  # type: ignore[no-
 
 def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 200)
-    book.close()
+    term.append_entries(200)
     rows, cps = _rows(term, 1, 40)
     assert (
         _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps}).json()[
@@ -307,9 +296,7 @@ def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_p
 
 def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 300)
-    book.close()
+    term.append_entries(300)
     client = SyncClient(term.ledger_path, term.identity, FAST)
     client._resume_hint = 150  # as if an earlier answer had said so (a restored server)
     result = sync_all(client, term.ledger_path, term.open_ledger)
@@ -335,9 +322,7 @@ def test_tampered_batches_are_refused_with_an_alarm(
     county: County, tmp_path: Path, tamper: str
 ) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 100)
-    book.close()
+    term.append_entries(100)
     rows, cps = _rows(term, 1, 100)
     if tamper == "field":
         rows[10][13] = 1  # amount_fen
@@ -386,9 +371,7 @@ def test_a_slow_link_cannot_hold_a_sync_past_its_deadline(
     county: County, tmp_path: Path, kind: str
 ) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 300)
-    book.close()
+    term.append_entries(300)
     assert county.server is not None
     fault = faultproxy.Fault(kind, bytes_per_s=1.0, stall_s=30.0)
     with faultproxy.FaultProxy(("127.0.0.1", county.server.port), lambda _n: fault) as proxy:
@@ -474,9 +457,7 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
 ) -> None:
     """The scheduled sync runs in a child process whose wall clock libfaketime steps."""
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-    book = term.open_ledger()
-    append_entries(book, 20)
-    book.close()
+    term.append_entries(20)
     settings_file = tmp_path / "terminal.toml"
     settings_file.write_text("[sync]\ninterval_s = 1\njitter_s = 0\ndeadline_s = 5\n")
     clock_file = tmp_path / "faketime"

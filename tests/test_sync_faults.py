@@ -166,9 +166,7 @@ def test_a_408_from_the_county_is_a_network_failure_not_a_refusal(tmp_path: Path
     county = make_county(tmp_path).start(wrap=wrap)
     try:
         term = provision_terminal(county, tmp_path / "t", "t1", "c1")
-        book = term.open_ledger()
-        append_entries(book, 3)
-        book.close()
+        term.append_entries(3)
         result = SyncClient(term.ledger_path, term.identity, FAST).sync_once(time.monotonic() + 10)
         assert result.error_kind == "network", result.error
         assert "timed out" in (result.error or "")

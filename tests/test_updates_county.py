@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from countykit import (
-    FAST,
     T0_MS,
     County,
     make_county,
     provision_terminal,
     sale,
+    sync,
 )
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
 
@@ -21,19 +21,6 @@ from county import updates as cu
 from county.app import ASGIApp
 from terminal import trust
 from terminal import updates as tu
-from terminal.core.clock import TrustedClock
-from terminal.sync import SyncClient, apply_result
-
-
-def _sync(term) -> None:  # type: ignore[no-untyped-def]
-    client = SyncClient(term.ledger_path, term.identity, FAST)
-    result = client.sync_once(time.monotonic() + 10)
-    assert result.error is None, result.error
-    book = term.open_ledger()
-    try:
-        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
-    finally:
-        book.close()
 
 
 @pytest.mark.slow
@@ -50,8 +37,7 @@ def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
     try:
         a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
         b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
-        root = (cu.RepoPaths(county.data).metadata / "1.root.json").read_bytes()
-        tu.pin_root(a.root, root)
+        county.pin_root(a.root)
         store = trust.TrustStore(a.root / "trust.sqlite")
         try:
             # Over HTTPS, the county CA pinned at provisioning, the client certificate sent.
@@ -75,7 +61,7 @@ def test_conflict_to_refusal_through_the_county_server(tmp_path: Path) -> None:
                 )
                 book.append(draft, T0_MS)
                 book.close()
-                _sync(term)
+                sync(term)
             # The server's refresher publishes the conflict's revocation by itself.
             with cu.CountyRepository(county.data) as repo:
                 before = repo.revocation_count()

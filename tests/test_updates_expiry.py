@@ -71,7 +71,7 @@ def test_a_clock_far_behind_does_not_take_expired_updates(
         code = county.app.new_provisioning_code(data.data, secret)
         provision(paths.root, data.url, code, key.public_key().public_bytes_raw())
         install_lists(state_dir)
-        tu.pin_root(state_dir, (cu.RepoPaths(data.data).metadata / "1.root.json").read_bytes())
+        data.pin_root(state_dir)
 
         # Judged at the county's time, the set is expired; at the system clock it is not.
         updater = tu.updater_for_county(state_dir)
