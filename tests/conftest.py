@@ -92,6 +92,30 @@ def run_terminal(
     )
 
 
+def run_script_env(checkout: Path, run: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment for scripts/run-terminal.sh of ``checkout`` with its run folder ``run``,
+    no setup step, and free ports for the screen, camera and county; and those ports."""
+    ports = {"screen": free_port(), "camera": free_port(), "county": free_port()}
+    env = {
+        **os.environ,
+        "CANTEEN_SETUP": "skip",
+        "PYTHON": sys.executable,
+        "PYTHONPATH": f"{checkout}{os.pathsep}{checkout / 'hw-sim'}",
+        "CANTEEN_RUN": str(run),
+        "CANTEEN_SCREEN_PORT": str(ports["screen"]),
+        "CANTEEN_CAMERA_PORT": str(ports["camera"]),
+        "CANTEEN_COUNTY_PORT": str(ports["county"]),
+    }
+    return env, ports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 # ---- the browser ----
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never fetched

@@ -10,22 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import run_script_env, wait_for
 
 ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
@@ -36,18 +29,8 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
         pytest.skip("not a git checkout")
     clone = tmp_path / "checkout"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    screen, camera, county = free_port(), free_port(), free_port()
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "CANTEEN_SETUP": "skip",
-        "PYTHON": sys.executable,
-        "PYTHONPATH": f"{clone}{os.pathsep}{clone / 'hw-sim'}",
-        "CANTEEN_RUN": str(run),
-        "CANTEEN_SCREEN_PORT": str(screen),
-        "CANTEEN_CAMERA_PORT": str(camera),
-        "CANTEEN_COUNTY_PORT": str(county),
-    }
+    env, ports = run_script_env(clone, run)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "bash scripts/run-terminal.sh" in readme
     proc = subprocess.Popen(
@@ -59,7 +42,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
         start_new_session=True,
     )
     try:
-        url = f"http://127.0.0.1:{screen}/state"
+        url = f"http://127.0.0.1:{ports['screen']}/state"
         wait_for(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, "the screen")
         status = run / "terminal.toml"
         wait_for(
@@ -96,7 +79,7 @@ def test_readme_first_command_sells_a_meal_and_stops_cleanly(tmp_path: Path) -> 
                 "camera",
                 "show",
                 "--url",
-                f"http://127.0.0.1:{camera}",
+                f"http://127.0.0.1:{ports['camera']}",
                 "--wallet",
                 str(wallet),
             ],

@@ -17,15 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import run_script_env, wait_for
 
 ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -44,18 +38,8 @@ def leftovers(marker: Path) -> str:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, int], Path]]:
-    ports = {"screen": free_port(), "camera": free_port(), "county": free_port()}
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "CANTEEN_SETUP": "skip",
-        "PYTHON": sys.executable,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}",
-        "CANTEEN_RUN": str(run),
-        "CANTEEN_SCREEN_PORT": str(ports["screen"]),
-        "CANTEEN_CAMERA_PORT": str(ports["camera"]),
-        "CANTEEN_COUNTY_PORT": str(ports["county"]),
-    }
+    env, ports = run_script_env(ROOT, run)
     yield env, ports, run
     # Whatever happened, nothing of this run is left behind.
     for line in leftovers(run).splitlines():
