@@ -367,3 +367,24 @@ def test_each_layer_rule_catches_its_case() -> None:
     ]
     for importer, name in fine:
         assert not _layer_violations([Found("x.py", 1, name, importer)]), (importer, name)
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    # A package folder that setup.cfg does not list is left out of a plain (non-editable)
+    # install, which the editable install of the tests would never show.
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = set()
+    for top, folder in (
+        ("protocol", "protocol"),
+        ("terminal", "terminal"),
+        ("county", "county"),
+        ("hwsim", "hw-sim/hwsim"),
+    ):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join((top, *rel.parts)))
+    assert found - listed == set(), f"not in setup.cfg [options] packages: {sorted(found - listed)}"
