@@ -275,7 +275,8 @@ class Answer:
         try:
             while True:
                 with self._link._errors(self._exchange):
-                    chunk = self._response.raw.read1(CHUNK_BYTES)
+                    # Decoded as read() is: a gzip-encoded file reaches python-tuf as itself.
+                    chunk = self._response.raw.read1(CHUNK_BYTES, decode_content=True)
                     if self._exchange.expired:
                         raise DeadlineExceeded("the deadline passed during the answer")
                 if not chunk:
