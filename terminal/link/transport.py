@@ -247,6 +247,14 @@ class _LinkAdapter(HTTPAdapter):
         pool.link = self.link  # type: ignore[attr-defined]
         return pool
 
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+        if verify is True:
+            # system_trust: requests would name its own CA bundle (certifi); with none
+            # named, urllib3 loads the system's CAs, which check a mirror as before.
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
+
 
 # --- the Link ------------------------------------------------------------------------------
 
