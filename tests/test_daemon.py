@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -346,16 +347,24 @@ def test_a_backlog_is_decided_in_groups_and_each_verdict_follows_its_commit(
     assert len(curve_checks) == len(set(curve_checks)) == 160
 
 
-def test_an_old_settings_file_with_check_ahead_gets_one_clear_line(tmp_path: Path) -> None:
-    # The check-ahead process was removed (docs/architecture.md); its option is refused
-    # with a sentence that says so, as any unknown option is refused.
+def test_an_old_settings_file_with_check_ahead_still_starts_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The check-ahead process was removed (docs/architecture.md). A terminal upgraded with
+    # the line still in /etc must start: the option is ignored, with one warning line.
     path = write_settings(
         tmp_path, reader_port=None, camera_source=None, daemon_options="check_ahead = true"
     )
-    with pytest.raises(config.ConfigError) as refused:
+    with caplog.at_level(logging.WARNING, logger="canteen.daemon"):
         daemon.daemon_settings(config.load(path))
-    message = str(refused.value)
-    assert "[daemon] check_ahead: no longer an option" in message and "\n" not in message
+    lines = [r.getMessage() for r in caplog.records if "check_ahead" in r.getMessage()]
+    assert len(lines) == 1 and "no longer an option and is ignored" in lines[0]
+    # Any other unknown option is still refused, in one line.
+    typo = write_settings(
+        tmp_path, reader_port=None, camera_source=None, daemon_options="check_ahed = true"
+    )
+    with pytest.raises(config.ConfigError, match="check_ahed: unknown option"):
+        daemon.daemon_settings(config.load(typo))
 
 
 def test_the_worker_prunes_acknowledged_entries_past_the_retention(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -23,6 +24,9 @@ from terminal.display.settings import DisplaySettings
 if TYPE_CHECKING:
     from terminal.scanner.camera import CameraSettings
     from terminal.scanner.reader import ReaderSettings
+
+# Settings lines belong to the daemon's log (journald shows them as canteen.daemon).
+log = logging.getLogger("canteen.daemon")
 
 T = TypeVar("T")
 
@@ -49,10 +53,13 @@ def daemon_settings(settings: config.Settings) -> DaemonSettings:
     )
     if "check_ahead" in section.data:
         # The check-ahead process was removed in issue 13 (docs/architecture.md, "No
-        # check-ahead process"); an old settings file that still sets it is told so.
-        raise config.ConfigError(
-            f"{settings.source}: [daemon] check_ahead: no longer an option (the check-ahead "
-            "process was removed; the decision worker checks every code); remove this line"
+        # check-ahead process"). A terminal upgraded with the line still in its settings
+        # must still start: the option is ignored, and the log says so.
+        section.used.add("check_ahead")
+        log.warning(
+            "%s: [daemon] check_ahead is no longer an option and is ignored (the decision "
+            "worker checks every code); remove this line",
+            settings.source,
         )
     section.check_unused()
     return result
