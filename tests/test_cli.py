@@ -223,6 +223,7 @@ def test_demo_runs_the_core_and_verifies(tmp_path: Path) -> None:
     assert "verifies" in text
 
 
+@pytest.mark.slow
 def test_every_command_has_help() -> None:
     from terminal.commands.main import build_parser
 

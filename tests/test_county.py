@@ -144,6 +144,7 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_commands_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "county"
     assert county_main(["ca", "init", "--data", str(data)]) == 0

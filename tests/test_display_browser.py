@@ -188,6 +188,7 @@ def test_english_by_setting_at_1024x600(browser: Any, tmp_path: Path) -> None:
         k.close()
 
 
+@pytest.mark.slow
 def test_the_page_survives_a_server_restart(browser: Any, kit: Kit) -> None:
     page = open_page(browser, kit)
     port = kit.screen.port

@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import run_terminal as cli
 from conftest import wait_for
 from daemonkit import install_lists, write_settings
@@ -20,6 +21,7 @@ SENT_FPS = 8
 ASKED_FPS = 25
 
 
+@pytest.mark.slow
 def test_status_and_selftest_give_the_rate_the_camera_delivers(tmp_path: Path) -> None:
     camera = CameraSim(port=0, fps=SENT_FPS, size=(320, 240), lifetime_s=120).start()
     try:

@@ -108,6 +108,7 @@ class StreamWatcher:
         self._thread.join(5)
 
 
+@pytest.mark.slow
 def test_terminal_camera_reads_each_phone_once_and_codes_verify(
     issued: Path, camera_sim: CameraSim
 ) -> None:

@@ -227,6 +227,7 @@ def rehash_and_resign(book: Path, key_file: Path, seq: int, amount_fen: int) -> 
     conn.close()
 
 
+@pytest.mark.slow
 def test_a_resigned_history_the_county_acknowledged_is_refused_at_start(
     tmp_path: Path, reader: ReaderPty, county: County, maybe_browser: Browser | None
 ) -> None:

@@ -54,6 +54,7 @@ def assert_refused(done: subprocess.CompletedProcess[str], state_dir: Path, inst
     assert "stop it first (systemctl stop canteen-terminal)" in line and instead in line
 
 
+@pytest.mark.slow
 def test_commands_refuse_a_state_directory_the_daemon_holds(tmp_path: Path) -> None:
     settings_path = write_settings(tmp_path, reader_port=None, camera_source=None)
     state_dir = tmp_path / "state"

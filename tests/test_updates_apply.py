@@ -22,6 +22,9 @@ from county import updates as cu
 from terminal import trust
 from terminal import updates as tu
 
+# Every test here builds and copies a whole update repository (4,096 shards): slow.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 30  # SIGKILLs at random points of one apply
 
