@@ -43,6 +43,41 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(directory)
 
 
+def write_new_files(files: dict[Path, bytes], mode: int = 0o644) -> None:
+    """Write files that do not exist yet (content-addressed targets), many at once.
+
+    Each file is whole under its name or absent, as with ``write_atomic``, but the
+    fsyncs are grouped: every temp file is written, then all are synced, renamed, and
+    each directory synced once. The first fsync commits the filesystem's journal for
+    all of them, so the 4,096 revocation shards of a new repository are written in
+    about a quarter of the time one durable write each took (docs/updates.md)."""
+    pending: list[tuple[int, Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            pending.append((fd, tmp, path))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        for fd, _, _ in pending:
+            os.fsync(fd)
+        for _, tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for fd, tmp, _ in pending:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    for parent in sorted({path.parent for path in files}):
+        directory = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the renames themselves survive a power cut
+        finally:
+            os.close(directory)
+
+
 def read_list_file(path: str | Path, name: str) -> Any:
     """A list file (JSON) as county IT gave it; a ``TrustError`` that names the file."""
     try:

@@ -50,7 +50,7 @@ from tuf.api._payload import (  # re-exported by tuf.api.metadata, but not to my
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
-from county.files import read_list_file, write_atomic
+from county.files import read_list_file, write_atomic, write_new_files
 from protocol.layout import (
     BIN_BITS,
     BIN_PREFIX,
@@ -367,11 +367,14 @@ class CountyRepository:
         top = top or {}
         binned = binned or {}
         touched_bins: dict[str, Metadata[Targets]] = {}
+        new_files: dict[Path, bytes] = {}
         for path, (data, custom) in {**top, **binned}.items():
             info = TargetFile.from_data(path, data, ["sha256"])
             if custom:
                 info.unrecognized_fields["custom"] = custom
-            self._write_target(path, data, info)
+            dest = self._target_file(path, info)
+            if not dest.exists():
+                new_files[dest] = data
             pub.bytes_written += len(data)
             pub.targets.append(path)
             if path in top:
@@ -381,6 +384,8 @@ class CountyRepository:
                 if name not in touched_bins:
                     touched_bins[name] = self.bin(name, snap)
                 touched_bins[name].signed.targets[path] = info
+        # Every target is on disk, whole, before any metadata names it.
+        write_new_files(new_files)
         if BINS in resign:
             for name in succinct.get_roles():
                 if name not in touched_bins:
@@ -447,12 +452,10 @@ class CountyRepository:
     def _write_meta(self, name: str, md: Metadata[Any]) -> None:
         write_atomic(self.paths.metadata / name, md.to_bytes(_COMPACT))
 
-    def _write_target(self, path: str, data: bytes, info: TargetFile) -> None:
+    def _target_file(self, path: str, info: TargetFile) -> Path:
+        """Where a target's bytes go: named by their hash, so a file once written is final."""
         directory, _, base = path.rpartition("/")
-        name = f"{info.hashes['sha256']}.{base}"
-        dest = self.paths.targets / directory / name
-        if not dest.exists():
-            write_atomic(dest, data)
+        return self.paths.targets / directory / f"{info.hashes['sha256']}.{base}"
 
     # ---- what county IT publishes ----
 

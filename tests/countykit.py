@@ -7,6 +7,8 @@ starts a server by itself.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -216,3 +218,18 @@ def server_chain(store_path: Path, terminal_id: str) -> list[tuple[int, str]]:
         prev = row[17]
         out.append((row[0], row[17].hex()))
     return out
+
+
+def copy_county(src: Path, dest: Path) -> None:
+    """Copy a county data directory made once, for one test: the update repository's
+    targets are linked, not copied (they are named by their hash and never rewritten,
+    and metadata is replaced by rename, so a link cannot carry one test's change into
+    another); every other file (the databases, keys, metadata) is copied."""
+
+    def copy(source: str, target: str) -> object:
+        if f"{os.sep}targets{os.sep}" in source:
+            os.link(source, target)
+            return target
+        return shutil.copy2(source, target)
+
+    shutil.copytree(src, dest, copy_function=copy)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,16 @@ from typing import Any
 import pytest
 import requests
 from conftest import wait_for
-from countykit import FAST, T0_MS, County, Terminal, make_county, provision_terminal, sync
+from countykit import (
+    FAST,
+    T0_MS,
+    County,
+    Terminal,
+    copy_county,
+    make_county,
+    provision_terminal,
+    sync,
+)
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
 
 from county import updates as cu
@@ -77,7 +85,7 @@ def published_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fresh_county(published: Path, tmp_path: Path) -> County:
     data = tmp_path / "county"
-    shutil.copytree(published, data)
+    copy_county(published, data)
     return County(data)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 from conftest import wait_for
+from countykit import copy_county
 from fastapi import FastAPI
 
 from county import updates as cu
@@ -235,7 +236,7 @@ def make_canteen(tmp: Path) -> Canteen:
         cu.init_repository(base / "county", base / "root-keys", NOW)
         atexit.register(shutil.rmtree, base, True)
         _TEMPLATE["dir"] = base
-    shutil.copytree(_TEMPLATE["dir"] / "county", tmp / "county")
+    copy_county(_TEMPLATE["dir"] / "county", tmp / "county")
     shutil.copytree(_TEMPLATE["dir"] / "root-keys", tmp / "root-keys")
     repo = cu.CountyRepository(tmp / "county")
     server = RepoServer(tmp / "county").start()
