@@ -1,0 +1,221 @@
+"""How the county reaches its database: a URL in, transactions out.
+
+This module owns the connection to the county database, SQLite (the embedded default,
+a file in the data directory) or PostgreSQL (several server processes sharing one
+database). It turns a URL into an engine with the right pool and settings, hands out
+read and write transactions, and turns "the database is not there right now" (a pool
+with no free connection, a server restarting, a SQLite writer holding the lock) into
+``DatabaseUnavailable``, which the server answers with 503 and the terminal retries.
+It never knows a table: county/db/schema.py and the stores above do.
+
+Writes: on SQLite a write transaction starts with BEGIN IMMEDIATE, so writers queue
+on the file's lock instead of failing half-way. On PostgreSQL transactions run at
+READ COMMITTED and each writer locks what it decides on (the terminal's row for its
+intake; county/intake.py says which), so two server processes can take the same
+terminal's retries at once and the second sees what the first committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+SQLITE_FILE = "county.sqlite"
+
+
+class DatabaseError(Exception):
+    """The county database cannot be used as asked; the message says what to do."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot take this request now (busy, restarting, out of connections):
+    answer 503 and let the caller retry; nothing was written."""
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """Bounds on one server process's connections to PostgreSQL."""
+
+    # Connections one process keeps; N processes need N × (size + overflow) on the server.
+    size: int = 8
+    overflow: int = 4
+    # How long a request waits for a free connection before it is answered 503.
+    timeout_s: float = 5.0
+    # How long to wait for PostgreSQL to accept a new connection.
+    connect_timeout_s: int = 5
+    # A statement that runs longer than this is cancelled (no request hangs on a lock).
+    statement_timeout_ms: int = 30_000
+    # SQLite: how long a writer waits for another writer before a 503.
+    busy_timeout_ms: int = 10_000
+
+
+def database_url(url: str | None, data_dir: str | Path | None) -> str:
+    """The URL a county command uses: ``--database URL`` if given, else the SQLite file
+    in ``--data DIR`` (the embedded default, as before there was a choice)."""
+    if url:
+        return url
+    if data_dir is None:
+        raise DatabaseError("name the county database: --database URL or --data DIR")
+    return f"sqlite:///{Path(data_dir) / SQLITE_FILE}"
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise DatabaseError(
+            f"database URL {safe_url(url)!r}: expected sqlite:///PATH or "
+            "postgresql://USER@HOST/NAME"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise DatabaseError(f"database URL {url!r}: sqlite:///PATH needs a file path")
+        return parsed.set(drivername="sqlite+pysqlite")
+    if backend in ("postgresql", "postgres"):
+        # psycopg 3 is the one PostgreSQL driver this project installs.
+        return parsed.set(drivername="postgresql+psycopg")
+    raise DatabaseError(
+        f"database URL {safe_url(url)!r}: only sqlite:///PATH and postgresql://… are supported"
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL to show in messages and logs, with any password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        return "<unparsable URL>"
+
+
+class Database:
+    """An open county database: an engine and the transactions the stores use."""
+
+    def __init__(self, url: str, pool: PoolLimits | None = None) -> None:
+        self.pool = pool or PoolLimits()
+        parsed = _parse(url)
+        self.url = parsed.render_as_string(hide_password=True)
+        self.backend = parsed.get_backend_name()
+        self.engine = (
+            _sqlite_engine(parsed, self.pool) if self.is_sqlite else _pg_engine(parsed, self.pool)
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None on PostgreSQL."""
+        return Path(self.engine.url.database or "") if self.is_sqlite else None
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with (
+            self._connection(write=True) as conn,
+            _unavailable_on_outage(self.url),
+            conn.begin(),
+        ):
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read transaction: a consistent view of what was committed before it."""
+        with (
+            self._connection(write=False) as conn,
+            _unavailable_on_outage(self.url),
+            conn.begin(),
+        ):
+            yield conn
+
+    @contextlib.contextmanager
+    def _connection(self, write: bool) -> Iterator[Connection]:
+        with _unavailable_on_outage(self.url):
+            conn = self.engine.connect()
+        try:
+            if write and self.is_sqlite:
+                conn = conn.execution_options(county_write=True)
+            yield conn
+        finally:
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                conn.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def _unavailable_on_outage(url: str) -> Iterator[None]:
+    """Turn a database that cannot answer now into ``DatabaseUnavailable`` (a 503)."""
+    try:
+        yield
+    except sa_exc.TimeoutError as exc:
+        raise DatabaseUnavailable(f"no free connection to {url}: {exc}") from exc
+    except sa_exc.OperationalError as exc:
+        # A lost or refused connection, a server shutting down, a SQLite lock held too
+        # long, a statement cancelled by its timeout: nothing was committed.
+        raise DatabaseUnavailable(
+            f"the county database {url} cannot answer now: {exc.orig}"
+        ) from exc
+    except sa_exc.InterfaceError as exc:
+        raise DatabaseUnavailable(f"the connection to {url} was lost: {exc.orig}") from exc
+
+
+def _sqlite_engine(url: URL, pool: PoolLimits) -> Engine:
+    path = Path(url.database or "")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(f"cannot make the folder of {path}: {exc.strerror}") from None
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": pool.busy_timeout_ms / 1000},
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout_s,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's "begin" event below start transactions, not the sqlite3
+        # module's own guesswork (SQLAlchemy's documented recipe for pysqlite).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(pool.busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("county_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _pg_engine(url: URL, pool: PoolLimits) -> Engine:
+    return create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout_s,
+        # A connection the server dropped (a restart) is found before it is used.
+        pool_pre_ping=True,
+        isolation_level="READ COMMITTED",
+        connect_args={
+            "connect_timeout": pool.connect_timeout_s,
+            "options": f"-c statement_timeout={int(pool.statement_timeout_ms)}"
+            " -c idle_in_transaction_session_timeout=60000",
+            "application_name": "canteen-county",
+        },
+    )

@@ -1,0 +1,268 @@
+"""The county database's tables, as one SQLAlchemy model for SQLite and PostgreSQL.
+
+This module owns the shape of every county table: columns, keys, and the indexes the
+intake checks and the reports answer from. Queries in the county build on these Table
+objects. It never connects to a database and never changes one: the Alembic
+migrations in county/db/migrations/ do that, each with its own frozen copy of what
+it creates, so that this model may move on without rewriting history.
+
+Types: times are integer milliseconds since the epoch (BIGINT on PostgreSQL), hashes
+and keys are bytes (BLOB, bytea), money is integer fen. SQLite tables are STRICT
+(a column holds only its declared type), which admits INTEGER but not BIGINT: the
+``Int`` type renders INTEGER there (SQLite's integers are 64-bit anyway).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+Int = BigInteger().with_variant(Integer(), "sqlite")
+# An id the database assigns: SQLite's INTEGER PRIMARY KEY (the rowid), an identity
+# column on PostgreSQL.
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+Bytes = LargeBinary()
+
+metadata = MetaData()
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("terminal_id", Text, primary_key=True),
+    Column("canteen", Text, nullable=False),
+    Column("code_hash", Bytes, unique=True),
+    Column("code_expires_ms", Int),
+    Column("cert_sha256", Text, unique=True),
+    Column("ledger_key", Bytes),
+    Column("registered_ms", Int, nullable=False),
+    Column("provisioned_ms", Int),
+    Column("last_seen_ms", Int),
+    Column("acked_seq", Int, nullable=False, server_default=text("0")),
+    Column("last_hash", Bytes, nullable=False),
+    sqlite_strict=True,
+)
+
+# Every acknowledged ledger entry of every terminal, as the terminal hashed it.
+entries = Table(
+    "entries",
+    metadata,
+    Column("terminal", Text, nullable=False),
+    Column("canteen", Text, nullable=False),
+    Column("seq", Int, nullable=False),
+    Column("entry_id", Text, nullable=False),
+    Column("at_ms", Int, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("verdict", Text),
+    Column("reason", Text),
+    Column("method", Text),
+    Column("cadre", Text),
+    Column("credential", Text),
+    Column("ctr", Int),
+    Column("unit", Text),
+    Column("day", Text),
+    Column("meal", Text),
+    Column("amount_fen", Int, nullable=False),
+    Column("ref_seq", Int),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", Bytes, nullable=False),
+    Column("hash", Bytes, nullable=False),
+    Column("received_ms", Int, nullable=False),
+    PrimaryKeyConstraint("terminal", "seq"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+_ACCEPTED_SALE = text("kind = 'sale' AND verdict = 'accept'")
+Index(
+    "entries_presentation",
+    entries.c.credential,
+    entries.c.ctr,
+    sqlite_where=_ACCEPTED_SALE,
+    postgresql_where=_ACCEPTED_SALE,
+)
+Index(
+    "entries_served",
+    entries.c.cadre,
+    entries.c.day,
+    entries.c.meal,
+    sqlite_where=_ACCEPTED_SALE,
+    postgresql_where=_ACCEPTED_SALE,
+)
+_REVERSAL = text("kind = 'reversal'")
+Index(
+    "entries_reversals",
+    entries.c.terminal,
+    entries.c.ref_seq,
+    sqlite_where=_REVERSAL,
+    postgresql_where=_REVERSAL,
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("terminal", Text, nullable=False),
+    Column("seq", Int, nullable=False),
+    Column("hash", Bytes, nullable=False),
+    Column("at_ms", Int, nullable=False),
+    Column("signature", Bytes, nullable=False),
+    PrimaryKeyConstraint("terminal", "seq"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+
+# Batches that arrived ahead of a gap, kept until the gap fills (or they expire).
+held_batches = Table(
+    "held_batches",
+    metadata,
+    Column("terminal", Text, nullable=False),
+    Column("first_seq", Int, nullable=False),
+    Column("last_seq", Int, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("received_ms", Int, nullable=False),
+    PrimaryKeyConstraint("terminal", "first_seq", "last_seq"),
+    sqlite_strict=True,
+)
+
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("terminal", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("seq", Int, nullable=False),
+    Column("theirs", Bytes),
+    Column("ours", Bytes),
+    Column("problem", Text, nullable=False),
+    Column("first_ms", Int, nullable=False),
+    Column("last_ms", Int, nullable=False),
+    Column("times", Int, nullable=False, server_default=text("1")),
+    UniqueConstraint("terminal", "kind", "seq", "theirs"),
+    sqlite_strict=True,
+)
+
+conflicts = Table(
+    "conflicts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("credential", Text),
+    Column("cadre", Text),
+    Column("unit", Text),
+    Column("day", Text),
+    Column("meal", Text),
+    Column("first_terminal", Text, nullable=False),
+    Column("first_seq", Int, nullable=False),
+    Column("second_terminal", Text, nullable=False),
+    Column("second_seq", Int, nullable=False),
+    Column("found_ms", Int, nullable=False),
+    Column("first_canteen", Text),
+    Column("second_canteen", Text),
+    Column("first_method", Text),
+    Column("second_method", Text),
+    Column("first_hash", Bytes),
+    Column("second_hash", Bytes),
+    Column("first_at_ms", Int),
+    Column("second_at_ms", Int),
+    Column("name", Text),
+    Column("reason", Text),
+    Column("withdrawn_ms", Int),
+    Column("withdrawn_reason", Text),
+    # Found once: the second entry of a pair names the conflict.
+    UniqueConstraint("kind", "second_terminal", "second_seq"),
+    sqlite_strict=True,
+)
+
+# Issuer keys the county verifies phone codes with: every key it ever published or
+# imported, with its own window, so a key retired since still proves older sales.
+issuer_keys = Table(
+    "issuer_keys",
+    metadata,
+    Column("public_key", Bytes, nullable=False),
+    Column("iss", Text, nullable=False),
+    Column("kid", Bytes, nullable=False),
+    Column("not_before", Int),
+    Column("not_after", Int),
+    Column("added_ms", Int, nullable=False),
+    PrimaryKeyConstraint("public_key", "iss", "kid"),
+    sqlite_strict=True,
+)
+Index("issuer_keys_kid", issuer_keys.c.kid)
+
+# The accepted sales the county verified itself (county/evidence.py): the only rows the
+# cross-terminal checks read. A sale that proves nothing is stored but never here.
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("terminal", Text, nullable=False),
+    Column("seq", Int, nullable=False),
+    Column("canteen", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("cadre", Text, nullable=False),
+    Column("name", Text),
+    Column("credential", Text, nullable=False),
+    Column("ctr", Int),
+    Column("day", Text),
+    Column("meal", Text),
+    Column("t", Int, nullable=False),
+    Column("at_ms", Int, nullable=False),
+    Column("hash", Bytes, nullable=False),
+    Column("received_ms", Int, nullable=False),
+    PrimaryKeyConstraint("terminal", "seq"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+_HAS_CTR = text("ctr IS NOT NULL")
+Index(
+    "evidence_presentation",
+    evidence.c.credential,
+    evidence.c.ctr,
+    sqlite_where=_HAS_CTR,
+    postgresql_where=_HAS_CTR,
+)
+Index("evidence_served", evidence.c.cadre, evidence.c.day, evidence.c.meal)
+
+# What each conflict revokes. A credential stays revoked while one conflict that names
+# it stands; withdrawing the last one lifts it.
+conflict_revocations = Table(
+    "conflict_revocations",
+    metadata,
+    Column("conflict_id", Int, nullable=False),
+    Column("credential", Text, nullable=False),
+    Column("entry", Text, nullable=False),
+    Column("created_ms", Int, nullable=False),
+    PrimaryKeyConstraint("conflict_id", "credential"),
+    sqlite_strict=True,
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Int, nullable=False),
+    sqlite_strict=True,
+)
+
+# Each terminal's newest clock offset, read from its time_signal entries at intake.
+# scanned_seq: how far its entries were read; ahead_ms: its wall clock minus the
+# county's time, from the entry at seq (NULL until one arrives).
+clock_offsets = Table(
+    "clock_offsets",
+    metadata,
+    Column("terminal", Text, primary_key=True),
+    Column("scanned_seq", Int, nullable=False),
+    Column("seq", Int),
+    Column("ahead_ms", Int),
+    Column("server_ms", Int),
+    Column("noted_ms", Int, nullable=False),
+    sqlite_strict=True,
+)
