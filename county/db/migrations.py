@@ -1,15 +1,166 @@
-"""Bringing a county database to this version's schema.
+"""Bringing a county database to this version's schema, with Alembic.
 
-Interim: creates the tables of county/db/schema.py where missing. The Alembic
-migrations replace this (issue 14)."""
+This module owns the county's migrations as code calls them: which revision a
+database is at (``current``), which one this version needs (``head``), applying the
+missing ones (``upgrade``) and what a server or command does when it opens a
+database (``prepare``). The revisions themselves live in county/db/alembic/versions/
+and run through county/db/alembic/env.py, each in its own transaction; no
+alembic.ini is read.
+
+Opening rules. SQLite, the embedded default, is upgraded by whoever opens it, so
+``--data DIR`` alone works as it always did. PostgreSQL is shared by several server
+processes and run by a DBA: it is never changed by opening it; a database behind
+this version is refused with the command that upgrades it, and one ahead of it
+(a newer server migrated it) is refused too.
+
+Two upgrades at once wait for each other: on PostgreSQL with an advisory lock held
+by the upgrading session (so it goes with a killed process), on SQLite with a lock
+on a file beside the database. The second then finds the database at head.
+"""
 
 from __future__ import annotations
 
-from county.db.engine import Database
-from county.db.schema import metadata
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, text
+from sqlalchemy import exc as sa_exc
+
+from county.db.engine import Database, DatabaseError
+
+SCRIPTS = Path(__file__).resolve().parent / "alembic"
+# pg_advisory_lock key of the county's migrations (any constant; "canteen" in ASCII).
+_PG_LOCK_KEY = 0x63616E7465656E
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where a database stands: its revision (None before the first) and this version's."""
+
+    backend: str
+    url: str
+    current: str | None
+    head: str
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+
+def _config(conn: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPTS))
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def head() -> str:
+    """The revision this version of the county needs."""
+    found = _scripts().get_current_head()
+    assert found is not None, "county/db/alembic/versions holds no revision"
+    return found
+
+
+def current(db: Database) -> str | None:
+    """The revision ``db`` is at; None for a database no migration has run on."""
+    with db.read() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def status(db: Database) -> Status:
+    return Status(db.backend, db.url, current(db), head())
+
+
+def _known(revision: str | None) -> bool:
+    if revision is None:
+        return True
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _ahead(db: Database, found: str) -> DatabaseError:
+    return DatabaseError(
+        f"the county database at {db.url} is at revision {found}, which this server does not "
+        f"know (it needs {head()}): a newer canteen-county migrated it; run that version"
+    )
+
+
+def upgrade(db: Database) -> tuple[str | None, str]:
+    """Apply every revision ``db`` lacks, each in its own transaction, and return the
+    revision it was at and the one it is at now. Safe to run again after a kill."""
+    with _upgrade_lock(db) as conn:
+        before = MigrationContext.configure(conn).get_current_revision()
+        conn.commit()
+        if not _known(before):
+            raise _ahead(db, str(before))
+        try:
+            command.upgrade(_config(conn), "head")
+        except sa_exc.OperationalError as exc:
+            raise DatabaseError(
+                f"upgrading the county database at {db.url} stopped: {exc.orig}; "
+                "the revisions before it are kept, run the upgrade again"
+            ) from None
+        after = MigrationContext.configure(conn).get_current_revision()
+        conn.commit()
+    return before, str(after)
+
+
+@contextlib.contextmanager
+def _upgrade_lock(db: Database) -> Iterator[Connection]:
+    """A connection of ``db`` to migrate on, no other upgrade running meanwhile."""
+    if db.is_sqlite:
+        path = db.sqlite_path
+        assert path is not None
+        with open(path.with_name(path.name + "-migrate.lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            # county_write: each revision's transaction starts with BEGIN IMMEDIATE.
+            with db.engine.connect() as conn:
+                yield conn.execution_options(county_write=True)
+        return
+    conn = db.engine.connect()
+    try:
+        # Session settings: no statement timeout (an index on 40 million rows takes
+        # minutes), and the lock that makes a second upgrade wait. The connection is
+        # discarded afterwards, so neither reaches the server's pool.
+        conn.execute(text("SET statement_timeout = 0"))
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+        conn.commit()
+        yield conn
+    finally:
+        with contextlib.suppress(sa_exc.SQLAlchemyError):
+            conn.invalidate()
+            conn.close()
 
 
 def prepare(db: Database) -> None:
-    """Make the database ready for this version: the tables exist, as schema.py says."""
-    with db.write() as conn:
-        metadata.create_all(conn, checkfirst=True)
+    """Make ``db`` ready for this version, or refuse it with one line that says what to do.
+
+    SQLite is upgraded here. PostgreSQL must be at head already: a DBA upgrades it with
+    ``canteen-county db upgrade`` while the servers are stopped."""
+    found = current(db)
+    if found == head():
+        return
+    if not _known(found):
+        raise _ahead(db, str(found))
+    if db.is_sqlite:
+        upgrade(db)
+        return
+    raise DatabaseError(
+        f"the county database at {db.url} is at revision {found or 'none'}; this server needs "
+        f"{head()}: run canteen-county db upgrade --database {db.url}"
+    )

@@ -1,0 +1,1 @@
+"""The county database's revisions, oldest first: each is frozen once released."""
