@@ -46,6 +46,7 @@ from county.store import (
     OK,
     BatchInvalid,
     CountyStore,
+    DatabaseUnavailable,
     Limits,
     ProvisionRefused,
     StoreError,
@@ -475,6 +476,14 @@ def create_app(
 
     app.add_exception_handler(Exception, server_failed)
 
+    async def database_unavailable(_request: Request, exc: Exception) -> Response:
+        # The database cannot answer now (busy, restarting, no free connection): nothing
+        # was written, and the terminal retries the same request later.
+        return _unavailable(exc)
+
+    # Any request that reaches the store: provisioning, the certificate lookup, intake.
+    app.add_exception_handler(DatabaseUnavailable, database_unavailable)
+
     def signed_time(terminal_id: str, acked: int, nonce: bytes) -> dict[str, Any]:
         now = clock()
         signature = time_key.sign(time_message(terminal_id, now, acked, nonce))
@@ -599,8 +608,8 @@ def create_app(
             result = await run_in_threadpool(store.intake, terminal_id, doc, clock())
         except BatchInvalid as exc:
             return _problem(400, str(exc))
-        except sqlite3.OperationalError as exc:
-            return _problem(503, f"the county database is busy: {exc}", {"Retry-After": "5"})
+        except DatabaseUnavailable as exc:
+            return _unavailable(exc)
         except StoreError as exc:
             return _problem(401, str(exc))
         if result.status in (OK, GAP):
@@ -622,6 +631,12 @@ def create_app(
         return JSONResponse(answer, status_code=status)
 
     return app
+
+
+def _unavailable(exc: Exception) -> Response:
+    """503 with Retry-After: the county database cannot answer now; try again."""
+    line = " ".join(str(exc).split())
+    return _problem(503, f"the county database is busy: {line}", {"Retry-After": "5"})
 
 
 def _record_applied_sets(data: Path, terminal_id: str, doc: Any) -> None:
@@ -676,7 +691,8 @@ class CountyServer:
         http_limits: HttpLimits | None = None,
     ) -> None:
         self.data = Path(data)
-        db = ca_db_path(self.data) if database_url is None else database_url_path(database_url)
+        # The embedded SQLite file in the data directory, or the database the URL names.
+        db: Path | str = ca_db_path(self.data) if database_url is None else database_url
         from county.published import Published
 
         self.store = CountyStore(db, limits, Published(self.data))

@@ -32,6 +32,7 @@ from countykit import (
     sync,
 )
 from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
+from sqlalchemy import text
 
 from county import updates as cu
 from county.app import CountyServer
@@ -579,10 +580,8 @@ def test_held_batches_expire(tmp_path: Path, issuer: Issuer) -> None:
         assert answer.status_code == 200 and answer.json()["status"] == "gap", answer.text
 
         def held() -> int:
-            with county.store._lock:
-                return int(
-                    county.store._conn.execute("SELECT count(*) FROM held_batches").fetchone()[0]
-                )
+            with county.store.db.read() as conn:
+                return int(conn.execute(text("SELECT count(*) FROM held_batches")).scalar_one())
 
         assert held() == 1
         # Any later request from any terminal sweeps batches held longer than the limit.
@@ -749,10 +748,10 @@ def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
     term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     sync(term)
     deep = "[" * 100_000 + "]" * 100_000
-    with county.store._lock:
-        seq, prev = county.store._conn.execute(
-            "SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'"
-        ).fetchone()
+    with county.store.db.read() as conn:
+        seq, prev = conn.execute(
+            text("SELECT acked_seq, last_hash FROM terminals WHERE terminal_id = 'a1'")
+        ).one()
     rows: list[list[Any]] = []
     for kind in ("config_applied", "time_signal", SALE):
         seq += 1

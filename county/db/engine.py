@@ -28,11 +28,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from county.errors import StoreError
+
 SQLITE_FILE = "county.sqlite"
 
 
-class DatabaseError(Exception):
-    """The county database cannot be used as asked; the message says what to do."""
+class DatabaseError(StoreError):
+    """The county database cannot be used as asked; the message says what to do. A
+    ``StoreError`` (county/errors.py), so callers of the store catch it with the rest."""
 
 
 class DatabaseUnavailable(DatabaseError):

@@ -1,0 +1,460 @@
+"""The checks no single terminal can make offline, and what they find.
+
+This module owns the county's view across terminals: the evidence it takes from each
+new accepted sale (county/evidence.py verifies it; only what verified is kept in the
+``evidence`` table), the two cross-terminal checks (one phone code accepted at two
+terminals; one cadre served one meal at two canteens), the conflicts they find, the
+credential revocations those conflicts hold, their withdrawal after review or by a
+staff reversal, and the issuer keys phone codes are verified with. It never decides
+whether an entry belongs to a chain (county/intake.py does, before anything here runs)
+and never publishes a revocation (county/updates.py does).
+
+Found once, across server processes. A conflict is the meeting of two halves, the
+first sale and the second, which may arrive at the same moment in two processes. Each
+process, before it stores its half and looks for the other, takes a transaction-scoped
+advisory lock on PostgreSQL for each key it checks (the code's credential and counter;
+the cadre, day and meal), all keys of the batch at once and sorted so that two
+transactions always take them in the same order and cannot deadlock on them. The second
+process waits for the first to commit, and at READ COMMITTED its next statement sees the
+first's evidence row, so exactly one of them finds the conflict. The UNIQUE (kind,
+second_terminal, second_seq) constraint stays the backstop: a conflict inserted twice
+is ignored (ON CONFLICT DO NOTHING). On SQLite the write transaction already holds the
+file's lock (BEGIN IMMEDIATE), so the advisory locks are not taken.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, or_, select, text, update
+
+from county import evidence
+from county.db.schema import conflict_revocations, conflicts, entries, issuer_keys
+from county.db.schema import evidence as evidence_table
+from county.storekit import (
+    BAD_EVIDENCE,
+    PRESENTATION_TWICE,
+    SERVED_TWICE,
+    StoreError,
+    bump,
+    record_alarm,
+    upsert,
+)
+from protocol.chain import REVERSAL, canonical_json
+from protocol.lists import parse_issuer_keys
+from protocol.tokens import IssuerKey
+
+
+class Keyring:
+    """The issuer keys in the county database, read inside the intake's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._cache: dict[bytes, list[IssuerKey]] = {}
+
+    def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
+        found = self._cache.get(kid)
+        if found is None:
+            rows = self.conn.execute(
+                select(
+                    issuer_keys.c.public_key,
+                    issuer_keys.c.iss,
+                    issuer_keys.c.not_before,
+                    issuer_keys.c.not_after,
+                )
+                .where(issuer_keys.c.kid == kid)
+                .order_by(issuer_keys.c.public_key)
+            )
+            found = [
+                IssuerKey(iss, kid, bytes(public_key), not_before, not_after)
+                for public_key, iss, not_before, not_after in rows
+            ]
+            self._cache[kid] = found
+        return found
+
+
+@dataclass(frozen=True)
+class Sale:
+    """One new accepted sale of a batch, with the proof the county found in it."""
+
+    terminal: str
+    canteen: str
+    seq: int
+    hash: bytes
+    fields: Mapping[str, Any]  # ledger field names
+    proof: evidence.Proof
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One of the two accepted sales of a conflict."""
+
+    terminal: str
+    seq: int
+    canteen: str
+    method: str
+    credential: str
+    hash: bytes
+
+
+def judge(
+    conn: Connection,
+    keyring: Keyring,
+    lists: evidence.Lists | None,
+    terminal_id: str,
+    canteen: str,
+    seq: int,
+    entry_hash: bytes,
+    fields: Mapping[str, Any],
+    now_ms: int,
+) -> Sale | None:
+    """The proof in one new accepted sale, or None: a sale the county has nothing to judge
+    by is counted; one the terminal vouched for but cannot prove is an alarm against the
+    terminal, never a conflict against the cadre it names."""
+    proof = evidence.check_sale(fields, keyring, canteen, lists)
+    if isinstance(proof, evidence.Unjudged):
+        bump(conn, "sales_unjudged", 1)
+        return None
+    if isinstance(proof, str):
+        record_alarm(
+            conn,
+            terminal_id,
+            BAD_EVIDENCE,
+            seq,
+            entry_hash,
+            None,
+            f"accepted sale {seq} is no evidence: {proof}",
+            now_ms,
+        )
+        bump(conn, "sales_without_evidence", 1)
+        return None
+    return Sale(terminal_id, canteen, seq, entry_hash, fields, proof)
+
+
+def check_keys(sale: Sale) -> list[str]:
+    """The keys the cross-terminal checks of ``sale`` look under."""
+    keys = []
+    if sale.proof.method == evidence.QR:
+        keys.append(f"presentation\x1f{sale.proof.credential}\x1f{sale.fields['ctr']}")
+    if sale.fields["day"] is not None and sale.fields["meal"] is not None:
+        keys.append(
+            f"served\x1f{sale.proof.cadre}\x1f{sale.fields['day']}\x1f{sale.fields['meal']}"
+        )
+    return keys
+
+
+def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
+    """On PostgreSQL, lock ``keys`` until the transaction ends, in sorted order (see the
+    module's docstring). Nothing to do on SQLite: the writer holds the whole file."""
+    ordered = sorted(set(keys))
+    if not ordered or conn.dialect.name != "postgresql":
+        return
+    # unnest yields the array in order and count() makes every row's lock be taken.
+    conn.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+            " FROM unnest(CAST(:keys AS text[])) AS k"
+        ),
+        {"keys": ordered},
+    )
+
+
+def take_evidence(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) -> list[int]:
+    """Store one verified sale as evidence and look for its other half at another terminal;
+    the ids of the conflicts found (at most one). The caller holds ``check_keys(sale)``."""
+    f, proof, terminal_id = sale.fields, sale.proof, sale.terminal
+    ctr = f["ctr"] if proof.method == evidence.QR else None
+    conn.execute(
+        upsert(conn, evidence_table)
+        .values(
+            terminal=terminal_id,
+            seq=sale.seq,
+            canteen=sale.canteen,
+            method=proof.method,
+            cadre=proof.cadre,
+            name=proof.name,
+            credential=proof.credential,
+            ctr=ctr,
+            day=f["day"],
+            meal=f["meal"],
+            t=proof.t,
+            at_ms=f["at_ms"],
+            hash=sale.hash,
+            received_ms=now_ms,
+        )
+        .on_conflict_do_nothing()
+    )
+    second = _Side(terminal_id, sale.seq, sale.canteen, proof.method, proof.credential, sale.hash)
+    undone = conn.execute(
+        select(1).where(
+            entries.c.terminal == terminal_id,
+            entries.c.ref_seq == sale.seq,
+            entries.c.kind == REVERSAL,
+        )
+    ).first()
+    if undone is not None:
+        return []  # reversed in the same batch: the cadre was not charged for it
+    v = evidence_table
+    side = (v.c.terminal, v.c.seq, v.c.canteen, v.c.method, v.c.credential, v.c.hash, v.c.at_ms)
+    order = (v.c.received_ms, v.c.terminal, v.c.seq)
+    if proof.method == evidence.QR:
+        # One code accepted at two terminals: a copied code (a screenshot). It is one
+        # conflict, not also "served twice", though both are true.
+        row = conn.execute(
+            select(*side)
+            .where(v.c.credential == proof.credential, v.c.ctr == ctr, v.c.terminal != terminal_id)
+            .order_by(*order)
+            .limit(1)
+        ).first()
+        if row is not None:
+            first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+            reason = (
+                f"one phone code (counter {f['ctr']}) was accepted at {first.terminal} and "
+                f"{terminal_id}: the code was copied (a screenshot); its credential is revoked"
+            )
+            return _conflict(
+                conn,
+                PRESENTATION_TWICE,
+                sale,
+                first,
+                int(row[6]),
+                second,
+                [proof.credential],
+                reason,
+                now_ms,
+            )
+    if f["day"] is None or f["meal"] is None:
+        return []
+    r = entries.alias("r")
+    reversed_since = exists().where(
+        r.c.terminal == v.c.terminal, r.c.ref_seq == v.c.seq, r.c.kind == REVERSAL
+    )
+    row = conn.execute(
+        select(*side)
+        .where(
+            v.c.cadre == proof.cadre,
+            v.c.day == f["day"],
+            v.c.meal == f["meal"],
+            v.c.terminal != terminal_id,
+            func.abs(v.c.t - proof.t) <= meal_span_s,
+            ~reversed_since,
+        )
+        .order_by(*order)
+        .limit(1)
+    ).first()
+    if row is None:
+        return []
+    first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+    cards = sorted({s.credential for s in (first, second) if s.method == evidence.CARD})
+    where = f"{first.terminal} ({first.canteen}) and {terminal_id} ({sale.canteen})"
+    if cards:
+        # A card proves nothing about its holder: revoke the card, never the phone.
+        revoke = cards
+        reason = (
+            f"{proof.cadre} was served {f['meal']} on {f['day']} at {where}, by card: a "
+            "cloned or lent card, or a faulty terminal; the card is revoked"
+        )
+    else:
+        revoke = [proof.credential]
+        reason = (
+            f"{proof.cadre} was served {f['meal']} on {f['day']} at {where}, both times "
+            "with the phone's signed code; the later credential is revoked"
+        )
+    return _conflict(conn, SERVED_TWICE, sale, first, int(row[6]), second, revoke, reason, now_ms)
+
+
+def _conflict(
+    conn: Connection,
+    kind: str,
+    sale: Sale,
+    first: _Side,
+    first_at_ms: int,
+    second: _Side,
+    revoke: Sequence[str],
+    reason: str,
+    now_ms: int,
+) -> list[int]:
+    """Record a conflict and what it revokes; [] when it was recorded before."""
+    f, proof = sale.fields, sale.proof
+    conflict_id = conn.execute(
+        upsert(conn, conflicts)
+        .values(
+            kind=kind,
+            credential=proof.credential,
+            cadre=proof.cadre,
+            unit=f["unit"],
+            day=f["day"],
+            meal=f["meal"],
+            first_terminal=first.terminal,
+            first_seq=first.seq,
+            second_terminal=second.terminal,
+            second_seq=second.seq,
+            found_ms=now_ms,
+            first_canteen=first.canteen,
+            second_canteen=second.canteen,
+            first_method=first.method,
+            second_method=second.method,
+            first_hash=first.hash,
+            second_hash=second.hash,
+            first_at_ms=first_at_ms,
+            second_at_ms=int(f["at_ms"]),
+            name=proof.name,
+            reason=reason,
+        )
+        .on_conflict_do_nothing()
+        .returning(conflicts.c.id)
+    ).scalar_one_or_none()
+    if conflict_id is None:
+        return []
+    for credential in revoke:
+        entry = revocation_entry(credential)
+        if entry is not None:
+            conn.execute(
+                upsert(conn, conflict_revocations)
+                .values(
+                    conflict_id=conflict_id,
+                    credential=credential,
+                    entry=canonical_json(entry),
+                    created_ms=now_ms,
+                )
+                .on_conflict_do_nothing()
+            )
+    return [int(conflict_id)]
+
+
+def reversed_sale(conn: Connection, terminal_id: str, ref: int, seq: int, now_ms: int) -> None:
+    """Staff undid sale ``ref`` (reversal entry ``seq``): a standing conflict it was part of
+    no longer stands. The refresher lifts what only that conflict revoked (county/updates.py)."""
+    c = conflicts.c
+    conn.execute(
+        update(conflicts)
+        .where(
+            c.withdrawn_ms.is_(None),
+            or_(
+                and_(c.first_terminal == terminal_id, c.first_seq == ref),
+                and_(c.second_terminal == terminal_id, c.second_seq == ref),
+            ),
+        )
+        .values(
+            withdrawn_ms=now_ms,
+            withdrawn_reason=f"staff at {terminal_id} reversed entry {ref} (reversal entry {seq})",
+        )
+    )
+
+
+# -- issuer keys and review -------------------------------------------------------------
+
+
+def add_issuer_keys(conn: Connection, entries_: Sequence[Any], now_ms: int) -> int:
+    """Remember trust-list entries (token.md §5) as keys that prove phone codes; how many
+    were new or changed their window."""
+    changed = 0
+    for k in parse_issuer_keys(entries_):
+        stmt = upsert(conn, issuer_keys).values(
+            public_key=k.public_key,
+            iss=k.iss,
+            kid=k.kid,
+            not_before=k.not_before,
+            not_after=k.not_after,
+            added_ms=now_ms,
+        )
+        result = conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[issuer_keys.c.public_key, issuer_keys.c.iss, issuer_keys.c.kid],
+                set_={
+                    "not_before": stmt.excluded.not_before,
+                    "not_after": stmt.excluded.not_after,
+                },
+                where=or_(
+                    issuer_keys.c.not_before.is_distinct_from(stmt.excluded.not_before),
+                    issuer_keys.c.not_after.is_distinct_from(stmt.excluded.not_after),
+                ),
+            )
+        )
+        changed += max(result.rowcount, 0)
+    return changed
+
+
+def issuer_key_count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(issuer_keys)).scalar_one())
+
+
+def withdraw(conn: Connection, conflict_id: int, reason: str, now_ms: int) -> list[dict[str, Any]]:
+    """Withdraw a conflict after review; the revocation entries it alone held are lifted."""
+    if not reason.strip():
+        raise StoreError("say why the conflict is withdrawn (--reason TEXT): it is kept")
+    row = conn.execute(
+        select(conflicts.c.withdrawn_ms).where(conflicts.c.id == conflict_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise StoreError(f"no conflict {conflict_id}: 'canteen-county conflicts' lists them")
+    if row[0] is not None:
+        raise StoreError(f"conflict {conflict_id} was withdrawn already")
+    conn.execute(
+        update(conflicts)
+        .where(conflicts.c.id == conflict_id)
+        .values(withdrawn_ms=now_ms, withdrawn_reason=reason.strip())
+    )
+    r = conflict_revocations.alias("r")
+    o = conflict_revocations.alias("o")
+    c = conflicts.alias("c")
+    still_held = exists().where(
+        c.c.id == o.c.conflict_id, o.c.credential == r.c.credential, c.c.withdrawn_ms.is_(None)
+    )
+    lifted = conn.execute(
+        select(r.c.entry)
+        .where(r.c.conflict_id == conflict_id, ~still_held)
+        .order_by(r.c.credential)
+    ).scalars()
+    return [json.loads(entry) for entry in lifted]
+
+
+def revocations(conn: Connection) -> list[dict[str, Any]]:
+    """Revocation entries standing on at least one conflict that was not withdrawn."""
+    r = conflict_revocations.alias("r")
+    w = conflicts.alias("w")
+    c = conflicts.alias("c")
+    # One row per credential, named after the first standing conflict that revokes it;
+    # the conflict's kind and unit joined in SQL, not read for every conflict. Every row
+    # of one credential holds the same entry (made from the credential alone).
+    standing = (
+        select(
+            r.c.credential,
+            func.min(r.c.entry).label("entry"),
+            func.min(r.c.conflict_id).label("first"),
+            func.min(r.c.created_ms).label("created"),
+        )
+        .join_from(r, w, w.c.id == r.c.conflict_id)
+        .where(w.c.withdrawn_ms.is_(None))
+        .group_by(r.c.credential)
+        .subquery("s")
+    )
+    rows = conn.execute(
+        select(standing.c.entry, standing.c.first, standing.c.created, c.c.kind, c.c.unit)
+        .join_from(standing, c, c.c.id == standing.c.first)
+        .order_by(standing.c.first, standing.c.credential)
+    )
+    out = []
+    for entry, conflict_id, created_ms, kind, unit in rows:
+        item = json.loads(entry)
+        item.update(
+            {"reason": kind, "conflict": conflict_id, "unit": unit, "created_ms": created_ms}
+        )
+        out.append(item)
+    return out
+
+
+def revocation_entry(credential: str | None) -> dict[str, Any] | None:
+    """The token.md §5 revocation entry for a ledger credential reference, if it names one."""
+    if credential is None:
+        return None
+    if credential.startswith("qr/"):
+        iss, _, cti = credential[3:].rpartition("/")
+        if iss and cti:
+            return {"kind": "credential", "iss": iss, "cti": cti}
+    elif credential.startswith("card/"):
+        return {"kind": "card", "uid": credential[5:]}
+    return None

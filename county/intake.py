@@ -1,0 +1,639 @@
+"""Ledger intake: every rule by which a terminal's batch becomes acknowledged entries.
+
+This module owns what happens to one upload batch. Its entries are checked for shape
+(``parse_batch``: a malformed batch is a 400 before the database is touched), re-hashed
+with the terminal's own ``entry_hash``, linked to the entry before them, checked for
+contiguity and for the terminal's signed checkpoints (with the checkpoint key pinned at
+provisioning), and stored in one transaction before anything is acknowledged.
+Duplicates are acknowledged again, a gap is held and answered with where to resume, a
+different entry under an acknowledged sequence number is a fork alarm. New accepted
+sales and reversals go on to county/conflicts.py inside the same transaction. It also
+reads the terminals' clock offsets out of their time_signal entries (``note_clock``).
+It never speaks HTTP and never signs anything: the app does those.
+
+Exactly once, with several server processes on one PostgreSQL. There is no lock in
+the process; the database decides:
+
+- One terminal's intake. The write transaction first locks that terminal's row
+  (SELECT ... FOR UPDATE) and only then reads acked_seq and last_hash. Two processes
+  given the same terminal's batch at the same moment run one after the other: the
+  second waits on the row, then (at READ COMMITTED the locked row is re-read as the
+  first committed it) sees the entries the first stored and acknowledges them again as
+  duplicates; a batch beyond the mark is held as a gap; a different entry under a
+  stored number is a fork. The held batches, checkpoints and clock offsets of a
+  terminal are only written under the same row lock. On SQLite the lock clause is not
+  rendered: BEGIN IMMEDIATE already gives the whole file to one writer.
+- Across terminals. The conflict checks take advisory locks on the keys they look
+  under, so two halves of a conflict arriving in two processes find it once
+  (county/conflicts.py says how); the UNIQUE constraint on conflicts is the backstop.
+- Alarms and counters are single upsert statements (ON CONFLICT DO UPDATE): a flood of
+  retries counted in two processes adds up, neither overwrites the other.
+
+Two transactions that would wait on each other in a way the sorted key order cannot
+prevent (a held batch drained after the first round of checks) are broken by
+PostgreSQL's deadlock detection: one is rolled back whole and answered 503, and the
+terminal sends the batch again. Nothing is stored half.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from county import conflicts, evidence
+from county.db.schema import alarms, checkpoints, clock_offsets, entries, held_batches, terminals
+from county.storekit import (
+    ALTERED,
+    BAD_CHECKPOINT,
+    BAD_GENESIS,
+    BEFORE_THE_KEY,
+    CLOCK,
+    FORK,
+    GAP,
+    OK,
+    REFUSED,
+    UNSIGNED,
+    Limits,
+    StoreError,
+    bump,
+    record_alarm,
+    upsert,
+)
+from protocol.chain import (
+    ACCEPT,
+    GENESIS,
+    GENESIS_PREV_HASH,
+    HASHED_COLUMNS,
+    REVERSAL,
+    SALE,
+    canonical_json,
+    checkpoint_message,
+    entry_hash,
+)
+
+CLOCK_TOLERANCE_MS = 30_000  # as the terminal's [sync] clock_tolerance_s default
+
+
+class BatchInvalid(StoreError):
+    """The batch is malformed: not the protocol's shape or types (HTTP 400)."""
+
+
+@dataclass
+class IntakeResult:
+    """What the server answers to one batch (before the app adds its signed time)."""
+
+    status: str  # OK, GAP or REFUSED
+    acked_seq: int
+    accepted: int = 0  # entries stored by this batch (held batches drained included)
+    duplicates: int = 0  # entries that were already stored with the same hash
+    alarm: str | None = None  # FORK, ALTERED, BAD_CHECKPOINT, BAD_GENESIS, UNSIGNED
+    problem: str | None = None  # one line for a person
+    conflicts: list[int] = field(default_factory=list)
+
+    @property
+    def resume_from(self) -> int:
+        return self.acked_seq + 1
+
+
+# --- the batch on the wire -------------------------------------------------------------
+
+# The wire carries the ledger's hashed columns in the ledger's own order.
+_ENTRY_COLUMNS = HASHED_COLUMNS
+# A wire entry is the 16 hashed fields in ledger order, then prev_hash and hash in hex.
+WIRE_ENTRY_LENGTH = len(_ENTRY_COLUMNS) + 2
+_INT_FIELDS = {0, 2, 13}
+_OPT_INT_FIELDS = {9, 14}
+_TEXT_FIELDS = {1, 3, 15}
+# Integers are stored in SQLite INTEGER columns: signed 64 bits. Anything outside is
+# malformed (400), never an overflow deep in the database (500, "retry later").
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(value: object) -> bool:
+    return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+
+
+def _hex(value: object, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise BatchInvalid(f"{what} must be hex text")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise BatchInvalid(f"{what} is not hex") from None
+    if length is not None and len(raw) != length:
+        raise BatchInvalid(f"{what} must be {length} bytes, got {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class WireEntry:
+    fields: tuple[Any, ...]  # the 16 hashed fields, in ledger order
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def seq(self) -> int:
+        value: int = self.fields[0]
+        return value
+
+
+def parse_batch(
+    doc: Any, limits: Limits
+) -> tuple[list[WireEntry], list[tuple[int, bytes, int, bytes]], bytes]:
+    """(entries, checkpoints, nonce) of a batch document, checked for shape and types only."""
+    if not isinstance(doc, dict):
+        raise BatchInvalid("the batch must be a JSON object")
+    nonce = _hex(doc.get("nonce", ""), "nonce")
+    if len(nonce) > 64:
+        raise BatchInvalid("nonce is longer than 64 bytes")
+    raw_entries = doc.get("entries", [])
+    raw_cps = doc.get("checkpoints", [])
+    if not isinstance(raw_entries, list) or not isinstance(raw_cps, list):
+        raise BatchInvalid("entries and checkpoints must be arrays")
+    if len(raw_entries) > limits.max_batch_entries:
+        raise BatchInvalid(
+            f"the batch has {len(raw_entries)} entries; at most {limits.max_batch_entries} fit"
+        )
+    if len(raw_cps) > len(raw_entries):
+        raise BatchInvalid("more checkpoints than entries")
+    entries: list[WireEntry] = []
+    for i, item in enumerate(raw_entries):
+        if not isinstance(item, list) or len(item) != WIRE_ENTRY_LENGTH:
+            raise BatchInvalid(f"entry {i}: must be an array of {WIRE_ENTRY_LENGTH} items")
+        for j in range(16):
+            value = item[j]
+            name = _ENTRY_COLUMNS[j]
+            if j in _INT_FIELDS:
+                ok = _int64(value)
+            elif j in _OPT_INT_FIELDS:
+                ok = value is None or _int64(value)
+            elif j in _TEXT_FIELDS:
+                ok = isinstance(value, str)
+            else:
+                ok = value is None or isinstance(value, str)
+            if not ok:
+                raise BatchInvalid(
+                    f"entry {i}: {name} has the wrong type or is outside signed 64 bits"
+                )
+        if item[0] < 1:
+            raise BatchInvalid(f"entry {i}: seq must be 1 or more")
+        entries.append(
+            WireEntry(
+                tuple(item[:16]),
+                _hex(item[16], f"entry {i}: prev_hash", 32),
+                _hex(item[17], f"entry {i}: hash", 32),
+            )
+        )
+    for i in range(1, len(entries)):
+        if entries[i].seq != entries[i - 1].seq + 1:
+            raise BatchInvalid(
+                f"entries must be contiguous and in order: {entries[i].seq} follows "
+                f"{entries[i - 1].seq}"
+            )
+    checkpoints: list[tuple[int, bytes, int, bytes]] = []
+    for i, item in enumerate(raw_cps):
+        if (
+            not isinstance(item, list)
+            or len(item) != 4
+            or not _int64(item[0])
+            or not _int64(item[2])
+        ):
+            raise BatchInvalid(
+                f"checkpoint {i}: must be [seq, hash hex, at_ms, signature hex], "
+                "integers of 64 bits"
+            )
+        checkpoints.append(
+            (
+                item[0],
+                _hex(item[1], f"checkpoint {i}: hash", 32),
+                item[2],
+                _hex(item[3], f"checkpoint {i}: signature", 64),
+            )
+        )
+    return entries, checkpoints, nonce
+
+
+# --- one batch ---------------------------------------------------------------------------
+
+
+def take(
+    conn: Connection,
+    limits: Limits,
+    lists: evidence.Lists | None,
+    terminal_id: str,
+    doc: Any,
+    now_ms: int,
+) -> IntakeResult:
+    """Apply one upload batch inside the caller's write transaction."""
+    wire, cps, _nonce = parse_batch(doc, limits)
+    # The terminal's row first, locked: everything below is decided on what it says now.
+    row = conn.execute(
+        select(
+            terminals.c.canteen,
+            terminals.c.ledger_key,
+            terminals.c.acked_seq,
+            terminals.c.last_hash,
+        )
+        .where(terminals.c.terminal_id == terminal_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None or row[1] is None:
+        raise StoreError(f"terminal {terminal_id} is not provisioned")
+    canteen, key, acked, last_hash = row[0], bytes(row[1]), int(row[2]), bytes(row[3])
+    conn.execute(
+        update(terminals).where(terminals.c.terminal_id == terminal_id).values(last_seen_ms=now_ms)
+    )
+    # Held batches whose gap never closed: the terminal resends from the mark anyway.
+    conn.execute(
+        delete(held_batches).where(held_batches.c.received_ms < now_ms - limits.held_ttl_ms)
+    )
+    run = _Batch(conn, limits, lists, terminal_id, canteen, key, now_ms)
+    result = run.apply(acked, last_hash, wire, cps)
+    if result.status == GAP and wire:
+        run.hold(wire, doc)
+    elif result.status == OK and result.accepted:
+        run.drain_held(result)
+    bump(conn, "entries_accepted", result.accepted)
+    bump(conn, "entries_duplicate", result.duplicates)
+    bump(conn, "batches_" + result.status, 1)
+    return result
+
+
+class _Batch:
+    """The rules applied to one terminal's entries, inside one write transaction."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        limits: Limits,
+        lists: evidence.Lists | None,
+        terminal_id: str,
+        canteen: str,
+        key: bytes,
+        now_ms: int,
+    ) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.lists = lists
+        self.terminal_id = terminal_id
+        self.canteen = canteen
+        self.key = key
+        self.now_ms = now_ms
+
+    def apply(
+        self,
+        acked: int,
+        last_hash: bytes,
+        wire: Sequence[WireEntry],
+        cps: Sequence[tuple[int, bytes, int, bytes]],
+    ) -> IntakeResult:
+        if not wire:
+            return IntakeResult(OK, acked)
+        terminal_id = self.terminal_id
+        # 1. The batch on its own: every hash recomputed, every link inside it.
+        for i, e in enumerate(wire):
+            if i and e.prev_hash != wire[i - 1].hash:
+                return self.alarm(
+                    acked,
+                    ALTERED,
+                    e.seq,
+                    e.prev_hash,
+                    wire[i - 1].hash,
+                    f"entry {e.seq} does not link to entry {e.seq - 1} of the same batch",
+                )
+            if entry_hash(e.prev_hash, e.fields) != e.hash:
+                return self.alarm(
+                    acked,
+                    ALTERED,
+                    e.seq,
+                    e.hash,
+                    None,
+                    f"entry {e.seq} was altered: its hash does not match its contents",
+                )
+        first = wire[0]
+        if first.seq == 1:
+            expected = canonical_json({"terminal_id": terminal_id, "public_key": self.key.hex()})
+            if first.fields[3] != GENESIS or first.fields[15] != expected:
+                return self.alarm(
+                    acked,
+                    BAD_GENESIS,
+                    1,
+                    first.hash,
+                    None,
+                    "entry 1 is not the genesis of this terminal with its pinned ledger key",
+                )
+            if first.prev_hash != GENESIS_PREV_HASH:
+                return self.alarm(
+                    acked, BAD_GENESIS, 1, first.hash, None, "entry 1 does not start a chain"
+                )
+        # 2. Checkpoints: signed by the pinned key over an entry of this batch.
+        verifier = Ed25519PublicKey.from_public_bytes(self.key)
+        by_seq = {e.seq: e for e in wire}
+        for cp_seq, cp_hash, _at, signature in cps:
+            entry = by_seq.get(cp_seq)
+            problem = None
+            if entry is None or entry.hash != cp_hash:
+                problem = f"checkpoint {cp_seq} does not sign an entry of this batch"
+            else:
+                try:
+                    verifier.verify(signature, checkpoint_message(terminal_id, cp_seq, cp_hash))
+                except InvalidSignature:
+                    problem = f"checkpoint {cp_seq}: the signature is not the terminal's"
+            if problem is not None:
+                return self.alarm(acked, BAD_CHECKPOINT, cp_seq, cp_hash, None, problem)
+        # The pinned ledger key must vouch for the whole batch: a checkpoint over its last
+        # entry, which covers every entry before it through the chain. The TLS key alone
+        # (a copied certificate, a root shell on the device) must not be enough.
+        last = wire[-1]
+        if not any(cp[0] == last.seq for cp in cps):
+            return self.alarm(
+                acked,
+                UNSIGNED,
+                last.seq,
+                last.hash,
+                None,
+                f"no checkpoint signed with the terminal's ledger key covers entry {last.seq}, "
+                "the last of the batch: refused (a terminal signs one at the end of each batch)",
+            )
+        # 3. Against what the server holds.
+        if first.seq > acked + 1:
+            return IntakeResult(
+                GAP,
+                acked,
+                problem=f"entries {acked + 1}..{first.seq - 1} are missing: resume from "
+                f"{acked + 1}",
+            )
+        old = [e for e in wire if e.seq <= acked]
+        duplicates = 0
+        if old:
+            stored = {
+                int(seq): bytes(h)
+                for seq, h in self.conn.execute(
+                    select(entries.c.seq, entries.c.hash).where(
+                        entries.c.terminal == terminal_id,
+                        entries.c.seq.between(old[0].seq, old[-1].seq),
+                    )
+                )
+            }
+            for e in old:
+                ours = stored.get(e.seq)
+                if ours != e.hash:
+                    return self.alarm(
+                        acked,
+                        FORK,
+                        e.seq,
+                        e.hash,
+                        ours,
+                        f"fork: entry {e.seq} differs from the one acknowledged before "
+                        "(a restored backup, a cloned terminal or tampering)",
+                    )
+                duplicates += 1
+        new = [e for e in wire if e.seq > acked]
+        if new and new[0].prev_hash != last_hash:
+            return self.alarm(
+                acked,
+                FORK,
+                new[0].seq,
+                new[0].prev_hash,
+                last_hash,
+                f"fork: entry {new[0].seq} follows a different entry {new[0].seq - 1} than the "
+                "one acknowledged before (a restored backup, a cloned terminal or tampering)",
+            )
+        result = IntakeResult(OK, acked, duplicates=duplicates)
+        if new:
+            self.store(new, cps)
+            result.acked_seq = new[-1].seq
+            result.accepted = len(new)
+            result.conflicts.extend(self.cross_check(new))
+        return result
+
+    def store(self, new: Sequence[WireEntry], cps: Sequence[tuple[int, bytes, int, bytes]]) -> None:
+        """Store entries that continue the chain, their checkpoints and the new mark."""
+        conn, terminal_id, now_ms = self.conn, self.terminal_id, self.now_ms
+        conn.execute(
+            insert(entries),
+            [
+                {
+                    "terminal": terminal_id,
+                    "canteen": self.canteen,
+                    **dict(zip(_ENTRY_COLUMNS, e.fields, strict=True)),
+                    "prev_hash": e.prev_hash,
+                    "hash": e.hash,
+                    "received_ms": now_ms,
+                }
+                for e in new
+            ],
+        )
+        new_seqs = {e.seq for e in new}
+        signed = [
+            {"terminal": terminal_id, "seq": s, "hash": h, "at_ms": at, "signature": sig}
+            for s, h, at, sig in cps
+            if s in new_seqs
+        ]
+        if signed:
+            conn.execute(upsert(conn, checkpoints).on_conflict_do_nothing(), signed)
+        conn.execute(
+            update(terminals)
+            .where(terminals.c.terminal_id == terminal_id)
+            .values(acked_seq=new[-1].seq, last_hash=new[-1].hash)
+        )
+
+    def cross_check(self, new: Sequence[WireEntry]) -> list[int]:
+        """New accepted sales become evidence and are compared with other terminals';
+        reversals withdraw the conflicts of the sales they undo. The keys the checks look
+        under are locked first, all at once (county/conflicts.py)."""
+        keyring = conflicts.Keyring(self.conn)
+        sales: dict[int, conflicts.Sale] = {}
+        for e in new:
+            if e.fields[3] == SALE and e.fields[4] == ACCEPT:
+                f = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
+                sale = conflicts.judge(
+                    self.conn,
+                    keyring,
+                    self.lists,
+                    self.terminal_id,
+                    self.canteen,
+                    e.seq,
+                    e.hash,
+                    f,
+                    self.now_ms,
+                )
+                if sale is not None:
+                    sales[e.seq] = sale
+        conflicts.lock_keys(self.conn, (k for s in sales.values() for k in conflicts.check_keys(s)))
+        found: list[int] = []
+        for e in new:
+            sale = sales.get(e.seq)
+            if sale is not None:
+                found += conflicts.take_evidence(
+                    self.conn, sale, self.limits.meal_span_s, self.now_ms
+                )
+            elif e.fields[3] == REVERSAL and e.fields[14] is not None:
+                conflicts.reversed_sale(
+                    self.conn, self.terminal_id, int(e.fields[14]), e.seq, self.now_ms
+                )
+        return found
+
+    def alarm(
+        self,
+        acked: int,
+        kind: str,
+        seq: int,
+        theirs: bytes | None,
+        ours: bytes | None,
+        problem: str,
+    ) -> IntakeResult:
+        if kind in BEFORE_THE_KEY:
+            # Reachable with the TLS key alone, with any hash the sender likes: one row per
+            # terminal and kind counts them, so a flood cannot grow the table.
+            seq, theirs, ours = 0, b"", None
+        record_alarm(self.conn, self.terminal_id, kind, seq, theirs, ours, problem, self.now_ms)
+        return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
+
+    def hold(self, wire: Sequence[WireEntry], doc: Any) -> None:
+        """Keep a batch that arrived ahead of a gap, until the gap fills (or it expires)."""
+        count = self.conn.execute(
+            select(func.count())
+            .select_from(held_batches)
+            .where(held_batches.c.terminal == self.terminal_id)
+        ).scalar_one()
+        if count >= self.limits.max_held_batches:
+            return  # the terminal resends from the resume mark anyway
+        self.conn.execute(
+            upsert(self.conn, held_batches)
+            .values(
+                terminal=self.terminal_id,
+                first_seq=wire[0].seq,
+                last_seq=wire[-1].seq,
+                body=json.dumps(doc),
+                received_ms=self.now_ms,
+            )
+            .on_conflict_do_nothing()
+        )
+
+    def drain_held(self, result: IntakeResult) -> None:
+        """Apply held batches that now continue the chain; drop those already covered."""
+        conn, h = self.conn, held_batches.c
+        while True:
+            conn.execute(
+                delete(held_batches).where(
+                    h.terminal == self.terminal_id, h.last_seq <= result.acked_seq
+                )
+            )
+            row = conn.execute(
+                select(h.first_seq, h.last_seq, h.body)
+                .where(h.terminal == self.terminal_id, h.first_seq <= result.acked_seq + 1)
+                .order_by(h.last_seq.desc())
+                .limit(1)
+            ).one_or_none()
+            if row is None:
+                return
+            conn.execute(
+                delete(held_batches).where(
+                    h.terminal == self.terminal_id,
+                    h.first_seq == row[0],
+                    h.last_seq == row[1],
+                )
+            )
+            last_hash = conn.execute(
+                select(terminals.c.last_hash).where(terminals.c.terminal_id == self.terminal_id)
+            ).scalar_one()
+            wire, cps, _ = parse_batch(json.loads(row[2]), self.limits)
+            more = self.apply(result.acked_seq, bytes(last_hash), wire, cps)
+            if more.status != OK:
+                return
+            result.acked_seq = more.acked_seq
+            result.accepted += more.accepted
+            result.conflicts.extend(more.conflicts)
+
+
+# --- terminals' clocks (issue 12, point 5) ---------------------------------------------
+
+
+def note_clock(conn: Connection, terminal_id: str, now_ms: int) -> None:
+    """Read the terminal's time_signal entries held since the last call: keep its newest
+    clock offset, and raise a ``clock`` alarm for each one beyond the tolerance.
+
+    Only entries the chain checks accepted are read, so an offset is the terminal's
+    own signed-in-chain statement beside the county's signed time. The terminal's row is
+    locked first, as at intake: two processes noting one terminal's clock at once read
+    each time_signal entry once.
+    """
+    known = conn.execute(
+        select(terminals.c.terminal_id)
+        .where(terminals.c.terminal_id == terminal_id)
+        .with_for_update()
+    ).one_or_none()
+    if known is None:
+        return
+    row = conn.execute(
+        select(clock_offsets.c.scanned_seq).where(clock_offsets.c.terminal == terminal_id)
+    ).one_or_none()
+    after = int(row[0]) if row else 0
+    top = int(
+        conn.execute(
+            select(func.coalesce(func.max(entries.c.seq), 0)).where(
+                entries.c.terminal == terminal_id
+            )
+        ).scalar_one()
+    )
+    if row is not None and top <= after:
+        return
+    found = None
+    signals = conn.execute(
+        select(entries.c.seq, entries.c.detail)
+        .where(
+            entries.c.terminal == terminal_id,
+            entries.c.seq > after,
+            entries.c.kind == "time_signal",
+        )
+        .order_by(entries.c.seq)
+    ).all()
+    for seq, detail in signals:
+        try:
+            d = json.loads(detail)
+        except (ValueError, RecursionError):
+            continue  # a signed entry the county cannot read: no offset from it
+        if not isinstance(d, dict):
+            continue
+        ahead, server = d.get("wall_ahead_ms"), d.get("server_ms")
+        if type(ahead) is not int and type(d.get("offset_ms")) is int:
+            ahead = -d["offset_ms"]  # entries written before wall_ahead_ms existed
+        if type(ahead) is not int or type(server) is not int:
+            continue
+        found = (seq, ahead, server)
+        if abs(ahead) > CLOCK_TOLERANCE_MS:
+            way = "ahead of" if ahead > 0 else "behind"
+            conn.execute(
+                insert(alarms).values(
+                    terminal=terminal_id,
+                    kind=CLOCK,
+                    seq=seq,
+                    problem=f"the terminal's clock was {abs(ahead) / 1000:.0f} s {way} the "
+                    f"county's time (tolerance {CLOCK_TOLERANCE_MS // 1000} s): "
+                    "its sales ran on the county's time; have its clock set (NTP)",
+                    first_ms=now_ms,
+                    last_ms=now_ms,
+                )
+            )
+    stmt = upsert(conn, clock_offsets).values(
+        terminal=terminal_id, scanned_seq=top, noted_ms=now_ms
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[clock_offsets.c.terminal],
+            set_={"scanned_seq": stmt.excluded.scanned_seq, "noted_ms": stmt.excluded.noted_ms},
+        )
+    )
+    if found is not None:
+        conn.execute(
+            update(clock_offsets)
+            .where(clock_offsets.c.terminal == terminal_id)
+            .values(seq=found[0], ahead_ms=found[1], server_ms=found[2])
+        )

@@ -1,0 +1,123 @@
+"""What the county store's job modules share: its limits, its error, the names of its
+alarm and conflict kinds, and the two upserts several of them write (alarms, counters).
+
+The store is split by job (county/intake.py, county/registry.py, county/conflicts.py,
+county/reports.py, with county/store.py as the one door the app and the commands use).
+This module owns only what more than one of those jobs needs, so that none of them has
+to import another just for a constant. ``StoreError`` itself is in county/errors.py
+(re-exported here), where county/db/engine.py can build its ``DatabaseError`` on it
+without importing the store: a caller that catches ``StoreError`` also catches a
+database that cannot be used.
+
+The upserts are single statements (INSERT ... ON CONFLICT DO UPDATE), in SQLite's or
+PostgreSQL's spelling as the connection's dialect says: two server processes counting
+the same alarm or counter at the same moment both land, neither overwrites the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from county.db.schema import alarms, counters
+from county.errors import StoreError as StoreError  # re-exported
+
+# Conflict kinds.
+PRESENTATION_TWICE = "presentation_twice"  # one (iss, cti, ctr) accepted at two terminals
+SERVED_TWICE = "served_twice"  # one cadre served in one meal window at two canteens
+
+# Alarm kinds.
+FORK = "fork"
+ALTERED = "altered"
+BAD_CHECKPOINT = "bad_checkpoint"
+BAD_GENESIS = "bad_genesis"
+UNSIGNED = "unsigned"  # the batch's last entry is not covered by a checkpoint: refused
+# Refusals found before the ledger key vouched for the batch (anyone with the TLS key).
+BEFORE_THE_KEY = frozenset((ALTERED, BAD_GENESIS, BAD_CHECKPOINT, UNSIGNED))
+BAD_EVIDENCE = "bad_evidence"  # an accepted sale that proves nothing: stored, never a conflict
+CLOCK = "clock"  # a terminal's clock was beyond the tolerance (county/intake.py, note_clock)
+
+# Batch outcomes.
+OK = "ok"
+GAP = "gap"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one terminal may make the server hold or do."""
+
+    # Entries in one upload batch; the terminal's batch size must stay below it.
+    max_batch_entries: int = 2000
+    # Bytes of one request body; a batch of max_batch_entries QR sales fits well below.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Batches held for one terminal while an earlier gap is open.
+    max_held_batches: int = 8
+    # Two sales of one cadre are "served twice" only when they happened this close: as
+    # long as the longest default meal window, shorter than the shortest default gap
+    # between two meals (09:00 to 11:30), so without published meal windows a terminal
+    # that labels a breakfast code "lunch" still cannot clash it with the real lunch.
+    # Where county IT published the windows, the meal itself is checked (published.py).
+    meal_span_s: int = 2 * 3600
+    # How long a batch held behind a gap waits for the entries before it.
+    held_ttl_ms: int = 24 * 3_600_000
+    # How long a provisioning code stays valid.
+    code_ttl_ms: int = 7 * 86_400_000
+    # SQLite busy timeout: how long a write waits for another writer before a 503.
+    busy_timeout_ms: int = 10_000
+
+
+def upsert(conn: Connection, table: object) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT on ``table`` that can take ON CONFLICT, in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)  # type: ignore[arg-type]
+    return sqlite.insert(table)  # type: ignore[arg-type]
+
+
+def bump(conn: Connection, name: str, by: int) -> None:
+    """Add ``by`` to the counter ``name`` (made at zero when new)."""
+    if not by:
+        return
+    stmt = upsert(conn, counters).values(name=name, value=by)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[counters.c.name],
+            set_={"value": counters.c.value + stmt.excluded.value},
+        )
+    )
+
+
+def record_alarm(
+    conn: Connection,
+    terminal_id: str,
+    kind: str,
+    seq: int,
+    theirs: bytes | None,
+    ours: bytes | None,
+    problem: str,
+    now_ms: int,
+) -> None:
+    """One alarm row per (terminal, kind, seq, theirs): a terminal retries a refused batch,
+    and the row counts the retries (``times``) instead of growing the table."""
+    stmt = upsert(conn, alarms).values(
+        terminal=terminal_id,
+        kind=kind,
+        seq=seq,
+        theirs=theirs,
+        ours=ours,
+        problem=problem,
+        first_ms=now_ms,
+        last_ms=now_ms,
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[alarms.c.terminal, alarms.c.kind, alarms.c.seq, alarms.c.theirs],
+            set_={
+                "last_ms": stmt.excluded.last_ms,
+                "times": alarms.c.times + 1,
+                "problem": stmt.excluded.problem,
+            },
+        )
+    )
