@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libzbar0: the pyzbar decoder; chromium and fonts-noto-cjk: the screen and its browser tests;
-# systemd: systemd-analyze for the unit checks.
-APT_PACKAGES=(python3 python3-venv python3-dev sqlite3 libzbar0 chromium fonts-noto-cjk systemd)
+# systemd: systemd-analyze for the unit checks; postgresql: the server the county tests start a
+# throwaway cluster of (tests/pgkit.py; psycopg[binary] brings its own libpq).
+APT_PACKAGES=(python3 python3-venv python3-dev sqlite3 libzbar0 chromium fonts-noto-cjk systemd
+  postgresql)
 need=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

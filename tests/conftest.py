@@ -3,7 +3,8 @@
 It owns `wait_for` (poll a condition until it holds, never a fixed sleep), the
 fixtures that several modules set up the same way (a running county server, a card
 reader on a pty, a screen over a test terminal, a checkout canteen with its lists),
-and one headless Chromium per test process (Debian's /usr/bin/chromium driven by
+one throwaway PostgreSQL cluster per test process (tests/pgkit.py) with a fresh database
+per test, and one headless Chromium per test process (Debian's /usr/bin/chromium driven by
 Playwright). It never downloads a browser (`playwright install` is not used) and never
 starts anything a test did not ask for: each fixture is built only when requested.
 
@@ -15,7 +16,9 @@ daemonkit, displaykit, updateskit).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from canteenkit import Canteen
 from countykit import County, make_county
 from daemonkit import ReaderPty
 from displaykit import Kit
+from pgkit import Cluster
 
 from terminal import trust
 
@@ -244,3 +248,48 @@ def canteen(tmp_path: Path, canteen_cards: list[trust.RosterCard]) -> Iterator[C
     place.install(cards=canteen_cards)
     yield place
     place.close()
+
+
+# ---- PostgreSQL ----
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """This test process's PostgreSQL cluster (tests/pgkit.py), made the first time a test
+    asks for it; each xdist worker has its own. Stopped and removed when the session ends,
+    whatever happened in it."""
+    cluster = Cluster()
+    try:
+        cluster.make()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+_pg_names = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database for this test, dropped after it."""
+    if not pg_cluster.running():
+        pg_cluster.start()  # a test before this one stopped it and failed
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    name = f"t{os.getpid()}_{next(_pg_names)}_{stem}"
+    url = pg_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        if not pg_cluster.running():
+            pg_cluster.start()
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def county_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A county database URL, once per backend (ids `sqlite` and `postgresql`, so `-k sqlite`
+    or `-k postgresql` picks one): a SQLite file in tmp_path, or a fresh PostgreSQL
+    database. The cluster starts only for the postgresql case."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'county-db' / 'county.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
