@@ -18,7 +18,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import base45
 import cbor2
@@ -169,20 +169,33 @@ _SEMANTIC_REFUSED = MappingProxyType(
 )
 
 
-def _cbor(data: bytes, what: str, *, cose_tag_allowed: bool = False) -> Any:
+def _decoder() -> cbor2.CBORDecoder:
+    """One strict CBOR decoder for one call's items.
+
+    Building a decoder with these settings costs more than decoding one of our
+    small items, so a call builds one and points it at each item in turn; it
+    lives only as long as the call (no state is kept between calls).
+    """
+    return cbor2.CBORDecoder(
+        io.BytesIO(),
+        tag_hook=_no_tag,
+        semantic_decoders=_SEMANTIC_REFUSED,
+        max_depth=_MAX_CBOR_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
+
+
+def _cbor(
+    decoder: cbor2.CBORDecoder, data: bytes, what: str, *, cose_tag_allowed: bool = False
+) -> Any:
     """Decode exactly one strict CBOR item from ``data``; anything else is malformed."""
     fp = io.BytesIO(data)
     if cose_tag_allowed and data[:1] == _TAG18:
         fp.seek(1)
+    decoder.fp = fp
     try:
-        item = cbor2.CBORDecoder(
-            fp,
-            tag_hook=_no_tag,
-            semantic_decoders=_SEMANTIC_REFUSED,
-            max_depth=_MAX_CBOR_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-        ).decode()
+        item = decoder.decode()
     except Exception as exc:  # cbor2 raises several types; all mean "not our CBOR"
         raise TokenRejected(MALFORMED, f"{what}: not strict CBOR") from exc
     if fp.tell() != len(data):
@@ -196,12 +209,13 @@ def _cbor(data: bytes, what: str, *, cose_tag_allowed: bool = False) -> Any:
 # text keys: otherwise {true: -8} would answer a lookup of label 1.
 
 
-def _map(value: Any, what: str) -> dict[Any, Any]:
+def _map(value: Any, what: str, part: str = "") -> dict[Any, Any]:
+    # ``what`` and ``part`` are joined only for a message: a good code builds no text.
     if type(value) is not dict:
-        _reject(MALFORMED, f"{what}: not a map")
+        _reject(MALFORMED, f"{what}{part}: not a map")
     for key in value:
         if type(key) is not int and type(key) is not str:
-            _reject(MALFORMED, f"{what}: map label neither int nor text")
+            _reject(MALFORMED, f"{what}{part}: map label neither int nor text")
     return value
 
 
@@ -217,9 +231,9 @@ def _tstr(value: Any, what: str) -> str:
     return value
 
 
-def _bstr(value: Any, what: str) -> bytes:
+def _bstr(value: Any, what: str, part: str = "") -> bytes:
     if type(value) is not bytes:
-        _reject(MALFORMED, f"{what}: not a byte string")
+        _reject(MALFORMED, f"{what}{part}: not a byte string")
     return value
 
 
@@ -230,8 +244,7 @@ def _required(claims: dict[Any, Any], label: int, what: str) -> Any:
         _reject(MALFORMED, f"{what}: missing")
 
 
-@dataclass(frozen=True)
-class _Sign1:
+class _Sign1(NamedTuple):
     """One COSE_Sign1 taken apart; its payload is not trusted until verified."""
 
     protected: bytes
@@ -241,23 +254,19 @@ class _Sign1:
     signature: bytes
 
 
-def _sign1(data: bytes, what: str) -> _Sign1:
-    parts = _cbor(data, what, cose_tag_allowed=True)
+def _sign1(decoder: cbor2.CBORDecoder, memo: SignatureMemo, data: bytes, what: str) -> _Sign1:
+    parts = _cbor(decoder, data, what, cose_tag_allowed=True)
     if type(parts) is not list or len(parts) != 4:
         _reject(MALFORMED, f"{what}: not a COSE_Sign1 array of four")
-    protected = _bstr(parts[0], f"{what} protected header")
-    unprotected = _map(parts[1], f"{what} unprotected header")
-    payload = _bstr(parts[2], f"{what} payload")
-    signature = _bstr(parts[3], f"{what} signature")
+    protected = _bstr(parts[0], what, " protected header")
+    unprotected = _map(parts[1], what, " unprotected header")
+    payload = _bstr(parts[2], what, " payload")
+    signature = _bstr(parts[3], what, " signature")
     if len(signature) != _ED25519_SIG_LEN:
         _reject(MALFORMED, f"{what}: signature is not 64 bytes")
     # RFC 9052 encodes an empty protected map as a zero-length bstr; it then
     # simply lacks alg, which is reported as such below.
-    header = (
-        _map(_cbor(protected, f"{what} protected header"), f"{what} protected header")
-        if protected
-        else {}
-    )
+    header = memo.header(decoder, protected, what) if protected else {}
     if _HDR_ALG in unprotected:
         _reject(UNSUPPORTED_ALG, f"{what}: alg in the unprotected header")
     alg = header.get(_HDR_ALG)
@@ -267,7 +276,7 @@ def _sign1(data: bytes, what: str) -> _Sign1:
         _reject(MALFORMED, f"{what}: critical header parameters are not understood")
     kid = header.get(_HDR_KID)
     if kid is not None:
-        kid = _bstr(kid, f"{what} kid")
+        kid = _bstr(kid, what, " kid")
     return _Sign1(protected, alg, kid, payload, signature)
 
 
@@ -318,36 +327,55 @@ def _curve_verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> b
 class SignatureMemo:
     """What one caller of ``verify_presentation`` keeps between its calls.
 
-    The parsed issuer keys (few, and used on every code), and the signatures
-    already found good, keyed by SHA-256 over (raw key, signature, signed
-    bytes): a code shown again (a replay, a screenshot, the same code read
-    twice) then skips the curve arithmetic. A hit means exactly these bytes
-    verified under exactly this key, so the memo changes no answer; every other
-    check still runs in the spec's order at the call's own time and trust. Both
-    parts are bounded and cleared when full; clearing is harmless.
+    - The parsed public keys: the issuer keys (few, used on every code) and the
+      holder keys (one a cadre, used again at each of that cadre's meals), so
+      a key's bytes are turned into a key object once, not on every code.
+    - The protected headers already decoded (a wallet's presentation header
+      and an issuer's credential header are the same on every code), as the
+      header map; the checks on its contents still run on every call.
+    - The signatures already found good, keyed by SHA-256 over (raw key,
+      signature, signed bytes): a code shown again (a replay, a screenshot,
+      the same code read twice) then skips the curve arithmetic.
+
+    Each entry is a pure function of the bytes it is keyed by, so the memo
+    changes no answer; every check still runs in the spec's order at the
+    call's own time and trust. Each part is bounded and cleared when full;
+    clearing is harmless.
 
     The decision worker's ``Checkout`` owns one and uses it from that thread
     only; it is not safe to share between threads.
     """
 
     ISSUER_KEYS_MAX = 64  # a hostile trust update cannot grow it without limit
+    HOLDER_KEYS_MAX = 1024  # a canteen's cadres; a flood of new keys only clears it
+    HEADERS_MAX = 64
     GOOD_MAX = 1024
 
     def __init__(self) -> None:
         self._issuer_keys: dict[bytes, Ed25519PublicKey] = {}
+        self._holder_keys: dict[bytes, Ed25519PublicKey] = {}
+        self._headers: dict[bytes, dict[Any, Any]] = {}
         self._good: set[bytes] = set()
 
     def issuer_key(self, raw: bytes) -> Ed25519PublicKey | None:
         """The parsed issuer key, or None when the trusted bytes are no Ed25519 key."""
-        key = self._issuer_keys.get(raw)
-        if key is None:
-            key = _public_key(raw)
-            if key is None:
-                return None
-            if len(self._issuer_keys) >= self.ISSUER_KEYS_MAX:
-                self._issuer_keys.clear()
-            self._issuer_keys[raw] = key
-        return key
+        return _memo_key(self._issuer_keys, raw, self.ISSUER_KEYS_MAX)
+
+    def holder_key(self, raw: bytes) -> Ed25519PublicKey | None:
+        """The parsed cnf key, or None when the 32 bytes are no Ed25519 key."""
+        return _memo_key(self._holder_keys, raw, self.HOLDER_KEYS_MAX)
+
+    def header(self, decoder: cbor2.CBORDecoder, protected: bytes, what: str) -> dict[Any, Any]:
+        """The protected header map of a COSE_Sign1 (strict CBOR, int or text labels)."""
+        header = self._headers.get(protected)
+        if header is None:
+            header = _map(
+                _cbor(decoder, protected, f"{what} protected header"), what, " protected header"
+            )
+            if len(self._headers) >= self.HEADERS_MAX:
+                self._headers.clear()
+            self._headers[protected] = header
+        return header
 
     def verifies(self, key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
         """True when ``msg``'s signature verifies under ``key`` (raw bytes ``raw_key``)."""
@@ -363,6 +391,20 @@ class SignatureMemo:
         return True
 
 
+def _memo_key(
+    table: dict[bytes, Ed25519PublicKey], raw: bytes, limit: int
+) -> Ed25519PublicKey | None:
+    key = table.get(raw)
+    if key is None:
+        key = _public_key(raw)
+        if key is None:
+            return None  # not kept: a broken key is refused again, at the same cost
+        if len(table) >= limit:
+            table.clear()
+        table[raw] = key
+    return key
+
+
 def _in_window(key: IssuerKey, now: int) -> bool:
     if key.not_before is not None and now < key.not_before:
         return False
@@ -372,8 +414,7 @@ def _in_window(key: IssuerKey, now: int) -> bool:
 # --- the checks -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Claims:
+class _Claims(NamedTuple):
     iss: str
     sub: str
     exp: int
@@ -385,8 +426,8 @@ class _Claims:
     allowance: Allowance | None
 
 
-def _claims(payload: bytes) -> _Claims:
-    claims = _map(_cbor(payload, "credential claims"), "credential claims")
+def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
+    claims = _map(_cbor(decoder, payload, "credential claims"), "credential claims")
     cti = _bstr(_required(claims, _CLAIM_CTI, "cti"), "cti")
     if not _CTI_MIN <= len(cti) <= _CTI_MAX:
         _reject(MALFORMED, "cti: not 8 to 16 bytes")
@@ -427,21 +468,22 @@ def _claims(payload: bytes) -> _Claims:
     )
 
 
-def _parse(qr_text: str) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
+def _parse(qr_text: str, memo: SignatureMemo) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
     """Step 1: the text, strict CBOR and the type of everything; nothing verified yet."""
     if type(qr_text) is not str or len(qr_text) > MAX_QR_TEXT:
         _reject(MALFORMED, "QR text is not text of at most 1200 characters")
     if not qr_text.startswith(PREFIX):
         _reject(MALFORMED, "QR text does not start with CT1:")
-    outer = _sign1(_b45decode(qr_text[len(PREFIX) :]), "presentation")
-    body = _map(_cbor(outer.payload, "presentation payload"), "presentation payload")
+    decoder = _decoder()
+    outer = _sign1(decoder, memo, _b45decode(qr_text[len(PREFIX) :]), "presentation")
+    body = _map(_cbor(decoder, outer.payload, "presentation payload"), "presentation payload")
     credential = _bstr(_required(body, 1, "credential"), "credential")
     t = _int(_required(body, 2, "t"), "t")
     ctr = _int(_required(body, 3, "ctr"), "ctr", minimum=0)
-    inner = _sign1(credential, "credential")
+    inner = _sign1(decoder, memo, credential, "credential")
     if inner.kid is None:
         _reject(MALFORMED, "credential: no kid in the protected header")
-    return outer, inner, inner.kid, _claims(inner.payload), t, ctr
+    return outer, inner, inner.kid, _claims(decoder, inner.payload), t, ctr
 
 
 def verify_presentation(
@@ -493,7 +535,7 @@ def verify_presentation(
     if memo is None:
         memo = SignatureMemo()
     # Step 1: text, then strict CBOR and types of every layer.
-    outer, inner, kid, claims, t, ctr = _parse(qr_text)
+    outer, inner, kid, claims, t, ctr = _parse(qr_text, memo)
 
     # Step 2: issuer key.
     candidates = [k for k in keyring.issuer_keys(kid) if _in_window(k, now)]
@@ -519,9 +561,8 @@ def verify_presentation(
         _reject(CREDENTIAL_EXPIRED, "credential expired")
 
     # Step 4: presentation signature with the holder's key.
-    try:
-        holder = Ed25519PublicKey.from_public_bytes(claims.holder_key)
-    except ValueError:
+    holder = memo.holder_key(claims.holder_key)
+    if holder is None:
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key is not a usable Ed25519 key")
     if not memo.verifies(holder, claims.holder_key, outer):
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key does not verify the presentation")
