@@ -4,7 +4,9 @@ Each subcommand parses its arguments, calls county.ca, county.store or
 county.app and prints the result: JSON (one document, or one line per item)
 for what scripts read, plain lines for people. Every library error becomes one
 line on standard error that says what happened and what to do, with exit
-status 2. Nothing here holds intake rules or key handling of its own.
+status 2. Nothing here holds intake rules or key handling of its own. The update
+commands are in county/updates_cli.py, the database's own (db upgrade, status, copy,
+verify) in county/db_cli.py; both share county/command.py.
 """
 
 from __future__ import annotations
@@ -18,25 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from county import ca
-from county.command import PROG, CommandError, add_data, now_ms, print_json, run
-from county.store import CountyStore, StoreError, database_path, next_terminal_id
-
-DB_FILE = "county.sqlite"
-
-
-def _db(a: argparse.Namespace) -> Path:
-    url = getattr(a, "database", None)
-    if url:
-        return database_path(url)
-    data = Path(a.data)
-    path = data / DB_FILE
-    if not data.is_dir():
-        raise CommandError(f"{data}: no such county data directory; run '{PROG} ca init' first")
-    return path
+from county.command import (
+    PROG,
+    CommandError,
+    add_data,
+    add_database,
+    now_ms,
+    print_json,
+    run,
+    store_url,
+)
+from county.db import DatabaseError
+from county.store import CountyStore, StoreError, next_terminal_id
 
 
 def _store(a: argparse.Namespace) -> CountyStore:
-    return CountyStore(_db(a))
+    """The county store of --database URL, else of --data DIR (see command.store_url)."""
+    return CountyStore(store_url(a))
 
 
 def cmd_ca_init(a: argparse.Namespace) -> int:
@@ -73,7 +73,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from county.app import CountyServer
 
     server = CountyServer(
-        Path(a.data), a.host, a.port, database_url=a.database, log_level=a.log_level
+        Path(a.data), a.host, a.port, database_url=store_url(a), log_level=a.log_level
     )
     print(f"{PROG}: serving on {server.url} (Ctrl+C stops)", flush=True)
     server.run()
@@ -199,8 +199,6 @@ def _conflict_lines(c: dict[str, Any], utc_offset_h: int) -> list[str]:
 
 
 def cmd_conflicts(a: argparse.Namespace) -> int:
-    if not a.data and not a.database:
-        raise CommandError("conflicts needs --data DIR (the county's data directory)")
     store = _store(a)
     try:
         found = store.conflicts()
@@ -283,14 +281,6 @@ def _people(p: argparse.ArgumentParser) -> None:
     p.add_argument("--utc-offset", type=int, default=8, metavar="H", help="local time (+8)")
 
 
-def _database(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--database",
-        metavar="URL",
-        help="database URL (default sqlite:///DIR/county.sqlite; only sqlite:/// is supported)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -321,22 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
         "terminal pins.",
     )
     add_data(p)
-    _database(p)
+    add_database(p)
     p.add_argument("--canteen", required=True, metavar="ID", help="the canteen it serves")
     p.add_argument("--terminal", metavar="ID", help="terminal id (default CANTEEN-N)")
     p.set_defaults(func=cmd_terminal_add)
 
     p = sub.add_parser("serve", help="serve the county API over HTTPS (mTLS)")
     add_data(p)
-    _database(p)
+    add_database(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 picks one)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("entries", help="every acknowledged entry as a JSON line")
-    add_data(p)
-    _database(p)
+    add_data(p, required=False)
+    add_database(p)
     p.add_argument("--terminal", metavar="ID", help="only this terminal's entries")
     p.set_defaults(func=cmd_entries)
 
@@ -344,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="per canteen and day: meals, amounts, refusals, conflicts; silent terminals",
     )
-    add_data(p)
-    _database(p)
+    add_data(p, required=False)
+    add_database(p)
     p.add_argument(
         "--silent-hours",
         type=float,
@@ -367,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "revocations",
         help="credential revocations made from conflicts, as a revocation list (JSON)",
     )
-    add_data(p)
-    _database(p)
+    add_data(p, required=False)
+    add_database(p)
     p.set_defaults(func=cmd_revocations)
 
     p = sub.add_parser(
@@ -376,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="alarms against terminals (forks, tampering, unsigned batches, sales without "
         "evidence), then conflicts, as JSON lines",
     )
-    add_data(p)
-    _database(p)
+    add_data(p, required=False)
+    add_database(p)
     _people(p)
     p.set_defaults(func=cmd_alarms)
 
@@ -389,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Not required here: 'conflicts withdraw' takes its own --data after the action.
     p.add_argument("--data", metavar="DIR", help="the county's data directory")
-    _database(p)
+    add_database(p)
     p.add_argument("--all", action="store_true", help="withdrawn conflicts too")
     p.add_argument("--json", action="store_true", help="one JSON document per conflict")
     p.add_argument("--utc-offset", type=int, default=8, metavar="H", help="local time (+8)")
@@ -402,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a signed revocation list without the revocations no other standing conflict holds.",
     )
     add_data(p)
-    _database(p)
+    add_database(p)
     p.add_argument("id", type=int, metavar="ID", help="the conflict's number")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why, for the record")
     p.set_defaults(func=cmd_conflicts_withdraw)
@@ -416,18 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
         "verifies the signed codes of uploaded QR sales with. 'updates publish trust' does "
         "this by itself; use import where lists reach terminals by USB.",
     )
-    add_data(p)
-    _database(p)
+    add_data(p, required=False)
+    add_database(p)
     p.add_argument("file", metavar="FILE", help="the trust list (JSON)")
     p.set_defaults(func=cmd_issuers_import)
+    from county.db_cli import add_db_commands
     from county.updates_cli import add_update_commands
 
     add_update_commands(sub)
+    add_db_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv, (ca.CAError, StoreError, CommandError))
+    return run(build_parser(), argv, (ca.CAError, StoreError, DatabaseError, CommandError))
 
 
 if __name__ == "__main__":

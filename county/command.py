@@ -3,8 +3,9 @@
 This module owns what every county command does the same way: the program name,
 turning a library error into one line on standard error with exit status 2,
 running the parsed command (a broken pipe is exit 0, Ctrl+C 130), printing a
-JSON document, the clock a command reads, and the --data option. It holds no
-command of its own and never touches the county's data.
+JSON document, the clock a command reads, and the --data and --database options
+(which database a command opens: --database URL, else the SQLite file in --data
+DIR). It holds no command of its own and never touches the county's data.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from county.db.engine import database_url
 
 PROG = "canteen-county"
 
@@ -27,8 +31,10 @@ class CommandError(Exception):
 
 
 def error_line(exc: BaseException) -> int:
-    """One line on standard error that says what happened; the exit status 2."""
-    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    """One line on standard error that says what happened; the exit status 2. A message
+    of several lines (a database driver's) is joined into one."""
+    line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    print(f"{PROG}: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -78,5 +84,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR", help="the county's data directory")
+def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    help = "the county's data directory"
+    if not required:
+        help += " (its database is DIR/county.sqlite unless --database names one)"
+    p.add_argument("--data", required=required, metavar="DIR", help=help)
+
+
+def add_database(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="the county database: postgresql://USER@HOST/NAME or sqlite:///PATH "
+        "(default: sqlite:///DIR/county.sqlite, DIR from --data)",
+    )
+
+
+def store_url(a: argparse.Namespace) -> str:
+    """The database a command opens: --database URL, else DIR/county.sqlite of --data
+    DIR, which must exist (a county starts with 'ca init')."""
+    url = getattr(a, "database", None)
+    data = getattr(a, "data", None)
+    if not url:
+        if data is None:
+            raise CommandError("name the county database: --database URL or --data DIR")
+        if not Path(data).is_dir():
+            raise CommandError(f"{data}: no such county data directory; run '{PROG} ca init' first")
+    return database_url(url, data)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer._crypto_signer import CryptoSigner  # not re-exported to mypy
@@ -73,6 +73,9 @@ from protocol.lists import (
     split_list,
 )
 from terminal import config
+
+if TYPE_CHECKING:
+    from county.store import CountyStore
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +281,11 @@ def _conflict_revocation_keys(data: Path) -> list[bytes]:
 class CountyRepository:
     """The TUF repository in ``DATA/updates``; every method that changes it takes the lock."""
 
-    def __init__(self, data: str | Path) -> None:
+    def __init__(self, data: str | Path, database_url: str | None = None) -> None:
         self.paths = RepoPaths(Path(data))
+        # The county database that publishing a trust list records issuer keys in
+        # (None: DATA/county.sqlite).
+        self.database_url = database_url
         if not (self.paths.metadata / "timestamp.json").is_file():
             raise UpdatesError(
                 f"{self.paths.root}: no update repository here; run "
@@ -473,7 +479,7 @@ class CountyRepository:
         entries, header = split_list(doc, "trust")
         parse_issuer_keys(entries)  # every entry checked before anything is signed
         # The county verifies phone codes in uploaded sales with every key it published.
-        _remember_issuer_keys(self.paths.data, entries, now)
+        _remember_issuer_keys(self.paths.data, entries, now, self.database_url)
         version = max(header.version, self._next_version(TRUST_TARGET))
         body = {
             "version": version,
@@ -965,18 +971,27 @@ def validate_settings(file: str | Path, canteen: str | None) -> bytes:
 # --- conflicts, applied sets, serving, re-signing --------------------------------------
 
 
-def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -> Publication:
-    """Revoke every credential the county store found in a conflict and publish at once."""
+def _county_store(data_dir: str | Path, database_url: str | None) -> CountyStore:
+    """The county store (a CountyStore) of ``database_url``, else the SQLite file in the
+    data directory: the one place this module opens it."""
+    from county.db import database_url as url_of
     from county.store import CountyStore
 
+    return CountyStore(url_of(database_url, data_dir))
+
+
+def publish_conflict_revocations(
+    data_dir: str | Path, now: int | None = None, database_url: str | None = None
+) -> Publication:
+    """Revoke every credential the county store found in a conflict and publish at once.
+    The store is ``database_url``'s, else DATA/county.sqlite."""
     now = int(time.time()) if now is None else now
-    db = Path(data_dir) / "county.sqlite"
-    if not db.is_file():
+    if database_url is None and not (Path(data_dir) / "county.sqlite").is_file():
         return Publication()  # no intake yet, so no conflicts
     with CountyRepository(data_dir) as repo, repo._locked():
         # Read under the lock that a withdrawal takes too: a conflict withdrawn between
         # this read and the publication would otherwise be revoked again.
-        store = CountyStore(db)
+        store = _county_store(data_dir, database_url)
         try:
             found = store.revocations()
         finally:
@@ -1008,19 +1023,22 @@ def publish_conflict_revocations(data_dir: str | Path, now: int | None = None) -
         return pub
 
 
-def _remember_issuer_keys(data_dir: Path, entries: Sequence[Any], now: int) -> None:
-    from county.store import CountyStore
-
-    store = CountyStore(Path(data_dir) / "county.sqlite")
+def _remember_issuer_keys(
+    data_dir: Path, entries: Sequence[Any], now: int, database_url: str | None
+) -> None:
+    store = _county_store(data_dir, database_url)
     try:
         store.add_issuer_keys(entries, now * 1000)
     finally:
         store.close()
 
 
-def import_published_issuer_keys(data_dir: str | Path, now: int) -> int:
-    """Keys of the trust list in force, into the county database (a repository published
-    before the county verified codes); returns how many were new. No repository: 0."""
+def import_published_issuer_keys(
+    data_dir: str | Path, now: int, database_url: str | None = None
+) -> int:
+    """Keys of the trust list in force, into the county database (``database_url``, else
+    DATA/county.sqlite; a repository published before the county verified codes);
+    returns how many were new. No repository: 0."""
     paths = RepoPaths(Path(data_dir))
     if not (paths.metadata / "timestamp.json").is_file():
         return 0
@@ -1034,9 +1052,7 @@ def import_published_issuer_keys(data_dir: str | Path, now: int) -> int:
         entries, _ = split_list(json.loads(file.read_bytes()), "trust")
     except (OSError, ValueError, TrustError) as exc:
         raise UpdatesError(f"{file}: the published trust list cannot be read: {exc}") from None
-    from county.store import CountyStore
-
-    store = CountyStore(Path(data_dir) / "county.sqlite")
+    store = _county_store(data_dir, database_url)
     try:
         return store.add_issuer_keys(entries, now * 1000)
     finally:
@@ -1096,15 +1112,17 @@ def start_timestamp_refresher(
     data_dir: str | Path,
     interval_s: float,
     clock: Callable[[], float] = time.time,
+    database_url: str | None = None,
 ) -> Callable[[], None]:
     """Every ``interval_s`` in a thread: re-sign online roles near expiry and publish the
-    revocations of new conflicts. Returns the function that stops it."""
+    revocations of new conflicts (read from ``database_url``, else DATA/county.sqlite).
+    Returns the function that stops it."""
     stop = threading.Event()
 
     def run() -> None:
         try:
             # A trust list published before the county kept issuer keys: its keys too.
-            added = import_published_issuer_keys(data_dir, int(clock()))
+            added = import_published_issuer_keys(data_dir, int(clock()), database_url)
             if added:
                 log.info("the county now verifies phone codes with %d more issuer keys", added)
         except Exception as exc:  # the refresher's own work must go on
@@ -1116,7 +1134,9 @@ def start_timestamp_refresher(
                     # Revocations recorded but not published (a crash mid-publication).
                     repo.publish_pending_revocations(int(clock()))
                 # Conflicts that the sync intake found since the last round.
-                added = publish_conflict_revocations(data_dir, int(clock())).revocations_added
+                added = publish_conflict_revocations(
+                    data_dir, int(clock()), database_url
+                ).revocations_added
                 if added:
                     log.info("published %d revocations from conflicts", added)
                 if renewed:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from county import updates
-from county.command import add_data, now_s, one_line_errors, print_json
+from county.command import add_data, add_database, now_s, one_line_errors, print_json
 from county.files import read_list_file
 from protocol.lists import TrustError, split_list
 from terminal import config
@@ -75,7 +75,7 @@ def cmd_publish_settings(a: argparse.Namespace) -> int:
 
 @_one_line_errors
 def cmd_publish_trust(a: argparse.Namespace) -> int:
-    with updates.CountyRepository(a.data) as repo:
+    with updates.CountyRepository(a.data, a.database) as repo:
         print_json(repo.publish_trust(a.file, now_s()).summary())
     return 0
 
@@ -114,7 +114,7 @@ def _revocation_entries(a: argparse.Namespace) -> list[dict[str, Any]]:
 @_one_line_errors
 def cmd_revoke(a: argparse.Namespace) -> int:
     if a.kind == "conflicts":
-        pub = updates.publish_conflict_revocations(a.data, now_s())
+        pub = updates.publish_conflict_revocations(a.data, now_s(), a.database)
     else:
         entries = _revocation_entries(a)
         with updates.CountyRepository(a.data) as repo:
@@ -208,6 +208,7 @@ def add_update_commands(subparsers: Any) -> None:
     p.set_defaults(func=cmd_publish_settings)
     p = psub.add_parser("trust", help="the issuer trust list (token.md §5 JSON)")
     add_data(p)
+    add_database(p)  # the county database records the list's issuer keys
     p.add_argument("file", metavar="TRUST.json")
     p.set_defaults(func=cmd_publish_trust)
     p = psub.add_parser("roster", help="the card roster (CSV uid,iss,sub,unit,display_name,status)")
@@ -224,6 +225,7 @@ def add_update_commands(subparsers: Any) -> None:
         "change are published.",
     )
     add_data(p)
+    add_database(p)  # where 'revoke conflicts' reads the conflicts
     p.add_argument("kind", choices=(*KINDS, "file", "conflicts"), metavar="KIND")
     p.add_argument("values", nargs="*", metavar="VALUE")
     p.set_defaults(func=cmd_revoke)

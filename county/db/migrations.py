@@ -100,16 +100,17 @@ def _ahead(db: Database, found: str) -> DatabaseError:
     )
 
 
-def upgrade(db: Database) -> tuple[str | None, str]:
-    """Apply every revision ``db`` lacks, each in its own transaction, and return the
-    revision it was at and the one it is at now. Safe to run again after a kill."""
+def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
+    """Apply every revision ``db`` lacks up to ``to`` (this version's head unless a test
+    says otherwise), each in its own transaction, and return the revision it was at and
+    the one it is at now. Safe to run again after a kill."""
     with _upgrade_lock(db) as conn:
         before = MigrationContext.configure(conn).get_current_revision()
         conn.commit()
         if not _known(before):
             raise _ahead(db, str(before))
         try:
-            command.upgrade(_config(conn), "head")
+            command.upgrade(_config(conn), to)
         except sa_exc.OperationalError as exc:
             raise DatabaseError(
                 f"upgrading the county database at {db.url} stopped: {exc.orig}; "
@@ -138,6 +139,10 @@ def _upgrade_lock(db: Database) -> Iterator[Connection]:
         # minutes), and the lock that makes a second upgrade wait. The connection is
         # discarded afterwards, so neither reaches the server's pool.
         conn.execute(text("SET statement_timeout = 0"))
+        if int(conn.execute(text("SHOW server_version_num")).scalar_one()) >= 140000:
+            # A killed upgrade's session notices within a second, even mid-index, and
+            # rolls its revision back instead of running on without anyone to commit.
+            conn.execute(text("SET client_connection_check_interval = 1000"))
         conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
         conn.commit()
         yield conn
