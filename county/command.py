@@ -105,6 +105,11 @@ def store_url(a: argparse.Namespace) -> str:
     DIR, which must exist (a county starts with 'ca init')."""
     url = getattr(a, "database", None)
     data = getattr(a, "data", None)
+    if url and "://" not in url:
+        raise CommandError(
+            f"--database {url!r} is not a URL: expected postgresql://USER@HOST/NAME "
+            "or sqlite:///PATH"
+        )
     if not url:
         if data is None:
             raise CommandError("name the county database: --database URL or --data DIR")

@@ -261,11 +261,20 @@ def _add_missing_columns(bind: sa.Connection, table: sa.Table) -> None:
             )
         backfill = _BACKFILL.get((table.name, column.name))
         if column.nullable or column.server_default is not None:
-            op.add_column(table.name, column.copy())
+            op.add_column(
+                table.name,
+                sa.Column(
+                    column.name,
+                    column.type,
+                    nullable=column.nullable,
+                    server_default=column.server_default,
+                ),
+            )
         elif backfill is not None:
-            added = column.copy()
-            added.server_default = sa.DefaultClause(sa.text("0"))
-            op.add_column(table.name, added)
+            op.add_column(
+                table.name,
+                sa.Column(column.name, column.type, nullable=False, server_default=sa.text("0")),
+            )
             op.execute(f"UPDATE {table.name} SET {column.name} = {backfill}")
         else:
             raise RuntimeError(
@@ -286,7 +295,8 @@ def _move_first_revocations(bind: sa.Connection) -> None:
     op.execute(
         "INSERT INTO conflict_revocations (conflict_id, credential, entry, created_ms)"
         " SELECT conflict_id, credential, entry, created_ms FROM revocations"
-        " ON CONFLICT DO NOTHING"
+        # WHERE true: SQLite would read ON CONFLICT as a join's ON without it.
+        " WHERE true ON CONFLICT DO NOTHING"
     )
     op.drop_table("revocations")
 
