@@ -491,7 +491,15 @@ def test_the_tls_key_alone_cannot_inject_entries(
     sync(term)
     book = term.open_ledger()
     try:
-        assert book.unsynced()[0] == 0
+        # Everything was acknowledged, the sale included; only the county's time may
+        # follow it, recorded from the answer when more than offset_record_ms passed
+        # since the last one (the flood above takes that long on a busy machine).
+        unacked = [
+            e.kind
+            for e in map(book.entry, range(1, book.last_seq() + 1))
+            if e is not None and e.acked_at_ms is None
+        ]
+        assert unacked in ([], ["time_signal"]), unacked
     finally:
         book.close()
     held = list(county.store.iter_entries("a1"))
