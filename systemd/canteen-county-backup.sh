@@ -12,7 +12,7 @@
 # Where pg_dump connects comes from libpq's variables (PGHOST, PGPORT, PGDATABASE,
 # PGUSER, PGPASSFILE); this script names no server and no password.
 #   CANTEEN_COUNTY_BACKUP_DIR        where the dumps go (default /var/backups/canteen-county)
-#   CANTEEN_COUNTY_BACKUP_KEEP_DAYS  dumps older than this many days are removed (default 35)
+#   CANTEEN_COUNTY_BACKUP_KEEP_DAYS  dumps older than this many days are removed (default 14)
 #   CANTEEN_COUNTY_BACKUP_KEEP_MIN   the newest this many dumps are kept whatever their age
 #                                    (default 7), so that nights of failed dumps never
 #                                    leave the directory empty
@@ -24,7 +24,7 @@ set -eu
 umask 077
 
 dir=${CANTEEN_COUNTY_BACKUP_DIR:-/var/backups/canteen-county}
-keep_days=${CANTEEN_COUNTY_BACKUP_KEEP_DAYS:-35}
+keep_days=${CANTEEN_COUNTY_BACKUP_KEEP_DAYS:-14}
 keep_min=${CANTEEN_COUNTY_BACKUP_KEEP_MIN:-7}
 
 fail() {
