@@ -4,8 +4,9 @@ This module owns what every county command does the same way: the program name,
 turning a library error into one line on standard error with exit status 2,
 running the parsed command (a broken pipe is exit 0, Ctrl+C 130), printing a
 JSON document, the clock a command reads, and the --data and --database options
-(which database a command opens: --database URL, else the SQLite file in --data
-DIR). It holds no command of its own and never touches the county's data.
+(which database a command opens: --database URL, else $CANTEEN_COUNTY_DATABASE,
+else the SQLite file in --data DIR). It holds no command of its own and never
+touches the county's data.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,9 @@ from typing import Any
 from county.db.engine import database_url
 
 PROG = "canteen-county"
+# The database URL when no --database is given: an environment file (systemd's
+# EnvironmentFile=) keeps a password off the command line, which every local user sees.
+DATABASE_ENV = "CANTEEN_COUNTY_DATABASE"
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -96,14 +101,19 @@ def add_database(p: argparse.ArgumentParser) -> None:
         "--database",
         metavar="URL",
         help="the county database: postgresql://USER@HOST/NAME or sqlite:///PATH "
-        "(default: sqlite:///DIR/county.sqlite, DIR from --data)",
+        f"(default: ${DATABASE_ENV} if set, else sqlite:///DIR/county.sqlite, DIR from --data)",
     )
 
 
+def given_database(a: argparse.Namespace) -> str | None:
+    """The database URL the command was given: --database, else $CANTEEN_COUNTY_DATABASE."""
+    return getattr(a, "database", None) or os.environ.get(DATABASE_ENV) or None
+
+
 def store_url(a: argparse.Namespace) -> str:
-    """The database a command opens: --database URL, else DIR/county.sqlite of --data
-    DIR, which must exist (a county starts with 'ca init')."""
-    url = getattr(a, "database", None)
+    """The database a command opens: --database URL, else $CANTEEN_COUNTY_DATABASE, else
+    DIR/county.sqlite of --data DIR, which must exist (a county starts with 'ca init')."""
+    url = given_database(a)
     data = getattr(a, "data", None)
     if url and "://" not in url:
         raise CommandError(

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from county import updates
-from county.command import add_data, add_database, now_s, one_line_errors, print_json
+from county.command import (
+    add_data,
+    add_database,
+    given_database,
+    now_s,
+    one_line_errors,
+    print_json,
+)
 from county.files import read_list_file
 from protocol.lists import TrustError, split_list
 from terminal import config
@@ -75,7 +82,7 @@ def cmd_publish_settings(a: argparse.Namespace) -> int:
 
 @_one_line_errors
 def cmd_publish_trust(a: argparse.Namespace) -> int:
-    with updates.CountyRepository(a.data, a.database) as repo:
+    with updates.CountyRepository(a.data, given_database(a)) as repo:
         print_json(repo.publish_trust(a.file, now_s()).summary())
     return 0
 
@@ -114,7 +121,7 @@ def _revocation_entries(a: argparse.Namespace) -> list[dict[str, Any]]:
 @_one_line_errors
 def cmd_revoke(a: argparse.Namespace) -> int:
     if a.kind == "conflicts":
-        pub = updates.publish_conflict_revocations(a.data, now_s(), a.database)
+        pub = updates.publish_conflict_revocations(a.data, now_s(), given_database(a))
     else:
         entries = _revocation_entries(a)
         with updates.CountyRepository(a.data) as repo:

@@ -12,12 +12,17 @@ copy fails `db verify` naming the terminal and entry; a bad URL is one line.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +293,47 @@ def test_postgresql_behind_head_is_refused_with_the_command_that_upgrades_it(
     assert rc == 0 and "this version's head" in out, err
     rc, out, err = _county("entries", "--database", pg_url, capsys=capsys)
     assert (rc, out) == (0, ""), err
+
+
+def test_the_database_url_may_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As systemd's EnvironmentFile= gives it: no password on any command line.
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    monkeypatch.setenv("CANTEEN_COUNTY_DATABASE", url)
+    rc, out, err = _county("db", "upgrade", capsys=capsys)
+    assert rc == 0 and "elsewhere.sqlite" in out, err
+    rc, out, err = _county("db", "status", capsys=capsys)
+    assert rc == 0 and json.loads(out)["url"].endswith("elsewhere.sqlite"), err
+    # --database still wins.
+    other = tmp_path / "other.sqlite"
+    rc, out, err = _county("db", "upgrade", "--database", f"sqlite:///{other}", capsys=capsys)
+    assert rc == 0 and "other.sqlite" in out, err
+
+
+def test_a_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    data = tmp_path / "county"
+    data.mkdir()
+    _old_county(data / "county.sqlite", FIRST_VERSION_SQL)
+    main, side = pty.openpty()
+    # A terminal of 24 lines of 100 columns (a new pty has none, and tqdm fits the width).
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "county.cli", "db", "verify", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=side,
+        env=env,
+    )
+    os.close(side)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(main, 4096):
+            shown += chunk
+    os.close(main)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"3 entries of 1 terminals" in out
+    assert b"verify" in shown and b"3/3" in shown, shown
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,12 @@ def _progress(total: int, what: str, show: bool | None) -> tqdm[Any]:
     """A progress bar on a terminal's standard error; nothing when it is not a tty."""
     enabled = sys.stderr.isatty() if show is None else show
     return tqdm(
-        total=total, desc=what, unit=" rows", unit_scale=True, file=sys.stderr, disable=not enabled
+        total=total,
+        desc=what,
+        unit=" rows",
+        unit_scale=total >= 100_000,  # 40.0M rows; a small table counts one by one
+        file=sys.stderr,
+        disable=not enabled,
     )
 
 

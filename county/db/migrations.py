@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,9 @@ def _config(conn: Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache
 def _scripts() -> ScriptDirectory:
+    """The revisions shipped with this version (read once per process)."""
     return ScriptDirectory.from_config(_config())
 
 
