@@ -39,7 +39,6 @@ from county.storekit import (
     PRESENTATION_TWICE,
     SERVED_TWICE,
     StoreError,
-    bump,
     record_alarm,
     upsert,
 )
@@ -110,13 +109,15 @@ def judge(
     entry_hash: bytes,
     fields: Mapping[str, Any],
     now_ms: int,
+    counts: dict[str, int],
 ) -> Sale | None:
     """The proof in one new accepted sale, or None: a sale the county has nothing to judge
-    by is counted; one the terminal vouched for but cannot prove is an alarm against the
-    terminal, never a conflict against the cadre it names."""
+    by is counted (in ``counts``, which the caller adds to the counters once a batch); one
+    the terminal vouched for but cannot prove is an alarm against the terminal, never a
+    conflict against the cadre it names."""
     proof = evidence.check_sale(fields, keyring, canteen, lists)
     if isinstance(proof, evidence.Unjudged):
-        bump(conn, "sales_unjudged", 1)
+        counts["sales_unjudged"] = counts.get("sales_unjudged", 0) + 1
         return None
     if isinstance(proof, str):
         record_alarm(
@@ -129,7 +130,7 @@ def judge(
             f"accepted sale {seq} is no evidence: {proof}",
             now_ms,
         )
-        bump(conn, "sales_without_evidence", 1)
+        counts["sales_without_evidence"] = counts.get("sales_without_evidence", 0) + 1
         return None
     return Sale(terminal_id, canteen, seq, entry_hash, fields, proof)
 
@@ -162,41 +163,41 @@ def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
     )
 
 
-def take_evidence(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) -> list[int]:
-    """Store one verified sale as evidence and look for its other half at another terminal;
-    the ids of the conflicts found (at most one). The caller holds ``check_keys(sale)``."""
+def store_evidence(conn: Connection, sales: Sequence[Sale], now_ms: int) -> None:
+    """Keep the verified sales of a batch as evidence, the rows the checks compare."""
+    if not sales:
+        return
+    conn.execute(
+        upsert(conn, evidence_table).on_conflict_do_nothing(),
+        [
+            {
+                "terminal": sale.terminal,
+                "seq": sale.seq,
+                "canteen": sale.canteen,
+                "method": sale.proof.method,
+                "cadre": sale.proof.cadre,
+                "name": sale.proof.name,
+                "credential": sale.proof.credential,
+                "ctr": sale.fields["ctr"] if sale.proof.method == evidence.QR else None,
+                "day": sale.fields["day"],
+                "meal": sale.fields["meal"],
+                "t": sale.proof.t,
+                "at_ms": sale.fields["at_ms"],
+                "hash": sale.hash,
+                "received_ms": now_ms,
+            }
+            for sale in sales
+        ],
+    )
+
+
+def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) -> list[int]:
+    """Look for the other half of one stored sale at another terminal; the ids of the
+    conflicts found (at most one). The caller holds ``check_keys(sale)`` and has checked
+    that the batch does not reverse the sale (then the cadre was not charged for it)."""
     f, proof, terminal_id = sale.fields, sale.proof, sale.terminal
     ctr = f["ctr"] if proof.method == evidence.QR else None
-    conn.execute(
-        upsert(conn, evidence_table)
-        .values(
-            terminal=terminal_id,
-            seq=sale.seq,
-            canteen=sale.canteen,
-            method=proof.method,
-            cadre=proof.cadre,
-            name=proof.name,
-            credential=proof.credential,
-            ctr=ctr,
-            day=f["day"],
-            meal=f["meal"],
-            t=proof.t,
-            at_ms=f["at_ms"],
-            hash=sale.hash,
-            received_ms=now_ms,
-        )
-        .on_conflict_do_nothing()
-    )
     second = _Side(terminal_id, sale.seq, sale.canteen, proof.method, proof.credential, sale.hash)
-    undone = conn.execute(
-        select(1).where(
-            entries.c.terminal == terminal_id,
-            entries.c.ref_seq == sale.seq,
-            entries.c.kind == REVERSAL,
-        )
-    ).first()
-    if undone is not None:
-        return []  # reversed in the same batch: the cadre was not charged for it
     v = evidence_table
     side = (v.c.terminal, v.c.seq, v.c.canteen, v.c.method, v.c.credential, v.c.hash, v.c.at_ms)
     order = (v.c.received_ms, v.c.terminal, v.c.seq)

@@ -259,9 +259,14 @@ def take(
         run.hold(wire, doc)
     elif result.status == OK and result.accepted:
         run.drain_held(result)
-    bump(conn, "entries_accepted", result.accepted)
-    bump(conn, "entries_duplicate", result.duplicates)
-    bump(conn, "batches_" + result.status, 1)
+    counts = {
+        "entries_accepted": result.accepted,
+        "entries_duplicate": result.duplicates,
+        "batches_" + result.status: 1,
+        **run.counts,
+    }
+    for name in sorted(counts):
+        bump(conn, name, counts[name])
     return result
 
 
@@ -285,6 +290,8 @@ class _Batch:
         self.canteen = canteen
         self.key = key
         self.now_ms = now_ms
+        # Counters this batch adds to, written once at its end (one upsert each).
+        self.counts: dict[str, int] = {}
 
     def apply(
         self,
@@ -463,17 +470,23 @@ class _Batch:
                     e.hash,
                     f,
                     self.now_ms,
+                    self.counts,
                 )
                 if sale is not None:
                     sales[e.seq] = sale
         conflicts.lock_keys(self.conn, (k for s in sales.values() for k in conflicts.check_keys(s)))
+        conflicts.store_evidence(self.conn, list(sales.values()), self.now_ms)
+        # A sale reversed in the same batch is kept as evidence but never a conflict: the
+        # cadre was not charged for it.
+        undone = {e.fields[14] for e in new if e.fields[3] == REVERSAL and e.fields[14] is not None}
         found: list[int] = []
         for e in new:
             sale = sales.get(e.seq)
             if sale is not None:
-                found += conflicts.take_evidence(
-                    self.conn, sale, self.limits.meal_span_s, self.now_ms
-                )
+                if e.seq not in undone:
+                    found += conflicts.find_conflicts(
+                        self.conn, sale, self.limits.meal_span_s, self.now_ms
+                    )
             elif e.fields[3] == REVERSAL and e.fields[14] is not None:
                 conflicts.reversed_sale(
                     self.conn, self.terminal_id, int(e.fields[14]), e.seq, self.now_ms
