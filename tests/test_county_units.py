@@ -176,13 +176,24 @@ def test_the_servers_take_their_database_from_a_file_not_the_command_line() -> N
     assert found["WantedBy"] == ["canteen-county.target"]
 
 
-def test_the_server_command_line_is_one_the_county_cli_takes() -> None:
+def test_the_units_command_lines_are_ones_the_county_cli_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from county.cli import build_parser
+    from county.command import store_url
 
+    # The URL the environment file gives is the database the command opens.
+    url = "postgresql://canteen_app:secret@127.0.0.1:5432/canteen_county"
+    monkeypatch.setenv("CANTEEN_COUNTY_DATABASE", url)
     (exec_start,) = settings(TEMPLATE)["ExecStart"]
     argv = shlex.split(exec_start.replace("%i", "8443").replace("${CANTEEN_COUNTY_HOST}", "::"))
     args = build_parser().parse_args(argv[1:])
     assert (args.command, args.data, args.host, args.port) == ("serve", DATA_DIR, "::", 8443)
+    assert store_url(args) == url
+    (exec_start,) = settings(MIGRATE)["ExecStart"]
+    args = build_parser().parse_args(shlex.split(exec_start)[1:])
+    assert (args.command, args.db_command) == ("db", "upgrade")
+    assert store_url(args) == url
 
 
 def test_the_migrations_run_once_before_the_servers() -> None:
@@ -418,6 +429,23 @@ def test_the_documented_roles_give_each_job_only_what_it_needs(
         assert dump.returncode == 0, dump.stderr
         done = psql_as(pg_cluster, backup, db, "INSERT INTO entries (v) VALUES ('x')")
         assert done.returncode != 0 and "permission denied" in done.stderr
+        # The drill's restore: dropped, then made again from the dump with --create, with
+        # its owner and its grants (the app connects and writes, the owner owns).
+        done = psql_as(pg_cluster, SUPERUSER, "postgres", f'DROP DATABASE "{db}"')
+        assert done.returncode == 0, done.stderr
+        restore = subprocess.run(
+            ["pg_restore", "--create", "--exit-on-error", "-h", "127.0.0.1", "-p",
+             str(pg_cluster.port), "-U", SUPERUSER, "-d", "postgres", str(tmp_path / "d.dump")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert restore.returncode == 0, restore.stderr
+        again = "INSERT INTO entries (v) VALUES ('d'); SELECT v FROM entries ORDER BY v"
+        done = psql_as(pg_cluster, app, db, again)
+        assert done.returncode == 0 and done.stdout.split() == ["c", "d"], done.stderr
+        done = psql_as(pg_cluster, app, db, "CREATE TABLE mine (x int)")
+        assert done.returncode != 0 and "permission denied" in done.stderr
+        owner_of = f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'"
+        assert psql_as(pg_cluster, SUPERUSER, "postgres", owner_of).stdout.split() == [owner]
         # Nobody else gets in.
         done = psql_as(pg_cluster, SUPERUSER, "postgres", f"CREATE ROLE {tag}_other LOGIN")
         assert done.returncode == 0, done.stderr
