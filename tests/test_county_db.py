@@ -536,3 +536,26 @@ def test_a_sqlite_county_copied_to_postgresql_is_the_same_and_goes_on(
     assert rc == 2 and out == ""
     assert "terminal a1 entry 7: its hash does not match its fields" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_copy_that_fails_its_check_leaves_the_target_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Any backend to any: SQLite to SQLite here. The source's entry 2 was altered.
+    data = tmp_path / "county"
+    data.mkdir()
+    _old_county(data / "county.sqlite", FIRST_VERSION_SQL)
+    conn = sqlite3.connect(data / "county.sqlite")
+    conn.execute("UPDATE entries SET amount_fen = 1 WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    target = f"sqlite:///{tmp_path / 'copy.sqlite'}"
+    assert _county("db", "upgrade", "--database", target, capsys=capsys)[0] == 0
+    rc, out, err = _county(
+        "db", "copy", "--from", f"sqlite:///{data / 'county.sqlite'}", "--to", target,
+        capsys=capsys,
+    )  # fmt: skip
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1
+    assert "terminal a1 entry 2: its hash does not match its fields" in err
+    for command in ("entries", "alarms"):
+        assert _county(command, "--database", target, capsys=capsys)[:2] == (0, "")

@@ -2,14 +2,15 @@
 
 This module owns ``canteen-county db copy`` (a SQLite county into PostgreSQL is the
 case that matters; any backend to any works) and ``db verify``. A copy reads every
-table of the source in one consistent snapshot and streams it in batches (no table is
-ever held in memory), writes the target in one transaction (a copy that fails leaves
-the target empty, so it can simply be run again), sets PostgreSQL's id sequences past
-the copied ids, and then proves the result from the target alone: every terminal's
-chain re-hashed entry by entry with protocol.chain's ``entry_hash``, each entry linked
-to the one before it, each terminal's ``last_hash`` its last entry's, and every
-table's row count equal to the source's. It never changes the source beyond what
-opening it does (a SQLite county of an earlier version is upgraded first).
+table of the source in one consistent snapshot and streams it in batches (no table
+is ever held in memory), writes the target in one transaction, sets PostgreSQL's id
+sequences past the copied ids, and before committing proves the result from what the
+target now holds: every terminal's chain re-hashed entry by entry with
+protocol.chain's ``entry_hash``, each entry linked to the one before it, each
+terminal's ``last_hash`` its last entry's, and every table's row count equal to the
+source's. A copy that fails is rolled back and leaves the target empty, so it can
+simply be run again. It never changes the source beyond what opening it does (a
+SQLite county of an earlier version is upgraded first).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ def copy_county(
     batch_rows: int = BATCH_ROWS,
     show_progress: bool | None = None,
 ) -> CopyResult:
-    """Copy every table of ``source`` into the empty, upgraded ``target`` and verify it.
-    Raises CopyRefused before anything is written, VerifyFailed after."""
+    """Copy every table of ``source`` into the empty, upgraded ``target`` and verify it
+    before committing. Raises CopyRefused before anything is written, VerifyFailed with
+    the target left as empty as it was."""
     migrations.prepare(source)
     _check_target(source, target)
     result = CopyResult()
@@ -139,12 +141,14 @@ def copy_county(
             )
         if not target.is_sqlite:
             _reset_sequences(dst)
-    with _snapshot(target) as conn:
-        copied = row_counts(conn)
-    for name, n in counts.items():
-        if copied[name] != n:
-            raise VerifyFailed(f"table {name}: the source has {n} rows, the copy {copied[name]}")
-    result.chains = verify_chains(target, show_progress)
+        # Checked in the copy's own transaction: a copy that fails is never committed.
+        copied = row_counts(dst)
+        for name, n in counts.items():
+            if copied[name] != n:
+                raise VerifyFailed(
+                    f"table {name}: the source has {n} rows, the copy {copied[name]}"
+                )
+        result.chains = check_chains(dst, show_progress)
     return result
 
 
@@ -157,7 +161,7 @@ def _copy_table(
     show_progress: bool | None,
 ) -> int:
     order = list(table.primary_key.columns) or list(table.columns)
-    rows = src.execution_options(yield_per=batch_rows).execute(select(table).order_by(*order))
+    rows = src.execute(select(table).order_by(*order).execution_options(yield_per=batch_rows))
     done = 0
     with _progress(total, table.name, show_progress) as bar:
         for part in rows.partitions():
@@ -183,31 +187,36 @@ def _reset_sequences(conn: Connection) -> None:
 
 
 def verify_chains(db: Database, show_progress: bool | None = None) -> ChainCheck:
-    """Re-hash every terminal's chain in ``db``: each entry's hash over its hashed
-    columns, each linked to the one before (the first to the genesis hash), sequence
-    numbers without a gap, and the terminal's ``last_hash`` its last entry's. Raises
-    VerifyFailed naming the first terminal and entry that differs."""
+    """``check_chains`` over all of ``db`` in one snapshot."""
+    with _snapshot(db) as conn:
+        return check_chains(conn, show_progress)
+
+
+def check_chains(conn: Connection, show_progress: bool | None = None) -> ChainCheck:
+    """Re-hash every terminal's chain: each entry's hash over its hashed columns, each
+    linked to the one before (the first to the genesis hash), sequence numbers without
+    a gap, and the terminal's ``last_hash`` its last entry's. Raises VerifyFailed
+    naming the first terminal and entry that differs."""
     check = ChainCheck()
     columns = [entries.c[name] for name in HASHED_COLUMNS]
-    with _snapshot(db) as conn:
-        last_hash = {
-            str(r.terminal_id): bytes(r.last_hash)
-            for r in conn.execute(select(terminals.c.terminal_id, terminals.c.last_hash))
-        }
-        total = int(conn.execute(select(func.count()).select_from(entries)).scalar_one())
-        rows = conn.execution_options(yield_per=BATCH_ROWS).execute(
-            select(entries.c.terminal, entries.c.prev_hash, entries.c.hash, *columns).order_by(
-                entries.c.terminal, entries.c.seq
-            )
-        )
-        walk = _ChainWalk(last_hash)
-        with _progress(total, "verify", show_progress) as bar:
-            for part in rows.partitions():
-                for row in part:
-                    walk.entry(str(row[0]), bytes(row[1]), bytes(row[2]), tuple(row[3:]))
-                check.entries += len(part)
-                bar.update(len(part))
-        walk.finish()
+    last_hash = {
+        str(r.terminal_id): bytes(r.last_hash)
+        for r in conn.execute(select(terminals.c.terminal_id, terminals.c.last_hash))
+    }
+    total = int(conn.execute(select(func.count()).select_from(entries)).scalar_one())
+    rows = conn.execute(
+        select(entries.c.terminal, entries.c.prev_hash, entries.c.hash, *columns)
+        .order_by(entries.c.terminal, entries.c.seq)
+        .execution_options(yield_per=BATCH_ROWS)
+    )
+    walk = _ChainWalk(last_hash)
+    with _progress(total, "verify", show_progress) as bar:
+        for part in rows.partitions():
+            for row in part:
+                walk.entry(str(row[0]), bytes(row[1]), bytes(row[2]), tuple(row[3:]))
+            check.entries += len(part)
+            bar.update(len(part))
+    walk.finish()
     check.terminals = len(last_hash)
     return check
 
