@@ -401,6 +401,16 @@ def test_an_upgrade_killed_while_waiting_on_a_lock_runs_again_to_head(
             if upgrade.poll() is None:
                 upgrade.kill()
             upgrade.communicate()
+        # Its session notices the client is gone and ends, while the lock is still held.
+
+        def session_gone() -> bool:
+            row = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'canteen-county'"
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_for(session_gone, what="the killed upgrade's session to end")
         # 0001 stays applied; 0002 never committed.
         [(version,)] = watch.execute("SELECT version_num FROM alembic_version").fetchall()
         assert version == "0001"
@@ -559,3 +569,29 @@ def test_a_copy_that_fails_its_check_leaves_the_target_empty(
     assert "terminal a1 entry 2: its hash does not match its fields" in err
     for command in ("entries", "alarms"):
         assert _county(command, "--database", target, capsys=capsys)[:2] == (0, "")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE entries (note TEXT)",  # no key columns: not the county's entries
+        "CREATE TABLE revocations (k BLOB PRIMARY KEY, origin TEXT)",  # another revocations
+    ],
+    ids=["entries", "revocations"],
+)
+def test_a_database_that_is_not_a_county_is_refused_unchanged(
+    tmp_path: Path, sql: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    rc, out, err = _county("db", "upgrade", "--database", f"sqlite:///{path}", capsys=capsys)
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert "run the upgrade again" in err and "Traceback" not in err
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    # The baseline was rolled back: not one county table was made.
+    assert tables <= {"entries", "revocations", "alembic_version"}

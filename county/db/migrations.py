@@ -114,10 +114,13 @@ def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
             raise _ahead(db, str(before))
         try:
             command.upgrade(_config(conn), to)
-        except sa_exc.OperationalError as exc:
+        except (sa_exc.DBAPIError, RuntimeError, CommandError) as exc:
+            # A lost connection, a role that may not change tables, a database that is
+            # not a county's: the revision in progress was rolled back.
+            why = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
             raise DatabaseError(
-                f"upgrading the county database at {db.url} stopped: {exc.orig}; "
-                "the revisions before it are kept, run the upgrade again"
+                f"upgrading the county database at {db.url} stopped: {why}; "
+                "the revisions before it are kept: fix that and run the upgrade again"
             ) from None
         after = MigrationContext.configure(conn).get_current_revision()
         conn.commit()
