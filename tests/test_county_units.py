@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -459,3 +460,88 @@ def test_the_documented_roles_give_each_job_only_what_it_needs(
             f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);'
             + "".join(f"DROP ROLE IF EXISTS {r};" for r in (owner, app, backup, f"{tag}_other")),
         )
+
+
+# ---- the units' commands, run as systemd runs them, against the test cluster ----
+
+
+def unit_environment(unit: Path, env_file: Path) -> dict[str, str]:
+    """The environment systemd gives the service: the unit's Environment= lines, then its
+    EnvironmentFile= (whose settings win), on top of nothing the test process has set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANTEEN_COUNTY_")}
+    for line in settings(unit).get("Environment", []):
+        env.update(pair.split("=", 1) for pair in shlex.split(line))
+    for line in env_file.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def unit_argv(unit: Path, env: dict[str, str], instance: str = "") -> list[str]:
+    """ExecStart= as systemd runs it: %i and ${VAR} filled in, this checkout's command."""
+    (line,) = settings(unit)["ExecStart"]
+    line = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line.replace("%i", instance))
+    argv = shlex.split(line)
+    assert argv[0] == COMMAND
+    return [str(ROOT / ".venv/bin/canteen-county"), *argv[1:]]
+
+
+@pytest.mark.slow  # a migration and a server start: about 20 s on a busy 2-core machine
+def test_the_migrations_then_a_server_run_from_the_units_files(tmp_path: Path, pg_url: str) -> None:
+    import ssl
+    import urllib.request
+
+    from conftest import free_port, wait_for
+
+    from county import ca
+
+    data = tmp_path / "data"
+    ca.init_ca(data)
+    # A password in the URL (the test cluster trusts 127.0.0.1 and never asks for it):
+    # it must reach the server through the environment file, never its command line.
+    secret = "pw-only-in-the-env-file"
+    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    migrate_env = tmp_path / "migrate.env"
+    migrate_env.write_text(f"# the owner's URL\nCANTEEN_COUNTY_DATABASE={url}\n")
+    county_env = tmp_path / "county.env"
+    county_env.write_text(
+        f"CANTEEN_COUNTY_DATABASE={url}\n"
+        "# listen here, not on 0.0.0.0\n"
+        "CANTEEN_COUNTY_HOST=127.0.0.1\n"
+    )
+
+    env = unit_environment(MIGRATE, migrate_env)
+    done = subprocess.run(
+        unit_argv(MIGRATE, env), env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "upgraded" in done.stdout, done.stdout + done.stderr
+    assert secret not in done.stdout + done.stderr
+
+    env = unit_environment(TEMPLATE, county_env)
+    port = free_port()
+    argv = unit_argv(TEMPLATE, env, str(port))
+    argv[argv.index(DATA_DIR)] = str(data)
+    server = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(data / ca.CA_CERT))
+
+        def healthy() -> bool:
+            assert server.poll() is None, server.communicate()
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/v1/health", context=context, timeout=5
+            ) as answer:
+                return bool(answer.status == 200)
+
+        wait_for(healthy, what="the server started from the unit's command line")
+        assert secret not in Path(f"/proc/{server.pid}/cmdline").read_text()
+    finally:
+        # systemd's stop: SIGTERM, then SIGKILL after TimeoutStopSec=20.
+        server.terminate()
+        out, err = server.communicate(timeout=20)
+    # uvicorn shuts down, then raises the SIGTERM it caught again, so the process ends by
+    # that signal: systemd counts SIGTERM as a clean end (not a failure to restart).
+    assert server.returncode in (0, -signal.SIGTERM), out + err
+    assert secret not in out + err
