@@ -4,7 +4,8 @@
 
 Figures and targets (issue 2, on a 2-core machine like CI's):
 - token verifications per second, against two raw Ed25519 verifications with
-  cryptography (the physical floor of a presentation): at least 60% of the floor;
+  cryptography (the physical floor of a presentation), timed in alternating rounds:
+  at least 60% of the floor;
 - durable decisions per second (verify, policy, ledger commit with fsync), against
   a raw sqlite3 insert-and-commit with WAL and synchronous=FULL: at least 50%,
   with decision p99 under 5 ms;
@@ -26,6 +27,7 @@ import itertools
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,12 +63,13 @@ def bench_tokens(seconds: float) -> None:
     now = lunch_at(settings)
     issuer = Issuer("hn-bench", key_from_seed("bench-issuer"))
     # The worker's memo, as in Checkout, and more distinct codes than it holds good
-    # signatures (two a code), so every verification here does its curve arithmetic (the
-    # memo only spares a code shown again).
+    # signatures (two a code) or holder keys, so every verification here does its curve
+    # arithmetic and builds its holder key (the memo only spares a code shown again, or a
+    # cadre seen lately).
     memo = SignatureMemo()
     codes = [
         make_wallet(issuer, f"T{i}", "u", "bench", now=now - 86400).draw(now)
-        for i in range(SignatureMemo.GOOD_MAX // 2 + 100)
+        for i in range(max(SignatureMemo.GOOD_MAX // 2, SignatureMemo.HOLDER_KEYS_MAX) + 100)
     ]
     store = trust.TrustStore(":memory:")
     store.replace_issuers(
@@ -93,19 +96,42 @@ def bench_tokens(seconds: float) -> None:
     def text_only() -> None:
         base45.b45decode(text)
 
-    raw_rate = rate(raw, seconds)
-    tok_rate = rate(token, seconds)
+    # The floor and the tokens are timed in alternating short rounds, and the ratio is the
+    # median of the rounds' ratios: other processes on a shared machine then load both
+    # sides alike, where two back-to-back runs each caught a different load.
+    raw_s, tok_s = paired_rounds(raw, token, 2 * seconds)
+    raw_rate, tok_rate = 1 / statistics.median(raw_s), 1 / statistics.median(tok_s)
+    ratio = statistics.median(r / t for r, t in zip(raw_s, tok_s, strict=True))
     b45_us = 1e6 / rate(text_only, seconds / 3)
-    ratio = tok_rate / raw_rate
     report(
         "token verifications",
         tok_rate,
         "per s",
-        f"2 raw Ed25519 verifications {raw_rate:,.0f} per s; ratio {ratio:.0%}; "
+        f"2 raw Ed25519 verifications {raw_rate:,.0f} per s; ratio {ratio:.0%} "
+        f"(median of {len(raw_s)} alternating rounds); "
         f"base45 decode {b45_us:.0f} us of {1e6 / tok_rate:.0f} us a code",
         ">= 60% of the raw floor",
         ratio >= 0.60,
     )
+
+
+def paired_rounds(
+    a: Any, b: Any, seconds: float, batch: int = 20
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``a`` and of ``b``, one figure each per round, in alternating order."""
+    for _ in range(batch):
+        a()
+        b()
+    a_s: list[float] = []
+    b_s: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(a_s) < 9:
+        for fn, out in ((a, a_s), (b, b_s)) if len(a_s) % 2 else ((b, b_s), (a, a_s)):
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            out.append((time.perf_counter() - t0) / batch)
+    return a_s, b_s
 
 
 def rate(fn: Any, seconds: float) -> float:
