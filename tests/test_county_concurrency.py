@@ -1,0 +1,543 @@
+"""Exactly once with two county server processes on one PostgreSQL (issue 14).
+
+Two real `canteen-county serve` processes, each with its own connection pool, share one
+fresh PostgreSQL database (conftest's pg_county_url). A terminal's upload is built the way
+its SyncClient builds it (the ledger read by terminal.sync's LedgerReader, a checkpoint
+signed with the ledger key over the batch's last entry, encode_body) and POSTed over mTLS
+with its client certificate to both processes at the same instant: each sender holds an
+open TLS connection and waits on one threading.Barrier, so the two requests reach the two
+processes within a fraction of a millisecond, many rounds in a row.
+
+What must hold whichever process the database lets through first:
+
+- duplicates: both answers acknowledge the same mark, every seq is stored once, the
+  stored chain is the terminal's ledger, and no counter or alarm is counted twice;
+- gaps: a later batch that arrives in one process while the earlier one arrives in the
+  other is either taken after it or held and drained by it, nothing lost or doubled;
+- forks: two different entries under one seq, one to each process: exactly one stored,
+  the other refused as a fork, one alarm row whose `times` counts every refusal;
+- conflicts: one phone code accepted at two canteens, each terminal uploading to another
+  process at the same instant: exactly one conflict and one revocation per code.
+
+Nothing here holds a lock of its own: the county's database rules do (the terminal's row
+locked FOR UPDATE at intake, advisory locks on the cross-terminal keys, upserts for alarms
+and counters; county/intake.py and county/conflicts.py). Each test counts the rounds that
+went wrong and names them, so a run with a lock taken out says how often it was caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import listening, wait_for
+from countykit import (
+    T0_MS,
+    County,
+    Terminal,
+    local_chain,
+    make_county,
+    provision_terminal,
+    server_chain,
+)
+from hwsim.wallet import Issuer, Wallet, key_from_seed, make_wallet
+from sqlalchemy import func, select
+
+from county.db.schema import entries as entries_table
+from county.db.schema import held_batches
+from county.store import CountyStore
+from terminal import state
+from terminal.ledger import ACCEPT, REJECT, SALE, EntryDraft, load_or_create_signing_key
+from terminal.sync import LedgerReader, _batch_checkpoint, encode_body
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ISSUER = Issuer("hn-concurrency", key_from_seed("concurrency-issuer"))
+T0 = T0_MS // 1000
+DAY = "2026-05-28"
+
+
+# --- two server processes on one database -------------------------------------------------
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """One `canteen-county serve` child process and the URL it answers on."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def failures(self) -> str:
+        """What the process wrote to standard error (tracebacks of answers it failed)."""
+        return self.log.read_text(errors="replace")
+
+
+def start_server(data: Path, database_url: str, log: Path) -> ServerProcess:
+    """`canteen-county serve` on a port it picks itself, once it answers /v1/health."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "hw-sim")]),
+    }
+    env.pop("CANTEEN_COUNTY_DATABASE", None)
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "county.cli",
+                "serve",
+                "--data",
+                str(data),
+                "--database",
+                database_url,
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "canteen-county: serving on https://HOST:PORT (...)"
+    if "serving on " not in line:
+        proc.wait(15)
+        raise AssertionError(f"serve did not start: {line!r} {log.read_text()}")
+    url = line.split("serving on ", 1)[1].split()[0]
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    server = ServerProcess(proc, url, log)
+    try:
+        wait_for(lambda: listening(host, int(port)), what=f"{url} to listen")
+    except AssertionError:
+        server.stop()
+        raise
+    return server
+
+
+@dataclasses.dataclass
+class Pair:
+    """A county (its CA and data directory) served by two processes on one database, and
+    the test's own store on that database to read what they stored."""
+
+    county: County
+    servers: list[ServerProcess]
+    store: CountyStore
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def failures(self) -> str:
+        return "\n".join(s.failures() for s in self.servers)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, pg_county_url: str) -> Iterator[Pair]:
+    county = make_county(tmp_path, pg_county_url)
+    store = CountyStore(pg_county_url)
+    # The issuer's key, so that phone codes are evidence (the conflicts test).
+    store.add_issuer_keys([ISSUER.trust_entry()], int(time.time() * 1000))
+    servers: list[ServerProcess] = []
+    try:
+        for i in range(2):
+            servers.append(start_server(county.data, pg_county_url, tmp_path / f"serve{i}.log"))
+        yield Pair(county, servers, store)
+    finally:
+        for s in servers:
+            s.stop()
+        store.close()
+
+
+# --- a terminal's uploads --------------------------------------------------------------------
+
+
+class Sender:
+    """The terminal's side of both processes: one kept-alive mTLS connection to each, made
+    before the race so that the handshakes are not part of it."""
+
+    def __init__(self, term: Terminal, urls: Sequence[str]) -> None:
+        self.urls = list(urls)
+        self.sessions = []
+        ident = term.identity
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a
+        # session's verify, never a request's.
+        self.tls: dict[str, Any] = {
+            "cert": (str(ident.cert_file), str(ident.key_file)),
+            "verify": str(ident.ca_file),
+        }
+        for url in self.urls:
+            s = requests.Session()
+            s.get(url + "/v1/health", timeout=30, **self.tls).raise_for_status()
+            self.sessions.append(s)
+
+    def post(self, server: int, body: bytes) -> requests.Response:
+        return self.sessions[server].post(
+            self.urls[server] + "/v1/ledger",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+            **self.tls,
+        )
+
+    def close(self) -> None:
+        for s in self.sessions:
+            s.close()
+
+
+def at_once(sends: Sequence[tuple[Sender, int, bytes]]) -> list[requests.Response]:
+    """POST each body to its server, all released by one barrier; the answers in order."""
+    barrier = threading.Barrier(len(sends))
+    answers: list[requests.Response | BaseException | None] = [None] * len(sends)
+
+    def send(i: int) -> None:
+        sender, server, body = sends[i]
+        try:
+            barrier.wait(30)
+            answers[i] = sender.post(server, body)
+        except BaseException as exc:  # handed to the test thread below
+            answers[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(sends))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    out = []
+    for a in answers:
+        if not isinstance(a, requests.Response):
+            raise AssertionError(f"a send failed: {a!r}")
+        out.append(a)
+    return out
+
+
+def upload(term: Terminal, first: int, last: int, ledger: Path | None = None) -> bytes:
+    """The body the terminal's SyncClient posts for entries first..last of its ledger: the
+    rows as LedgerReader reads them for the wire, the ledger's checkpoints among them and
+    one signed over the last entry when the ledger has none there, a fresh nonce, and
+    encode_body's bytes (terminal/sync.py, SyncClient._sync)."""
+    reader = LedgerReader(ledger or term.ledger_path)
+    try:
+        rows = reader.wire_batch(first, last - first + 1, last)
+        assert len(rows) == last - first + 1, (first, last, len(rows))
+        cps = reader.checkpoints(rows[0][0], rows[-1][0])
+    finally:
+        reader.close()
+    if not cps or cps[-1][0] != rows[-1][0]:
+        key = load_or_create_signing_key(state.StatePaths(term.root).key)
+        cps.append(_batch_checkpoint(key, term.terminal_id, rows[-1]))
+    doc = {"nonce": secrets.token_bytes(16).hex(), "entries": rows, "checkpoints": cps}
+    return encode_body(doc)
+
+
+def card_sale(n: int, unit: str = "u1") -> EntryDraft:
+    """An accepted card sale (no roster is published: counted as unjudged, no alarm), every
+    fifth one a refusal."""
+    if n % 5 == 4:
+        return EntryDraft(kind=SALE, verdict=REJECT, reason="revoked", method="card")
+    return EntryDraft(
+        kind=SALE,
+        verdict=ACCEPT,
+        method="card",
+        cadre=f"iss-a/cadre-{n}",
+        credential=f"card/{n:08x}",
+        unit=unit,
+        day=DAY,
+        meal="lunch",
+        amount_fen=1000 + n,
+    )
+
+
+def append(term: Terminal, drafts: Sequence[EntryDraft], ledger: Path | None = None) -> int:
+    """Record ``drafts`` in the terminal's ledger (or a copy of it); its last seq."""
+    if ledger is None:
+        book = term.open_ledger()
+    else:
+        book = state.open_ledger(ledger, state.StatePaths(term.root).key, term.terminal_id, T0_MS)
+    try:
+        for i, draft in enumerate(drafts):
+            book.append(draft, T0_MS + book.last_seq() + i)
+        return book.last_seq()
+    finally:
+        book.close()
+
+
+def stored_seqs(store: CountyStore, terminal_id: str) -> list[int]:
+    with store.db.read() as conn:
+        return [
+            int(s)
+            for s in conn.execute(
+                select(entries_table.c.seq)
+                .where(entries_table.c.terminal == terminal_id)
+                .order_by(entries_table.c.seq)
+            ).scalars()
+        ]
+
+
+def held_count(store: CountyStore) -> int:
+    with store.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(held_batches)).scalar_one())
+
+
+def describe(answers: Sequence[requests.Response]) -> str:
+    return "; ".join(f"{a.status_code} {a.text[:200]}" for a in answers)
+
+
+# --- duplicates --------------------------------------------------------------------------------
+
+ROUNDS = 30
+
+
+def test_the_same_batch_at_two_processes_at_once_is_stored_once_and_acknowledged_twice(
+    pair: Pair, tmp_path: Path
+) -> None:
+    term = provision_terminal(pair.county, tmp_path / "t", "t1", "c1", server=pair.urls[0])
+    sender = Sender(term, pair.urls)
+    wrong: list[str] = []
+    accepted_sales = 0
+    try:
+        acked = 0
+        for r in range(ROUNDS):
+            drafts = [card_sale(r * 100 + i) for i in range(12)]
+            accepted_sales += sum(1 for d in drafts if d.verdict == ACCEPT)
+            last = append(term, drafts)
+            body = upload(term, acked + 1, last)
+            answers = at_once([(sender, 0, body), (sender, 1, body)])
+            docs = [a.json() if a.status_code == 200 else None for a in answers]
+            if not all(d is not None and d["status"] == "ok" for d in docs) or {
+                d["acked_seq"] for d in docs if d is not None
+            } != {last}:
+                wrong.append(f"round {r}: {describe(answers)}")
+            elif sorted((d["accepted"], d["duplicates"]) for d in docs if d) != sorted(
+                [(last - acked, 0), (0, last - acked)]
+            ):
+                wrong.append(f"round {r}: stored by both or by neither: {describe(answers)}")
+            acked = last
+    finally:
+        sender.close()
+    assert not wrong, (
+        f"{len(wrong)} of {ROUNDS} rounds went wrong:\n" + "\n".join(wrong) + pair.failures()
+    )
+    last = acked
+    # Every seq once, the chain the terminal's, the mark where the ledger ends.
+    assert stored_seqs(pair.store, "t1") == list(range(1, last + 1))
+    assert server_chain(pair.store, "t1") == local_chain(term.ledger_path)
+    assert pair.store.terminal("t1").acked_seq == last  # type: ignore[union-attr]
+    # Counted once: each entry accepted once and resent once, each batch answered twice.
+    assert pair.store.counter("entries_accepted") == last
+    assert pair.store.counter("entries_duplicate") == last
+    assert pair.store.counter("batches_ok") == 2 * ROUNDS
+    assert pair.store.counter("sales_unjudged") == accepted_sales
+    assert pair.store.alarms() == []
+
+
+# --- gaps --------------------------------------------------------------------------------------
+
+
+def test_a_later_batch_at_one_process_while_the_earlier_reaches_the_other_is_held_then_drained(
+    pair: Pair, tmp_path: Path
+) -> None:
+    term = provision_terminal(pair.county, tmp_path / "t", "t1", "c1", server=pair.urls[0])
+    sender = Sender(term, pair.urls)
+    wrong: list[str] = []
+    held_rounds = 0
+    try:
+        acked = 0
+        for r in range(ROUNDS):
+            last = append(term, [card_sale(r * 100 + i) for i in range(16)])
+            middle = acked + (last - acked) // 2
+            earlier, later = upload(term, acked + 1, middle), upload(term, middle + 1, last)
+            # The earlier batch to one process, the later to the other, turn about.
+            e, lt = r % 2, 1 - r % 2
+            a_earlier, a_later = at_once([(sender, e, earlier), (sender, lt, later)])
+            ok = a_earlier.status_code == 200 and a_later.status_code == 200
+            if ok:
+                d_earlier, d_later = a_earlier.json(), a_later.json()
+                if d_later["status"] == "gap":
+                    # Held: taken by the earlier batch's intake, which answers the whole mark.
+                    held_rounds += 1
+                    ok = d_later["acked_seq"] == acked and d_earlier["acked_seq"] == last
+                else:
+                    ok = d_later["status"] == "ok" and d_later["acked_seq"] == last
+                    ok = ok and d_earlier["status"] == "ok" and d_earlier["acked_seq"] >= middle
+            if not ok:
+                wrong.append(f"round {r}: {describe([a_earlier, a_later])}")
+            mark = pair.store.terminal("t1").acked_seq  # type: ignore[union-attr]
+            if mark != last:
+                wrong.append(f"round {r}: the county's mark is {mark}, the terminal sent {last}")
+                # The terminal's next sync would resend from the mark: do so, and go on.
+                resend = sender.post(0, upload(term, mark + 1, last))
+                assert resend.status_code == 200 and resend.json()["acked_seq"] == last
+            acked = last
+    finally:
+        sender.close()
+    assert not wrong, (
+        f"{len(wrong)} of {ROUNDS} rounds went wrong ({held_rounds} held):\n"
+        + "\n".join(wrong)
+        + pair.failures()
+    )
+    last = acked
+    assert stored_seqs(pair.store, "t1") == list(range(1, last + 1))
+    assert server_chain(pair.store, "t1") == local_chain(term.ledger_path)
+    assert held_count(pair.store) == 0
+    assert pair.store.counter("entries_accepted") == last
+    assert pair.store.counter("batches_gap") == held_rounds
+    assert pair.store.counter("entries_duplicate") == 0
+    print(f"gap rounds: {held_rounds} of {ROUNDS} held then drained")
+
+
+# --- forks -------------------------------------------------------------------------------------
+
+FORK_ROUNDS = 12
+
+
+def test_two_entries_under_one_seq_at_two_processes_at_once_store_one_and_raise_one_alarm(
+    pair: Pair, tmp_path: Path
+) -> None:
+    wrong: list[str] = []
+    for r in range(FORK_ROUNDS):
+        tid = f"f{r}"
+        term = provision_terminal(pair.county, tmp_path / tid, tid, "c1", server=pair.urls[0])
+        # A second copy of the terminal's ledger (a restored backup, a clone): the same key
+        # and genesis, then different sales under the same numbers.
+        twin = tmp_path / f"{tid}-twin"
+        twin.mkdir()
+        for f in term.ledger_path.parent.iterdir():
+            if f.name.startswith(term.ledger_path.name):
+                shutil.copy2(f, twin / f.name)
+        twin_ledger = twin / term.ledger_path.name
+        last = append(term, [card_sale(i, unit="u-a") for i in range(5)])
+        assert append(term, [card_sale(i, unit="u-b") for i in range(5)], twin_ledger) == last
+        bodies = [upload(term, 1, last), upload(term, 1, last, twin_ledger)]
+        sender = Sender(term, pair.urls)
+        try:
+            answers = at_once([(sender, 0, bodies[0]), (sender, 1, bodies[1])])
+            statuses = sorted(a.status_code for a in answers)
+            if statuses != [200, 409]:
+                wrong.append(f"round {r}: {describe(answers)}")
+                continue
+            winner = 0 if answers[0].status_code == 200 else 1
+            loser = 1 - winner
+            lost = answers[loser].json()
+            if lost["alarm"] != "fork" or answers[winner].json()["acked_seq"] != last:
+                wrong.append(f"round {r}: {describe(answers)}")
+                continue
+            # The clone retries, at both processes at once: refused each time, one alarm.
+            again = at_once([(sender, 0, bodies[loser]), (sender, 1, bodies[loser])])
+            if [a.status_code for a in again] != [409, 409]:
+                wrong.append(f"round {r}, the retry: {describe(again)}")
+        finally:
+            sender.close()
+        ledgers = [term.ledger_path, twin_ledger]
+        if server_chain(pair.store, tid) != local_chain(ledgers[winner]):
+            wrong.append(f"round {r}: the stored chain is not the accepted ledger's")
+        forks = [a for a in pair.store.alarms() if a["terminal"] == tid]
+        theirs = local_chain(ledgers[loser])[1][1]  # entry 2, the first that differs
+        if [(a["kind"], a["seq"], a["times"]) for a in forks] != [("fork", 2, 3)] or (
+            forks[0]["hash"] != theirs
+        ):
+            wrong.append(f"round {r}: alarms {json.dumps(forks)[:400]}")
+    assert not wrong, (
+        f"{len(wrong)} of {FORK_ROUNDS} rounds went wrong:\n" + "\n".join(wrong) + pair.failures()
+    )
+    assert pair.store.counter("batches_refused") == 3 * FORK_ROUNDS
+    assert pair.store.counter("entries_accepted") == 6 * FORK_ROUNDS
+
+
+# --- conflicts found once ----------------------------------------------------------------------
+
+CONFLICT_ROUNDS = 20
+
+
+def wallet(sub: str) -> Wallet:
+    return make_wallet(ISSUER, sub, "u-tax", f"Cadre {sub}", now=T0 - 86_400, seed=sub)
+
+
+def qr_sale(w: Wallet, qr: str, ctr: int) -> EntryDraft:
+    """An accepted QR sale as a terminal records it: the phone's signed code in detail."""
+    return EntryDraft(
+        kind=SALE,
+        verdict=ACCEPT,
+        method="qr",
+        cadre=f"{w.iss}/{w.sub}",
+        credential=f"qr/{w.iss}/{w.cti.hex()}",
+        ctr=ctr,
+        unit=w.unit,
+        day=DAY,
+        meal="lunch",
+        amount_fen=1200,
+        detail={"qr": qr},
+    )
+
+
+def test_one_code_at_two_canteens_uploaded_to_two_processes_at_once_is_one_conflict(
+    pair: Pair, tmp_path: Path
+) -> None:
+    terms = [
+        provision_terminal(pair.county, tmp_path / "a", "a1", "canteen-a", server=pair.urls[0]),
+        provision_terminal(pair.county, tmp_path / "b", "b1", "canteen-b", server=pair.urls[1]),
+    ]
+    senders = [Sender(t, pair.urls) for t in terms]
+    wrong: list[str] = []
+    credentials = []
+    try:
+        acked = [0, 0]
+        for r in range(CONFLICT_ROUNDS):
+            w = wallet(f"S{r}")
+            code = w.draw(T0)  # one presentation: (iss, cti, ctr 1), shown at two canteens
+            credentials.append(f"qr/{w.iss}/{w.cti.hex()}")
+            lasts = [append(t, [qr_sale(w, code, 1)]) for t in terms]
+            bodies = [upload(t, acked[i] + 1, lasts[i]) for i, t in enumerate(terms)]
+            # Terminal a to one process, terminal b to the other, turn about.
+            first = r % 2
+            answers = at_once([(senders[0], first, bodies[0]), (senders[1], 1 - first, bodies[1])])
+            if [a.status_code for a in answers] != [200, 200] or [
+                a.json()["acked_seq"] for a in answers
+            ] != lasts:
+                wrong.append(f"round {r}: {describe(answers)}")
+            acked = lasts
+            found = [c for c in pair.store.conflicts() if c["credential"] == credentials[-1]]
+            if len(found) != 1:
+                wrong.append(f"round {r}: {len(found)} conflicts for one copied code")
+    finally:
+        for s in senders:
+            s.close()
+    assert not wrong, (
+        f"{len(wrong)} of {CONFLICT_ROUNDS} rounds went wrong:\n"
+        + "\n".join(wrong)
+        + pair.failures()
+    )
+    conflicts = pair.store.conflicts()
+    assert [c["kind"] for c in conflicts] == ["presentation_twice"] * CONFLICT_ROUNDS
+    assert sorted(c["credential"] for c in conflicts) == sorted(credentials)
+    assert all({c["first"]["terminal"], c["second"]["terminal"]} == {"a1", "b1"} for c in conflicts)
+    revoked = pair.store.revocations()
+    assert sorted(r["cti"] for r in revoked) == sorted(c.rsplit("/", 1)[1] for c in credentials)
+    assert pair.store.alarms() == []
+    for t in terms:
+        assert server_chain(pair.store, t.terminal_id) == local_chain(t.ledger_path)
