@@ -31,6 +31,7 @@ from county.command import (
     store_url,
 )
 from county.db import DatabaseError
+from county.reports import DayRange, parse_day
 from county.store import CountyStore, StoreError, next_terminal_id
 
 
@@ -80,20 +81,53 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_entries(a: argparse.Namespace) -> int:
-    store = _store(a)
+# The days 'report' covers when neither --from nor --to is given: today and the six
+# local days before it (docs/county-ops.md, "Reports").
+REPORT_DAYS = 7
+
+
+def _day_range(a: argparse.Namespace, default_days: int | None = None) -> DayRange:
+    """--from/--to as local days at --utc-offset. With ``default_days``, a missing --to is
+    today and a missing --from is that many days up to --to; without, a missing bound is
+    open. A bad date is a CommandError (one line, exit 2)."""
+    first, last = a.date_from, a.date_to
     try:
-        for item in store.iter_entries(a.terminal):
-            print(json.dumps(item, ensure_ascii=False))
+        if default_days is not None:
+            zone = dt.timezone(dt.timedelta(hours=a.utc_offset))
+            if last is None:
+                last = dt.datetime.fromtimestamp(now_ms() / 1000, zone).date().isoformat()
+            if first is None:
+                end = parse_day(last, "--to")
+                first = (end - dt.timedelta(days=default_days - 1)).isoformat()
+        return DayRange(first, last, a.utc_offset)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_entries(a: argparse.Namespace) -> int:
+    days = _day_range(a)
+    store = _store(a)
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    write = sys.stdout.write
+    try:
+        for item in store.iter_entries(a.terminal, days=days, canteen=a.canteen):
+            write(encode(item) + "\n")
     finally:
         store.close()
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    days = _day_range(a, REPORT_DAYS)
     store = _store(a)
     try:
-        report = store.report(now_ms(), int(a.silent_hours * 3_600_000), a.utc_offset)
+        report = store.report(
+            now_ms(),
+            int(a.silent_hours * 3_600_000),
+            a.utc_offset,
+            days=days,
+            canteen=a.canteen,
+        )
     finally:
         store.close()
     if a.text:
@@ -281,6 +315,11 @@ def _people(p: argparse.ArgumentParser) -> None:
     p.add_argument("--utc-offset", type=int, default=8, metavar="H", help="local time (+8)")
 
 
+def _day_options(p: argparse.ArgumentParser, from_help: str, to_help: str) -> None:
+    p.add_argument("--from", dest="date_from", metavar="DATE", help=from_help)
+    p.add_argument("--to", dest="date_to", metavar="DATE", help=to_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -324,18 +363,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("entries", help="every acknowledged entry as a JSON line")
+    p = sub.add_parser(
+        "entries",
+        help="acknowledged entries as JSON lines, by terminal and sequence number",
+        description="Stream the acknowledged entries, by terminal and sequence number, one "
+        "JSON line each; every entry unless filtered. An entry is on its service day or, "
+        "without one, on the local day of its time.",
+    )
     add_data(p, required=False)
     add_database(p)
     p.add_argument("--terminal", metavar="ID", help="only this terminal's entries")
+    p.add_argument("--canteen", metavar="ID", help="only this canteen's entries")
+    _day_options(p, "from this local day on (YYYY-MM-DD)", "up to this local day, included")
+    p.add_argument(
+        "--utc-offset",
+        type=int,
+        default=8,
+        metavar="H",
+        help="local time of the canteens, for the days of entries without a service day "
+        "(default +8)",
+    )
     p.set_defaults(func=cmd_entries)
 
     p = sub.add_parser(
         "report",
         help="per canteen and day: meals, amounts, refusals, conflicts; silent terminals",
+        description="Per canteen and local day of the range: meals, amounts, refusals, "
+        f"conflicts; then silent terminals, alarms and clocks. Without --from and --to, the "
+        f"last {REPORT_DAYS} local days (today included).",
     )
     add_data(p, required=False)
     add_database(p)
+    p.add_argument("--canteen", metavar="ID", help="only this canteen")
+    _day_options(
+        p,
+        f"first local day (YYYY-MM-DD; default {REPORT_DAYS - 1} days before --to)",
+        "last local day, included (default today)",
+    )
     p.add_argument(
         "--silent-hours",
         type=float,

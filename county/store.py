@@ -242,10 +242,17 @@ class CountyStore:
 
     # -- reads for the commands (county/reports.py) ------------------------------------
 
-    def iter_entries(self, terminal_id: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every acknowledged entry, by terminal and sequence number, streamed."""
+    def iter_entries(
+        self,
+        terminal_id: str | None = None,
+        *,
+        days: reports.DayRange | None = None,
+        canteen: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The acknowledged entries of a terminal, a canteen and a range of local days
+        (each optional), by terminal and sequence number, streamed (county/reports.py)."""
         with self._read() as conn:
-            yield from reports.iter_entries(conn, terminal_id)
+            yield from reports.iter_entries(conn, terminal_id, days=days, canteen=canteen)
 
     def counter(self, name: str) -> int:
         with self._read() as conn:
@@ -265,11 +272,21 @@ class CountyStore:
         with self._read() as conn:
             return reports.conflicts(conn)
 
-    def report(self, now_ms: int, silent_after_ms: int, utc_offset_h: int = 8) -> dict[str, Any]:
+    def report(
+        self,
+        now_ms: int,
+        silent_after_ms: int,
+        utc_offset_h: int = 8,
+        *,
+        days: reports.DayRange | None = None,
+        canteen: str | None = None,
+    ) -> dict[str, Any]:
         """Per canteen and day: meals, amounts, refusals by reason, conflicts; silent
-        terminals (county/reports.py)."""
+        terminals; over ``days`` and ``canteen`` when given, else all (county/reports.py)."""
         with self._read() as conn:
-            return reports.report(conn, now_ms, silent_after_ms, utc_offset_h)
+            return reports.report(
+                conn, now_ms, silent_after_ms, utc_offset_h, days=days, canteen=canteen
+            )
 
 
 def next_terminal_id(store: CountyStore, canteen: str) -> str:
