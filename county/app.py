@@ -691,6 +691,7 @@ class CountyServer:
         http_limits: HttpLimits | None = None,
     ) -> None:
         self.data = Path(data)
+        self.database_url = database_url
         # The embedded SQLite file in the data directory, or the database the URL names.
         db: Path | str = ca_db_path(self.data) if database_url is None else database_url
         from county.published import Published
@@ -771,7 +772,7 @@ class CountyServer:
 
         if self._stop_refresher is None and updates.RepoPaths(self.data).metadata.is_dir():
             self._stop_refresher = updates.start_timestamp_refresher(
-                self.data, self.refresh_interval_s
+                self.data, self.refresh_interval_s, database_url=self.database_url
             )
 
     def stop(self) -> None:
