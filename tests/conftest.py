@@ -209,9 +209,17 @@ def maybe_browser(request: pytest.FixtureRequest) -> Iterator[Browser | None]:
 
 
 @pytest.fixture
-def county(tmp_path: Path) -> Iterator[County]:
-    """A county (its CA in tmp_path/county) with its server running on a free port."""
-    c = make_county(tmp_path).start()
+def county(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[County]:
+    """A county (its CA in tmp_path/county) with its server running on a free port.
+
+    Its database is the SQLite file in its data directory, or, for a test marked
+    ``countykit.ON_EACH_BACKEND`` (parametrised indirectly over "sqlite" and
+    "postgresql"), once that and once a fresh PostgreSQL database at the migrations' head.
+    """
+    url = None
+    if getattr(request, "param", "sqlite") == "postgresql":
+        url = str(request.getfixturevalue("pg_county_url"))
+    c = make_county(tmp_path, database_url=url).start()
     try:
         yield c
     finally:
@@ -269,27 +277,65 @@ def pg_cluster() -> Iterator[Cluster]:
 _pg_names = itertools.count(1)
 
 
-@pytest.fixture
-def pg_url(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database for this test, dropped after it."""
-    if not pg_cluster.running():
-        pg_cluster.start()  # a test before this one stopped it and failed
+@contextlib.contextmanager
+def _test_database(
+    cluster: Cluster, request: pytest.FixtureRequest, template: str | None = None
+) -> Iterator[str]:
+    """A database named after the test (and this process), created, yielded as a URL,
+    then dropped whatever the test left connected to it."""
+    if not cluster.running():
+        cluster.start()  # a test before this one stopped it and failed
     stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
     name = f"t{os.getpid()}_{next(_pg_names)}_{stem}"
-    url = pg_cluster.create_database(name)
+    url = cluster.create_database(name, template)
     try:
         yield url
     finally:
-        if not pg_cluster.running():
-            pg_cluster.start()
-        pg_cluster.drop_database(name)
+        if not cluster.running():
+            cluster.start()
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database for this test, dropped after it."""
+    with _test_database(pg_cluster, request) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_county_template(pg_cluster: Cluster) -> str:
+    """A database brought to the county migrations' head once per test process (as
+    `canteen-county db upgrade` does), the template of each test's county database: a
+    county server refuses a PostgreSQL database behind its migrations, and copying a
+    migrated one is quicker than migrating each."""
+    from county.db import Database
+    from county.db.migrations import upgrade
+
+    name = "county_template"
+    db = Database(pg_cluster.create_database(name))
+    try:
+        upgrade(db)
+    finally:
+        db.close()  # a template must have no connection when it is copied
+    return name
+
+
+@pytest.fixture
+def pg_county_url(
+    pg_cluster: Cluster, pg_county_template: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of a new PostgreSQL county database at the migrations' head, for this test."""
+    with _test_database(pg_cluster, request, pg_county_template) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def county_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A county database URL, once per backend (ids `sqlite` and `postgresql`, so `-k sqlite`
-    or `-k postgresql` picks one): a SQLite file in tmp_path, or a fresh PostgreSQL
-    database. The cluster starts only for the postgresql case."""
+    or `-k postgresql` picks one): a SQLite file in tmp_path (the county makes its tables
+    when it opens it), or a fresh PostgreSQL database at the migrations' head
+    (pg_county_url). The cluster starts only for the postgresql case."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'county-db' / 'county.sqlite'}"
-    return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("pg_county_url"))

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import select
+
 from county import ca
 from county import updates as county_updates
 from county.app import ASGIApp, CountyServer, new_provisioning_code
+from county.db.schema import entries as entries_table
 from county.store import CountyStore
 from protocol.chain import entry_hash
 from terminal import state
@@ -39,6 +43,10 @@ from terminal.sync import SyncClient, apply_result
 
 T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
 
+# A test marked with this runs twice: with the `county` fixture on its SQLite file and on
+# a fresh PostgreSQL database (ids "sqlite" and "postgresql"; conftest.py builds both).
+ON_EACH_BACKEND = pytest.mark.parametrize("county", ["sqlite", "postgresql"], indirect=True)
+
 FAST = SyncSettings(
     interval_s=1,
     jitter_s=0,
@@ -55,6 +63,8 @@ FAST = SyncSettings(
 class County:
     data: Path
     server: CountyServer | None = None
+    # The county database: None for DATA/county.sqlite (the embedded default), else a URL.
+    database_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -67,7 +77,7 @@ class County:
         return self.server.store
 
     def start(self, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> County:
-        self.server = CountyServer(self.data, wrap=wrap).start()
+        self.server = CountyServer(self.data, wrap=wrap, database_url=self.database_url).start()
         return self
 
     def stop(self) -> None:
@@ -76,7 +86,11 @@ class County:
             self.server = None
 
     def code(self, terminal_id: str, canteen: str) -> str:
-        store = self.server.store if self.server else CountyStore(self.data / "county.sqlite")
+        store = (
+            self.server.store
+            if self.server
+            else CountyStore(self.database_url or self.data / "county.sqlite")
+        )
         secret = store.add_terminal(terminal_id, canteen, time.time_ns() // 1_000_000)
         if self.server is None:
             store.close()
@@ -88,10 +102,10 @@ class County:
         terminal_updates.pin_root(terminal_root, root_json)
 
 
-def make_county(root: Path) -> County:
+def make_county(root: Path, database_url: str | None = None) -> County:
     data = root / "county"
     ca.init_ca(data)
-    return County(data)
+    return County(data, database_url=database_url)
 
 
 @dataclass
@@ -197,18 +211,32 @@ def local_chain(path: Path) -> list[tuple[int, str]]:
         conn.close()
 
 
-def server_chain(store_path: Path, terminal_id: str) -> list[tuple[int, str]]:
-    """The server's copy of a terminal's chain, re-verified link by link and hash by hash."""
-    conn = sqlite3.connect(f"{store_path.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT seq, entry_id, at_ms, kind, verdict, reason, method, cadre, credential, ctr,"
-            " unit, day, meal, amount_fen, ref_seq, detail, prev_hash, hash FROM entries"
-            " WHERE terminal = ? ORDER BY seq",
-            (terminal_id,),
-        ).fetchall()
-    finally:
-        conn.close()
+CHAIN_COLUMNS = (
+    "seq", "entry_id", "at_ms", "kind", "verdict", "reason", "method", "cadre", "credential",
+    "ctr", "unit", "day", "meal", "amount_fen", "ref_seq", "detail", "prev_hash", "hash",
+)  # fmt: skip
+
+
+def server_chain(store: Path | CountyStore, terminal_id: str) -> list[tuple[int, str]]:
+    """The server's copy of a terminal's chain, re-verified link by link and hash by hash;
+    read from a SQLite file, or through an open store (either backend)."""
+    if isinstance(store, CountyStore):
+        query = (
+            select(*(entries_table.c[name] for name in CHAIN_COLUMNS))
+            .where(entries_table.c.terminal == terminal_id)
+            .order_by(entries_table.c.seq)
+        )
+        with store.db.read() as db:
+            rows = [tuple(r) for r in db.execute(query)]
+    else:
+        conn = sqlite3.connect(f"{store.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                f"SELECT {', '.join(CHAIN_COLUMNS)} FROM entries WHERE terminal = ? ORDER BY seq",
+                (terminal_id,),
+            ).fetchall()
+        finally:
+            conn.close()
     prev = bytes(32)
     out = []
     for expected, row in enumerate(rows, start=1):

@@ -275,9 +275,11 @@ class Cluster:
             raise ClusterError(f"psql {sql!r}: {done.stderr.strip()}")
         return done.stdout
 
-    def create_database(self, name: str) -> str:
-        """Create an empty database ``name`` and return its URL."""
-        self.psql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create database ``name``, empty or a copy of ``template`` (a database no one is
+        connected to), and return its URL."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.psql(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 import requests
 from conftest import listening, wait_for
 from countykit import (
+    ON_EACH_BACKEND,
     T0_MS,
     County,
     append_entries,
@@ -32,6 +33,7 @@ from terminal.commands.sync import add_sync_commands
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@ON_EACH_BACKEND
 def test_conflicts_become_revocations_and_are_reported_per_unit(
     county: County, tmp_path: Path
 ) -> None:
@@ -90,6 +92,7 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     assert day[("canteen-a", "2026-05-28")]["meals"] == 3
 
 
+@ON_EACH_BACKEND
 def test_report_counts_meals_amounts_refusals_and_silent_terminals(
     county: County, tmp_path: Path
 ) -> None:

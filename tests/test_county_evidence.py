@@ -23,6 +23,7 @@ import requests
 from conftest import wait_for
 from countykit import (
     FAST,
+    ON_EACH_BACKEND,
     T0_MS,
     County,
     Terminal,
@@ -91,11 +92,18 @@ def fresh_county(published: Path, tmp_path: Path) -> County:
 
 
 @pytest.fixture(name="county")
-def county_fixture(published: Path, tmp_path: Path) -> Iterator[County]:
+def county_fixture(
+    published: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[County]:
     c = fresh_county(published, tmp_path)
+    if getattr(request, "param", "sqlite") == "postgresql":  # ON_EACH_BACKEND
+        c.database_url = str(request.getfixturevalue("pg_county_url"))
+        # Publishing the trust list put its keys in the SQLite file; this county's
+        # database is another one.
+        cu.import_published_issuer_keys(c.data, int(time.time()), c.database_url)
     # The refresher's first round runs at start; the tests publish conflicts themselves
     # after that, so no later round may race them.
-    c.server = CountyServer(c.data, refresh_interval_s=3600).start()
+    c.server = CountyServer(c.data, refresh_interval_s=3600, database_url=c.database_url).start()
     try:
         yield c
     finally:
@@ -204,6 +212,7 @@ def test_an_unknown_issuer_key_is_no_evidence(county: County, tmp_path: Path) ->
     )
 
 
+@ON_EACH_BACKEND
 def test_verified_codes_still_make_conflicts(
     county: County, issuer: Issuer, tmp_path: Path
 ) -> None:
@@ -325,6 +334,7 @@ def test_a_card_sale_must_name_the_cards_holder_in_the_published_roster(
 # --- 2. cards ----------------------------------------------------------------------------
 
 
+@ON_EACH_BACKEND
 def test_a_card_conflict_revokes_the_card_never_the_phone(
     county: County, issuer: Issuer, tmp_path: Path
 ) -> None:
@@ -378,6 +388,7 @@ def _undo(term: Terminal) -> None:
         book.close()
 
 
+@ON_EACH_BACKEND
 def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
     county: County, tmp_path: Path, issuer: Issuer
 ) -> None:
@@ -397,7 +408,8 @@ def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
     record(c, card_sale(w, "04010203"))
     sync(c)
     [conflict] = county.store.conflicts()
-    assert cu.publish_conflict_revocations(county.data, now).revocations_added == 1
+    published = cu.publish_conflict_revocations(county.data, now, county.database_url)
+    assert published.revocations_added == 1
     _undo(c)
     sync(c)
     [after] = county.store.conflicts()
@@ -405,7 +417,8 @@ def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
     assert "reversed entry" in after["withdrawn_reason"]
     assert county.store.revocations() == []
     # The refresher's next round takes the card off the signed list.
-    assert cu.publish_conflict_revocations(county.data, now).revocations_lifted == 1
+    published = cu.publish_conflict_revocations(county.data, now, county.database_url)
+    assert published.revocations_lifted == 1
     with cu.CountyRepository(county.data) as repo:
         assert repo.revocation_count() == 0
 
@@ -460,6 +473,7 @@ def _chained(term: Terminal, n: int) -> list[list[Any]]:
     return rows
 
 
+@ON_EACH_BACKEND
 def test_the_tls_key_alone_cannot_inject_entries(
     county: County, issuer: Issuer, tmp_path: Path
 ) -> None:
@@ -510,6 +524,7 @@ def test_the_tls_key_alone_cannot_inject_entries(
 # --- 5. the same canteen; one copied code is one conflict --------------------------------
 
 
+@ON_EACH_BACKEND
 def test_two_terminals_of_one_canteen_are_compared(
     county: County, issuer: Issuer, tmp_path: Path
 ) -> None:
@@ -526,6 +541,7 @@ def test_two_terminals_of_one_canteen_are_compared(
     assert c["revokes"] == ["card/04ffee01"]
 
 
+@ON_EACH_BACKEND
 def test_a_replayed_screenshot_is_one_conflict(
     county: County, issuer: Issuer, tmp_path: Path
 ) -> None:
@@ -546,9 +562,11 @@ def test_a_replayed_screenshot_is_one_conflict(
 # --- 9. held batches expire ---------------------------------------------------------------
 
 
-def test_held_batches_expire(tmp_path: Path, issuer: Issuer) -> None:
-    county = make_county(tmp_path)
-    county.server = CountyServer(county.data, limits=Limits(held_ttl_ms=200)).start()
+def test_held_batches_expire(tmp_path: Path, issuer: Issuer, county_db_url: str) -> None:
+    county = make_county(tmp_path, county_db_url)
+    county.server = CountyServer(
+        county.data, limits=Limits(held_ttl_ms=200), database_url=county_db_url
+    ).start()
     try:
         term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
         sync(term)
@@ -696,6 +714,7 @@ def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
         store.close()
 
 
+@ON_EACH_BACKEND
 def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
     county: County, tmp_path: Path, issuer: Issuer
 ) -> None:
@@ -707,7 +726,7 @@ def test_a_withdrawn_conflict_keeps_county_its_own_revocation(
     for term in (a, b):
         record(term, card_sale(w, "04c0ffee"))
         sync(term)
-    cu.publish_conflict_revocations(county.data, now)
+    cu.publish_conflict_revocations(county.data, now, county.database_url)
     with cu.CountyRepository(county.data) as repo:
         repo.revoke([{"kind": "card", "uid": "04c0ffee"}], now)
         count = repo.revocation_count()
@@ -747,6 +766,7 @@ def test_a_county_takes_the_keys_of_a_trust_list_published_before(
         county.stop()
 
 
+@ON_EACH_BACKEND
 def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
     county: County, tmp_path: Path, issuer: Issuer
 ) -> None:

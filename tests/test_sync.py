@@ -22,6 +22,7 @@ import requests
 from conftest import wait_for
 from countykit import (
     FAST,
+    ON_EACH_BACKEND,
     T0_MS,
     County,
     local_chain,
@@ -187,6 +188,7 @@ def test_not_provisioned_state_says_what_to_do(tmp_path: Path) -> None:
 # --- intake: forks, gaps, tampering -------------------------------------------------------
 
 
+@ON_EACH_BACKEND
 def test_sync_uploads_marks_and_records_county_time(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(700)
@@ -209,9 +211,10 @@ def test_sync_uploads_marks_and_records_county_time(county: County, tmp_path: Pa
         assert book.unsynced()[0] == 0
     finally:
         book.close()
-    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)
+    assert server_chain(county.store, "t1") == local_chain(term.ledger_path)
 
 
+@ON_EACH_BACKEND
 def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     county: County, tmp_path: Path
 ) -> None:
@@ -241,7 +244,7 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     report = county.store.report(int(time.time() * 1000), 3_600_000)
     assert report["alarms_by_kind"]["fork"] == 1
     # The server kept the first chain untouched (all but the time signal recorded last).
-    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[:-1]
+    assert server_chain(county.store, "t1") == local_chain(term.ledger_path)[:-1]
 
 
 def _post(term, county: County, doc: dict) -> requests.Response:  # type: ignore[no-untyped-def]
@@ -271,6 +274,7 @@ def _rows(term, first: int, last: int) -> tuple[list, list]:  # type: ignore[no-
     return rows, cps
 
 
+@ON_EACH_BACKEND
 def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(200)
@@ -291,9 +295,10 @@ def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_p
     # And the client resumes from the server's mark, not from its own.
     client = SyncClient(term.ledger_path, term.identity, FAST)
     assert sync_all(client, term.ledger_path, term.open_ledger).complete
-    assert server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[:-1]
+    assert server_chain(county.store, "t1") == local_chain(term.ledger_path)[:-1]
 
 
+@ON_EACH_BACKEND
 def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(300)
@@ -301,9 +306,7 @@ def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> No
     client._resume_hint = 150  # as if an earlier answer had said so (a restored server)
     result = sync_all(client, term.ledger_path, term.open_ledger)
     assert result.gaps == 1 and result.complete
-    assert (
-        server_chain(county.store.path, "t1") == local_chain(term.ledger_path)[: result.acked_seq]
-    )
+    assert server_chain(county.store, "t1") == local_chain(term.ledger_path)[: result.acked_seq]
 
 
 def _rechain(rows: list) -> list:  # type: ignore[type-arg]
@@ -317,6 +320,7 @@ def _rechain(rows: list) -> list:  # type: ignore[type-arg]
     return rows
 
 
+@ON_EACH_BACKEND
 @pytest.mark.parametrize("tamper", ["field", "link", "checkpoint", "genesis"])
 def test_tampered_batches_are_refused_with_an_alarm(
     county: County, tmp_path: Path, tamper: str
