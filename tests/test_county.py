@@ -222,9 +222,11 @@ def test_commands_end_to_end(tmp_path: Path) -> None:
         ]
         assert [e["seq"] for e in entries] == list(range(1, summary["last_seq"] + 1))
         assert {"terminal", "seq", "hash"} <= set(entries[0])
-        report = json.loads(_run("county.cli", "report", "--data", str(data)).stdout)
+        # The report covers the last 7 local days unless asked; the entries are of T0_MS.
+        day = ["--from", "2026-05-28", "--to", "2026-05-28"]
+        report = json.loads(_run("county.cli", "report", "--data", str(data), *day).stdout)
         assert report["days"][0]["canteen"] == "c1"
-        assert "meals" in _run("county.cli", "report", "--data", str(data), "--text").stdout
+        assert "meals" in _run("county.cli", "report", "--data", str(data), "--text", *day).stdout
         revs = json.loads(_run("county.cli", "revocations", "--data", str(data)).stdout)
         assert revs["entries"] == []
     finally:
