@@ -170,11 +170,13 @@ _SEMANTIC_REFUSED = MappingProxyType(
 
 
 def _decoder() -> cbor2.CBORDecoder:
-    """One strict CBOR decoder for one call's items.
+    """A strict CBOR decoder, pointed at each item in turn by ``_cbor``.
 
-    Building a decoder with these settings costs more than decoding one of our
-    small items, so a call builds one and points it at each item in turn; it
-    lives only as long as the call (no state is kept between calls).
+    Building one with these settings (cbor2 checks the tag map against the
+    Mapping ABC) costs more than decoding one of our small items, so the
+    caller's ``SignatureMemo`` keeps one. It carries no state from one item to
+    the next: tags that would (shared values, string references) are refused,
+    and cbor2 resets its nesting count on every decode, including one that failed.
     """
     return cbor2.CBORDecoder(
         io.BytesIO(),
@@ -333,6 +335,7 @@ class SignatureMemo:
     - The protected headers already decoded (a wallet's presentation header
       and an issuer's credential header are the same on every code), as the
       header map; the checks on its contents still run on every call.
+    - A strict CBOR decoder, built once (see ``_decoder``).
     - The signatures already found good, keyed by SHA-256 over (raw key,
       signature, signed bytes): a code shown again (a replay, a screenshot,
       the same code read twice) then skips the curve arithmetic.
@@ -352,6 +355,7 @@ class SignatureMemo:
     GOOD_MAX = 1024
 
     def __init__(self) -> None:
+        self.decoder = _decoder()
         self._issuer_keys: dict[bytes, Ed25519PublicKey] = {}
         self._holder_keys: dict[bytes, Ed25519PublicKey] = {}
         self._headers: dict[bytes, dict[Any, Any]] = {}
@@ -474,7 +478,7 @@ def _parse(qr_text: str, memo: SignatureMemo) -> tuple[_Sign1, _Sign1, bytes, _C
         _reject(MALFORMED, "QR text is not text of at most 1200 characters")
     if not qr_text.startswith(PREFIX):
         _reject(MALFORMED, "QR text does not start with CT1:")
-    decoder = _decoder()
+    decoder = memo.decoder
     outer = _sign1(decoder, memo, _b45decode(qr_text[len(PREFIX) :]), "presentation")
     body = _map(_cbor(decoder, outer.payload, "presentation payload"), "presentation payload")
     credential = _bstr(_required(body, 1, "credential"), "credential")

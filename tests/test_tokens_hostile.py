@@ -31,6 +31,7 @@ from protocol.tokens import (
     MALFORMED,
     UNKNOWN_ISSUER_KEY,
     UNSUPPORTED_ALG,
+    SignatureMemo,
     TokenRejected,
     verify_presentation,
 )
@@ -497,3 +498,39 @@ def test_cose_sign1_shape(parts: Any) -> None:
 
     shaped = [fill(p) for p in parts] if isinstance(parts, list) else {protected: payload}
     assert code_of(qr_text(cbor2.dumps(shaped))) == MALFORMED
+
+
+# --- one memo through hostile input ----------------------------------------------
+# The decision worker keeps one SignatureMemo, and with it one CBOR decoder, the
+# parsed keys and protected headers, across every code it reads. A hostile code that
+# failed halfway through a decode must leave nothing behind that changes a later answer.
+
+
+def test_a_memo_that_read_hostile_codes_answers_as_a_fresh_one() -> None:
+    good = with_claims(good_claims())
+    claims = cbor2.dumps(good_claims())
+    odd_kid = sign1(ISSUER.key, cbor2.dumps({1: -8, 4: b"\x00" * 300}), claims)
+    hostile = [
+        qr_text(b"\x81" * 780 + b"\x00"),  # nesting beyond the limit
+        qr_text(b"\x81" * 7 + b"\xc1\x00"),  # a tag seven containers down
+        qr_text(b"\x84\x40\xa0\x5a\xff\xff\xff\xff"),  # a payload cut short
+        qr_text(presentation_parts(b"\xd8\x1c")),  # a shared value
+        qr_text(presentation_parts() + b"\x00"),  # trailing bytes
+        with_claims_bytes(claims + b"\xa0"),
+        with_claims_bytes(b"\xbf\x01\x02\xff"),  # an indefinite map
+        with_payload_bytes(payload_bytes(), b"\xa1\x01"),  # a protected header cut short
+        with_payload_bytes(payload_bytes(), cbor2.dumps({1: -8, 2: [99]})),  # crit
+        qr_text(sign1(HOLDER, b"", payload_bytes())),  # an empty protected header: no alg
+        present(odd_kid, HOLDER, t=NOW, ctr=1),  # an unknown kid
+        with_claims(good_claims({8: {1: {1: 1, -1: 6, -2: b"\x00" * 32}}})),  # another cnf key
+        *(good[:n] for n in range(5, len(good), 37)),
+    ]
+    fresh = [code_of(qr) for qr in hostile]
+    assert "accept" not in fresh, " ".join(fresh)
+    memo = SignatureMemo()
+    for _ in range(2):  # the second time round, every part of the memo is filled
+        for qr, expected in zip(hostile, fresh, strict=True):
+            with pytest.raises(TokenRejected) as refused:
+                verify_presentation(qr, NOW, KEYRING, memo=memo)
+            assert refused.value.code == expected, qr[:40]
+            assert verify_presentation(good, NOW, KEYRING, memo=memo).sub == "C0001"
