@@ -92,6 +92,7 @@ def _day_range(a: argparse.Namespace, default_days: int | None = None) -> DayRan
     open. A bad date is a CommandError (one line, exit 2)."""
     first, last = a.date_from, a.date_to
     try:
+        DayRange(utc_offset_h=a.utc_offset)  # the offset checked before it is used
         if default_days is not None:
             zone = dt.timezone(dt.timedelta(hours=a.utc_offset))
             if last is None:
