@@ -445,17 +445,31 @@ def history_rows(n: int, first_ms: int, seed: int = 14) -> Iterator[tuple[Any, .
 
 
 def bulk_load(county: County, n: int, first_ms: int) -> float:
-    """Load ``n`` history entries as fast as the backend takes them; seconds taken."""
+    """Load ``n`` history entries as fast as the backend takes them; seconds taken.
+
+    For the load only, as one would load a database before opening it: the table's
+    secondary indexes are dropped and made again afterwards from their own definitions
+    (one sort each instead of ``n`` random inserts), and SQLite runs with
+    synchronous=OFF and a large cache (the servers' connections keep synchronous=FULL)."""
     began = time.perf_counter()
     progress = bar(n, f"{county.name}: bulk load", "entries")
     chunk = 50_000
     if county.is_sqlite:
         conn = sqlite3.connect(county.url[len("sqlite:///") :], isolation_level=None)
-        # For the load only: the server's own connections run with synchronous=FULL.
         conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-1000000")
+        indexes = [
+            (str(name), str(sql))
+            for name, sql in conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND"
+                " tbl_name = 'entries' AND sql IS NOT NULL"
+            )
+        ]
+        conn.execute("BEGIN")
+        for name, _sql in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
         sql = f"INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({', '.join('?' * 21)})"
         rows: list[tuple[Any, ...]] = []
-        conn.execute("BEGIN")
         for row in history_rows(n, first_ms):
             rows.append(row)
             if len(rows) == chunk:
@@ -464,6 +478,8 @@ def bulk_load(county: County, n: int, first_ms: int) -> float:
                 rows.clear()
         conn.executemany(sql, rows)
         progress.update(len(rows))
+        for _name, sql in indexes:
+            conn.execute(sql)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.close()
@@ -471,6 +487,12 @@ def bulk_load(county: County, n: int, first_ms: int) -> float:
         import psycopg
 
         with psycopg.connect(pg_dsn(county.url), autocommit=False) as conn:
+            found = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'entries'"
+                " AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+            ).fetchall()
+            for name, _sql in found:
+                conn.execute(f'DROP INDEX "{name}"')
             with (
                 conn.cursor() as cur,
                 cur.copy(f"COPY entries ({ENTRY_COLUMNS}) FROM STDIN") as copy,
@@ -482,6 +504,8 @@ def bulk_load(county: County, n: int, first_ms: int) -> float:
                     if done % chunk == 0:
                         progress.update(chunk)
                 progress.update(done % chunk)
+            for _name, sql in found:
+                conn.execute(sql)
             conn.commit()
         with psycopg.connect(pg_dsn(county.url), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE entries")
@@ -715,6 +739,7 @@ def worker_main(job: WorkerJob, done: Any, ready: Any, start: Any) -> None:
     while start.value == 0:
         time.sleep(0.01)
     start_at = float(start.value)
+    cpu_at_start = time.process_time()
     outcomes: list[Outcome] = []
     lock = threading.Lock()
 
@@ -741,7 +766,8 @@ def worker_main(job: WorkerJob, done: Any, ready: Any, start: Any) -> None:
             pool.submit(play, due, t, cadre_no)
     for term in terms:
         term.save()
-    Path(job.out).write_text(json.dumps([o.__dict__ for o in outcomes]))
+    cpu = time.process_time() - cpu_at_start
+    Path(job.out).write_text(json.dumps({"cpu": cpu, "outcomes": [o.__dict__ for o in outcomes]}))
 
 
 # --- provisioning ---------------------------------------------------------------------------
@@ -941,10 +967,13 @@ def run_window(
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in county.cpu_seconds().items()}
         load = (load_before, os.getloadavg()[0])
         outcomes: list[dict[str, Any]] = []
+        cpu["generator"] = 0.0
         for out, proc in zip(outs, procs, strict=True):
             if proc.exitcode != 0 or not out.is_file():
                 raise SystemExit(f"generator process {proc.pid} failed (exit {proc.exitcode})")
-            outcomes.extend(json.loads(out.read_text()))
+            played = json.loads(out.read_text())
+            outcomes.extend(played["outcomes"])
+            cpu["generator"] += played["cpu"]
             out.unlink()
     finally:
         county.stop()
@@ -980,6 +1009,15 @@ def print_run(r: RunResult, is_pg: bool, before: RunResult | None = None) -> dic
         for name, seconds in r.cpu.items()
     )
     say(f"   CPU per sync (with its update check): {cpu}")
+    # What the machine could carry if this load were all it ran: its cores over the CPU
+    # one sync costs everyone (servers, PostgreSQL, the generator). Latency figures on a
+    # shared machine measure the neighbours too; this one much less so.
+    per_sync = sum(r.cpu.values()) / max(1, len(r.outcomes))
+    capacity = (os.cpu_count() or 1) / per_sync if per_sync else float("inf")
+    say(
+        f"   CPU bound: {os.cpu_count()} cores / {per_sync * 1000:.1f} ms per sync = "
+        f"{capacity:.0f} syncs/s at most on this machine alone (the peak needs {PEAK_RATE:.1f})"
+    )
     say(
         f"   update check (GET timestamp): p50 {quantile(upd, 0.5):.0f} ms, "
         f"p99 {quantile(upd, 0.99):.0f} ms"
@@ -1148,15 +1186,16 @@ def run_backend(
             f"   history: {a.entries:,} entries bulk-loaded in {took:.0f} s "
             f"({a.entries / took:,.0f}/s), database {county.size_bytes() / 1e6:,.0f} MB"
         )
-    roots, ids = make_terminals(tmp, county.data.name, a.terminals)
-    county.start(max(server_counts))
-    try:
-        took = provision_all(county, roots, ids)
-    finally:
-        county.stop()
-    say(f"   {len(roots)} terminals provisioned and their genesis uploaded in {took:.0f} s")
-    results = []
-    for k, n in enumerate(server_counts):
+    results: list[RunResult] = []
+    if not a.report_only:
+        roots, ids = make_terminals(tmp, county.data.name, a.terminals)
+        county.start(max(server_counts))
+        try:
+            took = provision_all(county, roots, ids)
+        finally:
+            county.stop()
+        say(f"   {len(roots)} terminals provisioned and their genesis uploaded in {took:.0f} s")
+    for k, n in enumerate([] if a.report_only else server_counts):
         result = run_window(
             county,
             roots,
@@ -1241,6 +1280,11 @@ def main() -> int:
         help=f"the commit whose SQLite server is the reference (default {BEFORE_PORT}, the "
         "last before the SQLAlchemy port); none to skip it",
     )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only load the history and time the month report (no terminals, no runs)",
+    )
     ap.add_argument("--no-index", action="store_true", help="do not try the report index")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     a = ap.parse_args()
@@ -1276,7 +1320,7 @@ def main() -> int:
                     f"sqlite:///{data / 'county.sqlite'}",
                     checkout_of(a.before, tmp),
                 )
-                reference = run_backend(old, [1], a, tmp, first_ms, 0)[0]
+                reference = next(iter(run_backend(old, [1], a, tmp, first_ms, 0)), None)
             data = tmp / "sqlite-county"
             county = County("SQLite", data, f"sqlite:///{data / 'county.sqlite'}")
             run_backend(county, [1], a, tmp, first_ms, 0, reference)
