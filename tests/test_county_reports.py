@@ -376,6 +376,8 @@ def _plans(store: CountyStore, work: Callable[[CountyStore], object]) -> list[st
 def test_the_filters_answer_from_the_report_indexes(store: CountyStore) -> None:
     days = DayRange("2026-05-28", "2026-05-28")
     sqlite = store.db.is_sqlite
+    # A canteen and a range: (canteen, day) or (day) then the canteen, as the statistics
+    # say (on a few dozen rows either); bench/county_reads.py shows the plans at 2 million.
     cases: list[tuple[str, Callable[[CountyStore], object], list[set[str]]]] = [
         # Each statement of the work, with the indexes one of which its plan must name.
         (
@@ -396,7 +398,7 @@ def test_the_filters_answer_from_the_report_indexes(store: CountyStore) -> None:
         (
             "entries of a canteen by days",
             lambda s: list(s.iter_entries(canteen="north", days=days)),
-            [{"entries_canteen_day"}],
+            [{"entries_canteen_day", "entries_day"}],
         ),
         (
             "report by days",
@@ -407,7 +409,10 @@ def test_the_filters_answer_from_the_report_indexes(store: CountyStore) -> None:
         (
             "report of a canteen by days",
             lambda s: s.report(NOW_MS, DAY, days=days, canteen="north"),
-            [{"entries_canteen_day"}, {"entries_canteen_day", "entries_at_ms"}],
+            [
+                {"entries_canteen_day", "entries_day"},
+                {"entries_canteen_day", "entries_day", "entries_at_ms"},
+            ],
         ),
     ]
     for what, work, indexes in cases:
