@@ -595,3 +595,29 @@ def test_a_database_that_is_not_a_county_is_refused_unchanged(
     conn.close()
     # The baseline was rolled back: not one county table was made.
     assert tables <= {"entries", "revocations", "alembic_version"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_upgrades_at_once_take_turns(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Two servers' migrate units, or a server and county IT: neither may see the other's
+    # half-made tables; the second finds the database at head.
+    county_db_url = (
+        f"sqlite:///{tmp_path / 'county.sqlite'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_url"))  # empty, not upgraded
+    )
+    first, second = (_county_process("db", "upgrade", "--database", county_db_url) for _ in "12")
+    results = [p.communicate(timeout=120) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], results
+    outs = sorted(out for out, _ in results)
+    assert "this version's head" in outs[0] and "revision none to" in outs[1], outs
+    db = Database(county_db_url)
+    try:
+        with db.read() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
+                (migrations.head(),)
+            ]
+    finally:
+        db.close()
