@@ -18,6 +18,14 @@ def test_bindir_has_the_server_programs(pg_cluster: Cluster) -> None:
     assert pg_cluster.bindir == bindir
 
 
+def test_bindir_is_found_without_pg_config_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with the server but not libpq-dev (no pg_config), and no initdb on PATH."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    bindir = find_bindir()
+    assert bindir.parent.parent == Path("/usr/lib/postgresql")
+    assert (bindir / "initdb").is_file()
+
+
 def test_cluster_runs_as_a_non_root_user(pg_cluster: Cluster) -> None:
     owner = os.stat(f"/proc/{pg_cluster.postmaster_pid()}").st_uid
     assert owner != 0
