@@ -251,7 +251,7 @@ def test_restore_drill_dump_drop_restore_gives_the_same_entries(
     held = 0
     for name in ("a1", "b1"):
         term = provision_terminal(county, tmp_path / name, name, f"canteen-{name}")
-        term.append_entries(150)
+        term.append_entries(60)
         client = SyncClient(term.ledger_path, term.identity, PATIENT)
         result = client.sync_once(time.monotonic() + 30)
         assert result.error is None and result.complete, result.error
