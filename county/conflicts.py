@@ -24,12 +24,26 @@ file's lock (BEGIN IMMEDIATE), so the advisory locks are not taken.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from county import evidence
 from county.db.schema import conflict_revocations, conflicts, entries, issuer_keys
@@ -39,6 +53,8 @@ from county.storekit import (
     PRESENTATION_TWICE,
     SERVED_TWICE,
     StoreError,
+    dialect_insert,
+    insert_or_ignore,
     record_alarm,
     upsert,
 )
@@ -168,7 +184,7 @@ def store_evidence(conn: Connection, sales: Sequence[Sale], now_ms: int) -> None
     if not sales:
         return
     conn.execute(
-        upsert(conn, evidence_table).on_conflict_do_nothing(),
+        insert_or_ignore(conn.dialect.name, evidence_table),
         [
             {
                 "terminal": sale.terminal,
@@ -191,6 +207,51 @@ def store_evidence(conn: Connection, sales: Sequence[Sale], now_ms: int) -> None
     )
 
 
+_V = evidence_table.c
+# The other half of a conflict: the earliest stored sale that matches (columns of _Side,
+# then at_ms). Built once, run with the sale's values as parameters.
+_SIDE = (_V.terminal, _V.seq, _V.canteen, _V.method, _V.credential, _V.hash, _V.at_ms)
+_FIRST = (_V.received_ms, _V.terminal, _V.seq)
+
+
+@functools.cache
+def _presented_elsewhere() -> Select[Any]:
+    """The same phone code (credential and counter) accepted at another terminal."""
+    return (
+        select(*_SIDE)
+        .where(
+            _V.credential == bindparam("credential"),
+            _V.ctr == bindparam("ctr"),
+            _V.terminal != bindparam("terminal"),
+        )
+        .order_by(*_FIRST)
+        .limit(1)
+    )
+
+
+@functools.cache
+def _served_elsewhere() -> Select[Any]:
+    """The same cadre served the same meal at another terminal, close enough in time,
+    and not reversed since."""
+    r = entries.alias("r")
+    reversed_since = exists().where(
+        r.c.terminal == _V.terminal, r.c.ref_seq == _V.seq, r.c.kind == REVERSAL
+    )
+    return (
+        select(*_SIDE)
+        .where(
+            _V.cadre == bindparam("cadre"),
+            _V.day == bindparam("day"),
+            _V.meal == bindparam("meal"),
+            _V.terminal != bindparam("terminal"),
+            func.abs(_V.t - bindparam("t", type_=Integer)) <= bindparam("span", type_=Integer),
+            ~reversed_since,
+        )
+        .order_by(*_FIRST)
+        .limit(1)
+    )
+
+
 def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) -> list[int]:
     """Look for the other half of one stored sale at another terminal; the ids of the
     conflicts found (at most one). The caller holds ``check_keys(sale)`` and has checked
@@ -198,17 +259,12 @@ def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) 
     f, proof, terminal_id = sale.fields, sale.proof, sale.terminal
     ctr = f["ctr"] if proof.method == evidence.QR else None
     second = _Side(terminal_id, sale.seq, sale.canteen, proof.method, proof.credential, sale.hash)
-    v = evidence_table
-    side = (v.c.terminal, v.c.seq, v.c.canteen, v.c.method, v.c.credential, v.c.hash, v.c.at_ms)
-    order = (v.c.received_ms, v.c.terminal, v.c.seq)
     if proof.method == evidence.QR:
         # One code accepted at two terminals: a copied code (a screenshot). It is one
         # conflict, not also "served twice", though both are true.
         row = conn.execute(
-            select(*side)
-            .where(v.c.credential == proof.credential, v.c.ctr == ctr, v.c.terminal != terminal_id)
-            .order_by(*order)
-            .limit(1)
+            _presented_elsewhere(),
+            {"credential": proof.credential, "ctr": ctr, "terminal": terminal_id},
         ).first()
         if row is not None:
             first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
@@ -229,22 +285,16 @@ def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) 
             )
     if f["day"] is None or f["meal"] is None:
         return []
-    r = entries.alias("r")
-    reversed_since = exists().where(
-        r.c.terminal == v.c.terminal, r.c.ref_seq == v.c.seq, r.c.kind == REVERSAL
-    )
     row = conn.execute(
-        select(*side)
-        .where(
-            v.c.cadre == proof.cadre,
-            v.c.day == f["day"],
-            v.c.meal == f["meal"],
-            v.c.terminal != terminal_id,
-            func.abs(v.c.t - proof.t) <= meal_span_s,
-            ~reversed_since,
-        )
-        .order_by(*order)
-        .limit(1)
+        _served_elsewhere(),
+        {
+            "cadre": proof.cadre,
+            "day": f["day"],
+            "meal": f["meal"],
+            "terminal": terminal_id,
+            "t": proof.t,
+            "span": meal_span_s,
+        },
     ).first()
     if row is None:
         return []
@@ -267,6 +317,12 @@ def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) 
     return _conflict(conn, SERVED_TWICE, sale, first, int(row[6]), second, revoke, reason, now_ms)
 
 
+@functools.cache
+def _insert_conflict(dialect: str) -> Executable:
+    """A new conflict's row, its id returned; nothing when that pair was found before."""
+    return dialect_insert(dialect, conflicts).on_conflict_do_nothing().returning(conflicts.c.id)
+
+
 def _conflict(
     conn: Connection,
     kind: str,
@@ -281,32 +337,30 @@ def _conflict(
     """Record a conflict and what it revokes; [] when it was recorded before."""
     f, proof = sale.fields, sale.proof
     conflict_id = conn.execute(
-        upsert(conn, conflicts)
-        .values(
-            kind=kind,
-            credential=proof.credential,
-            cadre=proof.cadre,
-            unit=f["unit"],
-            day=f["day"],
-            meal=f["meal"],
-            first_terminal=first.terminal,
-            first_seq=first.seq,
-            second_terminal=second.terminal,
-            second_seq=second.seq,
-            found_ms=now_ms,
-            first_canteen=first.canteen,
-            second_canteen=second.canteen,
-            first_method=first.method,
-            second_method=second.method,
-            first_hash=first.hash,
-            second_hash=second.hash,
-            first_at_ms=first_at_ms,
-            second_at_ms=int(f["at_ms"]),
-            name=proof.name,
-            reason=reason,
-        )
-        .on_conflict_do_nothing()
-        .returning(conflicts.c.id)
+        _insert_conflict(conn.dialect.name),
+        {
+            "kind": kind,
+            "credential": proof.credential,
+            "cadre": proof.cadre,
+            "unit": f["unit"],
+            "day": f["day"],
+            "meal": f["meal"],
+            "first_terminal": first.terminal,
+            "first_seq": first.seq,
+            "second_terminal": second.terminal,
+            "second_seq": second.seq,
+            "found_ms": now_ms,
+            "first_canteen": first.canteen,
+            "second_canteen": second.canteen,
+            "first_method": first.method,
+            "second_method": second.method,
+            "first_hash": first.hash,
+            "second_hash": second.hash,
+            "first_at_ms": first_at_ms,
+            "second_at_ms": int(f["at_ms"]),
+            "name": proof.name,
+            "reason": reason,
+        },
     ).scalar_one_or_none()
     if conflict_id is None:
         return []
@@ -314,14 +368,13 @@ def _conflict(
         entry = revocation_entry(credential)
         if entry is not None:
             conn.execute(
-                upsert(conn, conflict_revocations)
-                .values(
-                    conflict_id=conflict_id,
-                    credential=credential,
-                    entry=canonical_json(entry),
-                    created_ms=now_ms,
-                )
-                .on_conflict_do_nothing()
+                insert_or_ignore(conn.dialect.name, conflict_revocations),
+                {
+                    "conflict_id": conflict_id,
+                    "credential": credential,
+                    "entry": canonical_json(entry),
+                    "created_ms": now_ms,
+                },
             )
     return [int(conflict_id)]
 

@@ -62,6 +62,7 @@ from county.storekit import (
     Limits,
     StoreError,
     bump,
+    insert_or_ignore,
     record_alarm,
     upsert,
 )
@@ -444,7 +445,7 @@ class _Batch:
             if s in new_seqs
         ]
         if signed:
-            conn.execute(upsert(conn, checkpoints).on_conflict_do_nothing(), signed)
+            conn.execute(insert_or_ignore(conn.dialect.name, checkpoints), signed)
         conn.execute(
             update(terminals)
             .where(terminals.c.terminal_id == terminal_id)
@@ -519,15 +520,14 @@ class _Batch:
         if count >= self.limits.max_held_batches:
             return  # the terminal resends from the resume mark anyway
         self.conn.execute(
-            upsert(self.conn, held_batches)
-            .values(
-                terminal=self.terminal_id,
-                first_seq=wire[0].seq,
-                last_seq=wire[-1].seq,
-                body=json.dumps(doc),
-                received_ms=self.now_ms,
-            )
-            .on_conflict_do_nothing()
+            insert_or_ignore(self.conn.dialect.name, held_batches),
+            {
+                "terminal": self.terminal_id,
+                "first_seq": wire[0].seq,
+                "last_seq": wire[-1].seq,
+                "body": json.dumps(doc),
+                "received_ms": self.now_ms,
+            },
         )
 
     def drain_held(self, result: IntakeResult) -> None:

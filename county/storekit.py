@@ -16,9 +16,10 @@ the same alarm or counter at the same moment both land, neither overwrites the o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Executable, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from county.db.schema import alarms, counters
@@ -69,23 +70,46 @@ class Limits:
     busy_timeout_ms: int = 10_000
 
 
-def upsert(conn: Connection, table: object) -> postgresql.Insert | sqlite.Insert:
+def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """An INSERT on ``table`` that can take ON CONFLICT, in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)  # type: ignore[arg-type]
-    return sqlite.insert(table)  # type: ignore[arg-type]
+    return dialect_insert(conn.dialect.name, table)
+
+
+def dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+# The statements written for every batch are built once per dialect and executed with
+# their values as parameters: building a statement costs more than running it.
+
+
+@functools.cache
+def _bump(dialect: str) -> Executable:
+    stmt = dialect_insert(dialect, counters)
+    return stmt.on_conflict_do_update(
+        index_elements=[counters.c.name],
+        set_={"value": counters.c.value + stmt.excluded.value},
+    )
 
 
 def bump(conn: Connection, name: str, by: int) -> None:
     """Add ``by`` to the counter ``name`` (made at zero when new)."""
-    if not by:
-        return
-    stmt = upsert(conn, counters).values(name=name, value=by)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[counters.c.name],
-            set_={"value": counters.c.value + stmt.excluded.value},
-        )
+    if by:
+        conn.execute(_bump(conn.dialect.name), {"name": name, "value": by})
+
+
+@functools.cache
+def _record_alarm(dialect: str) -> Executable:
+    stmt = dialect_insert(dialect, alarms)
+    return stmt.on_conflict_do_update(
+        index_elements=[alarms.c.terminal, alarms.c.kind, alarms.c.seq, alarms.c.theirs],
+        set_={
+            "last_ms": stmt.excluded.last_ms,
+            "times": alarms.c.times + 1,
+            "problem": stmt.excluded.problem,
+        },
     )
 
 
@@ -101,23 +125,22 @@ def record_alarm(
 ) -> None:
     """One alarm row per (terminal, kind, seq, theirs): a terminal retries a refused batch,
     and the row counts the retries (``times``) instead of growing the table."""
-    stmt = upsert(conn, alarms).values(
-        terminal=terminal_id,
-        kind=kind,
-        seq=seq,
-        theirs=theirs,
-        ours=ours,
-        problem=problem,
-        first_ms=now_ms,
-        last_ms=now_ms,
-    )
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[alarms.c.terminal, alarms.c.kind, alarms.c.seq, alarms.c.theirs],
-            set_={
-                "last_ms": stmt.excluded.last_ms,
-                "times": alarms.c.times + 1,
-                "problem": stmt.excluded.problem,
-            },
-        )
+        _record_alarm(conn.dialect.name),
+        {
+            "terminal": terminal_id,
+            "kind": kind,
+            "seq": seq,
+            "theirs": theirs,
+            "ours": ours,
+            "problem": problem,
+            "first_ms": now_ms,
+            "last_ms": now_ms,
+        },
     )
+
+
+@functools.cache
+def insert_or_ignore(dialect: str, table: Table) -> Executable:
+    """INSERT ... ON CONFLICT DO NOTHING on ``table``, built once per dialect."""
+    return dialect_insert(dialect, table).on_conflict_do_nothing()
