@@ -14,6 +14,7 @@ import json
 import os
 import select
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from hypothesis import strategies as st
 from county import ca
 from county import updates as county_updates
 from county.app import CountyServer, HttpLimits
+from county.store import Limits
 from protocol.chain import entry_hash
 from terminal.sync import SyncClient
 
@@ -226,6 +228,39 @@ def test_integers_beyond_64_bits_in_a_batch_get_400(
             term=term,
         )
         assert status == 400, answer[:300]
+
+
+def test_a_database_that_cannot_answer_now_is_a_503_to_retry(tmp_path: Path) -> None:
+    """Another writer holding the county's SQLite file past the busy timeout is an outage
+    for this request (DatabaseUnavailable): 503 with Retry-After, nothing stored, and the
+    same batch is taken once the writer lets go."""
+    county = make_county(tmp_path)
+    county.server = CountyServer(county.data, limits=Limits(busy_timeout_ms=200)).start()
+    try:
+        term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+        body = json.dumps(valid_batch(term)).encode()
+        other = sqlite3.connect(county.data / "county.sqlite", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # a writer that does not let go
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", county.server.port, timeout=20, context=client_context(county, term)
+            )
+            try:
+                conn.request("POST", "/v1/ledger", body=body, headers=JSON)
+                resp = conn.getresponse()
+                answer = resp.read()
+            finally:
+                conn.close()
+            assert resp.status == 503, answer[:300]
+            assert resp.getheader("Retry-After") == "5"
+            assert "busy" in one_line_problem(answer)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        status, answer = request(county, "POST", "/v1/ledger", body, JSON, term=term)
+        assert status == 200 and json.loads(answer)["accepted"] == 1, answer[:300]
+    finally:
+        county.stop()
 
 
 def test_an_unexpected_failure_is_a_one_line_500_without_traceback(county: County) -> None:
