@@ -174,10 +174,17 @@ class CountyStore:
 
     def add_terminal(self, terminal_id: str, canteen: str, now_ms: int) -> str:
         """Register ``terminal_id`` at ``canteen`` (or renew its code); return the secret."""
-        with self._write() as conn:
-            return registry.add_terminal(
-                conn, terminal_id, canteen, now_ms, self.limits.code_ttl_ms
-            )
+        try:
+            with self._write() as conn:
+                return registry.add_terminal(
+                    conn, terminal_id, canteen, now_ms, self.limits.code_ttl_ms
+                )
+        except sa_exc.IntegrityError:
+            # Two commands adding the same new terminal at once (PostgreSQL): one wins.
+            raise StoreError(
+                f"terminal {terminal_id} was registered by another command meanwhile: "
+                "run this one again to renew its code"
+            ) from None
 
     def redeem_code(self, secret_hex: str, ledger_key: bytes, now_ms: int) -> Terminal:
         """Check a one-time code and the checkpoint key; ``bind_certificate`` spends the code."""
