@@ -2,7 +2,8 @@
 
 Run:  PYTHONPATH=.:hw-sim .venv/bin/python bench/county_scale.py [--quick] [--seconds 60]
           [--terminals 3615] [--entries 10000000] [--servers 1,2,4] [--backends sqlite,pg]
-          [--workers 2] [--database-url postgresql://...] [--keep]
+          [--workers 2] [--database-url postgresql://...] [--before REF] [--report-only]
+          [--keep] [--json FILE]
 
 What it owns: a load generator that plays Chenzhou's lunch peak (issue 14) against real
 ``canteen-county serve`` processes over mTLS, and the figures that say whether the county
@@ -40,7 +41,8 @@ The runs, in one invocation: SQLite (one server process: the embedded default an
 reference), then PostgreSQL with 1, 2 and 4 server processes on one database (each on
 its own port; terminal i talks to server i mod N). PostgreSQL is a throwaway cluster
 (tests/pgkit.py; fsync on) unless ``--database-url`` names one; a PostgreSQL database
-named there must be empty, and the bench leaves its tables behind.
+named there must be empty, and the bench leaves its tables (and the index it tries)
+behind.
 
 The month report. Before the runs each database gets ``--entries`` history entries (10
 million by default) of 12 months, 1,205 canteens, 1,679 agency codes and a meal mix of
@@ -93,7 +95,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
-from figures import report  # noqa: E402
+from figures import RESULTS, report  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from protocol import issue  # noqa: E402
@@ -1287,6 +1289,7 @@ def main() -> int:
     )
     ap.add_argument("--no-index", action="store_true", help="do not try the report index")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
     a = ap.parse_args()
     a.seconds = a.seconds or (15.0 if a.quick else 60.0)
     a.terminals = a.terminals or (300 if a.quick else TERMINALS)
@@ -1344,6 +1347,10 @@ def main() -> int:
             say(f"work folder kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(RESULTS, indent=1), encoding="utf-8")
+    missed = [r["name"] for r in RESULTS if not r["pass"]]
+    say(f"missed: {'; '.join(missed)}" if missed else "every target met")
     return 0
 
 
