@@ -25,6 +25,7 @@ from conftest import wait_for
 from countykit import (
     FAST,
     ON_EACH_BACKEND,
+    PATIENT,
     County,
     Terminal,
     local_chain,
@@ -38,8 +39,6 @@ from county.cli import main as county_main
 from terminal.sync import SyncClient, SyncResult
 
 ON_POSTGRESQL = pytest.mark.parametrize("county", ["postgresql"], indirect=True)
-# The tests' sync settings with room for a loaded 2-core machine (FAST reads for 2 s).
-PATIENT = dataclasses.replace(FAST, read_timeout_s=20, deadline_s=60)
 
 
 def _post(term: Terminal, doc: dict[str, Any], timeout: float = 30) -> requests.Response:
