@@ -13,7 +13,6 @@ copy fails `db verify` naming the terminal and entry; a bad URL is one line.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -24,14 +23,13 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from conftest import wait_for
-from countykit import FAST, T0_MS, County, Terminal, make_county, provision_terminal, sale
+from countykit import T0_MS, County, make_county, provision_terminal, sale, sync
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
 from sqlalchemy import insert, select, text
 
@@ -40,8 +38,6 @@ from county.cli import main as county_main
 from county.db import Database, migrations
 from county.db.schema import alarms, conflicts, metadata
 from protocol.chain import GENESIS_PREV_HASH, HASHED_COLUMNS, entry_hash
-from terminal.core.clock import TrustedClock
-from terminal.sync import SyncClient, apply_result
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_INDEXES = {
@@ -433,22 +429,6 @@ def test_an_upgrade_killed_while_waiting_on_a_lock_runs_again_to_head(
 
 
 # ---- a SQLite county copied into PostgreSQL ----
-
-# countykit's sync settings with room for a loaded 2-core machine (its 2 s read timeout
-# is for the SQLite server alone; here a PostgreSQL server answers too).
-PATIENT = dataclasses.replace(FAST, read_timeout_s=30, deadline_s=60)
-
-
-def sync(term: Terminal) -> None:
-    """One sync of ``term`` that must succeed, its result kept (countykit.sync, patient)."""
-    client = SyncClient(term.ledger_path, term.identity, PATIENT)
-    result = client.sync_once(time.monotonic() + PATIENT.deadline_s)
-    assert result.error is None, result.error
-    book = term.open_ledger()
-    try:
-        apply_result(book, TrustedClock(book.last_time_ms(), 0, 0), result, T0_MS)
-    finally:
-        book.close()
 
 
 def _busy_county(county: County, tmp_path: Path) -> list[Any]:
