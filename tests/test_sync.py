@@ -23,6 +23,7 @@ from conftest import wait_for
 from countykit import (
     FAST,
     ON_EACH_BACKEND,
+    PATIENT,
     T0_MS,
     County,
     local_chain,
@@ -192,7 +193,7 @@ def test_not_provisioned_state_says_what_to_do(tmp_path: Path) -> None:
 def test_sync_uploads_marks_and_records_county_time(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(700)
-    client = SyncClient(term.ledger_path, term.identity, FAST)
+    client = SyncClient(term.ledger_path, term.identity, PATIENT)
     result = sync_all(client, term.ledger_path, term.open_ledger)
     assert result.complete and result.batches == 4 and result.error is None
     book = term.open_ledger()
@@ -225,7 +226,7 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     shutil.copytree(term.root, clone_root)
     shared = len(local_chain(term.ledger_path))
     term.append_entries(30)
-    client = SyncClient(term.ledger_path, term.identity, FAST)
+    client = SyncClient(term.ledger_path, term.identity, PATIENT)
     assert sync_all(client, term.ledger_path, term.open_ledger).complete
 
     clone_identity = load_identity(clone_root)
@@ -234,7 +235,7 @@ def test_forked_ledger_raises_an_alarm_and_is_not_acknowledged(
     clone = Terminal(clone_root, "t1", clone_identity)
     clone.append_entries(10, cadre="someone-else")
     result = sync_all(
-        SyncClient(clone.ledger_path, clone_identity, FAST), clone.ledger_path, clone.open_ledger
+        SyncClient(clone.ledger_path, clone_identity, PATIENT), clone.ledger_path, clone.open_ledger
     )
     assert result.error_kind == "refused" and result.alarm == "fork"
     # (The test's QR sales carry no real signed code: each is also a bad_evidence alarm.)
@@ -293,7 +294,7 @@ def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_p
     answer = _post(term, county, {"nonce": "03", "entries": rows, "checkpoints": cps}).json()
     assert answer["status"] == "ok" and answer["acked_seq"] == 120
     # And the client resumes from the server's mark, not from its own.
-    client = SyncClient(term.ledger_path, term.identity, FAST)
+    client = SyncClient(term.ledger_path, term.identity, PATIENT)
     assert sync_all(client, term.ledger_path, term.open_ledger).complete
     assert server_chain(county.store, "t1") == local_chain(term.ledger_path)[:-1]
 
@@ -302,7 +303,7 @@ def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_p
 def test_client_resumes_after_a_gap_answer(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(300)
-    client = SyncClient(term.ledger_path, term.identity, FAST)
+    client = SyncClient(term.ledger_path, term.identity, PATIENT)
     client._resume_hint = 150  # as if an earlier answer had said so (a restored server)
     result = sync_all(client, term.ledger_path, term.open_ledger)
     assert result.gaps == 1 and result.complete

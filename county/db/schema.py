@@ -106,6 +106,14 @@ Index(
     sqlite_where=_REVERSAL,
     postgresql_where=_REVERSAL,
 )
+# The report indexes (migration 0002): reports and `entries` by date range, canteen,
+# agency (the diner's unit) and terminal answer from these, not from a scan of the table.
+Index("entries_canteen_day", entries.c.canteen, entries.c.day)
+Index("entries_day", entries.c.day)
+Index("entries_unit_day", entries.c.unit, entries.c.day)
+Index("entries_terminal_at", entries.c.terminal, entries.c.at_ms)
+# BRIN on PostgreSQL: tiny, and entries arrive roughly in time order.
+Index("entries_at_ms", entries.c.at_ms, postgresql_using="brin")
 
 checkpoints = Table(
     "checkpoints",
