@@ -105,7 +105,8 @@ class Database:
     def __init__(self, url: str, pool: PoolLimits | None = None) -> None:
         self.pool = pool or PoolLimits()
         parsed = _parse(url)
-        self.url = parsed.render_as_string(hide_password=True)
+        # Shown in messages as the user wrote it (no driver name), password masked.
+        self.url = safe_url(url)
         self.backend = parsed.get_backend_name()
         self.engine = (
             _sqlite_engine(parsed, self.pool) if self.is_sqlite else _pg_engine(parsed, self.pool)
