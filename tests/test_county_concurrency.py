@@ -11,7 +11,8 @@ processes within a fraction of a millisecond, many rounds in a row.
 What must hold whichever process the database lets through first:
 
 - duplicates: both answers acknowledge the same mark, every seq is stored once, the
-  stored chain is the terminal's ledger, and no counter or alarm is counted twice;
+  stored chain is the terminal's ledger, and no counter or alarm is counted twice (a
+  slow clock's time_signal, read by both processes after the intake, is one alarm);
 - gaps: a later batch that arrives in one process while the earlier one arrives in the
   other is either taken after it or held and drained by it, nothing lost or doubled;
 - forks: two different entries under one seq, one to each process: exactly one stored,
