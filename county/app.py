@@ -191,7 +191,7 @@ def json_object(raw: bytes, content_type: str | None, what: str) -> dict[str, An
         raise Malformed(f"{what} must be a JSON object, not {type(doc).__name__}")
     # One pass without recursion (a document nested just under the parser's limit
     # would overflow a recursive walk): every text must be storable (no lone
-    # surrogates) and every integer fit 64 bits.
+    # surrogates, no NUL) and every integer fit 64 bits.
     stack: list[Any] = [doc]
     while stack:
         item = stack.pop()
@@ -205,6 +205,11 @@ def json_object(raw: bytes, content_type: str | None, what: str) -> dict[str, An
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 raise Malformed(f"{what} holds text that is not valid Unicode") from None
+            if "\x00" in item:
+                # PostgreSQL cannot store U+0000 in text (SQLite could): refused on both
+                # backends alike before anything is written, a 400 and never a 500
+                # that tells the terminal to retry the batch for ever.
+                raise Malformed(f"{what} holds a NUL character (U+0000) in a text")
         elif type(item) is int and item not in _INT64:
             raise Malformed(f"{what} holds an integer beyond 64 bits (over 2^63 - 1)")
     return doc
