@@ -1,0 +1,310 @@
+"""County intake, in-process: the same batches through CountyStore.intake on the store
+before the SQLAlchemy port (SQLite, raw sqlite3) and on this checkout's store (SQLite and
+PostgreSQL), in one run.
+
+Run:  .venv/bin/python bench/county_intake.py [--old-ref 8cc7463] [--rounds 1.0]
+          [--sizes 1,3,50,200] [--no-pg] [--json FILE]
+
+Each batch size gets its own terminal; its batches are accepted QR sales of distinct
+cadres, each with the phone's real signed code (protocol/issue.py), so every sale is
+verified as evidence and looked up for conflicts, and a checkpoint signed with the
+terminal's ledger key over the last entry (as a terminal sends them). The batches are
+made once and the very same documents go through each store, each store in its own
+process (the old checkout's ``county`` package must not meet this one's). Printed per
+store and batch size: median and p99 of one ``intake()`` call and the database
+statements it ran per entry (SQLAlchemy's before_cursor_execute on the new store,
+sqlite3's trace callback on the old one).
+
+The old store is checked out with ``git worktree add`` into a temporary folder (removed
+at the end). PostgreSQL is a throwaway cluster started as the tests start theirs
+(tests/pgkit.py), migrated to head, and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_REF = "8cc7463"  # the last commit before the store moved onto SQLAlchemy
+SIZES = (1, 3, 50, 200)
+# Timed batches per size (times --rounds); a terminal's genesis batch is not timed.
+ROUNDS = {1: 200, 3: 150, 50: 30, 200: 12}
+WARMUP = 3  # batches per size run before the timed ones (caches, first compilation)
+T0_MS = 1_780_000_000_000
+ISS = "bench-intake"
+ISSUER_SEED = "bench/county_intake issuer"
+
+
+# --- the batches (made once, in the parent) ---------------------------------------------
+
+
+class _Chain:
+    """One simulated terminal's chain: entries appended, batches cut with a checkpoint
+    signed by its ledger key over the last entry."""
+
+    def __init__(self, terminal_id: str, key: Any) -> None:
+        from protocol.chain import GENESIS_PREV_HASH
+
+        self.terminal_id, self.key = terminal_id, key
+        self.seq, self.last = 0, GENESIS_PREV_HASH
+        self.rows: list[list[Any]] = []
+
+    def append(self, fields: list[Any]) -> None:
+        from protocol.chain import entry_hash
+
+        self.seq += 1
+        hashed = [self.seq, *fields]
+        digest = entry_hash(self.last, hashed)
+        self.rows.append([*hashed, self.last.hex(), digest.hex()])
+        self.last = digest
+
+    def batch(self) -> dict[str, Any]:
+        from protocol.chain import checkpoint_message
+
+        tail = self.rows[-1]
+        message = checkpoint_message(self.terminal_id, tail[0], bytes.fromhex(tail[17]))
+        doc = {
+            "nonce": os.urandom(16).hex(),
+            "entries": list(self.rows),
+            "checkpoints": [[tail[0], tail[17], tail[2], self.key.sign(message).hex()]],
+        }
+        self.rows.clear()
+        return doc
+
+
+def make_batches(sizes: list[int], scale: float) -> dict[str, Any]:
+    sys.path[:0] = [str(ROOT)]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocol import issue
+    from protocol.chain import (
+        GENESIS,
+        SALE,
+        canonical_json,
+    )
+
+    issuer = issue.Issuer(ISS, issue.key_from_seed(ISSUER_SEED))
+    cadre = 0
+    terminals = []
+    for size in sizes:
+        tid = f"bench-t{size}"
+        chain = _Chain(tid, Ed25519PrivateKey.generate())
+        key = chain.key
+        append, batch = chain.append, chain.batch
+        public = key.public_key().public_bytes_raw()
+        detail = canonical_json({"terminal_id": tid, "public_key": public.hex()})
+        append(["g-" + tid, T0_MS, GENESIS, *([None] * 9), 0, None, detail])
+        docs = [batch()]
+        at_ms = T0_MS + 60_000
+        for _ in range(WARMUP + max(1, round(ROUNDS[size] * scale))):
+            for _ in range(size):
+                cadre += 1
+                at_ms += 1000
+                now_s = at_ms // 1000
+                cti = cadre.to_bytes(12, "big")
+                wallet = issue.enrol(
+                    issuer,
+                    f"c{cadre}",
+                    "u1",
+                    f"Cadre {cadre}",
+                    holder_key=Ed25519PrivateKey.generate(),
+                    cti=cti,
+                    now=now_s - 86_400,
+                )
+                code = wallet.draw(now_s)  # the counter it signs is wallet.ctr after this
+                append(
+                    [
+                        f"e{cadre}",
+                        at_ms,
+                        SALE,
+                        "accept",
+                        None,
+                        "qr",
+                        f"{ISS}/c{cadre}",
+                        f"qr/{ISS}/{cti.hex()}",
+                        wallet.ctr,
+                        "u1",
+                        "2026-05-28",
+                        "lunch",
+                        1500,
+                        None,
+                        canonical_json({"qr": code}),
+                    ]
+                )
+            docs.append(batch())
+        terminals.append({"size": size, "terminal": tid, "key": public.hex(), "docs": docs})
+    return {"trust": [issuer.trust_entry()], "terminals": terminals}
+
+
+# --- one store (in a child process) -----------------------------------------------------
+
+
+def worker(code: str, url: str, batches_file: str) -> None:
+    """Run every terminal's batches through the store of the checkout ``code``; print the
+    timings as one JSON line."""
+    sys.path[:0] = [code]
+    from county.store import CountyStore
+
+    data = json.loads(Path(batches_file).read_text())
+    target: Any = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else url
+    store = CountyStore(target)
+    statements = [0]
+    if hasattr(store, "db"):
+        from sqlalchemy import event
+
+        def count(*_args: Any) -> None:
+            statements[0] += 1
+
+        event.listen(store.db.engine, "before_cursor_execute", count)
+    else:
+        store._conn.set_trace_callback(lambda _sql: statements.__setitem__(0, statements[0] + 1))
+    now = T0_MS + 10 * 86_400_000
+    store.add_issuer_keys(data["trust"], now)
+    out = []
+    try:
+        for term in data["terminals"]:
+            secret = store.add_terminal(term["terminal"], "c1", now)
+            store.bind_certificate(
+                secret, term["terminal"], f"{term['size']:064x}", bytes.fromhex(term["key"]), now
+            )
+            docs = term["docs"]
+            times, stmts = [], []
+            for i, doc in enumerate(docs):
+                before = statements[0]
+                start = time.perf_counter()
+                result = store.intake(term["terminal"], doc, now)
+                took = time.perf_counter() - start
+                if result.status != "ok" or (i and result.accepted != term["size"]):
+                    raise SystemExit(f"{term['terminal']} batch {i}: {result}")
+                if i > WARMUP:  # the genesis batch and the warm-up are not timed
+                    times.append(took)
+                    stmts.append(statements[0] - before)
+            out.append({"size": term["size"], "times": times, "statements": stmts})
+        # Every sale must have been verified as evidence: a bench of refusals measures
+        # the wrong path.
+        for name in ("sales_without_evidence", "sales_unjudged"):
+            if store.counter(name):
+                raise SystemExit(f"{store.counter(name)} {name}: {store.alarms()[:1]}")
+    finally:
+        store.close()
+    print(json.dumps(out))
+
+
+# --- the parent ---------------------------------------------------------------------------
+
+
+def run_store(code: Path, url: str, batches: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", str(code), url, str(batches)],
+        capture_output=True,
+        text=True,
+        cwd=code,
+        env=dict(os.environ, PYTHONPATH=str(code)),
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the store at {code} failed:\n{done.stderr[-3000:]}")
+    result: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def quantile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old-ref", default=OLD_REF)
+    ap.add_argument("--rounds", type=float, default=1.0, help="scale the timed batches")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+    ap.add_argument("--no-old", action="store_true", help="this checkout only")
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="county-intake-"))
+    batches = tmp / "batches.json"
+    start = time.perf_counter()
+    batches.write_text(json.dumps(make_batches(sizes, args.rounds)))
+    print(f"batches made in {time.perf_counter() - start:.1f} s", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    old = tmp / "old"
+    cluster = None
+    try:
+        if not args.no_old:
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(old), args.old_ref],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            runs[f"SQLite, {args.old_ref} (before the port)"] = run_store(
+                old, f"sqlite:///{tmp / 'old.sqlite'}", batches
+            )
+        runs["SQLite, this checkout"] = run_store(ROOT, f"sqlite:///{tmp / 'new.sqlite'}", batches)
+        if not args.no_pg:
+            sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+            from pgkit import Cluster
+
+            from county.db import Database
+            from county.db.migrations import upgrade
+
+            cluster = Cluster()
+            cluster.make()
+            url = cluster.create_database("bench_intake")
+            db = Database(url)
+            try:
+                upgrade(db)
+            finally:
+                db.close()
+            runs["PostgreSQL, this checkout"] = run_store(ROOT, url, batches)
+    finally:
+        if cluster is not None:
+            cluster.remove()
+        if old.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+    figures = []
+    print(
+        f"{'store':<38} {'batch':>5} {'n':>4} {'median ms':>10} {'p99 ms':>9} "
+        f"{'ms/entry':>9} {'stmts/entry':>12}"
+    )
+    for name, sized in runs.items():
+        for item in sized:
+            times, size = item["times"], item["size"]
+            median = statistics.median(times) * 1000
+            p99 = quantile(times, 0.99) * 1000
+            per_entry = statistics.mean(item["statements"]) / size
+            figures.append(
+                {
+                    "store": name,
+                    "size": size,
+                    "median_ms": median,
+                    "p99_ms": p99,
+                    "statements_per_entry": per_entry,
+                    "batches": len(times),
+                }
+            )
+            print(
+                f"{name:<38} {size:>5} {len(times):>4} {median:>10.2f} {p99:>9.2f} "
+                f"{median / size:>9.3f} {per_entry:>12.2f}"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
