@@ -10,9 +10,11 @@ password masked.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from county.command import (
+    DATABASE_ENV,
     CommandError,
     add_data,
     add_database,
@@ -74,9 +76,15 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_copy(a: argparse.Namespace) -> int:
     if a.batch < 1:
         raise CommandError("--batch must be at least 1")
+    # The target's URL (the PostgreSQL one, with its password) comes from the environment
+    # unless --to names it: a copy of a city's county runs for many minutes, and every
+    # local user sees a command line in ps for as long as it runs.
+    target_url = a.target or os.environ.get(DATABASE_ENV)
+    if not target_url:
+        raise CommandError(f"name the new database: --to URL, or ${DATABASE_ENV}")
     source = _open(a.source, must_exist=True)
     try:
-        target = _open(a.target, must_exist=False)
+        target = _open(target_url, must_exist=False)
         try:
             result = copy_county(source, target, a.batch)
         finally:
@@ -138,7 +146,13 @@ def add_db_commands(subparsers: Any) -> None:
         "row count. Stop the county's servers first.",
     )
     p.add_argument("--from", dest="source", required=True, metavar="URL", help="the county now")
-    p.add_argument("--to", dest="target", required=True, metavar="URL", help="the new database")
+    p.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL",
+        help=f"the new database (default: ${DATABASE_ENV}, which keeps its password off "
+        "the command line)",
+    )
     p.add_argument(
         "--batch",
         type=int,

@@ -13,10 +13,16 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from countykit import ON_EACH_BACKEND, T0_MS, County, Terminal, provision_terminal, sync
-from sqlalchemy import text
+from sqlalchemy import delete, func, insert, select, text
 
+from county.cli import main as county_main
+from county.command import DATABASE_ENV
+from county.db import Database
+from county.db.schema import entries, terminals
+from county.store import CountyStore
 from protocol.chain import checkpoint_message, entry_hash
 from terminal.ledger import ACCEPT, SALE, load_or_create_signing_key
 
@@ -92,3 +98,83 @@ def test_a_nul_character_in_a_text_field_is_a_400_and_the_terminal_goes_on(
     answer = _post(term, _signed_batch(county, term, [{}, {}]))
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == 2
+
+
+# --- db copy: an old SQLite county's odd rows, and the target's password ------------------
+
+
+def _sqlite_county_with_a_nul(tmp_path: Path) -> str:
+    """A SQLite county holding an entry whose detail has a NUL character, as a county
+    stored it before the server refused them."""
+    path = tmp_path / "old" / "county.sqlite"
+    CountyStore(path).close()
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.write() as conn:
+            conn.execute(
+                insert(terminals).values(
+                    terminal_id="a1", canteen="c", registered_ms=1, acked_seq=1, last_hash=b"h"
+                )
+            )
+            conn.execute(
+                insert(entries).values(
+                    terminal="a1",
+                    canteen="c",
+                    seq=1,
+                    entry_id="e",
+                    at_ms=T0_MS,
+                    kind=SALE,
+                    amount_fen=0,
+                    detail='{"note":"a\x00b"}',
+                    prev_hash=bytes(32),
+                    hash=b"h",
+                    received_ms=1,
+                )
+            )
+    finally:
+        db.close()
+    return f"sqlite:///{path}"
+
+
+def test_a_copy_of_a_nul_to_postgresql_is_one_line_and_the_target_stays_empty(
+    tmp_path: Path,
+    pg_county_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A SQLite county may hold a text PostgreSQL cannot store: the copy stopped with a
+    DataError traceback (exit 1). Now one line naming the row, exit 2, nothing copied.
+    The target's URL comes from $CANTEEN_COUNTY_DATABASE when --to is left out, so the
+    owner's password is on no command line for as long as a copy runs."""
+    source = _sqlite_county_with_a_nul(tmp_path)
+    monkeypatch.setenv(DATABASE_ENV, pg_county_url)
+    capsys.readouterr()
+    rc = county_main(["db", "copy", "--from", source])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "", (out, err)
+    assert len(err.splitlines()) == 1, err
+    assert "table entries, row terminal a1, seq 1: its detail holds a NUL character" in err
+    target = Database(pg_county_url)
+    try:
+        with target.read() as conn:
+            assert conn.execute(select(func.count()).select_from(entries)).scalar_one() == 0
+    finally:
+        target.close()
+    # Without the entry (and its terminal) the same command copies into the same target.
+    db = Database(source)
+    try:
+        with db.write() as conn:
+            conn.execute(delete(entries))
+            conn.execute(delete(terminals))
+    finally:
+        db.close()
+    rc = county_main(["db", "copy", "--from", source])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "copied" in out, err
+
+
+def test_no_documented_command_puts_a_database_url_on_a_command_line() -> None:
+    """docs/county-ops.md ran db copy with --to "$CANTEEN_COUNTY_DATABASE": the owner's
+    password in the copy's argv, which every local user reads in ps."""
+    docs = (Path(__file__).parent.parent / "docs" / "county-ops.md").read_text()
+    assert f'"${DATABASE_ENV}"' not in docs and f"${{{DATABASE_ENV}}}" not in docs

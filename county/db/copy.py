@@ -165,10 +165,35 @@ def _copy_table(
     done = 0
     with _progress(total, table.name, show_progress) as bar:
         for part in rows.partitions():
-            dst.execute(table.insert(), [row._asdict() for row in part])
+            batch = [row._asdict() for row in part]
+            try:
+                dst.execute(table.insert(), batch)
+            except sa_exc.DataError as exc:
+                raise CopyRefused(_unstorable(table, batch, exc)) from None
             done += len(part)
             bar.update(len(part))
     return done
+
+
+def _unstorable(table: Table, batch: list[dict[str, Any]], exc: sa_exc.DataError) -> str:
+    """One line saying which row of ``table`` the target refused, and why.
+
+    A SQLite county may hold what PostgreSQL cannot store: before the server refused
+    them (county/app.py's json_object) a terminal could upload texts with a NUL
+    character, which SQLite keeps and PostgreSQL refuses in any text column. Such an
+    entry is signed and chained, so the copy cannot change it: it stops, names it, and
+    leaves the target empty for county IT to decide."""
+    key = [c.name for c in table.primary_key.columns]
+    for row in batch:
+        for name, value in row.items():
+            if isinstance(value, str) and "\x00" in value:
+                where = ", ".join(f"{k} {row[k]}" for k in key)
+                return (
+                    f"table {table.name}, row {where}: its {name} holds a NUL character, "
+                    "which PostgreSQL cannot store in text; nothing was copied"
+                )
+    first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+    return f"table {table.name}: the target refused a row ({first}); nothing was copied"
 
 
 def _reset_sequences(conn: Connection) -> None:
