@@ -9,13 +9,16 @@ through the real store and commands.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 from countykit import ON_EACH_BACKEND, T0_MS, County, Terminal, provision_terminal, sync
+from pgkit import Cluster
 from sqlalchemy import delete, func, insert, select, text
 
 from county.cli import main as county_main
@@ -178,3 +181,40 @@ def test_no_documented_command_puts_a_database_url_on_a_command_line() -> None:
     password in the copy's argv, which every local user reads in ps."""
     docs = (Path(__file__).parent.parent / "docs" / "county-ops.md").read_text()
     assert f'"${DATABASE_ENV}"' not in docs and f"${{{DATABASE_ENV}}}" not in docs
+
+
+# --- collation: PostgreSQL may sort text as a language does, SQLite sorts bytes -----------
+
+
+def test_a_database_that_sorts_text_by_a_language_is_refused_by_db_upgrade(
+    pg_cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The county orders text by its bytes, as SQLite does: which of two sales made in the
+    same millisecond is a conflict's first (received, terminal, seq), and the order of
+    `entries` that docs/county-ops.md compares with cmp after a copy. A database created
+    with a language's collation ('hq-2' before 'HQ-3' before 'hq-4') silently changed
+    both: `db upgrade` now refuses to make the tables in it, naming the fix."""
+    name = f"t{os.getpid()}_review_icu"
+    pg_cluster.psql(
+        f"CREATE DATABASE {name} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C' "
+        "TEMPLATE template0"
+    )
+    try:
+        url = pg_cluster.url(name)
+        with psycopg.connect(url) as conn:
+            got = conn.execute(
+                "SELECT t FROM (VALUES ('hq-4'), ('HQ-3'), ('hq-2')) AS v(t) ORDER BY t"
+            ).fetchall()
+            assert [r[0] for r in got] == ["hq-2", "HQ-3", "hq-4"]  # not SQLite's order
+        capsys.readouterr()
+        rc = county_main(["db", "upgrade", "--database", url])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "", (out, err)
+        assert len(err.splitlines()) == 1 and "LOCALE 'C'" in err, err
+        with psycopg.connect(url) as conn:
+            tables = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchone()
+            assert tables == (0,)
+    finally:
+        pg_cluster.drop_database(name)

@@ -32,7 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, literal_column, select, table, text
 from sqlalchemy import exc as sa_exc
 
 from county.db.engine import Database, DatabaseError
@@ -112,6 +112,8 @@ def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
         conn.commit()
         if not _known(before):
             raise _ahead(db, str(before))
+        if not db.is_sqlite:
+            _check_collation(db, conn)
         try:
             command.upgrade(_config(conn), to)
         except (sa_exc.DBAPIError, RuntimeError, CommandError) as exc:
@@ -125,6 +127,37 @@ def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
         after = MigrationContext.configure(conn).get_current_revision()
         conn.commit()
     return before, str(after)
+
+
+def _check_collation(db: Database, conn: Connection) -> None:
+    """Refuse a PostgreSQL database that sorts text other than by its bytes.
+
+    The county orders text as SQLite does, byte by byte: which of two sales received in
+    the same millisecond is a conflict's first (county/conflicts.py orders by received
+    time, terminal, seq), the order ``entries`` prints (compared with cmp after a copy,
+    docs/county-ops.md section 7), and indexes that a C library upgrade can never
+    silently reorder. A database created with a language's collation (en_US.UTF-8, or
+    an ICU locale) sorts 'HQ-3' between 'hq-2' and 'hq-4'; docs/county-ops.md section 2
+    creates it with LOCALE 'C'."""
+    version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+    # Before PostgreSQL 15 every database's collation came from the C library.
+    provider = "datlocprovider" if version >= 150000 else "'c'::\"char\""
+    found = conn.execute(
+        select(literal_column(provider), literal_column("datcollate"))
+        .select_from(table("pg_database"))
+        .where(literal_column("datname") == func.current_database())
+    ).one()
+    conn.commit()
+    by_bytes = found[0] == "c" and (
+        found[1] in ("C", "POSIX") or str(found[1]).upper() in ("C.UTF-8", "C.UTF8")
+    )
+    if not by_bytes:
+        what = "an ICU locale" if found[0] == "i" else f"the locale {found[1]}"
+        raise DatabaseError(
+            f"the county database at {db.url} sorts text by {what}; the county needs "
+            "text sorted by its bytes: create the database with ENCODING 'UTF8' LOCALE 'C' "
+            "TEMPLATE template0 (docs/county-ops.md, section 2)"
+        )
 
 
 @contextlib.contextmanager
