@@ -32,7 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, func, literal_column, select, table, text
+from sqlalchemy import Connection, String, func, literal_column, select, table, text
 from sqlalchemy import exc as sa_exc
 
 from county.db.engine import Database, DatabaseError
@@ -143,7 +143,7 @@ def _check_collation(db: Database, conn: Connection) -> None:
     # Before PostgreSQL 15 every database's collation came from the C library.
     provider = "datlocprovider" if version >= 150000 else "'c'::\"char\""
     found = conn.execute(
-        select(literal_column(provider), literal_column("datcollate"))
+        select(literal_column(provider, String), literal_column("datcollate", String))
         .select_from(table("pg_database"))
         .where(literal_column("datname") == func.current_database())
     ).one()
