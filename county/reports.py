@@ -282,7 +282,8 @@ def report(
 
     Only the days of ``days`` (every day when None) and only ``canteen`` (every canteen
     when None). An entry without a service day (a refusal before any meal window was
-    known) counts on the local day of its time, at ``utc_offset_h``. The totals are two
+    known) counts on the local day of its time, at the offset of ``days`` (of
+    ``utc_offset_h`` when no range is given). The totals are two
     grouped queries, one per half of ``DayRange``: the entries with a day grouped by
     their day (found by entries_day or entries_canteen_day), then the few without one
     grouped by their local day (found by entries_at_ms), so no row outside the range is
@@ -290,6 +291,10 @@ def report(
     county's, whatever the range (they are about terminals now, not about days).
     """
     rng = days if days is not None else DayRange(utc_offset_h=utc_offset_h)
+    if conn.dialect.name == "postgresql":
+        # A month's grouping costs enough for PostgreSQL to compile it (JIT), which took
+        # seconds and saved nothing (docs/county-scale.md); for this transaction only.
+        conn.exec_driver_sql("SET LOCAL jit = off")
     slots: dict[tuple[str, str], dict[str, Any]] = {}
 
     def slot(canteen_id: str, day: str) -> dict[str, Any]:
