@@ -33,7 +33,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Executable,
-    Integer,
     Select,
     and_,
     bindparam,
@@ -214,90 +213,133 @@ _SIDE = (_V.terminal, _V.seq, _V.canteen, _V.method, _V.credential, _V.hash, _V.
 _FIRST = (_V.received_ms, _V.terminal, _V.seq)
 
 
-@functools.cache
-def _presented_elsewhere() -> Select[Any]:
-    """The same phone code (credential and counter) accepted at another terminal."""
-    return (
-        select(*_SIDE)
-        .where(
-            _V.credential == bindparam("credential"),
-            _V.ctr == bindparam("ctr"),
-            _V.terminal != bindparam("terminal"),
-        )
-        .order_by(*_FIRST)
-        .limit(1)
+# The other halves of a batch's sales are looked up with two statements a batch, not
+# two a sale: every stored sale under any of the batch's keys, in the order "earliest"
+# means, then each sale takes the first that matches it exactly. A key column's IN list
+# may match a combination no sale has (another sale's credential with this one's
+# counter): those rows are read and never matched. Nothing the batch stores is among
+# them (its own terminal is excluded), so looking up all at once finds what looking up
+# one sale after another did.
+_PRESENTED = (
+    select(*_SIDE, _V.ctr)
+    .where(
+        _V.credential.in_(bindparam("credentials", expanding=True)),
+        _V.ctr.in_(bindparam("ctrs", expanding=True)),
+        _V.ctr.is_not(None),
+        _V.terminal != bindparam("terminal"),
     )
+    .order_by(*_FIRST)
+)
 
 
-@functools.cache
-def _served_elsewhere() -> Select[Any]:
-    """The same cadre served the same meal at another terminal, close enough in time,
-    and not reversed since."""
+def _served_query() -> Select[Any]:
     r = entries.alias("r")
     reversed_since = exists().where(
         r.c.terminal == _V.terminal, r.c.ref_seq == _V.seq, r.c.kind == REVERSAL
     )
     return (
-        select(*_SIDE)
+        select(*_SIDE, _V.cadre, _V.day, _V.meal, _V.t)
         .where(
-            _V.cadre == bindparam("cadre"),
-            _V.day == bindparam("day"),
-            _V.meal == bindparam("meal"),
+            _V.cadre.in_(bindparam("cadres", expanding=True)),
+            _V.day.in_(bindparam("days", expanding=True)),
+            _V.meal.in_(bindparam("meals", expanding=True)),
             _V.terminal != bindparam("terminal"),
-            func.abs(_V.t - bindparam("t", type_=Integer)) <= bindparam("span", type_=Integer),
             ~reversed_since,
         )
         .order_by(*_FIRST)
-        .limit(1)
     )
 
 
-def find_conflicts(conn: Connection, sale: Sale, meal_span_s: int, now_ms: int) -> list[int]:
-    """Look for the other half of one stored sale at another terminal; the ids of the
-    conflicts found (at most one). The caller holds ``check_keys(sale)`` and has checked
-    that the batch does not reverse the sale (then the cadre was not charged for it)."""
+# Stored sales of one cadre, day and meal at other terminals, not reversed since.
+_SERVED = _served_query()
+
+
+def find_conflicts(
+    conn: Connection, sales: Sequence[Sale], meal_span_s: int, now_ms: int
+) -> list[int]:
+    """Look for the other half of each of one terminal's stored sales at another terminal;
+    the ids of the conflicts found (at most one a sale), in the sales' order. The caller
+    holds ``check_keys`` of every sale and has left out the sales the batch reverses
+    (the cadre was not charged for them).
+
+    For each sale: the same phone code (credential and counter) accepted at another
+    terminal first, the earliest such sale (a copied code, a screenshot: one conflict,
+    not also "served twice", though both are true); else the same cadre served the same
+    meal at another terminal within ``meal_span_s`` of the code's time and not reversed
+    since, the earliest such sale."""
+    if not sales:
+        return []
+    terminal_id = sales[0].terminal
+    # A code without a counter matches nothing (ctr = NULL is never true).
+    qr = [s for s in sales if s.proof.method == evidence.QR and s.fields["ctr"] is not None]
+    presented: dict[tuple[str, Any], Any] = {}
+    if qr:
+        copies = conn.execute(
+            _PRESENTED,
+            {
+                "credentials": sorted({s.proof.credential for s in qr}),
+                "ctrs": sorted({s.fields["ctr"] for s in qr}),
+                "terminal": terminal_id,
+            },
+        )
+        for copy in copies:
+            presented.setdefault((copy[4], copy[7]), copy)
+    meals = [s for s in sales if s.fields["day"] is not None and s.fields["meal"] is not None]
+    served: dict[tuple[str, str, str], list[Any]] = {}
+    if meals:
+        meals_elsewhere = conn.execute(
+            _SERVED,
+            {
+                "cadres": sorted({s.proof.cadre for s in meals}),
+                "days": sorted({s.fields["day"] for s in meals}),
+                "meals": sorted({s.fields["meal"] for s in meals}),
+                "terminal": terminal_id,
+            },
+        )
+        for meal in meals_elsewhere:
+            served.setdefault((meal[7], meal[8], meal[9]), []).append(meal)
+    found: list[int] = []
+    for sale in sales:
+        f, proof = sale.fields, sale.proof
+        if proof.method == evidence.QR:
+            copied = presented.get((proof.credential, f["ctr"]))
+            if copied is not None:
+                found += _presentation_twice(conn, sale, copied, now_ms)
+                continue
+        if f["day"] is None or f["meal"] is None:
+            continue
+        t = proof.t
+        for row in served.get((proof.cadre, f["day"], f["meal"]), ()):
+            if abs(row[10] - t) <= meal_span_s:
+                found += _served_twice(conn, sale, row, now_ms)
+                break
+    return found
+
+
+def _presentation_twice(conn: Connection, sale: Sale, row: Any, now_ms: int) -> list[int]:
     f, proof, terminal_id = sale.fields, sale.proof, sale.terminal
-    ctr = f["ctr"] if proof.method == evidence.QR else None
     second = _Side(terminal_id, sale.seq, sale.canteen, proof.method, proof.credential, sale.hash)
-    if proof.method == evidence.QR:
-        # One code accepted at two terminals: a copied code (a screenshot). It is one
-        # conflict, not also "served twice", though both are true.
-        row = conn.execute(
-            _presented_elsewhere(),
-            {"credential": proof.credential, "ctr": ctr, "terminal": terminal_id},
-        ).first()
-        if row is not None:
-            first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
-            reason = (
-                f"one phone code (counter {f['ctr']}) was accepted at {first.terminal} and "
-                f"{terminal_id}: the code was copied (a screenshot); its credential is revoked"
-            )
-            return _conflict(
-                conn,
-                PRESENTATION_TWICE,
-                sale,
-                first,
-                int(row[6]),
-                second,
-                [proof.credential],
-                reason,
-                now_ms,
-            )
-    if f["day"] is None or f["meal"] is None:
-        return []
-    row = conn.execute(
-        _served_elsewhere(),
-        {
-            "cadre": proof.cadre,
-            "day": f["day"],
-            "meal": f["meal"],
-            "terminal": terminal_id,
-            "t": proof.t,
-            "span": meal_span_s,
-        },
-    ).first()
-    if row is None:
-        return []
+    first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+    reason = (
+        f"one phone code (counter {f['ctr']}) was accepted at {first.terminal} and "
+        f"{terminal_id}: the code was copied (a screenshot); its credential is revoked"
+    )
+    return _conflict(
+        conn,
+        PRESENTATION_TWICE,
+        sale,
+        first,
+        int(row[6]),
+        second,
+        [proof.credential],
+        reason,
+        now_ms,
+    )
+
+
+def _served_twice(conn: Connection, sale: Sale, row: Any, now_ms: int) -> list[int]:
+    f, proof, terminal_id = sale.fields, sale.proof, sale.terminal
+    second = _Side(terminal_id, sale.seq, sale.canteen, proof.method, proof.credential, sale.hash)
     first = _Side(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
     cards = sorted({s.credential for s in (first, second) if s.method == evidence.CARD})
     where = f"{first.terminal} ({first.canteen}) and {terminal_id} ({sale.canteen})"

@@ -44,7 +44,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from county import conflicts, evidence
 from county.db.schema import alarms, checkpoints, clock_offsets, entries, held_batches, terminals
@@ -61,7 +61,7 @@ from county.storekit import (
     UNSIGNED,
     Limits,
     StoreError,
-    bump,
+    bump_all,
     insert_or_ignore,
     record_alarm,
     upsert,
@@ -222,6 +222,56 @@ def parse_batch(
 
 # --- one batch ---------------------------------------------------------------------------
 
+# The statements every batch runs are built once (SQLAlchemy then finds each compiled
+# form in its cache by identity) and run with their values as parameters: building a
+# Core statement costs more than SQLite takes to run it. They are dialect-neutral: the
+# FOR UPDATE clause is not rendered on SQLite.
+_T, _H, _E = terminals.c, held_batches.c, entries.c
+_TERMINAL = (
+    select(_T.canteen, _T.ledger_key, _T.acked_seq, _T.last_hash)
+    .where(_T.terminal_id == bindparam("terminal"))
+    .with_for_update()
+)
+_SEEN = (
+    update(terminals)
+    .where(_T.terminal_id == bindparam("terminal"))
+    .values(last_seen_ms=bindparam("now"))
+)
+_EXPIRE_HELD = delete(held_batches).where(_H.received_ms < bindparam("before"))
+_STORED_HASHES = select(_E.seq, _E.hash).where(
+    _E.terminal == bindparam("terminal"),
+    _E.seq.between(bindparam("lo"), bindparam("hi")),
+)
+_INSERT_ENTRIES = insert(entries)
+_NEW_MARK = (
+    update(terminals)
+    .where(_T.terminal_id == bindparam("terminal"))
+    .values(
+        acked_seq=bindparam("acked"),
+        last_hash=bindparam("last"),
+        last_seen_ms=bindparam("now"),
+    )
+)
+_HELD_COUNT = (
+    select(func.count()).select_from(held_batches).where(_H.terminal == bindparam("terminal"))
+)
+_ANY_HELD = select(_H.first_seq).where(_H.terminal == bindparam("terminal")).limit(1)
+_DROP_COVERED = delete(held_batches).where(
+    _H.terminal == bindparam("terminal"), _H.last_seq <= bindparam("acked")
+)
+_NEXT_HELD = (
+    select(_H.first_seq, _H.last_seq, _H.body)
+    .where(_H.terminal == bindparam("terminal"), _H.first_seq <= bindparam("next"))
+    .order_by(_H.last_seq.desc())
+    .limit(1)
+)
+_DROP_HELD = delete(held_batches).where(
+    _H.terminal == bindparam("terminal"),
+    _H.first_seq == bindparam("first"),
+    _H.last_seq == bindparam("last"),
+)
+_LAST_HASH = select(_T.last_hash).where(_T.terminal_id == bindparam("terminal"))
+
 
 def take(
     conn: Connection,
@@ -234,40 +284,28 @@ def take(
     """Apply one upload batch inside the caller's write transaction."""
     wire, cps, _nonce = parse_batch(doc, limits)
     # The terminal's row first, locked: everything below is decided on what it says now.
-    row = conn.execute(
-        select(
-            terminals.c.canteen,
-            terminals.c.ledger_key,
-            terminals.c.acked_seq,
-            terminals.c.last_hash,
-        )
-        .where(terminals.c.terminal_id == terminal_id)
-        .with_for_update()
-    ).one_or_none()
+    row = conn.execute(_TERMINAL, {"terminal": terminal_id}).one_or_none()
     if row is None or row[1] is None:
         raise StoreError(f"terminal {terminal_id} is not provisioned")
     canteen, key, acked, last_hash = row[0], bytes(row[1]), int(row[2]), bytes(row[3])
-    conn.execute(
-        update(terminals).where(terminals.c.terminal_id == terminal_id).values(last_seen_ms=now_ms)
-    )
     # Held batches whose gap never closed: the terminal resends from the mark anyway.
-    conn.execute(
-        delete(held_batches).where(held_batches.c.received_ms < now_ms - limits.held_ttl_ms)
-    )
+    conn.execute(_EXPIRE_HELD, {"before": now_ms - limits.held_ttl_ms})
     run = _Batch(conn, limits, lists, terminal_id, canteen, key, now_ms)
     result = run.apply(acked, last_hash, wire, cps)
     if result.status == GAP and wire:
         run.hold(wire, doc)
     elif result.status == OK and result.accepted:
         run.drain_held(result)
+    if not run.seen:
+        # Nothing stored: the terminal's row still says when it was last heard from.
+        conn.execute(_SEEN, {"terminal": terminal_id, "now": now_ms})
     counts = {
         "entries_accepted": result.accepted,
         "entries_duplicate": result.duplicates,
         "batches_" + result.status: 1,
         **run.counts,
     }
-    for name in sorted(counts):
-        bump(conn, name, counts[name])
+    bump_all(conn, counts)
     return result
 
 
@@ -293,6 +331,8 @@ class _Batch:
         self.now_ms = now_ms
         # Counters this batch adds to, written once at its end (one upsert each).
         self.counts: dict[str, int] = {}
+        # Whether the terminal's row already took last_seen_ms (with a new mark).
+        self.seen = False
 
     def apply(
         self,
@@ -383,10 +423,7 @@ class _Batch:
             stored = {
                 int(seq): bytes(h)
                 for seq, h in self.conn.execute(
-                    select(entries.c.seq, entries.c.hash).where(
-                        entries.c.terminal == terminal_id,
-                        entries.c.seq.between(old[0].seq, old[-1].seq),
-                    )
+                    _STORED_HASHES, {"terminal": terminal_id, "lo": old[0].seq, "hi": old[-1].seq}
                 )
             }
             for e in old:
@@ -423,21 +460,17 @@ class _Batch:
 
     def store(self, new: Sequence[WireEntry], cps: Sequence[tuple[int, bytes, int, bytes]]) -> None:
         """Store entries that continue the chain, their checkpoints and the new mark."""
-        conn, terminal_id, now_ms = self.conn, self.terminal_id, self.now_ms
-        conn.execute(
-            insert(entries),
-            [
-                {
-                    "terminal": terminal_id,
-                    "canteen": self.canteen,
-                    **dict(zip(_ENTRY_COLUMNS, e.fields, strict=True)),
-                    "prev_hash": e.prev_hash,
-                    "hash": e.hash,
-                    "received_ms": now_ms,
-                }
-                for e in new
-            ],
-        )
+        conn, terminal_id, now_ms, canteen = self.conn, self.terminal_id, self.now_ms, self.canteen
+        rows = []
+        for e in new:
+            row = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
+            row["terminal"] = terminal_id
+            row["canteen"] = canteen
+            row["prev_hash"] = e.prev_hash
+            row["hash"] = e.hash
+            row["received_ms"] = now_ms
+            rows.append(row)
+        conn.execute(_INSERT_ENTRIES, rows)
         new_seqs = {e.seq for e in new}
         signed = [
             {"terminal": terminal_id, "seq": s, "hash": h, "at_ms": at, "signature": sig}
@@ -447,10 +480,10 @@ class _Batch:
         if signed:
             conn.execute(insert_or_ignore(conn.dialect.name, checkpoints), signed)
         conn.execute(
-            update(terminals)
-            .where(terminals.c.terminal_id == terminal_id)
-            .values(acked_seq=new[-1].seq, last_hash=new[-1].hash)
+            _NEW_MARK,
+            {"terminal": terminal_id, "acked": new[-1].seq, "last": new[-1].hash, "now": now_ms},
         )
+        self.seen = True
 
     def cross_check(self, new: Sequence[WireEntry]) -> list[int]:
         """New accepted sales become evidence and are compared with other terminals';
@@ -480,15 +513,16 @@ class _Batch:
         # A sale reversed in the same batch is kept as evidence but never a conflict: the
         # cadre was not charged for it.
         undone = {e.fields[14] for e in new if e.fields[3] == REVERSAL and e.fields[14] is not None}
-        found: list[int] = []
+        # The conflicts of every charged sale, looked up together (county/conflicts.py);
+        # a reversal in the batch touches only conflicts of sales stored before it.
+        found = conflicts.find_conflicts(
+            self.conn,
+            [sale for seq, sale in sales.items() if seq not in undone],
+            self.limits.meal_span_s,
+            self.now_ms,
+        )
         for e in new:
-            sale = sales.get(e.seq)
-            if sale is not None:
-                if e.seq not in undone:
-                    found += conflicts.find_conflicts(
-                        self.conn, sale, self.limits.meal_span_s, self.now_ms
-                    )
-            elif e.fields[3] == REVERSAL and e.fields[14] is not None:
+            if e.fields[3] == REVERSAL and e.fields[14] is not None:
                 conflicts.reversed_sale(
                     self.conn, self.terminal_id, int(e.fields[14]), e.seq, self.now_ms
                 )
@@ -512,11 +546,7 @@ class _Batch:
 
     def hold(self, wire: Sequence[WireEntry], doc: Any) -> None:
         """Keep a batch that arrived ahead of a gap, until the gap fills (or it expires)."""
-        count = self.conn.execute(
-            select(func.count())
-            .select_from(held_batches)
-            .where(held_batches.c.terminal == self.terminal_id)
-        ).scalar_one()
+        count = self.conn.execute(_HELD_COUNT, {"terminal": self.terminal_id}).scalar_one()
         if count >= self.limits.max_held_batches:
             return  # the terminal resends from the resume mark anyway
         self.conn.execute(
@@ -532,31 +562,17 @@ class _Batch:
 
     def drain_held(self, result: IntakeResult) -> None:
         """Apply held batches that now continue the chain; drop those already covered."""
-        conn, h = self.conn, held_batches.c
+        conn, terminal = self.conn, {"terminal": self.terminal_id}
+        # Most batches find nothing held: one look instead of a delete and a select.
+        if conn.execute(_ANY_HELD, terminal).first() is None:
+            return
         while True:
-            conn.execute(
-                delete(held_batches).where(
-                    h.terminal == self.terminal_id, h.last_seq <= result.acked_seq
-                )
-            )
-            row = conn.execute(
-                select(h.first_seq, h.last_seq, h.body)
-                .where(h.terminal == self.terminal_id, h.first_seq <= result.acked_seq + 1)
-                .order_by(h.last_seq.desc())
-                .limit(1)
-            ).one_or_none()
+            conn.execute(_DROP_COVERED, {**terminal, "acked": result.acked_seq})
+            row = conn.execute(_NEXT_HELD, {**terminal, "next": result.acked_seq + 1}).one_or_none()
             if row is None:
                 return
-            conn.execute(
-                delete(held_batches).where(
-                    h.terminal == self.terminal_id,
-                    h.first_seq == row[0],
-                    h.last_seq == row[1],
-                )
-            )
-            last_hash = conn.execute(
-                select(terminals.c.last_hash).where(terminals.c.terminal_id == self.terminal_id)
-            ).scalar_one()
+            conn.execute(_DROP_HELD, {**terminal, "first": row[0], "last": row[1]})
+            last_hash = conn.execute(_LAST_HASH, terminal).scalar_one()
             wire, cps, _ = parse_batch(json.loads(row[2]), self.limits)
             more = self.apply(result.acked_seq, bytes(last_hash), wire, cps)
             if more.status != OK:

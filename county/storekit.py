@@ -100,6 +100,14 @@ def bump(conn: Connection, name: str, by: int) -> None:
         conn.execute(_bump(conn.dialect.name), {"name": name, "value": by})
 
 
+def bump_all(conn: Connection, counts: dict[str, int]) -> None:
+    """Add to several counters in one statement (one executemany), in the counters' name
+    order, so that two transactions counting the same names lock their rows in one order."""
+    rows = [{"name": name, "value": counts[name]} for name in sorted(counts) if counts[name]]
+    if rows:
+        conn.execute(_bump(conn.dialect.name), rows)
+
+
 @functools.cache
 def _record_alarm(dialect: str) -> Executable:
     stmt = dialect_insert(dialect, alarms)
