@@ -68,6 +68,10 @@ def run(
     """Parse ``argv``, run the chosen command and return its exit status."""
     args = parser.parse_args(argv)
     try:
+        _storable(args)
+    except CommandError as exc:
+        return error_line(exc)
+    try:
         return int(args.func(args))
     except errors as exc:
         return error_line(exc)
@@ -75,6 +79,26 @@ def run(
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+# Options whose text goes into the county database as it is (ids, a reason).
+_DATABASE_TEXT = ("canteen", "terminal", "reason")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _storable(a: argparse.Namespace) -> None:
+    """Refuse, as a usage error, what no database column can take: an integer beyond
+    signed 64 bits (a conflict number) and an id or reason that is not UTF-8 text
+    (argv bytes Python could not decode). SQLite raised OverflowError and
+    UnicodeEncodeError, PostgreSQL a DataError: each a traceback, not one line."""
+    for name, value in vars(a).items():
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+            raise CommandError(f"{name} {value}: beyond signed 64 bits")
+        if name in _DATABASE_TEXT and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CommandError(f"--{name} {value!r}: not UTF-8 text") from None
 
 
 def print_json(doc: Any) -> None:

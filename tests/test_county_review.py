@@ -17,7 +17,15 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from countykit import ON_EACH_BACKEND, T0_MS, County, Terminal, provision_terminal, sync
+from countykit import (
+    ON_EACH_BACKEND,
+    T0_MS,
+    County,
+    Terminal,
+    make_county,
+    provision_terminal,
+    sync,
+)
 from pgkit import Cluster
 from sqlalchemy import delete, func, insert, select, text
 
@@ -218,3 +226,29 @@ def test_a_database_that_sorts_text_by_a_language_is_refused_by_db_upgrade(
             assert tables == (0,)
     finally:
         pg_cluster.drop_database(name)
+
+
+# --- the commands: what no column can take is a usage error --------------------------------
+
+
+def test_a_number_or_an_id_no_column_can_take_is_one_line(
+    tmp_path: Path, county_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A conflict number beyond 64 bits and an id that is not UTF-8 (argv bytes Python
+    could not decode) were tracebacks: OverflowError or UnicodeEncodeError on SQLite,
+    DataError on PostgreSQL. Now one line, exit 2, on both."""
+    make_county(tmp_path)  # the CA, and so the data directory
+    data = str(tmp_path / "county")
+    where = ["--data", data, "--database", county_db_url]
+    for argv in (
+        ["conflicts", "withdraw", str(2**63), "--reason", "x", *where],
+        ["conflicts", "withdraw", "1", "--reason", "bad \udcff", *where],
+        ["entries", "--canteen", "\udcff", *where],
+        ["entries", "--terminal", "t\udcfe", *where],
+        ["terminal", "add", "--canteen", "c\udcff", *where],
+    ):
+        capsys.readouterr()
+        rc = county_main(argv)
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "", (argv, out, err)
+        assert len(err.splitlines()) == 1 and err.startswith("canteen-county: error:"), err
