@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +41,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from county import ca
+from county.db.engine import Database, PoolLimits
 from county.store import (
     GAP,
     OK,
@@ -694,11 +695,19 @@ class CountyServer:
         log_level: str = "warning",
         refresh_interval_s: float = 60.0,
         http_limits: HttpLimits | None = None,
+        pool: PoolLimits | None = None,
     ) -> None:
         self.data = Path(data)
         self.database_url = database_url
         # The embedded SQLite file in the data directory, or the database the URL names.
-        db: Path | str = ca_db_path(self.data) if database_url is None else database_url
+        db: Database | Path | str = ca_db_path(self.data) if database_url is None else database_url
+        # Pool limits given (serve's --pool-size/--pool-overflow/--pool-timeout): the server
+        # opens the database with them itself, and closes it after the store.
+        self._db: Database | None = None
+        if pool is not None:
+            busy_ms = (limits or Limits()).busy_timeout_ms
+            url = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
+            db = self._db = Database(url, replace(pool, busy_timeout_ms=busy_ms))
         from county.published import Published
 
         self.store = CountyStore(db, limits, Published(self.data))
@@ -753,6 +762,8 @@ class CountyServer:
             if self._stop_refresher is not None:
                 self._stop_refresher()
             self.store.close()
+            if self._db is not None:
+                self._db.close()
 
     def start(self, timeout: float = 10.0) -> CountyServer:
         """Serve in a background thread; return once it accepts connections."""
@@ -789,6 +800,8 @@ class CountyServer:
             self._thread.join(10)
         self.sock.close()
         self.store.close()
+        if self._db is not None:
+            self._db.close()
 
     def __enter__(self) -> CountyServer:
         return self.start()

@@ -70,11 +70,66 @@ def cmd_terminal_add(a: argparse.Namespace) -> int:
     return 0
 
 
+def _count_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 and at most 3600")
+    return value
+
+
+def _pool_options(p: argparse.ArgumentParser) -> None:
+    """serve's bounds on its database connections (county/db/engine.py, PoolLimits;
+    docs/county-ops.md, "Connections")."""
+    from county.db.engine import PoolLimits
+
+    d = PoolLimits()
+    p.add_argument(
+        "--pool-size",
+        type=_count_at_least(1),
+        default=d.size,
+        metavar="N",
+        help=f"database connections this process keeps (default {d.size})",
+    )
+    p.add_argument(
+        "--pool-overflow",
+        type=_count_at_least(0),
+        default=d.overflow,
+        metavar="N",
+        help=f"more it may open under load (default {d.overflow})",
+    )
+    p.add_argument(
+        "--pool-timeout",
+        type=_seconds,
+        default=d.timeout_s,
+        metavar="S",
+        help="seconds a request waits for a free connection before it is answered 503 "
+        f"(default {d.timeout_s:g})",
+    )
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from county.app import CountyServer
+    from county.db.engine import PoolLimits
 
+    pool = PoolLimits(size=a.pool_size, overflow=a.pool_overflow, timeout_s=a.pool_timeout)
     server = CountyServer(
-        Path(a.data), a.host, a.port, database_url=store_url(a), log_level=a.log_level
+        Path(a.data), a.host, a.port, database_url=store_url(a), log_level=a.log_level, pool=pool
     )
     print(f"{PROG}: serving on {server.url} (Ctrl+C stops)", flush=True)
     server.run()
@@ -362,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 picks one)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    _pool_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -34,8 +34,9 @@ from countykit import (
 )
 from pgkit import Cluster
 
-from county.app import ASGIApp
+from county.app import ASGIApp, CountyServer
 from county.cli import main as county_main
+from county.db.engine import PoolLimits
 from terminal.sync import SyncClient, SyncResult
 
 ON_POSTGRESQL = pytest.mark.parametrize("county", ["postgresql"], indirect=True)
@@ -210,12 +211,20 @@ def test_postgresql_restarted_during_an_intake_loses_and_doubles_nothing(
 # --- an exhausted connection pool ----------------------------------------------------------
 
 
-@pytest.mark.slow
 @ON_POSTGRESQL
 def test_an_exhausted_connection_pool_answers_503_not_a_hang(county: County, tmp_path: Any) -> None:
+    # A server with one connection and half a second's wait (serve's --pool-size 1
+    # --pool-overflow 0 --pool-timeout 0.5), so the test takes every connection it has.
+    county.stop()
+    county.server = CountyServer(
+        county.data,
+        database_url=county.database_url,
+        pool=PoolLimits(size=1, overflow=0, timeout_s=0.5),
+    ).start()
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(10)
     db = county.store.db
+    assert (db.pool.size, db.pool.overflow, db.pool.timeout_s) == (1, 0, 0.5)
     # Every connection the server's pool may open, taken by the test.
     held = [db.engine.connect() for _ in range(db.pool.size + db.pool.overflow)]
     try:
@@ -229,10 +238,29 @@ def test_an_exhausted_connection_pool_answers_503_not_a_hang(county: County, tmp
     assert answer.headers.get("Retry-After", "").isdigit()
     assert "busy" in answer.json()["problem"]
     # Answered once the pool's timeout ran out, not left hanging.
-    assert db.pool.timeout_s <= waited < db.pool.timeout_s + 10, waited
+    assert db.pool.timeout_s <= waited < db.pool.timeout_s + 5, waited
     # With the connections back, the same batch is taken.
     again = _post(term, _batch(term, 1, 10))
     assert again.status_code == 200 and again.json()["acked_seq"] == 10, again.text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--pool-size", "0", "0 is below 1"),
+        ("--pool-overflow", "-1", "-1 is below 0"),
+        ("--pool-timeout", "0", "must be more than 0"),
+        ("--pool-size", "many", "is not a whole number"),
+    ],
+)
+def test_serve_refuses_pool_limits_it_cannot_use_in_one_line(
+    option: str, value: str, says: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        county_main(["serve", "--data", str(tmp_path), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}" in err and says in err, err
 
 
 # --- the restore drill ---------------------------------------------------------------------
