@@ -10,6 +10,7 @@ through the real store and commands.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,15 @@ def test_a_copy_of_a_nul_to_postgresql_is_one_line_and_the_target_stays_empty(
 
 
 def test_no_documented_command_puts_a_database_url_on_a_command_line() -> None:
-    """docs/county-ops.md ran db copy with --to "$CANTEEN_COUNTY_DATABASE": the owner's
-    password in the copy's argv, which every local user reads in ps."""
-    docs = (Path(__file__).parent.parent / "docs" / "county-ops.md").read_text()
-    assert f'"${DATABASE_ENV}"' not in docs and f"${{{DATABASE_ENV}}}" not in docs
+    """docs/county-ops.md ran db copy with --to "$CANTEEN_COUNTY_DATABASE" and its
+    report examples with --database "$URL": a password in argv, which every local user
+    reads in ps. The units and the docs take it from the environment."""
+    root = Path(__file__).parent.parent
+    for path in [root / "docs" / "county-ops.md", *sorted((root / "systemd").iterdir())]:
+        text = path.read_text()
+        assert f'"${DATABASE_ENV}"' not in text and f"${{{DATABASE_ENV}}}" not in text, path
+        found = re.findall(r"--(?:database|to|from)[ =]\"?\$", text)
+        assert not found, (path, found)
 
 
 # --- collation: PostgreSQL may sort text as a language does, SQLite sorts bytes -----------
