@@ -15,6 +15,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -140,8 +141,10 @@ def store_url(a: argparse.Namespace) -> str:
     url = given_database(a)
     data = getattr(a, "data", None)
     if url and "://" not in url:
+        # Shown without what looks like a password (USER:PASSWORD@ of a mistyped URL).
+        shown = re.sub(r":[^:@/]*@", ":***@", url)
         raise CommandError(
-            f"--database {url!r} is not a URL: expected postgresql://USER@HOST/NAME "
+            f"--database {shown!r} is not a URL: expected postgresql://USER@HOST/NAME "
             "or sqlite:///PATH"
         )
     if not url:

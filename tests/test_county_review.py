@@ -258,3 +258,16 @@ def test_a_number_or_an_id_no_column_can_take_is_one_line(
         out, err = capsys.readouterr()
         assert rc == 2 and out == "", (argv, out, err)
         assert len(err.splitlines()) == 1 and err.startswith("canteen-county: error:"), err
+
+
+def test_a_mistyped_url_is_shown_without_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A URL missing its '//' was echoed whole, password and all, into the error line
+    (a terminal's scrollback, a unit's journal)."""
+    for url in ("postgresql//admin:hunter2secret@127.0.0.1/county", "admin:hunter2secret@db/c"):
+        capsys.readouterr()
+        assert county_main(["entries", "--database", url]) == 2
+        err = capsys.readouterr().err
+        assert "hunter2secret" not in err and "is not a URL" in err, err
+        assert len(err.splitlines()) == 1
