@@ -312,13 +312,19 @@ def report(
         )
 
     e = entries.c
+    # A terminal may sign any 64-bit amount: SQLite's SUM fails on integer overflow (no
+    # report at all), its TOTAL sums in floating point, exact below 2^53 fen (90 trillion
+    # yuan). PostgreSQL sums bigint as numeric, always exact.
+    fen_sum = (
+        func.sum(e.amount_fen) if conn.dialect.name == "postgresql" else func.total(e.amount_fen)
+    )
     for on_day, where in (
         (e.day, rng.with_day()),
         (_local_day(conn, rng.utc_offset_h), rng.without_day()),
     ):
         groups = (e.canteen, on_day, e.kind, e.verdict, e.reason)
         query = (
-            select(*groups, func.count(), func.coalesce(func.sum(e.amount_fen), 0))
+            select(*groups, func.count(), func.coalesce(fen_sum, 0))
             .where(e.kind.in_((SALE, REVERSAL)), where)
             .group_by(*groups)
         )

@@ -305,3 +305,23 @@ def test_failing_requests_leave_no_connection_or_transaction_behind(county_db_ur
     finally:
         store.close()
         db.close()
+
+
+# --- report: amounts a hostile terminal signed --------------------------------------------
+
+
+@ON_EACH_BACKEND
+def test_amounts_that_overflow_a_sum_do_not_stop_the_report(county: County, tmp_path: Path) -> None:
+    """A terminal may sign any 64-bit amount. Two sales of 2^63 - 1 fen made SQLite's
+    SUM fail with 'integer overflow', which the store reported as a database that
+    'cannot answer now': no report for any range holding that day, for every canteen.
+    PostgreSQL sums bigint as numeric and answered. The report now answers on both."""
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    sync(term)
+    huge = 2**63 - 1
+    answer = _post(term, _signed_batch(county, term, [{13: huge}, {13: huge}, {13: 1000}]))
+    assert answer.status_code == 200, answer.text
+    report = county.store.report(T0_MS, 86_400_000)
+    [day] = [d for d in report["days"] if d["canteen"] == "canteen-a" and d["day"] == DAY]
+    assert day["meals"] == 3
+    assert day["amount_fen"] >= 2 * huge - 2**12  # exact or within a float's rounding
