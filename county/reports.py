@@ -261,12 +261,25 @@ def _local_day(conn: Connection, utc_offset_h: int) -> ColumnElement[str]:
     """The local day (YYYY-MM-DD) of an entry's time at ``utc_offset_h``, in the dialect's
     words. Written out, not bound: GROUP BY must see the very expression the SELECT has."""
     hours = int(utc_offset_h)
+    # A terminal may sign any 64-bit time. Outside years 1..9999 there is no calendar
+    # day (PostgreSQL's to_timestamp fails, SQLite's date() is NULL): such an entry is
+    # reported on the day OUT_OF_CALENDAR instead of stopping the report.
     if conn.dialect.name == "postgresql":
         return literal_column(
-            f"to_char(to_timestamp(entries.at_ms / 1000) AT TIME ZONE 'UTC'"
-            f" + interval '{hours} hours', 'YYYY-MM-DD')"
+            f"coalesce(CASE WHEN entries.at_ms BETWEEN {_CALENDAR_MS[0]} AND {_CALENDAR_MS[1]}"
+            f" THEN to_char(to_timestamp(entries.at_ms / 1000) AT TIME ZONE 'UTC'"
+            f" + interval '{hours} hours', 'YYYY-MM-DD') END, '{OUT_OF_CALENDAR}')"
         )
-    return literal_column(f"date(entries.at_ms / 1000, 'unixepoch', '{hours:+d} hours')")
+    return literal_column(
+        f"coalesce(date(entries.at_ms / 1000, 'unixepoch', '{hours:+d} hours'),"
+        f" '{OUT_OF_CALENDAR}')"
+    )
+
+
+# The day an entry's time names no calendar day of (years 1 to 9999, with a day to spare
+# at each end for the offset).
+OUT_OF_CALENDAR = "out-of-calendar"
+_CALENDAR_MS = (-62_135_596_800_000 + 86_400_000, 253_402_300_799_999 - 86_400_000)
 
 
 def report(

@@ -35,6 +35,7 @@ from county.cli import main as county_main
 from county.command import DATABASE_ENV
 from county.db import Database, PoolLimits
 from county.db.schema import entries, terminals
+from county.reports import DayRange
 from county.store import BatchInvalid, CountyStore, StoreError
 from protocol.chain import checkpoint_message, entry_hash
 from terminal.ledger import ACCEPT, SALE, load_or_create_signing_key
@@ -325,3 +326,23 @@ def test_amounts_that_overflow_a_sum_do_not_stop_the_report(county: County, tmp_
     [day] = [d for d in report["days"] if d["canteen"] == "canteen-a" and d["day"] == DAY]
     assert day["meals"] == 3
     assert day["amount_fen"] >= 2 * huge - 2**12  # exact or within a float's rounding
+
+
+@ON_EACH_BACKEND
+def test_a_time_beyond_any_calendar_does_not_stop_the_report(
+    county: County, tmp_path: Path
+) -> None:
+    """An entry without a service day is reported on the local day of its time. A
+    terminal may sign any 64-bit time: on PostgreSQL to_timestamp of 2^63 - 1 ms is
+    'timestamp out of range', so a report over a range open at one end (or none) failed
+    for everyone; SQLite's date() gives NULL and answered."""
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    sync(term)
+    far = {2: 2**63 - 1, 11: None}  # at_ms, day
+    answer = _post(term, _signed_batch(county, term, [far, {2: -(2**63), 11: None}, {}]))
+    assert answer.status_code == 200, answer.text
+    for days in (None, DayRange(DAY, None), DayRange(None, DAY)):
+        report = county.store.report(T0_MS, 86_400_000, days=days)
+        assert any(d["day"] == DAY and d["meals"] >= 1 for d in report["days"]), report
+    listed = list(county.store.iter_entries("a1", days=DayRange(DAY, None)))
+    assert [e["at_ms"] for e in listed if e["at_ms"] == 2**63 - 1]
