@@ -61,6 +61,18 @@ from protocol.chain import REVERSAL, canonical_json
 from protocol.lists import parse_issuer_keys
 from protocol.tokens import IssuerKey
 
+# An issuer's keys under one key id, built once (see county/intake.py on why).
+_ISSUER_KEYS = (
+    select(
+        issuer_keys.c.public_key,
+        issuer_keys.c.iss,
+        issuer_keys.c.not_before,
+        issuer_keys.c.not_after,
+    )
+    .where(issuer_keys.c.kid == bindparam("kid"))
+    .order_by(issuer_keys.c.public_key)
+)
+
 
 class Keyring:
     """The issuer keys in the county database, read inside the intake's transaction."""
@@ -72,16 +84,7 @@ class Keyring:
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
         found = self._cache.get(kid)
         if found is None:
-            rows = self.conn.execute(
-                select(
-                    issuer_keys.c.public_key,
-                    issuer_keys.c.iss,
-                    issuer_keys.c.not_before,
-                    issuer_keys.c.not_after,
-                )
-                .where(issuer_keys.c.kid == kid)
-                .order_by(issuer_keys.c.public_key)
-            )
+            rows = self.conn.execute(_ISSUER_KEYS, {"kid": kid})
             found = [
                 IssuerKey(iss, kid, bytes(public_key), not_before, not_after)
                 for public_key, iss, not_before, not_after in rows
@@ -162,20 +165,20 @@ def check_keys(sale: Sale) -> list[str]:
     return keys
 
 
+# unnest yields the array in order and count() makes every row's lock be taken.
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+    " FROM unnest(CAST(:keys AS text[])) AS k"
+)
+
+
 def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
     """On PostgreSQL, lock ``keys`` until the transaction ends, in sorted order (see the
     module's docstring). Nothing to do on SQLite: the writer holds the whole file."""
     ordered = sorted(set(keys))
     if not ordered or conn.dialect.name != "postgresql":
         return
-    # unnest yields the array in order and count() makes every row's lock be taken.
-    conn.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
-            " FROM unnest(CAST(:keys AS text[])) AS k"
-        ),
-        {"keys": ordered},
-    )
+    conn.execute(_LOCK_KEYS, {"keys": ordered})
 
 
 def store_evidence(conn: Connection, sales: Sequence[Sale], now_ms: int) -> None:

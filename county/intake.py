@@ -37,6 +37,7 @@ terminal sends the batch again. Nothing is stored half.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Executable, bindparam, delete, func, insert, select, update
 
 from county import conflicts, evidence
 from county.db.schema import alarms, checkpoints, clock_offsets, entries, held_batches, terminals
@@ -62,9 +63,9 @@ from county.storekit import (
     Limits,
     StoreError,
     bump_all,
+    dialect_insert,
     insert_or_ignore,
     record_alarm,
-    upsert,
 )
 from protocol.chain import (
     ACCEPT,
@@ -585,6 +586,35 @@ class _Batch:
 # --- terminals' clocks (issue 12, point 5) ---------------------------------------------
 
 
+# note_clock runs after every sync: its usual statements, built once.
+_CLOCK_TERMINAL = (
+    select(_T.terminal_id).where(_T.terminal_id == bindparam("terminal")).with_for_update()
+)
+_SCANNED = select(clock_offsets.c.scanned_seq).where(
+    clock_offsets.c.terminal == bindparam("terminal")
+)
+_TOP_SEQ = select(func.coalesce(func.max(_E.seq), 0)).where(_E.terminal == bindparam("terminal"))
+_SIGNALS = (
+    select(_E.seq, _E.detail)
+    .where(
+        _E.terminal == bindparam("terminal"),
+        _E.seq > bindparam("after"),
+        _E.kind == "time_signal",
+    )
+    .order_by(_E.seq)
+)
+
+
+@functools.cache
+def _scanned_up_to(dialect: str) -> Executable:
+    """How far a terminal's entries were read for its clock (a single upsert)."""
+    stmt = dialect_insert(dialect, clock_offsets)
+    return stmt.on_conflict_do_update(
+        index_elements=[clock_offsets.c.terminal],
+        set_={"scanned_seq": stmt.excluded.scanned_seq, "noted_ms": stmt.excluded.noted_ms},
+    )
+
+
 def note_clock(conn: Connection, terminal_id: str, now_ms: int) -> None:
     """Read the terminal's time_signal entries held since the last call: keep its newest
     clock offset, and raise a ``clock`` alarm for each one beyond the tolerance.
@@ -594,36 +624,17 @@ def note_clock(conn: Connection, terminal_id: str, now_ms: int) -> None:
     locked first, as at intake: two processes noting one terminal's clock at once read
     each time_signal entry once.
     """
-    known = conn.execute(
-        select(terminals.c.terminal_id)
-        .where(terminals.c.terminal_id == terminal_id)
-        .with_for_update()
-    ).one_or_none()
+    terminal = {"terminal": terminal_id}
+    known = conn.execute(_CLOCK_TERMINAL, terminal).one_or_none()
     if known is None:
         return
-    row = conn.execute(
-        select(clock_offsets.c.scanned_seq).where(clock_offsets.c.terminal == terminal_id)
-    ).one_or_none()
+    row = conn.execute(_SCANNED, terminal).one_or_none()
     after = int(row[0]) if row else 0
-    top = int(
-        conn.execute(
-            select(func.coalesce(func.max(entries.c.seq), 0)).where(
-                entries.c.terminal == terminal_id
-            )
-        ).scalar_one()
-    )
+    top = int(conn.execute(_TOP_SEQ, terminal).scalar_one())
     if row is not None and top <= after:
         return
     found = None
-    signals = conn.execute(
-        select(entries.c.seq, entries.c.detail)
-        .where(
-            entries.c.terminal == terminal_id,
-            entries.c.seq > after,
-            entries.c.kind == "time_signal",
-        )
-        .order_by(entries.c.seq)
-    ).all()
+    signals = conn.execute(_SIGNALS, {**terminal, "after": after}).all()
     for seq, detail in signals:
         try:
             d = json.loads(detail)
@@ -651,14 +662,9 @@ def note_clock(conn: Connection, terminal_id: str, now_ms: int) -> None:
                     last_ms=now_ms,
                 )
             )
-    stmt = upsert(conn, clock_offsets).values(
-        terminal=terminal_id, scanned_seq=top, noted_ms=now_ms
-    )
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[clock_offsets.c.terminal],
-            set_={"scanned_seq": stmt.excluded.scanned_seq, "noted_ms": stmt.excluded.noted_ms},
-        )
+        _scanned_up_to(conn.dialect.name),
+        {"terminal": terminal_id, "scanned_seq": top, "noted_ms": now_ms},
     )
     if found is not None:
         conn.execute(
