@@ -81,7 +81,9 @@ class DayRange:
         """The UTC milliseconds of the local midnight that starts ``day`` (+ days_after)."""
         zone = dt.timezone(dt.timedelta(hours=self.utc_offset_h))
         start = dt.datetime.combine(parse_day(day), dt.time(), zone)
-        return int((start + dt.timedelta(days=days_after)).timestamp()) * 1000
+        # Added in milliseconds, not to the date: the midnight after 9999-12-31 has no
+        # datetime (OverflowError), and --to 9999-12-31 is a fair way to say "no end".
+        return int(start.timestamp()) * 1000 + days_after * 86_400_000
 
     def with_day(self) -> ColumnElement[bool]:
         """Entries with a service day in the range (entries_day, entries_canteen_day)."""

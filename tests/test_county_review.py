@@ -346,3 +346,23 @@ def test_a_time_beyond_any_calendar_does_not_stop_the_report(
         assert any(d["day"] == DAY and d["meals"] >= 1 for d in report["days"]), report
     listed = list(county.store.iter_entries("a1", days=DayRange(DAY, None)))
     assert [e["at_ms"] for e in listed if e["at_ms"] == 2**63 - 1]
+
+
+def test_the_last_and_first_days_of_the_calendar_are_a_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--to 9999-12-31 asked for the midnight after it, which no datetime holds:
+    OverflowError and a traceback instead of a listing."""
+    make_county(tmp_path)
+    data = str(tmp_path / "county")
+    for argv in (
+        ["entries", "--to", "9999-12-31", "--data", data],
+        ["report", "--from", "0001-01-01", "--to", "9999-12-31", "--utc-offset", "-12"],
+        ["report", "--from", "0001-01-01", "--to", "9999-12-31", "--utc-offset", "14"],
+    ):
+        if "--data" not in argv:
+            argv += ["--data", data]
+        capsys.readouterr()
+        rc = county_main(argv)
+        err = capsys.readouterr().err
+        assert rc == 0 and err == "", (argv, err)
