@@ -474,7 +474,7 @@ def history_rows(
         prevs[t] = h
 
 
-def bulk_load(county: County, n: int, first_ms: int, order: str) -> float:
+def bulk_load(county: County, n: int, first_ms: int, order: str = "time") -> float:
     """Load ``n`` history entries as fast as the backend takes them; seconds taken.
 
     For the load only, as one would load a database before opening it: the table's
