@@ -115,6 +115,12 @@ _TEXT_FIELDS = {1, 3, 15}
 # Integers are stored in SQLite INTEGER columns: signed 64 bits. Anything outside is
 # malformed (400), never an overflow deep in the database (500, "retry later").
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Every text of an entry but its detail is an id, a code or a day, and several are
+# indexed together (cadre, day, meal): PostgreSQL's B-tree takes at most 2,704 bytes a
+# row and refused longer ones (a 503 the terminal retried for ever), SQLite took them.
+# Malformed on both backends, as any other shape error.
+_MAX_TEXT_BYTES = 512
+_DETAIL = 15
 
 
 def _int64(value: object) -> bool:
@@ -183,6 +189,13 @@ def parse_batch(
                 raise BatchInvalid(
                     f"entry {i}: {name} has the wrong type or is outside signed 64 bits"
                 )
+            if (
+                j != _DETAIL
+                and isinstance(value, str)
+                and len(value) > _MAX_TEXT_BYTES // 4
+                and len(value.encode("utf-8")) > _MAX_TEXT_BYTES
+            ):
+                raise BatchInvalid(f"entry {i}: {name} is longer than {_MAX_TEXT_BYTES} bytes")
         if item[0] < 1:
             raise BatchInvalid(f"entry {i}: seq must be 1 or more")
         entries.append(

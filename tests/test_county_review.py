@@ -366,3 +366,26 @@ def test_the_last_and_first_days_of_the_calendar_are_a_range(
         rc = county_main(argv)
         err = capsys.readouterr().err
         assert rc == 0 and err == "", (argv, err)
+
+
+# --- very long texts: PostgreSQL's B-tree keeps at most about 2.7 KB a row ---------------
+
+
+@ON_EACH_BACKEND
+def test_a_text_too_long_for_an_index_is_a_400_not_a_retry_for_ever(
+    county: County, tmp_path: Path
+) -> None:
+    """entries.day and entries.unit are indexed (report indexes). A signed entry with a
+    day or unit of a few kilobytes of incompressible text exceeded PostgreSQL's B-tree
+    row limit (ProgramLimitExceeded, an OperationalError): answered 503, so the terminal
+    retried the batch for ever; SQLite stored it. Now a 400 on both, nothing stored,
+    and the terminal's honest batch is taken after."""
+    term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
+    sync(term)
+    long_text = secrets.token_hex(4000)
+    for index in (11, 10, 7, 8):  # day, unit, cadre, credential
+        answer = _post(term, _signed_batch(county, term, [{index: long_text}]))
+        assert answer.status_code == 400, answer.text
+    answer = _post(term, _signed_batch(county, term, [{}, {}]))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
