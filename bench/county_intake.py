@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -294,6 +295,7 @@ def main() -> None:
             cluster.remove()
         if old.exists():
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+        shutil.rmtree(tmp, ignore_errors=True)
     figures = []
     print(
         f"{'store':<38} {'batch':>5} {'n':>4} {'median ms':>10} {'p99 ms':>9} "
