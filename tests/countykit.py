@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import select
 
 from county import ca
@@ -267,3 +268,16 @@ def copy_county(src: Path, dest: Path) -> None:
         return shutil.copy2(source, target)
 
     shutil.copytree(src, dest, copy_function=copy)
+
+
+def post_ledger(term: Terminal, doc: dict[str, Any], timeout: float = 30) -> requests.Response:
+    """POST ``doc`` to the county's /v1/ledger as ``term`` (its client certificate), as
+    it is: for tests that send what no SyncClient would (forged, replayed, raced)."""
+    ident = term.identity
+    return requests.post(
+        ident.server + "/v1/ledger",
+        json=doc,
+        cert=(str(ident.cert_file), str(ident.key_file)),
+        verify=str(ident.ca_file),
+        timeout=timeout,
+    )

@@ -29,6 +29,7 @@ from countykit import (
     County,
     Terminal,
     local_chain,
+    post_ledger,
     provision_terminal,
     server_chain,
 )
@@ -40,17 +41,6 @@ from county.db.engine import PoolLimits
 from terminal.sync import SyncClient, SyncResult
 
 ON_POSTGRESQL = pytest.mark.parametrize("county", ["postgresql"], indirect=True)
-
-
-def _post(term: Terminal, doc: dict[str, Any], timeout: float = 30) -> requests.Response:
-    ident = term.identity
-    return requests.post(
-        ident.server + "/v1/ledger",
-        json=doc,
-        cert=(str(ident.cert_file), str(ident.key_file)),
-        verify=str(ident.ca_file),
-        timeout=timeout,
-    )
 
 
 def _batch(term: Terminal, first: int, last: int) -> dict[str, Any]:
@@ -80,10 +70,10 @@ def test_a_batch_sent_again_and_twice_at_once_is_acknowledged_and_stored_once(
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(120)
     first = _batch(term, 1, 60)
-    answer = _post(term, first)
+    answer = post_ledger(term, first)
     assert answer.status_code == 200 and answer.json()["acked_seq"] == 60, answer.text
     # The answer was lost; the terminal sends the same batch again: acknowledged again.
-    again = _post(term, first)
+    again = post_ledger(term, first)
     assert again.status_code == 200, again.text
     assert again.json()["status"] == "ok" and again.json()["acked_seq"] == 60
     # The next batch arrives twice at the same moment (a retry racing the original):
@@ -94,7 +84,7 @@ def test_a_batch_sent_again_and_twice_at_once_is_acknowledged_and_stored_once(
 
     def send() -> None:
         start.wait()
-        answers.append(_post(term, second))
+        answers.append(post_ledger(term, second))
 
     threads = [threading.Thread(target=send) for _ in range(2)]
     for t in threads:
@@ -229,7 +219,7 @@ def test_an_exhausted_connection_pool_answers_503_not_a_hang(county: County, tmp
     held = [db.engine.connect() for _ in range(db.pool.size + db.pool.overflow)]
     try:
         began = time.monotonic()
-        answer = _post(term, _batch(term, 1, 10), timeout=60)
+        answer = post_ledger(term, _batch(term, 1, 10), timeout=60)
         waited = time.monotonic() - began
     finally:
         for conn in held:
@@ -240,7 +230,7 @@ def test_an_exhausted_connection_pool_answers_503_not_a_hang(county: County, tmp
     # Answered once the pool's timeout ran out, not left hanging.
     assert db.pool.timeout_s <= waited < db.pool.timeout_s + 5, waited
     # With the connections back, the same batch is taken.
-    again = _post(term, _batch(term, 1, 10))
+    again = post_ledger(term, _batch(term, 1, 10))
     assert again.status_code == 200 and again.json()["acked_seq"] == 10, again.text
 
 

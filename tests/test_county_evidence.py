@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from conftest import wait_for
 from countykit import (
     FAST,
@@ -29,6 +28,7 @@ from countykit import (
     Terminal,
     copy_county,
     make_county,
+    post_ledger,
     provision_terminal,
     sync,
 )
@@ -426,17 +426,6 @@ def test_a_reversed_sale_is_no_conflict_whichever_arrives_first(
 # --- 4. the pinned ledger key authenticates every batch ---------------------------------
 
 
-def _post(term: Terminal, doc: dict[str, Any]) -> requests.Response:
-    ident = term.identity
-    return requests.post(
-        ident.server + "/v1/ledger",
-        json=doc,
-        cert=(str(ident.cert_file), str(ident.key_file)),
-        verify=str(ident.ca_file),
-        timeout=10,
-    )
-
-
 def _chained(term: Terminal, n: int) -> list[list[Any]]:
     """Entries that continue the terminal's acknowledged chain, as someone with a copy
     of its ledger (but not its ledger key) could write them."""
@@ -488,7 +477,7 @@ def test_the_tls_key_alone_cannot_inject_entries(
     last = rows[-1]
     wrong = stranger.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
     for checkpoints in ([], [[last[0], last[17], last[2], wrong.hex()]]):
-        answer = _post(term, {"nonce": "00", "entries": rows, "checkpoints": checkpoints})
+        answer = post_ledger(term, {"nonce": "00", "entries": rows, "checkpoints": checkpoints})
         assert answer.status_code == 409, answer.text
         assert answer.json()["alarm"] in (UNSIGNED, "bad_checkpoint")
         assert answer.json()["acked_seq"] == acked
@@ -496,7 +485,8 @@ def test_the_tls_key_alone_cannot_inject_entries(
     # A flood of such batches, each with other hashes, is one alarm row that counts them.
     for _ in range(20):
         assert (
-            _post(term, {"nonce": "", "entries": _chained(term, 2), "checkpoints": []}).ok is False
+            post_ledger(term, {"nonce": "", "entries": _chained(term, 2), "checkpoints": []}).ok
+            is False
         )
     [flood] = alarms_of(county, UNSIGNED)
     assert flood["times"] == 21 and "no checkpoint" in flood["problem"]
@@ -595,7 +585,7 @@ def test_held_batches_expire(tmp_path: Path, issuer: Issuer, county_db_url: str)
             row[15] = json.dumps(row[15], sort_keys=True, separators=(",", ":"))
         last = rows[-1]
         signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
-        answer = _post(
+        answer = post_ledger(
             term,
             {
                 "nonce": "",
@@ -614,7 +604,7 @@ def test_held_batches_expire(tmp_path: Path, issuer: Issuer, county_db_url: str)
         other = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
 
         def swept() -> bool:
-            _post(other, {"nonce": "", "entries": [], "checkpoints": []})
+            post_ledger(other, {"nonce": "", "entries": [], "checkpoints": []})
             return not held()
 
         wait_for(swept, 10, "the held batch to expire", every_s=0.05)
@@ -791,7 +781,7 @@ def test_a_signed_entry_with_a_detail_nested_too_deep_is_stored_not_a_500(
     key = load_or_create_signing_key(term.root / "terminal-key.pem")
     last = rows[-1]
     signature = key.sign(checkpoint_message("a1", last[0], bytes.fromhex(last[17])))
-    answer = _post(
+    answer = post_ledger(
         term,
         {
             "nonce": "",

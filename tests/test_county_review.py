@@ -17,13 +17,13 @@ from typing import Any
 
 import psycopg
 import pytest
-import requests
 from countykit import (
     ON_EACH_BACKEND,
     T0_MS,
     County,
     Terminal,
     make_county,
+    post_ledger,
     provision_terminal,
     sync,
 )
@@ -41,17 +41,6 @@ from protocol.chain import checkpoint_message, entry_hash
 from terminal.ledger import ACCEPT, SALE, load_or_create_signing_key
 
 DAY = "2026-05-28"
-
-
-def _post(term: Terminal, doc: dict[str, Any]) -> requests.Response:
-    ident = term.identity
-    return requests.post(
-        ident.server + "/v1/ledger",
-        json=doc,
-        cert=(str(ident.cert_file), str(ident.key_file)),
-        verify=str(ident.ca_file),
-        timeout=30,
-    )
 
 
 def _signed_batch(
@@ -104,12 +93,12 @@ def test_a_nul_character_in_a_text_field_is_a_400_and_the_terminal_goes_on(
     sync(term)
     acked = county.store.terminal("a1").acked_seq  # type: ignore[union-attr]
     for index, value in ((15, '{"note":"a\x00b"}'), (7, "iss/x\x00"), (1, "\x00"), (5, "r\x00")):
-        answer = _post(term, _signed_batch(county, term, [{}, {index: value}]))
+        answer = post_ledger(term, _signed_batch(county, term, [{}, {index: value}]))
         assert answer.status_code == 400, answer.text
         problem = answer.json()["problem"]
         assert "NUL" in problem and "\n" not in problem, problem
         assert county.store.terminal("a1").acked_seq == acked  # type: ignore[union-attr]
-    answer = _post(term, _signed_batch(county, term, [{}, {}]))
+    answer = post_ledger(term, _signed_batch(county, term, [{}, {}]))
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == 2
 
@@ -320,7 +309,7 @@ def test_amounts_that_overflow_a_sum_do_not_stop_the_report(county: County, tmp_
     term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     sync(term)
     huge = 2**63 - 1
-    answer = _post(term, _signed_batch(county, term, [{13: huge}, {13: huge}, {13: 1000}]))
+    answer = post_ledger(term, _signed_batch(county, term, [{13: huge}, {13: huge}, {13: 1000}]))
     assert answer.status_code == 200, answer.text
     report = county.store.report(T0_MS, 86_400_000)
     [day] = [d for d in report["days"] if d["canteen"] == "canteen-a" and d["day"] == DAY]
@@ -339,7 +328,7 @@ def test_a_time_beyond_any_calendar_does_not_stop_the_report(
     term = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     sync(term)
     far = {2: 2**63 - 1, 11: None}  # at_ms, day
-    answer = _post(term, _signed_batch(county, term, [far, {2: -(2**63), 11: None}, {}]))
+    answer = post_ledger(term, _signed_batch(county, term, [far, {2: -(2**63), 11: None}, {}]))
     assert answer.status_code == 200, answer.text
     for days in (None, DayRange(DAY, None), DayRange(None, DAY)):
         report = county.store.report(T0_MS, 86_400_000, days=days)
@@ -384,8 +373,8 @@ def test_a_text_too_long_for_an_index_is_a_400_not_a_retry_for_ever(
     sync(term)
     long_text = secrets.token_hex(4000)
     for index in (11, 10, 7, 8):  # day, unit, cadre, credential
-        answer = _post(term, _signed_batch(county, term, [{index: long_text}]))
+        answer = post_ledger(term, _signed_batch(county, term, [{index: long_text}]))
         assert answer.status_code == 400, answer.text
-    answer = _post(term, _signed_batch(county, term, [{}, {}]))
+    answer = post_ledger(term, _signed_batch(county, term, [{}, {}]))
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == 2
