@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from hwsim.wallet import Issuer, make_wallet
 from sqlalchemy import select
 
 from county import ca
@@ -41,7 +42,7 @@ from terminal.ledger import (
     load_or_create_signing_key,
 )
 from terminal.link.provision import CountyIdentity, provision
-from terminal.sync import SyncClient, apply_result
+from terminal.sync import LedgerReader, SyncClient, _batch_checkpoint, apply_result
 
 T0_MS = 1_780_000_000_000  # 2026-05-28, inside every certificate's validity
 
@@ -280,4 +281,35 @@ def post_ledger(term: Terminal, doc: dict[str, Any], timeout: float = 30) -> req
         cert=(str(ident.cert_file), str(ident.key_file)),
         verify=str(ident.ca_file),
         timeout=timeout,
+    )
+
+
+def signed_rows(term: Terminal, first: int, last: int) -> tuple[list[Any], list[Any]]:
+    """Entries first..last of ``term``'s ledger and their checkpoints, as its SyncClient
+    sends them: a batch always ends on a checkpoint signed with the ledger key."""
+    reader = LedgerReader(term.ledger_path)
+    try:
+        rows = reader.batch(first, last - first + 1)
+        cps = reader.checkpoints(first, last)
+    finally:
+        reader.close()
+    if not cps or cps[-1][0] != rows[-1][0]:
+        key = load_or_create_signing_key(state.StatePaths(term.root).key)
+        cps.append(_batch_checkpoint(key, term.terminal_id, rows[-1]))
+    return rows, cps
+
+
+def signed_sale(
+    issuer: Issuer, sub: str, unit: str, t: int, *, code: str | None = None, ctr: int = 1
+) -> EntryDraft:
+    """An accepted QR sale of cadre ``sub`` that is evidence: the phone's signed code
+    (drawn at Unix second ``t``, or ``code`` as given, to replay one) in its detail."""
+    w = make_wallet(issuer, sub, unit, sub, now=T0_MS // 1000 - 86_400, seed=sub)
+    return sale(
+        0,
+        unit=unit,
+        cadre=f"iss/{sub}",
+        credential=f"qr/iss/{w.cti.hex()}",
+        ctr=ctr,
+        detail={"qr": code or w.draw(t, ctr=ctr)},
     )

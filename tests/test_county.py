@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -20,7 +19,7 @@ from countykit import (
     County,
     append_entries,
     provision_terminal,
-    sale,
+    signed_sale,
     sync,
 )
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
@@ -41,17 +40,6 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     county.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
     t0 = T0_MS // 1000
 
-    def signed(sub: str, unit: str, t: int, *, code: str | None = None, ctr: int = 1) -> Any:
-        w = make_wallet(issuer, sub, unit, sub, now=t0 - 86_400, seed=sub)
-        return sale(
-            0,
-            unit=unit,
-            cadre=f"iss/{sub}",
-            credential=f"qr/iss/{w.cti.hex()}",
-            ctr=ctr,
-            detail={"qr": code or w.draw(t, ctr=ctr)},
-        )
-
     x = make_wallet(issuer, "x", "u-tax", "x", now=t0 - 86_400, seed="x")
     copied = x.draw(t0, ctr=5)
     a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
@@ -59,13 +47,13 @@ def test_conflicts_become_revocations_and_are_reported_per_unit(
     same = provision_terminal(county, tmp_path / "a2", "a2", "canteen-a")
     for term, draft in (
         # The same presentation (iss, cti, ctr) accepted at another terminal.
-        (a, signed("x", "u-tax", t0, code=copied, ctr=5)),
-        (b, signed("x", "u-tax", t0, code=copied, ctr=5)),
+        (a, signed_sale(issuer, "x", "u-tax", t0, code=copied, ctr=5)),
+        (b, signed_sale(issuer, "x", "u-tax", t0, code=copied, ctr=5)),
         # The same cadre served at another canteen in the same meal window.
-        (b, signed("z", "u-water", t0, ctr=1)),
-        (a, signed("z", "u-water", t0 + 60, ctr=2)),
+        (b, signed_sale(issuer, "z", "u-water", t0, ctr=1)),
+        (a, signed_sale(issuer, "z", "u-water", t0 + 60, ctr=2)),
         # Once each at two meals of one canteen: no conflict.
-        (same, signed("w", "u-x", t0, ctr=1)),
+        (same, signed_sale(issuer, "w", "u-x", t0, ctr=1)),
     ):
         book = term.open_ledger()
         book.append(draft, T0_MS)

@@ -32,6 +32,7 @@ from countykit import (
     post_ledger,
     provision_terminal,
     server_chain,
+    signed_rows,
 )
 from pgkit import Cluster
 
@@ -45,18 +46,7 @@ ON_POSTGRESQL = pytest.mark.parametrize("county", ["postgresql"], indirect=True)
 
 def _batch(term: Terminal, first: int, last: int) -> dict[str, Any]:
     """The upload document of entries first..last, signed as the terminal's SyncClient does."""
-    from terminal.ledger import load_or_create_signing_key
-    from terminal.sync import LedgerReader, _batch_checkpoint
-
-    reader = LedgerReader(term.ledger_path)
-    try:
-        rows = reader.batch(first, last - first + 1)
-        cps = reader.checkpoints(first, last)
-    finally:
-        reader.close()
-    if not cps or cps[-1][0] != rows[-1][0]:
-        key = load_or_create_signing_key(term.root / "terminal-key.pem")
-        cps.append(_batch_checkpoint(key, term.terminal_id, rows[-1]))
+    rows, cps = signed_rows(term, first, last)
     return {"nonce": "", "entries": rows, "checkpoints": cps}
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
-from countykit import T0_MS, County, make_county, provision_terminal, sale, sync
+from countykit import T0_MS, County, make_county, provision_terminal, signed_sale, sync
 from hwsim.wallet import Issuer, key_from_seed, make_wallet
 from sqlalchemy import insert, select, text
 
@@ -437,26 +437,15 @@ def _busy_county(county: County, tmp_path: Path) -> list[Any]:
     county.store.add_issuer_keys([issuer.trust_entry()], T0_MS)
     t0 = T0_MS // 1000
 
-    def signed(sub: str, unit: str, t: int, *, code: str | None = None, ctr: int = 1) -> Any:
-        w = make_wallet(issuer, sub, unit, sub, now=t0 - 86_400, seed=sub)
-        return sale(
-            0,
-            unit=unit,
-            cadre=f"iss/{sub}",
-            credential=f"qr/iss/{w.cti.hex()}",
-            ctr=ctr,
-            detail={"qr": code or w.draw(t, ctr=ctr)},
-        )
-
     x = make_wallet(issuer, "x", "u-tax", "x", now=t0 - 86_400, seed="x")
     copied = x.draw(t0, ctr=5)
     a = provision_terminal(county, tmp_path / "a", "a1", "canteen-a")
     b = provision_terminal(county, tmp_path / "b", "b1", "canteen-b")
     for term, draft in (
-        (a, signed("x", "u-tax", t0, code=copied, ctr=5)),
-        (b, signed("x", "u-tax", t0, code=copied, ctr=5)),
-        (b, signed("z", "u-water", t0, ctr=1)),
-        (a, signed("z", "u-water", t0 + 60, ctr=2)),
+        (a, signed_sale(issuer, "x", "u-tax", t0, code=copied, ctr=5)),
+        (b, signed_sale(issuer, "x", "u-tax", t0, code=copied, ctr=5)),
+        (b, signed_sale(issuer, "z", "u-water", t0, ctr=1)),
+        (a, signed_sale(issuer, "z", "u-water", t0 + 60, ctr=2)),
     ):
         book = term.open_ledger()
         book.append(draft, T0_MS)

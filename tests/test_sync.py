@@ -30,6 +30,7 @@ from countykit import (
     make_county,
     provision_terminal,
     server_chain,
+    signed_rows,
 )
 
 from county import ca
@@ -258,39 +259,22 @@ def _post(term, county: County, doc: dict) -> requests.Response:  # type: ignore
     )
 
 
-def _rows(term, first: int, last: int) -> tuple[list, list]:  # type: ignore[no-untyped-def]
-    from terminal.ledger import load_or_create_signing_key
-    from terminal.sync import LedgerReader, _batch_checkpoint
-
-    reader = LedgerReader(term.ledger_path)
-    try:
-        rows = reader.batch(first, last - first + 1)
-        cps = reader.checkpoints(first, last)
-    finally:
-        reader.close()
-    # Every batch ends on a checkpoint signed with the ledger key, as SyncClient sends it.
-    if not cps or cps[-1][0] != rows[-1][0]:
-        key = load_or_create_signing_key(term.root / "terminal-key.pem")
-        cps.append(_batch_checkpoint(key, term.terminal_id, rows[-1]))
-    return rows, cps
-
-
 @ON_EACH_BACKEND
 def test_gap_is_held_and_the_terminal_told_where_to_resume(county: County, tmp_path: Path) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(200)
-    rows, cps = _rows(term, 1, 40)
+    rows, cps = signed_rows(term, 1, 40)
     assert (
         _post(term, county, {"nonce": "01", "entries": rows, "checkpoints": cps}).json()[
             "acked_seq"
         ]
         == 40
     )
-    rows, cps = _rows(term, 61, 120)
+    rows, cps = signed_rows(term, 61, 120)
     answer = _post(term, county, {"nonce": "02", "entries": rows, "checkpoints": cps}).json()
     assert answer["status"] == "gap" and answer["resume_from"] == 41 and answer["acked_seq"] == 40
     # The missing piece arrives: the held batch is applied too.
-    rows, cps = _rows(term, 41, 60)
+    rows, cps = signed_rows(term, 41, 60)
     answer = _post(term, county, {"nonce": "03", "entries": rows, "checkpoints": cps}).json()
     assert answer["status"] == "ok" and answer["acked_seq"] == 120
     # And the client resumes from the server's mark, not from its own.
@@ -328,7 +312,7 @@ def test_tampered_batches_are_refused_with_an_alarm(
 ) -> None:
     term = provision_terminal(county, tmp_path / "t", "t1", "c1")
     term.append_entries(100)
-    rows, cps = _rows(term, 1, 100)
+    rows, cps = signed_rows(term, 1, 100)
     if tamper == "field":
         rows[10][13] = 1  # amount_fen
     elif tamper == "link":
