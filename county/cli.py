@@ -532,10 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="the trust list (JSON)")
     p.set_defaults(func=cmd_issuers_import)
     from county.db_cli import add_db_commands
+    from county.directory_cli import add_directory_commands
+    from county.reconcile_cli import add_reconcile_commands
+    from county.settlement_cli import add_settlement_commands
     from county.updates_cli import add_update_commands
 
     add_update_commands(sub)
     add_db_commands(sub)
+    add_directory_commands(sub)
+    add_settlement_commands(sub)
+    add_reconcile_commands(sub)
     return parser
 
 

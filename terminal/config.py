@@ -43,10 +43,26 @@ class MealWindow:
     start: dt.time
     end: dt.time
     price_own_fen: int
-    price_visitor_fen: int
+    price_visitor_fen: int  # a unit not in the directory; the default of every visitor tier
+    # The price by the diner's relationship to the canteen (protocol/agencies.py tiers);
+    # a tier not set pays price_visitor_fen.
+    tier_prices: tuple[tuple[str, int], ...] = ()
 
     def covers(self, local: dt.time) -> bool:
         return self.start <= local < self.end
+
+    def price_for(self, tier: str) -> int:
+        """The price of this meal for a diner of ``tier`` (protocol/agencies.py TIERS)."""
+        if tier == "own":
+            return self.price_own_fen
+        for name, fen in self.tier_prices:
+            if name == tier:
+                return fen
+        return self.price_visitor_fen
+
+
+# The tiers a meal may price besides own and visitor, each as price_<tier>_fen.
+TIER_PRICE_OPTIONS = ("same_level", "higher_level", "lower_level", "other_region")
 
 
 @dataclass(frozen=True)
@@ -214,7 +230,9 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
         ) from None
 
 
-def _merge(defaults: dict[str, Any], override: dict[str, Any], origin: str) -> dict[str, Any]:
+def _merge(
+    defaults: dict[str, Any], override: dict[str, Any], origin: str, meals_by_name: bool = False
+) -> dict[str, Any]:
     merged: dict[str, Any] = {
         k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()
     }
@@ -227,9 +245,43 @@ def _merge(defaults: dict[str, Any], override: dict[str, Any], origin: str) -> d
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: [{key}] must be a table")
             merged[key].update(value)
+        elif key == "meals":
+            merged[key] = _lay_meals(defaults[key] if meals_by_name else [], value, origin)
         else:
-            # Arrays of tables such as [[meals]] replace the defaults as a whole.
             merged[key] = value
+    return merged
+
+
+def _lay_meals(below: Any, over: Any, origin: str) -> Any:
+    """[[meals]] of a later file laid over those below it, by name and key by key.
+
+    A meal of the same name takes the later file's options over the earlier ones; a new
+    name adds a meal; ``off = true`` removes the meal of that name (a canteen that serves
+    no breakfast). The first file that lists meals replaces the embedded demo meals
+    (``below`` is then empty); the county's published files merge (docs/settlement.md
+    "Prices"). Anything that is not a list of tables is left to the checks in _meals."""
+    if not isinstance(below, list) or not isinstance(over, list):
+        return over
+    merged: list[Any] = [dict(m) if isinstance(m, dict) else m for m in below]
+    names = [t.get("name") for t in over if isinstance(t, dict)]
+    for table in over:
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+            merged.append(table)
+            continue
+        if names.count(table["name"]) > 1:
+            merged.append(table)  # one file naming a meal twice: _meals says so
+            continue
+        table = dict(table)
+        off = table.pop("off", False)
+        if not isinstance(off, bool):
+            raise ConfigError(f"{origin}: [[meals]] {table['name']}: off must be true or false")
+        same = [m for m in merged if isinstance(m, dict) and m.get("name") == table["name"]]
+        if off:
+            merged = [m for m in merged if not any(m is s for s in same)]
+        elif same:
+            same[0].update(table)
+        else:
+            merged.append(table)
     return merged
 
 
@@ -248,11 +300,16 @@ class Document:
     data: dict[str, Any] = field(hash=False, compare=False)
     origin: str
     base: Path
+    # True once a file listed [[meals]]: later files then merge meals by name instead of
+    # replacing the embedded demo meals.
+    meals_listed: bool = False
 
     def over(self, text: str, where: str) -> Document:
         """This document with another settings text laid over it (a published file)."""
-        data = _merge(self.data, _read_toml(text, where), where)
-        return Document(data, f"{self.origin} + {where}", self.base)
+        layer = _read_toml(text, where)
+        data = _merge(self.data, layer, where, meals_by_name=self.meals_listed)
+        listed = self.meals_listed or "meals" in layer
+        return Document(data, f"{self.origin} + {where}", self.base, listed)
 
 
 def read(path: str | Path | None = None) -> Document:
@@ -269,7 +326,8 @@ def read(path: str | Path | None = None) -> Document:
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: the settings file is not UTF-8 text") from None
     origin = str(file)
-    return Document(_merge(data, _read_toml(text, origin), origin), origin, file.resolve().parent)
+    layer = _read_toml(text, origin)
+    return Document(_merge(data, layer, origin), origin, file.resolve().parent, "meals" in layer)
 
 
 def load(path: str | Path | None = None) -> Settings:
@@ -370,6 +428,11 @@ def _meals(raw: Any, origin: str) -> tuple[MealWindow, ...]:
             end=section.get_time("end"),
             price_own_fen=section.get_int("price_own_fen", 0, 1_000_000),
             price_visitor_fen=section.get_int("price_visitor_fen", 0, 1_000_000),
+            tier_prices=tuple(
+                (tier, section.get_int(f"price_{tier}_fen", 0, 1_000_000))
+                for tier in TIER_PRICE_OPTIONS
+                if f"price_{tier}_fen" in table
+            ),
         )
         section.check_unused()
         if meal.start >= meal.end:

@@ -274,3 +274,55 @@ clock_offsets = Table(
     Column("noted_ms", Int, nullable=False),
     sqlite_strict=True,
 )
+
+# The agency directory (protocol/agencies.py): agencies at four levels and the canteens
+# they operate, imported by county IT and published to the terminals (migration 0003).
+agencies = Table(
+    "agencies",
+    metadata,
+    Column("code", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("level", Text, nullable=False),
+    Column("parent", Text),
+    Column("finance_account", Text, nullable=False, server_default=text("''")),
+    Column("imported_ms", Int, nullable=False),
+    sqlite_strict=True,
+)
+
+canteens = Table(
+    "canteens",
+    metadata,
+    Column("canteen", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("imported_ms", Int, nullable=False),
+    sqlite_strict=True,
+)
+
+# Cadres as the roster names them (cadre = "iss/sub"), with the bank account their meals
+# are debited from and their monthly meal allowance, for reconciliation and allowances.
+cadres = Table(
+    "cadres",
+    metadata,
+    Column("cadre", Text, primary_key=True),
+    Column("unit", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("account", Text),
+    Column("monthly_allowance_fen", Int),
+    Column("imported_ms", Int, nullable=False),
+    sqlite_strict=True,
+)
+Index("cadres_account", cadres.c.account)
+
+# A month's settlement reads accepted sales by time with the columns it sums, from the
+# index alone (migration 0003; docs/county-scale.md "Month report").
+Index(
+    "entries_sales_at",
+    entries.c.at_ms,
+    entries.c.canteen,
+    entries.c.unit,
+    entries.c.meal,
+    entries.c.amount_fen,
+    sqlite_where=_ACCEPTED_SALE,
+    postgresql_where=_ACCEPTED_SALE,
+)

@@ -1,0 +1,14 @@
+"""canteen-county settlement commands (being built; see docs/settlement.md)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_settlement_commands(sub: Any) -> None:
+    """Register this module's commands on the county CLI's subparsers."""
+    del sub
+
+
+__all__ = ["add_settlement_commands", "argparse"]
