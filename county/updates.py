@@ -51,9 +51,11 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from county.files import read_list_file, write_atomic, write_new_files
+from protocol.agencies import Directory, DirectoryError, parse_directory
 from protocol.layout import (
     BIN_BITS,
     BIN_PREFIX,
+    DIRECTORY_TARGET,
     INDEX_TARGET,
     ROSTER_TARGET,
     SHARD_COUNT,
@@ -503,6 +505,25 @@ class CountyRepository:
             return self._publish(
                 now,
                 top={ROSTER_TARGET: (text.encode(), {"version": version, "issued_at": now})},
+            )
+
+    def publish_directory(self, directory: Directory, now: int) -> Publication:
+        """Sign the agency directory (its agencies and canteens) as the next version of the
+        directory target, issued at ``now``. The document is checked as a terminal checks
+        it (protocol.agencies.parse_directory) before anything is signed; a directory that
+        fails is ``UpdatesError`` with one line per problem, and nothing is published."""
+        with self._locked():
+            version = self._next_version(DIRECTORY_TARGET)
+            doc = Directory(
+                directory.agencies.values(), directory.canteens.values(), version, now
+            ).as_json()
+            try:
+                parse_directory(doc, "the directory to publish")
+            except DirectoryError as exc:
+                raise UpdatesError(f"{exc}\nNothing published") from None
+            data = _dump(doc)
+            return self._publish(
+                now, top={DIRECTORY_TARGET: (data, {"version": version, "issued_at": now})}
             )
 
     def _next_version(self, path: str) -> int:

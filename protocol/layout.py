@@ -1,9 +1,9 @@
 """The update repository's layout, as the county writes it and the terminal reads it.
 
 This module owns the target paths (settings per canteen, trust list, roster,
-revocation index and shards), how a revocation key maps to its shard, and the
-exact bytes of a shard file (docs/updates.md). It never reads or writes a file and
-never talks TUF: terminal/updates/ and county/updates.py do those.
+agency directory, revocation index and shards), how a revocation key maps to its
+shard, and the exact bytes of a shard file (docs/updates.md). It never reads or
+writes a file and never talks TUF: terminal/updates/ and county/updates.py do those.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ BIN_PREFIX = "bins"
 INDEX_TARGET = "revocations/index.json"
 TRUST_TARGET = "trust/issuers.json"
 ROSTER_TARGET = "roster/roster.csv"
+DIRECTORY_TARGET = "lists/directory.json"  # the agency directory (protocol.agencies)
 SIGNED_AT_FIELD = "x-canteen-signed-at"  # Unix seconds the timestamp was signed, in its body
 
 
