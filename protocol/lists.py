@@ -29,6 +29,10 @@ LIST_NAMES = (ISSUERS, REVOCATIONS, ROSTER)
 REVOCATION_KINDS = ("credential", "cadre", "holder_key", "issuer_key", "card")
 CARD_STATUSES = ("active", "lost", "blocked")
 ROSTER_COLUMNS = ("uid", "iss", "sub", "unit", "display_name", "status")
+# Optional roster columns after the six above, in this order: the cadre's bank account
+# and monthly meal allowance in fen. The county reads them (canteen-county cadres
+# import, docs/reconciliation.md); the terminal ignores them.
+ROSTER_EXTRA_COLUMNS = ("account", "monthly_allowance_fen")
 
 # One byte per revocation kind, so every revocation is a single short key in one index.
 _KIND_TAG = MappingProxyType(
@@ -77,6 +81,9 @@ class RosterCard:
     unit: str
     display_name: str
     status: str  # active, lost or blocked
+    # The optional county columns (ROSTER_EXTRA_COLUMNS); None when absent or empty.
+    account: str | None = None
+    monthly_allowance_fen: int | None = None
 
     @property
     def cadre(self) -> str:
@@ -191,28 +198,53 @@ def parse_revocations(entries: Iterable[Any]) -> Iterator[bytes]:
             raise TrustError(f"{where}: kind must be one of {', '.join(REVOCATION_KINDS)}")
 
 
-def parse_roster_csv(text: str) -> list[RosterCard]:
-    """A roster CSV with the header uid,iss,sub,unit,display_name,status (uid in hex)."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or tuple(reader.fieldnames) != ROSTER_COLUMNS:
-        raise TrustError(f"roster CSV: the header must be {','.join(ROSTER_COLUMNS)}")
-    cards = []
-    for row in reader:
-        where = f"roster CSV line {reader.line_num}"
-        uid = _hex(row["uid"], f"{where}: uid")
-        if not 4 <= len(uid) <= 10:
-            raise TrustError(f"{where}: uid must be 4 to 10 bytes, got {len(uid)}")
-        status = row["status"]
-        if status not in CARD_STATUSES:
-            raise TrustError(f"{where}: status must be one of {', '.join(CARD_STATUSES)}")
-        cards.append(
-            RosterCard(
-                uid=uid,
-                iss=_text(row["iss"], f"{where}: iss"),
-                sub=_text(row["sub"], f"{where}: sub"),
-                unit=_text(row["unit"], f"{where}: unit"),
-                display_name=_text(row["display_name"], f"{where}: display_name"),
-                status=status,
+def roster_header_ok(fieldnames: Sequence[str] | None) -> bool:
+    """Whether a roster CSV's header is the six columns, then none, the first or both
+    of ROSTER_EXTRA_COLUMNS in their order."""
+    if fieldnames is None or tuple(fieldnames[:6]) != ROSTER_COLUMNS:
+        return False
+    extra = tuple(fieldnames[6:])
+    return extra == ROSTER_EXTRA_COLUMNS[: len(extra)]
+
+
+def roster_card(row: dict[str | Any, Any], where: str) -> RosterCard:
+    """One roster CSV row (a csv.DictReader row of a header ``roster_header_ok`` allows)
+    as a card, or a TrustError that starts with ``where``."""
+    uid = _hex(row["uid"], f"{where}: uid")
+    if not 4 <= len(uid) <= 10:
+        raise TrustError(f"{where}: uid must be 4 to 10 bytes, got {len(uid)}")
+    status = row["status"]
+    if status not in CARD_STATUSES:
+        raise TrustError(f"{where}: status must be one of {', '.join(CARD_STATUSES)}")
+    account = (row.get("account") or "").strip() or None
+    allowance_text = (row.get("monthly_allowance_fen") or "").strip()
+    allowance = None
+    if allowance_text:
+        if not (allowance_text.isascii() and allowance_text.isdigit()) or len(allowance_text) > 18:
+            raise TrustError(
+                f"{where}: monthly_allowance_fen must be a whole number of fen (0 or more), "
+                f"got {allowance_text[:40]!r}"
             )
+        allowance = int(allowance_text)
+    return RosterCard(
+        uid=uid,
+        iss=_text(row["iss"], f"{where}: iss"),
+        sub=_text(row["sub"], f"{where}: sub"),
+        unit=_text(row["unit"], f"{where}: unit"),
+        display_name=_text(row["display_name"], f"{where}: display_name"),
+        status=status,
+        account=account,
+        monthly_allowance_fen=allowance,
+    )
+
+
+def parse_roster_csv(text: str) -> list[RosterCard]:
+    """A roster CSV with the header uid,iss,sub,unit,display_name,status (uid in hex),
+    optionally followed by account and monthly_allowance_fen (ROSTER_EXTRA_COLUMNS)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not roster_header_ok(reader.fieldnames):
+        raise TrustError(
+            f"roster CSV: the header must be {','.join(ROSTER_COLUMNS)}, optionally followed "
+            f"by {','.join(ROSTER_EXTRA_COLUMNS)}"
         )
-    return cards
+    return [roster_card(row, f"roster CSV line {reader.line_num}") for row in reader]
