@@ -41,6 +41,7 @@ def test_the_command_table_is_the_parser() -> None:
             "camera",
             "card-reader",
             "county",
+            "agencies",
             "scenario",
         }
     )

@@ -384,6 +384,26 @@ def _county_faults(a: argparse.Namespace, windows: Sequence[tuple[float, float]]
     return "; ".join(faults) or "no faults"
 
 
+# --- hw-sim agencies --------------------------------------------------------------------------
+
+
+def cmd_agencies(a: argparse.Namespace) -> int:
+    from hwsim import agencies
+
+    made = agencies.make_directory(seed=a.seed, counties=a.counties)
+    agencies_file, canteens_file = agencies.write_directory(made, a.out)
+    levels = ", ".join(f"{n} {level}" for level, n in made.levels().items())
+    print(
+        f"directory of seed {made.seed}: {len(made.directory.agencies)} agencies ({levels}), "
+        f"{len(made.directory.canteens)} canteens"
+    )
+    print(f"wrote {agencies_file} and {canteens_file}")
+    print("import and publish them at the county:")
+    print(f"  canteen-county agencies import {agencies_file}")
+    print(f"  canteen-county canteens import {canteens_file}")
+    return 0
+
+
 # --- hw-sim scenario ----------------------------------------------------------------------------
 
 
@@ -752,6 +772,33 @@ COUNTY = Command(
     cmd_county,
 )
 
+AGENCIES = Command(
+    "agencies",
+    "make an agency directory: agencies at four levels and the canteens they run",
+    "Make a simulated agency directory for county IT to import: one province with its "
+    "departments, a few cities and --counties counties (and districts) under them, each "
+    "government with its bureaus and each county with six to ten townships; Chinese "
+    "names (湖南省, 郴州市, 汝城县财政局, ...), division codes and a finance account "
+    "each. Every government's office services bureau runs a canteen, and each county's "
+    "first township one more. Writes DIR/agencies.csv (code,name,level,parent,"
+    "finance_account) and DIR/canteens.csv (canteen,name,operator), the files "
+    "'canteen-county agencies import' and 'canteens import' read. The same --seed and "
+    "--counties give the same files.",
+    (
+        arg("--out", required=True, metavar="DIR", help="folder to write (made if missing)"),
+        arg("--seed", default="hw-sim", help="varies cities, counties, townships and accounts"),
+        arg(
+            "--counties",
+            type=int,
+            default=12,
+            metavar="K",
+            help="counties and districts, spread over up to four cities, 2 to 36 "
+            "(default 12: about 260 agencies)",
+        ),
+    ),
+    cmd_agencies,
+)
+
 SCENARIO = Command(
     "scenario",
     "play a whole lunch against a real terminal in accelerated time, and check it",
@@ -802,7 +849,15 @@ SCENARIO = Command(
     cmd_scenario,
 )
 
-COMMANDS: tuple[Command, ...] = (ISSUER, PHONE, CAMERA, CARD_READER, COUNTY, SCENARIO)
+COMMANDS: tuple[Command, ...] = (
+    ISSUER,
+    PHONE,
+    CAMERA,
+    CARD_READER,
+    COUNTY,
+    AGENCIES,
+    SCENARIO,
+)
 
 
 # --- the parser, built from the table --------------------------------------------------------
@@ -862,10 +917,15 @@ _ERRORS: tuple[type[Exception], ...] = (
 
 
 def _errors() -> tuple[type[Exception], ...]:
-    """The library errors that become one line; the camera's only if it was loaded (it needs
-    OpenCV, which the other simulators do not)."""
+    """The library errors that become one line; the camera's and the directory generator's
+    only if they were loaded (the camera needs OpenCV, which the other simulators do not)."""
     camera = sys.modules.get("hwsim.camera")
-    return _ERRORS + ((camera.CameraSimError,) if camera is not None else ())
+    gen = sys.modules.get("hwsim.agencies")
+    return (
+        _ERRORS
+        + ((camera.CameraSimError,) if camera is not None else ())
+        + ((gen.DirectoryGenError,) if gen is not None else ())
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
