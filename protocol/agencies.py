@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -240,6 +240,7 @@ def parse_agencies_csv(text: str, source: str = "agencies CSV") -> Directory:
     problems: list[str] = []
     agencies: list[Agency] = []
     lines: dict[str, int] = {}
+    refused: set[str] = set()  # codes of the rows refused above
     for line, row in _rows(text, AGENCY_COLUMNS, source):
         where = f"{source} line {line}"
         if "__bad__" in row:
@@ -261,6 +262,7 @@ def parse_agencies_csv(text: str, source: str = "agencies CSV") -> Directory:
             found.append(f"agency {row['code']!r} is its own parent")
         if found:
             problems.append(f"{where}: {'; '.join(found)}")
+            refused.add(row["code"])
             continue
         lines[row["code"]] = line
         agencies.append(
@@ -272,21 +274,27 @@ def parse_agencies_csv(text: str, source: str = "agencies CSV") -> Directory:
                 finance_account=row["finance_account"],
             )
         )
-    if not problems:
-        problems = _check_links(agencies, lambda code: f"{source} line {lines[code]}")
+    # The good rows' links are checked even when other rows are bad, so that one pass
+    # reports every problem; a parent on a bad row is not reported again.
+    problems += _check_links(agencies, lambda code: f"{source} line {lines[code]}", refused)
     if problems:
         raise DirectoryError(problems)
     return Directory(agencies)
 
 
-def _check_links(agencies: list[Agency], where: Any) -> list[str]:
-    """Unknown parents, a parent at a lower level than its child, and cycles."""
+def _check_links(
+    agencies: list[Agency], where: Any, refused: Collection[str] = frozenset()
+) -> list[str]:
+    """Unknown parents, a parent at a lower level than its child, and cycles. A parent in
+    ``refused`` (a row already reported as bad) is neither unknown nor followed."""
     by_code = {a.code: a for a in agencies}
     problems = []
     for agency in agencies:
         if agency.parent is None:
             continue
         parent = by_code.get(agency.parent)
+        if parent is None and agency.parent in refused:
+            continue
         if parent is None:
             problems.append(f"{where(agency.code)}: parent {agency.parent!r} is not an agency")
         elif parent.rank > agency.rank:
@@ -294,13 +302,11 @@ def _check_links(agencies: list[Agency], where: Any) -> list[str]:
                 f"{where(agency.code)}: parent {parent.code!r} is at level {parent.level}, "
                 f"below this agency's level {agency.level}"
             )
-    if problems:
-        return problems
     done: set[str] = set()
     for agency in agencies:
         seen: list[str] = []
         current: str | None = agency.code
-        while current is not None and current not in done:
+        while current is not None and current in by_code and current not in done:
             if current in seen:
                 cycle = [*seen[seen.index(current) :], current]
                 problems.append(
