@@ -63,7 +63,7 @@ def test_meal_windows_are_local_and_end_exclusive() -> None:
 
 
 def test_prices_own_unit_and_visitor() -> None:
-    assert decide(QR_OWN, at("12:00")) == policy.Verdict(True, None, 1000, {})
+    assert decide(QR_OWN, at("12:00")) == policy.Verdict(True, None, 1000, {"tier": "own"}, "own")
     assert decide(QR_VISITOR, at("12:00")).amount_fen == 1500
     assert decide(QR_OWN, at("08:00")).amount_fen == 300
 

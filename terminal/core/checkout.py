@@ -3,7 +3,10 @@
 This module owns the order of the checks (token.md §4 steps 1 to 8 for QR
 codes, the roster for cards), recording the clock faults of the trusted time
 (terminal/core/clock.py), and turning each outcome into exactly one ledger
-entry. It is what the one decision worker runs;
+entry. It holds the installed agency directory (set by the service at start and
+after each update set, as it sets the settings) so the meal policy decides the
+price tier offline, and it names the diner's agency for the screen.
+It is what the one decision worker runs;
 nothing here is thread-safe and nothing needs to be. A verdict is returned only
 after its entry is committed, so nothing reaches the screen that the ledger
 does not hold. It imports no device or network library and takes the wall
@@ -16,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from protocol.agencies import Directory
 from protocol.chain import (
     ACCEPT,
     CLOCK_FAULT,
@@ -54,6 +58,12 @@ class Decision:
     iss: str | None = None
     sub: str | None = None
     cti: bytes | None = None
+    # The price tier charged (protocol/agencies.py TIERS), when the decision reached the
+    # price; the screen words it (and says so when the unit is not in the directory).
+    tier: str | None = None
+    # The diner's agency by name: the directory's name, else the settings' [canteen]
+    # unit_names; None when neither knows the unit (the screen shows its code).
+    unit_name: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -99,6 +109,9 @@ class Checkout(Generic[B, L]):
         self.settings = settings
         self.ledger = ledger
         self.trust = trust
+        # The installed agency directory; None until one is installed (then prices are
+        # own or visitor only). The service sets it at start and after each update set.
+        self.directory: Directory | None = None
         # Parsed issuer keys and good signatures, kept between codes (protocol/tokens.py).
         self.token_memo = SignatureMemo()
         self.clock = TrustedClock(
@@ -170,7 +183,14 @@ class Checkout(Generic[B, L]):
             return self._refuse_verified(text, *outcome, now_ms, TOKEN_CHECK)
         p = outcome
         draft = _verified_draft(p, TOKEN_CHECK, ACCEPT)
-        return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
+        return Decision(
+            self._append(draft, now_ms),
+            p.display_name,
+            p.iss,
+            p.sub,
+            p.cti,
+            unit_name=self.unit_name(p.unit),
+        )
 
     def present_qr(self, text: str, wall_ms: int, mono_ms: int | None = None) -> Decision:
         """A code from the camera: every check, the meal policy, and one ledger entry."""
@@ -184,7 +204,7 @@ class Checkout(Generic[B, L]):
             return self._refuse_verified(text, *outcome, now_ms, SALE)
         p = outcome
         diner = policy.Diner(f"{p.iss}/{p.sub}", p.unit, p.display_name, policy.QR, p.allowance)
-        entry = self._decide(
+        entry, tier = self._decide(
             diner,
             now_ms,
             credential=credential_ref(p.iss, p.cti),
@@ -192,7 +212,7 @@ class Checkout(Generic[B, L]):
             # The phone's signed code is kept so the county can check every accepted sale.
             detail={"qr": text},
         )
-        return Decision(entry, p.display_name, p.iss, p.sub, p.cti)
+        return Decision(entry, p.display_name, p.iss, p.sub, p.cti, tier, self.unit_name(p.unit))
 
     def _token_checks(
         self, text: str, now_ms: int
@@ -231,7 +251,14 @@ class Checkout(Generic[B, L]):
         # credential still try after a revocation (or who replays). The code itself is not
         # kept; its digest matches it against other attempts, as for unverified codes.
         draft = _verified_draft(p, kind, REJECT, reason, {**detail, **_text_digest(text)})
-        return Decision(self._append(draft, now_ms), p.display_name, p.iss, p.sub, p.cti)
+        return Decision(
+            self._append(draft, now_ms),
+            p.display_name,
+            p.iss,
+            p.sub,
+            p.cti,
+            unit_name=self.unit_name(p.unit),
+        )
 
     def _refuse_token(self, text: str, reason: str, now_ms: int, kind: str) -> Decision:
         # Nothing from an unverified payload is recorded; a digest lets the county match
@@ -272,10 +299,24 @@ class Checkout(Generic[B, L]):
                 detail=detail,
             )
             entry = self._append(draft, now_ms)
-            return Decision(entry, card.display_name if card else None)
+            if card is None:
+                return Decision(entry)
+            return Decision(entry, card.display_name, unit_name=self.unit_name(card.unit))
         diner = policy.Diner(card.cadre, card.unit, card.display_name, policy.CARD)
-        entry = self._decide(diner, now_ms, credential=ref, ctr=None, detail={})
-        return Decision(entry, card.display_name, card.iss, card.sub)
+        entry, tier = self._decide(diner, now_ms, credential=ref, ctr=None, detail={})
+        return Decision(
+            entry, card.display_name, card.iss, card.sub, None, tier, self.unit_name(card.unit)
+        )
+
+    # ---- names ----
+
+    def unit_name(self, unit: str | None) -> str | None:
+        """The agency of ``unit`` by name: the installed directory's name, else the
+        settings' [canteen] unit_names; None when neither knows it."""
+        if unit is None:
+            return None
+        named = self.directory.name_of(unit) if self.directory is not None else None
+        return named or self.settings.unit_names.get(unit)
 
     # ---- the meal policy, shared by both paths ----
 
@@ -310,11 +351,17 @@ class Checkout(Generic[B, L]):
         credential: str,
         ctr: int | None,
         detail: dict[str, Any],
-    ) -> LedgerEntry:
+    ) -> tuple[LedgerEntry, str | None]:
+        """The sale entry of the meal policy's verdict, and the price tier it reached."""
         now_s = now_ms // 1000
         service = policy.service_at(self.settings, now_s)
         verdict = policy.decide(
-            self.settings, diner, service, self.facts(diner.cadre, service, now_ms), now_s
+            self.settings,
+            diner,
+            service,
+            self.facts(diner.cadre, service, now_ms),
+            now_s,
+            self.directory,
         )
         draft = EntryDraft(
             kind=SALE,
@@ -330,7 +377,7 @@ class Checkout(Generic[B, L]):
             amount_fen=verdict.amount_fen,
             detail={**verdict.detail, **(detail if verdict.accepted else {})},
         )
-        return self._append(draft, now_ms)
+        return self._append(draft, now_ms), verdict.tier
 
     # ---- staff ----
 

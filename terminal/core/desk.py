@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from protocol.agencies import Directory
 from protocol.chain import LedgerEntry
 
 
@@ -31,11 +32,24 @@ class Charge:
     meal: str | None
     amount_fen: int
     method: str  # "qr" or "card"
-    unit_name: str | None = None  # the unit's name from the settings, when they have one
+    # The unit's name: the agency directory's, else the settings' unit_names, if known.
+    unit_name: str | None = None
+    # The price tier the sale was charged at, as its entry records it; None for a sale
+    # recorded before terminals recorded tiers (never guessed).
+    tier: str | None = None
 
 
-def charge_of(sale: LedgerEntry, display_name: str | None, unit_names: Mapping[str, str]) -> Charge:
-    """The charge staff see for ``sale``, with the cadre's name and the unit's name if known."""
+def charge_of(
+    sale: LedgerEntry,
+    display_name: str | None,
+    unit_names: Mapping[str, str],
+    directory: Directory | None = None,
+) -> Charge:
+    """The charge staff see for ``sale``, with the cadre's name, the unit's name if known
+    (the installed directory first, then ``unit_names``) and the recorded price tier."""
+    unit = sale.unit or ""
+    named = directory.name_of(unit) if directory is not None else None
+    tier = sale.detail.get("tier")
     return Charge(
         seq=sale.seq,
         at_ms=sale.at_ms,
@@ -44,7 +58,8 @@ def charge_of(sale: LedgerEntry, display_name: str | None, unit_names: Mapping[s
         meal=sale.meal,
         amount_fen=sale.amount_fen,
         method=sale.method or "",
-        unit_name=unit_names.get(sale.unit or ""),
+        unit_name=named or unit_names.get(unit),
+        tier=tier if isinstance(tier, str) else None,
     )
 
 

@@ -1,7 +1,9 @@
 """The canteen's rules: which meal is served now, at what price, and whether to serve.
 
 This module owns step 8 of token.md §4 and the card rules: meal windows and
-prices, once per meal window per cadre, the per-cadre daily caps, the
+prices, the price tier (the diner's relationship to the canteen, decided offline from
+the credential's unit and the installed agency directory: docs/prices.md), once per
+meal window per cadre, the per-cadre daily caps, the
 per-terminal offline caps, what stale lists do to the caps, and the reason
 codes of the refusals it makes (docs/reasons.md). It is a pure function of its
 arguments: the facts it needs (what the ledger says this cadre already had, how
@@ -15,6 +17,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.agencies import Directory, no_directory_tier
 from protocol.tokens import Allowance
 from terminal.config import MealWindow, Settings
 
@@ -75,6 +78,9 @@ class Verdict:
     reason: str | None
     amount_fen: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    # The price tier (protocol/agencies.py TIERS) once the decision reached the price;
+    # None for a refusal made before it (outside a window, stale lists, already served).
+    tier: str | None = None
 
 
 def service_at(settings: Settings, now_s: int) -> Service | None:
@@ -91,8 +97,21 @@ def local_day(settings: Settings, now_s: int) -> str:
     return dt.datetime.fromtimestamp(now_s, settings.timezone).date().isoformat()
 
 
-def price(settings: Settings, meal: MealWindow, unit: str) -> int:
-    return meal.price_own_fen if unit in settings.units else meal.price_visitor_fen
+def tier_of(settings: Settings, directory: Directory | None, unit: str) -> str:
+    """The price tier of a diner of ``unit`` at this canteen.
+
+    With a directory: its rule (Directory.tier) between the diner's agency and the
+    agency that runs this canteen ([canteen] id looked up in the directory's canteens),
+    the settings' own units counting as own. Without one: own or visitor, as before
+    directories existed."""
+    if directory is None:
+        return no_directory_tier(unit, None, settings.units)
+    return directory.tier(unit, directory.operator_of(settings.canteen_id), settings.units)
+
+
+def price(meal: MealWindow, tier: str) -> int:
+    """What a diner of ``tier`` pays for ``meal``: its tier price, else the visitor price."""
+    return meal.price_for(tier)
 
 
 def _scaled(cap: int, percent: int | None) -> int:
@@ -100,9 +119,18 @@ def _scaled(cap: int, percent: int | None) -> int:
 
 
 def decide(
-    settings: Settings, diner: Diner, service: Service | None, facts: Facts, now_s: int
+    settings: Settings,
+    diner: Diner,
+    service: Service | None,
+    facts: Facts,
+    now_s: int,
+    directory: Directory | None = None,
 ) -> Verdict:
-    """The canteen's verdict for a diner whose token or card already passed its checks."""
+    """The canteen's verdict for a diner whose token or card already passed its checks.
+
+    ``directory`` is the installed agency directory (None: none installed). From the
+    price step on, the verdict carries the tier and its detail records it as
+    {"tier": ...}, so the county settles each sale at the tier the terminal charged."""
     del now_s  # the facts carry every age; kept so every rule sees the same moment
     if service is None:
         return Verdict(False, OUTSIDE_MEAL_WINDOW)
@@ -133,7 +161,9 @@ def decide(
     if facts.served_this_meal:
         return Verdict(False, ALREADY_SERVED, detail=detail)
 
-    amount = price(settings, service.meal, diner.unit)
+    tier = tier_of(settings, directory, diner.unit)
+    amount = price(service.meal, tier)
+    detail["tier"] = tier
     meals_cap = _scaled(meals_cap, lowered)
     fen_cap = _scaled(fen_cap, lowered)
     if diner.allowance is not None:
@@ -142,14 +172,15 @@ def decide(
         if diner.allowance.fen_per_day is not None:
             fen_cap = min(fen_cap, diner.allowance.fen_per_day)
     if facts.day_meals + 1 > meals_cap:
-        return Verdict(False, DAILY_MEAL_CAP, detail={**detail, "cap": meals_cap})
+        return Verdict(False, DAILY_MEAL_CAP, detail={**detail, "cap": meals_cap}, tier=tier)
     if facts.day_fen + amount > fen_cap:
-        return Verdict(False, DAILY_AMOUNT_CAP, detail={**detail, "cap_fen": fen_cap})
+        return Verdict(False, DAILY_AMOUNT_CAP, detail={**detail, "cap_fen": fen_cap}, tier=tier)
 
     if facts.since_ack_s > caps.sync_overdue_s:
-        return Verdict(False, SYNC_OVERDUE, detail={**detail, "since_ack_s": facts.since_ack_s})
+        overdue = {**detail, "since_ack_s": facts.since_ack_s}
+        return Verdict(False, SYNC_OVERDUE, detail=overdue, tier=tier)
     if facts.unsynced_entries + 1 > _scaled(caps.unsynced_entries, lowered):
-        return Verdict(False, OFFLINE_ENTRIES_CAP, detail=detail)
+        return Verdict(False, OFFLINE_ENTRIES_CAP, detail=detail, tier=tier)
     if facts.unsynced_fen + amount > _scaled(caps.unsynced_fen, lowered):
-        return Verdict(False, OFFLINE_AMOUNT_CAP, detail=detail)
-    return Verdict(True, None, amount, detail)
+        return Verdict(False, OFFLINE_AMOUNT_CAP, detail=detail, tier=tier)
+    return Verdict(True, None, amount, detail, tier)

@@ -281,9 +281,14 @@ function showDecision(d, ageMs, fresh) {
   box.className = ok ? "accept" : "reject";
   put("verdict-mark", ok ? "✓" : "✗");
   put("verdict-title", ok ? L.paid : (d.reason_text || L.refused));
-  // The unit's name when the settings give one, else its code.
+  // The agency's name from the directory (or the settings' unit_names), else its code.
   const who = [d.display_name, d.unit_name || d.unit].map(clean).filter(Boolean).join(" · ");
   put("verdict-who", who);
+  // The price tier in words, and for a unit the directory does not list, why it paid
+  // the visitor price.
+  put("verdict-tier", d.tier_text || "");
+  put("verdict-note", d.tier_note || "");
+  document.body.dataset.tier = d.tier || "";
   if (ok) {
     put("verdict-what", [d.meal_label, yuan(d.amount_fen)].map(clean).filter(Boolean).join("  "));
     put("verdict-todo", "");
@@ -480,7 +485,7 @@ function renderPanel(data) {
     const c = lastCharge;
     const lines = [
       [localTime(c.at_ms, false), L[c.method] || ""],
-      [c.display_name, c.unit_name || c.unit],
+      [c.display_name, c.unit_name || c.unit, c.tier_text],
       [c.meal_label, yuan(c.amount_fen)],
     ];
     box.replaceChildren(...lines.map((parts) => {

@@ -680,6 +680,7 @@ class _Handler(BaseHTTPRequestHandler):
             "display_name": views.clean_text(charge.display_name, views.MAX_NAME),
             "unit": views.clean_text(charge.unit, views.MAX_NAME),
             "unit_name": views.clean_text(charge.unit_name, views.MAX_NAME),
+            **views.tier_fields(charge.tier, lang),
             "meal": views.clean_text(charge.meal, views.MAX_NAME),
             "meal_label": views.meal_label(charge.meal, lang),
             "amount_fen": charge.amount_fen,

@@ -4,8 +4,10 @@ This module owns the shape of the JSON that goes to the page and the cleaning
 of every text in it. Display names and units come from signed tokens and the
 card roster but may hold anything, so control, format (bidi overrides,
 zero-width) and separator characters are removed and lengths are capped here;
-the page also writes them only through ``textContent``. It words reason codes
-and meal names in the screen's language (terminal/core/reasons.py). It never reads
+the page also writes them only through ``textContent``. It words reason codes,
+meal names and price tiers in the screen's language (terminal/core/reasons.py,
+protocol/agencies.py TIER_NAMES_ZH), with the note a diner of a unit the agency
+directory does not list is owed: why they paid the visitor price. It never reads
 a clock, the ledger or the network, and never raises on a bad field from the
 daemon: a field of the wrong type is sent as null.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, TypedDict
 
+from protocol import agencies
 from terminal.core import reasons
 
 MAX_NAME = 40  # characters of a display name or unit shown
@@ -39,6 +42,26 @@ MEAL_WORDS = {
 }
 STATES = ("starting", "ready", "degraded", "stopped")
 
+# The price tiers in words (protocol/agencies.py TIERS); a tier the screen has no words
+# for is not shown.
+TIER_WORDS = {
+    "zh": dict(agencies.TIER_NAMES_ZH),
+    "en": {
+        agencies.OWN: "Own agency",
+        agencies.SAME_LEVEL: "Same-level agency",
+        agencies.HIGHER_LEVEL: "Visitor from a higher level",
+        agencies.LOWER_LEVEL: "Visitor from a lower level",
+        agencies.OTHER_REGION: "Visitor from another region",
+        agencies.UNLISTED: "Unit not in the directory",
+        agencies.VISITOR: "Visitor",
+    },
+}
+# Said under the verdict when the diner's unit is not in the installed directory.
+UNLISTED_NOTE = {
+    "zh": "该单位不在单位名录中，按来客价收费",
+    "en": "This unit is not in the agency directory: visitor price charged",
+}
+
 
 class DecisionView(TypedDict, total=False):
     """What the daemon passes to ``Screen.show_decision`` after the ledger commit."""
@@ -48,7 +71,9 @@ class DecisionView(TypedDict, total=False):
     reason: str | None  # reason code (docs/reasons.md) for a refusal
     display_name: str | None
     unit: str | None  # unit code
-    unit_name: str | None  # the unit's name from the settings ([canteen] unit_names), if any
+    # The unit's name: the agency directory's, else the settings' [canteen] unit_names.
+    unit_name: str | None
+    tier: str | None  # the price tier charged (protocol/agencies.py TIERS), if reached
     meal: str | None  # meal window name
     amount_fen: int
     method: str  # "qr" or "card"
@@ -105,6 +130,21 @@ def meal_label(meal: object, language: str) -> str | None:
     return MEAL_WORDS.get(language, {}).get(name, name)
 
 
+def tier_label(tier: object, language: str) -> str | None:
+    """The tier in the screen's language; None for no tier or one without words."""
+    if not isinstance(tier, str):
+        return None
+    return TIER_WORDS.get(language, TIER_WORDS["zh"]).get(tier)
+
+
+def tier_fields(tier: object, language: str) -> dict[str, str | None]:
+    """``tier``, ``tier_text`` and ``tier_note`` (the unlisted unit's note) for the page."""
+    text = tier_label(tier, language)
+    known = tier if text is not None else None
+    note = UNLISTED_NOTE.get(language, UNLISTED_NOTE["zh"]) if known == agencies.UNLISTED else None
+    return {"tier": known if isinstance(known, str) else None, "tier_text": text, "tier_note": note}
+
+
 def decision(view: dict[str, Any] | DecisionView, language: str) -> dict[str, Any]:
     """The ``decision`` event for the page."""
     raw: dict[str, Any] = dict(view)
@@ -129,6 +169,7 @@ def decision(view: dict[str, Any] | DecisionView, language: str) -> dict[str, An
         "display_name": clean_text(raw.get("display_name"), MAX_NAME),
         "unit": clean_text(raw.get("unit"), MAX_NAME),
         "unit_name": clean_text(raw.get("unit_name"), MAX_NAME),
+        **tier_fields(raw.get("tier"), language),
         "meal": clean_text(raw.get("meal"), MAX_NAME),
         "meal_label": meal_label(raw.get("meal"), language),
         "amount_fen": _int(raw.get("amount_fen")),

@@ -51,6 +51,7 @@ from terminal.service.worker import WorkerDesk as WorkerDesk
 from terminal.service.worker import day_summary as day_summary
 from terminal.service.worker import day_totals as day_totals
 from terminal.service.worker import free_mb as free_mb
+from terminal.service.worker import load_directory as load_directory
 
 log = logging.getLogger("canteen.daemon")
 
@@ -248,6 +249,8 @@ class Daemon:
         c.ledger.append(applied.ledger_draft(), now_ms)
         c.trust.reload()
         log.warning("update set %s applied (%s)", applied.set_version, ", ".join(applied.changed))
+        # The agency directory of the new set prices the next decision (docs/prices.md).
+        c.directory = load_directory(self.settings.state_dir)
         if applied.settings_changed:
             note = updates.StartNote(applied.settings_file, applied.set_version)
             # Prices, meal windows, caps and token limits take effect at the next decision;
@@ -290,7 +293,9 @@ class Daemon:
             "reason": e.reason,
             "display_name": decision.display_name,
             "unit": e.unit,
-            "unit_name": counter.settings.unit_names.get(e.unit or ""),
+            # The agency's name (the directory's, else [canteen] unit_names) and the tier.
+            "unit_name": decision.unit_name,
+            "tier": decision.tier,
             "meal": e.meal,
             "amount_fen": e.amount_fen,
             "method": e.method,

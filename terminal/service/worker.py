@@ -4,10 +4,11 @@ This module owns the worker thread (``DecisionWorker``): the ledger check at
 start, one queue of events and jobs, group commit (the waiting events decided
 in order inside one ledger transaction and one fsync), the free-disk stop,
 the idle audit and retention, and the health snapshot other threads read. It
-also owns the staff desk answered by the worker (``WorkerDesk``) and the
-day's totals and summary. It never decides a verdict itself (Checkout does),
-never shows one (the daemon's callback does, after the commit), and starts
-no device, screen or sync.
+also owns the staff desk answered by the worker (``WorkerDesk``), the day's
+totals and summary, and loading the installed agency directory into the
+checkout (``load_directory``: at start, and again after each update set). It
+never decides a verdict itself (Checkout does), never shows one (the daemon's
+callback does, after the commit), and starts no device, screen or sync.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.agencies import Directory
 from terminal import config, ledger, state, trust
 from terminal.core import policy
 from terminal.core.checkout import Checkout, Decision, ReversalRefused
@@ -71,6 +73,29 @@ def mono_ms() -> int:
     """The monotonic clock in ms: a wall clock the county found wrong is replaced by the
     county's time carried on by this one (TrustedClock)."""
     return time.monotonic_ns() // 1_000_000
+
+
+def load_directory(state_dir: Path) -> Directory | None:
+    """The agency directory installed with the update set in force, or None.
+
+    terminal/updates installs the signed directory target and reads it back
+    (``installed_directory``); a terminal whose updates package has no directory
+    support, or has none installed yet, decides prices as own or visitor. A directory
+    that cannot be read is logged and treated as none: visitors then pay the visitor
+    price until a good one arrives, and the sale goes on."""
+    try:
+        from terminal import updates
+    except ImportError:
+        return None
+    find = getattr(updates, "installed_directory", None)
+    if find is None:
+        return None
+    try:
+        found = find(state_dir)
+    except Exception as exc:
+        log.error("agency directory: %s; pricing own or visitor until a good one arrives", exc)
+        return None
+    return found if isinstance(found, Directory) else None
 
 
 def free_mb(path: Path) -> float:
@@ -165,6 +190,7 @@ class DecisionWorker:
                 self.settings.state_dir, self.settings.terminal_id, self._wall_ms()
             )
             counter = Checkout(self.settings, book, store)
+            counter.directory = load_directory(self.settings.state_dir)
         except BaseException as exc:
             self.open_error = exc
             self._opened.set()
@@ -397,7 +423,8 @@ class WorkerDesk:
             sale = c.ledger.last_sale()
             if sale is None:
                 return None
-            return charge_of(sale, self.worker.names.get(sale.seq), c.settings.unit_names)
+            name = self.worker.names.get(sale.seq)
+            return charge_of(sale, name, c.settings.unit_names, c.directory)
 
         return self.worker.call(find)
 
