@@ -468,13 +468,52 @@ class CountyRepository:
     # ---- what county IT publishes ----
 
     def publish_settings(self, file: str | Path, canteen: str | None, now: int) -> Publication:
-        """Validate a settings file with the terminal's loader, then sign it for one or all."""
-        data = validate_settings(file, canteen)
-        version = self._next_version(settings_target(canteen))
+        """Validate a settings file with the terminal's loader, then sign it for one or all.
+
+        Terminals lay a canteen's own file over the file for all canteens, so a canteen's
+        file is checked laid over the published file for all (when there is one) and may
+        name only what it changes; a file for all canteens is checked alone and under
+        every canteen's published file, so it cannot break one of them."""
         with self._locked():
+            under = None if canteen is None else self.published_settings(None)
+            data = validate_settings(file, canteen, under=under)
+            if canteen is None:
+                for other, text in self._canteen_settings():
+                    try:
+                        check_settings_layers(
+                            [(data, str(file)), (text, f"the published {settings_target(other)}")]
+                        )
+                    except SettingsRefused as exc:
+                        raise SettingsRefused(
+                            f"{exc} (canteen {other}'s own file laid over this one)"
+                        ) from None
+            version = self._next_version(settings_target(canteen))
             return self._publish(
                 now, top={settings_target(canteen): (data, {"version": version, "issued_at": now})}
             )
+
+    def published_settings(self, canteen: str | None) -> bytes | None:
+        """The bytes of the settings published for ``canteen`` (None: for all), or None."""
+        path = settings_target(canteen)
+        info = self.target_info(path)
+        if info is None:
+            return None
+        file = self._target_file(path, info)
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise UpdatesError(f"{file}: the published settings cannot be read: {exc}") from None
+
+    def _canteen_settings(self) -> Iterator[tuple[str, bytes]]:
+        """Each canteen's own published settings file: (canteen id, bytes)."""
+        prefix, _, _ = settings_target("").rpartition("/")
+        for path in sorted(self.targets().signed.targets):
+            folder, _, base = path.rpartition("/")
+            if folder == prefix and base.endswith(".toml"):
+                canteen = base[: -len(".toml")]
+                data = self.published_settings(canteen)
+                if data is not None:
+                    yield canteen, data
 
     def publish_trust(self, file: str | Path, now: int) -> Publication:
         doc = read_list_file(file, "trust")
@@ -938,8 +977,11 @@ def init_repository(data: str | Path, root_keys: str | Path, now: int) -> dict[s
 _DEVICE_OPTIONS = {"terminal": ("id", "state_dir")}
 
 
-def validate_settings(file: str | Path, canteen: str | None) -> bytes:
-    """The file's bytes if the terminal's own loader accepts it; else ``SettingsRefused``."""
+def validate_settings(file: str | Path, canteen: str | None, under: bytes | None = None) -> bytes:
+    """The file's bytes if the terminal's own loader accepts it; else ``SettingsRefused``.
+
+    ``under`` is the published file for all canteens that terminals lay a canteen's own
+    file over: the file is checked over it (else over the embedded defaults alone)."""
     import tomllib
 
     path = Path(file)
@@ -982,11 +1024,26 @@ def validate_settings(file: str | Path, canteen: str | None) -> bytes:
             f"{path}: [canteen] id is {canteen_table['id']!r} but the publication is for "
             f"{canteen!r}. Nothing published"
         )
+    layers = [] if under is None else [(under, f"the published {settings_target(None)}")]
+    check_settings_layers([*layers, (data, str(path))])
+    return data
+
+
+def check_settings_layers(layers: Sequence[tuple[bytes, str]]) -> None:
+    """Settings files (bytes and a name for messages), lowest first, must load with the
+    terminal's own loader laid in that order over its embedded defaults, as a terminal
+    lays the published files; else ``SettingsRefused`` with one line."""
     try:
-        config.load(path)
+        doc = config.read(None)
+        for data, origin in layers:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SettingsRefused(f"{origin}: not UTF-8 text; nothing published") from None
+            doc = doc.over(text, origin)
+        config.build(doc)
     except config.ConfigError as exc:
         raise SettingsRefused(f"{exc}. Nothing published") from None
-    return data
 
 
 # --- conflicts, applied sets, serving, re-signing --------------------------------------

@@ -15,6 +15,7 @@ from county import updates as cu
 from protocol.agencies import Agency, Directory, parse_directory
 from protocol.agencies import Canteen as Dining
 from protocol.layout import DIRECTORY_TARGET
+from terminal import updates as tu
 
 
 @pytest.fixture
@@ -70,3 +71,110 @@ def test_county_refuses_a_directory_that_does_not_check(canteen: Canteen) -> Non
         c.repo.publish_directory(bad, NOW)
     assert c.repo.timestamp().signed.version == before
     assert c.repo.target_info(DIRECTORY_TARGET) is None
+
+
+def publish_raw_directory(c: Canteen, doc: object) -> None:
+    """Sign a directory document as the county's repository would, past its checks (a
+    damaged or hostile publication that still verifies under the county's keys)."""
+    data = json.dumps(doc, ensure_ascii=False).encode()
+    with c.repo._locked():
+        c.repo._publish(c.now, top={DIRECTORY_TARGET: (data, {"version": 99, "issued_at": NOW})})
+
+
+# ---- the terminal installs it ----------------------------------------------------------
+
+
+def test_terminal_installs_the_directory_with_the_set(canteen: Canteen) -> None:
+    c = canteen
+    assert tu.installed_directory(c.state) is None
+    c.repo.publish_directory(directory(), NOW)
+    applied = c.update()
+    assert applied is not None and "directory" in applied.changed
+    assert applied.directory_file == c.state / "updates" / f"directory-{applied.set_version}.json"
+    installed = tu.installed_directory(c.state)
+    assert installed is not None and installed.version == 1
+    assert installed.name_of("yh-t1") == "仁和街道"
+    assert installed.tier("hz", installed.operator_of("c1")) == "higher_level"
+    status = tu.status(c.state, c.store, NOW)
+    assert status["directory"] == {
+        "version": 1,
+        "issued_at": NOW,
+        "file": applied.directory_file.name,
+    }
+    # A set that changes something else keeps the directory in force, without a download.
+    c.settings(900)
+    again = c.update()
+    assert again is not None and "directory" not in again.changed
+    installed = tu.installed_directory(tu.UpdatePaths(c.state))
+    assert installed is not None and installed.version == 1
+    # A new directory replaces it.
+    c.repo.publish_directory(directory(Agency("yh-t2", "良渚街道", "township", "yh", "")), NOW)
+    assert c.update() is not None
+    installed = tu.installed_directory(c.state)
+    assert installed is not None and installed.version == 2
+    assert installed.name_of("yh-t2") == "良渚街道"
+
+
+def test_a_broken_directory_is_refused_whole_and_the_set_in_force_kept(
+    canteen: Canteen,
+) -> None:
+    c = canteen
+    c.repo.publish_directory(directory(), NOW)
+    good = c.update()
+    assert good is not None
+    rows = [a.as_json() for a in directory().agencies.values()]
+    # A cycle in the parent links, and a parent that is not an agency.
+    cycle = [{**r, "parent": "yh-t1"} if r["code"] == "zj" else r for r in rows]
+    for doc in (
+        {"version": 99, "agencies": cycle, "canteens": []},
+        {"version": 99, "agencies": [*rows, {**rows[-1], "code": "x", "parent": "no"}]},
+        {"version": 99, "agencies": "not a list"},
+    ):
+        publish_raw_directory(c, doc)
+        with pytest.raises(tu.UpdateRefused) as refused:
+            c.update()
+        assert "\n" not in str(refused.value) and DIRECTORY_TARGET in str(refused.value)
+        assert tu.status(c.state, c.store, NOW)["set"] == good.set_version
+        installed = tu.installed_directory(c.state)
+        assert installed is not None and installed.version == 1
+    # Not JSON at all.
+    with c.repo._locked():
+        c.repo._publish(c.now, top={DIRECTORY_TARGET: (b"\xff{", {"version": 100})})
+    with pytest.raises(tu.UpdateRefused, match="not JSON"):
+        c.update()
+
+
+def test_a_directory_over_the_terminal_cap_is_not_downloaded(canteen: Canteen) -> None:
+    c = canteen
+    c.repo.publish_directory(directory(), NOW)
+    with pytest.raises(tu.UpdateRefused, match="above this terminal's cap"):
+        c.update(directory_max_bytes=64)
+    assert tu.installed_directory(c.state) is None
+
+
+def test_a_usb_copy_carries_the_directory(canteen: Canteen) -> None:
+    c = canteen
+    c.repo.publish_directory(directory(), NOW)
+    updater = tu.TerminalUpdater(c.state, "c1", medium=c.repo.paths.root / "repository")
+    applied = tu.update_once(updater, c.store, NOW)
+    assert applied is not None and "directory" in applied.changed
+    installed = tu.installed_directory(c.state)
+    assert installed is not None and installed.operator_of("c1") == "yh"
+
+
+def test_a_damaged_directory_file_takes_the_set_back_at_start(canteen: Canteen) -> None:
+    c = canteen
+    c.settings(800)
+    c.update()
+    tu.begin_start(c.state, c.store)
+    tu.confirm_started(c.state, c.store)
+    c.repo.publish_directory(directory(), NOW)
+    applied = c.update()
+    assert applied is not None and applied.directory_file is not None
+    applied.directory_file.write_text("{}")
+    with pytest.raises(tu.UpdateError, match="damaged"):
+        tu.installed_directory(c.state)
+    note = tu.begin_start(c.state, c.store)
+    assert note.rolled_back_from == applied.set_version
+    assert note.message is not None and "agency directory" in note.message
+    assert tu.installed_directory(c.state) is None

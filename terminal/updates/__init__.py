@@ -2,9 +2,10 @@
 
 This package owns the terminal's side of signed updates, in three modules:
 ``apply`` (verify one set with python-tuf and apply it atomically; roll a set
-back), ``marker`` (the start-up marker: which set a start uses and when it is
-confirmed, the settings in force) and ``status`` (what is in force, the last
-refresh, the one-call refresh for commands). It re-exports their public names so
+back; the agency directory in force, ``installed_directory``), ``marker`` (the
+start-up marker: which set a start uses and when it is confirmed, the settings
+in force) and ``status`` (what is in force, the last refresh, the one-call
+refresh for commands). It re-exports their public names so
 ``from terminal import updates; updates.apply(...)`` works; it holds no code of
 its own, never decides a verdict and never writes the ledger.
 """
@@ -25,6 +26,9 @@ from terminal.updates.apply import (
     UpdateUnavailable,
     apply,
     check_settings,
+    check_settings_layers,
+    installed_directory,
+    layered_settings,
     parse_shard,
     pin_root,
     roll_back,
@@ -49,8 +53,11 @@ __all__ = [
     "apply",
     "begin_start",
     "check_settings",
+    "check_settings_layers",
     "confirm_started",
     "effective_settings",
+    "installed_directory",
+    "layered_settings",
     "parse_shard",
     "pin_root",
     "record_refresh",

@@ -2,16 +2,18 @@
 
 This module owns the terminal's TUF client state in ``STATE/tuf/`` (the root
 pinned at provisioning, then whatever verified), the fetch of one update set
-(the settings for this canteen, the issuer trust list, the card roster and the
-changed revocation shards) under size caps and one total deadline, through
-terminal/link/fetch.py (the county link) or from a USB copy; the checks
-python-tuf does not know about (a shard's entries hash to that shard, shard and
-entry counts match the index, settings pass the terminal's own loader); and the
-atomic apply: the settings file of the set is written first (temp file, fsync,
-rename, fsync of the directory), then one trust.sqlite transaction replaces the
-lists and shards and records the set, and last ``updates/applied.json`` names
-the set and its settings file. ``roll_back`` takes a set back whole (the start-up
-marker in terminal/updates/marker.py decides when). It never decides a verdict,
+(the county-wide settings and this canteen's own, the issuer trust list, the card
+roster, the agency directory and the changed revocation shards) under size caps
+and one total deadline, through terminal/link/fetch.py (the county link) or from
+a USB copy; the checks python-tuf does not know about (a shard's entries hash to
+that shard, shard and entry counts match the index, the settings layers pass the
+terminal's own loader laid in order, the directory passes
+protocol.agencies.parse_directory); and the atomic apply: the set's settings and
+directory files are written first (temp file, fsync, rename, fsync of the
+directory), then one trust.sqlite transaction replaces the lists and shards and
+records the set, and last ``updates/applied.json`` names the set and its files.
+``roll_back`` takes a set back whole (the start-up marker in
+terminal/updates/marker.py decides when). It never decides a verdict,
 never writes the ledger (it returns what the daemon records as
 ``config_applied``) and never trusts a byte that python-tuf has not verified
 against the pinned root.
@@ -38,7 +40,9 @@ from tuf.api.metadata import Metadata
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.updater import Updater
 
+from protocol.agencies import Directory, DirectoryError, parse_directory
 from protocol.layout import (
+    DIRECTORY_TARGET,
     INDEX_TARGET,
     ROSTER_TARGET,
     SHARD_COUNT,
@@ -85,6 +89,8 @@ class UpdateLimits:
     settings_max_bytes: int = 256 * 1024
     trust_max_bytes: int = 1024 * 1024
     roster_max_bytes: int = 32 * 1024 * 1024
+    # 100,000 agencies and canteens (protocol.agencies.MAX_ROWS each) at ~150 bytes a row.
+    directory_max_bytes: int = 32 * 1024 * 1024
     index_max_bytes: int = 16 * 1024
     shard_max_bytes: int = 2 * 1024 * 1024
     # Root versions one refresh may walk through (each must be signed by the one before).
@@ -177,6 +183,76 @@ class UpdatePaths:
     def settings_file(self, name: str) -> Path:
         return self.updates / name
 
+    def directory_file(self, name: str) -> Path:
+        return self.updates / name
+
+
+# The files one set's settings are written to, in the updates folder: this canteen's own
+# published file (or the county-wide one when the canteen has none) as settings-SET.toml,
+# and, when the canteen has its own, the county-wide file beneath it as settings-SET-all.toml.
+UNDER_SUFFIX = "-all.toml"
+
+
+def settings_names(set_version: int, layers: int) -> list[str]:
+    """The file names of a set's settings layers, lowest first (``layers`` is 1 or 2)."""
+    top = f"settings-{set_version}.toml"
+    return [f"settings-{set_version}{UNDER_SUFFIX}", top] if layers == 2 else [top]
+
+
+def layered_settings(top: Path | None) -> tuple[Path, ...]:
+    """The published settings files of the set whose own file is ``top``, lowest first:
+    the county-wide file beneath it when the set had both, then ``top``."""
+    if top is None:
+        return ()
+    if top.name.startswith("settings-") and top.name.endswith(".toml"):
+        under = top.with_name(top.name[: -len(".toml")] + UNDER_SUFFIX)
+        if not top.name.endswith(UNDER_SUFFIX) and under.is_file():
+            return (under, top)
+    return (top,)
+
+
+def layers_digest(digests: list[str]) -> str:
+    """One SHA-256 that names a set's settings layers: a single file's own hash (as before
+    layers), else the hash of the layers' hashes in order."""
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def installed_directory(state: str | Path | UpdatePaths) -> Directory | None:
+    """The agency directory of the update set in force, or None when no set brought one.
+
+    Read from the file ``updates/applied.json`` names, checked against the hash the set
+    recorded and with protocol.agencies.parse_directory; a missing or damaged file is an
+    ``UpdateError`` (``begin_start`` takes such a set back before the daemon loads it)."""
+    paths = state if isinstance(state, UpdatePaths) else UpdatePaths(Path(state))
+    pointer = read_json(paths.applied) or {}
+    name = pointer.get("directory")
+    if not isinstance(name, str) or not name:
+        return None
+    file = paths.directory_file(name)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise UpdateError(f"{file}: the installed agency directory cannot be read: {exc}") from None
+    expected = pointer.get("directory_sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise UpdateError(f"{file}: the installed agency directory is damaged (hash differs)")
+    return _directory(data, str(file), UpdateError)
+
+
+def _directory(data: bytes, where: str, error: type[UpdateError]) -> Directory:
+    """The directory in ``data``, or ``error`` with one line (the first problem, and how
+    many more there are)."""
+    try:
+        return parse_directory(json.loads(data), where)
+    except ValueError as exc:
+        raise error(f"{where}: not JSON: {exc}") from None
+    except DirectoryError as exc:
+        more = len(exc.lines) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        raise error(f"{exc.lines[0]}{tail}") from None
+
 
 def pin_root(state_dir: str | Path, root_json: bytes) -> str:
     """Pin the county's root metadata at provisioning; returns its SHA-256 to compare."""
@@ -209,7 +285,9 @@ class PreparedSet:
     signed_at: int | None
     detail: dict[str, Any]
     changed: list[str]
-    settings: bytes | None = None
+    settings: bytes | None = None  # this canteen's own file, or the county-wide one alone
+    settings_under: bytes | None = None  # the county-wide file beneath the canteen's own
+    directory: bytes | None = None  # the agency directory's signed bytes, already checked
     issuers: tuple[list[Any], trust.ListHeader] | None = None
     roster: tuple[list[trust.RosterCard], trust.ListHeader] | None = None
     revocations: trust.ShardedRevocations | None = None
@@ -228,6 +306,12 @@ class AppliedSet:
     settings_changed: bool
     bytes_downloaded: int
     apply_s: float
+    directory_file: Path | None = None
+
+    @property
+    def settings_files(self) -> tuple[Path, ...]:
+        """The set's published settings files, lowest layer first."""
+        return layered_settings(self.settings_file)
 
     def ledger_draft(self) -> EntryDraft:
         return EntryDraft(
@@ -406,26 +490,46 @@ class TerminalUpdater:
         detail = prepared.detail
         refused = read_json(self.paths.refused) or {}
 
-        # Settings: this canteen's own file, else the one for all canteens, else none.
-        info = updater.get_targetinfo(settings_target(self.canteen_id))
-        if info is None:
-            info = updater.get_targetinfo(settings_target(None))
-        if info is not None:
-            digest = _target_hash(info)
+        # Settings in layers: the file for all canteens, then this canteen's own over it
+        # (either may be missing); the terminal lays them over its local file in that order.
+        layers = [
+            found
+            for found in (
+                updater.get_targetinfo(settings_target(None)),
+                updater.get_targetinfo(settings_target(self.canteen_id)),
+            )
+            if found is not None
+        ]
+        if layers:
+            top = layers[-1]
+            digest = layers_digest([_target_hash(i) for i in layers])
             detail["settings"] = {
-                "target": info.path,
+                "target": top.path,
                 "sha256": digest,
-                "version": info.custom.get("version"),
+                "version": top.custom.get("version"),
+                "layers": [
+                    {
+                        "target": i.path,
+                        "sha256": _target_hash(i),
+                        "version": i.custom.get("version"),
+                    }
+                    for i in layers
+                ],
             }
             if digest in refused.get("sha256", []):
+                named = " + ".join(i.path for i in layers)
                 raise UpdateRefused(
-                    f"set {prepared.set_version}: its settings ({info.path}, {digest[:12]}) "
+                    f"set {prepared.set_version}: its settings ({named}, {digest[:12]}) "
                     "stopped this terminal from starting before; waiting for new settings"
                 )
             if (applied.get("settings") or {}).get("sha256") != digest:
-                data = self._download(updater, info, self.limits.settings_max_bytes)
-                check_settings(data, info.path)
-                prepared.settings = data
+                texts = [
+                    (self._download(updater, i, self.limits.settings_max_bytes), i.path)
+                    for i in layers
+                ]
+                check_settings_layers(texts)
+                prepared.settings = texts[-1][0]
+                prepared.settings_under = texts[0][0] if len(texts) == 2 else None
                 prepared.changed.append("settings")
         elif applied.get("settings"):
             detail["settings"] = None
@@ -456,6 +560,23 @@ class TerminalUpdater:
                 )
                 prepared.roster = (trust.parse_roster_csv(text), header)
                 prepared.changed.append("roster")
+
+        info = updater.get_targetinfo(DIRECTORY_TARGET)
+        if info is not None:
+            issued = info.custom.get("issued_at")
+            detail["directory"] = {
+                "sha256": _target_hash(info),
+                "version": info.custom.get("version"),
+                "issued_at": issued if isinstance(issued, int) else None,
+            }
+            if (applied.get("directory") or {}).get("sha256") != _target_hash(info):
+                data = self._download(updater, info, self.limits.directory_max_bytes)
+                _directory(data, info.path, UpdateRefused)  # refused whole: the old one stays
+                prepared.directory = data
+                prepared.changed.append("directory")
+        elif applied.get("directory"):
+            detail["directory"] = None
+            prepared.changed.append("directory")
 
         info = updater.get_targetinfo(INDEX_TARGET)
         if info is not None:
@@ -560,16 +681,24 @@ def parse_shard(data: bytes, shard: str, digest: str) -> tuple[list[bytes], int,
 
 def check_settings(data: bytes, origin: str) -> None:
     """Published settings must load with this terminal's loader, over its defaults."""
-    import tempfile
+    check_settings_layers([(data, origin)])
 
-    with tempfile.NamedTemporaryFile(suffix=".toml") as f:
-        f.write(data)
-        f.flush()
-        try:
-            config.load(f.name)
-        except config.ConfigError as exc:
-            text = str(exc).replace(f.name, origin)
-            raise UpdateRefused(f"settings refused: {text}") from None
+
+def check_settings_layers(layers: list[tuple[bytes, str]]) -> None:
+    """Published settings files, lowest first, must load with this terminal's loader when
+    laid in that order over its embedded defaults (the county-wide file, then this
+    canteen's own: a canteen file may name only the options it changes)."""
+    try:
+        doc = config.read(None)
+        for data, origin in layers:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UpdateRefused(f"settings refused: {origin}: not UTF-8 text") from None
+            doc = doc.over(text, origin)
+        config.build(doc)
+    except config.ConfigError as exc:
+        raise UpdateRefused(f"settings refused: {exc}") from None
 
 
 # ---- apply and start -----------------------------------------------------------------
@@ -600,14 +729,27 @@ def apply(
         )
     detail = dict(prepared.detail)
     settings_name = (current or {}).get("settings_file")
+    settings_names_now = (current or {}).get("settings_files")
     if "settings" in prepared.changed:
         if prepared.settings is not None:
-            settings_name = f"settings-{prepared.set_version}.toml"
-            # Written and synced before the transaction that names it.
-            write_atomic(paths.settings_file(settings_name), prepared.settings)
+            layers = [d for d in (prepared.settings_under, prepared.settings) if d is not None]
+            settings_names_now = settings_names(prepared.set_version, len(layers))
+            # Written and synced before the transaction that names them.
+            for name, data in zip(settings_names_now, layers, strict=True):
+                write_atomic(paths.settings_file(name), data)
+            settings_name = settings_names_now[-1]
         else:
-            settings_name = None
+            settings_name = settings_names_now = None
     detail["settings_file"] = settings_name
+    detail["settings_files"] = settings_names_now
+    directory_name = (current or {}).get("directory_file")
+    if "directory" in prepared.changed:
+        if prepared.directory is not None:
+            directory_name = f"directory-{prepared.set_version}.json"
+            write_atomic(paths.directory_file(directory_name), prepared.directory)
+        else:
+            directory_name = None
+    detail["directory_file"] = directory_name
     update = trust.UpdateSet(
         set_version=prepared.set_version,
         detail=detail,
@@ -622,17 +764,29 @@ def apply(
         raise UpdateRefused(str(exc)) from None
     write_pointer(paths, store, confirmed=False, previous=pointer)
     _mark_current(store, prepared)
-    _tidy(paths)
+    _tidy(paths, keep=_files_of(current or {}))
     shutil.rmtree(paths.staging, ignore_errors=True)
     return AppliedSet(
         set_version=prepared.set_version,
-        detail={k: v for k, v in detail.items() if k != "settings_file"},
+        detail={k: v for k, v in detail.items() if k not in _FILE_KEYS},
         changed=tuple(prepared.changed),
         settings_file=paths.settings_file(settings_name) if settings_name else None,
         settings_changed="settings" in prepared.changed,
         bytes_downloaded=prepared.bytes_downloaded,
         apply_s=time.monotonic() - started,
+        directory_file=paths.directory_file(directory_name) if directory_name else None,
     )
+
+
+# Keys of an applied set's detail that name files in this terminal's state directory.
+_FILE_KEYS = ("settings_file", "settings_files", "directory_file")
+
+
+def _files_of(applied: dict[str, Any]) -> set[str]:
+    """The names of the files in the updates folder that an applied set uses."""
+    names = {applied.get("settings_file"), applied.get("directory_file")}
+    names.update(applied.get("settings_files") or ())
+    return {n for n in names if isinstance(n, str)}
 
 
 def _mark_current(store: trust.TrustStore, prepared: PreparedSet) -> None:
@@ -652,7 +806,10 @@ def write_pointer(
     doc = {
         "set": applied.get("set"),
         "settings": applied.get("settings_file"),
+        "settings_files": applied.get("settings_files"),
         "settings_sha256": (applied.get("settings") or {}).get("sha256"),
+        "directory": applied.get("directory_file"),
+        "directory_sha256": (applied.get("directory") or {}).get("sha256"),
         "confirmed": confirmed,
         "starts": starts,
         "previous_set": (previous or {}).get("set"),
@@ -661,16 +818,35 @@ def write_pointer(
     return doc
 
 
-def _tidy(paths: UpdatePaths) -> None:
-    """Keep the settings files the pointer and the undo may still need; drop the rest."""
+def _tidy(paths: UpdatePaths, keep: set[str] | None = None) -> None:
+    """Keep the settings and directory files the pointer, the set before it (``keep``)
+    and the undo may still need; drop the rest."""
     pointer = read_json(paths.applied) or {}
-    keep = {pointer.get("settings")}
-    files = sorted(paths.updates.glob("settings-*.toml"), key=lambda p: p.stat().st_mtime)
-    keep.update(p.name for p in files[-3:])  # the last good set's file is among these
-    for p in files:
-        if p.name not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+    wanted = set(keep or ())
+    wanted.update(n for n in (pointer.get("settings"), pointer.get("directory")) if n)
+    wanted.update(pointer.get("settings_files") or ())
+    kinds = (
+        [p for p in paths.updates.glob("settings-*.toml") if not p.name.endswith(UNDER_SUFFIX)],
+        list(paths.updates.glob(f"settings-*{UNDER_SUFFIX}")),
+        list(paths.updates.glob("directory-*.json")),
+    )
+    for files in kinds:
+        files.sort(key=_set_of_file)
+        wanted.update(p.name for p in files[-3:])  # the last good set's files are among these
+        for p in files:
+            if p.name not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
+def _set_of_file(path: Path) -> tuple[int, float]:
+    """The set a settings or directory file was written for (files sort by it)."""
+    digits = path.name.split("-")[1].split(".")[0]
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        mtime = 0.0
+    return (int(digits) if digits.isdigit() else -1, mtime)
 
 
 def roll_back(

@@ -5,7 +5,9 @@ This module owns what the daemon does with update sets around a start
 ``updates/applied.json`` (rewritten from it after a crash between the two) and
 takes a new set back whole when the previous start with it never reached
 ``confirm_started``; ``effective_settings`` lays the set's published settings over
-the local ones. It never fetches anything and never writes the ledger: a
+the local ones in layers: embedded defaults, the local file, the county-wide
+published file, this canteen's own published file (each merged key by key, and
+[[meals]] by name). It never fetches anything and never writes the ledger: a
 rollback comes back as a ``StartNote`` whose ``ledger_draft`` the daemon records.
 """
 
@@ -18,7 +20,13 @@ from typing import Any
 
 from terminal import config, trust
 from terminal.ledger import CONFIG_APPLIED, EntryDraft
-from terminal.updates.apply import UpdatePaths, read_json, roll_back, write_pointer
+from terminal.updates.apply import (
+    UpdatePaths,
+    layered_settings,
+    read_json,
+    roll_back,
+    write_pointer,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,12 @@ class StartNote:
     rolled_back_from: int | None = None
     message: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings_files(self) -> tuple[Path, ...]:
+        """The set's published settings files, lowest layer first (the county-wide file
+        beneath this canteen's own, when the set had both)."""
+        return layered_settings(self.settings_file)
 
     def ledger_draft(self) -> EntryDraft | None:
         if self.rolled_back_from is None:
@@ -64,6 +78,8 @@ def begin_start(state_dir: str | Path, store: trust.TrustStore) -> StartNote:
     if name and not _settings_intact(paths, name, applied):
         # Cannot happen with synced writes; if a card was swapped or damaged, go back.
         return _rolled_back(paths, store, applied, "its settings file is missing or damaged")
+    if not _directory_intact(paths, applied):
+        return _rolled_back(paths, store, applied, "its agency directory is missing or damaged")
     if pointer is None or pointer.get("set") != applied["set"]:
         pointer = write_pointer(paths, store, confirmed=False, previous=pointer)
     if not pointer.get("confirmed", False):
@@ -82,9 +98,30 @@ def begin_start(state_dir: str | Path, store: trust.TrustStore) -> StartNote:
 
 
 def _settings_intact(paths: UpdatePaths, name: str, applied: dict[str, Any]) -> bool:
-    expected = (applied.get("settings") or {}).get("sha256")
+    """Every settings file of the set is there with the hash the set recorded."""
+    settings = applied.get("settings") or {}
+    names = applied.get("settings_files") or [name]
+    layers = settings.get("layers")
+    if isinstance(layers, list) and len(layers) == len(names):
+        expected = [layer.get("sha256") if isinstance(layer, dict) else None for layer in layers]
+    elif len(names) == 1:
+        expected = [settings.get("sha256")]  # a set applied before settings came in layers
+    else:
+        return False
+    files = [paths.settings_file(n) for n in names]
+    return all(_file_intact(f, e) for f, e in zip(files, expected, strict=True))
+
+
+def _directory_intact(paths: UpdatePaths, applied: dict[str, Any]) -> bool:
+    name = applied.get("directory_file")
+    if not name:
+        return True
+    return _file_intact(paths.directory_file(name), (applied.get("directory") or {}).get("sha256"))
+
+
+def _file_intact(file: Path, expected: Any) -> bool:
     try:
-        data = paths.settings_file(name).read_bytes()
+        data = file.read_bytes()
     except OSError:
         return False
     return expected is None or hashlib.sha256(data).hexdigest() == expected
@@ -102,15 +139,19 @@ def confirm_started(state_dir: str | Path, store: trust.TrustStore) -> None:
 
 
 def effective_settings(local: str | Path | None, note: StartNote) -> config.Settings:
-    """The settings in force: embedded defaults, then the local file, then the published set.
+    """The settings in force: embedded defaults, then the local file, then the published
+    set's layers (the county-wide file, then this canteen's own), each over the one before.
 
-    The published file may not name [terminal] id or state_dir (the county refuses to
+    A published file may not name [terminal] id or state_dir (the county refuses to
     sign one that does), so a device keeps its own identity and state directory.
     """
     doc = config.read(local)
-    if note.settings_file is not None:
-        published = note.settings_file.read_text(encoding="utf-8")
-        doc = doc.over(published, f"{note.settings_file} (update set {note.set_version})")
+    for file in note.settings_files:
+        try:
+            published = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise config.ConfigError(f"{file}: cannot read the published settings: {exc}") from None
+        doc = doc.over(published, f"{file} (update set {note.set_version})")
     return config.build(doc)
 
 

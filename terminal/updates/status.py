@@ -2,9 +2,10 @@
 
 This module owns ``updates/last-refresh.json`` (``record_refresh``), the status
 that ``canteen-terminal update status`` and the daemon show (``status``: the set
-in force, whether it is confirmed, whether the county's signed timestamp has
-expired), and ``update_once``, the prepare-and-apply path for commands and tests
-in the calling thread. It never decides a verdict and never writes the ledger.
+in force, whether it is confirmed, its settings layers and agency directory,
+whether the county's signed timestamp has expired), and ``update_once``, the
+prepare-and-apply path for commands and tests in the calling thread. It never
+decides a verdict and never writes the ledger.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def status(state_dir: str | Path, store: trust.TrustStore, now: int) -> dict[str
         "set": applied["set"] if applied else None,
         "confirmed": bool(pointer.get("confirmed")),
         "settings_file": pointer.get("settings"),
+        "settings_files": pointer.get("settings_files")
+        or ([pointer["settings"]] if pointer.get("settings") else []),
+        "directory": _directory_status(applied),
         "last_refresh": read_json(paths.last_refresh),
         "state": "no updates yet",
     }
@@ -73,6 +77,19 @@ def status(state_dir: str | Path, store: trust.TrustStore, now: int) -> dict[str
         info = store.list_info(name)
         out[name] = info.__dict__ if info else None
     return out
+
+
+def _directory_status(applied: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The agency directory of the set in force: its version, when the county issued it,
+    and its file; None when no set brought one."""
+    signed = (applied or {}).get("directory")
+    if not isinstance(signed, dict):
+        return None
+    return {
+        "version": signed.get("version"),
+        "issued_at": signed.get("issued_at"),
+        "file": (applied or {}).get("directory_file"),
+    }
 
 
 def update_once(updater: TerminalUpdater, store: trust.TrustStore, now: int) -> AppliedSet | None:
