@@ -122,15 +122,13 @@ def _publish(a: argparse.Namespace, directory: Directory) -> str:
         )
     try:
         with CountyRepository(data, given_database(a)) as repo:
-            publish = getattr(repo, "publish_directory", None)
-            if publish is None:
-                raise UpdatesError("this version's update repository cannot sign a directory")
-            publish(directory, now_s())
+            repo.publish_directory(directory, now_s())
             info = repo.target_info(DIRECTORY_TARGET)
     except UpdatesError as exc:
         # Stored all the same: the import is not undone because signing failed.
+        why = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise NotPublished(
-            f"stored, NOT published: {exc}; run '{PROG} agencies publish --data {data}' "
+            f"stored, NOT published: {why}; run '{PROG} agencies publish --data {data}' "
             "once that is fixed"
         ) from None
     version = "?" if info is None else info.custom.get("version", "?")
