@@ -1,13 +1,16 @@
 """hw-sim scenario lunch-rush: the shortened lunch against a real daemon passes its own checks,
 and those checks fail when the run is wrong (a wrong expectation, a lost or doubled entry, a
 ledger that does not verify, a partition that leaked, a signed update that was never applied
-or did not rule the decisions after it)."""
+or did not rule the decisions after it, a sale at the wrong price tier). The quick run at the
+counter (the plan decided by the terminal's core, with the published directory) charges
+cadres of every agency tier the price the directory and the settings give them."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,24 +19,48 @@ from typing import Any
 import cv2
 import pytest
 from hwsim import cli
+from hwsim.scenario.counter import play_counter
 from hwsim.scenario.lunch import play
 from hwsim.scenario.plan import (
+    CANTEEN_ID,
     CARD_KINDS,
     FIRST_MEAL,
     HOSTILE_KINDS,
     OUTAGE_END,
     OUTAGE_START,
+    PRICES_AFTER,
+    PRICES_BEFORE,
     REVOCATION,
     REVOKED_LATER,
     SETTINGS,
     Options,
     ScenarioError,
+    lunch_window,
     make_plan,
 )
 from hwsim.scenario.record import RunRecord, entry_marks, qr_marks
-from hwsim.scenario.report import applied_entry, check, figures, report_text
+from hwsim.scenario.report import (
+    applied_entry,
+    check,
+    check_counter,
+    entry_tier,
+    figures,
+    report_text,
+)
 
+from protocol.agencies import (
+    HIGHER_LEVEL,
+    LOWER_LEVEL,
+    OTHER_REGION,
+    OWN,
+    SAME_LEVEL,
+    UNLISTED,
+    parse_directory,
+)
+from terminal import config
 from terminal.ledger import LedgerEntry
+
+CROSS_LEVEL = (OWN, SAME_LEVEL, HIGHER_LEVEL, LOWER_LEVEL, OTHER_REGION, UNLISTED)
 
 ORIGIN_S = 1_780_000_000
 
@@ -75,9 +102,23 @@ def test_short_lunch_covers_every_kind_and_reports_figures(run: tuple[RunRecord,
     ):
         assert reasons.get(reason), (reason, reasons)
     assert reasons.get("replayed", 0) + reasons.get("presentation_stale", 0) == 1
-    # Prices changed mid-lunch: both the old and the new own-unit price were charged.
-    charged = {p["amount_fen"] for p in record.presentations if p["verdict"] == "accept"}
-    assert {1000, 1200} & charged == {1000, 1200} or {1500, 1600} & charged == {1500, 1600}
+    # Prices changed mid-lunch: some tier was charged both its old and its new price.
+    entries = {e["seq"]: e for e in record.ledger_entries}
+    charged: dict[str, set[int]] = {}
+    for p in record.presentations:
+        if p["verdict"] == "accept":
+            tier = entry_tier(entries[p["seq"]])
+            assert tier is not None
+            charged.setdefault(tier, set()).add(p["amount_fen"])
+    assert any(
+        {lunch_window(prices).price_for(tier) for prices in (PRICES_BEFORE, PRICES_AFTER)}
+        == amounts
+        for tier, amounts in charged.items()
+    ), charged
+    # Cadres of every tier were served, each at the tier the directory gives them.
+    assert set(CROSS_LEVEL) <= set(f["tiers"]), f["tiers"]
+    assert all(t["sales"] == t["expected"] for t in f["tiers"].values()), f["tiers"]
+    assert "accepted sales by price tier" in text
     assert f["latency_ms"]["p50"] is not None and f["latency_ms"]["p99"] is not None
     # The network came back only after min_offline cadres were served offline.
     assert f["outage"]["presentations_offline"] >= Options.shortened(Path("x")).min_offline
@@ -250,7 +291,9 @@ def test_an_update_not_applied_or_not_in_force_fails(run: tuple[RunRecord, str])
         for e in record.ledger_entries
         if e["kind"] == "sale" and e["verdict"] == "accept" and e["seq"] > entry["seq"]
     )
-    sale["amount_fen"] = 1000 if sale["amount_fen"] == 1200 else 1500
+    tier = entry_tier(sale)
+    assert tier is not None
+    sale["amount_fen"] = lunch_window(PRICES_BEFORE).price_for(tier)
     assert any(
         f"entry {sale['seq']}: a lunch sale after the settings set was applied" in x
         for x in check(record)
@@ -266,6 +309,91 @@ def test_an_update_not_applied_or_not_in_force_fails(run: tuple[RunRecord, str])
     failures = check(record)
     assert any("decided before the revocation set was applied" in x for x in failures)
     assert any("not refused revoked" in x for x in failures)
+
+
+@pytest.mark.slow
+def test_a_sale_at_another_tier_or_without_one_fails(run: tuple[RunRecord, str]) -> None:
+    record = spoiled(run[0])
+    sale = next(
+        p
+        for p in record.presentations
+        if p["verdict"] == "accept" and p["expected_tier"] == LOWER_LEVEL
+    )
+    entry = next(e for e in record.ledger_entries if e["seq"] == sale["seq"])
+    entry["detail"]["tier"] = SAME_LEVEL
+    failures = check(record)
+    assert any(
+        f"presentation {sale['n']}" in x and "charged as same_level, expected lower_level" in x
+        for x in failures
+    ), failures
+
+
+# --- the quick run at the counter: the terminal's core, no devices ----------------------------
+
+
+@pytest.fixture(scope="module", name="counter_run")
+def counter_run_fixture(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
+    return play_counter(Options.shortened(tmp_path_factory.mktemp("counter")), ORIGIN_S)
+
+
+def test_the_counter_charges_every_tier_its_price(counter_run: RunRecord) -> None:
+    """Cadres of the canteen's own agency, of its county's other bureaus, of the city and
+    province, of its townships, of other counties and cities, and of a unit the directory
+    does not know: each accepted sale records the tier protocol.agencies gives its unit at
+    this canteen, and charges that tier's lunch price as the terminal's settings loader
+    reads the canteen's settings."""
+    record = counter_run
+    assert check_counter(record) == []
+    out = Path(record.options["out"])
+    directory = parse_directory(
+        json.loads((out / "published-directory.json").read_text(encoding="utf-8"))
+    )
+    settings = config.load(out / "terminal.toml")
+    lunch = next(m for m in settings.meals if m.name == "lunch")
+    operator = directory.operator_of(CANTEEN_ID)
+    assert operator is not None and operator in settings.units
+    assert len(directory.agencies) >= 200
+    entries = {e["seq"]: e for e in record.ledger_entries}
+    tiers: Counter[str] = Counter()
+    for p in record.presentations:
+        if p["verdict"] != "accept":
+            continue
+        tier = directory.tier(p["unit"], operator, settings.units)
+        assert entry_tier(entries[p["seq"]]) == tier, p
+        assert p["amount_fen"] == lunch.price_for(tier) == PRICES_BEFORE.get(tier, 1500), p
+        tiers[tier] += 1
+    assert set(tiers) == set(CROSS_LEVEL), tiers
+    assert len({lunch.price_for(t) for t in tiers}) == len(tiers)  # six different prices
+    f = figures(record)
+    assert {t: v["sales"] for t, v in f["tiers"].items()} == dict(tiers)
+    # Every other kind at the counter is refused as the lunch expects it.
+    assert f["decisions_by_reason"]["already_served"] == 2
+
+
+def test_the_counter_checks_fail_on_a_wrong_tier_or_price(counter_run: RunRecord) -> None:
+    accepted = [p for p in counter_run.presentations if p["verdict"] == "accept"]
+    upper = next(p for p in accepted if p["expected_tier"] == HIGHER_LEVEL)
+
+    record = spoiled(counter_run)
+    entry = next(e for e in record.ledger_entries if e["seq"] == upper["seq"])
+    entry["detail"]["tier"] = "visitor"
+    assert check_counter(record) == [
+        f"presentation {upper['n']} ({upper['method']} {upper['kind']} {upper['who']} of "
+        f"{upper['unit']}): charged as visitor, expected higher_level"
+    ]
+
+    record = spoiled(counter_run)
+    entry = next(e for e in record.ledger_entries if e["seq"] == upper["seq"])
+    del entry["detail"]["tier"]
+    assert any("records no price tier, expected higher_level" in x for x in check_counter(record))
+
+    record = spoiled(counter_run)
+    row = next(p for p in record.presentations if p["n"] == upper["n"])
+    row["amount_fen"] = PRICES_BEFORE["visitor"]
+    assert any(
+        f"charged 1500 fen, expected {PRICES_BEFORE[HIGHER_LEVEL]}" in x
+        for x in check_counter(record)
+    )
 
 
 # --- the plan, without running anything --------------------------------------------------------
@@ -299,6 +427,13 @@ def test_full_plan_shape(tmp_path: Path) -> None:
     # The same seed gives the same lunch.
     again = make_plan(opts, ORIGIN_S).arrivals
     assert [(a.kind, a.who, a.at_s) for a in again] == [(a.kind, a.who, a.at_s) for a in arrivals]
+    # Cadres of every tier come to eat, the canteen's own agency the most.
+    seating = plan.seating
+    tiers = Counter(
+        seating.tier(plan.cast.cadre(a.who).unit) for a in arrivals if a.kind == FIRST_MEAL
+    )
+    assert set(tiers) == set(CROSS_LEVEL) and tiers.most_common(1)[0][0] == OWN, tiers
+    assert seating.directory.operator_of(CANTEEN_ID) == seating.operator
 
 
 def test_options_refuse_what_cannot_work(tmp_path: Path) -> None:

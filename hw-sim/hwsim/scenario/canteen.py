@@ -1,9 +1,11 @@
 """The lunch-rush scenario's canteen: the real terminal under test, and everything it starts with.
 
 This module owns setting up the canteen before the lunch: the terminal's
-settings (a real day of meal windows, the simulators as its devices, a fast
-sync), its provisioning with the county and its first trust lists, county
-IT's signed update repository and its /tuf mount on the simulated county, the
+settings (a real day of meal windows, the lunch priced by tier, the simulators
+as its devices, a fast sync), its provisioning with the county and its first
+trust lists, county IT's signed update repository (its first set: the trust
+list, the roster, the revocations and the agency directory) and its /tuf
+mount on the simulated county, the
 daemon's log file; and running the real terminal daemon in a thread on the
 simulated clock with a screen client that reads its server-sent events as a
 page would (``RunningTerminal``, ``ScreenStream``). Everything listens on
@@ -27,7 +29,7 @@ from typing import Any
 from hwsim.scenario.clock import LUNCH_CLOSES, LUNCH_OPENS, TIMEZONE, SimClock
 from hwsim.scenario.plan import (
     CANTEEN_ID,
-    OWN_UNITS,
+    PRICED_TIERS,
     SAME_TEXT_S,
     SKEW_S,
     TERMINAL_ID,
@@ -36,6 +38,7 @@ from hwsim.scenario.plan import (
     ScenarioError,
 )
 from hwsim.wallet import Wallet
+from protocol.agencies import OWN, VISITOR, Directory
 
 # --- the terminal's settings -----------------------------------------------------------------
 
@@ -43,12 +46,13 @@ from hwsim.wallet import Wallet
 def settings_text(
     camera_url: str,
     reader_link: str,
-    prices: tuple[int, int],
+    prices: dict[str, int],
     speed: float,
+    own_units: tuple[str, ...],
     state_dir: str = "state",
 ) -> str:
     """The canteen's settings: a real day of meal windows, the simulators as devices, fast sync."""
-    units = ", ".join(f'"{u}"' for u in OWN_UNITS)
+    units = ", ".join(f'"{u}"' for u in own_units)
     meals = meals_text(prices)
     return f"""# Written by hw-sim scenario lunch-rush.
 [terminal]
@@ -100,9 +104,12 @@ offset_record_ms = {int(2000 * speed)}
 """
 
 
-def meals_text(prices: tuple[int, int]) -> str:
+def meals_text(prices: dict[str, int]) -> str:
     """The canteen's meal windows and prices: in the local settings, and what county IT
-    publishes to change the lunch prices (a published [[meals]] replaces them all)."""
+    publishes to change the lunch prices. Lunch has a price for every tier (``prices``);
+    breakfast and dinner only own and visitor, so every visiting tier pays the visitor
+    price there."""
+    tiers = "".join(f"price_{tier}_fen = {prices[tier]}\n" for tier in PRICED_TIERS)
     return f"""[[meals]]
 name = "breakfast"
 start = "07:00"
@@ -114,9 +121,9 @@ price_visitor_fen = 500
 name = "lunch"
 start = "{LUNCH_OPENS:%H:%M}"
 end = "{LUNCH_CLOSES:%H:%M}"
-price_own_fen = {prices[0]}
-price_visitor_fen = {prices[1]}
-
+price_own_fen = {prices[OWN]}
+price_visitor_fen = {prices[VISITOR]}
+{tiers}
 [[meals]]
 name = "dinner"
 start = "17:30"
@@ -252,11 +259,12 @@ def credential_revocation(wallet: Wallet) -> dict[str, Any]:
     return {"kind": "credential", "iss": wallet.iss, "cti": wallet.cti.hex()}
 
 
-def init_updates(out: Path, county_data: Path, cast: Cast, now: int) -> int:
+def init_updates(out: Path, county_data: Path, cast: Cast, directory: Directory, now: int) -> int:
     """County IT's update repository, before the county server starts (it serves it at /tuf
     and starts its timestamp refresher only if it exists): the root keys in a folder of
-    their own, and the first signed lists, the same the terminal is installed with.
-    Returns the update set they make."""
+    their own, the first signed lists, the same the terminal is installed with, and the
+    agency directory (only ever installed from a signed set). Returns the update set they
+    make."""
     from county import updates as cu
 
     cu.init_repository(county_data, out / "county-root-keys-OFFLINE", now)
@@ -271,6 +279,10 @@ def init_updates(out: Path, county_data: Path, cast: Cast, now: int) -> int:
             pub = repo.revoke(
                 [credential_revocation(cast.cadre(s).wallet) for s in cast.revoked_at_start], now
             )
+        pub = repo.publish_directory(directory, now)
+    (out / "published-directory.json").write_text(
+        json.dumps(directory.as_json(), ensure_ascii=False, indent=1), encoding="utf-8"
+    )
     return int(pub.snapshot_version)
 
 

@@ -58,10 +58,13 @@ from hwsim.scenario.plan import (
     Arrival,
     Options,
     WorldEvent,
+    code_text,
     make_plan,
+    unit_of,
 )
 from hwsim.scenario.record import Monitor, RunRecord, entry_marks, qr_marks
-from hwsim.wallet import Wallet, key_from_seed, present
+from hwsim.wallet import Wallet
+from protocol.agencies import OWN, VISITOR
 from terminal.core.checkout import card_ref
 from terminal.ledger import LedgerEntry
 
@@ -83,7 +86,7 @@ class Lunch:
             options={k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()},
             origin_ms=self.origin_ms,
         )
-        self.model = LunchModel(self.plan.cast, opts.speed)
+        self.model = LunchModel(self.plan.cast, opts.speed, self.plan.seating)
         self._texts: dict[int, tuple[str, int, float]] = {}  # arrival -> (text, t, in view until)
         self._holder: dict[str, RunningTerminal] = {}
         self._last_seq = 0
@@ -105,7 +108,13 @@ class Lunch:
         with daemon_log(self.out / "daemon.log"):
             clock = SimClock(self.origin_ms, self.opts.speed)
             self.clock = clock
-            first_set = init_updates(self.out, self.out / "county", self.plan.cast, clock.now_s())
+            first_set = init_updates(
+                self.out,
+                self.out / "county",
+                self.plan.cast,
+                self.plan.seating.directory,
+                clock.now_s(),
+            )
             county = CountySim(
                 self.out / "county",
                 clock=clock.now_ms,
@@ -131,7 +140,13 @@ class Lunch:
                 install_lists(state_dir, self.plan.cast, clock.now_s())
                 self.settings_path = self.out / "terminal.toml"
                 self.settings_path.write_text(
-                    settings_text(camera.url, str(reader.link), PRICES_BEFORE, self.opts.speed),
+                    settings_text(
+                        camera.url,
+                        str(reader.link),
+                        PRICES_BEFORE,
+                        self.opts.speed,
+                        self.plan.seating.own_units,
+                    ),
                     encoding="utf-8",
                 )
                 self._start_terminal()
@@ -308,8 +323,8 @@ class Lunch:
             lambda repo, now: repo.publish_settings(file, CANTEEN_ID, now)
         )
         self.progress(
-            f"  {local_time(sim_ms)} settings published (lunch {PRICES_AFTER[0]} / "
-            f"{PRICES_AFTER[1]} fen), update set {set_version}"
+            f"  {local_time(sim_ms)} settings published (lunch {PRICES_AFTER[OWN]} own to "
+            f"{PRICES_AFTER[VISITOR]} visitor fen), update set {set_version}"
         )
         applied = self._wait_applied(set_version, "the settings change")
         self.model.prices = PRICES_AFTER
@@ -319,7 +334,7 @@ class Lunch:
                 "sim_ms": sim_ms,
                 "real": real,
                 "published_set": set_version,
-                "prices": list(PRICES_AFTER),
+                "prices": dict(PRICES_AFTER),
                 **applied,
             }
         )
@@ -365,18 +380,6 @@ class Lunch:
 
     # -- one presentation --
 
-    def _text_for(self, a: Arrival, t: int) -> str:
-        cast = self.plan.cast
-        if a.kind in ("forged_key", "expired"):
-            return cast.outsiders[a.who].draw(t)
-        if a.kind == "forged_credential":
-            return cast.forged_texts[a.who](t)
-        if a.kind == "forged_presentation":
-            wallet = cast.cadre(a.who).wallet
-            thief = key_from_seed(f"lunch-rush/{self.opts.seed}/thief/{a.n}")
-            return present(wallet.credential, thief, t=t, ctr=wallet.ctr + 1)
-        return cast.cadre(a.who).wallet.draw(t)
-
     def _present(self, a: Arrival) -> None:
         term = self._holder["terminal"]
         code_age: float | None = None
@@ -388,7 +391,7 @@ class Lunch:
                 time.sleep(max(0.0, out_of_view + SAME_TEXT_S + 0.3 - time.time()))
             else:
                 t = self.clock.now_s()
-                text = self._text_for(a, t)
+                text = code_text(self.plan, a, t, self.opts.seed)
             answer = self.camera.show(text, wait=True, timeout_s=60)
             shown = float(answer["started_at"])
             self._texts[a.n] = (text, t, shown + self.opts.hold_s)
@@ -425,6 +428,8 @@ class Lunch:
             "expected_reason": expected.reason,
             "expected_amount_fen": expected.amount_fen,
             "expected_also": list(expected.also),
+            "unit": unit_of(self.plan, a),
+            "expected_tier": expected.tier,
             "seq": None,
             "verdict": None,
             "reason": None,

@@ -2,9 +2,12 @@
 
 This module owns the rules as the scenario knows them, applied presentation by
 presentation in the order they reach the counter: the fixed refusals of the
-hostile kinds, once per lunch for each cadre, the prices in force, the
-credentials and cards revoked so far, and the replay shown at the edge of its
-freshness (where two refusals are both right). ``Lunch`` tells it when a
+hostile kinds, once per lunch for each cadre, the price tier of each diner at
+this canteen (the protocol's rule, Directory.tier, on the directory the county
+published) and that tier's price in the settings in force
+(MealWindow.price_for), the credentials and cards revoked so far, and the
+replay shown at the edge of its freshness (where two refusals are both
+right). ``Lunch`` tells it when a
 publication is in force; it reads no clock, no terminal and no file, and it
 never looks at what the terminal decided.
 """
@@ -13,7 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hwsim.scenario.plan import OWN_UNITS, PRICES_BEFORE, SKEW_S, WINDOW_S, Arrival, Cast
+from hwsim.scenario.plan import (
+    PRICES_BEFORE,
+    SKEW_S,
+    WINDOW_S,
+    Arrival,
+    Cast,
+    Seating,
+    lunch_window,
+)
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -38,14 +49,16 @@ class Expected:
     # Other reasons that are right too: a replay shown right at the end of its freshness
     # may be refused as stale before the replay check is reached.
     also: tuple[str, ...] = ()
+    tier: str | None = None  # an accepted sale's price tier (protocol/agencies.py TIERS)
 
 
 class LunchModel:
     """The rules as the scenario knows them, applied presentation by presentation, in order."""
 
-    def __init__(self, cast: Cast, speed: float) -> None:
+    def __init__(self, cast: Cast, speed: float, seating: Seating) -> None:
         self.cast = cast
         self.speed = speed
+        self.seating = seating
         self.prices = PRICES_BEFORE
         self.served: set[str] = set()
         self.revoked_subs: set[str] = set(cast.revoked_at_start)
@@ -60,9 +73,8 @@ class LunchModel:
         if sub in self.served:
             return Expected(REJECT, "already_served")
         self.served.add(sub)
-        unit = self.cast.cadre(sub).unit
-        own, visitor = self.prices
-        return Expected(ACCEPT, None, own if unit in OWN_UNITS else visitor)
+        tier = self.seating.tier(self.cast.cadre(sub).unit)
+        return Expected(ACCEPT, None, lunch_window(self.prices).price_for(tier), tier=tier)
 
     def expect(self, a: Arrival, code_age_s: float | None) -> Expected:
         """What arrival ``a`` must get; ``code_age_s``: its code's age when it came into view."""

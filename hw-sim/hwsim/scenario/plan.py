@@ -1,10 +1,15 @@
 """The lunch-rush scenario's plan: the canteen, the options, who comes when and what goes wrong.
 
 This module owns the lunch as planned, before anything runs: the canteen's
-fixed facts (its ids, own units, prices before and after the settings change,
-the token window of its terminal), the ``Options`` of a run, the seeded cast
-(a population of cadres with phone wallets and cards, and the outsiders:
-expired and forged credentials, unknown cards), the arrivals at the counter
+fixed facts (its ids, its lunch prices by price tier before and after the
+settings change, the token window of its terminal), its place in the agency
+directory the county publishes (``Seating``: a generated directory of a few
+hundred agencies, the county agency that runs the canteen and its own units),
+the ``Options`` of a run, the seeded cast (a population of cadres with phone
+wallets and cards, of the canteen's own agency and of agencies at the same
+level, higher, lower, from other counties and cities, and of units the
+directory does not know; and the outsiders: expired and forged credentials,
+unknown cards), the arrivals at the counter
 (cadres paying by QR code or card, and hostile presentations: replayed and
 forged codes, revoked and expired credentials, second meals, cards lost or not
 in the roster) and the world events (a network outage in the middle, a
@@ -25,7 +30,9 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hwsim import agencies as gen
 from hwsim import population as pop
+from hwsim.scenario.clock import LUNCH_CLOSES, LUNCH_OPENS
 from hwsim.wallet import (
     DAY_S,
     Issuer,
@@ -38,13 +45,59 @@ from hwsim.wallet import (
     raw_public,
     sign1,
 )
+from protocol.agencies import (
+    COUNTY,
+    HIGHER_LEVEL,
+    LOWER_LEVEL,
+    OTHER_REGION,
+    OWN,
+    SAME_LEVEL,
+    UNLISTED,
+    VISITOR,
+    Canteen,
+    Directory,
+)
+from terminal.config import MealWindow
 
 FIRST_ARRIVAL_S = 60.0  # simulated seconds after the lunch opens
 TERMINAL_ID = "t-lunch"
 CANTEEN_ID = "c-lunch"
-OWN_UNITS = pop.DEFAULT_UNITS[:3]
-PRICES_BEFORE = (1000, 1500)  # lunch: own units, visitors (fen)
-PRICES_AFTER = (1200, 1600)  # after the settings change
+CANTEEN_NAME = "午餐高峰机关食堂"
+# The lunch's price for each tier (fen), every one different, and different again after the
+# settings change, so a sale charged at the wrong tier or under the wrong settings shows.
+# A unit the directory does not know pays the visitor price.
+PRICES_BEFORE = {
+    OWN: 1000,
+    LOWER_LEVEL: 1100,
+    SAME_LEVEL: 1200,
+    HIGHER_LEVEL: 1300,
+    OTHER_REGION: 1400,
+    VISITOR: 1500,
+}
+PRICES_AFTER = {
+    OWN: 1050,
+    LOWER_LEVEL: 1150,
+    SAME_LEVEL: 1250,
+    HIGHER_LEVEL: 1350,
+    OTHER_REGION: 1450,
+    VISITOR: 1600,
+}
+PRICED_TIERS = (SAME_LEVEL, HIGHER_LEVEL, LOWER_LEVEL, OTHER_REGION)  # price_<tier>_fen
+# The diners' tiers, cadre after cadre (repeated): every ten cadres hold every tier, four
+# of them the canteen's own agency.
+TIER_PATTERN = (
+    OWN,
+    SAME_LEVEL,
+    OWN,
+    HIGHER_LEVEL,
+    OTHER_REGION,
+    OWN,
+    LOWER_LEVEL,
+    UNLISTED,
+    SAME_LEVEL,
+    OWN,
+)
+DIRECTORY_COUNTIES = 12  # about 260 agencies at four levels
 WINDOW_S = 60  # [tokens] window_s and skew_s of the scenario's terminal (the defaults)
 SKEW_S = 30
 SAME_TEXT_S = 0.8  # [camera] same_text_s: a replay must be out of view this long first
@@ -120,6 +173,58 @@ class Options:
         return max(600.0, self.cadres * 20.0)
 
 
+# --- the canteen in the agency directory ---------------------------------------------------
+
+
+def lunch_window(prices: dict[str, int]) -> MealWindow:
+    """The lunch as the terminal's settings give it, for the model's prices: own, visitor
+    and each priced tier (MealWindow.price_for gives every other tier the visitor price)."""
+    return MealWindow(
+        "lunch",
+        LUNCH_OPENS,
+        LUNCH_CLOSES,
+        prices[OWN],
+        prices[VISITOR],
+        tuple((tier, prices[tier]) for tier in PRICED_TIERS),
+    )
+
+
+@dataclass(frozen=True)
+class Seating:
+    """The canteen in the directory the county publishes: the directory (the generated
+    agencies and canteens, this canteen among them), the county agency that runs the
+    canteen, and the units its settings count as its own."""
+
+    directory: Directory
+    operator: str
+    own_units: tuple[str, ...]
+
+    def tier(self, unit: str) -> str:
+        """The tier a diner of ``unit`` pays here, by the protocol's rule (Directory.tier)."""
+        return self.directory.tier(unit, self.operator, self.own_units)
+
+    def units_by_tier(self) -> dict[str, list[str]]:
+        return gen.units_by_tier(self.directory, self.operator, self.own_units)
+
+
+def make_seating(seed: str) -> Seating:
+    """The scenario's directory from ``seed``: this canteen is run by the office services
+    bureau of the first county (in directory order), whose government's cadres count as
+    its own too."""
+    made = gen.make_directory(f"lunch-rush/{seed}", DIRECTORY_COUNTIES)
+    agencies = made.directory.agencies
+    operator = next(
+        c.operator for c in made.directory.canteens.values() if agencies[c.operator].level == COUNTY
+    )
+    government = agencies[operator].parent
+    assert government is not None
+    directory = Directory(
+        agencies.values(),
+        [*made.directory.canteens.values(), Canteen(CANTEEN_ID, CANTEEN_NAME, operator)],
+    )
+    return Seating(directory, operator, (operator, government))
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 
@@ -166,6 +271,7 @@ class Plan:
     cast: Cast
     revoke_subs: list[str]  # credentials revoked by the publication
     revoke_uids: list[str]  # cards (hex) revoked by the publication
+    seating: Seating
 
     def timeline(self) -> list[Arrival | WorldEvent]:
         items: list[Arrival | WorldEvent] = [*self.arrivals, *self.events]
@@ -189,10 +295,13 @@ def make_plan(opts: Options, origin_s: int) -> Plan:
     n_lost = hostile.count("lost_card")
     n_victims = hostile.count("forged_presentation")
     people = honest + n_revoked + n_victims + n_lost + 8
+    seating = make_seating(opts.seed)
+    units_rng = random.Random(f"lunch-rush/{opts.seed}/units")
+    units = gen.unit_mix(seating.units_by_tier(), TIER_PATTERN, people, units_rng)
     population = pop.make_population(
         now=origin_s - DAY_S,
         cadres=people,
-        units=pop.DEFAULT_UNITS,
+        units=units,
         cards_fraction=min(1.0, (honest_card + n_lost + 4) / people),
         seed=f"lunch-rush/{opts.seed}",
     )
@@ -213,7 +322,7 @@ def make_plan(opts: Options, origin_s: int) -> Plan:
         lost_cards=lost,
         victims=others[honest_qr + n_revoked : honest_qr + n_revoked + n_victims],
     )
-    _make_outsiders(cast, hostile, origin_s, opts.seed, rng)
+    _make_outsiders(cast, hostile, origin_s, opts.seed, rng, seating.own_units[0])
 
     # The order at the counter: honest first meals shuffled, hostile ones slotted in.
     order = [_Slot(i, "qr", FIRST_MEAL, sub) for i, sub in enumerate(cast.honest_qr)]
@@ -302,7 +411,30 @@ def make_plan(opts: Options, origin_s: int) -> Plan:
             uid = cast.cadre(chosen.who).card_uid
             assert uid is not None
             revoke_uids.append(uid.hex())
-    return Plan(arrivals, events, cast, revoke_subs, revoke_uids)
+    return Plan(arrivals, events, cast, revoke_subs, revoke_uids, seating)
+
+
+def code_text(plan: Plan, a: Arrival, t: int, seed: str) -> str:
+    """The text of the code QR arrival ``a`` shows, drawn at phone time ``t`` (a new code
+    from the cadre's wallet; an outsider's or a forger's; a thief's presentation of a
+    victim's credential). A replay shows its first code again: the caller keeps it."""
+    cast = plan.cast
+    if a.kind in ("forged_key", "expired"):
+        return cast.outsiders[a.who].draw(t)
+    if a.kind == "forged_credential":
+        return cast.forged_texts[a.who](t)
+    if a.kind == "forged_presentation":
+        wallet = cast.cadre(a.who).wallet
+        thief = key_from_seed(f"lunch-rush/{seed}/thief/{a.n}")
+        return present(wallet.credential, thief, t=t, ctr=wallet.ctr + 1)
+    return cast.cadre(a.who).wallet.draw(t)
+
+
+def unit_of(plan: Plan, a: Arrival) -> str | None:
+    """The diner's agency as the credential or the roster gives it (None for outsiders)."""
+    if a.kind in ("forged_key", "expired", "forged_credential", "unknown_card"):
+        return None
+    return plan.cast.cadre(a.who).unit
 
 
 @dataclass(frozen=True)
@@ -315,7 +447,7 @@ class _Slot:
 
 
 def _make_outsiders(
-    cast: Cast, hostile: list[str], origin_s: int, seed: str, rng: random.Random
+    cast: Cast, hostile: list[str], origin_s: int, seed: str, rng: random.Random, own_unit: str
 ) -> None:
     issuer = cast.population.issuers[0]
     forger = Issuer(issuer.iss, key_from_seed(f"lunch-rush/{seed}/forger"))
@@ -323,7 +455,7 @@ def _make_outsiders(
         cast.outsiders[f"expired-{i}"] = make_wallet(
             issuer,
             f"x-expired-{i}",
-            pop.DEFAULT_UNITS[0],
+            own_unit,
             "过期证",
             now=origin_s - 3 * DAY_S,
             days=1,
@@ -333,7 +465,7 @@ def _make_outsiders(
         cast.outsiders[f"forged_key-{i}"] = make_wallet(
             forger,
             f"x-forged-{i}",
-            pop.DEFAULT_UNITS[0],
+            own_unit,
             "伪造者",
             now=origin_s - DAY_S,
             seed=f"lunch-rush/{seed}/forged-key/{i}",
@@ -344,7 +476,7 @@ def _make_outsiders(
         claims = credential_claims(
             iss=issuer.iss,
             sub=f"x-forged-credential-{i}",
-            unit=OWN_UNITS[0],
+            unit=own_unit,
             display_name="冒名者",
             cti=rng.randbytes(12),
             iat=origin_s - DAY_S,

@@ -2,12 +2,15 @@
 
 This module owns judging a ``RunRecord`` (hwsim.scenario.record): the checks that
 make the scenario fail (every decision as the model expected, one decision
-per presentation, the ledger verifies, the county holds exactly the ledger's
+per presentation, every accepted sale's entry recording the price tier the
+directory gives its diner and charged that tier's price, the ledger verifies,
+the county holds exactly the ledger's
 entries and so every accepted sale once, the outage was real and the terminal
 caught up after it, each signed publication reached the ledger as a
 ``config_applied`` entry and governed the decisions after it: the new prices
 for the accepted sales, ``revoked`` / ``card_revoked`` for the revoked
-presentations), the figures of the report (decisions by reason, latency from
+presentations), the figures of the report (decisions by reason, accepted
+sales by price tier, latency from
 presentation to verdict on the screen stream, time to resync, time from each
 publication to its ``config_applied`` entry) and a PNG
 chart of latency, queue and backlog over the simulated lunch, drawn with
@@ -24,8 +27,16 @@ from typing import Any
 
 from hwsim.scenario.clock import local_time
 from hwsim.scenario.model import ACCEPT
-from hwsim.scenario.plan import PRICES_AFTER, PRICES_BEFORE, REVOCATION, REVOKED_LATER, SETTINGS
+from hwsim.scenario.plan import (
+    PRICES_AFTER,
+    PRICES_BEFORE,
+    REVOCATION,
+    REVOKED_LATER,
+    SETTINGS,
+    lunch_window,
+)
 from hwsim.scenario.record import RunRecord
+from protocol.agencies import TIERS
 
 CONFIG_APPLIED = "config_applied"  # terminal.ledger.CONFIG_APPLIED
 REVOKED_REASONS = ("revoked", "card_revoked")
@@ -46,10 +57,17 @@ def check(record: RunRecord) -> list[str]:
     """Every way the run went wrong, one line each; empty when the lunch was right."""
     failures = [f"run: {p}" for p in record.problems]
     failures += _check_decisions(record)
+    failures += check_tiers(record)
     failures += _check_ledger_and_county(record)
     failures += _check_outage(record)
     failures += _check_updates(record)
     return failures
+
+
+def check_counter(record: RunRecord) -> list[str]:
+    """The checks of a quick run at the counter (hwsim.scenario.counter): the decisions and
+    their tiers and prices; it has no devices, outage, county or publications to check."""
+    return [f"run: {p}" for p in record.problems] + _check_decisions(record) + check_tiers(record)
 
 
 def _check_decisions(record: RunRecord) -> list[str]:
@@ -83,6 +101,32 @@ def _check_decisions(record: RunRecord) -> list[str]:
             f"a decision no presentation asked for: entry {extra.get('seq')} "
             f"{extra.get('verdict')} {extra.get('reason') or ''}".rstrip()
         )
+    return out
+
+
+def entry_tier(entry: dict[str, Any] | None) -> str | None:
+    """The price tier an accepted sale's entry records ({"tier": ...} in its detail)."""
+    tier = ((entry or {}).get("detail") or {}).get("tier")
+    return tier if isinstance(tier, str) else None
+
+
+def check_tiers(record: RunRecord) -> list[str]:
+    """Every accepted sale's entry records the tier the model expected (Directory.tier on
+    the published directory, computed by the scenario): a sale without a tier, or at
+    another, is a failure. The price is checked with the decision (expected_amount_fen is
+    that tier's price in the settings in force)."""
+    ledger = {e["seq"]: e for e in record.ledger_entries}
+    out = []
+    for p in record.presentations:
+        if p["verdict"] != ACCEPT or p["expected_verdict"] != ACCEPT:
+            continue
+        want = p.get("expected_tier")
+        got = entry_tier(ledger.get(p["seq"]))
+        what = f"presentation {p['n']} ({p['method']} {p['kind']} {p['who']} of {p.get('unit')})"
+        if got is None:
+            out.append(f"{what}: entry {p['seq']} records no price tier, expected {want}")
+        elif got != want:
+            out.append(f"{what}: charged as {got}, expected {want}")
     return out
 
 
@@ -193,12 +237,23 @@ def _check_updates(record: RunRecord) -> list[str]:
                 if e["kind"] != "sale" or e["verdict"] != ACCEPT or e.get("meal") != "lunch":
                     continue
                 prices = PRICES_AFTER if e["seq"] > entry["seq"] else PRICES_BEFORE
-                if e["amount_fen"] not in prices:
-                    when = "after" if prices is PRICES_AFTER else "before"
+                when = "after" if prices is PRICES_AFTER else "before"
+                tier = entry_tier(e)
+                if tier is None:
+                    allowed = sorted(set(prices.values()))
+                    if e["amount_fen"] not in allowed:
+                        out.append(
+                            f"entry {e['seq']}: a lunch sale {when} the settings set was "
+                            f"applied (entry {entry['seq']}) charged {e['amount_fen']} fen, "
+                            f"not one of {allowed}"
+                        )
+                    continue
+                price = lunch_window(prices).price_for(tier)
+                if e["amount_fen"] != price:
                     out.append(
                         f"entry {e['seq']}: a lunch sale {when} the settings set was applied "
-                        f"(entry {entry['seq']}) charged {e['amount_fen']} fen, not one of "
-                        f"{list(prices)}"
+                        f"(entry {entry['seq']}) charged {e['amount_fen']} fen, not the "
+                        f"{tier} price {price}"
                     )
         else:
             for p in record.presentations:
@@ -268,6 +323,7 @@ def figures(record: RunRecord) -> dict[str, Any]:
     lag = [(p["presented_sim_ms"] - p["planned_sim_ms"]) / 1000 for p in ps]
     accepted = [p for p in ps if p["verdict"] == ACCEPT]
     return {
+        "tiers": tier_figures(record),
         "presentations": len(ps),
         "qr": sum(p["method"] == "qr" for p in ps),
         "card": sum(p["method"] == "card" for p in ps),
@@ -301,6 +357,24 @@ def figures(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def tier_figures(record: RunRecord) -> dict[str, dict[str, int]]:
+    """Accepted sales by the tier their entries record ('unknown' without one): sales, fen,
+    and how many the model expected at that tier, in protocol.agencies TIERS order."""
+    ledger = {e["seq"]: e for e in record.ledger_entries}
+    counts: dict[str, dict[str, int]] = {}
+    for p in record.presentations:
+        if p["verdict"] == ACCEPT:
+            tier = entry_tier(ledger.get(p["seq"])) or "unknown"
+            row = counts.setdefault(tier, {"sales": 0, "fen": 0, "expected": 0})
+            row["sales"] += 1
+            row["fen"] += p["amount_fen"] or 0
+        if p["expected_verdict"] == ACCEPT and p.get("expected_tier"):
+            row = counts.setdefault(p["expected_tier"], {"sales": 0, "fen": 0, "expected": 0})
+            row["expected"] += 1
+    order = {tier: i for i, tier in enumerate(TIERS)}
+    return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
 def _hm(ms: int) -> str:
     return local_time(ms, "%H:%M")
 
@@ -322,6 +396,12 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
         + ", ".join(f"{k} {v}" for k, v in f["not_first_meals"].items())
     )
     lines.append(f"accepted amount: {f['accepted_fen'] / 100:.2f} yuan")
+    if f["tiers"]:
+        lines.append("accepted sales by price tier (as the entries record it; expected):")
+        lines += [
+            f"  {tier:28} {t['sales']:5} ({t['fen'] / 100:.2f} yuan; expected {t['expected']})"
+            for tier, t in f["tiers"].items()
+        ]
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f} ms"
@@ -378,8 +458,9 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
             lines.append(f"  ... and {len(failures) - 50} more")
     else:
         lines.append(
-            "checks passed: every decision as expected, ledger verifies, county holds exactly "
-            "the ledger's entries (none lost, none twice), resynced after the outage, "
+            "checks passed: every decision as expected, every sale at the price tier the "
+            "directory gives its diner and that tier's price, ledger verifies, county holds "
+            "exactly the ledger's entries (none lost, none twice), resynced after the outage, "
             "signed settings and revocation applied and in force for the decisions after them"
         )
     return "\n".join(lines)
