@@ -123,18 +123,7 @@ class Terminal:
 
 def view(d: Decision) -> dict[str, Any]:
     """The decision as the daemon hands it to ``Screen.show_decision``."""
-    e = d.entry
-    return {
-        "seq": e.seq,
-        "verdict": e.verdict,
-        "reason": e.reason,
-        "display_name": d.display_name,
-        "unit": e.unit,
-        "meal": e.meal,
-        "amount_fen": e.amount_fen,
-        "method": e.method,
-        "at_ms": e.at_ms,
-    }
+    return daemon.decision_view(d)
 
 
 def wallet(sub: str, name: str | None = None, unit: str = "own") -> Wallet:
@@ -155,7 +144,8 @@ class CheckoutDesk:
         sale = self.t.run(lambda: self.t.c.ledger.last_sale())
         if sale is None:
             return None
-        return charge_of(sale, self.t.names.get(sale.seq), self.t.c.settings.unit_names)
+        c = self.t.c
+        return charge_of(sale, self.t.names.get(sale.seq), c.settings.unit_names, c.directory)
 
     def reverse(self, sale_seq: int, staff: str, within_s: int) -> Reversal | Refusal:
         def act() -> Reversal | Refusal:

@@ -485,9 +485,10 @@ function renderPanel(data) {
     const c = lastCharge;
     const lines = [
       [localTime(c.at_ms, false), L[c.method] || ""],
-      [c.display_name, c.unit_name || c.unit, c.tier_text],
+      [c.display_name, c.unit_name || c.unit],
+      [c.tier_text],  // the price tier charged; absent for sales recorded before tiers
       [c.meal_label, yuan(c.amount_fen)],
-    ];
+    ].filter((parts) => parts.some((part) => clean(part)));
     box.replaceChildren(...lines.map((parts) => {
       const div = document.createElement("div");
       div.textContent = parts.map(clean).filter(Boolean).join("  ");

@@ -55,6 +55,27 @@ from terminal.service.worker import load_directory as load_directory
 
 log = logging.getLogger("canteen.daemon")
 
+
+def decision_view(decision: Decision) -> dict[str, Any]:
+    """What the screen is sent of a committed decision (terminal/display/views.py
+    DecisionView): the entry's facts, the cadre's name, the agency's name (the directory's,
+    else [canteen] unit_names) and the price tier charged."""
+    e = decision.entry
+    return {
+        "seq": e.seq,
+        "verdict": e.verdict,
+        "reason": e.reason,
+        "display_name": decision.display_name,
+        "unit": e.unit,
+        "unit_name": decision.unit_name,
+        "tier": decision.tier,
+        "meal": e.meal,
+        "amount_fen": e.amount_fen,
+        "method": e.method,
+        "at_ms": e.at_ms,
+    }
+
+
 STARTING = "starting"
 READY = "ready"
 DEGRADED = "degraded"
@@ -287,26 +308,13 @@ class Daemon:
 
     def _shown(self, decision: Decision, counter: TerminalCheckout) -> None:
         e = decision.entry
-        view = {
-            "seq": e.seq,
-            "verdict": e.verdict,
-            "reason": e.reason,
-            "display_name": decision.display_name,
-            "unit": e.unit,
-            # The agency's name (the directory's, else [canteen] unit_names) and the tier.
-            "unit_name": decision.unit_name,
-            "tier": decision.tier,
-            "meal": e.meal,
-            "amount_fen": e.amount_fen,
-            "method": e.method,
-            "at_ms": e.at_ms,
-        }
+        view = decision_view(decision)
         log.info(
             "entry %d: %s %s %s",
             e.seq,
             e.method,
             e.verdict,
-            e.reason or f"{e.meal} {e.amount_fen} fen",
+            e.reason or f"{e.meal} {e.amount_fen} fen ({decision.tier})",
         )
         if self.screen is not None:
             self.screen.show_decision(view)
