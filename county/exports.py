@@ -198,11 +198,27 @@ def _write_csv(table: Table, f: IO[str], bom: bool) -> int:
 def _write_xlsx(tables: Sequence[Table], path: Path) -> int:
     # Imported here: openpyxl comes with the county extra and only this format needs it.
     from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    try:
+        return _fill_xlsx(wb, tables, path)
+    except BaseException:
+        # Rows stopped coming (a database error): close each sheet's writer and remove
+        # its temporary file now, not when the process ends.
+        sheets: list[Any] = list(wb.worksheets)
+        for ws in sheets:
+            with contextlib.suppress(Exception):
+                ws.close()
+            with contextlib.suppress(Exception):
+                os.unlink(ws._writer.out)
+        raise
+
+
+def _fill_xlsx(wb: Any, tables: Sequence[Table], path: Path) -> int:
     from openpyxl.cell import WriteOnlyCell
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
 
-    wb = Workbook(write_only=True)
     bold = Font(bold=True)
     n = 0
 
