@@ -808,13 +808,17 @@ SCENARIO = Command(
     "reader, and syncs with the reference county server behind the fault proxy. "
     "--cadres presentations, 70% by QR and 30% by card, 5% hostile (replayed and "
     "forged codes, revoked and expired credentials, second meals, lost cards and cards "
-    "not in the roster); a ten-minute network outage in the middle; the lunch price "
-    "changes and a revocation list is published during the run. At the end it checks "
-    "every verdict against what it expected, that every ledger verifies and that the "
+    "not in the roster); the cadres come from the canteen's own agency and from others "
+    "at the same level, above, below, in other counties and cities, or not in the agency "
+    "directory the county publishes (a few hundred agencies), and lunch has a price for "
+    "each tier; a ten-minute network outage in the middle; the lunch prices "
+    "change and a revocation list is published during the run. At the end it checks "
+    "every verdict against what it expected (each sale's price tier and price too), "
+    "that every ledger verifies and that the "
     "county holds exactly the terminal's entries, prints the figures (decisions by "
-    "reason, latency p50/p99 from presentation to verdict on the screen stream, time to "
-    "resync after the outage) and draws lunch-rush.png. Exit status 0 when every check "
-    "passed, 1 when one failed, 2 when it could not run.",
+    "reason, sales per price tier, latency p50/p99 from presentation to verdict on the "
+    "screen stream, time to resync after the outage) and draws lunch-rush.png. Exit "
+    "status 0 when every check passed, 1 when one failed, 2 when it could not run.",
     (
         arg("name", choices=("lunch-rush",), help="the scenario to play"),
         arg(

@@ -5,8 +5,9 @@ module has one job:
 
     clock     the simulated clock (the wall clock of the daemon, the county and
               every phone) and the lunch's local times
-    plan      the canteen's fixed facts, the options of a run, and the seeded
-              plan: who comes when, how they pay, what goes wrong, and when
+    plan      the canteen's fixed facts, its place in the agency directory, the
+              options of a run, and the seeded plan: who comes when, from which
+              agency, how they pay, what goes wrong, and when
     model     the expected-verdict model: what each presentation must get
     canteen   the terminal under test: its settings, provisioning and first
               lists, county IT's update repository, the daemon in a thread and
@@ -17,6 +18,8 @@ module has one job:
               and the marks that pair a decision with its presentation
     report    the checks, the figures, the printed report and the chart; it
               reads only a record
+    counter   the quick run: the plan decided by the terminal's core alone, with
+              the directory, no devices (the price tiers in a second or two)
 
 It runs everything on 127.0.0.1 in a folder of its own and stops everything it
 started. The names below are what the hw-sim command and the tests use:
