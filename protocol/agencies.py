@@ -232,6 +232,14 @@ def _name(value: str) -> str | None:
     return None
 
 
+def _account(value: str) -> str | None:
+    # Printable: a NUL cannot be stored in PostgreSQL text, and a line break would break
+    # the settlement's CSV and the bank's files.
+    if len(value) > 64 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "finance_account must be at most 64 printable characters"
+    return None
+
+
 def parse_agencies_csv(text: str, source: str = "agencies CSV") -> Directory:
     """Agencies from a CSV with the header code,name,level,parent,finance_account.
 
@@ -253,7 +261,7 @@ def parse_agencies_csv(text: str, source: str = "agencies CSV") -> Directory:
             if row["level"] in LEVELS
             else f"level {row['level']!r} is not one of {', '.join(LEVELS)}",
             _code(row["parent"], "parent") if row["parent"] else None,
-            None if len(row["finance_account"]) <= 64 else "finance_account is over 64 characters",
+            _account(row["finance_account"]),
         ]
         found = [w for w in wrong if w]
         if not found and row["code"] in lines:

@@ -64,6 +64,7 @@ ZJ,浙江省又一次,province,,
 b@d,坏代码,county,HZ,
 A1,甲县,county,A2,
 A2,乙县,county,A1,
+F1,某单位,county,HZ,62\x0022
 """
 BAD_LINES = {
     3: "level 'metro'",
@@ -71,6 +72,7 @@ BAD_LINES = {
     5: "already on line 2",
     6: "code 'b@d'",
     7: "cycle: A1 -> A2 -> A1",
+    9: "finance_account must be at most 64 printable characters",  # a NUL in it
 }
 
 
