@@ -452,5 +452,18 @@ def test_cli_help_and_a_bad_speed(capsys: pytest.CaptureFixture[str], tmp_path: 
     out = capsys.readouterr().out
     for word in ("lunch-rush", "--cadres", "--speed", "--short", "--out", "--seed", "outage"):
         assert word in out
+    assert "--counter" in out and "tier" in out
     assert cli.main(["scenario", "lunch-rush", "--speed", "500", "--out", str(tmp_path)]) == 2
     assert "--speed must be between" in capsys.readouterr().err
+
+
+def test_cli_counter_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["scenario", "lunch-rush", "--short", "--counter", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "checks passed" in out and "higher_level" in out and "unlisted" in out
+    assert (tmp_path / "report.txt").read_text(encoding="utf-8").strip() == out.strip()
+    # The same folder again would find its cadres served: refused, one line.
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err

@@ -420,6 +420,16 @@ def cmd_scenario(a: argparse.Namespace) -> int:
         opts = scenario.Options(out=out, cadres=a.cadres, speed=a.speed, seed=a.seed)
     try:
         opts.check()
+        if a.counter:
+            from hwsim.scenario.counter import counter_text, play_counter
+            from hwsim.scenario.report import check_counter
+
+            record = play_counter(opts, time.time())
+            failures = check_counter(record)
+            text = counter_text(record, failures)
+            (out / "report.txt").write_text(text + "\n", encoding="utf-8")
+            print(text, flush=True)
+            return 1 if failures else 0
         print(f"lunch-rush in {out} ({opts.cadres} presentations at {opts.speed:g}x)", flush=True)
         _record, failures, text = scenario.play(opts, lambda s: print(s, flush=True))
     except scenario.ScenarioError as exc:
@@ -848,6 +858,13 @@ SCENARIO = Command(
             "--short",
             action="store_true",
             help="the CI run: 40 presentations (every hostile kind once) and a two-minute outage",
+        ),
+        arg(
+            "--counter",
+            action="store_true",
+            help="decide the same plan with the terminal's decision core alone (no camera, "
+            "reader, county or daemon; the agency directory handed to it): the verdicts, "
+            "price tiers and prices in a few seconds",
         ),
     ),
     cmd_scenario,

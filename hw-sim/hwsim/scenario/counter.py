@@ -25,7 +25,14 @@ from typing import Any
 from hwsim.scenario.canteen import install_lists, settings_text
 from hwsim.scenario.clock import LUNCH_OPENS, ORIGIN, lunch_origin_ms, seconds_between
 from hwsim.scenario.model import LunchModel
-from hwsim.scenario.plan import PRICES_BEFORE, Options, code_text, make_plan, unit_of
+from hwsim.scenario.plan import (
+    PRICES_BEFORE,
+    Options,
+    ScenarioError,
+    code_text,
+    make_plan,
+    unit_of,
+)
 from hwsim.scenario.record import RunRecord
 
 
@@ -36,6 +43,10 @@ def play_counter(opts: Options, now_s: float) -> RunRecord:
 
     opts.check()
     out = Path(opts.out)
+    if (out / "state").exists():
+        raise ScenarioError(
+            f"{out} already holds a run (its ledger would serve nobody twice); use another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     origin_ms = lunch_origin_ms(now_s)
     plan = make_plan(opts, origin_ms // 1000)
@@ -136,3 +147,28 @@ def summary(record: RunRecord) -> dict[str, Any]:
 
     f = figures(record)
     return {"decisions_by_reason": f["decisions_by_reason"], "tiers": f["tiers"]}
+
+
+def counter_text(record: RunRecord, failures: list[str]) -> str:
+    """The quick run's report: decisions by reason, sales by tier, and every failed check."""
+    s = summary(record)
+    lines = [
+        f"lunch-rush at the counter: {len(record.presentations)} presentations decided by "
+        f"the terminal's core, seed {record.options['seed']}",
+        "decisions by reason:",
+    ]
+    lines += [f"  {reason:28} {n:5}" for reason, n in s["decisions_by_reason"].items()]
+    lines.append("accepted sales by price tier (as the entries record it; expected):")
+    lines += [
+        f"  {tier:28} {t['sales']:5} ({t['fen'] / 100:.2f} yuan; expected {t['expected']})"
+        for tier, t in s["tiers"].items()
+    ]
+    if failures:
+        lines.append(f"CHECKS FAILED ({len(failures)}):")
+        lines += [f"  - {x}" for x in failures[:50]]
+    else:
+        lines.append(
+            "checks passed: every decision as expected, every sale at the price tier the "
+            "directory gives its diner and that tier's price"
+        )
+    return "\n".join(lines)
