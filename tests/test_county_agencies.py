@@ -24,17 +24,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from countykit import ON_EACH_BACKEND, County, copy_county
+from sqlalchemy import text
 
 from county import updates as cu
 from county.cli import main as county_main
 from county.db import Database
 from county.db.migrations import prepare
-from county.directory import load_directory, operator_of
+from county.directory import (
+    DirectoryRefused,
+    load_directory,
+    operator_of,
+    replace_agencies,
+    replace_canteens,
+)
 from protocol import agencies as ag
 from protocol.layout import DIRECTORY_TARGET
 
@@ -281,6 +290,65 @@ def test_load_directory_gives_the_tiers(
     assert directory.tier("YH-LP", yh) == ag.LOWER_LEVEL
     assert directory.tier("YH", directory.operator_of("hz-1")) == ag.LOWER_LEVEL
     assert directory.tier("SZ", yh) == ag.UNLISTED
+
+
+def _waiting(db: Database) -> int:
+    """Sessions of ``db``'s PostgreSQL database waiting for an advisory lock."""
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
+                    "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            ).scalar_one()
+        )
+
+
+def test_imports_wait_for_each_other(
+    county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An agencies import that removes YH, not yet committed, and a canteens import naming
+    YH at the same time: the canteens import waits for it and is then refused, so no
+    canteen is left run by an agency that is gone. On PostgreSQL the wait is seen as the
+    second session's ungranted advisory lock."""
+    db = ("--database", county_db_url)
+    assert (
+        _county("agencies", "import", _file(tmp_path, "a.csv", AGENCIES), *db, capsys=capsys)[0]
+        == 0
+    )
+    without_yh = ag.parse_agencies_csv(
+        "".join(line + "\n" for line in AGENCIES.splitlines() if not line.startswith("YH"))
+    )
+    first, second = Database(county_db_url), Database(county_db_url)
+    outcome: list[BaseException | ag.Directory] = []
+
+    def canteens() -> None:
+        try:
+            with second.write() as conn:
+                outcome.append(
+                    replace_canteens(conn, [ag.Canteen("yh-1", "余杭区机关食堂", "YH")], 2)
+                )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        with first.write() as conn:
+            replace_agencies(conn, without_yh, 1)
+            other = threading.Thread(target=canteens)
+            other.start()
+            if not first.is_sqlite:
+                wait_for(lambda: _waiting(first), what="the canteens import waiting for its lock")
+        other.join(timeout=60)
+        assert not other.is_alive()
+    finally:
+        first.close()
+        second.close()
+    [refused] = outcome
+    assert isinstance(refused, DirectoryRefused)
+    assert refused.lines == ["canteen yh-1: operator 'YH' is not an agency in the stored directory"]
+    stored = _stored(county_db_url)
+    assert "YH" not in stored.agencies and not stored.canteens
 
 
 # ---- publishing to the terminals ----
