@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import json
 import random
 import zoneinfo
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from hypothesis import strategies as st
 
 from county import reconcile as rc
 from county.cadres import Cadre, replace_cadres
+from county.cli import main as county_main
 from county.store import OK, CountyStore
 from protocol.chain import ACCEPT, REJECT, SALE, EntryDraft, LedgerEntry
 from terminal.core.checkout import reversal_draft
@@ -353,3 +355,336 @@ def test_reconciliation_finds_every_planted_difference(
         sum(c["ledger_debit_fen"] - c["ledger_refund_fen"] for c in result.cadres)
         == built.ledger_net
     )
+
+
+# ---- the commands ------------------------------------------------------------------
+
+DAY = dt.date(2026, 5, 28)
+ROSTER = """\
+uid,iss,sub,unit,display_name,status,account,monthly_allowance_fen
+0A1B2C3D,hn-gov,C1,u1,张伟,active,6222000001,3000
+0A1B2C3E,hn-gov,C1,u1,张伟,lost,6222000001,3000
+0A1B2C3F,hn-gov,C2,u1,李娜,active,6222000002,2000
+0A1B2C40,hn-gov,C3,u2,王芳,active,,
+0A1B2C41,hn-gov,C4,u2,周敏,active,6222000004,5000
+"""
+
+
+def county(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """canteen-county ARGS in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    status = county_main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def write(tmp_path: Path, name: str, text: str, encoding: str = "utf-8") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding=encoding)
+    return str(path)
+
+
+def test_roster_with_account_columns() -> None:
+    """The terminal's roster parser takes the county's two columns and keeps its checks."""
+    from protocol.lists import TrustError, parse_roster_csv
+
+    cards = parse_roster_csv(ROSTER)
+    assert [(c.cadre, c.account, c.monthly_allowance_fen) for c in cards[2:4]] == [
+        ("hn-gov/C2", "6222000002", 2000),
+        ("hn-gov/C3", None, None),
+    ]
+    head = "uid,iss,sub,unit,display_name,status"
+    assert parse_roster_csv(f"{head},account\n01020304,x,y,z,n,active,62\n")[0].account == "62"
+    with pytest.raises(TrustError, match="line 2: monthly_allowance_fen must be a whole"):
+        parse_roster_csv(f"{head},account,monthly_allowance_fen\n01020304,x,y,z,n,active,1,-5\n")
+    with pytest.raises(TrustError, match="the header must be"):
+        parse_roster_csv(f"{head},monthly_allowance_fen\n01020304,x,y,z,n,active,5\n")
+    with pytest.raises(TrustError, match="line 2: status must be one of"):
+        parse_roster_csv(f"{head},account\n01020304,x,y,z,n,gone,62\n")
+
+
+def test_cadres_import_and_list(
+    county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ("--database", county_db_url)
+    status, out, err = county(capsys, "cadres", "import", write(tmp_path, "r.csv", ROSTER), *db)
+    assert (status, err) == (0, "")
+    assert out.startswith("4 cadres imported (3 with a bank account, 3 with a monthly allowance)")
+    status, out, _ = county(capsys, "cadres", "list", "--format", "json", *db)
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [c["cadre"] for c in listed] == ["hn-gov/C1", "hn-gov/C2", "hn-gov/C3", "hn-gov/C4"]
+    assert listed[0] == {
+        "cadre": "hn-gov/C1",
+        "unit": "u1",
+        "name": "张伟",
+        "account": "6222000001",
+        "monthly_allowance_fen": 3000,
+    }
+    # The CSV listing imports again as it is.
+    status, csv_out, _ = county(capsys, "cadres", "list", "--format", "csv", *db)
+    status, out, err = county(
+        capsys, "cadres", "import", write(tmp_path, "again.csv", csv_out), *db
+    )
+    assert (status, err) == (0, "") and out.startswith("4 cadres imported")
+
+    bad = (
+        "cadre,unit,name,account,monthly_allowance_fen\n"
+        "hn-gov/C1,u1,张伟,6222000001,3000\n"
+        "no-slash,u1,某,6222000009,1\n"
+        "hn-gov/C2,u1,李娜,6222000001,2000\n"
+        "hn-gov/C5,u1,赵,6222 000,1\n"
+        "hn-gov/C6,u1,钱,6222000006,1.5\n"
+        "hn-gov/C1,u1,张伟,,\n"
+        "hn-gov/C7,,孙,,\n"
+    )
+    status, out, err = county(capsys, "cadres", "import", write(tmp_path, "bad.csv", bad), *db)
+    assert status == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[-1] == "canteen-county: nothing was imported"
+    wanted = {
+        3: "cadre 'no-slash': expected ISSUER/ID",
+        4: "account 6222000001 is cadre hn-gov/C1's already (line 2)",
+        5: "account '6222 000'",
+        6: "monthly_allowance_fen '1.5'",
+        7: "cadre hn-gov/C1 again (first on line 2)",
+        8: "unit is empty",
+    }
+    assert len(lines) == len(wanted) + 1
+    for line, (n, word) in zip(lines, sorted(wanted.items()), strict=False):
+        assert line.startswith(f"canteen-county: error: {tmp_path}/bad.csv line {n}: "), line
+        assert word in line, line
+    # Nothing imported: the cadres before stay.
+    status, out, _ = county(capsys, "cadres", "list", "--format", "json", *db)
+    assert [json.loads(line)["cadre"] for line in out.splitlines()] == [c["cadre"] for c in listed]
+
+    conflicting = ROSTER.replace(
+        "0A1B2C3E,hn-gov,C1,u1,张伟,lost,6222000001,3000",
+        "0A1B2C3E,hn-gov,C1,u1,张伟,lost,6222000001,4000",
+    )
+    status, _, err = county(capsys, "cadres", "import", write(tmp_path, "r2.csv", conflicting), *db)
+    assert (
+        status == 2
+        and "r2.csv line 3: cadre hn-gov/C1's unit, name, account or allowance differ from line 2"
+        in err
+    )
+
+
+@dataclass
+class Day:
+    """A small real ledger on DAY: two cadres, a reversal, a refusal."""
+
+    sales: list[LedgerEntry]
+    reversal: LedgerEntry
+
+
+def small_day(store: CountyStore, root: Path) -> Day:
+    till = Till(store, root, "north-1", "north", local_ms(DAY, 0) - DAY_MS)
+    s1 = till.sale("hn-gov/C1", 1500, local_ms(DAY, 12 * 3600 + 5))
+    s2 = till.sale("hn-gov/C2", 1250, local_ms(DAY, 12 * 3600 + 65), tier="higher_level")
+    till.refusal("hn-gov/C2", local_ms(DAY, 12 * 3600 + 70))
+    s3 = till.sale("hn-gov/C1", 800, local_ms(DAY, 18 * 3600))
+    rev = till.reversal(s3, local_ms(DAY, 18 * 3600 + 120))
+    till.upload()
+    return Day([s1, s2, s3], rev)
+
+
+def statement_of(day: Day, header: str = HEADER_ZH) -> list[str]:
+    def when(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, ZONE).strftime("%Y-%m-%d,%H:%M:%S")
+
+    s1, s2, s3 = day.sales
+    return [
+        header,
+        f"6222000001,张伟,{when(s1.at_ms)},15.00,{s1.entry_id},午餐",
+        f"6222000002,李娜,{when(s2.at_ms)},12.50,{s2.entry_id},午餐",
+        f"6222000001,张伟,{when(s3.at_ms)},8.00,,晚餐",
+        f"6222000001,张伟,{when(day.reversal.at_ms)},-8.00,{s3.entry_id},退款",
+    ]
+
+
+def test_reconcile_command(
+    county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ("--database", county_db_url)
+    store = CountyStore(county_db_url)
+    try:
+        day = small_day(store, tmp_path)
+    finally:
+        store.close()
+    assert county(capsys, "cadres", "import", write(tmp_path, "r.csv", ROSTER), *db)[0] == 0
+    lines = statement_of(day)
+    # The Chinese header, a BOM, CRLF line ends, as Excel saves 'CSV UTF-8'.
+    good = write(tmp_path, "good.csv", "\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
+    status, out, err = county(capsys, "reconcile", "--statement", good, "--date", "2026-05-28", *db)
+    assert status == 0, err
+    assert err.strip().endswith(": balanced")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["row"] for r in rows] == ["cadre", "cadre", "summary"]
+    summary = rows[-1]
+    assert summary["balanced"] is True and summary["ledger_net_fen"] == 1500 + 1250
+    assert (summary["matched_by_reference"], summary["matched_by_account"]) == (3, 1)
+
+    # The English header with a direction column; the 8.00 debit missing, 12.50 as 12.40.
+    english = [
+        HEADER + ",direction",
+        lines[1] + ",借",
+        lines[2].replace("12.50", "12.40") + ",D",
+        lines[4].replace("-8.00", "8.00") + ",贷",
+    ]
+    short = write(tmp_path, "short.csv", "\n".join(english) + "\n")
+    status, out, err = county(
+        capsys, "reconcile", "--statement", short, "--date", "2026-05-28", *db
+    )
+    assert status == 1
+    assert "2 differences (in_ledger_not_at_bank 1, amount_differs 1)" in err
+    found = [json.loads(line) for line in out.splitlines()]
+    diffs = [r for r in found if r["row"] == "difference"]
+    assert [(d["kind"], d["entry_id"], d["difference_fen"]) for d in diffs] == [
+        (rc.IN_LEDGER_NOT_AT_BANK, day.sales[2].entry_id, -800),
+        (rc.AMOUNT_DIFFERS, day.sales[1].entry_id, -10),
+    ]
+
+    # xlsx: one sheet each, Chinese headers, money as yuan cells.
+    from openpyxl import load_workbook
+
+    book = tmp_path / "r.xlsx"
+    args = ("reconcile", "--statement", short, "--date", "2026-05-28", "--format", "xlsx")
+    status, out, err = county(capsys, *args, "--out", str(book), *db)
+    assert (status, err) == (1, "") and "2 differences" in out
+    wb = load_workbook(book)
+    assert wb.sheetnames == ["差异明细", "按干部汇总", "对账汇总"]
+    sheet = wb["差异明细"]
+    header = [c.value for c in sheet[1]]
+    assert header[:3] == ["日期", "差异类型", "差异说明"] and "银行金额" in header
+    cell = sheet.cell(row=3, column=header.index("银行金额") + 1)
+    assert (Decimal(str(cell.value)), cell.number_format) == (Decimal("12.40"), "#,##0.00")
+    # csv: the differences only, yuan text.
+    status, out, _ = county(capsys, *args[:-2], "--format", "csv", *db)
+    table = out.splitlines()
+    assert status == 1 and table[0].startswith("日期,差异类型,差异说明") and len(table) == 3
+    assert ",-8.00," in table[1] and ",12.40," in table[2]
+
+
+def test_bad_statement_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every bad row one line naming it; nothing reconciled (no output, no file)."""
+    data = tmp_path / "county"
+    data.mkdir()
+    db = ("--data", str(data))
+    ok = "6222000001,张伟,2026-05-28,12:00:05"
+    text = "\n".join(
+        [
+            HEADER,
+            f"{ok},15.00,r1,午餐",
+            f"{ok},15.005,r2,午餐",
+            f"{ok},十五,r3,午餐",
+            f"{ok},,r4,午餐",
+            "6222000001,张伟,2026-02-30,12:00:05,15.00,r5,午餐",
+            "6222000001,张伟,2026-05-27,12:00:05,15.00,r6,午餐",
+            "6222000001,张伟,2026-05-28,12:60:05,15.00,r7,午餐",
+            f"{ok},0.00,r8,午餐",
+            f"{ok},1.5e3,r9,午餐",
+        ]
+    )
+    path = write(tmp_path, "bad.csv", text + "\n")
+    out_file = tmp_path / "out.json"
+    status, out, err = county(
+        capsys,
+        "reconcile",
+        "--statement",
+        path,
+        "--date",
+        "2026-05-28",
+        "--out",
+        str(out_file),
+        *db,
+    )
+    assert status == 2 and out == "" and not out_file.exists()
+    wanted = {
+        3: "amount '15.005' has more than 2 decimals",
+        4: "amount '十五' is not yuan",
+        5: "amount is empty",
+        6: "date '2026-02-30' is not a date",
+        7: "date 2026-05-27 is not the statement's day 2026-05-28",
+        8: "time '12:60:05' is not a time",
+        9: "amount 0.00 moves no money",
+        10: "amount '1.5e3' is not yuan",
+    }
+    lines = err.splitlines()
+    assert lines[-1] == "canteen-county: nothing was reconciled"
+    assert len(lines) == len(wanted) + 1
+    for line, (n, word) in zip(lines, sorted(wanted.items()), strict=False):
+        assert line.startswith(f"canteen-county: error: {path} line {n}: "), line
+        assert word in line, line
+    # A bad header, a bad date option, a bad time zone: one line each, exit 2.
+    for args, word in [
+        (
+            ("--statement", write(tmp_path, "h.csv", "账号,金额\n"), "--date", "2026-05-28"),
+            "missing 户名",
+        ),
+        (("--statement", path, "--date", "28.05.2026"), "--date '28.05.2026'"),
+        (("--statement", path, "--date", "2026-05-28", "--timezone", "Mars/Base"), "Mars/Base"),
+    ]:
+        status, out, err = county(capsys, "reconcile", *args, *db)
+        assert status == 2 and out == "" and word in err and len(err.splitlines()) <= 2, err
+
+
+def test_allowances(county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Over and under a monthly allowance; the month's bounds are local midnights."""
+    db = ("--database", county_db_url)
+    may = dt.date(2026, 5, 1)
+    store = CountyStore(county_db_url)
+    try:
+        till = Till(store, tmp_path, "north-1", "north", local_ms(may, 0) - 2 * DAY_MS)
+        # C1 (3000): 00:10 local on 05-01 is 04-30 in UTC; 1500 + 1500 + 800 - 800 = 3000.
+        till.sale("hn-gov/C1", 1500, local_ms(may, 600))
+        till.sale("hn-gov/C1", 1500, local_ms(DAY, 43_200))
+        undone = till.sale("hn-gov/C1", 800, local_ms(DAY, 43_300))
+        till.reversal(undone, local_ms(DAY, 43_400))
+        # C2 (2000): 1500 + 1000 = 2500, over by 500; and 00:30 on 06-01 (May in UTC).
+        till.sale("hn-gov/C2", 1500, local_ms(DAY, 50_000))
+        till.sale("hn-gov/C2", 1000, local_ms(DAY, 50_100))
+        till.sale("hn-gov/C2", 700, local_ms(dt.date(2026, 6, 1), 1800))
+        # C3 has no allowance; hn-gov/C9 is not in the cadres at all.
+        till.sale("hn-gov/C3", 100, local_ms(DAY, 60_000))
+        till.sale("hn-gov/C9", 100, local_ms(DAY, 60_100))
+        till.upload()
+    finally:
+        store.close()
+    assert county(capsys, "cadres", "import", write(tmp_path, "r.csv", ROSTER), *db)[0] == 0
+    status, out, err = county(capsys, "allowances", "--month", "2026-05", *db)
+    assert (status, err) == (0, "")
+    rows = {r["cadre"]: r for r in map(json.loads, out.splitlines())}
+    assert list(rows) == ["hn-gov/C1", "hn-gov/C2", "hn-gov/C3", "hn-gov/C4", "hn-gov/C9"]
+    c1 = rows["hn-gov/C1"]
+    assert (c1["meals"], c1["gross_fen"], c1["reversed_fen"], c1["net_fen"]) == (2, 3800, 800, 3000)
+    assert (c1["allowance_fen"], c1["remaining_fen"], c1["over_fen"], c1["over"]) == (
+        3000,
+        0,
+        0,
+        False,
+    )
+    c2 = rows["hn-gov/C2"]
+    assert (c2["net_fen"], c2["over_fen"], c2["remaining_fen"], c2["over"]) == (
+        2500,
+        500,
+        -500,
+        True,
+    )
+    assert rows["hn-gov/C3"]["allowance_fen"] is None and rows["hn-gov/C3"]["over"] is False
+    assert rows["hn-gov/C4"]["net_fen"] == 0 and rows["hn-gov/C4"]["remaining_fen"] == 5000
+    assert rows["hn-gov/C9"]["name"] == "" and rows["hn-gov/C9"]["net_fen"] == 100
+
+    status, out, _ = county(capsys, "allowances", "--month", "2026-05", "--over", *db)
+    assert [json.loads(line)["cadre"] for line in out.splitlines()] == ["hn-gov/C2"]
+    # In UTC the 00:10 sale of 05-01 is April's and the 00:30 of 06-01 is May's.
+    status, out, _ = county(
+        capsys, "allowances", "--month", "2026-05", "--timezone", "UTC", "--over", *db
+    )
+    over = [json.loads(line) for line in out.splitlines()]
+    assert [(r["cadre"], r["net_fen"]) for r in over] == [("hn-gov/C2", 3200)]
+    status, out, _ = county(capsys, "allowances", "--month", "2026-05", "--format", "csv", *db)
+    table = out.splitlines()
+    assert table[0].startswith("月份,干部,姓名,单位,餐次,消费金额")
+    assert table[2].startswith("2026-05,hn-gov/C2,李娜,u1,2,25.00,0.00,25.00,20.00,-5.00,5.00")
+    status, _, err = county(capsys, "allowances", "--month", "2026-13", *db)
+    assert status == 2 and "--month '2026-13'" in err
