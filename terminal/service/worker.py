@@ -79,23 +79,19 @@ def load_directory(state_dir: Path) -> Directory | None:
     """The agency directory installed with the update set in force, or None.
 
     terminal/updates installs the signed directory target and reads it back
-    (``installed_directory``); a terminal whose updates package has no directory
-    support, or has none installed yet, decides prices as own or visitor. A directory
-    that cannot be read is logged and treated as none: visitors then pay the visitor
-    price until a good one arrives, and the sale goes on."""
+    (``installed_directory``: None while no set has brought one); then prices are own
+    or visitor. A directory that cannot be read is logged and treated as none (the
+    start takes such a set back; after an update it should not happen): visitors pay
+    the visitor price until a good one arrives, and sales go on."""
     try:
         from terminal import updates
-    except ImportError:
-        return None
-    find = getattr(updates, "installed_directory", None)
-    if find is None:
+    except ImportError:  # a build without the update client (python-tuf): no directory
         return None
     try:
-        found = find(state_dir)
-    except Exception as exc:
+        return updates.installed_directory(state_dir)
+    except updates.UpdateError as exc:
         log.error("agency directory: %s; pricing own or visitor until a good one arrives", exc)
         return None
-    return found if isinstance(found, Directory) else None
 
 
 def free_mb(path: Path) -> float:
