@@ -178,3 +178,169 @@ def test_a_damaged_directory_file_takes_the_set_back_at_start(canteen: Canteen) 
     assert note.rolled_back_from == applied.set_version
     assert note.message is not None and "agency directory" in note.message
     assert tu.installed_directory(c.state) is None
+
+
+# ---- settings in layers ------------------------------------------------------------------
+
+COUNTY_WIDE = """
+[[meals]]
+name = "breakfast"
+start = "06:30"
+end = "08:30"
+price_own_fen = 300
+price_visitor_fen = 600
+
+[[meals]]
+name = "lunch"
+start = "11:30"
+end = "13:30"
+price_own_fen = 800
+price_visitor_fen = 1500
+price_higher_level_fen = 1200
+
+[[meals]]
+name = "dinner"
+start = "17:30"
+end = "19:00"
+price_own_fen = 700
+price_visitor_fen = 1400
+"""
+
+LUNCH_ONLY = """
+[[meals]]
+name = "lunch"
+price_own_fen = 900
+"""
+
+NO_BREAKFAST = """
+[[meals]]
+name = "breakfast"
+off = true
+"""
+
+
+def publish(c: Canteen, text: str, canteen: str | None, name: str) -> cu.Publication:
+    path = c.tmp / name
+    path.write_text(text)
+    return c.repo.publish_settings(path, canteen, c.now)
+
+
+def meals_in_force(c: Canteen) -> dict[str, tuple[int, int, int]]:
+    """The meals a start of the terminal has (the start is confirmed, as a daemon that
+    came up confirms it): name -> own, visitor and higher-level price."""
+    note = tu.begin_start(c.state, c.store)
+    settings = tu.effective_settings(None, note)
+    tu.confirm_started(c.state, c.store)
+    return {
+        m.name: (m.price_own_fen, m.price_visitor_fen, m.price_for("higher_level"))
+        for m in settings.meals
+    }
+
+
+def test_a_canteen_file_changes_only_what_it_names(canteen: Canteen) -> None:
+    c = canteen
+    publish(c, COUNTY_WIDE, None, "all.toml")
+    publish(c, LUNCH_ONLY, "c1", "c1.toml")
+    applied = c.update()
+    assert applied is not None and "settings" in applied.changed
+    assert [f.name for f in applied.settings_files] == [
+        f"settings-{applied.set_version}-all.toml",
+        f"settings-{applied.set_version}-own.toml",
+    ]
+    assert meals_in_force(c) == {
+        "breakfast": (300, 600, 600),
+        "lunch": (900, 1500, 1200),  # the canteen's own price, the county's other prices
+        "dinner": (700, 1400, 1400),
+    }
+    layers = applied.detail["settings"]["layers"]
+    assert [layer["target"] for layer in layers] == [
+        "settings/all.toml",
+        "settings/canteen/c1.toml",
+    ]
+    status = tu.status(c.state, c.store, NOW)
+    assert status["settings_files"] == [f.name for f in applied.settings_files]
+    # The daemon builds its note from the set's own file: both layers still come.
+    note = tu.StartNote(applied.settings_file, applied.set_version)
+    assert note.settings_files == applied.settings_files
+
+    # A canteen file that turns breakfast off removes breakfast only.
+    publish(c, NO_BREAKFAST, "c1", "c1-off.toml")
+    assert c.update() is not None
+    assert meals_in_force(c) == {"lunch": (800, 1500, 1200), "dinner": (700, 1400, 1400)}
+    # Another canteen's terminal has the county-wide file alone, all three meals.
+    other = tu.TerminalUpdater(c.state, "c2", base_url=c.server.url, limits=c.limits)
+    assert tu.update_once(other, c.store, NOW) is not None
+    assert set(meals_in_force(c)) == {"breakfast", "lunch", "dinner"}
+
+
+def test_a_new_county_wide_file_reaches_a_canteen_with_its_own(canteen: Canteen) -> None:
+    c = canteen
+    publish(c, COUNTY_WIDE, None, "all.toml")
+    publish(c, LUNCH_ONLY, "c1", "c1.toml")
+    c.update()
+    publish(c, COUNTY_WIDE.replace("price_own_fen = 700", "price_own_fen = 750"), None, "a2.toml")
+    applied = c.update()
+    assert applied is not None and "settings" in applied.changed
+    assert meals_in_force(c)["dinner"][0] == 750 and meals_in_force(c)["lunch"][0] == 900
+
+
+def test_county_checks_a_canteen_file_over_the_county_wide_one(canteen: Canteen) -> None:
+    c = canteen
+    # No county-wide file: a lunch without a window is refused, over the defaults.
+    with pytest.raises(cu.SettingsRefused, match="start") as refused:
+        publish(c, LUNCH_ONLY, "c1", "c1.toml")
+    assert "\n" not in str(refused.value) and "Nothing published" in str(refused.value)
+    publish(c, COUNTY_WIDE, None, "all.toml")
+    publish(c, LUNCH_ONLY, "c1", "c1.toml")  # accepted now: it names only lunch's price
+    # Still refused with one line: a negative price, a window that overlaps.
+    for bad in (
+        LUNCH_ONLY.replace("900", "-5"),
+        '[[meals]]\nname = "lunch"\nstart = "08:00"\n',
+    ):
+        with pytest.raises(cu.SettingsRefused) as refused:
+            publish(c, bad, "c1", "bad.toml")
+        assert "\n" not in str(refused.value)
+    # A county-wide file that would leave c1's partial lunch without a window is refused.
+    without_lunch = COUNTY_WIDE.split('[[meals]]\nname = "lunch"')[0]
+    before = c.repo.timestamp().signed.version
+    with pytest.raises(cu.SettingsRefused, match="canteen c1's own file"):
+        publish(c, without_lunch, None, "all2.toml")
+    assert c.repo.timestamp().signed.version == before
+
+
+def test_a_layered_set_that_stops_the_terminal_goes_back_whole(canteen: Canteen) -> None:
+    c = canteen
+    publish(c, COUNTY_WIDE, None, "all.toml")
+    good = c.update()
+    assert good is not None
+    tu.begin_start(c.state, c.store)
+    tu.confirm_started(c.state, c.store)
+    publish(c, LUNCH_ONLY, "c1", "c1.toml")
+    bad = c.update()
+    assert bad is not None and len(bad.settings_files) == 2
+    tu.begin_start(c.state, c.store)  # the start with it never confirms ...
+    note = tu.begin_start(c.state, c.store)
+    assert note.rolled_back_from == bad.set_version
+    assert note.settings_files == good.settings_files
+    assert set(meals_in_force(c)) == {"breakfast", "lunch", "dinner"}
+    assert meals_in_force(c)["lunch"][0] == 800
+    # The same pair of files is not applied again; a changed canteen file is.
+    with pytest.raises(tu.UpdateRefused, match="stopped this terminal from starting"):
+        c.update()
+    publish(c, LUNCH_ONLY.replace("900", "950"), "c1", "c1b.toml")
+    assert c.update() is not None and meals_in_force(c)["lunch"][0] == 950
+
+
+def test_a_missing_layer_file_takes_the_set_back_at_start(canteen: Canteen) -> None:
+    c = canteen
+    publish(c, COUNTY_WIDE, None, "all.toml")
+    c.update()
+    tu.begin_start(c.state, c.store)
+    tu.confirm_started(c.state, c.store)
+    publish(c, LUNCH_ONLY, "c1", "c1.toml")
+    applied = c.update()
+    assert applied is not None
+    applied.settings_files[0].unlink()  # the county-wide layer beneath the canteen's
+    note = tu.begin_start(c.state, c.store)
+    assert note.rolled_back_from == applied.set_version
+    assert note.message is not None and "settings file is missing or damaged" in note.message

@@ -187,16 +187,20 @@ class UpdatePaths:
         return self.updates / name
 
 
-# The files one set's settings are written to, in the updates folder: this canteen's own
-# published file (or the county-wide one when the canteen has none) as settings-SET.toml,
-# and, when the canteen has its own, the county-wide file beneath it as settings-SET-all.toml.
+# The files one set's settings are written to, in the updates folder: the county-wide
+# published file alone as settings-SET.toml; when the canteen has its own file too, that
+# one as settings-SET-own.toml over the county-wide one as settings-SET-all.toml. The name
+# of the set's own file says whether a layer lies beneath it, so a note made from that
+# name alone (the daemon's, after a live apply) lays both.
+OWN_SUFFIX = "-own.toml"
 UNDER_SUFFIX = "-all.toml"
 
 
 def settings_names(set_version: int, layers: int) -> list[str]:
     """The file names of a set's settings layers, lowest first (``layers`` is 1 or 2)."""
-    top = f"settings-{set_version}.toml"
-    return [f"settings-{set_version}{UNDER_SUFFIX}", top] if layers == 2 else [top]
+    if layers == 2:
+        return [f"settings-{set_version}{UNDER_SUFFIX}", f"settings-{set_version}{OWN_SUFFIX}"]
+    return [f"settings-{set_version}.toml"]
 
 
 def layered_settings(top: Path | None) -> tuple[Path, ...]:
@@ -204,10 +208,8 @@ def layered_settings(top: Path | None) -> tuple[Path, ...]:
     the county-wide file beneath it when the set had both, then ``top``."""
     if top is None:
         return ()
-    if top.name.startswith("settings-") and top.name.endswith(".toml"):
-        under = top.with_name(top.name[: -len(".toml")] + UNDER_SUFFIX)
-        if not top.name.endswith(UNDER_SUFFIX) and under.is_file():
-            return (under, top)
+    if top.name.startswith("settings-") and top.name.endswith(OWN_SUFFIX):
+        return (top.with_name(top.name[: -len(OWN_SUFFIX)] + UNDER_SUFFIX), top)
     return (top,)
 
 
