@@ -619,7 +619,7 @@ def test_bad_statement_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     for args, word in [
         (
             ("--statement", write(tmp_path, "h.csv", "账号,金额\n"), "--date", "2026-05-28"),
-            "missing 户名",
+            "missing name/户名",
         ),
         (("--statement", path, "--date", "28.05.2026"), "--date '28.05.2026'"),
         (("--statement", path, "--date", "2026-05-28", "--timezone", "Mars/Base"), "Mars/Base"),
