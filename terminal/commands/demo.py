@@ -101,7 +101,7 @@ def _run(root: Path, settings: config.Settings) -> int:
             e = decision.entry
             when = dt.datetime.fromtimestamp(e.at_ms / 1000, settings.timezone)
             if decision.accepted:
-                outcome = f"ACCEPT {e.meal} {e.amount_fen / 100:.2f} yuan"
+                outcome = f"ACCEPT {e.meal} {e.amount_fen / 100:.2f} yuan ({decision.tier})"
             else:
                 outcome = f"REFUSE {e.reason}: {reasons.text(e.reason or '', lang)}"
             who = decision.display_name or "-"
