@@ -140,9 +140,10 @@ def tier_label(tier: object, language: str) -> str | None:
 def tier_fields(tier: object, language: str) -> dict[str, str | None]:
     """``tier``, ``tier_text`` and ``tier_note`` (the unlisted unit's note) for the page."""
     text = tier_label(tier, language)
-    known = tier if text is not None else None
-    note = UNLISTED_NOTE.get(language, UNLISTED_NOTE["zh"]) if known == agencies.UNLISTED else None
-    return {"tier": known if isinstance(known, str) else None, "tier_text": text, "tier_note": note}
+    if text is None or not isinstance(tier, str):
+        return {"tier": None, "tier_text": None, "tier_note": None}
+    note = UNLISTED_NOTE.get(language, UNLISTED_NOTE["zh"]) if tier == agencies.UNLISTED else None
+    return {"tier": tier, "tier_text": text, "tier_note": note}
 
 
 def decision(view: dict[str, Any] | DecisionView, language: str) -> dict[str, Any]:
