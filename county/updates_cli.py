@@ -11,12 +11,14 @@ logic and never touches keys itself.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from county import updates
 from county.command import (
+    PROG,
     add_data,
     add_database,
     given_database,
@@ -25,6 +27,7 @@ from county.command import (
     print_json,
 )
 from county.files import read_list_file
+from protocol.agencies import DirectoryError, parse_directory
 from protocol.lists import TrustError, split_list
 from terminal import config
 
@@ -91,6 +94,27 @@ def cmd_publish_trust(a: argparse.Namespace) -> int:
 def cmd_publish_roster(a: argparse.Namespace) -> int:
     with updates.CountyRepository(a.data) as repo:
         print_json(repo.publish_roster(a.file, now_s()).summary())
+    return 0
+
+
+@_one_line_errors
+def cmd_publish_directory(a: argparse.Namespace) -> int:
+    try:
+        doc = json.loads(Path(a.file).read_bytes())
+    except OSError as exc:
+        raise updates.UpdatesError(f"{a.file}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise updates.UpdatesError(f"{a.file}: not JSON: {exc}; nothing published") from None
+    try:
+        directory = parse_directory(doc, a.file)
+    except DirectoryError as exc:
+        # One line per problem, as 'agencies import' reports a CSV's bad rows.
+        for line in exc.lines:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        print(f"{PROG}: error: {a.file}: nothing published", file=sys.stderr)
+        return 2
+    with updates.CountyRepository(a.data) as repo:
+        print_json(repo.publish_directory(directory, now_s()).summary())
     return 0
 
 
@@ -198,20 +222,26 @@ def add_update_commands(subparsers: Any) -> None:
     add_data(p)
     p.set_defaults(func=cmd_status)
 
-    p = subparsers.add_parser("publish", help="sign and publish settings, trust list or roster")
+    p = subparsers.add_parser(
+        "publish", help="sign and publish settings, trust list, roster or agency directory"
+    )
     psub = p.add_subparsers(dest="publish_command", required=True, metavar="WHAT")
     p = psub.add_parser(
         "settings",
         help="settings (TOML) for one canteen or all, validated before signing",
         description="Check FILE with the terminal's own settings loader (types, ranges, meal "
         "windows that do not overlap, prices not negative); an invalid file is refused with "
-        "the line and reason and nothing is published. A canteen's own file wins over --all.",
+        "the line and reason and nothing is published. A canteen's own file is laid over the "
+        "--all file key by key ([[meals]] by name): it is checked over the published --all "
+        "file and may name only what it changes.",
     )
     add_data(p)
     p.add_argument("file", metavar="FILE", help="the settings file (TOML)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--canteen", metavar="ID", help="for this canteen only")
-    who.add_argument("--all", action="store_true", help="for every canteen without its own")
+    who.add_argument(
+        "--all", action="store_true", help="for every canteen (under each canteen's own file)"
+    )
     p.set_defaults(func=cmd_publish_settings)
     p = psub.add_parser("trust", help="the issuer trust list (token.md §5 JSON)")
     add_data(p)
@@ -222,6 +252,18 @@ def add_update_commands(subparsers: Any) -> None:
     add_data(p)
     p.add_argument("file", metavar="ROSTER.csv")
     p.set_defaults(func=cmd_publish_roster)
+    p = psub.add_parser(
+        "directory",
+        help="the agency directory document (JSON: agencies and canteens)",
+        description="Check FILE (the directory document as terminals install it: agencies, "
+        "canteens; its version and issued_at are replaced) as a terminal does and sign it as "
+        "the next directory version. "
+        "County IT normally publishes with 'canteen-county agencies import', which does this "
+        "from the county database; this command republishes a saved document.",
+    )
+    add_data(p)
+    p.add_argument("file", metavar="DIRECTORY.json")
+    p.set_defaults(func=cmd_publish_directory)
 
     p = subparsers.add_parser(
         "revoke",

@@ -4,18 +4,23 @@ one when a directory is refused."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from updateskit import NOW, Canteen, open_canteen
 
 from county import updates as cu
+from county.updates_cli import add_update_commands as add_county
 from protocol.agencies import Agency, Directory, parse_directory
 from protocol.agencies import Canteen as Dining
 from protocol.layout import DIRECTORY_TARGET
 from terminal import updates as tu
+from terminal.commands.update import add_update_commands as add_terminal
 
 
 @pytest.fixture
@@ -344,3 +349,52 @@ def test_a_missing_layer_file_takes_the_set_back_at_start(canteen: Canteen) -> N
     note = tu.begin_start(c.state, c.store)
     assert note.rolled_back_from == applied.set_version
     assert note.message is not None and "settings file is missing or damaged" in note.message
+
+
+# ---- the commands ------------------------------------------------------------------------
+
+
+def run(add: Any, prog: str, *args: str) -> int:
+    p = argparse.ArgumentParser(prog=prog)
+    add(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args(args)
+    return int(a.func(a))
+
+
+def test_publish_directory_command_to_a_terminal_by_usb(
+    canteen: Canteen, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = canteen
+    data = str(c.data)
+    bad = c.tmp / "bad.json"
+    rows = [a.as_json() for a in directory().agencies.values()]
+    bad.write_text(
+        json.dumps(
+            {
+                "agencies": [*rows, {**rows[0], "code": "x1", "level": "village"}],
+                "canteens": [{"canteen": "c9", "name": "无主食堂", "operator": "nobody"}],
+            }
+        )
+    )
+    assert run(add_county, "canteen-county", "publish", "directory", "--data", data, str(bad)) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "level 'village'" in err[0] and "nothing published" in err[1]
+    bad.write_text("{")
+    assert run(add_county, "canteen-county", "publish", "directory", "--data", data, str(bad)) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert c.repo.target_info(DIRECTORY_TARGET) is None
+
+    good = c.tmp / "directory.json"
+    good.write_text(json.dumps(directory().as_json(), ensure_ascii=False))
+    assert run(add_county, "canteen-county", "publish", "directory", "--data", data, str(good)) == 0
+    assert json.loads(capsys.readouterr().out)["changed_targets"] == 1
+
+    usb = c.tmp / "usb"
+    shutil.copytree(c.repo.paths.root / "repository", usb / "repository")
+    args = ("--state", str(c.state), "--canteen", "c1")
+    assert run(add_terminal, "canteen-terminal", "update", "apply", str(usb), *args) == 0
+    applied = json.loads(capsys.readouterr().out)
+    assert "directory" in applied["changed"] and applied["directory_file"].endswith(".json")
+    assert run(add_terminal, "canteen-terminal", "update", "status", *args[:2]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["directory"]["version"] == 1 and status["directory"]["issued_at"] is not None

@@ -61,6 +61,8 @@ def _print_applied(applied: updates.AppliedSet | None) -> None:
                 "set": applied.set_version,
                 "changed": list(applied.changed),
                 "settings_file": str(applied.settings_file) if applied.settings_file else None,
+                "settings_files": [str(f) for f in applied.settings_files],
+                "directory_file": str(applied.directory_file) if applied.directory_file else None,
                 "bytes": applied.bytes_downloaded,
                 "apply_s": round(applied.apply_s, 3),
                 "detail": applied.detail,
@@ -172,7 +174,10 @@ def add_update_commands(subparsers: Any) -> None:
     p.add_argument("--canteen", metavar="ID", help="canteen id (default: from settings)")
     _common(p)
     p.set_defaults(func=cmd_update_fetch)
-    p = usub.add_parser("status", help="the set in force, whether confirmed, and freshness")
+    p = usub.add_parser(
+        "status",
+        help="the set in force, whether confirmed, its settings and directory, and freshness",
+    )
     _common(p)
     p.set_defaults(func=cmd_update_status)
     p = usub.add_parser(
