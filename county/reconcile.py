@@ -8,7 +8,8 @@ This module owns three things a county finance office does with the ledger
   it, and a statement with any bad row is not reconciled at all (``StatementError``);
 - reconciling one local day: each accepted sale (a debit) and each reversal (a refund)
   the ledger holds for that day is matched with one statement row, by the statement's
-  reference (the entry's ``entry_id``) first, then by account, direction, amount and
+  reference (the entry's ``TERMINAL/SEQ``, or its ``entry_id``) first, then by account,
+  direction, amount and
   nearest time; what stays unmatched or differs is a difference (``DIFFERENCE_KINDS``);
 - the allowance report: per cadre and local month, meals and net spending against the
   cadre's monthly allowance (county/cadres.py holds the allowances).
@@ -281,6 +282,23 @@ class Movement:
         return (self.terminal, self.seq)
 
     @property
+    def reference(self) -> str:
+        """The transaction id the county gives the bank: ``TERMINAL/SEQ``, as the
+        settlement detail shows the entry (its terminal and seq columns)."""
+        return f"{self.terminal}/{self.seq}"
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Every reference a statement row may name this movement by: its own
+        ``TERMINAL/SEQ`` and entry_id, and for a refund those of the sale it reversed."""
+        found = [self.reference, self.entry_id]
+        if self.ref_seq is not None:
+            found.append(f"{self.terminal}/{self.ref_seq}")
+        if self.sale_entry_id:
+            found.append(self.sale_entry_id)
+        return tuple(found)
+
+    @property
     def signed_fen(self) -> int:
         return self.amount_fen if self.direction == DEBIT else -self.amount_fen
 
@@ -401,13 +419,18 @@ class _Matcher:
     # -- the passes --
 
     def run(self) -> None:
-        debits = {m.entry_id: m for m in self.movements if m.direction == DEBIT}
+        debits: dict[str, Movement] = {}
         refunds: dict[str, Movement] = {}
         for m in self.movements:
-            if m.direction == REFUND:
-                refunds[m.entry_id] = m
-                if m.sale_entry_id:
-                    refunds.setdefault(m.sale_entry_id, m)
+            into = debits if m.direction == DEBIT else refunds
+            own = m.references[:2]
+            for ref in m.references:
+                # A movement's own references first; a refund by its sale's only when no
+                # other reversal of the day took that one (a sale is reversed once).
+                if ref in own:
+                    into[ref] = m
+                else:
+                    into.setdefault(ref, m)
         known_ids = set(debits) | set(refunds)
         pool: list[BankRow] = []
         first_line: dict[tuple[str, int], int] = {}
@@ -540,6 +563,7 @@ class _Matcher:
                 "unit": m.unit if m is not None else (cadre.unit if cadre else ""),
                 "account": cadre.account if cadre else None,
                 "direction": (m.direction if m is not None else row.direction if row else ""),
+                "reference": m.reference if m is not None else None,
                 "entry_id": m.entry_id if m is not None else None,
                 "terminal": m.terminal if m is not None else None,
                 "seq": m.seq if m is not None else None,
@@ -647,9 +671,9 @@ def match(
 ) -> Reconciliation:
     """Reconcile one day: ``movements`` of the ledger against statement ``rows``.
 
-    1. A row whose reference is the entry_id of one of the day's movements in its
-       direction (a debit: a sale; a refund: a reversal, or the sale it reversed) is
-       matched with it. A reference naming a movement matched already, or one of the
+    1. A row whose reference names one of the day's movements in its direction (a
+       debit: a sale; a refund: a reversal, or the sale it reversed), by TERMINAL/SEQ or
+       by entry_id, is matched with it. A reference naming a movement matched already, or one of the
        other direction, makes the row at_bank_not_in_ledger.
     2. The other rows are matched with unmatched movements of the cadre whose account
        they name, in the same direction and of the same amount; the pairs nearest in
@@ -687,7 +711,8 @@ DIFFERENCE_COLUMNS = (
     Column("unit", "单位"),
     Column("account", "登记账号", width=20),
     Column("direction", "借贷"),
-    Column("entry_id", "账务流水号", width=34),
+    Column("reference", "账务流水号", width=18),
+    Column("entry_id", "条目编号", width=34),
     Column("terminal", "终端", width=14),
     Column("seq", "序号"),
     Column("canteen", "食堂"),

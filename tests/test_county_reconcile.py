@@ -153,8 +153,9 @@ class Plan:
 
     cadres: int
     # (cadre index, terminal index, fen, second of the day, tier, fate, reversal fate or
-    # None, reversal reference mode: "reversal" or "sale")
-    sales: list[tuple[int, int, int, int, str | None, str, str | None, str]]
+    # None, reversal reference mode: "reversal" or "sale", reference style: TERMINAL/SEQ
+    # or entry_id)
+    sales: list[tuple[int, int, int, int, str | None, str, str | None, str, str]]
     refusals: int
     neighbours: int  # sales the day before and after, which the day must ignore
     extra_debits: int  # at the bank, not in the ledger
@@ -180,6 +181,7 @@ def plans(draw: st.DrawFn) -> Plan:
                 draw(st.sampled_from(FATES)),
                 draw(st.one_of(st.none(), st.sampled_from(FATES))),
                 draw(st.sampled_from(["reversal", "sale"])),
+                draw(st.sampled_from(["terminal_seq", "entry_id"])),
             )
         )
     return Plan(
@@ -259,20 +261,26 @@ def build(store: CountyStore, root: Path, plan: Plan, day: dt.date, tag: str) ->
     for i in range(plan.refusals):
         tills[i % 2].refusal(cadres[0].cadre, start + 30_000 + i)
     sales = []
-    for cadre_i, till_i, fen, second, tier, fate, rev_fate, rev_ref in plan.sales:
+
+    def ref_of(entry: LedgerEntry, till_i: int, style: str) -> str:
+        if style == "entry_id":
+            return entry.entry_id
+        return f"{tills[till_i].terminal_id}/{entry.seq}"
+
+    for cadre_i, till_i, fen, second, tier, fate, rev_fate, rev_ref, style in plan.sales:
         cadre = cadres[cadre_i]
         entry = tills[till_i].sale(cadre.cadre, fen, start + second * 1000, tier)
         built.ledger_net += fen
-        plant(entry, cadre, fate, fen, entry.entry_id, rc.IN_LEDGER_NOT_AT_BANK)
-        sales.append((entry, till_i, cadre, rev_fate, rev_ref))
+        plant(entry, cadre, fate, fen, ref_of(entry, till_i, style), rc.IN_LEDGER_NOT_AT_BANK)
+        sales.append((entry, till_i, cadre, rev_fate, rev_ref, style))
     # Reversals after every sale (a till's entries go forward in time), in sale order.
     last = start + (DAY_MS - 3600_000)
-    for k, (entry, till_i, cadre, rev_fate, rev_ref) in enumerate(sales):
+    for k, (entry, till_i, cadre, rev_fate, rev_ref, style) in enumerate(sales):
         if rev_fate is None:
             continue
         reversal = tills[till_i].reversal(entry, last + k * 1000)
         built.ledger_net -= entry.amount_fen
-        ref = reversal.entry_id if rev_ref == "reversal" else entry.entry_id
+        ref = ref_of(reversal if rev_ref == "reversal" else entry, till_i, style)
         plant(reversal, cadre, rev_fate, -entry.amount_fen, ref, rc.REVERSAL_NOT_REFUNDED)
     for i in range(plan.neighbours):
         tills[i % 2].sale(cadres[0].cadre, 1000, start + DAY_MS + 500 + i)
@@ -495,8 +503,8 @@ def statement_of(day: Day, header: str = HEADER_ZH) -> list[str]:
     s1, s2, s3 = day.sales
     return [
         header,
-        f"6222000001,张伟,{when(s1.at_ms)},15.00,{s1.entry_id},午餐",
-        f"6222000002,李娜,{when(s2.at_ms)},12.50,{s2.entry_id},午餐",
+        f"6222000001,张伟,{when(s1.at_ms)},15.00,north-1/{s1.seq},午餐",
+        f"6222000002,李娜,{when(s2.at_ms)},12.50,north-1/{s2.seq},午餐",
         f"6222000001,张伟,{when(s3.at_ms)},8.00,,晚餐",
         f"6222000001,张伟,{when(day.reversal.at_ms)},-8.00,{s3.entry_id},退款",
     ]
