@@ -361,6 +361,7 @@ def run(add: Any, prog: str, *args: str) -> int:
     return int(a.func(a))
 
 
+@pytest.mark.slow  # the whole path by command: county IT's publication to a USB apply
 def test_publish_directory_command_to_a_terminal_by_usb(
     canteen: Canteen, capsys: pytest.CaptureFixture[str]
 ) -> None:
