@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, case, func, literal_column, select
 from sqlalchemy.orm import aliased
 
 from county.cadres import Cadre, load_cadres
@@ -781,38 +781,72 @@ def month_range(month: str, zone: dt.tzinfo) -> DateRange:
     return DateRange(first, last, zone)
 
 
-def _totals(conn: Connection, span: DateRange, kind_cond: Any) -> dict[str, tuple[int, int]]:
-    """cadre -> (count, fen) of the entries matching ``kind_cond`` in ``span``."""
+def _spending(conn: Connection, span: DateRange) -> dict[str, tuple[int, int, int, int]]:
+    """cadre -> (sales, gross fen, sales reversed, reversed fen) of the accepted sales in
+    ``span``. A sale is reversed when any reversal names it (terminal, ref_seq), whenever
+    it was made, and for its own amount; found through entries_reversals."""
     e = entries.c
-    total = (
-        func.sum(e.amount_fen) if conn.dialect.name == "postgresql" else func.total(e.amount_fen)
+    r = entries.alias("r")
+    # 'reversal' written into the SQL, not bound: SQLite uses the partial index
+    # entries_reversals (WHERE kind = 'reversal') only for a condition it can see.
+    is_reversed = (
+        select(r.c.seq)
+        .where(
+            r.c.kind == literal_column(f"'{REVERSAL}'"),
+            r.c.terminal == e.terminal,
+            r.c.ref_seq == e.seq,
+        )
+        .exists()
     )
-    query = (
-        select(e.cadre, func.count(), total)
-        .where(kind_cond, e.at_ms >= span.start_ms, e.at_ms < span.end_ms, e.cadre.is_not(None))
-        .group_by(e.cadre)
+    sales = (
+        select(e.cadre, e.amount_fen, case((is_reversed, 1), else_=0).label("undone"))
+        .where(
+            e.kind == SALE,
+            e.verdict == ACCEPT,
+            e.at_ms >= span.start_ms,
+            e.at_ms < span.end_ms,
+            e.cadre.is_not(None),
+        )
+        .subquery()
     )
-    return {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(query)}
+    s = sales.c
+    pg = conn.dialect.name == "postgresql"
+
+    def fen_sum(column: Any) -> Any:
+        # SQLite's SUM stops at 2^63 with an error; TOTAL (a float) is exact below 2^53
+        # fen. PostgreSQL sums bigint as numeric, always exact.
+        return func.coalesce(func.sum(column), 0) if pg else func.total(column)
+
+    query = select(
+        s.cadre,
+        func.count(),
+        fen_sum(s.amount_fen),
+        func.coalesce(func.sum(s.undone), 0),
+        fen_sum(s.amount_fen * s.undone),
+    ).group_by(s.cadre)
+    return {
+        row[0]: (int(row[1]), int(row[2]), int(row[3]), int(row[4])) for row in conn.execute(query)
+    }
 
 
 def allowances(
     conn: Connection, month: str, zone: dt.tzinfo, over_only: bool = False
 ) -> list[dict[str, Any]]:
-    """Per cadre for local ``month``: meals (accepted sales minus reversals), gross,
+    """Per cadre for local ``month``: meals (accepted sales not reversed), gross,
     reversed and net fen, against the cadre's monthly allowance. Every cadre of the
     cadres table is listed, and every cadre that ate without being in it; ``over_only``
-    keeps those whose net spending is above their allowance. An entry counts in the month
-    of its own time; a reversal in the month it was made."""
+    keeps those whose net spending is above their allowance.
+
+    As in the settlement (county/settlement.py): a sale counts in the month of its own
+    time, and a reversal against the sale it undoes, in the sale's month, whenever it
+    was made; so the allowance report of a month agrees with that month's settlement."""
     span = month_range(month, zone)
-    e = entries.c
-    sales = _totals(conn, span, and_(e.kind == SALE, e.verdict == ACCEPT))
-    reversals = _totals(conn, span, e.kind == REVERSAL)
+    spent = _spending(conn, span)
     cadres = load_cadres(conn)
     out = []
-    for cadre_id in sorted(set(cadres) | set(sales) | set(reversals)):
+    for cadre_id in sorted(set(cadres) | set(spent)):
         cadre = cadres.get(cadre_id)
-        meals, gross = sales.get(cadre_id, (0, 0))
-        undone, reversed_fen = reversals.get(cadre_id, (0, 0))
+        meals, gross, undone, reversed_fen = spent.get(cadre_id, (0, 0, 0, 0))
         net = gross - reversed_fen
         allowance = cadre.monthly_allowance_fen if cadre else None
         over = allowance is not None and net > allowance

@@ -637,7 +637,8 @@ def test_bad_statement_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_allowances(county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Over and under a monthly allowance; the month's bounds are local midnights."""
+    """Over and under a monthly allowance; the month's bounds are local midnights; a
+    reversal counts in its sale's month."""
     db = ("--database", county_db_url)
     may = dt.date(2026, 5, 1)
     store = CountyStore(county_db_url)
@@ -655,6 +656,10 @@ def test_allowances(county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFi
         # C3 has no allowance; hn-gov/C9 is not in the cadres at all.
         till.sale("hn-gov/C3", 100, local_ms(DAY, 60_000))
         till.sale("hn-gov/C9", 100, local_ms(DAY, 60_100))
+        # C4 (5000): 5200 at 23:00 on 05-31, reversed on 06-01: it counts against May's
+        # sale, as the settlement counts it, so C4 is not over.
+        late = till.sale("hn-gov/C4", 5200, local_ms(dt.date(2026, 5, 31), 23 * 3600))
+        till.reversal(late, local_ms(dt.date(2026, 6, 1), 9 * 3600))
         till.upload()
     finally:
         store.close()
@@ -679,7 +684,9 @@ def test_allowances(county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFi
         True,
     )
     assert rows["hn-gov/C3"]["allowance_fen"] is None and rows["hn-gov/C3"]["over"] is False
-    assert rows["hn-gov/C4"]["net_fen"] == 0 and rows["hn-gov/C4"]["remaining_fen"] == 5000
+    c4 = rows["hn-gov/C4"]
+    assert (c4["meals"], c4["gross_fen"], c4["reversed_fen"], c4["net_fen"]) == (0, 5200, 5200, 0)
+    assert (c4["remaining_fen"], c4["over"]) == (5000, False)
     assert rows["hn-gov/C9"]["name"] == "" and rows["hn-gov/C9"]["net_fen"] == 100
 
     status, out, _ = county(capsys, "allowances", "--month", "2026-05", "--over", *db)
