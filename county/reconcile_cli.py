@@ -203,7 +203,8 @@ def _summary_line(result: Reconciliation) -> str:
     if result.balanced:
         return head + ": balanced"
     kinds = ", ".join(f"{kind} {s[kind]}" for kind in DIFFERENCE_KINDS if s[kind])
-    return f"{head}: {s['differences']} differences ({kinds})"
+    n = s["differences"]
+    return f"{head}: {n} difference{'' if n == 1 else 's'} ({kinds})"
 
 
 @_one_line_errors
