@@ -16,8 +16,12 @@ people read:
 - CSV (``csv``): one table, UTF-8 with a byte-order mark (so Excel shows the Chinese),
   the Chinese headers, money as yuan text with two decimals and no thousands separator
   ("1234.50", "-3.00"), exact, never through floating point.
+  Text that a spreadsheet would take for a formula (starting with =, +, -, @, a tab or a
+  carriage return: an agency named ``=cmd|' /C calc'!A0``) gets a leading apostrophe,
+  which Excel reads as "this is text" and does not show.
 - XLSX (``xlsx``): one sheet per table, Chinese headers in bold, the header row frozen,
   money as numeric yuan cells (an exact Decimal) with the number format ``#,##0.00``.
+  Text cells are always text, never formulas, whatever they start with.
   A sheet holds at most 1,048,576 rows; a longer table continues on "TITLE (2)", and so
   on, each with its header. Written by openpyxl's write-only workbook, which keeps rows
   in a temporary file, not in memory.
@@ -47,6 +51,8 @@ MONEY_FORMAT = "#,##0.00"
 # Rows of one XLSX sheet, its header included (Excel's limit).
 XLSX_MAX_ROWS = 1_048_576
 _SHEET_TITLE_BAD = set("[]:*?/\\")
+# What starts a formula in a spreadsheet that opens a CSV file (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExportError(Exception):
@@ -181,6 +187,9 @@ def _cell_text(value: Any, money: bool) -> Any:
         return ""
     if money:
         return yuan_text(int(value))
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        # Names and codes come from files and terminals the county does not control.
+        return "'" + value
     return value
 
 
@@ -258,6 +267,12 @@ def _fill_xlsx(wb: Any, tables: Sequence[Table], path: Path) -> int:
                     cell = WriteOnlyCell(ws, value=amount)
                     cell.number_format = MONEY_FORMAT
                     values.append(cell)
+                elif isinstance(value, str):
+                    # openpyxl makes a formula of text starting with "="; the text of a
+                    # name or a code is shown as it is, never run.
+                    text = WriteOnlyCell(ws, value=value)
+                    text.data_type = "s"
+                    values.append(text)
                 else:
                     values.append(value)
             ws.append(values)
