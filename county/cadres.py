@@ -28,7 +28,7 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, text
 
 from county.db.schema import cadres as cadres_table
 from protocol.lists import ROSTER_COLUMNS, TrustError, roster_card, roster_header_ok
@@ -39,6 +39,8 @@ _ACCOUNT = re.compile(r"[0-9A-Za-z-]{1,64}")
 # The longest text a cadre, unit or name may have, in UTF-8 bytes (the county's limit
 # for an entry's texts, county/intake.py).
 _MAX_TEXT_BYTES = 512
+# pg_advisory_xact_lock key of a cadres import ("cadres" in ASCII).
+_PG_LOCK_KEY = 0x636164726573
 # Allowances above this (ten billion yuan) are a typo, not a policy.
 _MAX_ALLOWANCE_FEN = 10**12
 
@@ -166,6 +168,21 @@ def parse_cadres_csv(
     Raises CadresError with one line per bad row; an empty file is an error too."""
     text = text.removeprefix("\ufeff")
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _parse_cadres(reader, source, known_units)
+    except csv.Error as exc:
+        # A cell past the csv module's field limit: the reader cannot go on, so this one
+        # line (naming where it stopped) is the whole answer, and nothing is imported.
+        # line_num counts the lines before the one it failed on.
+        what = str(exc)
+        if "field limit" in what:
+            what = f"a cell is longer than {csv.field_size_limit()} characters"
+        raise CadresError([f"{source} line {reader.line_num + 1}: {what}; nothing read"]) from None
+
+
+def _parse_cadres(
+    reader: csv.DictReader[str], source: str, known_units: Collection[str] | None
+) -> list[Cadre]:
     header = [h.strip() for h in reader.fieldnames or ()]
     if tuple(header) == CADRE_COLUMNS:
         reader.fieldnames = header
@@ -223,7 +240,14 @@ def parse_cadres_csv(
 
 def replace_cadres(conn: Connection, cadres: Collection[Cadre], now_ms: int) -> int:
     """Make the cadres table exactly ``cadres``, inside the caller's write transaction.
-    Returns how many are stored."""
+    Returns how many are stored.
+
+    Two imports at once on PostgreSQL would each delete the old rows and insert theirs,
+    and the second would stop on the first one's keys; a transaction-scoped advisory
+    lock makes the second wait and then replace the first's rows whole. SQLite's write
+    transactions are one at a time anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
     conn.execute(delete(cadres_table))
     if cadres:
         conn.execute(

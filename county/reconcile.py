@@ -235,22 +235,31 @@ def parse_statement(text: str, source: str, day: dt.date, zone: dt.tzinfo) -> li
     row must be of ``day``. Raises StatementError with one line per bad row (file and
     line named), so that nothing is reconciled from a statement that is partly wrong."""
     reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
-    columns = _statement_header(reader.fieldnames, source)
-    has_direction = "direction" in columns.values()
     rows: list[BankRow] = []
     errors: list[str] = []
-    for raw in reader:
-        line = reader.line_num
-        if None in raw:
-            errors.append(f"{source} line {line}: more cells than the header has columns")
-            continue
-        cells = {key: (raw.get(name) or "").strip() for name, key in columns.items()}
-        if not any(cells.values()):
-            continue
-        try:
-            rows.append(_bank_row(cells, line, day, zone, has_direction))
-        except ValueError as exc:
-            errors.append(f"{source} line {line}: {exc}")
+    try:
+        columns = _statement_header(reader.fieldnames, source)
+        has_direction = "direction" in columns.values()
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                errors.append(f"{source} line {line}: more cells than the header has columns")
+                continue
+            cells = {key: (raw.get(name) or "").strip() for name, key in columns.items()}
+            if not any(cells.values()):
+                continue
+            try:
+                rows.append(_bank_row(cells, line, day, zone, has_direction))
+            except ValueError as exc:
+                errors.append(f"{source} line {line}: {exc}")
+    except csv.Error as exc:
+        # A cell past the csv module's field limit: the reader cannot go on. The rows
+        # before it are reported as usual, this one line says where it stopped
+        # (line_num counts the lines before the one it failed on).
+        what = str(exc)
+        if "field limit" in what:
+            what = f"a cell is longer than {csv.field_size_limit()} characters"
+        errors.append(f"{source} line {reader.line_num + 1}: {what}; nothing read")
     if errors:
         raise StatementError(errors)
     return rows

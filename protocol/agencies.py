@@ -203,18 +203,31 @@ def _rows(text: str, columns: tuple[str, ...], source: str) -> list[tuple[int, d
     if text.startswith("\ufeff"):  # Excel writes a byte-order mark before UTF-8 CSV
         text = text[1:]
     reader = csv.DictReader(io.StringIO(text))
-    header = tuple(name.strip() for name in (reader.fieldnames or ()))
-    if header != columns:
-        raise DirectoryError([f"{source} line 1: the header must be {','.join(columns)}"])
-    rows: list[tuple[int, dict[str, str]]] = []
-    for row in reader:
-        if len(rows) >= MAX_ROWS:
-            raise DirectoryError([f"{source}: more than {MAX_ROWS} rows"])
-        if None in row or any(v is None for v in row.values()):
-            rows.append((reader.line_num, {"__bad__": "wrong number of fields"}))
-            continue
-        rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}))
+    try:
+        header = tuple(name.strip() for name in (reader.fieldnames or ()))
+        if header != columns:
+            raise DirectoryError([f"{source} line 1: the header must be {','.join(columns)}"])
+        rows: list[tuple[int, dict[str, str]]] = []
+        for row in reader:
+            if len(rows) >= MAX_ROWS:
+                raise DirectoryError([f"{source}: more than {MAX_ROWS} rows"])
+            if None in row or any(v is None for v in row.values()):
+                rows.append((reader.line_num, {"__bad__": "wrong number of fields"}))
+                continue
+            rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items()}))
+    except csv.Error as exc:
+        # A cell past the csv module's field limit (a file that is not a directory, or
+        # an attack): the reader cannot go on, so this one line is the whole answer.
+        # line_num counts the lines before the one it failed on.
+        where = f"{source} line {reader.line_num + 1}"
+        raise DirectoryError([f"{where}: {_csv_problem(exc)}"]) from None
     return rows
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "field limit" in str(exc):
+        return f"a cell is longer than {csv.field_size_limit()} characters; nothing read"
+    return f"not a CSV file the csv module can read ({exc}); nothing read"
 
 
 def _code(value: str, what: str) -> str | None:

@@ -1,0 +1,134 @@
+"""A hostile review of issue 15 (money and agencies): the defects found, each pinned.
+
+Each test here failed before its fix and names the defect it guards against:
+
+- formula injection: a name such as ``=cmd|' /C calc'!A0`` (an agency, a cadre, a bank
+  memo) became a live formula in an XLSX export and a formula Excel runs in a CSV one;
+  a finance office opens these files in Excel;
+- a CSV cell longer than the csv module's field limit (131,072 characters) stopped the
+  agencies, canteens, cadres and bank statement imports with a traceback instead of one
+  line naming the row;
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from county import exports
+from county.cadres import CadresError, parse_cadres_csv
+from county.cli import main as county_main
+from county.localtime import county_zone
+from county.reconcile import StatementError, parse_statement
+from protocol.agencies import DirectoryError, parse_agencies_csv, parse_canteens_csv
+
+HOSTILE = ["=cmd|' /C calc'!A0", "+1+2", "-2+3", "@SUM(A1:A9)", "\t=1+1", '=HYPERLINK("x")']
+
+
+# -- formula injection in exports ------------------------------------------------------
+
+
+def _rows() -> list[dict[str, Any]]:
+    return [{"name": text, "fen": -250, "n": -3} for text in HOSTILE] + [
+        {"name": "余杭区财政局", "fen": 1200, "n": 2}
+    ]
+
+
+COLUMNS = [
+    exports.Column("name", "名称"),
+    exports.Column("fen", "金额", money=True),
+    exports.Column("n", "笔数"),
+]
+
+
+def test_xlsx_text_is_never_a_formula(tmp_path: Path) -> None:
+    out = tmp_path / "x.xlsx"
+    exports.write_rows(_rows(), COLUMNS, "xlsx", out)
+    with zipfile.ZipFile(out) as z:
+        sheet = z.read("xl/worksheets/sheet1.xml").decode()
+    assert "<f>" not in sheet, "a name became a formula"
+    ws = openpyxl.load_workbook(out).active
+    assert ws is not None
+    got = list(ws.iter_rows(min_row=2, values_only=True))
+    # The text shown exactly as it was; numbers stay numbers.
+    assert [r[0] for r in got] == [*HOSTILE, "余杭区财政局"]
+    assert [r[2] for r in got] == [-3] * len(HOSTILE) + [2]
+    assert all(ws.cell(row=i, column=1).data_type == "s" for i in range(2, len(got) + 2))
+
+
+def test_csv_text_cannot_start_a_formula(tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    exports.write_rows(_rows(), COLUMNS, "csv", out)
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8-sig"))))[1:]
+    # Text that a spreadsheet would read as a formula gets a leading apostrophe (shown
+    # as text, the apostrophe hidden); money and counts stay plain numbers.
+    assert [r[0] for r in rows] == [f"'{t}" for t in HOSTILE] + ["余杭区财政局"]
+    assert [r[1] for r in rows] == ["-2.50"] * len(HOSTILE) + ["12.00"]
+    assert [r[2] for r in rows] == ["-3"] * len(HOSTILE) + ["2"]
+
+
+def test_json_lines_keep_the_text_as_it_is() -> None:
+    buf = io.StringIO()
+    exports.write_rows(_rows(), COLUMNS, "json", None, stdout=buf)
+    assert [json.loads(line)["name"] for line in buf.getvalue().splitlines()][:-1] == HOSTILE
+
+
+# -- a cell over the csv module's field limit ------------------------------------------
+
+HUGE = "x" * 200_000
+
+
+def test_agencies_csv_with_a_huge_cell_is_one_line() -> None:
+    text = f"code,name,level,parent,finance_account\nA,a,city,,\nB,{HUGE},city,,\n"
+    with pytest.raises(DirectoryError) as caught:
+        parse_agencies_csv(text, "ag.csv")
+    assert caught.value.lines == [
+        "ag.csv line 3: a cell is longer than 131072 characters; nothing read"
+    ]
+    directory = parse_agencies_csv("code,name,level,parent,finance_account\nA,a,city,,\n")
+    with pytest.raises(DirectoryError) as caught:
+        parse_canteens_csv(f"canteen,name,operator\nc1,{HUGE},A\n", directory, "ct.csv")
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith("ct.csv line 2: ")
+    # In the header too.
+    with pytest.raises(DirectoryError) as caught:
+        parse_agencies_csv(f"code,{HUGE}\n", "ag.csv")
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith("ag.csv line 1: ")
+
+
+def test_agencies_import_of_a_huge_cell_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "ag.csv"
+    f.write_text(f"code,name,level,parent,finance_account\nA,{HUGE},city,,\n", encoding="utf-8")
+    assert county_main(["agencies", "import", str(f), "--data", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("ag.csv line 2: a cell is longer than 131072 characters; nothing read")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_statement_and_cadres_with_a_huge_cell_are_one_line() -> None:
+    import datetime as dt
+
+    zone = county_zone("Asia/Shanghai")
+    text = (
+        "account,name,date,time,amount,reference,memo\n"
+        f"62220001,张三,2026-05-01,12:00:00,12.00,r1,{HUGE}\n"
+    )
+    with pytest.raises(StatementError) as caught:
+        parse_statement(text, "st.csv", dt.date(2026, 5, 1), zone)
+    assert caught.value.lines == [
+        "st.csv line 2: a cell is longer than 131072 characters; nothing read"
+    ]
+    cadres = f"cadre,unit,name,account,monthly_allowance_fen\niss/a,YH,{HUGE},1,100\n"
+    with pytest.raises(CadresError) as caught_cadres:
+        parse_cadres_csv(cadres, "cad.csv")
+    assert caught_cadres.value.lines == [
+        "cad.csv line 2: a cell is longer than 131072 characters; nothing read"
+    ]
