@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,26 +85,53 @@ class TrustStore:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise TrustError(f"{self.path}: cannot open the trust store: {exc}") from None
+        # What every code asks and only a list install changes, kept in memory: the issuer
+        # keys by kid, the issuer keys the revocation list names (a handful, where the
+        # list's other entries may be a million and stay on disk), and the list headers.
+        # They are read again whenever the file changed: after each install by this
+        # object, and after a commit by any other connection (another TrustStore on the
+        # same file, in this process or another), which ``PRAGMA data_version`` tells;
+        # ``issuer_keys``, the first lookup of every code, asks it once a code.
         self._keys: dict[bytes, list[IssuerKey]] = {}
-        # Only this object replaces lists in its file, so the cached headers stay true.
+        self._revoked_issuer_keys: frozenset[bytes] = frozenset()
         self._infos: dict[str, ListInfo | None] = {}
-        self._load_keys()
+        self._version_cursor = self._db.cursor()  # one cursor, not one a code
+        self._version_lock = threading.Lock()  # which a second thread must not share
+        self._data_version: int | None = None
+        self._fresh()
 
     def close(self) -> None:
         self._db.close()
 
     def reload(self) -> None:
-        """Forget cached keys and list headers after another process replaced a list."""
+        """Read cached keys and list headers again (as after another process's install)."""
         self._infos.clear()
         self._load_keys()
+
+    def _fresh(self) -> None:
+        """Re-read the cached parts if another connection committed to the file since."""
+        with self._version_lock:
+            version = self._version_cursor.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            # Read the version first: a commit landing during the reload changes it again,
+            # so the next code reloads once more rather than keep a half-new picture.
+            self._data_version = version
+            self.reload()
 
     # ---- lookups (the decision worker's hot path) ----
 
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
+        """The trusted keys with this kid, as the file holds them now.
+
+        Token verification asks this first for every code (protocol/tokens.py), so this
+        is where a list installed through another connection is noticed: that code and
+        every later one see it, ``issuer_key_revoked`` and ``revoked_kind`` included."""
+        self._fresh()
         return self._keys.get(kid, ())
 
     def all_issuer_keys(self) -> list[IssuerKey]:
         """Every key on the trust list (for the decision worker's checker process)."""
+        self._fresh()
         return [k for keys in self._keys.values() for k in keys]
 
     def _has(self, key: bytes) -> bool:
@@ -111,7 +139,9 @@ class TrustStore:
         return row is not None
 
     def issuer_key_revoked(self, public_key: bytes) -> bool:
-        return self._has(revocation_key("issuer_key", public_key))
+        """Whether the revocation list names this issuer key, from memory: as the file was
+        at this code's ``issuer_keys`` lookup (or this object's last install)."""
+        return public_key in self._revoked_issuer_keys
 
     def card_revoked(self, uid: bytes) -> bool:
         return self._has(revocation_key("card", uid))
@@ -121,21 +151,24 @@ class TrustStore:
         return self._has(revocation_key("cadre", iss, sub))
 
     def revoked_kind(self, p: Presentation) -> str | None:
-        """Which revocation names this presentation, checked in token.md §4 step 7 order."""
+        """Which revocation names this presentation, checked in token.md §4 step 7 order.
+
+        The issuer key comes last and from memory (``issuer_key_revoked``): verification
+        already refused a revoked one for this code, so only a caller that skipped it
+        meets one here."""
         checks = {
             revocation_key("credential", p.iss, p.cti): 0,
             revocation_key("cadre", p.iss, p.sub): 1,
             revocation_key("holder_key", p.holder_key): 2,
-            revocation_key("issuer_key", p.issuer_key): 3,
         }
-        # One statement for the four keys: this runs on every presentation.
+        # One statement for the three keys: this runs on every presentation.
         found = self._db.execute(
-            "SELECT k FROM revocations WHERE k IN (?, ?, ?, ?)", tuple(checks)
+            "SELECT k FROM revocations WHERE k IN (?, ?, ?)", tuple(checks)
         ).fetchall()
-        if not found:
-            return None
-        first = min(checks[row[0]] for row in found)
-        return ("credential", "cadre", "holder_key", "issuer_key")[first]
+        if found:
+            first = min(checks[row[0]] for row in found)
+            return ("credential", "cadre", "holder_key")[first]
+        return "issuer_key" if p.issuer_key in self._revoked_issuer_keys else None
 
     def card(self, uid: bytes) -> RosterCard | None:
         row = self._db.execute(
@@ -144,6 +177,8 @@ class TrustStore:
         return RosterCard(*row) if row else None
 
     def list_info(self, name: str) -> ListInfo | None:
+        """The header of list ``name`` in force (None if never installed), as the file was
+        at this code's ``issuer_keys`` lookup or this object's last install or reload."""
         if name in self._infos:
             return self._infos[name]
         row = self._db.execute(
@@ -174,7 +209,7 @@ class TrustStore:
         return info
 
     def replace_revocations(self, keys: Iterable[bytes], header: ListHeader, now: int) -> ListInfo:
-        return self._replace(
+        info = self._replace(
             REVOCATIONS,
             header,
             now,
@@ -182,6 +217,8 @@ class TrustStore:
             "INSERT OR IGNORE INTO revocations VALUES (?)",
             ((k,) for k in keys),
         )
+        self._load_keys()
+        return info
 
     def replace_roster(self, cards: Iterable[RosterCard], header: ListHeader, now: int) -> ListInfo:
         return self._replace(
@@ -515,12 +552,33 @@ class TrustStore:
         self._infos.clear()
 
     def _load_keys(self) -> None:
+        """Read the issuer keys and the revoked issuer keys into memory (one read
+        transaction, so the two agree)."""
+        db = self._db
         keys: dict[bytes, list[IssuerKey]] = {}
-        for kid, pk, iss, nb, na in self._db.execute(
-            "SELECT kid, public_key, iss, not_before, not_after FROM issuer_keys"
-        ):
-            keys.setdefault(kid, []).append(IssuerKey(iss, kid, pk, nb, na))
+        revoked: set[bytes] = set()
+        own = not db.in_transaction
+        if own:
+            db.execute("BEGIN")
+        try:
+            for kid, pk, iss, nb, na in db.execute(
+                "SELECT kid, public_key, iss, not_before, not_after FROM issuer_keys"
+            ):
+                keys.setdefault(kid, []).append(IssuerKey(iss, kid, pk, nb, na))
+            # The issuer-key entries are one range of the list's primary key (their kind
+            # tag); each is the tag, a two-byte length and the raw key (revocation_key).
+            tag = revocation_key("issuer_key")
+            following = bytes([tag[0] + 1])
+            for (k,) in db.execute(
+                "SELECT k FROM revocations WHERE k >= ? AND k < ?", (tag, following)
+            ):
+                if int.from_bytes(k[len(tag) : len(tag) + 2], "big") == len(k) - len(tag) - 2:
+                    revoked.add(k[len(tag) + 2 :])
+        finally:
+            if own:
+                db.execute("COMMIT")
         self._keys = keys
+        self._revoked_issuer_keys = frozenset(revoked)
 
 
 _TABLE = {ISSUERS: "issuer_keys", REVOCATIONS: "revocations", ROSTER: "roster"}
