@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import random
+import threading
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,13 +40,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from county import reconcile as rc
-from county.cadres import Cadre, replace_cadres
+from county.cadres import Cadre, load_cadres, replace_cadres
 from county.cli import main as county_main
+from county.db import Database
+from county.db.migrations import prepare
 from county.store import OK, CountyStore
 from protocol.chain import ACCEPT, REJECT, SALE, EntryDraft, LedgerEntry
 from terminal.core.checkout import reversal_draft
@@ -703,3 +708,60 @@ def test_allowances(county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert table[2].startswith("2026-05,hn-gov/C2,李娜,u1,2,25.00,0.00,25.00,20.00,-5.00,5.00")
     status, _, err = county(capsys, "allowances", "--month", "2026-13", *db)
     assert status == 2 and "--month '2026-13'" in err
+
+
+def _waiting_for_advisory_lock(db: Database) -> int:
+    """Sessions of ``db``'s PostgreSQL database waiting for an advisory lock."""
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                    "current_database())"
+                )
+            ).scalar_one()
+        )
+
+
+def test_two_cadres_imports_at_once(county_db_url: str) -> None:
+    """The second import waits for the first and then replaces its cadres whole; on
+    PostgreSQL without the lock it stopped on the first one's keys (a unique violation)."""
+    first_db, second_db = Database(county_db_url), Database(county_db_url)
+    try:
+        prepare(first_db)
+        first = [Cadre("hn-gov/A", "u1", "甲", "1001", 100)]
+        second = [
+            Cadre("hn-gov/A", "u1", "甲", "2001", 200),
+            Cadre("hn-gov/B", "u1", "乙", None, None),
+        ]
+        holding, release = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def run(db: Database, cadres: list[Cadre], hold: bool) -> None:
+            try:
+                with db.write() as conn:
+                    replace_cadres(conn, cadres, 1)
+                    if hold:
+                        holding.set()
+                        release.wait(60)
+            except BaseException as exc:
+                errors.append(exc)
+
+        one = threading.Thread(target=run, args=(first_db, first, True))
+        one.start()
+        assert holding.wait(60)
+        two = threading.Thread(target=run, args=(second_db, second, False))
+        two.start()
+        if not first_db.is_sqlite:
+            wait_for(lambda: _waiting_for_advisory_lock(first_db) == 1, what="second import waits")
+        release.set()
+        one.join(60)
+        two.join(60)
+        assert errors == []
+        with first_db.read() as conn:
+            assert list(load_cadres(conn).values()) == second
+    finally:
+        release.set()
+        first_db.close()
+        second_db.close()
