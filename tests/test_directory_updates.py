@@ -399,3 +399,38 @@ def test_publish_directory_command_to_a_terminal_by_usb(
     assert run(add_terminal, "canteen-terminal", "update", "status", *args[:2]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["directory"]["version"] == 1 and status["directory"]["issued_at"] is not None
+
+
+def test_tidy_keeps_each_kept_set_whole(tmp_path: Path) -> None:
+    from terminal.updates.apply import _tidy, json_bytes
+
+    paths = tu.UpdatePaths(tmp_path)
+    paths.updates.mkdir(parents=True)
+    names = ["settings-2-all.toml", "settings-2-own.toml", "directory-2.json"]
+    names += [f"settings-{n}.toml" for n in (3, 4, 5, 6)] + ["directory-6.json"]
+    names += [f"directory-{n}.json" for n in (7, 8, 9)]
+    for name in names:
+        (paths.updates / name).write_text("x")
+    pointer = {
+        "set": 9,
+        "settings": "settings-2-own.toml",
+        "settings_files": ["settings-2-all.toml", "settings-2-own.toml"],
+        "directory": "directory-2.json",
+    }
+    paths.applied.write_bytes(json_bytes(pointer))
+    _tidy(paths, keep={"settings-3.toml"})
+    left = sorted(p.name for p in paths.updates.iterdir() if p.name != "applied.json")
+    assert left == sorted(
+        [
+            "settings-2-all.toml",  # the set in force, both layers
+            "settings-2-own.toml",
+            "directory-2.json",
+            "settings-3.toml",  # the set before it
+            "settings-4.toml",  # the last three of each kind
+            "settings-5.toml",
+            "settings-6.toml",
+            "directory-7.json",
+            "directory-8.json",
+            "directory-9.json",
+        ]
+    )

@@ -251,6 +251,8 @@ def _directory(data: bytes, where: str, error: type[UpdateError]) -> Directory:
     except ValueError as exc:
         raise error(f"{where}: not JSON: {exc}") from None
     except DirectoryError as exc:
+        if not exc.lines:
+            raise error(f"{where}: not a usable agency directory") from None
         more = len(exc.lines) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
         raise error(f"{exc.lines[0]}{tail}") from None
@@ -835,6 +837,9 @@ def _tidy(paths: UpdatePaths, keep: set[str] | None = None) -> None:
     for files in kinds:
         files.sort(key=_set_of_file)
         wanted.update(p.name for p in files[-3:])  # the last good set's files are among these
+    # A canteen's own file that is kept keeps the county-wide file beneath it.
+    wanted.update(p.name for n in list(wanted) for p in layered_settings(paths.updates / n))
+    for files in kinds:
         for p in files:
             if p.name not in wanted:
                 with contextlib.suppress(FileNotFoundError):
