@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -68,9 +69,19 @@ def _text(value: str | None, what: str) -> str:
     text = (value or "").strip()
     if not text:
         raise ValueError(f"{what} is empty")
+    if has_control(text):
+        # A NUL cannot be stored in PostgreSQL text; a line break or an escape breaks the
+        # exports and the screens that show the name.
+        raise ValueError(f"{what} holds a control character (a NUL, line break or the like)")
     if len(text.encode("utf-8")) > _MAX_TEXT_BYTES:
         raise ValueError(f"{what} is longer than {_MAX_TEXT_BYTES} bytes")
     return text
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (Unicode category Cc: NUL, tab, line
+    breaks, escape, DEL and the C1 controls)."""
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 def _cadre_id(value: str | None) -> str:
@@ -142,7 +153,7 @@ def _roster_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, Cadre | str
             yield (
                 line,
                 Cadre(
-                    cadre=card.cadre,
+                    cadre=_cadre_id(card.cadre),
                     unit=_text(card.unit, "unit"),
                     name=_text(card.display_name, "display_name"),
                     account=_account(card.account),
@@ -282,6 +293,7 @@ __all__ = [
     "CADRE_COLUMNS",
     "Cadre",
     "CadresError",
+    "has_control",
     "load_cadres",
     "parse_cadres_csv",
     "replace_cadres",

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal_column, select
 from sqlalchemy.orm import aliased
 
-from county.cadres import Cadre, load_cadres
+from county.cadres import Cadre, has_control, load_cadres
 from county.db.schema import entries
 from county.exports import Column, Table
 from county.localtime import DateRange, LocalTimeError, local_text
@@ -180,6 +180,10 @@ def _bank_row(
     for key, value in cells.items():
         if len(value.encode("utf-8")) > _MAX_TEXT:
             raise ValueError(f"{key} is longer than {_MAX_TEXT} bytes")
+        if has_control(value):
+            # Shown again in the differences: a NUL or an escape has no place in an
+            # XLSX cell or a CSV a finance office opens.
+            raise ValueError(f"{key} holds a control character (a NUL, line break or the like)")
     account = cells["account"]
     if not account:
         raise ValueError("account is empty")

@@ -596,6 +596,7 @@ def test_bad_statement_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             "6222000001,张伟,2026-05-28,12:60:05,15.00,r7,午餐",
             f"{ok},0.00,r8,午餐",
             f"{ok},1.5e3,r9,午餐",
+            "6222000001,张\x1b伟,2026-05-28,12:00:05,15.00,r10,午餐",
         ]
     )
     path = write(tmp_path, "bad.csv", text + "\n")
@@ -621,6 +622,7 @@ def test_bad_statement_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         8: "time '12:60:05' is not a time",
         9: "amount 0.00 moves no money",
         10: "amount '1.5e3' is not yuan",
+        11: "name holds a control character",
     }
     lines = err.splitlines()
     assert lines[-1] == "canteen-county: nothing was reconciled"
