@@ -110,6 +110,8 @@ class TrustStore:
 
     def _fresh(self) -> None:
         """Re-read the cached parts if another connection committed to the file since."""
+        if self.path == ":memory:" and self._data_version is not None:
+            return  # a private database: no other connection can change it
         with self._version_lock:
             version = self._version_cursor.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
