@@ -21,7 +21,8 @@ people read:
   which Excel reads as "this is text" and does not show.
 - XLSX (``xlsx``): one sheet per table, Chinese headers in bold, the header row frozen,
   money as numeric yuan cells (an exact Decimal) with the number format ``#,##0.00``.
-  Text cells are always text, never formulas, whatever they start with.
+  Text cells are always text, never formulas, whatever they start with; a control
+  character XML cannot hold is shown as U+FFFD.
   A sheet holds at most 1,048,576 rows; a longer table continues on "TITLE (2)", and so
   on, each with its header. Written by openpyxl's write-only workbook, which keeps rows
   in a temporary file, not in memory.
@@ -225,6 +226,7 @@ def _write_xlsx(tables: Sequence[Table], path: Path) -> int:
 
 def _fill_xlsx(wb: Any, tables: Sequence[Table], path: Path) -> int:
     from openpyxl.cell import WriteOnlyCell
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
     from openpyxl.styles import Font
     from openpyxl.utils import get_column_letter
 
@@ -269,8 +271,10 @@ def _fill_xlsx(wb: Any, tables: Sequence[Table], path: Path) -> int:
                     values.append(cell)
                 elif isinstance(value, str):
                     # openpyxl makes a formula of text starting with "="; the text of a
-                    # name or a code is shown as it is, never run.
-                    text = WriteOnlyCell(ws, value=value)
+                    # name or a code is shown as it is, never run. A control character
+                    # XML cannot hold (in a tier or unit a terminal signed, a bank's memo)
+                    # is shown as U+FFFD instead of failing the whole workbook.
+                    text = WriteOnlyCell(ws, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
                     text.data_type = "s"
                     values.append(text)
                 else:

@@ -132,3 +132,18 @@ def test_statement_and_cadres_with_a_huge_cell_are_one_line() -> None:
     assert caught_cadres.value.lines == [
         "cad.csv line 2: a cell is longer than 131072 characters; nothing read"
     ]
+
+
+# -- a control character in an XLSX cell ---------------------------------------------------
+
+
+def test_xlsx_with_a_control_character_is_written(tmp_path: Path) -> None:
+    """XML cannot hold most control characters and openpyxl refuses them: one such cell
+    (a tier or unit a terminal signed, a bank's memo) made the whole workbook fail with
+    a traceback. The cell shows U+FFFD where the character was; the rest is as it is."""
+    out = tmp_path / "c.xlsx"
+    rows = [{"name": "own\x01", "fen": 100, "n": 1}, {"name": "a\tb\nc", "fen": 1, "n": 2}]
+    assert exports.write_rows(rows, COLUMNS, "xlsx", out) == 2
+    ws = openpyxl.load_workbook(out).active
+    assert ws is not None
+    assert [r[0] for r in ws.iter_rows(min_row=2, values_only=True)] == ["own\ufffd", "a\tb\nc"]
