@@ -147,6 +147,9 @@ def _statement_header(fieldnames: Sequence[str] | None, source: str) -> dict[str
     problems: list[str] = []
     for raw in fieldnames or ():
         name = raw.strip()
+        if not name:
+            # A column without a name (a trailing comma, as some banks export): ignored.
+            continue
         key = _HEADER_KEYS.get(name)
         if key is None:
             problems.append(f"unknown column {name[:40]!r}")
@@ -472,20 +475,20 @@ class _Matcher:
                 first_line[target.key] = row.line
         # Pass 2: rows without a usable reference, by the account's cadre, direction and
         # amount; of the candidates the nearest in time first, over all rows at once.
+        # The unmatched movements by (cadre, direction, amount): a row's candidates are
+        # one look-up, not a walk over the day (a day of a city has tens of thousands).
+        unmatched: dict[tuple[str, str, int], list[Movement]] = {}
+        for m in self.movements:
+            if m.key not in self.matched:
+                unmatched.setdefault((m.cadre, m.direction, m.amount_fen), []).append(m)
         candidates: list[tuple[int, int, int, str, int, BankRow, Movement]] = []
         for row in pool:
             holder = self.by_account.get(row.account)
             if holder is None:
                 continue
-            for m in self.movements:
-                if (
-                    m.key not in self.matched
-                    and m.cadre == holder.cadre
-                    and m.direction == row.direction
-                    and m.amount_fen == row.amount_fen
-                ):
-                    gap = abs(m.at_ms - row.at_ms)
-                    candidates.append((gap, row.line, m.at_ms, m.terminal, m.seq, row, m))
+            for m in unmatched.get((holder.cadre, row.direction, row.amount_fen), ()):
+                gap = abs(m.at_ms - row.at_ms)
+                candidates.append((gap, row.line, m.at_ms, m.terminal, m.seq, row, m))
         candidates.sort(key=lambda c: c[:5])
         for _, _, _, _, _, row, m in candidates:
             if row.line in self.pairs or m.key in self.matched:
