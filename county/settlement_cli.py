@@ -99,6 +99,13 @@ _one_line_errors = one_line_errors(
 
 
 def _period(a: argparse.Namespace) -> Period:
+    for name in ("canteen", "agency"):
+        value = getattr(a, name)
+        try:
+            if value is not None:
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandError(f"--{name} {value!r}: not UTF-8 text") from None
     zone = county_zone(a.timezone)
     dates = DateRange.parse(a.date_from, a.date_to, zone)
     received_before = None
