@@ -767,3 +767,38 @@ def test_two_cadres_imports_at_once(county_db_url: str) -> None:
         release.set()
         first_db.close()
         second_db.close()
+
+
+def test_statement_forms() -> None:
+    """What a bank's export may look like and still be read: amounts written several
+    ways, direction words, a trailing comma, columns in another order."""
+    assert [rc.parse_amount(t) for t in ("15", "15.0", "15.00", "+15.00", "-8", " 0.05 ")] == [
+        1500,
+        1500,
+        1500,
+        1500,
+        -800,
+        5,
+    ]
+    text = (
+        "交易流水号,账号,户名,交易日期,交易时间,金额,摘要,借贷,\n"
+        "t-1/5,62,张伟,2026-05-28,12:00:05,15.00,午餐,借,\n"
+        "t-1/6,62,张伟,2026-05-28,18:00:00,15,退款,C,\n"
+        ",,,,,,,,\n"
+        "t-1/7,62,张伟,2026-05-28,19:00:00,1.5,午餐,debit,\n"
+    )
+    rows = rc.parse_statement(text, "s.csv", DAY, ZONE)
+    assert [(r.line, r.reference, r.direction, r.amount_fen) for r in rows] == [
+        (2, "t-1/5", rc.DEBIT, 1500),
+        (3, "t-1/6", rc.REFUND, 1500),
+        (5, "t-1/7", rc.DEBIT, 150),
+    ]
+    assert rows[0].at_ms == local_ms(DAY, 12 * 3600 + 5)
+    with pytest.raises(rc.StatementError) as caught:
+        rc.parse_statement(text.replace(",借,", ",-15.00,"), "s.csv", DAY, ZONE)
+    assert caught.value.lines == ["s.csv line 2: direction '-15.00': expected 借 or 贷 (D or C)"]
+    with pytest.raises(rc.StatementError) as caught:
+        rc.parse_statement(text.replace("15.00,午餐,借", "-15.00,午餐,借"), "s.csv", DAY, ZONE)
+    assert caught.value.lines == [
+        "s.csv line 2: amount '-15.00': with a direction column the amount is positive"
+    ]
