@@ -431,8 +431,13 @@ class _Claims(NamedTuple):
 
 
 def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
+    # Each field is read with an inline check of the well-formed case; any other case
+    # goes through the helpers, which raise the same first error in the same order.
     claims = _map(_cbor(decoder, payload, "credential claims"), "credential claims")
-    cti = _bstr(_required(claims, _CLAIM_CTI, "cti"), "cti")
+    get = claims.get
+    cti = get(_CLAIM_CTI)
+    if type(cti) is not bytes:
+        cti = _bstr(_required(claims, _CLAIM_CTI, "cti"), "cti")
     if not _CTI_MIN <= len(cti) <= _CTI_MAX:
         _reject(MALFORMED, "cti: not 8 to 16 bytes")
 
@@ -445,7 +450,9 @@ def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
     kty, crv = cose_key[_KEY_KTY], cose_key[_KEY_CRV]
     if type(kty) is not int or kty != _KTY_OKP or type(crv) is not int or crv != _CRV_ED25519:
         _reject(MALFORMED, "cnf key: not an OKP Ed25519 key")
-    holder_key = _bstr(cose_key[_KEY_X], "cnf key x")
+    holder_key = cose_key[_KEY_X]
+    if type(holder_key) is not bytes:
+        _bstr(holder_key, "cnf key x")
     if len(holder_key) != _ED25519_KEY_LEN:
         _reject(MALFORMED, "cnf key: x is not 32 bytes")
 
@@ -459,17 +466,25 @@ def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
             fen_per_day=None if fen is None else _int(fen, "fen per day", minimum=0),
         )
 
-    return _Claims(
-        iss=_tstr(_required(claims, _CLAIM_ISS, "iss"), "iss"),
-        sub=_tstr(_required(claims, _CLAIM_SUB, "sub"), "sub"),
-        exp=_int(_required(claims, _CLAIM_EXP, "exp"), "exp"),
-        iat=_int(_required(claims, _CLAIM_IAT, "iat"), "iat"),
-        cti=cti,
-        holder_key=holder_key,
-        unit=_tstr(_required(canteen, 1, "unit"), "unit"),
-        display_name=_tstr(_required(canteen, 2, "display name"), "display name"),
-        allowance=allowance,
-    )
+    iss, sub, exp, iat = get(_CLAIM_ISS), get(_CLAIM_SUB), get(_CLAIM_EXP), get(_CLAIM_IAT)
+    unit, name = canteen.get(1), canteen.get(2)
+    if not (
+        type(iss) is str
+        and type(sub) is str
+        and type(exp) is int
+        and _INT_MIN <= exp <= _INT_MAX
+        and type(iat) is int
+        and _INT_MIN <= iat <= _INT_MAX
+        and type(unit) is str
+        and type(name) is str
+    ):
+        iss = _tstr(_required(claims, _CLAIM_ISS, "iss"), "iss")
+        sub = _tstr(_required(claims, _CLAIM_SUB, "sub"), "sub")
+        exp = _int(_required(claims, _CLAIM_EXP, "exp"), "exp")
+        iat = _int(_required(claims, _CLAIM_IAT, "iat"), "iat")
+        unit = _tstr(_required(canteen, 1, "unit"), "unit")
+        name = _tstr(_required(canteen, 2, "display name"), "display name")
+    return _Claims(iss, sub, exp, iat, cti, holder_key, unit, name, allowance)
 
 
 def _parse(qr_text: str, memo: SignatureMemo) -> tuple[_Sign1, _Sign1, bytes, _Claims, int, int]:
