@@ -640,22 +640,27 @@ def test_zone_errors_and_ranges() -> None:
 # -- volume ------------------------------------------------------------------------------
 
 
-def test_summary_reads_the_sales_index(store: CountyStore) -> None:
+def test_summary_and_detail_read_the_indexes(store: CountyStore) -> None:
     """The summary's two grouped queries find the period's sales through entries_sales_at
-    (or, for the reversed ones, through entries_reversals), never by scanning the table.
-    On PostgreSQL sequential scans are turned off for the EXPLAIN: on a few rows the
-    planner rightly prefers one, and the question is which index the query can use."""
+    (or, for the reversed ones, through entries_reversals); the detail's reversals come
+    from entries_reversals, each sale looked up by its whole primary key, never by its
+    terminal alone (every entry of the terminal, for every sale: minutes for a month).
+    Nothing scans the table. On PostgreSQL sequential scans are turned off for the
+    EXPLAIN: on a few rows the planner rightly prefers one, and the question is which
+    index the query can use."""
     statements: list[tuple[str, Any]] = []
 
     def seen(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
-        if "GROUP BY" in statement and not statement.startswith("EXPLAIN"):
+        if "FROM entries" in statement and not statement.startswith("EXPLAIN"):
             statements.append((statement, params))
 
     period = settlement.Period(DateRange.parse("2026-05-01", "2026-05-31", SHANGHAI))
     plans: list[str] = []
     with store.db.read() as conn:
+        directory = load_directory(conn)
         event.listen(conn, "before_cursor_execute", seen)
-        settlement.summary(conn, period, load_directory(conn))
+        settlement.summary(conn, period, directory)
+        list(settlement.iter_detail(conn, period, directory))
         event.remove(conn, "before_cursor_execute", seen)
         postgresql = conn.dialect.name == "postgresql"
         if postgresql:
@@ -664,13 +669,18 @@ def test_summary_reads_the_sales_index(store: CountyStore) -> None:
             explain = "EXPLAIN " if postgresql else "EXPLAIN QUERY PLAN "
             rows = conn.exec_driver_sql(explain + statement, params).all()
             plans.append(" | ".join(str(row[-1]) for row in rows))
-    assert len(plans) == 2
-    sales_plan, reversed_plan = plans
+    assert len(plans) == 4, plans
+    sales_plan, reversed_plan, detail_reversals_plan, detail_sales_plan = plans
     assert "entries_sales_at" in sales_plan, sales_plan
     assert "entries_sales_at" in reversed_plan or "entries_reversals" in reversed_plan
+    assert "entries_reversals" in detail_reversals_plan or "entries_sales_at" in (
+        detail_reversals_plan
+    ), detail_reversals_plan
+    assert "entries_at_ms" in detail_sales_plan or "entries_sales_at" in detail_sales_plan
     for plan in plans:
         assert "Seq Scan on entries" not in plan, plan
         assert "SCAN entries" not in plan.replace("SCAN entries USING", ""), plan
+        assert "PRIMARY KEY (terminal=?)" not in plan, plan
 
 
 def test_detail_streams(store: CountyStore) -> None:
