@@ -327,6 +327,15 @@ def test_a_sale_at_another_tier_or_without_one_fails(run: tuple[RunRecord, str])
         for x in failures
     ), failures
 
+    # The directory came with the first signed set, before the first sale.
+    record = spoiled(run[0])
+    for e in record.ledger_entries:
+        if e["kind"] == "config_applied":
+            e["detail"]["changed"] = [c for c in e["detail"]["changed"] if c != "directory"]
+    assert "the agency directory was never applied: no config_applied entry names it" in check(
+        record
+    )
+
 
 # --- the quick run at the counter: the terminal's core, no devices ----------------------------
 

@@ -7,7 +7,8 @@ directory gives its diner and charged that tier's price, the ledger verifies,
 the county holds exactly the ledger's
 entries and so every accepted sale once, the outage was real and the terminal
 caught up after it, each signed publication reached the ledger as a
-``config_applied`` entry and governed the decisions after it: the new prices
+``config_applied`` entry (the agency directory's before the first sale) and
+governed the decisions after it: the new prices
 for the accepted sales, ``revoked`` / ``card_revoked`` for the revoked
 presentations), the figures of the report (decisions by reason, accepted
 sales by price tier, latency from
@@ -216,6 +217,25 @@ def _check_updates(record: RunRecord) -> list[str]:
     """The settings change and the revocation came as signed sets, and ruled what followed."""
     out = []
     ledger = sorted(record.ledger_entries, key=lambda e: e["seq"])
+    # The agency directory comes with the first signed set, before the lunch opens.
+    directory = next(
+        (
+            e
+            for e in ledger
+            if e["kind"] == CONFIG_APPLIED
+            and e.get("reason") != "rolled_back"
+            and "directory" in ((e.get("detail") or {}).get("changed") or [])
+        ),
+        None,
+    )
+    sales = [e["seq"] for e in ledger if e["kind"] == "sale"]
+    if directory is None:
+        out.append("the agency directory was never applied: no config_applied entry names it")
+    elif sales and sales[0] < directory["seq"]:
+        out.append(
+            f"entry {sales[0]} was decided before the agency directory was applied "
+            f"(config_applied entry {directory['seq']})"
+        )
     for kind, changed in ((SETTINGS, "settings"), (REVOCATION, "revocations")):
         event = next((e for e in record.events if e["kind"] == kind), None)
         if event is None:
