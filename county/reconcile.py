@@ -460,10 +460,12 @@ class _Matcher:
                 continue
             target = (debits if row.direction == DEBIT else refunds).get(ref)
             if target is None:
-                what = "a reversal" if row.direction == DEBIT else "a sale not reversed this day"
-                self._bank_only(
-                    row, f"reference {ref} names {what} of the ledger, not a {row.direction}"
+                what = (
+                    "a reversal or the sale of one, not a sale of the day"
+                    if row.direction == DEBIT
+                    else "a sale not reversed on the day"
                 )
+                self._bank_only(row, f"this {row.direction}'s reference {ref} names {what}")
             elif target.key in self.matched:
                 self._bank_only(
                     row,
