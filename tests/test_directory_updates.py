@@ -147,6 +147,13 @@ def test_a_broken_directory_is_refused_whole_and_the_set_in_force_kept(
         c.repo._publish(c.now, top={DIRECTORY_TARGET: (b"\xff{", {"version": 100})})
     with pytest.raises(tu.UpdateRefused, match="not JSON"):
         c.update()
+    # Nested deeper than the JSON decoder goes: still one line, not a RecursionError.
+    with c.repo._locked():
+        c.repo._publish(c.now, top={DIRECTORY_TARGET: (b"[" * 200_000, {"version": 101})})
+    with pytest.raises(tu.UpdateRefused, match="not JSON"):
+        c.update()
+    installed = tu.installed_directory(c.state)
+    assert installed is not None and installed.version == 1
 
 
 def test_a_directory_over_the_terminal_cap_is_not_downloaded(canteen: Canteen) -> None:

@@ -248,7 +248,8 @@ def _directory(data: bytes, where: str, error: type[UpdateError]) -> Directory:
     many more there are)."""
     try:
         return parse_directory(json.loads(data), where)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the decoder goes; no directory is.
         raise error(f"{where}: not JSON: {exc}") from None
     except DirectoryError as exc:
         if not exc.lines:
