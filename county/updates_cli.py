@@ -103,7 +103,7 @@ def cmd_publish_directory(a: argparse.Namespace) -> int:
         doc = json.loads(Path(a.file).read_bytes())
     except OSError as exc:
         raise updates.UpdatesError(f"{a.file}: cannot read: {exc.strerror}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the decoder
         raise updates.UpdatesError(f"{a.file}: not JSON: {exc}; nothing published") from None
     try:
         directory = parse_directory(doc, a.file)

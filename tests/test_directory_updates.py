@@ -387,9 +387,11 @@ def test_publish_directory_command_to_a_terminal_by_usb(
     assert run(add_county, "canteen-county", "publish", "directory", "--data", data, str(bad)) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "level 'village'" in err[0] and "nothing published" in err[1]
-    bad.write_text("{")
-    assert run(add_county, "canteen-county", "publish", "directory", "--data", data, str(bad)) == 2
-    assert len(capsys.readouterr().err.splitlines()) == 1
+    for text in ("{", "[" * 200_000):
+        bad.write_text(text)
+        args = ("publish", "directory", "--data", data, str(bad))
+        assert run(add_county, "canteen-county", *args) == 2
+        assert len(capsys.readouterr().err.splitlines()) == 1
     assert c.repo.target_info(DIRECTORY_TARGET) is None
 
     good = c.tmp / "directory.json"
