@@ -12,9 +12,11 @@ What is proved:
   tiers, sales just before and after the day) and a bank statement generated from them
   with planted differences of every kind (a debit or refund missing at the bank, a
   different amount, another cadre's account, an account nobody has, a debit the ledger
-  never had, a debit twice, statement rows with and without references, refunds naming
-  the reversal or the sale), reconciliation reports exactly the planted differences:
-  every one, and no other; the differences add up to the bank's net minus the ledger's;
+  never had, a debit twice, a refund naming a sale nobody reversed and a debit naming a
+  reversal, statement rows with and without references (TERMINAL/SEQ or entry_id),
+  refunds naming the reversal or the sale), reconciliation reports exactly the planted
+  differences: every one, and no other; the differences add up to the bank's net minus
+  the ledger's;
 - a statement with bad rows (an amount with 3 decimals, a bad amount, an empty amount,
   a bad date, a date of another day, a bad time) is refused one line per row naming its
   line, and nothing is reconciled (no output); exit statuses 0 balanced, 1 differences,
@@ -166,6 +168,7 @@ class Plan:
     extra_debits: int  # at the bank, not in the ledger
     extra_unknown: int  # an account nobody has
     duplicates: int  # a debit twice with the same reference
+    wrong_way: int  # a refund naming a sale not reversed, a debit naming a reversal
     shuffle: int
 
 
@@ -197,6 +200,7 @@ def plans(draw: st.DrawFn) -> Plan:
         extra_debits=draw(st.integers(0, 2)),
         extra_unknown=draw(st.integers(0, 1)),
         duplicates=draw(st.integers(0, 2)),
+        wrong_way=draw(st.integers(0, 2)),
         shuffle=draw(st.integers(0, 2**32)),
     )
 
@@ -280,10 +284,21 @@ def build(store: CountyStore, root: Path, plan: Plan, day: dt.date, tag: str) ->
         sales.append((entry, till_i, cadre, rev_fate, rev_ref, style))
     # Reversals after every sale (a till's entries go forward in time), in sale order.
     last = start + (DAY_MS - 3600_000)
+    # Statement rows in the wrong direction: a refund naming a sale nobody reversed, a
+    # debit naming a reversal (its own TERMINAL/SEQ or entry_id).
+    wrong_way: list[tuple[list[str], str | None, str | None]] = []
     for k, (entry, till_i, cadre, rev_fate, rev_ref, style) in enumerate(sales):
         if rev_fate is None:
+            if len(wrong_way) < plan.wrong_way:
+                ref = ref_of(entry, till_i, style)
+                cells = row(cadre, str(cadre.account), entry.at_ms, -entry.amount_fen, ref)
+                wrong_way.append((cells, "bank", None))
             continue
         reversal = tills[till_i].reversal(entry, last + k * 1000)
+        if len(wrong_way) < plan.wrong_way:
+            ref = ref_of(reversal, till_i, style)
+            cells = row(cadre, str(cadre.account), reversal.at_ms, entry.amount_fen, ref)
+            wrong_way.append((cells, "bank", None))
         built.ledger_net -= entry.amount_fen
         ref = ref_of(reversal if rev_ref == "reversal" else entry, till_i, style)
         plant(reversal, cadre, rev_fate, -entry.amount_fen, ref, rc.REVERSAL_NOT_REFUNDED)
@@ -293,7 +308,7 @@ def build(store: CountyStore, root: Path, plan: Plan, day: dt.date, tag: str) ->
         till.upload()
 
     rng.shuffle(rows)
-    extras: list[tuple[list[str], str | None, str | None]] = []
+    extras: list[tuple[list[str], str | None, str | None]] = list(wrong_way)
     for i in range(plan.extra_debits):
         cadre = cadres[i % len(cadres)]
         fen = 1001 + 50 * i
