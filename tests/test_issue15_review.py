@@ -13,6 +13,7 @@ Each test here failed before its fix and names the defect it guards against:
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import zipfile
@@ -147,3 +148,54 @@ def test_xlsx_with_a_control_character_is_written(tmp_path: Path) -> None:
     ws = openpyxl.load_workbook(out).active
     assert ws is not None
     assert [r[0] for r in ws.iter_rows(min_row=2, values_only=True)] == ["own\ufffd", "a\tb\nc"]
+
+
+# -- a control character in a cadres file ----------------------------------------------
+
+
+def test_cadres_with_a_nul_or_line_break_are_bad_rows(
+    county_db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NUL cannot be stored in PostgreSQL text (the import failed there with a database
+    error, not a line naming the row); a line break in a name or unit breaks the exports
+    and the screens. Each is a bad row, on both backends, and nothing is imported."""
+    f = tmp_path / "cadres.csv"
+    f.write_text(
+        "cadre,unit,name,account,monthly_allowance_fen\n"
+        "hn-gov/C1,u1,张\x00伟,6222000001,3000\n"
+        'hn-gov/C2,u1,"李\n娜",6222000002,3000\n'
+        "hn-gov/C3,u\x1b1,王芳,6222000003,3000\n"
+        "hn-gov/C\x004,u1,赵六,6222000004,3000\n"
+        "hn-gov/C5,u1,钱七,6222000005,3000\n",
+        encoding="utf-8",
+    )
+    status = county_main(["cadres", "import", str(f), "--database", county_db_url])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert [line.split(": ")[2] for line in err[:-1]] == [
+        f"{f} line 2",
+        f"{f} line 4",
+        f"{f} line 5",
+        f"{f} line 6",
+    ]
+    assert err[-1] == "canteen-county: nothing was imported"
+    assert county_main(["cadres", "list", "--format", "json", "--database", county_db_url]) == 0
+    assert capsys.readouterr().out.strip() == ""
+
+
+# -- a directory target nested deep ------------------------------------------------------
+
+
+def test_deeply_nested_directory_json_is_refused_in_one_line() -> None:
+    """json.loads of a deeply nested document raises RecursionError, not ValueError: the
+    terminal's updater let it escape instead of refusing the set with one line (the
+    directory target is hash-checked first, so only a county key could sign one; the
+    updater still answers it as any other bad directory)."""
+    # The module, not the apply() function terminal.updates exports under its name.
+    apply = importlib.import_module("terminal.updates.apply")
+
+    for data in (b"[" * 200_000, b'{"agencies": ' + b"[" * 200_000):
+        with pytest.raises(apply.UpdateRefused) as caught:
+            apply._directory(data, "lists/directory.json", apply.UpdateRefused)
+        assert "\n" not in str(caught.value)
+        assert str(caught.value).startswith("lists/directory.json: not JSON")
