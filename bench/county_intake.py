@@ -3,7 +3,7 @@ before the SQLAlchemy port (SQLite, raw sqlite3) and on this checkout's store (S
 PostgreSQL), in one run.
 
 Run:  .venv/bin/python bench/county_intake.py [--old-ref 8cc7463] [--rounds 1.0]
-          [--sizes 1,3,50,200] [--no-pg] [--json FILE]
+          [--alternate 3] [--sizes 0,1,3,50,200] [--no-pg] [--json FILE]
 
 Each batch size gets its own terminal; its batches are accepted QR sales of distinct
 cadres, each with the phone's real signed code (protocol/issue.py), so every sale is
@@ -52,9 +52,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_REF = "8cc7463"  # the last commit before the store moved onto SQLAlchemy
-SIZES = (1, 3, 50, 200)
+SIZES = (0, 1, 3, 50, 200)
 # Timed batches per size (times --rounds); a terminal's genesis batch is not timed.
-ROUNDS = {1: 200, 3: 150, 50: 30, 200: 12}
+# Size 0 is a sync with nothing new (an empty batch: the terminal asks for the time).
+ROUNDS = {0: 200, 1: 200, 3: 150, 50: 30, 200: 12}
 WARMUP = 3  # batches per size run before the timed ones (caches, first compilation)
 T0_MS = 1_780_000_000_000
 ISS = "bench-intake"
@@ -122,7 +123,10 @@ def make_batches(sizes: list[int], scale: float) -> dict[str, Any]:
         append(["g-" + tid, T0_MS, GENESIS, *([None] * 9), 0, None, detail])
         docs = [batch()]
         at_ms = T0_MS + 60_000
-        for _ in range(WARMUP + max(1, round(ROUNDS[size] * scale))):
+        for _ in range(WARMUP + max(1, round(ROUNDS.get(size, 30) * scale))):
+            if size == 0:
+                docs.append({"nonce": os.urandom(16).hex(), "entries": [], "checkpoints": []})
+                continue
             for _ in range(size):
                 cadre += 1
                 at_ms += 1000
@@ -167,9 +171,17 @@ def make_batches(sizes: list[int], scale: float) -> dict[str, Any]:
 
 def worker(code: str, url: str, batches_file: str) -> None:
     """Run every terminal's batches through the store of the checkout ``code``; print the
-    timings as one JSON line."""
+    timings as one JSON line.
+
+    What is timed is the store's work for one sync as that checkout's app asks for it:
+    ``intake``, then ``note_clock`` where the app calls it after the intake (before
+    the clock was read inside the intake transaction), so every checkout is timed
+    for the same job."""
     sys.path[:0] = [code]
     from county.store import CountyStore
+
+    app_source = (Path(code) / "county" / "app.py").read_text()
+    separate_clock = "store.note_clock" in app_source
 
     data = json.loads(Path(batches_file).read_text())
     target: Any = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else url
@@ -182,8 +194,19 @@ def worker(code: str, url: str, batches_file: str) -> None:
             statements[0] += 1
 
         event.listen(store.db.engine, "before_cursor_execute", count)
+        try:  # statements run on the driver's cursor (county/storekit.py), not seen above
+            from county.storekit import Prepared
+
+            prepared: Any = Prepared
+        except ImportError:
+            prepared = None
     else:
         store._conn.set_trace_callback(lambda _sql: statements.__setitem__(0, statements[0] + 1))
+        prepared = None
+
+    def counted() -> int:
+        return statements[0] + (prepared.runs if prepared is not None else 0)
+
     now = T0_MS + 10 * 86_400_000
     store.add_issuer_keys(data["trust"], now)
     out = []
@@ -196,15 +219,20 @@ def worker(code: str, url: str, batches_file: str) -> None:
             docs = term["docs"]
             times, stmts = [], []
             for i, doc in enumerate(docs):
-                before = statements[0]
+                # The county's clock moves as a terminal's syncs come: every 5 minutes
+                # for an idle terminal's empty batch, a second apart for sales.
+                now += 300_000 if term["size"] == 0 else 1000
+                before = counted()
                 start = time.perf_counter()
                 result = store.intake(term["terminal"], doc, now)
+                if separate_clock:
+                    store.note_clock(term["terminal"], now)
                 took = time.perf_counter() - start
                 if result.status != "ok" or (i and result.accepted != term["size"]):
                     raise SystemExit(f"{term['terminal']} batch {i}: {result}")
                 if i > WARMUP:  # the genesis batch and the warm-up are not timed
                     times.append(took)
-                    stmts.append(statements[0] - before)
+                    stmts.append(counted() - before)
             out.append({"size": term["size"], "times": times, "statements": stmts})
         # Every sale must have been verified as evidence: a bench of refusals measures
         # the wrong path.
@@ -243,6 +271,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old-ref", default=OLD_REF)
     ap.add_argument("--rounds", type=float, default=1.0, help="scale the timed batches")
+    ap.add_argument(
+        "--alternate",
+        type=int,
+        default=1,
+        help="run the stores this many times, one after the other in turn (each time on a "
+        "new database), and print the median of the runs' medians",
+    )
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
     ap.add_argument("--no-old", action="store_true", help="this checkout only")
@@ -258,10 +293,13 @@ def main() -> None:
     start = time.perf_counter()
     batches.write_text(json.dumps(make_batches(sizes, args.rounds)))
     print(f"batches made in {time.perf_counter() - start:.1f} s", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {}
+    # Per store, one list of results per run (each a list of per-size timings).
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+    loads: list[float] = []
     old = tmp / "old"
     cluster = None
     try:
+        stores: list[tuple[str, Path, Any]] = []
         if not args.no_old:
             subprocess.run(
                 ["git", "worktree", "add", "--detach", str(old), args.old_ref],
@@ -270,10 +308,8 @@ def main() -> None:
                 capture_output=True,
             )
             label = " (before the port)" if args.old_ref == OLD_REF else ""
-            runs[f"SQLite, {args.old_ref}{label}"] = run_store(
-                old, f"sqlite:///{tmp / 'old.sqlite'}", batches
-            )
-        runs["SQLite, this checkout"] = run_store(ROOT, f"sqlite:///{tmp / 'new.sqlite'}", batches)
+            stores.append((f"SQLite, {args.old_ref}{label}", old, "old"))
+        stores.append(("SQLite, this checkout", ROOT, "new"))
         if not args.no_pg:
             sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
             from pgkit import Cluster
@@ -283,13 +319,23 @@ def main() -> None:
 
             cluster = Cluster()
             cluster.make()
-            url = cluster.create_database("bench_intake")
-            db = Database(url)
-            try:
-                upgrade(db)
-            finally:
-                db.close()
-            runs["PostgreSQL, this checkout"] = run_store(ROOT, url, batches)
+            stores.append(("PostgreSQL, this checkout", ROOT, None))
+        for turn in range(args.alternate):
+            for name, code, sqlite_name in stores:
+                if sqlite_name is not None:
+                    url = f"sqlite:///{tmp / f'{sqlite_name}{turn}.sqlite'}"
+                else:
+                    assert cluster is not None
+                    url = cluster.create_database(f"bench_intake_{turn}")
+                    db = Database(url)
+                    try:
+                        upgrade(db)
+                    finally:
+                        db.close()
+                loads.append(os.getloadavg()[0])
+                runs.setdefault(name, []).append(run_store(code, url, batches))
+                print(f"run {turn + 1}: {name} done", flush=True)
+        loads.append(os.getloadavg()[0])
     finally:
         if cluster is not None:
             cluster.remove()
@@ -297,29 +343,35 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
         shutil.rmtree(tmp, ignore_errors=True)
     figures = []
+    print(f"load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f}")
     print(
-        f"{'store':<38} {'batch':>5} {'n':>4} {'median ms':>10} {'p99 ms':>9} "
-        f"{'ms/entry':>9} {'stmts/entry':>12}"
+        f"{'store':<38} {'batch':>5} {'n':>5} {'median ms':>10} {'p99 ms':>9} "
+        f"{'stmts/batch':>12}  medians of the runs (ms)"
     )
-    for name, sized in runs.items():
-        for item in sized:
-            times, size = item["times"], item["size"]
-            median = statistics.median(times) * 1000
-            p99 = quantile(times, 0.99) * 1000
-            per_entry = statistics.mean(item["statements"]) / size
+    for name, turns in runs.items():
+        for k, size in enumerate(sizes):
+            items = [turn[k] for turn in turns]
+            medians = [statistics.median(item["times"]) * 1000 for item in items]
+            pooled = [t for item in items for t in item["times"]]
+            median = statistics.median(medians)
+            p99 = quantile(pooled, 0.99) * 1000
+            per_batch = statistics.mean(x for item in items for x in item["statements"])
             figures.append(
                 {
                     "store": name,
                     "size": size,
                     "median_ms": median,
+                    "run_medians_ms": medians,
                     "p99_ms": p99,
-                    "statements_per_entry": per_entry,
-                    "batches": len(times),
+                    "statements_per_batch": per_batch,
+                    "batches": len(pooled),
+                    "load_average": [min(loads), max(loads)],
                 }
             )
+            shown = ", ".join(f"{m:.2f}" for m in medians)
             print(
-                f"{name:<38} {size:>5} {len(times):>4} {median:>10.2f} {p99:>9.2f} "
-                f"{median / size:>9.3f} {per_entry:>12.2f}"
+                f"{name:<38} {size:>5} {len(pooled):>5} {median:>10.2f} {p99:>9.2f} "
+                f"{per_batch:>12.2f}  {shown}"
             )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

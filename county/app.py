@@ -48,6 +48,7 @@ from county.store import (
     BatchInvalid,
     CountyStore,
     DatabaseUnavailable,
+    IntakeResult,
     Limits,
     ProvisionRefused,
     StoreError,
@@ -598,7 +599,9 @@ def create_app(
         der = peer_cert_der(request)
         if der is None:
             return _problem(401, "a client certificate is required: provision this terminal")
-        who = store.terminal_for_cert(ca.cert_sha256(der))
+        # A database read: in the thread pool, so the event loop (every other connection's
+        # handshakes and bodies) never waits on the database.
+        who = await run_in_threadpool(store.terminal_for_cert, ca.cert_sha256(der))
         if who is None:
             return _problem(401, "this certificate is not (or no longer) a provisioned terminal")
         terminal_id = who[0]
@@ -611,16 +614,15 @@ def create_app(
         except Malformed as exc:
             return _problem(400, str(exc))
         try:
-            result = await run_in_threadpool(store.intake, terminal_id, doc, clock())
+            # One trip to the thread pool: the intake (its clock offsets included, in
+            # one transaction) and what config_applied entries say the terminal runs.
+            result = await run_in_threadpool(_take_batch, data, store, terminal_id, doc, clock())
         except BatchInvalid as exc:
             return _problem(400, str(exc))
         except DatabaseUnavailable as exc:
             return _unavailable(exc)
         except StoreError as exc:
             return _problem(401, str(exc))
-        if result.status in (OK, GAP):
-            await run_in_threadpool(_record_applied_sets, data, terminal_id, doc)
-            await run_in_threadpool(store.note_clock, terminal_id, clock())
         nonce = bytes.fromhex(doc.get("nonce", "")) if isinstance(doc, dict) else b""
         answer = {
             "protocol": PROTOCOL_VERSION,
@@ -643,6 +645,16 @@ def _unavailable(exc: Exception) -> Response:
     """503 with Retry-After: the county database cannot answer now; try again."""
     line = " ".join(str(exc).split())
     return _problem(503, f"the county database is busy: {line}", {"Retry-After": "5"})
+
+
+def _take_batch(
+    data: Path, store: CountyStore, terminal_id: str, doc: Any, now_ms: int
+) -> IntakeResult:
+    """One upload batch through the store, then its config_applied entries noted."""
+    result = store.intake(terminal_id, doc, now_ms)
+    if result.status in (OK, GAP):
+        _record_applied_sets(data, terminal_id, doc)
+    return result
 
 
 def _record_applied_sets(data: Path, terminal_id: str, doc: Any) -> None:

@@ -33,6 +33,16 @@ Two transactions that would wait on each other in a way the sorted key order can
 prevent (a held batch drained after the first round of checks) are broken by
 PostgreSQL's deadlock detection: one is rolled back whole and answered 503, and the
 terminal sends the batch again. Nothing is stored half.
+
+What one sync costs (issue 14's lunch peak). A batch that stores entries is one write
+transaction with one commit: the terminal's clock offsets are read out of the new
+entries inside it (``note_clock``), not in a second transaction after it. A sync with
+nothing new (no entries) is answered from a read transaction and writes nothing, as
+long as the terminal's ``last_seen_ms`` is younger than ``SEEN_STEP_MS``; only then is
+it a write (the new ``last_seen_ms`` and the ``batches_ok`` counter). So
+``last_seen_ms`` is when the terminal was last heard from to within ``SEEN_STEP_MS``
+(the report's silent terminals are counted in hours), and ``batches_ok`` counts the
+batches that went through a write transaction, not the empty ones answered from a read.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from county.storekit import (
     REFUSED,
     UNSIGNED,
     Limits,
+    Prepared,
     StoreError,
     bump_all,
     dialect_insert,
@@ -74,12 +85,16 @@ from protocol.chain import (
     HASHED_COLUMNS,
     REVERSAL,
     SALE,
+    TIME_SIGNAL,
     canonical_json,
     checkpoint_message,
     entry_hash,
 )
 
 CLOCK_TOLERANCE_MS = 30_000  # as the terminal's [sync] clock_tolerance_s default
+# An empty batch writes the terminal's last_seen_ms only when the stored one is this old:
+# terminals sync every 5 minutes, so an idle one writes at most every other sync.
+SEEN_STEP_MS = 10 * 60_000
 
 
 class BatchInvalid(StoreError):
@@ -239,14 +254,22 @@ def parse_batch(
 # The statements every batch runs are built once (SQLAlchemy then finds each compiled
 # form in its cache by identity) and run with their values as parameters: building a
 # Core statement costs more than SQLite takes to run it. They are dialect-neutral: the
-# FOR UPDATE clause is not rendered on SQLite.
+# FOR UPDATE clause is not rendered on SQLite. Those of every sale sync or empty sync
+# are ``Prepared`` (county/storekit.py): compiled once per dialect and run on the
+# driver's cursor, without SQLAlchemy's per-statement work.
 _T, _H, _E = terminals.c, held_batches.c, entries.c
-_TERMINAL = (
-    select(_T.canteen, _T.ledger_key, _T.acked_seq, _T.last_hash)
+# Whether any terminal's held batch is older than ``before`` (they are swept then). Read
+# beside the terminal's row, so the sweep's DELETE runs only when there is something to
+# sweep; on PostgreSQL it may miss one held a moment ago, which the next batch sweeps.
+_ANY_EXPIRED = (
+    select(_H.terminal).where(_H.received_ms < bindparam("before")).limit(1).exists()
+).label("expired")
+_TERMINAL = Prepared(
+    select(_T.canteen, _T.ledger_key, _T.acked_seq, _T.last_hash, _ANY_EXPIRED)
     .where(_T.terminal_id == bindparam("terminal"))
     .with_for_update()
 )
-_SEEN = (
+_SEEN = Prepared(
     update(terminals)
     .where(_T.terminal_id == bindparam("terminal"))
     .values(last_seen_ms=bindparam("now"))
@@ -256,8 +279,11 @@ _STORED_HASHES = select(_E.seq, _E.hash).where(
     _E.terminal == bindparam("terminal"),
     _E.seq.between(bindparam("lo"), bindparam("hi")),
 )
-_INSERT_ENTRIES = insert(entries)
-_NEW_MARK = (
+_INSERT_ENTRIES = Prepared(
+    insert(entries),
+    [*_ENTRY_COLUMNS, "terminal", "canteen", "prev_hash", "hash", "received_ms"],
+)
+_NEW_MARK = Prepared(
     update(terminals)
     .where(_T.terminal_id == bindparam("terminal"))
     .values(
@@ -269,7 +295,7 @@ _NEW_MARK = (
 _HELD_COUNT = (
     select(func.count()).select_from(held_batches).where(_H.terminal == bindparam("terminal"))
 )
-_ANY_HELD = select(_H.first_seq).where(_H.terminal == bindparam("terminal")).limit(1)
+_ANY_HELD = Prepared(select(_H.first_seq).where(_H.terminal == bindparam("terminal")).limit(1))
 _DROP_COVERED = delete(held_batches).where(
     _H.terminal == bindparam("terminal"), _H.last_seq <= bindparam("acked")
 )
@@ -287,6 +313,46 @@ _DROP_HELD = delete(held_batches).where(
 _LAST_HASH = select(_T.last_hash).where(_T.terminal_id == bindparam("terminal"))
 
 
+@functools.cache
+def _insert_checkpoints(dialect: str) -> Prepared:
+    return Prepared(insert_or_ignore(dialect, checkpoints))
+
+
+# An empty batch's look at the terminal, in a read transaction: no lock, no write. It
+# also asks whether any terminal's held batch has expired: every batch that reaches
+# the server sweeps those (``take``), so an empty one that finds some takes the write
+# path.
+_TERMINAL_SEEN = Prepared(
+    select(_T.ledger_key, _T.acked_seq, _T.last_seen_ms, _ANY_EXPIRED).where(
+        _T.terminal_id == bindparam("terminal")
+    )
+)
+
+
+def answer_empty(
+    conn: Connection, limits: Limits, terminal_id: str, doc: Any, now_ms: int
+) -> IntakeResult | None:
+    """The answer to a batch with no entries, from a read transaction, or None when the
+    batch must go through ``take`` (it has entries, or the terminal's last_seen_ms is
+    ``SEEN_STEP_MS`` old or more and is written again).
+
+    Nothing in an empty batch can change a terminal's chain, so the answer is the
+    acknowledged mark as it stands; a terminal that is not provisioned is refused here
+    as in ``take``."""
+    wire, _cps, _nonce = parse_batch(doc, limits)
+    if wire:
+        return None
+    row = _TERMINAL_SEEN.run(
+        conn, {"terminal": terminal_id, "before": now_ms - limits.held_ttl_ms}
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise StoreError(f"terminal {terminal_id} is not provisioned")
+    seen = row[2]
+    if row[3] or seen is None or not 0 <= now_ms - int(seen) < SEEN_STEP_MS:
+        return None
+    return IntakeResult(OK, int(row[1]))
+
+
 def take(
     conn: Connection,
     limits: Limits,
@@ -298,21 +364,27 @@ def take(
     """Apply one upload batch inside the caller's write transaction."""
     wire, cps, _nonce = parse_batch(doc, limits)
     # The terminal's row first, locked: everything below is decided on what it says now.
-    row = conn.execute(_TERMINAL, {"terminal": terminal_id}).one_or_none()
+    before = now_ms - limits.held_ttl_ms
+    row = _TERMINAL.run(conn, {"terminal": terminal_id, "before": before}).fetchone()
     if row is None or row[1] is None:
         raise StoreError(f"terminal {terminal_id} is not provisioned")
     canteen, key, acked, last_hash = row[0], bytes(row[1]), int(row[2]), bytes(row[3])
-    # Held batches whose gap never closed: the terminal resends from the mark anyway.
-    conn.execute(_EXPIRE_HELD, {"before": now_ms - limits.held_ttl_ms})
+    if row[4]:
+        # Held batches whose gap never closed: the terminal resends from the mark anyway.
+        conn.execute(_EXPIRE_HELD, {"before": before})
     run = _Batch(conn, limits, lists, terminal_id, canteen, key, now_ms)
     result = run.apply(acked, last_hash, wire, cps)
     if result.status == GAP and wire:
         run.hold(wire, doc)
     elif result.status == OK and result.accepted:
         run.drain_held(result)
+    if result.acked_seq > acked:
+        # The new entries' clock statements, in this same transaction (one commit a
+        # sync): the terminal's row is locked already and its entries end at the mark.
+        _note_clock(conn, terminal_id, now_ms, result.acked_seq, acked, run.time_signals)
     if not run.seen:
         # Nothing stored: the terminal's row still says when it was last heard from.
-        conn.execute(_SEEN, {"terminal": terminal_id, "now": now_ms})
+        _SEEN.run(conn, {"terminal": terminal_id, "now": now_ms})
     counts = {
         "entries_accepted": result.accepted,
         "entries_duplicate": result.duplicates,
@@ -347,6 +419,8 @@ class _Batch:
         self.counts: dict[str, int] = {}
         # Whether the terminal's row already took last_seen_ms (with a new mark).
         self.seen = False
+        # Whether any entry stored by this batch is a time_signal (note_clock reads it).
+        self.time_signals = False
 
     def apply(
         self,
@@ -484,7 +558,9 @@ class _Batch:
             row["hash"] = e.hash
             row["received_ms"] = now_ms
             rows.append(row)
-        conn.execute(_INSERT_ENTRIES, rows)
+        _INSERT_ENTRIES.run(conn, rows)
+        if not self.time_signals:
+            self.time_signals = any(e.fields[3] == TIME_SIGNAL for e in new)
         new_seqs = {e.seq for e in new}
         signed = [
             {"terminal": terminal_id, "seq": s, "hash": h, "at_ms": at, "signature": sig}
@@ -492,9 +568,9 @@ class _Batch:
             if s in new_seqs
         ]
         if signed:
-            conn.execute(insert_or_ignore(conn.dialect.name, checkpoints), signed)
-        conn.execute(
-            _NEW_MARK,
+            _insert_checkpoints(conn.dialect.name).run(conn, signed)
+        _NEW_MARK.run(
+            conn,
             {"terminal": terminal_id, "acked": new[-1].seq, "last": new[-1].hash, "now": now_ms},
         )
         self.seen = True
@@ -578,7 +654,7 @@ class _Batch:
         """Apply held batches that now continue the chain; drop those already covered."""
         conn, terminal = self.conn, {"terminal": self.terminal_id}
         # Most batches find nothing held: one look instead of a delete and a select.
-        if conn.execute(_ANY_HELD, terminal).first() is None:
+        if _ANY_HELD.run(conn, terminal).fetchone() is None:
             return
         while True:
             conn.execute(_DROP_COVERED, {**terminal, "acked": result.acked_seq})
@@ -605,6 +681,15 @@ _CLOCK_TERMINAL = (
 )
 _SCANNED = select(clock_offsets.c.scanned_seq).where(
     clock_offsets.c.terminal == bindparam("terminal")
+)
+# The usual sale sync: everything before its entries was read, none is a time_signal.
+_MOVE_SCAN_MARK = Prepared(
+    update(clock_offsets)
+    .where(
+        clock_offsets.c.terminal == bindparam("of"),
+        clock_offsets.c.scanned_seq >= bindparam("before"),
+    )
+    .values(scanned_seq=bindparam("top"), noted_ms=bindparam("now"))
 )
 _TOP_SEQ = select(func.coalesce(func.max(_E.seq), 0)).where(_E.terminal == bindparam("terminal"))
 _SIGNALS = (
@@ -636,14 +721,39 @@ def note_clock(conn: Connection, terminal_id: str, now_ms: int) -> None:
     own signed-in-chain statement beside the county's signed time. The terminal's row is
     locked first, as at intake: two processes noting one terminal's clock at once read
     each time_signal entry once.
+
+    ``take`` does the same inside the intake transaction for the entries it stores;
+    this call is for a terminal whose entries were stored some other way.
     """
     terminal = {"terminal": terminal_id}
     known = conn.execute(_CLOCK_TERMINAL, terminal).one_or_none()
     if known is None:
         return
+    top = int(conn.execute(_TOP_SEQ, terminal).scalar_one())
+    _note_clock(conn, terminal_id, now_ms, top, None, True)
+
+
+def _note_clock(
+    conn: Connection,
+    terminal_id: str,
+    now_ms: int,
+    top: int,
+    before: int | None,
+    time_signals: bool,
+) -> None:
+    """note_clock with the terminal's row locked by the caller, its entries ending at
+    ``top``. ``before`` is the mark before the entries just stored and ``time_signals``
+    whether any of them is a time_signal: when everything up to ``before`` was read
+    already and none is, only the scan mark moves (the usual sale sync)."""
+    terminal = {"terminal": terminal_id}
+    if before is not None and not time_signals:
+        moved = _MOVE_SCAN_MARK.run(
+            conn, {"of": terminal_id, "before": before, "top": top, "now": now_ms}
+        )
+        if moved.rowcount == 1:
+            return  # one statement: no new entry to read, the mark moved past them
     row = conn.execute(_SCANNED, terminal).one_or_none()
     after = int(row[0]) if row else 0
-    top = int(conn.execute(_TOP_SEQ, terminal).scalar_one())
     if row is not None and top <= after:
         return
     found = None

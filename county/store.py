@@ -216,13 +216,22 @@ class CountyStore:
     # -- ledger intake (county/intake.py) ----------------------------------------------
 
     def intake(self, terminal_id: str, doc: Any, now_ms: int) -> IntakeResult:
-        """Apply one upload batch; everything it stores is committed before this returns."""
+        """Apply one upload batch; everything it stores is committed before this returns,
+        the clock offsets of its entries included (one transaction, one commit). A batch
+        without entries is answered from a read transaction when it would write nothing
+        that matters (county/intake.py, ``answer_empty``)."""
+        if isinstance(doc, dict) and doc.get("entries") == []:
+            with self._read() as conn:
+                answer = intake.answer_empty(conn, self.limits, terminal_id, doc, now_ms)
+            if answer is not None:
+                return answer
         with self._write() as conn:
             return intake.take(conn, self.limits, self.lists, terminal_id, doc, now_ms)
 
     def note_clock(self, terminal_id: str, now_ms: int) -> None:
         """Keep the terminal's newest clock offset from its time_signal entries; alarm
-        each one beyond the tolerance (county/intake.py)."""
+        each one beyond the tolerance (county/intake.py). ``intake`` already does this for
+        the entries it stores; this is for entries stored some other way."""
         with self._write() as conn:
             intake.note_clock(conn, terminal_id, now_ms)
 

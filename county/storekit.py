@@ -17,10 +17,15 @@ the same alarm or counter at the same moment both land, neither overwrites the o
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Executable, Table
+from sqlalchemy import ClauseElement, Connection, Executable, Table
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPICursor, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from county.db.schema import alarms, counters
 from county.errors import StoreError as StoreError  # re-exported
@@ -94,6 +99,11 @@ def _bump(dialect: str) -> Executable:
     )
 
 
+@functools.cache
+def _bump_prepared(dialect: str) -> Prepared:
+    return Prepared(_bump(dialect))
+
+
 def bump(conn: Connection, name: str, by: int) -> None:
     """Add ``by`` to the counter ``name`` (made at zero when new)."""
     if by:
@@ -105,7 +115,7 @@ def bump_all(conn: Connection, counts: dict[str, int]) -> None:
     order, so that two transactions counting the same names lock their rows in one order."""
     rows = [{"name": name, "value": counts[name]} for name in sorted(counts) if counts[name]]
     if rows:
-        conn.execute(_bump(conn.dialect.name), rows)
+        _bump_prepared(conn.dialect.name).run(conn, rows)
 
 
 @functools.cache
@@ -152,3 +162,75 @@ def record_alarm(
 def insert_or_ignore(dialect: str, table: Table) -> Executable:
     """INSERT ... ON CONFLICT DO NOTHING on ``table``, built once per dialect."""
     return dialect_insert(dialect, table).on_conflict_do_nothing()
+
+
+# --- the statements of every sync, run without SQLAlchemy's per-statement work ---------
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run straight on the DBAPI cursor of
+    the caller's connection, inside its transaction.
+
+    A sale sync runs about a dozen statements; SQLAlchemy spends more CPU on each one
+    (its cache key, parameters, execution context and result) than SQLite takes to
+    run it, and at the lunch peak that CPU is what the county server runs short of.
+    The statements of every sync (county/intake.py) are built as Core constructs, so
+    they stay dialect-neutral and checked against the schema, and compiled here once
+    per dialect; what runs per sync is the driver's own execute. Only plain values go
+    in (ints, texts, bytes), which both drivers take as they are, so no bind processor
+    is needed; a driver error is raised as SQLAlchemy would raise it (the same
+    ``OperationalError`` and friends, a lost connection invalidated), so the store's
+    503 for a database that cannot answer works the same.
+    """
+
+    # Statements run this way in this process (bench/county_intake.py counts them: the
+    # engine's events do not see them).
+    runs = 0
+
+    def __init__(self, stmt: Executable, column_keys: Sequence[str] | None = None) -> None:
+        self.stmt = stmt
+        self.column_keys = list(column_keys) if column_keys is not None else None
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+    def _form(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        form = self._compiled.get(dialect.name)
+        if form is None:
+            assert isinstance(self.stmt, ClauseElement)
+            compiled = self.stmt.compile(dialect=dialect, column_keys=self.column_keys)
+            assert isinstance(compiled, SQLCompiler)
+            if compiled.escaped_bind_names:
+                raise ValueError(f"parameter names that need escaping: {compiled.string}")
+            # Values the statement carries itself (LIMIT 1), under their generated names.
+            fixed = {
+                k: v for k, v in compiled.construct_params(_check=False).items() if v is not None
+            }
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            form = self._compiled[dialect.name] = (compiled.string, order, fixed)
+        return form
+
+    def run(
+        self, conn: Connection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> DBAPICursor:
+        """Execute with ``params`` (a list: executemany); the cursor, for rows or rowcount."""
+        sql, order, fixed = self._form(conn.dialect)
+        many = not isinstance(params, Mapping)
+        rows: list[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else list(params)
+        if order is not None:
+            args: list[Any] = [tuple({**fixed, **row}[name] for name in order) for row in rows]
+        else:
+            args = [{**fixed, **row} if fixed else row for row in rows]
+        Prepared.runs += 1
+        raw = conn.connection
+        cursor = raw.cursor()
+        try:
+            if many:
+                cursor.executemany(sql, args)
+            else:
+                cursor.execute(sql, args[0])
+        except conn.dialect.loaded_dbapi.Error as exc:
+            if conn.dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
+                conn.invalidate(exc)
+            raise sa_exc.DBAPIError.instance(
+                sql, args, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from exc
+        return cursor
