@@ -226,6 +226,12 @@ def cmd_reconcile(a: argparse.Namespace) -> int:
     # With the table on standard output, the summary goes to standard error.
     to_stderr = a.out is None or a.out == "-"
     print(_summary_line(result), file=sys.stderr if to_stderr else sys.stdout)
+    if not result.summary["cadres_on_file"] and result.summary["statement_rows"]:
+        print(
+            f"{PROG}: no cadres are imported, so no account is known: run "
+            f"'{PROG} cadres import FILE.csv' first (docs/reconciliation.md)",
+            file=sys.stderr,
+        )
     return 0 if result.balanced else DIFFERENCES_FOUND
 
 
