@@ -356,8 +356,8 @@ def iter_detail(
 
     A sale's line links to its (first) reversal: link_terminal, link_seq, link_at_ms and
     link_time; a reversal's line links back to its sale. A sale's amount_fen is its amount,
-    a reversal's is minus the sale's, so the amounts of the detail add up to the summary's
-    net.
+    a reversal's is minus the sale's (0 for a second reversal of one sale, which undoes
+    nothing more), so the amounts of the detail add up to the summary's net.
 
     Two streams in the same order, merged here: the period's sales, and the reversals of
     those sales (``_reversals_of_sales``). One outer join of the sales to their reversals
@@ -420,14 +420,16 @@ def iter_detail(
             "hash": bytes(sale_hash).hex(),
         }
         yield sale
-        for rev_seq, rev_at_ms, rev_hash in mine:
+        for nth, (rev_seq, rev_at_ms, rev_hash) in enumerate(mine):
             yield {
                 **sale,
                 "row": DETAIL_REVERSAL,
                 "local_time": local_text(rev_at_ms, zone),
                 "at_ms": rev_at_ms,
                 "seq": rev_seq,
-                "amount_fen": -sale["amount_fen"],
+                # A sale is reversed once (as the summary counts it): a second reversal
+                # of it is listed, as evidence, and moves nothing.
+                "amount_fen": -sale["amount_fen"] if nth == 0 else 0,
                 "link_terminal": terminal,
                 "link_seq": seq,
                 "link_at_ms": sale["at_ms"],

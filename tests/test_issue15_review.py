@@ -17,18 +17,23 @@ import importlib
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
+from test_county_settlement import AGENCIES, CANTEENS, NOW_MS, Ledger, local_ms
 
-from county import exports
+from county import exports, settlement
 from county.cadres import CadresError, parse_cadres_csv
 from county.cli import main as county_main
-from county.localtime import county_zone
+from county.directory import load_directory, replace_agencies, replace_canteens
+from county.localtime import DateRange, county_zone
 from county.reconcile import StatementError, parse_statement
+from county.store import CountyStore
 from protocol.agencies import DirectoryError, parse_agencies_csv, parse_canteens_csv
+from protocol.chain import REVERSAL
 
 HOSTILE = ["=cmd|' /C calc'!A0", "+1+2", "-2+3", "@SUM(A1:A9)", "\t=1+1", '=HYPERLINK("x")']
 
@@ -199,3 +204,55 @@ def test_deeply_nested_directory_json_is_refused_in_one_line() -> None:
             apply._directory(data, "lists/directory.json", apply.UpdateRefused)
         assert "\n" not in str(caught.value)
         assert str(caught.value).startswith("lists/directory.json: not JSON")
+
+
+# -- the settlement detail and a sale reversed twice ------------------------------------
+
+
+@pytest.fixture
+def db_url(county_db_url: str) -> Iterator[str]:
+    store = CountyStore(county_db_url)
+    try:
+        with store.db.write() as conn:
+            directory = parse_agencies_csv(AGENCIES)
+            replace_agencies(conn, directory, NOW_MS)
+            replace_canteens(conn, parse_canteens_csv(CANTEENS, directory), NOW_MS)
+    finally:
+        store.close()
+    yield county_db_url
+
+
+def test_detail_adds_up_to_net_with_a_sale_reversed_twice(db_url: str) -> None:
+    """A terminal's ledger refuses a second reversal of a sale, but the county cannot
+    assume every terminal did: the summary counts the sale reversed once, and the detail
+    must add up to the same net (the second reversal is listed, moving nothing)."""
+    store = CountyStore(db_url)
+    try:
+        with store.db.write() as conn:
+            led = Ledger(conn)
+            sale = led.put("t1", at_ms=local_ms("2026-05-10", 12), amount_fen=1500)
+            led.put("t1", at_ms=local_ms("2026-05-10", 13), amount_fen=800)
+            for hour in (14, 15):
+                led.put(
+                    "t1",
+                    kind=REVERSAL,
+                    verdict=None,
+                    at_ms=local_ms("2026-05-10", hour),
+                    amount_fen=1500,
+                    ref_seq=sale,
+                )
+        with store.db.read() as conn:
+            directory = load_directory(conn)
+            period = settlement.Period(DateRange.parse("2026-05-01", "2026-05-31", county_zone()))
+            grand = settlement.summary(conn, period, directory)[-1]
+            detail = list(settlement.iter_detail(conn, period, directory))
+    finally:
+        store.close()
+    assert (grand["gross_fen"], grand["reversed_fen"], grand["net_fen"]) == (2300, 1500, 800)
+    assert [(x["row"], x["amount_fen"]) for x in detail] == [
+        ("sale", 1500),
+        ("reversal", -1500),
+        ("reversal", 0),
+        ("sale", 800),
+    ]
+    assert sum(x["amount_fen"] for x in detail) == grand["net_fen"]
