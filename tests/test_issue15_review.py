@@ -256,3 +256,23 @@ def test_detail_adds_up_to_net_with_a_sale_reversed_twice(db_url: str) -> None:
         ("sale", 800),
     ]
     assert sum(x["amount_fen"] for x in detail) == grand["net_fen"]
+
+
+# -- a file far larger than any directory -------------------------------------------------
+
+
+def test_agencies_import_of_a_150_mb_file_is_refused_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole file was read and decoded (150 MB: 20 s and about 1 GB of memory on the
+    county server) only to be refused past the 100,000th row. A file larger than any
+    directory of MAX_ROWS rows can be is refused at once, with one line."""
+    big = tmp_path / "agencies.csv"
+    with open(big, "wb") as f:
+        f.write(b"code,name,level,parent,finance_account\n")
+        f.truncate(150 * 1024 * 1024)  # sparse: no time spent writing it
+    for command in ("agencies", "canteens"):
+        status = county_main([command, "import", str(big), "--data", str(tmp_path / "d")])
+        err = capsys.readouterr().err.splitlines()
+        assert status == 2
+        assert len(err) == 1 and err[0].startswith(f"canteen-county: error: {big}: 150.0 MiB")
