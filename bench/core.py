@@ -71,6 +71,10 @@ def bench_tokens(seconds: float) -> None:
         make_wallet(issuer, f"T{i}", "u", "bench", now=now - 86400).draw(now)
         for i in range(max(SignatureMemo.GOOD_MAX // 2, SignatureMemo.HOLDER_KEYS_MAX) + 100)
     ]
+    # A private in-memory store: the issuer key and its revocation are answered from
+    # memory. The terminal's trust.sqlite adds one statement a code (PRAGMA data_version
+    # in issuer_keys: whether another process installed a list), about what the SQLite
+    # look-up of the issuer key's revocation cost before it moved into memory.
     store = trust.TrustStore(":memory:")
     store.replace_issuers(
         trust.parse_issuer_keys([issuer.trust_entry()]), trust.ListHeader(1, now, None), now
