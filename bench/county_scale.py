@@ -53,8 +53,8 @@ reads them), then VACUUM ANALYZE. After the runs the settlement-style query of o
 calendar month (canteen x agency x meal: count and sum of amount_fen of the accepted
 sales less the reversals, by signed time) is timed against its 2 s target, with its plan
 (EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL, EXPLAIN QUERY PLAN on SQLite); the figure
-passes only if the sales are read from migration 0003's ``entries_sales_at`` alone (an
-index-only scan). Then the same query is timed without that index (dropped in a
+passes only if PostgreSQL reads the sales from migration 0003's ``entries_sales_at``
+alone (an index-only scan; SQLite's plan is printed, not judged). Then the same query is timed without that index (dropped in a
 transaction that is rolled back), so the report says what the index buys.
 
 Targets (issue 14, on this 2-core machine): ~30 syncs/s at the lunch peak with intake p99
@@ -1227,8 +1227,9 @@ def bench_report(county: County, entries: int, first_ms: int, reference: bool) -
     times, rows, plan = time_report(county, sql)
     best = statistics.median(times)
     read = sales_read(plan, county.is_sqlite)
-    # The target asks PostgreSQL for the index-only scan; SQLite cannot have one (above).
-    covered = read == "index-only" or (county.is_sqlite and read == "index")
+    # The target asks PostgreSQL for the index-only scan. SQLite cannot have one (above),
+    # and its planner may prefer entries_at_ms on a small history: said, not judged.
+    covered = county.is_sqlite or read == "index-only"
     report(
         f"{county.name}: month report ({month}, {entries:,} entries)",
         best,
