@@ -54,8 +54,9 @@ calendar month (canteen x agency x meal: count and sum of amount_fen of the acce
 sales less the reversals, by signed time) is timed against its 2 s target, with its plan
 (EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL, EXPLAIN QUERY PLAN on SQLite); the figure
 passes only if PostgreSQL reads the sales from migration 0003's ``entries_sales_at``
-alone (an index-only scan; SQLite's plan is printed, not judged). Then the same query is timed without that index (dropped in a
-transaction that is rolled back), so the report says what the index buys.
+alone (an index-only scan; SQLite's plan is printed, not judged). Then the same query
+is timed without that index (dropped in a transaction that is rolled back), so the
+report says what the index buys.
 
 Targets (issue 14, on this 2-core machine): ~30 syncs/s at the lunch peak with intake p99
 < 250 ms with 2 server processes; the month report over 10 million entries in < 2 s; the
