@@ -11,25 +11,30 @@ verified as evidence and looked up for conflicts, and a checkpoint signed with t
 terminal's ledger key over the last entry (as a terminal sends them). The batches are
 made once and the very same documents go through each store, each store in its own
 process (the old checkout's ``county`` package must not meet this one's). Printed per
-store and batch size: median and p99 of one ``intake()`` call and the database
-statements it ran per entry (SQLAlchemy's before_cursor_execute on the new store,
-sqlite3's trace callback on the old one).
+store and batch size: median and p99 of one sync's store work (see ``worker``) and the
+database statements it ran per batch (SQLAlchemy's before_cursor_execute plus the
+statements county/storekit.py's ``Prepared`` ran on the new store, sqlite3's trace
+callback on the old one).
 
 ``--old-ref REF`` compares with another commit's store instead (any commit whose
 CountyStore has add_terminal, bind_certificate, add_issuer_keys and intake). The
 stores run one after the other, so on a machine shared with other work each sees a
-different load: compare figures of one run, and run it more than once.
+different load: ``--alternate N`` runs them N times in turn, each time on a new
+database, and prints the median of the runs' medians with each run's median and the
+load average beside it. Size 0 is an empty batch (the county's clock moves 5 minutes
+a sync, as for an idle terminal; sales move it a second).
 
-Figures (2 cores shared with other sessions, load average 11-14, --rounds 0.5; median
-ms of one intake, statements per entry in brackets):
+Figures (commit 8eb7cbf, ``--sizes 0,1,200 --rounds 0.5 --alternate 3``, 2 cores shared
+with other sessions, load average 5.3-7.5; median ms of one sync's store work,
+statements a batch in brackets, BEGIN included):
 
-    batch of                   1            3            50            200
-    8cc7463 (raw sqlite3)      8.1 (17)     12.4 (9)     229 (5.24)    1039 (5.06)
-    SQLite now                14.2 (12)     19.2 (4)     110 (0.24)     530 (0.06)
-    PostgreSQL now            25.8 (12)     37.3 (4)     166 (0.24)     503 (0.06)
+    batch of                   0             1             200
+    8cc7463 (raw sqlite3)      0.54 (10)     2.88 (23)     184 (1018)
+    SQLite now                 0.74 (4)      3.29 (12)     135 (12)
+    PostgreSQL now             1.43 (2.5)    7.81 (12)     148 (12)
 
-Before the batched look-ups (2ded1d8) the same batches ran 15, 6.33, 2.26 and 2.06
-statements per entry on either backend.
+Before that commit (intake and note_clock in two transactions, every statement through
+SQLAlchemy) a one-sale batch took 7.7 ms on SQLite against 3.0 ms on 8cc7463.
 
 The old store is checked out with ``git worktree add`` into a temporary folder (removed
 at the end). PostgreSQL is a throwaway cluster started as the tests start theirs
