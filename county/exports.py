@@ -10,8 +10,9 @@ writes one at a time without keeping them.
 Money is integer fen in every row. Only here does it become yuan, and only in the formats
 people read:
 
-- JSON lines (``json``): each row as one JSON object, every key the row has, money as
-  integer fen under its ``*_fen`` key. For scripts; the rows of several tables follow one
+- JSON lines (``json``): each row as one JSON object on one line (whatever line breaks
+  its text holds: U+0085, U+2028 and U+2029 are escaped too), every key the row has,
+  money as integer fen under its ``*_fen`` key. For scripts; the rows of several tables follow one
   another (each caller marks its rows, e.g. ``"row": "detail"``).
 - CSV (``csv``): one table, UTF-8 with a byte-order mark (so Excel shows the Chinese),
   the Chinese headers, money as yuan text with two decimals and no thousands separator
@@ -174,11 +175,17 @@ def _atomic(path: Path) -> Iterator[Path]:
             os.close(dir_fd)
 
 
+# Characters json.dumps(ensure_ascii=False) leaves raw that Python's str.splitlines()
+# (and other line readers) take for a line break; inside a JSON string they are escaped.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _write_json(tables: Sequence[Table], f: IO[str]) -> int:
     n = 0
     for table in tables:
         for row in table.rows:
-            f.write(json.dumps(dict(row), ensure_ascii=False, separators=(",", ":")) + "\n")
+            line = json.dumps(dict(row), ensure_ascii=False, separators=(",", ":"))
+            f.write(line.translate(_LINE_BREAKS) + "\n")
             n += 1
     return n
 

@@ -297,3 +297,17 @@ def test_statement_and_cadres_of_150_mb_are_refused_before_reading(
         err = capsys.readouterr().err.splitlines()
         assert status == 2, argv
         assert len(err) == 1 and err[0].startswith(f"canteen-county: error: {big}: 150.0 MiB")
+
+
+def test_json_lines_are_one_line_each_for_every_line_splitter() -> None:
+    """json.dumps(ensure_ascii=False) leaves U+0085, U+2028 and U+2029 raw, and Python's
+    str.splitlines() (as a finance office's script, and this project's tests, read JSON
+    lines) breaks a row there: an agency named 'A\\x85B' split its settlement row in two.
+    They are written as JSON escapes; the text read back is the same."""
+    names = ["余杭\x85区", "a\u2028b", "c\u2029d", "plain"]
+    buf = io.StringIO()
+    exports.write_rows(
+        [{"name": n, "fen": 1, "n": 1} for n in names], COLUMNS, "json", None, stdout=buf
+    )
+    lines = buf.getvalue().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == names
