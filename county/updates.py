@@ -75,6 +75,7 @@ from protocol.lists import (
     split_list,
 )
 from terminal import config
+from terminal.updates.apply import UpdateLimits
 
 if TYPE_CHECKING:
     from county.store import CountyStore
@@ -100,6 +101,9 @@ EXPIRY_S = {
 }
 # An online role is re-signed once less than this share of its validity remains.
 RENEW_FRACTION = 0.5
+# The largest agency directory a terminal downloads (its default cap): a larger one would
+# be refused by every terminal, and with it the whole update set.
+DIRECTORY_MAX_BYTES = UpdateLimits().directory_max_bytes
 
 _CANTEEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _COMPACT = JSONSerializer(compact=True)
@@ -561,6 +565,12 @@ class CountyRepository:
             except DirectoryError as exc:
                 raise UpdatesError(f"{exc}\nNothing published") from None
             data = _dump(doc)
+            if len(data) > DIRECTORY_MAX_BYTES:
+                # A terminal would refuse the whole update set for it, revocations too.
+                raise UpdatesError(
+                    f"the directory to publish is {len(data):,} bytes, more than the "
+                    f"{DIRECTORY_MAX_BYTES:,} bytes a terminal takes; nothing published"
+                )
             return self._publish(
                 now, top={DIRECTORY_TARGET: (data, {"version": version, "issued_at": now})}
             )

@@ -311,3 +311,38 @@ def test_json_lines_are_one_line_each_for_every_line_splitter() -> None:
     )
     lines = buf.getvalue().splitlines()
     assert [json.loads(line)["name"] for line in lines] == names
+
+
+# -- a directory larger than a terminal takes ----------------------------------------------
+
+
+def test_county_refuses_a_directory_larger_than_a_terminal_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal downloads the directory target under a 32 MiB cap and refuses the whole
+    update set when it is larger, revocations and roster included; 100,000 agencies and
+    100,000 canteens (what an import allows) come near it. The county signed one of any
+    size; it now refuses one a terminal would not take, with one line, and publishes
+    nothing (the cap is made small here rather than building 32 MiB)."""
+    from updateskit import NOW, open_canteen
+
+    from county import updates as cu
+    from protocol.agencies import Agency, Directory
+    from protocol.agencies import Canteen as Dining
+    from protocol.layout import DIRECTORY_TARGET
+
+    small = Directory(
+        [Agency("yh", "余杭区", "county", None, "ACC-YH")], [Dining("c1", "余杭区机关食堂", "yh")]
+    )
+    for c in open_canteen(tmp_path):
+        monkeypatch.setattr(cu, "DIRECTORY_MAX_BYTES", 2048)
+        c.repo.publish_directory(small, NOW)  # well under the cap
+        before = c.repo.target_info(DIRECTORY_TARGET)
+        big = Directory(
+            [Agency(f"a{i:04d}", "某某单位" * 10, "county", None, "") for i in range(40)]
+        )
+        with pytest.raises(cu.UpdatesError) as caught:
+            c.repo.publish_directory(big, NOW + 1)
+        assert "\n" not in str(caught.value)
+        assert "a terminal takes" in str(caught.value)
+        assert c.repo.target_info(DIRECTORY_TARGET) == before
