@@ -61,6 +61,51 @@ def one_line_errors(*errors: type[Exception]) -> Callable[[Command], Command]:
     return wrap
 
 
+def every_line(what: str, *errors: type[Exception]) -> Callable[[Command], Command]:
+    """Make a command turn ``errors`` (each with ``lines``: one per bad row of a file) into
+    every one of their lines on standard error, then 'nothing was WHAT', exit status 2."""
+
+    def wrap(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def run(a: argparse.Namespace) -> int:
+            try:
+                return fn(a)
+            except errors as exc:
+                for line in getattr(exc, "lines", None) or [str(exc)]:
+                    print(f"{PROG}: error: {line}", file=sys.stderr)
+                print(f"{PROG}: nothing was {what}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def read_text(file: str, encoding: str, max_bytes: int, what: str) -> str:
+    """A file county IT hands a command (a CSV from Excel, a bank statement), as text.
+
+    A file over ``max_bytes`` is refused before it is read (a 150 MB file would take
+    seconds and a gigabyte only to be refused row by row); so is one not in ``encoding``,
+    with a hint for Excel's files. ``what`` names the kind of file in the message."""
+    try:
+        size = Path(file).stat().st_size
+        if size > max_bytes:
+            raise CommandError(
+                f"{file}: {size / 2**20:.1f} MiB, more than any {what} "
+                f"({max_bytes // 2**20} MiB at most); nothing read"
+            )
+        return Path(file).read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise CommandError(
+            f"{file}: not {encoding} text; save it from Excel as 'CSV UTF-8', or name its "
+            "encoding with --encoding gb18030"
+        ) from None
+    except OSError as exc:
+        raise CommandError(f"{file}: cannot read: {exc.strerror}") from None
+    except LookupError:
+        raise CommandError(f"--encoding {encoding!r}: no such text encoding") from None
+
+
 def run(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,

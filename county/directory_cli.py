@@ -16,7 +16,7 @@ import csv
 import io
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,13 @@ from county.command import (
     CommandError,
     add_data,
     add_database,
+    every_line,
     given_database,
     now_ms,
     now_s,
     one_line_errors,
     print_json,
+    read_text,
     store_url,
 )
 from county.db import Database, DatabaseError
@@ -58,20 +60,7 @@ class NotPublished(Exception):
     """The directory is stored but could not be signed for the terminals."""
 
 
-def _every_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A refused file or import: every one of its lines on standard error, exit status 2."""
-
-    def run(a: argparse.Namespace) -> int:
-        try:
-            return fn(a)
-        except (DirectoryError, DirectoryRefused) as exc:
-            for line in exc.lines:
-                print(f"{PROG}: error: {line}", file=sys.stderr)
-            print(f"{PROG}: nothing was imported", file=sys.stderr)
-            return 2
-
-    run.__doc__ = fn.__doc__
-    return run
+_every_line = every_line("imported", DirectoryError, DirectoryRefused)
 
 
 # The largest agencies or canteens file read: MAX_ROWS (100,000) rows of the longest codes,
@@ -82,23 +71,7 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 
 
 def _read(file: str, encoding: str) -> str:
-    try:
-        size = Path(file).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CommandError(
-                f"{file}: {size / 2**20:.1f} MiB, more than any directory file "
-                f"({MAX_FILE_BYTES // 2**20} MiB at most); nothing read"
-            )
-        return Path(file).read_text(encoding=encoding)
-    except UnicodeDecodeError:
-        raise CommandError(
-            f"{file}: not {encoding} text; save it from Excel as 'CSV UTF-8', or name its "
-            "encoding with --encoding gb18030"
-        ) from None
-    except OSError as exc:
-        raise CommandError(f"{file}: cannot read: {exc.strerror}") from None
-    except LookupError:
-        raise CommandError(f"--encoding {encoding!r}: no such text encoding") from None
+    return read_text(file, encoding, MAX_FILE_BYTES, "directory file")
 
 
 def _open(a: argparse.Namespace) -> Database:

@@ -15,7 +15,6 @@ import argparse
 import csv
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -23,11 +22,14 @@ from sqlalchemy import select
 from county.cadres import CADRE_COLUMNS, CadresError, load_cadres, parse_cadres_csv, replace_cadres
 from county.command import (
     PROG,
+    Command,
     CommandError,
     add_data,
     add_database,
+    every_line,
     now_ms,
     one_line_errors,
+    read_text,
     store_url,
 )
 from county.db import Database, DatabaseError
@@ -51,26 +53,8 @@ _one_line_errors = one_line_errors(DatabaseError, CommandError, ExportError, Loc
 DIFFERENCES_FOUND = 1
 
 
-def _every_line(
-    what: str,
-) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """A refused file: every one of its lines on standard error, then 'nothing was WHAT',
-    exit status 2."""
-
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        def run(a: argparse.Namespace) -> int:
-            try:
-                return fn(a)
-            except (CadresError, StatementError) as exc:
-                for line in exc.lines:
-                    print(f"{PROG}: error: {line}", file=sys.stderr)
-                print(f"{PROG}: nothing was {what}", file=sys.stderr)
-                return 2
-
-        run.__doc__ = fn.__doc__
-        return run
-
-    return wrap
+def _every_line(what: str) -> Callable[[Command], Command]:
+    return every_line(what, CadresError, StatementError)
 
 
 # The largest statement or cadres file read. A day's statement of a county's cadre
@@ -80,23 +64,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 def _read(file: str, encoding: str) -> str:
-    try:
-        size = Path(file).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CommandError(
-                f"{file}: {size / 2**20:.1f} MiB, more than any statement or cadres file "
-                f"({MAX_FILE_BYTES // 2**20} MiB at most); nothing read"
-            )
-        return Path(file).read_text(encoding=encoding)
-    except UnicodeDecodeError:
-        raise CommandError(
-            f"{file}: not {encoding} text; save it as 'CSV UTF-8', or name its encoding "
-            "with --encoding gb18030"
-        ) from None
-    except OSError as exc:
-        raise CommandError(f"{file}: cannot read: {exc.strerror}") from None
-    except LookupError:
-        raise CommandError(f"--encoding {encoding!r}: no such text encoding") from None
+    return read_text(file, encoding, MAX_FILE_BYTES, "statement or cadres file")
 
 
 def _open(a: argparse.Namespace, must_exist: bool = True) -> Database:
