@@ -1044,14 +1044,7 @@ def check_settings_layers(layers: Sequence[tuple[bytes, str]]) -> None:
     terminal's own loader laid in that order over its embedded defaults, as a terminal
     lays the published files; else ``SettingsRefused`` with one line."""
     try:
-        doc = config.read(None)
-        for data, origin in layers:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise SettingsRefused(f"{origin}: not UTF-8 text; nothing published") from None
-            doc = doc.over(text, origin)
-        config.build(doc)
+        config.load_layers(layers)
     except config.ConfigError as exc:
         raise SettingsRefused(f"{exc}. Nothing published") from None
 

@@ -20,6 +20,7 @@ import datetime as dt
 import itertools
 import tomllib
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -333,6 +334,20 @@ def read(path: str | Path | None = None) -> Document:
 def load(path: str | Path | None = None) -> Settings:
     """Settings from ``path`` over the embedded defaults, or the defaults alone."""
     return build(read(path))
+
+
+def load_layers(layers: Sequence[tuple[bytes, str]]) -> Settings:
+    """Published settings files (bytes, a name for messages), lowest first, laid in that
+    order over the embedded defaults as a terminal lays them (the county-wide file, then a
+    canteen's own, which may name only what it changes). A ConfigError names the file."""
+    doc = read(None)
+    for data, origin in layers:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin}: not UTF-8 text") from None
+        doc = doc.over(text, origin)
+    return build(doc)
 
 
 def build(doc: Document) -> Settings:

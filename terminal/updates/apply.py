@@ -694,14 +694,7 @@ def check_settings_layers(layers: list[tuple[bytes, str]]) -> None:
     laid in that order over its embedded defaults (the county-wide file, then this
     canteen's own: a canteen file may name only the options it changes)."""
     try:
-        doc = config.read(None)
-        for data, origin in layers:
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UpdateRefused(f"settings refused: {origin}: not UTF-8 text") from None
-            doc = doc.over(text, origin)
-        config.build(doc)
+        config.load_layers(layers)
     except config.ConfigError as exc:
         raise UpdateRefused(f"settings refused: {exc}") from None
 
