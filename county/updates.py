@@ -55,6 +55,7 @@ from protocol.agencies import Directory, DirectoryError, parse_directory
 from protocol.layout import (
     BIN_BITS,
     BIN_PREFIX,
+    DIRECTORY_MAX_BYTES,
     DIRECTORY_TARGET,
     INDEX_TARGET,
     ROSTER_TARGET,
@@ -75,7 +76,6 @@ from protocol.lists import (
     split_list,
 )
 from terminal import config
-from terminal.updates.apply import UpdateLimits
 
 if TYPE_CHECKING:
     from county.store import CountyStore
@@ -103,7 +103,6 @@ EXPIRY_S = {
 RENEW_FRACTION = 0.5
 # The largest agency directory a terminal downloads (its default cap): a larger one would
 # be refused by every terminal, and with it the whole update set.
-DIRECTORY_MAX_BYTES = UpdateLimits().directory_max_bytes
 
 _CANTEEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _COMPACT = JSONSerializer(compact=True)

@@ -21,6 +21,8 @@ INDEX_TARGET = "revocations/index.json"
 TRUST_TARGET = "trust/issuers.json"
 ROSTER_TARGET = "roster/roster.csv"
 DIRECTORY_TARGET = "lists/directory.json"  # the agency directory (protocol.agencies)
+# The largest directory a terminal downloads; the county signs none larger.
+DIRECTORY_MAX_BYTES = 32 * 1024 * 1024
 SIGNED_AT_FIELD = "x-canteen-signed-at"  # Unix seconds the timestamp was signed, in its body
 
 

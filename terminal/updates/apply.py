@@ -42,6 +42,7 @@ from tuf.ngclient.updater import Updater
 
 from protocol.agencies import Directory, DirectoryError, parse_directory
 from protocol.layout import (
+    DIRECTORY_MAX_BYTES,
     DIRECTORY_TARGET,
     INDEX_TARGET,
     ROSTER_TARGET,
@@ -90,7 +91,7 @@ class UpdateLimits:
     trust_max_bytes: int = 1024 * 1024
     roster_max_bytes: int = 32 * 1024 * 1024
     # 100,000 agencies and canteens (protocol.agencies.MAX_ROWS each) at ~150 bytes a row.
-    directory_max_bytes: int = 32 * 1024 * 1024
+    directory_max_bytes: int = DIRECTORY_MAX_BYTES
     index_max_bytes: int = 16 * 1024
     shard_max_bytes: int = 2 * 1024 * 1024
     # Root versions one refresh may walk through (each must be signed by the one before).
