@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from county.db import Database
 from county.db.engine import database_url
+from county.db.migrations import prepare
 
 PROG = "canteen-county"
 # The database URL when no --database is given: an environment file (systemd's
@@ -79,6 +81,23 @@ def every_line(what: str, *errors: type[Exception]) -> Callable[[Command], Comma
         return run
 
     return wrap
+
+
+def open_county(a: argparse.Namespace, must_exist: bool = False) -> Database:
+    """The county database of the command's --database/--data, brought to this version's
+    schema (SQLite) or checked (PostgreSQL); the caller closes it. With ``must_exist`` a
+    SQLite county that does not exist is refused rather than answered from an empty new
+    file (a report)."""
+    db = Database(store_url(a))
+    try:
+        path = db.sqlite_path
+        if must_exist and path is not None and not path.is_file():
+            raise CommandError(f"no county database at {path}")
+        prepare(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def read_text(file: str, encoding: str, max_bytes: int, what: str) -> str:

@@ -30,12 +30,11 @@ from county.command import (
     now_ms,
     now_s,
     one_line_errors,
+    open_county,
     print_json,
     read_text,
-    store_url,
 )
-from county.db import Database, DatabaseError
-from county.db.migrations import prepare
+from county.db import DatabaseError
 from county.directory import DirectoryRefused, load_directory, replace_agencies, replace_canteens
 from county.updates import CountyRepository, RepoPaths, UpdatesError
 from protocol.agencies import (
@@ -74,19 +73,8 @@ def _read(file: str, encoding: str) -> str:
     return read_text(file, encoding, MAX_FILE_BYTES, "directory file")
 
 
-def _open(a: argparse.Namespace) -> Database:
-    """The county database, brought to this version's schema (SQLite) or checked (PostgreSQL)."""
-    db = Database(store_url(a))
-    try:
-        prepare(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 def _stored(a: argparse.Namespace) -> Directory:
-    db = _open(a)
+    db = open_county(a)
     try:
         with db.read() as conn:
             return load_directory(conn)
@@ -157,7 +145,7 @@ def cmd_agencies_import(a: argparse.Namespace) -> int:
     parsed = parse_agencies_csv(text, a.file)
     if not parsed.agencies:
         raise CommandError(f"{a.file}: no agencies, only the header; nothing was imported")
-    db = _open(a)
+    db = open_county(a)
     try:
         with db.write() as conn:
             stored = replace_agencies(conn, parsed, now_ms())
@@ -256,7 +244,7 @@ def cmd_canteens_import(a: argparse.Namespace) -> int:
     canteens = parse_canteens_csv(text, before, a.file)
     if not canteens:
         raise CommandError(f"{a.file}: no canteens, only the header; nothing was imported")
-    db = _open(a)
+    db = open_county(a)
     try:
         with db.write() as conn:
             stored = replace_canteens(conn, canteens, now_ms())

@@ -29,11 +29,10 @@ from county.command import (
     every_line,
     now_ms,
     one_line_errors,
+    open_county,
     read_text,
-    store_url,
 )
-from county.db import Database, DatabaseError
-from county.db.migrations import prepare
+from county.db import DatabaseError
 from county.db.schema import agencies as agencies_table
 from county.exports import FORMATS, Column, ExportError, check_output, write_rows, write_tables
 from county.localtime import LocalTimeError, add_timezone_option, county_zone, parse_date
@@ -67,22 +66,6 @@ def _read(file: str, encoding: str) -> str:
     return read_text(file, encoding, MAX_FILE_BYTES, "statement or cadres file")
 
 
-def _open(a: argparse.Namespace, must_exist: bool = True) -> Database:
-    """The county database, brought to this version's schema (SQLite) or checked
-    (PostgreSQL). A report on a SQLite county that does not exist is refused rather than
-    answered from an empty new file."""
-    db = Database(store_url(a))
-    try:
-        path = db.sqlite_path
-        if must_exist and path is not None and not path.is_file():
-            raise CommandError(f"no county database at {path}")
-        prepare(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 # ---- cadres ----
 
 
@@ -90,7 +73,7 @@ def _open(a: argparse.Namespace, must_exist: bool = True) -> Database:
 @_every_line("imported")
 def cmd_cadres_import(a: argparse.Namespace) -> int:
     text = _read(a.file, a.encoding)
-    db = _open(a, must_exist=False)
+    db = open_county(a)
     try:
         with db.write() as conn:
             units = list(conn.execute(select(agencies_table.c.code)).scalars())
@@ -123,7 +106,7 @@ _LIST_COLUMNS = (
 
 @_one_line_errors
 def cmd_cadres_list(a: argparse.Namespace) -> int:
-    db = _open(a)
+    db = open_county(a, must_exist=True)
     try:
         with db.read() as conn:
             cadres = list(load_cadres(conn).values())
@@ -194,7 +177,7 @@ def cmd_reconcile(a: argparse.Namespace) -> int:
     day = parse_date(a.date, "--date")
     check_output(a.format, a.out)
     rows = parse_statement(_read(a.statement, a.encoding), a.statement, day, zone)
-    db = _open(a)
+    db = open_county(a, must_exist=True)
     try:
         with db.read() as conn:
             result = reconcile(conn, rows, day, zone)
@@ -222,7 +205,7 @@ def cmd_reconcile(a: argparse.Namespace) -> int:
 def cmd_allowances(a: argparse.Namespace) -> int:
     zone = county_zone(a.timezone)
     check_output(a.format, a.out)
-    db = _open(a)
+    db = open_county(a, must_exist=True)
     try:
         with db.read() as conn:
             rows = allowances(conn, a.month, zone, over_only=a.over)
