@@ -1,6 +1,7 @@
 """Helpers that set up a real terminal for daemon tests: settings, lists, a card reader pty.
 
-It never waits by itself (`wait_for` is in conftest.py) and never starts a daemon.
+It never waits by itself (`wait_for` is in conftest.py); it starts a daemon only in
+`updating_daemon` (a daemon behind a county with signed updates), and stops it there.
 
 The daemon reads the wall clock, so the settings put the canteen in a time zone
 where it is midday now and one meal window spans the whole day: tests then never
@@ -9,9 +10,14 @@ depend on the hour at which they run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +168,71 @@ class ReaderPty:
     def close(self) -> None:
         os.close(self.master)
         os.close(self._slave)
+
+
+def ledger_entries(book: Path) -> list[dict[str, Any]]:
+    """Every entry of the ledger at ``book``, as `canteen-terminal ledger export` writes them."""
+    from terminal import ledger
+
+    out = book.with_suffix(".jsonl")
+    with open(out, "w", encoding="utf-8") as f:
+        ledger.export_file(book, "jsonl", f)
+    return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+
+
+@dataclass
+class UpdatingDaemon:
+    """A running daemon of terminal t-daemon at canteen c-daemon, its card reader pty and the
+    county whose signed updates (trust list and roster published at ``now``) it follows."""
+
+    county: Any  # countykit.RunningCounty
+    reader: ReaderPty
+    daemon: Any  # terminal.service.daemon.Daemon
+    state_dir: Path
+    now: int
+
+    @property
+    def book(self) -> Path:
+        return self.state_dir / "ledger.sqlite"
+
+
+@contextlib.contextmanager
+def updating_daemon(tmp_path: Path, roster_csv: str) -> Iterator[UpdatingDaemon]:
+    """Start a county with signed updates (ISSUER's trust list and ``roster_csv``, published
+    before the daemon starts), provision a terminal, pin the county's root, and run its
+    daemon in a thread; everything is stopped on the way out. It does not wait for the
+    daemon: the test waits on what it needs (conftest.wait_for)."""
+    from countykit import make_county, provision_terminal
+
+    from county import updates as cu
+    from terminal import config
+    from terminal.service import daemon
+
+    now = int(time.time())
+    county = make_county(tmp_path)
+    cu.init_repository(county.data, tmp_path / "root-keys", now)
+    (tmp_path / "trust.json").write_text(json.dumps([ISSUER.trust_entry()]), encoding="utf-8")
+    (tmp_path / "roster.csv").write_text(roster_csv, encoding="utf-8")
+    with cu.CountyRepository(county.data) as repo:
+        repo.publish_trust(tmp_path / "trust.json", now)
+        repo.publish_roster(tmp_path / "roster.csv", now)
+    county.start()
+    reader = ReaderPty()
+    settings_path = write_settings(
+        tmp_path, reader_port=reader.path, camera_source=None, extra=UPDATES_SYNC
+    )
+    state_dir = tmp_path / "state"
+    provision_terminal(county, state_dir, "t-daemon", "c-daemon")
+    county.pin_root(state_dir)
+    d = daemon.Daemon(
+        config.load(settings_path), notifier=daemon.Notifier(""), config_path=str(settings_path)
+    )
+    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        yield UpdatingDaemon(county, reader, d, state_dir, now)
+    finally:
+        d.request_stop()
+        thread.join(15)
+        county.stop()
+        reader.close()

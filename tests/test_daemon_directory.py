@@ -11,32 +11,23 @@ of a unit the directory does not list pays the visitor price with the screen's n
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_for
-from countykit import make_county, provision_terminal
-from daemonkit import ISSUER, UPDATES_SYNC, ReaderPty, card_gone, write_settings
+from daemonkit import ISSUER, card_gone, updating_daemon
+from daemonkit import ledger_entries as entries
 
 from county import updates as cu
 from protocol.agencies import Agency, Canteen, Directory
-from terminal import config, ledger
+from terminal import ledger
 from terminal.service import daemon
 
 CITY_CARD = bytes.fromhex("0a0b0c0d0e")
 CITY_CARD_2 = bytes.fromhex("0a0b0c0d0f")  # a second city cadre: once a meal per cadre
 STRAY_CARD = bytes.fromhex("0102030405")
-
-
-def entries(book: Path) -> list[dict[str, Any]]:
-    out = book.with_suffix(".jsonl")
-    with open(out, "w", encoding="utf-8") as f:
-        ledger.export_file(book, "jsonl", f)
-    return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
 
 
 def shown(d: daemon.Daemon) -> dict[str, Any]:
@@ -60,37 +51,17 @@ def directory() -> Directory:
 
 @pytest.mark.slow
 def test_a_published_directory_prices_the_next_swipe(tmp_path: Path) -> None:
-    now = int(time.time())
-    county = make_county(tmp_path)
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
-    (tmp_path / "trust.json").write_text(json.dumps([ISSUER.trust_entry()]), encoding="utf-8")
-    (tmp_path / "roster.csv").write_text(
+    roster = (
         "uid,iss,sub,unit,display_name,status\n"
         f"{CITY_CARD.hex()},{ISSUER.iss},K1,hz-finance,City cadre,active\n"
         f"{CITY_CARD_2.hex()},{ISSUER.iss},K3,hz-finance,City cadre 2,active\n"
-        f"{STRAY_CARD.hex()},{ISSUER.iss},K2,visiting-bureau,Stray cadre,active\n",
-        encoding="utf-8",
+        f"{STRAY_CARD.hex()},{ISSUER.iss},K2,visiting-bureau,Stray cadre,active\n"
     )
-    with cu.CountyRepository(county.data) as repo:
-        repo.publish_trust(tmp_path / "trust.json", now)
-        repo.publish_roster(tmp_path / "roster.csv", now)
-    county.start()
-    reader = ReaderPty()
-    settings_path = write_settings(
-        tmp_path, reader_port=reader.path, camera_source=None, extra=UPDATES_SYNC
-    )
-    state_dir = tmp_path / "state"
-    provision_terminal(county, state_dir, "t-daemon", "c-daemon")
-    county.pin_root(state_dir)
-    d = daemon.Daemon(
-        config.load(settings_path), notifier=daemon.Notifier(""), config_path=str(settings_path)
-    )
-    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
-    thread.start()
-    book = state_dir / "ledger.sqlite"
-    applied = lambda: [e for e in entries(book) if e["kind"] == "config_applied"]  # noqa: E731
-    sales = lambda: [e for e in entries(book) if e["kind"] == "sale"]  # noqa: E731
-    try:
+    with updating_daemon(tmp_path, roster) as run:
+        county, reader, d, now = run.county, run.reader, run.daemon, run.now
+        book = run.book
+        applied = lambda: [e for e in entries(book) if e["kind"] == "config_applied"]  # noqa: E731
+        sales = lambda: [e for e in entries(book) if e["kind"] == "sale"]  # noqa: E731
         wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
         wait_for(lambda: len(applied()) >= 1, what="the first signed set")
         reader.swipe(CITY_CARD)
@@ -136,9 +107,4 @@ def test_a_published_directory_prices_the_next_swipe(tmp_path: Path) -> None:
             "unlisted",
         )
         assert "not in the agency directory" in view["tier_note"]
-    finally:
-        d.request_stop()
-        thread.join(15)
-        county.stop()
-        reader.close()
     assert ledger.verify_file(book).ok

@@ -10,69 +10,35 @@ accepted sale pays the new price, without a restart.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_for
-from countykit import make_county, provision_terminal
 from daemonkit import (
     CARD_CADRE,
     CARD_UID,
     ISSUER,
-    UPDATES_SYNC,
-    ReaderPty,
     card_gone,
-    write_settings,
+    updating_daemon,
 )
+from daemonkit import ledger_entries as entries
 
 from county import updates as cu
-from terminal import config, ledger
+from terminal import ledger
 from terminal import updates as tu
-from terminal.service import daemon
-
-
-def entries(book: Path) -> list[dict[str, Any]]:
-    out = book.with_suffix(".jsonl")
-    with open(out, "w", encoding="utf-8") as f:
-        ledger.export_file(book, "jsonl", f)
-    return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.mark.slow
 def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
-    now = int(time.time())
-    county = make_county(tmp_path)
-    cu.init_repository(county.data, tmp_path / "root-keys", now)
-    (tmp_path / "trust.json").write_text(json.dumps([ISSUER.trust_entry()]), encoding="utf-8")
-    (tmp_path / "roster.csv").write_text(
+    roster = (
         "uid,iss,sub,unit,display_name,status\n"
         f"{CARD_UID.hex()},{ISSUER.iss},{CARD_CADRE},own,Card holder,active\n"
-        f"0102030405,{ISSUER.iss},K2,own,Second card,active\n",
-        encoding="utf-8",
+        f"0102030405,{ISSUER.iss},K2,own,Second card,active\n"
     )
-    with cu.CountyRepository(county.data) as repo:
-        repo.publish_trust(tmp_path / "trust.json", now)
-        repo.publish_roster(tmp_path / "roster.csv", now)
-    county.start()
-    reader = ReaderPty()
-    settings_path = write_settings(
-        tmp_path, reader_port=reader.path, camera_source=None, extra=UPDATES_SYNC
-    )
-    state_dir = tmp_path / "state"
-    provision_terminal(county, state_dir, "t-daemon", "c-daemon")
-    county.pin_root(state_dir)
-    d = daemon.Daemon(
-        config.load(settings_path),
-        notifier=daemon.Notifier(""),
-        config_path=str(settings_path),
-    )
-    thread = threading.Thread(target=d.run, kwargs={"install_signals": False}, daemon=True)
-    thread.start()
-    book = state_dir / "ledger.sqlite"
-    try:
+    with updating_daemon(tmp_path, roster) as run:
+        county, reader, d, now = run.county, run.reader, run.daemon, run.now
+        state_dir, book = run.state_dir, run.book
         wait_for(lambda: d.reader is not None and d.reader.health().up, what="reader up")
         applied = lambda: [e for e in entries(book) if e["kind"] == "config_applied"]  # noqa: E731
         wait_for(lambda: len(applied()) >= 1, what="the first signed set")
@@ -104,11 +70,6 @@ def test_signed_updates_reach_the_running_daemon(tmp_path: Path) -> None:
             lambda: any(r["terminal"] == "t-daemon" for r in cu_applied(county.data)),
             what="the applied set reported to the county",
         )
-    finally:
-        d.request_stop()
-        thread.join(15)
-        county.stop()
-        reader.close()
     assert ledger.verify_file(book).ok
     status = tu.UpdatePaths(state_dir).applied
     assert json.loads(status.read_text(encoding="utf-8"))["set"] >= 2
