@@ -50,6 +50,11 @@ terminals = Table(
     Column("last_seen_ms", Int),
     Column("acked_seq", Int, nullable=False, server_default=text("0")),
     Column("last_hash", Bytes, nullable=False),
+    # A retired id (migration 0004): its certificate revoked, no longer reported as silent;
+    # replaced_by names the terminal id that took its canteen's place, if any.
+    Column("retired_ms", Int),
+    Column("retired_reason", Text),
+    Column("replaced_by", Text),
     sqlite_strict=True,
 )
 
@@ -326,3 +331,41 @@ Index(
     sqlite_where=_ACCEPTED_SALE,
     postgresql_where=_ACCEPTED_SALE,
 )
+
+# The web console (migration 0004, docs/console.md): who may log in and with which role,
+# their logins (kept only as a hash of the cookie), and the audit log of every change.
+users = Table(
+    "users",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("created_ms", Int, nullable=False),
+    Column("disabled_ms", Int),
+    sqlite_strict=True,
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", Bytes, primary_key=True),
+    Column("user_name", Text, nullable=False),
+    Column("created_ms", Int, nullable=False),
+    Column("expires_ms", Int, nullable=False),
+    Column("csrf", Text, nullable=False),
+    sqlite_strict=True,
+)
+Index("console_sessions_user", console_sessions.c.user_name)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("at_ms", Int, nullable=False),
+    Column("user_name", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False, server_default=text("''")),
+    Column("detail", Text, nullable=False, server_default=text("''")),
+    sqlite_strict=True,
+)
+Index("audit_log_at", audit_log.c.at_ms)
