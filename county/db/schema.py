@@ -369,3 +369,34 @@ audit_log = Table(
     sqlite_strict=True,
 )
 Index("audit_log_at", audit_log.c.at_ms)
+
+# The fleet (migration 0005, docs/fleet.md): what each terminal last said about itself in
+# the optional ``status`` of an upload, and its recent uploads (at most 500 per terminal).
+terminal_status = Table(
+    "terminal_status",
+    metadata,
+    Column("terminal", Text, primary_key=True),
+    Column("reported_ms", Int, nullable=False),
+    Column("software", Text),
+    Column("last_seq", Int),
+    Column("update_set", Int),
+    Column("lists", Text, nullable=False, server_default=text("'{}'")),
+    Column("status", Text, nullable=False, server_default=text("'{}'")),
+    sqlite_strict=True,
+)
+
+sync_log = Table(
+    "sync_log",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("terminal", Text, nullable=False),
+    Column("at_ms", Int, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("accepted", Int, nullable=False, server_default=text("0")),
+    Column("duplicates", Int, nullable=False, server_default=text("0")),
+    Column("acked_seq", Int),
+    Column("last_seq", Int),
+    Column("alarm", Text),
+    sqlite_strict=True,
+)
+Index("sync_log_terminal", sync_log.c.terminal, sync_log.c.id)
