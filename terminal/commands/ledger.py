@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -29,11 +30,29 @@ def cmd_ledger_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_ledger_export(a: argparse.Namespace) -> int:
+    if a.format == "recovery":
+        return _export_recovery(a)
+    if a.key or a.from_seq is not None:
+        raise cli.CommandError("--key and --from go with --format recovery")
     if a.output:
         with open(a.output, "w", encoding="utf-8", newline="") as out:
             ledger.export_file(a.file, a.format, out)
     else:
         ledger.export_file(a.file, a.format, sys.stdout)
+    return 0
+
+
+def _export_recovery(a: argparse.Namespace) -> int:
+    """The file county IT takes a dead terminal's entries from (docs/technicians.md)."""
+    from terminal.ledger_recovery import export_recovery
+
+    if not a.output:
+        raise cli.CommandError("--format recovery needs --output FILE (the file to hand over)")
+    tmp = f"{a.output}.part"
+    with open(tmp, "w", encoding="utf-8", newline="") as out:
+        count, last = export_recovery(a.file, out, a.key, a.from_seq)
+    os.replace(tmp, a.output)
+    print(f"{a.output}: {count} entries, up to entry {last}, signed by the terminal's key")
     return 0
 
 
@@ -60,10 +79,25 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--key", metavar="HEX", help="pin the terminal's checkpoint public key")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_ledger_verify)
-    p = lsub.add_parser("export", help="write every entry as CSV or JSON lines")
+    p = lsub.add_parser(
+        "export",
+        help="write every entry as CSV or JSON lines, or a recovery file for the county",
+        description="csv and jsonl are for people and scripts. recovery is the file county IT "
+        "takes a dead terminal's entries from ('canteen-county terminal recover'): every entry "
+        "with its hashes and the ledger's signed checkpoints, the last entry signed with the "
+        "terminal's key (terminal-key.pem beside the ledger, or --key).",
+    )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    p.add_argument("--format", choices=("csv", "jsonl", "recovery"), default="jsonl")
     p.add_argument("--output", "-o", metavar="OUT", help="write here instead of standard output")
+    p.add_argument("--key", metavar="FILE", help="recovery: the terminal's key file")
+    p.add_argument(
+        "--from",
+        dest="from_seq",
+        type=int,
+        metavar="SEQ",
+        help="recovery: start at this entry (default the first)",
+    )
     p.set_defaults(func=cmd_ledger_export)
     p = lsub.add_parser("stats", help="entries by kind and reason, amounts, unsynced count")
     p.add_argument("file", metavar="FILE")
