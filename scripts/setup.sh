@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 # libzbar0: the pyzbar decoder; chromium and fonts-noto-cjk: the screen and its browser tests;
 # systemd: systemd-analyze for the unit checks; postgresql: the server the county tests start a
-# throwaway cluster of (tests/pgkit.py; psycopg[binary] brings its own libpq).
+# throwaway cluster of (tests/pgkit.py; psycopg[binary] brings its own libpq); libssl3: OpenSSL 3's
+# libcrypto, which protocol/sm2.py verifies SM2 with; openssl: the second SM2 implementation the
+# tests check it against (tests/test_sm2.py).
 APT_PACKAGES=(python3 python3-venv python3-dev sqlite3 libzbar0 chromium fonts-noto-cjk systemd
-  postgresql)
+  postgresql libssl3 openssl)
 need=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
