@@ -100,6 +100,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from figures import RESULTS, report  # noqa: E402
+from hwsim.bulkload import load_entries, pg_dsn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from protocol import issue  # noqa: E402
@@ -165,12 +166,6 @@ REPORT_SQL = (
 )
 # The schema's index that answers the sales half from itself (migration 0003).
 REPORT_INDEX = "entries_sales_at"
-
-ENTRY_COLUMNS = (
-    "terminal, canteen, seq, entry_id, at_ms, kind, verdict, reason, method, cadre,"
-    " credential, ctr, unit, day, meal, amount_fen, ref_seq, detail, prev_hash, hash,"
-    " received_ms"
-)
 
 
 def on_terminal() -> bool:
@@ -379,11 +374,6 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def pg_dsn(url: str) -> str:
-    """A libpq URL for psycopg from the county's SQLAlchemy-style URL."""
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
 def bench_issuer() -> issue.Issuer:
     return issue.Issuer(ISS, issue.key_from_seed(ISSUER_SEED))
 
@@ -527,68 +517,12 @@ def history_rows(
 def bulk_load(county: County, n: int, first_ms: int, order: str = "time") -> float:
     """Load ``n`` history entries as fast as the backend takes them; seconds taken.
 
-    For the load only, as one would load a database before opening it: the table's
-    secondary indexes are dropped and made again afterwards from their own definitions
-    (one sort each instead of ``n`` random inserts), and SQLite runs with
-    synchronous=OFF and a large cache (the servers' connections keep synchronous=FULL)."""
+    hwsim/bulkload.py does it (shared with ``hw-sim county history``): for the load only
+    the table's secondary indexes are dropped and made again afterwards, SQLite runs
+    with synchronous=OFF, PostgreSQL takes the rows by COPY; then (VACUUM) ANALYZE."""
     began = time.perf_counter()
     progress = bar(n, f"{county.name}: bulk load", "entries")
-    chunk = 50_000
-    if county.is_sqlite:
-        conn = sqlite3.connect(county.url[len("sqlite:///") :], isolation_level=None)
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-1000000")
-        indexes = [
-            (str(name), str(sql))
-            for name, sql in conn.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND"
-                " tbl_name = 'entries' AND sql IS NOT NULL"
-            )
-        ]
-        conn.execute("BEGIN")
-        for name, _sql in indexes:
-            conn.execute(f'DROP INDEX "{name}"')
-        sql = f"INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({', '.join('?' * 21)})"
-        rows: list[tuple[Any, ...]] = []
-        for row in history_rows(n, first_ms, order):
-            rows.append(row)
-            if len(rows) == chunk:
-                conn.executemany(sql, rows)
-                progress.update(len(rows))
-                rows.clear()
-        conn.executemany(sql, rows)
-        progress.update(len(rows))
-        for _name, sql in indexes:
-            conn.execute(sql)
-        conn.execute("COMMIT")
-        conn.execute("ANALYZE")
-        conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(pg_dsn(county.url), autocommit=False) as conn:
-            found = conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'entries'"
-                " AND indexname NOT IN (SELECT conname FROM pg_constraint)"
-            ).fetchall()
-            for name, _sql in found:
-                conn.execute(f'DROP INDEX "{name}"')
-            with (
-                conn.cursor() as cur,
-                cur.copy(f"COPY entries ({ENTRY_COLUMNS}) FROM STDIN") as copy,
-            ):
-                done = 0
-                for row in history_rows(n, first_ms, order):
-                    copy.write_row(row)
-                    done += 1
-                    if done % chunk == 0:
-                        progress.update(chunk)
-                progress.update(done % chunk)
-            for _name, sql in found:
-                conn.execute(sql)
-            conn.commit()
-        with psycopg.connect(pg_dsn(county.url), autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE entries")
+    load_entries(county.url, history_rows(n, first_ms, order), progress)
     progress.close()
     return time.perf_counter() - began
 
