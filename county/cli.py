@@ -533,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_issuers_import)
     from county.db_cli import add_db_commands
     from county.directory_cli import add_directory_commands
+    from county.inspection_cli import add_inspection_commands
     from county.reconcile_cli import add_reconcile_commands
     from county.settlement_cli import add_settlement_commands
     from county.updates_cli import add_update_commands
@@ -542,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_directory_commands(sub)
     add_settlement_commands(sub)
     add_reconcile_commands(sub)
+    add_inspection_commands(sub)
     return parser
 
 

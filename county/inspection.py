@@ -291,7 +291,7 @@ def _candidates(
     )
 
 
-def _check_batch_options(min_people: int, window_min: int) -> None:
+def check_batch_options(min_people: int, window_min: int) -> None:
     if not 2 <= min_people <= 10_000:
         raise InspectionError(f"--min-people {min_people}: must be from 2 to 10000")
     if not 1 <= window_min <= 24 * 60:
@@ -349,7 +349,7 @@ def find_batches(
 ) -> list[Batch]:
     """The reception batches whose sales fall in [start_ms, end_ms), ordered by canteen,
     unit and time. A group is cut at the range's edges (its sales outside are not seen)."""
-    _check_batch_options(min_people, window_min)
+    check_batch_options(min_people, window_min)
     _no_jit(conn)
     window_ms = window_min * MINUTE_MS
     query = _candidates(start_ms, end_ms, min_people, window_ms, canteen, unit)
