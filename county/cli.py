@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", metavar="NAME", help="another server name or IP")
     p.set_defaults(func=cmd_ca_init)
 
-    p = sub.add_parser("terminal", help="register terminals")
+    p = sub.add_parser("terminal", help="register, retire and replace terminals")
     tsub = p.add_subparsers(dest="terminal_command", required=True, metavar="ACTION")
     p = tsub.add_parser(
         "add",
@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canteen", required=True, metavar="ID", help="the canteen it serves")
     p.add_argument("--terminal", metavar="ID", help="terminal id (default CANTEEN-N)")
     p.set_defaults(func=cmd_terminal_add)
+    from county.replacement_cli import add_replacement_commands
+
+    add_replacement_commands(tsub)  # retire, replace, recover, retired
 
     p = sub.add_parser("serve", help="serve the county API over HTTPS (mTLS)")
     add_data(p)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, literal, select, update
 
@@ -53,9 +54,12 @@ def add_terminal(
         raise StoreError("a terminal needs a non-empty id and canteen")
     secret = secrets.token_bytes(10)
     code_hash = hashlib.sha256(secret).digest()
-    have = conn.execute(
-        select(terminals.c.canteen).where(terminals.c.terminal_id == terminal_id).with_for_update()
-    ).scalar_one_or_none()
+    found = conn.execute(
+        select(terminals.c.canteen, terminals.c.retired_ms)
+        .where(terminals.c.terminal_id == terminal_id)
+        .with_for_update()
+    ).one_or_none()
+    have, retired_ms = (None, None) if found is None else (found[0], found[1])
     if have is None:
         conn.execute(
             insert(terminals).values(
@@ -66,6 +70,11 @@ def add_terminal(
                 registered_ms=now_ms,
                 last_hash=GENESIS_PREV_HASH,
             )
+        )
+    elif retired_ms is not None:
+        raise StoreError(
+            f"terminal {terminal_id} was retired: an id is never used again; provision a "
+            f"replacement with 'canteen-county terminal replace {terminal_id}'"
         )
     elif have != canteen:
         raise StoreError(
@@ -150,10 +159,11 @@ def bind_certificate(
 
 
 def terminal_for_cert(conn: Connection, cert_sha256: str) -> tuple[str, str] | None:
-    """(terminal id, canteen) of a provisioned certificate, or None."""
+    """(terminal id, canteen) of a provisioned certificate, or None; None too for the
+    certificate of a retired terminal (revoked: ``retired_for_cert`` says so)."""
     row = conn.execute(
         select(terminals.c.terminal_id, terminals.c.canteen).where(
-            terminals.c.cert_sha256 == cert_sha256
+            terminals.c.cert_sha256 == cert_sha256, terminals.c.retired_ms.is_(None)
         )
     ).one_or_none()
     return None if row is None else (row[0], row[1])
@@ -185,3 +195,132 @@ def next_terminal_id(conn: Connection, canteen: str) -> str:
     while f"{canteen}-{n}" in taken:
         n += 1
     return f"{canteen}-{n}"
+
+
+# --- retiring and replacing a terminal id (issue 16; docs/technicians.md) ----------------
+
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A retired terminal id: when, why, and the id that took its place (if any)."""
+
+    terminal_id: str
+    canteen: str
+    retired_ms: int
+    reason: str
+    replaced_by: str | None
+
+
+def _reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise StoreError("give a reason (--reason TEXT): it is kept for the record")
+    if len(reason) > MAX_REASON_CHARS:
+        raise StoreError(f"the reason is longer than {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def _locked(conn: Connection, terminal_id: str) -> Any:
+    row = conn.execute(
+        select(
+            terminals.c.canteen,
+            terminals.c.retired_ms,
+            terminals.c.retired_reason,
+            terminals.c.replaced_by,
+        )
+        .where(terminals.c.terminal_id == terminal_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise StoreError(f"no terminal {terminal_id} is registered")
+    return row
+
+
+def retire_terminal(conn: Connection, terminal_id: str, reason: str, now_ms: int) -> Retired:
+    """Take ``terminal_id`` out of service: its certificate is refused from now on (the
+    row keeps its hash, so the refusal can say why), an unspent provisioning code is
+    void, and the id is never registered again. Its entries and pinned ledger key stay:
+    a recovered ledger is verified against that key (county/replacement.py)."""
+    why = _reason(reason)
+    row = _locked(conn, terminal_id)
+    if row[1] is not None:
+        raise StoreError(f"terminal {terminal_id} is already retired: {row[2]}")
+    conn.execute(
+        update(terminals)
+        .where(terminals.c.terminal_id == terminal_id)
+        .values(retired_ms=now_ms, retired_reason=why, code_hash=None, code_expires_ms=None)
+    )
+    return Retired(terminal_id, row[0], now_ms, why, row[3])
+
+
+def replace_terminal(
+    conn: Connection,
+    old_id: str,
+    new_id: str | None,
+    reason: str,
+    now_ms: int,
+    code_ttl_ms: int,
+) -> tuple[Retired, bool, str, str]:
+    """Register a new terminal id at ``old_id``'s canteen in its place: (the old one as
+    retired, whether it was retired just now, the new id, the new id's code secret).
+    ``old_id`` is retired first if it is not yet; ``new_id`` defaults to the canteen's
+    next free id and must be new."""
+    row = _locked(conn, old_id)
+    canteen, retired_ms, retired_reason, replaced_by = row
+    if replaced_by is not None:
+        raise StoreError(
+            f"terminal {old_id} was already replaced by {replaced_by}; for a new code for "
+            f"{replaced_by}: canteen-county terminal add --terminal {replaced_by} "
+            f"--canteen {canteen}"
+        )
+    new = new_id or next_terminal_id(conn, canteen)
+    if new == old_id:
+        raise StoreError("a replacement needs a new terminal id, not the old one")
+    if terminal(conn, new) is not None:
+        raise StoreError(
+            f"terminal {new} is registered already: a replacement gets a new id "
+            "(leave out --new for the canteen's next free one)"
+        )
+    retired_now = retired_ms is None
+    if retired_now:
+        old = retire_terminal(conn, old_id, reason, now_ms)
+    else:
+        old = Retired(old_id, canteen, int(retired_ms), str(retired_reason), None)
+    secret = add_terminal(conn, new, canteen, now_ms, code_ttl_ms)
+    conn.execute(update(terminals).where(terminals.c.terminal_id == old_id).values(replaced_by=new))
+    done = Retired(old.terminal_id, canteen, old.retired_ms, old.reason, new)
+    return done, retired_now, new, secret
+
+
+def retired_for_cert(conn: Connection, cert_sha256: str) -> Retired | None:
+    """The retired terminal whose (revoked) certificate this is, or None."""
+    row = conn.execute(
+        select(
+            terminals.c.terminal_id,
+            terminals.c.canteen,
+            terminals.c.retired_ms,
+            terminals.c.retired_reason,
+            terminals.c.replaced_by,
+        ).where(terminals.c.cert_sha256 == cert_sha256, terminals.c.retired_ms.is_not(None))
+    ).one_or_none()
+    if row is None:
+        return None
+    return Retired(row[0], row[1], int(row[2]), row[3] or "", row[4])
+
+
+def retired_terminals(conn: Connection) -> list[Retired]:
+    """Every retired terminal id, the most recently retired first."""
+    rows = conn.execute(
+        select(
+            terminals.c.terminal_id,
+            terminals.c.canteen,
+            terminals.c.retired_ms,
+            terminals.c.retired_reason,
+            terminals.c.replaced_by,
+        )
+        .where(terminals.c.retired_ms.is_not(None))
+        .order_by(terminals.c.retired_ms.desc(), terminals.c.terminal_id)
+    )
+    return [Retired(r[0], r[1], int(r[2]), r[3] or "", r[4]) for r in rows]
