@@ -1,5 +1,8 @@
 """QR token v1 (shared/spec/token.md, docs/token-format.md): parse and verify a presentation.
 
+Ed25519 and SM2 with SM3 (§7), for issuer and holder keys in any mix; SM2 goes through
+protocol/sm2.py.
+
 This module owns steps 1 to 5 of the token checks: the text, strict CBOR and
 COSE structure, the issuer key, the credential and presentation signatures, and
 freshness. Replay (step 6) and revocation (step 7, except an issuer key that
@@ -25,6 +28,8 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from protocol import sm2
+
 # Token-level reason codes, fixed by the spec (§4).
 MALFORMED = "malformed"
 UNSUPPORTED_ALG = "unsupported_alg"
@@ -41,6 +46,11 @@ REVOKED = "revoked"
 MAX_QR_TEXT = 1200
 PREFIX = "CT1:"
 
+# A key's algorithm, named as trust entries name it (§7.4): "alg" absent means Ed25519.
+ED25519_KEY = "Ed25519"
+SM2_KEY = sm2.ALG_NAME  # "SM2-SM3"
+KEY_ALGS = (ED25519_KEY, SM2_KEY)
+
 
 class TokenRejected(Exception):
     """A presentation failed a token check; ``code`` is one of the spec's codes."""
@@ -53,13 +63,20 @@ class TokenRejected(Exception):
 
 @dataclass(frozen=True)
 class IssuerKey:
-    """One trusted issuer public key with its own validity window (Unix seconds)."""
+    """One trusted issuer public key with its own validity window (Unix seconds).
+
+    ``alg`` is the key's algorithm, ``ED25519_KEY`` (``public_key`` is the raw 32 bytes)
+    or ``SM2_KEY`` (the 65-byte point ``04 || x || y``); a key verifies credentials of
+    its own algorithm only (§7.3). A key whose bytes are not a key of its ``alg`` verifies
+    nothing. ``protocol.lists.issuer_key`` fills ``alg`` from checked trust entries.
+    """
 
     iss: str
     kid: bytes
-    public_key: bytes  # raw 32-byte Ed25519
+    public_key: bytes
     not_before: int | None = None
     not_after: int | None = None
+    alg: str = ED25519_KEY
 
 
 class IssuerKeyring(Protocol):
@@ -96,8 +113,8 @@ class Presentation:
     unit: str
     display_name: str
     allowance: Allowance | None
-    holder_key: bytes  # raw 32-byte Ed25519 cnf key
-    issuer_key: bytes  # raw 32-byte Ed25519 key that verified the credential
+    holder_key: bytes  # the cnf key raw: 32 bytes Ed25519, or the 65-byte SM2 point (§7.2)
+    issuer_key: bytes  # the raw key that verified the credential (32 or 65 bytes, as trusted)
 
 
 # --- limits -----------------------------------------------------------------
@@ -112,16 +129,20 @@ _INT_MAX = 2**63 - 1
 _CTI_MIN, _CTI_MAX = 8, 16
 _ED25519_KEY_LEN = 32
 _ED25519_SIG_LEN = 64
-_ACCEPTED_ALGS = (-8, -19)  # EdDSA and Ed25519 (RFC 9864) both mean Ed25519 here
+_ED25519_ALGS = (-8, -19)  # EdDSA and Ed25519 (RFC 9864) both mean Ed25519 here
+_ACCEPTED_ALGS = (*_ED25519_ALGS, sm2.ALG)
+_SM2_COORD_LEN = 32
 
 # COSE / CWT labels (RFC 9052, RFC 8392, RFC 8747).
 _HDR_ALG, _HDR_CRIT, _HDR_KID = 1, 2, 4
 _CLAIM_ISS, _CLAIM_SUB, _CLAIM_EXP, _CLAIM_IAT, _CLAIM_CTI, _CLAIM_CNF = 1, 2, 4, 6, 7, 8
 _CLAIM_CANTEEN = -65537
 _CNF_COSE_KEY = 1
-_KEY_KTY, _KEY_CRV, _KEY_X = 1, -1, -2
+_KEY_KTY, _KEY_CRV, _KEY_X, _KEY_Y = 1, -1, -2, -3
 _KTY_OKP, _CRV_ED25519 = 1, 6
+_KTY_EC2, _CRV_SM2 = 2, -70001  # §7.2: crv -70001 (private use) is sm2p256v1
 _COSE_KEY_LABELS = frozenset((_KEY_KTY, _KEY_CRV, _KEY_X))
+_EC2_KEY_LABELS = frozenset((_KEY_KTY, _KEY_CRV, _KEY_X, _KEY_Y))
 _CNF_LABELS = frozenset((_CNF_COSE_KEY,))
 
 _TAG18 = b"\xd2"  # tag 18 (COSE_Sign1) in its one-byte preferred form
@@ -264,16 +285,19 @@ def _sign1(decoder: cbor2.CBORDecoder, memo: SignatureMemo, data: bytes, what: s
     unprotected = _map(parts[1], what, " unprotected header")
     payload = _bstr(parts[2], what, " payload")
     signature = _bstr(parts[3], what, " signature")
-    if len(signature) != _ED25519_SIG_LEN:
-        _reject(MALFORMED, f"{what}: signature is not 64 bytes")
     # RFC 9052 encodes an empty protected map as a zero-length bstr; it then
     # simply lacks alg, which is reported as such below.
     header = memo.header(decoder, protected, what) if protected else {}
+    alg = header.get(_HDR_ALG)
+    # A signature of another length than 64 bytes is malformed, as in v1 (§4: sizes),
+    # except under alg -70001: an SM2 signature of the wrong length is one that does not
+    # verify (§7.1), found at its step.
+    if len(signature) != _ED25519_SIG_LEN and not (type(alg) is int and alg == sm2.ALG):
+        _reject(MALFORMED, f"{what}: signature is not 64 bytes")
     if _HDR_ALG in unprotected:
         _reject(UNSUPPORTED_ALG, f"{what}: alg in the unprotected header")
-    alg = header.get(_HDR_ALG)
     if type(alg) is not int or alg not in _ACCEPTED_ALGS:
-        _reject(UNSUPPORTED_ALG, f"{what}: alg {alg!r:.20} is not -8 or -19")
+        _reject(UNSUPPORTED_ALG, f"{what}: alg {alg!r:.20} is not -8, -19 or -70001")
     if _HDR_CRIT in header:
         _reject(MALFORMED, f"{what}: critical header parameters are not understood")
     kid = header.get(_HDR_KID)
@@ -309,16 +333,31 @@ def _to_be_signed(msg: _Sign1) -> bytes:
 
 # --- keys and the memo ------------------------------------------------------
 
+# A parsed public key: Ed25519 (cryptography) or SM2 (protocol/sm2.py, OpenSSL).
+_Key = Ed25519PublicKey | sm2.Sm2PublicKey
 
-def _public_key(raw: bytes) -> Ed25519PublicKey | None:
+
+def _public_key(raw: bytes, alg: str) -> _Key | None:
+    """The key of ``raw`` under its algorithm, or None when the bytes are no such key."""
     try:
-        return Ed25519PublicKey.from_public_bytes(raw)
+        if alg == ED25519_KEY:
+            return Ed25519PublicKey.from_public_bytes(raw)
+        if alg == SM2_KEY:
+            return sm2.Sm2PublicKey.from_point(raw)
     except (TypeError, ValueError):
-        return None  # a broken trust entry can vouch for nothing
+        pass
+    return None  # a broken trust entry (or an alg nobody knows) can vouch for nothing
 
 
-def _curve_verifies(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
-    """The Ed25519 arithmetic itself: the one place a signature is really checked."""
+def _key_alg_of(cose_alg: int) -> str:
+    """The key algorithm a COSE alg of ``_ACCEPTED_ALGS`` is verified with (§7.3)."""
+    return SM2_KEY if cose_alg == sm2.ALG else ED25519_KEY
+
+
+def _curve_verifies(key: _Key, signature: bytes, signed: bytes) -> bool:
+    """The curve arithmetic itself: the one place a signature is really checked."""
+    if isinstance(key, sm2.Sm2PublicKey):
+        return key.verify(signature, signed)  # the default ID (§7.1); never raises
     try:
         key.verify(signature, signed)
     except InvalidSignature:
@@ -331,14 +370,17 @@ class SignatureMemo:
 
     - The parsed public keys: the issuer keys (few, used on every code) and the
       holder keys (one a cadre, used again at each of that cadre's meals), so
-      a key's bytes are turned into a key object once, not on every code.
+      a key's bytes are turned into a key object once, not on every code (an SM2
+      key costs OpenSSL a few hundred microseconds to load, about one verify).
     - The protected headers already decoded (a wallet's presentation header
       and an issuer's credential header are the same on every code), as the
       header map; the checks on its contents still run on every call.
     - A strict CBOR decoder, built once (see ``_decoder``).
     - The signatures already found good, keyed by SHA-256 over (raw key,
       signature, signed bytes): a code shown again (a replay, a screenshot,
-      the same code read twice) then skips the curve arithmetic.
+      the same code read twice) then skips the curve arithmetic. Raw keys of
+      the two algorithms never collide (32 bytes against 65), and a key is only
+      asked about a signature of its own algorithm.
 
     Each entry is a pure function of the bytes it is keyed by, so the memo
     changes no answer; every check still runs in the spec's order at the
@@ -356,18 +398,18 @@ class SignatureMemo:
 
     def __init__(self) -> None:
         self.decoder = _decoder()
-        self._issuer_keys: dict[bytes, Ed25519PublicKey] = {}
-        self._holder_keys: dict[bytes, Ed25519PublicKey] = {}
+        self._issuer_keys: dict[tuple[str, bytes], _Key] = {}
+        self._holder_keys: dict[tuple[str, bytes], _Key] = {}
         self._headers: dict[bytes, dict[Any, Any]] = {}
         self._good: set[bytes] = set()
 
-    def issuer_key(self, raw: bytes) -> Ed25519PublicKey | None:
-        """The parsed issuer key, or None when the trusted bytes are no Ed25519 key."""
-        return _memo_key(self._issuer_keys, raw, self.ISSUER_KEYS_MAX)
+    def issuer_key(self, raw: bytes, alg: str = ED25519_KEY) -> _Key | None:
+        """The parsed issuer key, or None when the trusted bytes are no key of ``alg``."""
+        return _memo_key(self._issuer_keys, raw, alg, self.ISSUER_KEYS_MAX)
 
-    def holder_key(self, raw: bytes) -> Ed25519PublicKey | None:
-        """The parsed cnf key, or None when the 32 bytes are no Ed25519 key."""
-        return _memo_key(self._holder_keys, raw, self.HOLDER_KEYS_MAX)
+    def holder_key(self, raw: bytes, alg: str = ED25519_KEY) -> _Key | None:
+        """The parsed cnf key (32 bytes Ed25519 or the 65-byte SM2 point), or None."""
+        return _memo_key(self._holder_keys, raw, alg, self.HOLDER_KEYS_MAX)
 
     def header(self, decoder: cbor2.CBORDecoder, protected: bytes, what: str) -> dict[Any, Any]:
         """The protected header map of a COSE_Sign1 (strict CBOR, int or text labels)."""
@@ -381,8 +423,11 @@ class SignatureMemo:
             self._headers[protected] = header
         return header
 
-    def verifies(self, key: Ed25519PublicKey, raw_key: bytes, msg: _Sign1) -> bool:
-        """True when ``msg``'s signature verifies under ``key`` (raw bytes ``raw_key``)."""
+    def verifies(self, key: _Key, raw_key: bytes, msg: _Sign1) -> bool:
+        """True when ``msg``'s signature verifies under ``key`` (raw bytes ``raw_key``).
+
+        The caller has already matched ``msg.alg`` to the key's algorithm (§7.3).
+        """
         signed = _to_be_signed(msg)
         digest = hashlib.sha256(raw_key + msg.signature + signed).digest()
         if digest in self._good:
@@ -396,16 +441,17 @@ class SignatureMemo:
 
 
 def _memo_key(
-    table: dict[bytes, Ed25519PublicKey], raw: bytes, limit: int
-) -> Ed25519PublicKey | None:
-    key = table.get(raw)
+    table: dict[tuple[str, bytes], _Key], raw: bytes, alg: str, limit: int
+) -> _Key | None:
+    entry = (alg, raw)
+    key = table.get(entry)
     if key is None:
-        key = _public_key(raw)
+        key = _public_key(raw, alg)
         if key is None:
             return None  # not kept: a broken key is refused again, at the same cost
         if len(table) >= limit:
             table.clear()
-        table[raw] = key
+        table[entry] = key
     return key
 
 
@@ -430,6 +476,36 @@ class _Claims(NamedTuple):
     allowance: Allowance | None
 
 
+def _cnf_key(cose_key: dict[Any, Any]) -> bytes:
+    """The holder key's raw bytes: Ed25519's 32 (§3), or the SM2 point 04||x||y (§7.2).
+
+    Anything else, including an EC2 point that is not on sm2p256v1, is ``malformed``.
+    """
+    kty, crv = cose_key.get(_KEY_KTY), cose_key.get(_KEY_CRV)
+    if type(kty) is int and kty == _KTY_EC2:
+        if cose_key.keys() != _EC2_KEY_LABELS:
+            _reject(MALFORMED, "cnf key: an EC2 key must be exactly kty, crv, x and y")
+        if type(crv) is not int or crv != _CRV_SM2:
+            _reject(MALFORMED, "cnf key: an EC2 key on another curve than sm2p256v1 (-70001)")
+        x = _bstr(cose_key[_KEY_X], "cnf key x")
+        y = _bstr(cose_key[_KEY_Y], "cnf key y")
+        if len(x) != _SM2_COORD_LEN or len(y) != _SM2_COORD_LEN:
+            _reject(MALFORMED, "cnf key: SM2 x and y must be 32 bytes each")
+        if not sm2.on_curve(int.from_bytes(x, "big"), int.from_bytes(y, "big")):
+            _reject(MALFORMED, "cnf key: the SM2 point is not on the curve")
+        return b"\x04" + x + y
+    if cose_key.keys() != _COSE_KEY_LABELS:
+        _reject(MALFORMED, "cnf key: must be exactly kty, crv and x")
+    if type(kty) is not int or kty != _KTY_OKP or type(crv) is not int or crv != _CRV_ED25519:
+        _reject(MALFORMED, "cnf key: not an OKP Ed25519 key nor an EC2 SM2 key")
+    holder_key = cose_key[_KEY_X]
+    if type(holder_key) is not bytes:
+        _bstr(holder_key, "cnf key x")
+    if len(holder_key) != _ED25519_KEY_LEN:
+        _reject(MALFORMED, "cnf key: x is not 32 bytes")
+    return bytes(holder_key)
+
+
 def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
     # Each field is read with an inline check of the well-formed case; any other case
     # goes through the helpers, which raise the same first error in the same order.
@@ -444,17 +520,7 @@ def _claims(decoder: cbor2.CBORDecoder, payload: bytes) -> _Claims:
     cnf = _map(_required(claims, _CLAIM_CNF, "cnf"), "cnf")
     if cnf.keys() != _CNF_LABELS:
         _reject(MALFORMED, "cnf: must hold exactly one COSE_Key")
-    cose_key = _map(cnf[_CNF_COSE_KEY], "cnf key")
-    if cose_key.keys() != _COSE_KEY_LABELS:
-        _reject(MALFORMED, "cnf key: must be exactly kty, crv and x")
-    kty, crv = cose_key[_KEY_KTY], cose_key[_KEY_CRV]
-    if type(kty) is not int or kty != _KTY_OKP or type(crv) is not int or crv != _CRV_ED25519:
-        _reject(MALFORMED, "cnf key: not an OKP Ed25519 key")
-    holder_key = cose_key[_KEY_X]
-    if type(holder_key) is not bytes:
-        _bstr(holder_key, "cnf key x")
-    if len(holder_key) != _ED25519_KEY_LEN:
-        _reject(MALFORMED, "cnf key: x is not 32 bytes")
+    holder_key = _cnf_key(_map(cnf[_CNF_COSE_KEY], "cnf key"))
 
     canteen = _map(_required(claims, _CLAIM_CANTEEN, "canteen"), "canteen")
     allowance = None
@@ -526,9 +592,12 @@ def verify_presentation(
       its claims) and checks every type and size there, so a badly typed
       claim is ``malformed`` whatever the keys. Values are only *used* after
       the signature over them verified. Integers must fit signed 64 bits;
-      ``ctr`` and allowance values must be >= 0; a signature must be 64 bytes.
-      ``cnf`` must be exactly ``{1: {1: 1, -1: 6, -2: x}}``; a ``crit`` header
-      is ``malformed``. The presentation payload ignores unknown keys, the
+      ``ctr`` and allowance values must be >= 0; a signature under alg -8 or
+      -19 must be 64 bytes (under -70001 one of another length just does not
+      verify, §7.1). ``cnf`` must be exactly ``{1: {1: 1, -1: 6, -2: x}}`` with
+      a 32-byte x, or ``{1: {1: 2, -1: -70001, -2: x, -3: y}}`` with 32-byte x
+      and y that are a point of sm2p256v1 (§7.2); a ``crit`` header is
+      ``malformed``. The presentation payload ignores unknown keys, the
       canteen claim and allowance ignore unknown labels, like unknown claims.
       Strict CBOR means: one item and no trailing bytes, definite lengths,
       no duplicate labels, at most 8 nested containers, only int or text
@@ -546,7 +615,13 @@ def verify_presentation(
       signature verifies but whose ``iss`` differs from the credential's
       ``iss`` claim is treated like a key that did not verify, so the result
       is ``bad_credential_signature`` (the kid was known; no key *trusted for
-      that issuer* verified). Both iat and exp are checked; iat first.
+      that issuer* verified). A candidate whose ``alg`` is not the one the
+      credential's alg means (-8 / -19: Ed25519, -70001: SM2) is skipped like
+      one that did not verify (§7.3). Both iat and exp are checked; iat first.
+    - Step 4: a presentation alg that does not match the type of the ``cnf``
+      key (Ed25519 under -8 / -19, SM2 under -70001) is
+      ``bad_presentation_signature`` (§7.3). SM2 signatures are checked with
+      the default distinguishing ID ``1234567812345678`` (§7.1).
 
     ``memo`` is the caller's own ``SignatureMemo`` (the decision worker keeps
     one); without one, nothing is kept past this call.
@@ -564,10 +639,14 @@ def verify_presentation(
     if not usable:
         _reject(REVOKED, "the issuer key is revoked")
 
-    # Step 3: credential signature, then its validity.
+    # Step 3: credential signature, then its validity. A key verifies only credentials
+    # of its own algorithm (§7.3).
     issuer_key: IssuerKey | None = None
+    credential_alg = _key_alg_of(inner.alg)
     for candidate in usable:
-        key = memo.issuer_key(candidate.public_key)
+        if candidate.alg != credential_alg:
+            continue
+        key = memo.issuer_key(candidate.public_key, candidate.alg)
         good = key is not None and memo.verifies(key, candidate.public_key, inner)
         if good and candidate.iss == claims.iss:
             issuer_key = candidate
@@ -579,10 +658,13 @@ def verify_presentation(
     if now >= claims.exp:
         _reject(CREDENTIAL_EXPIRED, "credential expired")
 
-    # Step 4: presentation signature with the holder's key.
-    holder = memo.holder_key(claims.holder_key)
+    # Step 4: presentation signature with the holder's key, under the alg of its type.
+    holder_alg = SM2_KEY if len(claims.holder_key) == sm2.POINT_LEN else ED25519_KEY
+    if _key_alg_of(outer.alg) != holder_alg:
+        _reject(BAD_PRESENTATION_SIGNATURE, f"presentation alg {outer.alg} is not the cnf key's")
+    holder = memo.holder_key(claims.holder_key, holder_alg)
     if holder is None:
-        _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key is not a usable Ed25519 key")
+        _reject(BAD_PRESENTATION_SIGNATURE, f"the cnf key is not a usable {holder_alg} key")
     if not memo.verifies(holder, claims.holder_key, outer):
         _reject(BAD_PRESENTATION_SIGNATURE, "the cnf key does not verify the presentation")
 
