@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import json
+import logging
 import socket
 import sqlite3
 import ssl
@@ -42,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from county import ca
 from county.db.engine import Database, PoolLimits
+from county.intake import SEEN_STEP_MS
 from county.store import (
     GAP,
     OK,
@@ -53,7 +55,9 @@ from county.store import (
     ProvisionRefused,
     StoreError,
 )
-from protocol.wire import PROTOCOL_VERSION, time_message
+from protocol.wire import PROTOCOL_VERSION, StatusInvalid, parse_status, time_message
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -459,6 +463,8 @@ def create_app(
     keys = CountyKeys.load(data)
     time_key = ca.load_time_key(keys.paths)
     limits = http_limits or HttpLimits()
+    # A terminal's status and sync history: written as often as its last_seen_ms.
+    seen = FleetNotes(SEEN_STEP_MS)
     app = FastAPI(
         title="canteen county server",
         version=str(PROTOCOL_VERSION),
@@ -611,12 +617,19 @@ def create_app(
         # Parsed by hand, not by pydantic: a batch is thousands of small arrays.
         try:
             doc = json_object(raw, request.headers.get("content-type"), "the batch")
+            # What the terminal says about itself (optional: an older terminal sends none).
+            reported = parse_status(doc["status"]) if doc.get("status") is not None else None
         except Malformed as exc:
             return _problem(400, str(exc))
+        except StatusInvalid as exc:
+            return _problem(400, f"the batch's {exc}")
         try:
             # One trip to the thread pool: the intake (its clock offsets included, in
-            # one transaction) and what config_applied entries say the terminal runs.
-            result = await run_in_threadpool(_take_batch, data, store, terminal_id, doc, clock())
+            # one transaction), what config_applied entries say the terminal runs, and
+            # the terminal's status and sync history for the fleet.
+            result = await run_in_threadpool(
+                _take_batch, data, store, terminal_id, doc, clock(), reported, seen
+            )
         except BatchInvalid as exc:
             return _problem(400, str(exc))
         except DatabaseUnavailable as exc:
@@ -648,13 +661,69 @@ def _unavailable(exc: Exception) -> Response:
 
 
 def _take_batch(
-    data: Path, store: CountyStore, terminal_id: str, doc: Any, now_ms: int
+    data: Path,
+    store: CountyStore,
+    terminal_id: str,
+    doc: Any,
+    now_ms: int,
+    status: dict[str, Any] | None = None,
+    seen: FleetNotes | None = None,
 ) -> IntakeResult:
-    """One upload batch through the store, then its config_applied entries noted."""
+    """One upload batch through the store, then its config_applied entries noted, then
+    the terminal's status and a line of its sync history (``FleetNotes``)."""
     result = store.intake(terminal_id, doc, now_ms)
     if result.status in (OK, GAP):
         _record_applied_sets(data, terminal_id, doc)
+    if seen is not None:
+        seen.note(store, terminal_id, now_ms, status, result)
     return result
+
+
+class FleetNotes:
+    """Writes a terminal's status and sync history (county/fleet.py) when they matter.
+
+    An upload that stored, refused or held entries is one line of history, and the
+    status with it; an empty upload (a terminal with nothing new, every sync interval)
+    is answered from a read and writes nothing, unless its status changed since this
+    process last wrote it or that was ``heartbeat_ms`` ago. A failure here is logged and
+    never fails the upload, whose entries are committed already."""
+
+    def __init__(self, heartbeat_ms: int) -> None:
+        self.heartbeat_ms = heartbeat_ms
+        self._last: dict[str, tuple[dict[str, Any] | None, int]] = {}
+
+    def note(
+        self,
+        store: CountyStore,
+        terminal_id: str,
+        now_ms: int,
+        status: dict[str, Any] | None,
+        result: IntakeResult,
+    ) -> None:
+        from county import fleet
+
+        busy = bool(result.accepted or result.duplicates) or result.status != OK
+        last = self._last.get(terminal_id)
+        due = last is None or last[0] != status or not 0 <= now_ms - last[1] < self.heartbeat_ms
+        if not (busy or due):
+            return
+        try:
+            with store.db.write() as conn:
+                fleet.note_upload(
+                    conn,
+                    terminal_id,
+                    now_ms,
+                    status=status,
+                    outcome=result.status,
+                    accepted=result.accepted,
+                    duplicates=result.duplicates,
+                    acked_seq=result.acked_seq,
+                    alarm=result.alarm,
+                )
+        except Exception as exc:  # the upload itself is stored: only the note is lost
+            log.warning("terminal %s: its status was not kept: %s", terminal_id, exc)
+            return
+        self._last[terminal_id] = (status, now_ms)
 
 
 def _record_applied_sets(data: Path, terminal_id: str, doc: Any) -> None:

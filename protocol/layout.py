@@ -49,3 +49,12 @@ def shard_target(shard: str) -> str:
 def all_shards() -> Iterator[str]:
     for n in range(SHARD_COUNT):
         yield f"{n:0{SHARD_HEX}x}"
+
+
+def layers_digest(digests: list[str]) -> str:
+    """One SHA-256 that names a set's settings layers: a single file's own hash (as before
+    layers), else the hash of the layers' hashes in order. The terminal records it in its
+    config_applied entries; the county computes it to tell whether a terminal is current."""
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()

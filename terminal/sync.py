@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import random
@@ -52,6 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.chain import HASHED_COLUMNS, checkpoint_message
+from protocol.wire import SOFTWARE_MAX_CHARS, STATUS_LISTS
 from terminal.config import SyncSettings
 from terminal.core.clock import TrustedClock
 from terminal.ledger import TIME_SIGNAL, EntryDraft, Ledger, LedgerEntry, load_or_create_signing_key
@@ -82,6 +84,14 @@ def share_the_interpreter() -> None:
     a one-off command or a test that only builds a client leaves the process as it was.
     """
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+
+
+def software_version() -> str:
+    """This terminal's software version (the installed distribution's), for its status."""
+    try:
+        return importlib.metadata.version("canteen-terminal")[:SOFTWARE_MAX_CHARS]
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # --- errors (the link's, terminal/link/transport.py, and the sync's own) ----------------
@@ -400,6 +410,7 @@ class SyncClient:
                 server_ms = signal.get("server_ms")
                 if type(server_ms) is int:
                     self._ledger_county_ms = max(self._ledger_county_ms or 0, server_ms)
+            about = self.status(last)
             first_unacked = reader.first_unacked()
             start = self._resume_hint or (first_unacked if first_unacked is not None else last + 1)
             url = self.server + "/v1/ledger"
@@ -414,7 +425,12 @@ class SyncClient:
                 if rows and (not checkpoints or checkpoints[-1][0] != rows[-1][0]):
                     checkpoints.append(_batch_checkpoint(key, ledger_terminal, rows[-1]))
                 nonce = secrets.token_bytes(16)
-                doc = {"nonce": nonce.hex(), "entries": rows, "checkpoints": checkpoints}
+                doc = {
+                    "nonce": nonce.hex(),
+                    "entries": rows,
+                    "checkpoints": checkpoints,
+                    "status": about,
+                }
                 sent_wall = self._wall_ms()
                 sent_mono = time.monotonic()
                 status, answer = self.link.post_json(url, encode_body(doc), deadline, timeouts)
@@ -436,6 +452,38 @@ class SyncClient:
 
         finally:
             reader.close()
+
+    def status(self, last_seq: int) -> dict[str, Any]:
+        """What this terminal says about itself with each upload (protocol.wire.parse_status):
+        its software version, its newest entry, the update set in force and its lists'
+        versions and issue times, read from trust.sqlite beside the ledger (read-only; a
+        missing or unreadable file leaves those out). The county keeps the newest."""
+        doc: dict[str, Any] = {"software": software_version(), "last_seq": last_seq}
+        file = (self.identity.root / "trust.sqlite").absolute()
+        if not file.is_file():
+            return doc
+        try:
+            conn = sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True, timeout=1)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+                if "lists" in tables:
+                    doc["lists"] = {
+                        name: {"version": version, "issued_at": issued}
+                        for name, version, issued in conn.execute(
+                            "SELECT name, version, issued_at FROM lists"
+                        )
+                        if name in STATUS_LISTS
+                    }
+                if "applied_set" in tables:
+                    row = conn.execute("SELECT set_version FROM applied_set WHERE id = 1")
+                    found = row.fetchone()
+                    if found is not None:
+                        doc["update_set"] = int(found[0])
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # the upload matters more than the status: send what is known
+        return doc
 
     def _ledger_key(self, public_key: bytes) -> Ed25519PrivateKey:
         """The private key of this ledger's genesis: the one the county pinned."""

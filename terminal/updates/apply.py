@@ -50,6 +50,7 @@ from protocol.layout import (
     SIGNED_AT_FIELD,
     TRUST_TARGET,
     all_shards,
+    layers_digest,
     settings_target,
     shard_bytes,
     shard_of,
@@ -67,6 +68,7 @@ UPDATES_DIR = "updates"
 APPLIED_FILE = "applied.json"
 LAST_REFRESH_FILE = "last-refresh.json"
 REFUSED_FILE = "refused-settings.json"
+UNRECORDED_FILE = "unrecorded.json"
 
 
 # ---- limits and errors --------------------------------------------------------------
@@ -174,6 +176,12 @@ class UpdatePaths:
         return self.updates / REFUSED_FILE
 
     @property
+    def unrecorded(self) -> Path:
+        """A set applied by a command (USB medium or ``update fetch``) while the daemon
+        was stopped, which the daemon records in the ledger at its next start."""
+        return self.updates / UNRECORDED_FILE
+
+    @property
     def trust(self) -> Path:
         return self.state / "trust.sqlite"
 
@@ -212,14 +220,6 @@ def layered_settings(top: Path | None) -> tuple[Path, ...]:
     if top.name.startswith("settings-") and top.name.endswith(OWN_SUFFIX):
         return (top.with_name(top.name[: -len(OWN_SUFFIX)] + UNDER_SUFFIX), top)
     return (top,)
-
-
-def layers_digest(digests: list[str]) -> str:
-    """One SHA-256 that names a set's settings layers: a single file's own hash (as before
-    layers), else the hash of the layers' hashes in order."""
-    if len(digests) == 1:
-        return digests[0]
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def installed_directory(state: str | Path | UpdatePaths) -> Directory | None:

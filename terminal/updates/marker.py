@@ -38,6 +38,9 @@ class StartNote:
     rolled_back_from: int | None = None
     message: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # The config_applied detail of a set applied by a command since the last start, which
+    # the ledger does not hold yet (updates/unrecorded.json, status.note_unrecorded).
+    unrecorded: dict[str, Any] | None = None
 
     @property
     def settings_files(self) -> tuple[Path, ...]:
@@ -47,6 +50,9 @@ class StartNote:
 
     def ledger_draft(self) -> EntryDraft | None:
         if self.rolled_back_from is None:
+            if self.unrecorded is not None:
+                # A set a command applied while the daemon was stopped (USB medium).
+                return EntryDraft(kind=CONFIG_APPLIED, detail=self.unrecorded)
             return None
         return EntryDraft(
             kind=CONFIG_APPLIED,
@@ -94,7 +100,10 @@ def begin_start(state_dir: str | Path, store: trust.TrustStore) -> StartNote:
             starts=starts + 1,
         )
     settings = paths.settings_file(name) if name else None
-    return StartNote(settings, applied["set"])
+    noted = read_json(paths.unrecorded)
+    if noted is not None and noted.get("set") != applied["set"]:
+        noted = None  # taken back since (or older than the set in force): not what runs
+    return StartNote(settings, applied["set"], unrecorded=noted)
 
 
 def _settings_intact(paths: UpdatePaths, name: str, applied: dict[str, Any]) -> bool:
@@ -130,6 +139,8 @@ def _file_intact(file: Path, expected: Any) -> bool:
 def confirm_started(state_dir: str | Path, store: trust.TrustStore) -> None:
     """The daemon is up with the set in force: it becomes the last good set."""
     paths = UpdatePaths(Path(state_dir))
+    # Recorded in the ledger by now (the daemon appends the start note's draft first).
+    paths.unrecorded.unlink(missing_ok=True)
     pointer = read_json(paths.applied)
     if pointer is not None and pointer.get("confirmed"):
         return
@@ -158,5 +169,7 @@ def effective_settings(local: str | Path | None, note: StartNote) -> config.Sett
 def _rolled_back(
     paths: UpdatePaths, store: trust.TrustStore, bad: dict[str, Any], why: str
 ) -> StartNote:
+    # The rollback's own entry records the set in force; a noted set is no longer it.
+    paths.unrecorded.unlink(missing_ok=True)
     version, settings, message = roll_back(paths, store, bad, why)
     return StartNote(settings, version, rolled_back_from=int(bad["set"]), message=message)

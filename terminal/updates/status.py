@@ -31,6 +31,18 @@ from terminal.updates.apply import (
 )
 
 
+def note_unrecorded(paths: UpdatePaths, applied: AppliedSet, via: str) -> None:
+    """Remember a set applied outside the daemon (a USB medium, ``update fetch``) for the
+    daemon to record as a ``config_applied`` entry at its next start (``begin_start``),
+    so that it reaches the county with the next sync. Two applies before a start make one
+    note: the newest set, with everything either changed."""
+    earlier = read_json(paths.unrecorded) or {}
+    changed = [c for c in earlier.get("changed") or [] if isinstance(c, str)]
+    changed += [c for c in applied.changed if c not in changed]
+    draft = applied.ledger_draft()
+    write_atomic(paths.unrecorded, json_bytes({**draft.detail, "changed": changed, "via": via}))
+
+
 def record_refresh(state_dir: str | Path, outcome: dict[str, Any]) -> None:
     paths = UpdatePaths(Path(state_dir))
     write_atomic(paths.last_refresh, json_bytes(outcome))
@@ -106,6 +118,8 @@ def update_once(updater: TerminalUpdater, store: trust.TrustStore, now: int) -> 
     except trust.TrustError as exc:
         record_refresh(state, {"at": now, "ok": False, "kind": "refused", "reason": str(exc)})
         raise UpdateRefused(str(exc)) from None
+    if result is not None:
+        note_unrecorded(updater.paths, result, "medium" if updater.link is None else "county")
     record_refresh(
         state,
         {
