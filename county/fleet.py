@@ -521,3 +521,25 @@ def terminal_page(
         "syncs": sync_history(conn, terminal_id),
         "alarms": terminal_alarms(conn, terminal_id),
     }
+
+
+def applied_report(conn: Connection, data: Path) -> dict[str, Any]:
+    """What ``canteen-county applied`` prints: each terminal that reported a set, with
+    whether it is current (``update_standing``) beside the county's newest set."""
+    pub = published(data)
+    if pub is None:
+        return {"county_set": None, "terminals": []}
+    t = terminals.c
+    canteen_of = dict(conn.execute(select(t.terminal_id, t.canteen)).tuples().all())
+    out = []
+    for terminal_id in sorted(pub.applied):
+        row = dict(pub.applied[terminal_id])
+        canteen = canteen_of.get(terminal_id)
+        standing = (
+            update_standing(pub, terminal_id, canteen)
+            if canteen is not None
+            else {"state": "unknown", "differs": []}
+        )
+        row.update(canteen=canteen, state=standing["state"], differs=standing["differs"])
+        out.append(row)
+    return {"county_set": pub.county_set, "terminals": out}

@@ -175,15 +175,33 @@ def cmd_timestamp_refresh(a: argparse.Namespace) -> int:
 
 @_one_line_errors
 def cmd_applied(a: argparse.Namespace) -> int:
-    with updates.CountyRepository(a.data) as repo:
-        rows = repo.applied()
-        current = repo.snapshot().signed.version
+    from county import fleet
+    from county.command import open_county
+
+    updates.CountyRepository(a.data).close()  # a county without a repository: one line
+    db = open_county(a)
+    try:
+        with db.read() as conn:
+            report = fleet.applied_report(conn, Path(a.data))
+    finally:
+        db.close()
     if a.text:
-        for row in rows:
-            behind = "" if row["set"] == current else f" (county is at {current})"
-            print(f"{row['terminal']}: set {row['set']}{behind}, applied at {row['applied_at_ms']}")
+        # Current means the content the terminal runs is what the county publishes now
+        # (docs/fleet.md), whatever the set numbers: a rotate re-signs the same content.
+        current = report["county_set"]
+        for row in report["terminals"]:
+            if row["state"] == "current":
+                standing = "current"
+            elif row["state"] == "behind":
+                standing = f"behind on {', '.join(row['differs'])} (county is at {current})"
+            else:
+                standing = f"unknown (county is at {current})"
+            print(
+                f"{row['terminal']}: set {row['set']}, {standing}, "
+                f"applied at {row['applied_at_ms']}"
+            )
     else:
-        print_json({"county_set": current, "terminals": rows})
+        print_json(report)
     return 0
 
 
@@ -299,7 +317,14 @@ def add_update_commands(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="re-sign even if not near expiry")
     p.set_defaults(func=cmd_timestamp_refresh)
 
-    p = subparsers.add_parser("applied", help="what each terminal last reported applying")
+    p = subparsers.add_parser(
+        "applied",
+        help="what each terminal last reported applying, and whether it is current",
+        description="A terminal is current when the content of the set it applied (settings "
+        "for its canteen, trust list, roster, directory, revocations) is what the county "
+        "publishes now, whatever the set numbers (docs/fleet.md).",
+    )
     add_data(p)
+    add_database(p)  # each terminal's canteen (its settings) is in the county database
     p.add_argument("--text", action="store_true", help="lines for people instead of JSON")
     p.set_defaults(func=cmd_applied)
