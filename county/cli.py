@@ -536,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_issuers_import)
     from county.db_cli import add_db_commands
     from county.directory_cli import add_directory_commands
+    from county.fleet_cli import add_fleet_commands
     from county.inspection_cli import add_inspection_commands
     from county.reconcile_cli import add_reconcile_commands
     from county.settlement_cli import add_settlement_commands
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settlement_commands(sub)
     add_reconcile_commands(sub)
     add_inspection_commands(sub)
+    add_fleet_commands(sub)
     return parser
 
 
