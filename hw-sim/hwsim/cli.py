@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hwsim import CAMERA_PORT
+from hwsim import CAMERA_PORT, history
 from hwsim import population as pop
 from hwsim import reader as reader_mod
 from hwsim.phone import WalletError, draw_code
@@ -330,6 +330,9 @@ def cmd_reader_request(a: argparse.Namespace) -> int:
 
 def cmd_county(a: argparse.Namespace) -> int:
     from hwsim import county as county_mod
+
+    if a.data is None:
+        raise CommandError("hw-sim county needs --data DIR")
 
     def said(on: bool, at: float) -> None:
         state = "network DOWN (partition)" if on else "network back"
@@ -728,9 +731,9 @@ COUNTY = Command(
     (
         arg(
             "--data",
-            required=True,
             metavar="DIR",
-            help="the county data directory (canteen-county ca init); made with a new CA if empty",
+            help="the county data directory (canteen-county ca init); made with a new CA if "
+            "empty (required without an ACTION)",
         ),
         arg(
             "--port",
@@ -780,6 +783,17 @@ COUNTY = Command(
         STOP_AFTER,
     ),
     cmd_county,
+    actions=(
+        Command(
+            "history",
+            history.HELP,
+            history.DESCRIPTION,
+            tuple(arg(*flags, **options) for flags, options in history.CLI_ARGS),
+            history.run,
+        ),
+    ),
+    actions_dest="county_action",
+    actions_description="Without an ACTION the county server runs.",
 )
 
 AGENCIES = Command(
@@ -934,6 +948,7 @@ _ERRORS: tuple[type[Exception], ...] = (
     pop.PopulationError,
     WalletError,
     reader_mod.ReaderSimError,
+    history.HistoryError,
 )
 
 
