@@ -609,6 +609,12 @@ def create_app(
         # handshakes and bodies) never waits on the database.
         who = await run_in_threadpool(store.terminal_for_cert, ca.cert_sha256(der))
         if who is None:
+            # A retired terminal's certificate is revoked: 403 with why (county/replacement.py).
+            from county.replacement import refusal_for_cert
+
+            retired = await run_in_threadpool(refusal_for_cert, store.db, ca.cert_sha256(der))
+            if retired is not None:
+                return _problem(403, retired)
             return _problem(401, "this certificate is not (or no longer) a provisioned terminal")
         terminal_id = who[0]
         raw = await _read_body(request, store.limits.max_body_bytes)
