@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import tokens
-from protocol.lists import TrustError, parse_revocations
+from protocol.lists import TrustError, issuer_key, parse_revocations
 from protocol.tokens import IssuerKey, TokenRejected
 
 QR = "qr"
@@ -66,13 +66,20 @@ class Proof:
 
 
 class _AtTheTime:
-    """The county's keys for token checks: a key revoked since still proves older sales."""
+    """The county's keys for token checks: a key revoked since still proves older sales.
+
+    The county's issuer_keys table keeps no algorithm: each key gets the one its raw
+    bytes give (the 65-byte point of an SM2 key, 32 bytes of an Ed25519 one; the trust
+    lists it came from allow nothing else), so SM2 codes verify here as on a terminal."""
 
     def __init__(self, keys: Keyring) -> None:
         self.keys = keys
 
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
-        return self.keys.issuer_keys(kid)
+        return [
+            issuer_key(k.iss, k.kid, k.public_key, k.not_before, k.not_after)
+            for k in self.keys.issuer_keys(kid)
+        ]
 
     def issuer_key_revoked(self, public_key: bytes) -> bool:
         return False

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from protocol.tokens import IssuerKey
+from protocol import sm2
+from protocol.tokens import ED25519_KEY, SM2_KEY, IssuerKey
 
 ISSUERS = "issuers"
 REVOCATIONS = "revocations"
@@ -44,6 +45,14 @@ _KIND_TAG = MappingProxyType(
         "card": b"R",
     }
 )
+
+
+# Trust entries' "alg" (token.md §7.4): absent or "Ed25519" is an Ed25519 key of 32 bytes,
+# "SM2-SM3" an SM2 key given as its 65-byte uncompressed point on sm2p256v1.
+ED25519 = ED25519_KEY
+SM2 = SM2_KEY
+TRUST_ALGS = (ED25519, SM2)
+ED25519_KEY_LEN = 32
 
 
 class TrustError(Exception):
@@ -152,26 +161,87 @@ def split_list(doc: Any, name: str) -> tuple[list[Any], ListHeader]:
     raise TrustError(f"{name} list: must be a JSON array of entries or an object with 'entries'")
 
 
+def issuer_key(
+    iss: str,
+    kid: bytes,
+    public_key: bytes,
+    not_before: int | None = None,
+    not_after: int | None = None,
+) -> IssuerKey:
+    """A trusted key as checked entries give it; its algorithm follows from the raw key,
+    65 bytes for SM2 and 32 for Ed25519 (``parse_issuer_keys`` allows nothing else), so a
+    store that keeps the raw key keeps its algorithm too."""
+    alg = SM2_KEY if len(public_key) == sm2.POINT_LEN else ED25519_KEY
+    return IssuerKey(iss, kid, public_key, not_before, not_after, alg=alg)
+
+
+def _sm2_point(raw: bytes, where: str) -> bytes:
+    try:
+        sm2.Sm2PublicKey.from_point(raw)
+    except ValueError as exc:
+        raise TrustError(f"{where}: {exc}") from None
+    return raw
+
+
+def _key_alg(entry: dict[Any, Any], where: str) -> str:
+    alg = entry.get("alg", ED25519)
+    if alg not in TRUST_ALGS:
+        shown = repr(alg)[:40] if isinstance(alg, str) else "not a text"
+        raise TrustError(f"{where}: alg must be {ED25519} (or absent) or {SM2}, not {shown}")
+    return str(alg)
+
+
 def parse_issuer_keys(entries: Sequence[Any]) -> list[IssuerKey]:
+    """Trusted keys from §5 trust entries; the first bad entry is a TrustError naming it.
+
+    An entry's ``alg`` (§7.4) says what ``public_key`` is: absent or ``"Ed25519"``,
+    32 bytes; ``"SM2-SM3"``, the 65-byte point ``04 || x || y``, which must lie on
+    sm2p256v1. Any other alg is refused, and so is a kid that is not the first 8
+    bytes of SHA-256 of the raw key."""
     keys = []
     for i, entry in enumerate(entries):
         where = f"trust list entry {i}"
         if not isinstance(entry, dict):
             raise TrustError(f"{where}: must be an object")
-        pk = _hex(entry.get("public_key"), f"{where}: public_key", 32)
+        alg = _key_alg(entry, f"{where}: alg")
+        if alg == SM2:
+            pk = _hex(entry.get("public_key"), f"{where}: public_key (SM2-SM3)", sm2.POINT_LEN)
+            _sm2_point(pk, f"{where}: public_key")
+        else:
+            pk = _hex(entry.get("public_key"), f"{where}: public_key")
+            if len(pk) == sm2.POINT_LEN and "alg" not in entry:
+                raise TrustError(
+                    f'{where}: public_key is 65 bytes, an SM2 point: add "alg": "{SM2}"'
+                )
+            if len(pk) != ED25519_KEY_LEN:
+                raise TrustError(f"{where}: public_key: must be 32 bytes, got {len(pk)}")
         kid = _hex(entry.get("kid"), f"{where}: kid", 8)
         if kid != hashlib.sha256(pk).digest()[:8]:
             raise TrustError(f"{where}: kid {kid.hex()} is not the kid of its public key")
         keys.append(
-            IssuerKey(
-                iss=_text(entry.get("iss"), f"{where}: iss"),
-                kid=kid,
-                public_key=pk,
-                not_before=_opt_int(entry.get("not_before"), f"{where}: not_before"),
-                not_after=_opt_int(entry.get("not_after"), f"{where}: not_after"),
+            issuer_key(
+                _text(entry.get("iss"), f"{where}: iss"),
+                kid,
+                pk,
+                _opt_int(entry.get("not_before"), f"{where}: not_before"),
+                _opt_int(entry.get("not_after"), f"{where}: not_after"),
             )
         )
     return keys
+
+
+def revoked_public_key(value: Any, where: str) -> bytes:
+    """The raw key of a ``holder_key`` or ``issuer_key`` revocation (§5, §7.4): 32 bytes of
+    an Ed25519 key, or the 65-byte point of an SM2 key (which must be on the curve)."""
+    raw = _hex(value, where)
+    if len(raw) == ED25519_KEY_LEN:
+        return raw
+    if len(raw) == sm2.POINT_LEN:
+        return _sm2_point(raw, where)
+    raise TrustError(
+        f"{where}: must be 32 bytes (an Ed25519 key) or 65 bytes (an SM2 point 04||x||y), "
+        f"got {len(raw)}"
+    )
 
 
 def parse_revocations(entries: Iterable[Any]) -> Iterator[bytes]:
@@ -188,7 +258,9 @@ def parse_revocations(entries: Iterable[Any]) -> Iterator[bytes]:
             iss = _text(entry.get("iss"), f"{where}: iss")
             yield revocation_key(kind, iss, _text(entry.get("sub"), f"{where}: sub"))
         elif kind in ("holder_key", "issuer_key"):
-            yield revocation_key(kind, _hex(entry.get("public_key"), f"{where}: public_key", 32))
+            yield revocation_key(
+                kind, revoked_public_key(entry.get("public_key"), f"{where}: public_key")
+            )
         elif kind == "card":
             uid = _hex(entry.get("uid"), f"{where}: uid")
             if not 4 <= len(uid) <= 10:

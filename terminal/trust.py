@@ -34,6 +34,7 @@ from protocol.lists import ListHeader as ListHeader
 from protocol.lists import ListInfo as ListInfo
 from protocol.lists import RosterCard as RosterCard
 from protocol.lists import TrustError as TrustError
+from protocol.lists import issuer_key as issuer_key
 from protocol.lists import parse_issuer_keys as parse_issuer_keys
 from protocol.lists import parse_list_json
 from protocol.lists import parse_revocations as parse_revocations
@@ -566,9 +567,12 @@ class TrustStore:
             for kid, pk, iss, nb, na in db.execute(
                 "SELECT kid, public_key, iss, not_before, not_after FROM issuer_keys"
             ):
-                keys.setdefault(kid, []).append(IssuerKey(iss, kid, pk, nb, na))
+                # The table keeps no alg column: a key's algorithm is its length (65 bytes
+                # SM2, 32 Ed25519; parse_issuer_keys installs nothing else).
+                keys.setdefault(kid, []).append(issuer_key(iss, kid, pk, nb, na))
             # The issuer-key entries are one range of the list's primary key (their kind
-            # tag); each is the tag, a two-byte length and the raw key (revocation_key).
+            # tag); each is the tag, a two-byte length and the raw key (revocation_key):
+            # 32 bytes of an Ed25519 key or the 65-byte point of an SM2 key.
             tag = revocation_key("issuer_key")
             following = bytes([tag[0] + 1])
             for (k,) in db.execute(

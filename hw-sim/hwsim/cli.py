@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +181,17 @@ def cmd_issuer(a: argparse.Namespace) -> int:
         seed=seed,
         issuer_keys=a.issuer_keys,
         days=a.days,
+        alg=a.alg,
+        sm2_share=a.sm2_share,
     )
     summary = pop.write_population(population, out)
+    algs = ", ".join(
+        f"{n} {alg}" for alg, n in sorted(Counter(k["alg"] for k in summary["issuer_keys"]).items())
+    )
     print(
         f"issuer {summary['iss']}: {summary['cadre_count']} cadres in {len(summary['units'])} "
-        f"units, {summary['card_count']} cards, {len(summary['issuer_keys'])} key(s), "
-        f"seed {seed}"
+        f"units, {summary['card_count']} cards, {len(summary['issuer_keys'])} key(s) ({algs}), "
+        f"{summary['sm2_phones']} SM2 phone(s), seed {seed}"
     )
     _print_issuer_next(out, population)
     return 0
@@ -418,9 +424,13 @@ def cmd_scenario(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="lunch-rush-"))
     if a.short:
         changes = {} if a.cadres == 300 else {"cadres": a.cadres}
-        opts = scenario.Options.shortened(out, speed=a.speed, seed=a.seed, **changes)
+        opts = scenario.Options.shortened(
+            out, speed=a.speed, seed=a.seed, sm2_share=a.sm2_share, **changes
+        )
     else:
-        opts = scenario.Options(out=out, cadres=a.cadres, speed=a.speed, seed=a.seed)
+        opts = scenario.Options(
+            out=out, cadres=a.cadres, speed=a.speed, seed=a.seed, sm2_share=a.sm2_share
+        )
     try:
         opts.check()
         if a.counter:
@@ -463,7 +473,8 @@ ISSUER = Command(
     "canteen cards for a share of them, and the files a terminal or county server loads: "
     "trust.json and revoked.json (docs/token-format.md section 5), roster.csv "
     "(uid,iss,sub,unit,display_name,status) and population.json (a summary). The same "
-    "--seed and --now give the same files.",
+    "--seed and --now give the same files (SM2 signatures excepted: each takes a fresh "
+    "nonce, so an SM2-signed credential verifies the same but differs in its bytes).",
     (
         arg("--out", required=True, metavar="DIR", help="folder to write (made if missing)"),
         arg("--iss", default=pop.DEFAULT_ISS, help="issuer id (default %(default)s)"),
@@ -491,6 +502,21 @@ ISSUER = Command(
             "ISO 14443-A 4- or 7-byte UIDs (PN532 and most ASCII readers); mixed: some of each",
         ),
         arg("--issuer-keys", type=int, default=1, metavar="N", help="issuer keys (1)"),
+        arg(
+            "--alg",
+            choices=pop.ALG_CHOICES,
+            default="ed25519",
+            help="key algorithm (token.md section 7): ed25519 (default) or sm2 (SM2 with SM3) "
+            "for every issuer key and phone; mixed: issuer keys Ed25519 and SM2 in turn "
+            "(--issuer-keys 2 or more) and half the phones SM2",
+        ),
+        arg(
+            "--sm2-share",
+            type=float,
+            metavar="F",
+            help="share of phones with an SM2 key, whatever --alg gives the issuer keys "
+            "(default: 0 for ed25519, 1 for sm2, 0.5 for mixed)",
+        ),
         arg("--days", type=int, default=365, help="credential validity (default 365)"),
         arg(
             "--now",
@@ -835,7 +861,8 @@ SCENARIO = Command(
     "not in the roster); the cadres come from the canteen's own agency and from others "
     "at the same level, above, below, in other counties and cities, or not in the agency "
     "directory the county publishes (a few hundred agencies), and lunch has a price for "
-    "each tier; a ten-minute network outage in the middle; the lunch prices "
+    "each tier; their phone codes are Ed25519 or SM2 (--sm2-share); a ten-minute "
+    "network outage in the middle; the lunch prices "
     "change and a revocation list is published during the run. At the end it checks "
     "every verdict against what it expected (each sale's price tier and price too), "
     "that every ledger verifies and that the "
@@ -868,6 +895,16 @@ SCENARIO = Command(
             "county's data",
         ),
         arg("--seed", default="lunch-rush", help="varies who comes when and how"),
+        arg(
+            "--sm2-share",
+            type=float,
+            default=0.3,
+            metavar="F",
+            help="share of cadres whose phone key is SM2 (token.md section 7; default 0.3); "
+            "between 0 and 1 the issuer has an Ed25519 and an SM2 key and cadres alternate "
+            "over them, so every mix of issuer and phone algorithm is tested; 0: all Ed25519, "
+            "1: all SM2",
+        ),
         arg(
             "--short",
             action="store_true",

@@ -5,8 +5,12 @@ units and Chinese display names, one phone wallet per cadre (credential plus
 holder key), canteen cards with canonical UIDs for a fraction of them, and the
 files a terminal or a county server loads: the trust list and an empty
 revocation list (docs/token-format.md §5), the roster CSV
-(uid,iss,sub,unit,display_name,status) and a summary. The same seed and issue
-time give the same files, byte for byte. It writes only inside the output
+(uid,iss,sub,unit,display_name,status) and a summary. Issuer keys and phone keys
+are Ed25519 or SM2 (token.md §7) in any mix (``alg``, ``sm2_share``). The same
+seed and issue time give the same keys and files, byte for byte, except the
+signatures an SM2 key made (each SM2 signature takes a fresh nonce): a wallet
+with an SM2-signed credential verifies the same but is not the same bytes. It
+writes only inside the output
 folder it is given, never reads a clock (the caller passes the issue time), and
 never talks to a terminal: loading the lists is the terminal's or the county's
 job.
@@ -26,9 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from hwsim.wallet import DAY_S, Issuer, Wallet, key_from_seed, make_wallet
+from hwsim.wallet import (
+    DAY_S,
+    ED25519,
+    SM2,
+    Issuer,
+    Wallet,
+    key_from_private_bytes,
+    make_wallet,
+    private_bytes,
+    signing_key_from_seed,
+)
 
 DEFAULT_ISS = "hn-sim"
 # Agency codes a canteen's settings name in [canteen] units; Chenzhou-style bureaus.
@@ -45,6 +57,12 @@ DEFAULT_UNITS = (
 # Card technologies and the canonical UID length each gives (docs/devices.md).
 CARD_TYPES = {"rdm6300": 5, "mifare4": 4, "mifare7": 7}
 CARD_TYPE_CHOICES = (*CARD_TYPES, "mixed")
+
+# --alg of hw-sim issuer: every key Ed25519, every key SM2, or issuer keys in turn Ed25519
+# and SM2 with half the phones SM2 (sm2_share changes the phones' share in every case).
+ALG_CHOICES = ("ed25519", "sm2", "mixed")
+_ALG_NAMES = {"ed25519": ED25519, "sm2": SM2}
+_DEFAULT_SM2_SHARE = {"ed25519": 0.0, "sm2": 1.0, "mixed": 0.5}
 
 TRUST_FILE = "trust.json"
 REVOKED_FILE = "revoked.json"
@@ -142,8 +160,10 @@ class Population:
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
             "issuer_keys": [
-                {"kid": i.kid.hex(), "public_key": i.public_key.hex()} for i in self.issuers
+                {"kid": i.kid.hex(), "public_key": i.public_key.hex(), "alg": i.alg}
+                for i in self.issuers
             ],
+            "sm2_phones": sum(c.wallet.holder_alg == SM2 for c in self.cadres),
             "cadre_count": len(self.cadres),
             "card_count": len(self.cards()),
             "card_uid_bytes": {str(k): v for k, v in sorted(card_lengths.items())},
@@ -162,6 +182,7 @@ class Population:
                     "display_name": c.display_name,
                     "wallet": f"{WALLETS_DIR}/{c.sub}.json",
                     "card_uid": c.card_uid.hex() if c.card_uid is not None else None,
+                    "phone_alg": c.wallet.holder_alg,
                 }
                 for c in self.cadres
             ],
@@ -192,8 +213,25 @@ def card_uid(card_type: str, rng: random.Random) -> bytes:
 
 
 def issuer_key_seed(seed: str, iss: str, index: int) -> str:
-    """The seed string of an issuer key (wallet.key_from_seed hashes it)."""
+    """The seed string of an issuer key (wallet.signing_key_from_seed hashes it)."""
     return f"hw-sim/{seed}/issuer/{iss}/{index}"
+
+
+def issuer_key_alg(alg: str, index: int) -> str:
+    """The algorithm (ED25519 or SM2) of issuer key ``index`` under ``--alg alg``."""
+    if alg == "mixed":
+        return ED25519 if index % 2 == 0 else SM2
+    return _ALG_NAMES[alg]
+
+
+def sm2_phones(count: int, share: float, issuer_keys: int = 1) -> list[bool]:
+    """Which of ``count`` cadres, in order, hold an SM2 phone key: ``share`` of the cadres
+    of each issuer key, spread evenly. Cadre n is the j-th (j = n // issuer_keys) of key
+    n % issuer_keys, and holds one when floor((j+1)*share) > floor(j*share), so every key,
+    Ed25519 or SM2, certifies phones of both algorithms."""
+    return [
+        int((n // issuer_keys + 1) * share) > int(n // issuer_keys * share) for n in range(count)
+    ]
 
 
 def make_population(
@@ -207,6 +245,8 @@ def make_population(
     seed: str = "hw-sim",
     issuer_keys: int = 1,
     days: int = 365,
+    alg: str = "ed25519",
+    sm2_share: float | None = None,
 ) -> Population:
     """An issuer with `issuer_keys` keys and `cadres` enrolled cadres, all from `seed`.
 
@@ -215,6 +255,12 @@ def make_population(
     key is used); `cards_fraction` of them (by a seeded draw, rounded) also
     hold a card of `card_type` ("mixed": each card rdm6300, mifare4 or
     mifare7). Subs are s000001, s000002, ...
+
+    `alg` (ALG_CHOICES) gives the keys' algorithms: "ed25519" or "sm2" every key,
+    "mixed" issuer keys Ed25519 and SM2 in turn (so at least two) and half the
+    phones SM2. `sm2_share`, when given, is the share of phones with an SM2 key
+    whatever `alg` says (sm2_phones spreads them), so every mix of issuer and
+    phone algorithm can be made.
     """
     if not iss or not iss.isprintable():
         raise PopulationError("the issuer id (--iss) must be a non-empty printable text")
@@ -230,9 +276,20 @@ def make_population(
         raise PopulationError("the number of issuer keys must be between 1 and 16")
     if days < 1:
         raise PopulationError("credentials must be valid for at least one day")
+    if alg not in ALG_CHOICES:
+        raise PopulationError(f"the key algorithm (--alg) must be one of {', '.join(ALG_CHOICES)}")
+    if alg == "mixed" and issuer_keys < 2:
+        raise PopulationError(
+            "--alg mixed makes Ed25519 and SM2 issuer keys in turn: give --issuer-keys 2 or more"
+        )
+    share = _DEFAULT_SM2_SHARE[alg] if sm2_share is None else sm2_share
+    if not 0.0 <= share <= 1.0:
+        raise PopulationError("the share of SM2 phones (--sm2-share) must be between 0 and 1")
     issuers = [
-        Issuer(iss, key_from_seed(issuer_key_seed(seed, iss, k))) for k in range(issuer_keys)
+        Issuer(iss, signing_key_from_seed(issuer_key_seed(seed, iss, k), issuer_key_alg(alg, k)))
+        for k in range(issuer_keys)
     ]
+    phone_sm2 = sm2_phones(cadres, share, issuer_keys)
     rng = random.Random(f"hw-sim/{seed}/population/{iss}")
     card_count = round(cadres * cards_fraction)
     with_card = set(rng.sample(range(cadres), card_count))
@@ -248,6 +305,7 @@ def make_population(
             now=now,
             days=days,
             seed=f"hw-sim/{seed}/wallet/{iss}/{sub}",
+            alg=SM2 if phone_sm2[n] else ED25519,
         )
         uid = None
         if n in with_card:
@@ -305,8 +363,9 @@ def write_population(population: Population, out_dir: str | Path) -> dict[str, A
         {
             "iss": i.iss,
             "kid": i.kid.hex(),
+            "alg": i.alg,
             "seed": issuer_key_seed(population.seed, i.iss, k),
-            "private_key": i.key.private_bytes_raw().hex(),
+            "private_key": private_bytes(i.key).hex(),
         }
         for k, i in enumerate(population.issuers)
     ]
@@ -325,7 +384,10 @@ def read_population(out_dir: str | Path) -> Population:
         private = json.loads((out / ISSUER_KEYS_FILE).read_text(encoding="utf-8"))
         roster = list(csv.DictReader(io.StringIO((out / ROSTER_FILE).read_text(encoding="utf-8"))))
         issuers = [
-            Issuer(p["iss"], Ed25519PrivateKey.from_private_bytes(bytes.fromhex(p["private_key"])))
+            Issuer(
+                p["iss"],
+                key_from_private_bytes(bytes.fromhex(p["private_key"]), p.get("alg", ED25519)),
+            )
             for p in private
         ]
         status = {row["sub"]: row["status"] for row in roster}

@@ -2,9 +2,9 @@
 
 This module owns what the simulator, the tests and the benchmarks add to the
 issuing side of QR token v1 (protocol/issue.py, which it re-exports for them):
-``make_wallet`` enrols a cadre on a phone with a random (or seeded) holder key
-and credential id, and ``StaticKeyring`` is a fixed set of trusted keys to
-verify against. The token bytes themselves are built in protocol/issue.py. It
+``make_wallet`` enrols a cadre on a phone with a random (or seeded) holder key,
+Ed25519 or SM2 (token.md §7), and credential id, and ``StaticKeyring`` is a fixed
+set of trusted keys to verify against. The token bytes themselves are built in protocol/issue.py. It
 must never be imported by the terminal: the terminal only verifies, and nothing
 here is hardened against hostile input.
 """
@@ -15,45 +15,66 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from protocol.issue import (
+    ALGS,
     CANTEEN_CLAIM,
     DAY_S,
+    ED25519,
+    SM2,
     Issuer,
+    SigningKey,
     Wallet,
+    alg_name,
+    cose_alg,
     credential_claims,
     cti_from_seed,
     enrol,
+    generate_key,
     issue_claims,
     issue_credential,
+    key_from_private_bytes,
     key_from_seed,
     kid_of,
     present,
+    private_bytes,
     protected_header,
     qr_text,
     raw_public,
     sign1,
+    signing_key_from_seed,
+    sm2_key_from_seed,
 )
+from protocol.lists import issuer_key
 from protocol.tokens import IssuerKey
 
 __all__ = [
+    "ALGS",
     "CANTEEN_CLAIM",
     "DAY_S",
+    "ED25519",
+    "SM2",
     "Issuer",
+    "SigningKey",
     "StaticKeyring",
     "Wallet",
+    "alg_name",
+    "cose_alg",
     "credential_claims",
+    "generate_key",
     "issue_claims",
     "issue_credential",
+    "key_from_private_bytes",
     "key_from_seed",
     "kid_of",
     "make_wallet",
     "present",
+    "private_bytes",
     "protected_header",
     "qr_text",
     "raw_public",
     "sign1",
+    "signing_key_from_seed",
+    "sm2_key_from_seed",
 ]
 
 
@@ -67,18 +88,23 @@ def make_wallet(
     days: int = 365,
     allowance: tuple[int | None, int | None] | None = None,
     seed: str | None = None,
+    alg: str = ED25519,
 ) -> Wallet:
-    """Enrol a cadre: a credential valid from ``now`` for ``days`` days, on a new phone.
+    """Enrol a cadre: a credential valid from ``now`` for ``days`` days, on a new phone
+    whose holder key is of algorithm ``alg`` (``ED25519`` or ``SM2``; the issuer's key
+    may be either).
 
-    With a ``seed`` the holder key is ``key_from_seed(seed)`` and the cti is the
-    first 12 bytes of SHA-256 of ``"cti:" + seed``, so the same seed gives the
-    same wallet; without one both are random.
+    With a ``seed`` the holder key is ``signing_key_from_seed(seed, alg)`` and the cti
+    is the first 12 bytes of SHA-256 of ``"cti:" + seed``, so the same seed gives the
+    same wallet (an SM2 credential's signature differs, its nonce is fresh); without
+    one both are random.
     """
+    holder_key: SigningKey
     if seed is None:
-        holder_key = Ed25519PrivateKey.generate()
+        holder_key = generate_key(alg)
         cti = secrets.token_bytes(12)
     else:
-        holder_key = key_from_seed(seed)
+        holder_key = signing_key_from_seed(seed, alg)
         cti = cti_from_seed(seed)
     return enrol(
         issuer,
@@ -113,14 +139,14 @@ class StaticKeyring:
     def from_trust_entries(
         cls, entries: Iterable[Mapping[str, Any]], revoked: Iterable[bytes] = ()
     ) -> StaticKeyring:
-        """A keyring from §5 trust-list entries (hex fields)."""
+        """A keyring from §5 trust-list entries (hex fields; an SM2 key is its 65-byte point)."""
         keys = [
-            IssuerKey(
-                iss=entry["iss"],
-                kid=bytes.fromhex(entry["kid"]),
-                public_key=bytes.fromhex(entry["public_key"]),
-                not_before=entry.get("not_before"),
-                not_after=entry.get("not_after"),
+            issuer_key(
+                entry["iss"],
+                bytes.fromhex(entry["kid"]),
+                bytes.fromhex(entry["public_key"]),
+                entry.get("not_before"),
+                entry.get("not_after"),
             )
             for entry in entries
         ]

@@ -33,7 +33,7 @@ from hwsim.scenario.plan import (
     make_plan,
     unit_of,
 )
-from hwsim.scenario.record import RunRecord
+from hwsim.scenario.record import RunRecord, code_chain
 
 
 def play_counter(opts: Options, now_s: float) -> RunRecord:
@@ -85,6 +85,7 @@ def play_counter(opts: Options, now_s: float) -> RunRecord:
             wall_ms = opened_ms + int(a.at_s * 1000)
             mono_ms = wall_ms - origin_ms  # the counter's monotonic clock, from the origin
             code_age: float | None = None
+            chain: str | None = None
             if a.method == "qr":
                 if a.kind == "replay":
                     assert a.ref is not None
@@ -94,6 +95,7 @@ def play_counter(opts: Options, now_s: float) -> RunRecord:
                     text = code_text(plan, a, t, opts.seed)
                 shown[a.n] = (text, t)
                 code_age = (wall_ms - t * 1000) / 1000
+                chain = code_chain(text)
                 decision = counter.present_qr(text, wall_ms, mono_ms)
             else:
                 uid = (
@@ -115,6 +117,7 @@ def play_counter(opts: Options, now_s: float) -> RunRecord:
                     "planned_sim_ms": wall_ms,
                     "presented_sim_ms": wall_ms,
                     "code_age_s": code_age,
+                    "chain": chain,
                     "offline": False,
                     "expected_verdict": expected.verdict,
                     "expected_reason": expected.reason,
@@ -142,11 +145,16 @@ def play_counter(opts: Options, now_s: float) -> RunRecord:
 
 
 def summary(record: RunRecord) -> dict[str, Any]:
-    """Decisions by reason and accepted sales by tier, for a person reading the quick run."""
+    """Decisions by reason, accepted sales by tier and QR codes by key algorithms, for a
+    person reading the quick run."""
     from hwsim.scenario.report import figures
 
     f = figures(record)
-    return {"decisions_by_reason": f["decisions_by_reason"], "tiers": f["tiers"]}
+    return {
+        "decisions_by_reason": f["decisions_by_reason"],
+        "tiers": f["tiers"],
+        "chains": f["chains"],
+    }
 
 
 def counter_text(record: RunRecord, failures: list[str]) -> str:
@@ -163,6 +171,11 @@ def counter_text(record: RunRecord, failures: list[str]) -> str:
         f"  {tier:28} {t['sales']:5} ({t['fen'] / 100:.2f} yuan; expected {t['expected']})"
         for tier, t in s["tiers"].items()
     ]
+    if s["chains"]:
+        lines.append("QR codes by key algorithms, issuer/phone (shown, accepted):")
+        lines += [
+            f"  {chain:28} {c['codes']:5} {c['accepted']:5}" for chain, c in s["chains"].items()
+        ]
     if failures:
         lines.append(f"CHECKS FAILED ({len(failures)}):")
         lines += [f"  - {x}" for x in failures[:50]]

@@ -62,7 +62,7 @@ from hwsim.scenario.plan import (
     make_plan,
     unit_of,
 )
-from hwsim.scenario.record import Monitor, RunRecord, entry_marks, qr_marks
+from hwsim.scenario.record import Monitor, RunRecord, code_chain, entry_marks, qr_marks
 from hwsim.wallet import Wallet
 from protocol.agencies import OWN, VISITOR
 from terminal.core.checkout import card_ref
@@ -383,6 +383,7 @@ class Lunch:
     def _present(self, a: Arrival) -> None:
         term = self._holder["terminal"]
         code_age: float | None = None
+        chain: str | None = None
         if a.method == "qr":
             if a.kind == "replay":
                 assert a.ref is not None and a.ref in self._texts
@@ -397,6 +398,7 @@ class Lunch:
             self._texts[a.n] = (text, t, shown + self.opts.hold_s)
             code_age = (self.clock.of_real(shown) - t * 1000) / 1000
             marks = qr_marks(text, self._wallet_of(a))
+            chain = code_chain(text)
         else:
             uid = (
                 self.plan.cast.unknown_uids[a.who]
@@ -423,6 +425,7 @@ class Lunch:
             "presented_sim_ms": self.clock.of_real(shown),
             "presented_real": shown,
             "code_age_s": code_age,
+            "chain": chain,
             "offline": offline,
             "expected_verdict": expected.verdict,
             "expected_reason": expected.reason,

@@ -8,8 +8,9 @@ hundred agencies, the county agency that runs the canteen and its own units),
 the ``Options`` of a run, the seeded cast (a population of cadres with phone
 wallets and cards, of the canteen's own agency and of agencies at the same
 level, higher, lower, from other counties and cities, and of units the
-directory does not know; and the outsiders: expired and forged credentials,
-unknown cards), the arrivals at the counter
+directory does not know, their issuer keys and phone keys Ed25519 or SM2 in a
+mix (``sm2_share``, token.md §7); and the outsiders: expired and forged
+credentials, unknown cards), the arrivals at the counter
 (cadres paying by QR code or card, and hostile presentations: replayed and
 forged codes, revoked and expired credentials, second meals, cards lost or not
 in the roster) and the world events (a network outage in the middle, a
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hwsim import agencies as gen
 from hwsim import population as pop
@@ -36,14 +36,16 @@ from hwsim.scenario.clock import LUNCH_CLOSES, LUNCH_OPENS
 from hwsim.wallet import (
     DAY_S,
     Issuer,
+    SigningKey,
     Wallet,
+    cose_alg,
     credential_claims,
-    key_from_seed,
     make_wallet,
     present,
     protected_header,
     raw_public,
     sign1,
+    signing_key_from_seed,
 )
 from protocol.agencies import (
     COUNTY,
@@ -147,6 +149,10 @@ class Options:
     gap_s: float = 0.1  # real seconds of empty counter between two phones
     partition_mode: str = "blackhole"
     short: bool = False
+    # The share of cadres whose phone key is SM2 (token.md §7). Between 0 and 1 the issuer
+    # has two keys, Ed25519 and SM2, and cadres alternate over them, so every mix of issuer
+    # and phone algorithm comes to the counter; 0 is all Ed25519, 1 all SM2.
+    sm2_share: float = 0.3
 
     @classmethod
     def shortened(cls, out: Path, **changes: Any) -> Options:
@@ -166,6 +172,8 @@ class Options:
             raise ScenarioError("the outage cannot be negative")
         if self.min_offline < 0:
             raise ScenarioError("min_offline cannot be negative")
+        if not 0.0 <= self.sm2_share <= 1.0:
+            raise ScenarioError("--sm2-share must be between 0 and 1")
 
     @property
     def span_s(self) -> float:
@@ -304,6 +312,7 @@ def make_plan(opts: Options, origin_s: int) -> Plan:
         units=units,
         cards_fraction=min(1.0, (honest_card + n_lost + 4) / people),
         seed=f"lunch-rush/{opts.seed}",
+        **population_algs(opts.sm2_share),
     )
     holders = [c.sub for c in population.cards()]
     rng.shuffle(holders)
@@ -414,6 +423,15 @@ def make_plan(opts: Options, origin_s: int) -> Plan:
     return Plan(arrivals, events, cast, revoke_subs, revoke_uids, seating)
 
 
+def population_algs(sm2_share: float) -> dict[str, Any]:
+    """make_population's key options for a lunch with this share of SM2 phones."""
+    if sm2_share <= 0.0:
+        return {"alg": "ed25519", "issuer_keys": 1, "sm2_share": 0.0}
+    if sm2_share >= 1.0:
+        return {"alg": "sm2", "issuer_keys": 1, "sm2_share": 1.0}
+    return {"alg": "mixed", "issuer_keys": 2, "sm2_share": sm2_share}
+
+
 def code_text(plan: Plan, a: Arrival, t: int, seed: str) -> str:
     """The text of the code QR arrival ``a`` shows, drawn at phone time ``t`` (a new code
     from the cadre's wallet; an outsider's or a forger's; a thief's presentation of a
@@ -425,7 +443,8 @@ def code_text(plan: Plan, a: Arrival, t: int, seed: str) -> str:
         return cast.forged_texts[a.who](t)
     if a.kind == "forged_presentation":
         wallet = cast.cadre(a.who).wallet
-        thief = key_from_seed(f"lunch-rush/{seed}/thief/{a.n}")
+        # The thief's phone key is of the victim's algorithm: only the key is wrong.
+        thief = signing_key_from_seed(f"lunch-rush/{seed}/thief/{a.n}", wallet.holder_alg)
         return present(wallet.credential, thief, t=t, ctr=wallet.ctr + 1)
     return cast.cadre(a.who).wallet.draw(t)
 
@@ -449,8 +468,16 @@ class _Slot:
 def _make_outsiders(
     cast: Cast, hostile: list[str], origin_s: int, seed: str, rng: random.Random, own_unit: str
 ) -> None:
-    issuer = cast.population.issuers[0]
-    forger = Issuer(issuer.iss, key_from_seed(f"lunch-rush/{seed}/forger"))
+    issuers = cast.population.issuers
+    issuer = issuers[0]
+
+    def forger_of(i: int) -> tuple[Issuer, Issuer]:
+        # The i-th forgery copies the last trusted key first (SM2 in a mixed lunch), then
+        # the others in turn, with a forger's key of the same algorithm.
+        copied = issuers[-i % len(issuers)]
+        key = signing_key_from_seed(f"lunch-rush/{seed}/forger/{i}", copied.alg)
+        return copied, Issuer(copied.iss, key)
+
     for i in range(1, hostile.count("expired") + 1):
         cast.outsiders[f"expired-{i}"] = make_wallet(
             issuer,
@@ -462,6 +489,7 @@ def _make_outsiders(
             seed=f"lunch-rush/{seed}/expired/{i}",
         )
     for i in range(1, hostile.count("forged_key") + 1):
+        _, forger = forger_of(i)
         cast.outsiders[f"forged_key-{i}"] = make_wallet(
             forger,
             f"x-forged-{i}",
@@ -469,12 +497,14 @@ def _make_outsiders(
             "伪造者",
             now=origin_s - DAY_S,
             seed=f"lunch-rush/{seed}/forged-key/{i}",
+            alg=forger.alg,
         )
     for i in range(1, hostile.count("forged_credential") + 1):
-        # The trusted issuer's kid on claims the forger signed himself.
-        holder = key_from_seed(f"lunch-rush/{seed}/forged-credential/{i}")
+        # The trusted issuer's kid on claims the forger signed himself, under its alg.
+        copied, forger = forger_of(i)
+        holder = signing_key_from_seed(f"lunch-rush/{seed}/forged-credential/{i}", copied.alg)
         claims = credential_claims(
-            iss=issuer.iss,
+            iss=copied.iss,
             sub=f"x-forged-credential-{i}",
             unit=own_unit,
             display_name="冒名者",
@@ -483,11 +513,10 @@ def _make_outsiders(
             exp=origin_s + 300 * DAY_S,
             holder_public=raw_public(holder),
         )
-        credential = sign1(forger.key, protected_header(-8, issuer.kid), cbor2.dumps(claims))
+        header = protected_header(cose_alg(forger.key), copied.kid)
+        credential = sign1(forger.key, header, cbor2.dumps(claims))
 
-        def forged(
-            t: int, credential: bytes = credential, holder: Ed25519PrivateKey = holder
-        ) -> str:
+        def forged(t: int, credential: bytes = credential, holder: SigningKey = holder) -> str:
             return present(credential, holder, t=t, ctr=1)
 
         cast.forged_texts[f"forged_credential-{i}"] = forged

@@ -6,7 +6,8 @@ county's copy, the samples, the world events, the outage; saved as run.json
 and read back the same), the ``Monitor`` that samples the decision queue, the
 terminal's backlog and the county's mark every 100 ms, and the marks that pair
 a decision's ledger entry with the presentation it answers (``qr_marks``,
-``entry_marks``). It judges nothing: ``hwsim.scenario.report`` does.
+``entry_marks``), and the key algorithms a code was made with (``code_chain``).
+It judges nothing: ``hwsim.scenario.report`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import base45
+import cbor2
 
 from hwsim.scenario.canteen import RunningTerminal
 from hwsim.scenario.clock import SimClock
@@ -112,3 +116,22 @@ def entry_marks(entry: LedgerEntry) -> set[tuple[str, str]]:
     if entry.credential:
         marks.add(("credential", str(entry.credential)))
     return marks
+
+
+# COSE algs as the lunch's figures name them (token.md §2, §7).
+_ALG_WORDS = {-8: "ed25519", -19: "ed25519", -70001: "sm2"}
+
+
+def code_chain(text: str) -> str | None:
+    """The key algorithms a QR code says it was signed with, ``ISSUER/PHONE`` (for example
+    ``sm2/ed25519``: an SM2 issuer key and an Ed25519 phone key), read from the code's
+    two protected headers; None for a text that is not a well-formed code."""
+    try:
+        outer = cbor2.loads(base45.b45decode(text.removeprefix("CT1:")))
+        credential = cbor2.loads(outer[2])[1]
+        inner = cbor2.loads(credential)
+        issuer_alg = cbor2.loads(inner[0])[1]
+        phone_alg = cbor2.loads(outer[0])[1]
+        return f"{_ALG_WORDS[issuer_alg]}/{_ALG_WORDS[phone_alg]}"
+    except Exception:  # a simulator's own codes; anything else simply has no chain
+        return None

@@ -13,7 +13,9 @@ for the accepted sales, ``revoked`` / ``card_revoked`` for the revoked
 presentations), the figures of the report (decisions by reason, accepted
 sales by price tier, latency from
 presentation to verdict on the screen stream, time to resync, time from each
-publication to its ``config_applied`` entry) and a PNG
+publication to its ``config_applied`` entry, QR codes by the algorithms of their
+issuer and phone keys, Ed25519 or SM2; a run with SM2 in its mix fails unless
+codes with an SM2 key were accepted) and a PNG
 chart of latency, queue and backlog over the simulated lunch, drawn with
 OpenCV and numpy. It reads only the record: it never runs or reaches a
 terminal, so a saved run.json can be checked again, and tests can spoil a
@@ -62,13 +64,38 @@ def check(record: RunRecord) -> list[str]:
     failures += _check_ledger_and_county(record)
     failures += _check_outage(record)
     failures += _check_updates(record)
+    failures += check_algorithms(record)
     return failures
 
 
 def check_counter(record: RunRecord) -> list[str]:
     """The checks of a quick run at the counter (hwsim.scenario.counter): the decisions and
     their tiers and prices; it has no devices, outage, county or publications to check."""
-    return [f"run: {p}" for p in record.problems] + _check_decisions(record) + check_tiers(record)
+    return (
+        [f"run: {p}" for p in record.problems]
+        + _check_decisions(record)
+        + check_tiers(record)
+        + check_algorithms(record)
+    )
+
+
+def check_algorithms(record: RunRecord) -> list[str]:
+    """A lunch with SM2 in its mix (``sm2_share`` above 0) must have accepted codes signed
+    by an SM2 issuer key and codes signed by an SM2 phone key, and one with Ed25519 in it
+    (below 1) codes of an Ed25519 issuer and phone; otherwise the mix was not tested."""
+    share = float(record.options.get("sm2_share", 0.0))
+    accepted = [p.get("chain") for p in record.presentations if p["verdict"] == ACCEPT]
+    chains = [c.split("/") for c in accepted if c]
+    wanted = []
+    if share > 0:
+        wanted += [("issuer", 0, "sm2"), ("phone", 1, "sm2")]
+    if share < 1:
+        wanted += [("issuer", 0, "ed25519"), ("phone", 1, "ed25519")]
+    return [
+        f"sm2_share {share:g}, but no accepted code was signed by an {alg} {who} key"
+        for who, i, alg in wanted
+        if not any(c[i] == alg for c in chains)
+    ]
 
 
 def _check_decisions(record: RunRecord) -> list[str]:
@@ -369,12 +396,30 @@ def figures(record: RunRecord) -> dict[str, Any]:
             "resync_simulated_s": None if resync is None else round(resync * speed, 1),
         },
         "updates": update_figures(record),
+        "chains": chain_figures(record),
         "ledger_entries": len(record.ledger_entries),
         "county_entries": len(record.county_entries),
         "ambiguous_replays": record.ambiguous,
         "max_lag_simulated_s": round(max(lag), 1) if lag else None,
         "real_seconds": record.real_seconds,
     }
+
+
+def chain_figures(record: RunRecord) -> dict[str, dict[str, Any]]:
+    """QR codes by ``ISSUER/PHONE`` key algorithms (record.code_chain): how many were shown
+    and accepted, and their latency to the verdict (None in a run at the counter)."""
+    out: dict[str, dict[str, Any]] = {}
+    named = {str(p["chain"]) for p in record.presentations if p.get("chain")}
+    for chain in sorted(named):
+        ps = [p for p in record.presentations if p.get("chain") == chain]
+        latency = [p["latency_ms"] for p in ps if p["latency_ms"] is not None]
+        out[chain] = {
+            "codes": len(ps),
+            "accepted": sum(p["verdict"] == ACCEPT for p in ps),
+            "p50_ms": _percentile(latency, 50),
+            "p99_ms": _percentile(latency, 99),
+        }
+    return out
 
 
 def tier_figures(record: RunRecord) -> dict[str, dict[str, int]]:
@@ -434,6 +479,13 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
         f"  QR (phone in view to verdict): p50 {ms(lat['qr_p50'])}, p99 {ms(lat['qr_p99'])}; "
         f"card (swipe to verdict): p50 {ms(lat['card_p50'])}, p99 {ms(lat['card_p99'])}"
     )
+    if f["chains"]:
+        lines.append("QR codes by key algorithms, issuer/phone (shown, accepted, latency):")
+        lines += [
+            f"  {chain:28} {c['codes']:5} {c['accepted']:5}   p50 {ms(c['p50_ms'])}, "
+            f"p99 {ms(c['p99_ms'])}"
+            for chain, c in f["chains"].items()
+        ]
     if record.outage:
         lines.append(
             f"outage: {_hm(record.outage['start_sim_ms'])}-{_hm(record.outage['end_sim_ms'])}"
