@@ -647,11 +647,13 @@ def spending_entries(
     end_ms: int,
     *,
     units: Collection[str | None] | None = None,
+    not_units: Collection[str] | None = None,
     canteen: str | None = None,
     limit: int | None = None,
 ) -> list[Key]:
-    """The sales behind a spending figure: accepted, not reversed, in the range, of one of
-    ``units`` (None in it: sales with no unit; ``units`` None: every unit), in time order."""
+    """The sales behind a spending figure: accepted, not reversed, in the range, in time
+    order; of one of ``units`` (None in it: sales with no unit; ``units`` None: any unit)
+    and of none of ``not_units`` (sales with no unit are never excluded by it)."""
     e = entries.c
     where = _sales(start_ms, end_ms)
     if canteen is not None:
@@ -666,21 +668,23 @@ def spending_entries(
         if not cond:
             return []
         where.append(or_(*cond))
+    if not_units:
+        where.append(or_(e.unit.is_(None), e.unit.not_in(sorted(not_units))))
     query = select(e.terminal, e.seq).where(*where).order_by(e.at_ms, e.terminal, e.seq)
     if limit is not None:
         query = query.limit(limit)
     return [(t, int(s)) for t, s in conn.execute(query)]
 
 
-def township_units(directory: Directory, township: str | None) -> list[str | None]:
-    """The agencies whose township is ``township`` (None: those in no township, and the
-    sales with no unit or an unknown one; pass them to spending_entries)."""
-    found: list[str | None] = [
-        code for code in directory.agencies if township_of(directory, code) == township
-    ]
-    if township is None:
-        found.append(None)
-    return found
+def group_filter(directory: Directory, by: str, group: str | None) -> dict[str, Any]:
+    """The spending_entries keywords of one spending group: an agency (None: sales with no
+    unit), or a township's agencies (None: every sale whose agency has no township, the
+    unknown ones and those with no unit included)."""
+    if by == "agency":
+        return {"units": [group]}
+    if group is not None:
+        return {"units": [c for c in directory.agencies if township_of(directory, c) == group]}
+    return {"not_units": [c for c in directory.agencies if township_of(directory, c) is not None]}
 
 
 # -- anomalies ---------------------------------------------------------------------------
@@ -1079,6 +1083,7 @@ __all__ = [
     "find_off_hours",
     "find_repeat_batches",
     "group_batches",
+    "group_filter",
     "month_of",
     "offset_segments",
     "published_windows",
@@ -1087,6 +1092,5 @@ __all__ = [
     "spending",
     "spending_entries",
     "township_of",
-    "township_units",
     "year_before_ms",
 ]

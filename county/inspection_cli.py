@@ -140,19 +140,14 @@ def cmd_spending(a: argparse.Namespace) -> int:
             detail: list[tuple[str | None, list[inspection.Key]]] = []
             if a.detail:
                 for fig in found.groups:
-                    units = (
-                        [fig.group]
-                        if a.by == "agency"
-                        else inspection.township_units(directory, fig.group)
+                    keys = inspection.spending_entries(
+                        conn,
+                        dates.start_ms,
+                        dates.end_ms,
+                        canteen=a.canteen,
+                        **inspection.group_filter(directory, a.by, fig.group),
                     )
-                    detail.append(
-                        (
-                            fig.group,
-                            inspection.spending_entries(
-                                conn, dates.start_ms, dates.end_ms, units=units, canteen=a.canteen
-                            ),
-                        )
-                    )
+                    detail.append((fig.group, keys))
     finally:
         db.close()
     _line(_head(a, dates, by=a.by, canteen=a.canteen))
