@@ -80,7 +80,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hwsim.agencies import OFFICE_SERVICES, UNLISTED_UNITS, make_directory
 from protocol import issue
-from protocol.agencies import COUNTY, TOWNSHIP, Canteen, Directory
+from protocol.agencies import COUNTY, TIERS, TOWNSHIP, Canteen, Directory
 from protocol.chain import (
     GENESIS,
     GENESIS_PREV_HASH,
@@ -372,8 +372,8 @@ def plan_history(county: County) -> Plan:
     rng = random.Random(f"history/{o.seed}/plan")
     plan = Plan()
     by_unit: dict[str, list[int]] = defaultdict(list)
-    for c in county.cadres:
-        by_unit[c.unit].append(c.no)
+    for one in county.cadres:
+        by_unit[one.unit].append(one.no)
     big = sorted(u for u, members in by_unit.items() if len(members) >= MIN_PEOPLE)
     n_days = len(county.days)
 
@@ -663,6 +663,15 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
         return out
 
     genesis_ms = county.start_ms - DAY_MS
+    tiers: dict[tuple[str, str], str] = {}
+    # The detail of an accepted sale without a signed code: its tier (and the placeholder).
+    plain = {
+        (tier, qr): canonical_json(
+            {"tier": tier, **({"qr": PLACEHOLDER_CODE} if qr and o.placeholder_codes else {})}
+        )
+        for tier in TIERS
+        for qr in (False, True)
+    }
     for per_canteen in chains:
         for ch in per_canteen:
             detail = canonical_json(
@@ -685,26 +694,28 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
                 if len(per_canteen) > 1
                 else per_canteen[0]
             )
-            tier = county.directory.tier(c.unit, canteen.operator)
+            tier = tiers.get((c.unit, canteen.operator))
+            if tier is None:
+                tier = tiers[(c.unit, canteen.operator)] = county.directory.tier(
+                    c.unit, canteen.operator
+                )
             prices = PRICES[s.meal]
             amount = prices.get(tier, prices["visitor"]) if s.reason is None else 0
-            detail: dict[str, Any] = {} if s.reason else {"tier": tier}
+            text = "{}" if s.reason else plain[(tier, c.qr)]
             ctr: int | None = None
             if c.qr:
                 c.ctr += 1
                 ctr = c.ctr
-                if s.reason is None:
-                    if o.placeholder_codes:
-                        detail["qr"] = PLACEHOLDER_CODE
-                    else:
-                        if c.wallet is None:
-                            c.wallet = issue.enrol(
-                                issuer, f"c{c.no:06d}", c.unit, c.name,
-                                holder_key=issue.key_from_seed(f"history/{o.seed}/holder/{c.no}"),
-                                cti=issue.cti_from_seed(f"history/{o.seed}/cti/{c.no}"),
-                                now=valid_from, days=valid_days,
-                            )  # fmt: skip
-                        detail["qr"] = c.wallet.draw(s.at_ms // 1000 - 2, ctr=ctr)
+                if s.reason is None and not o.placeholder_codes:
+                    if c.wallet is None:
+                        c.wallet = issue.enrol(
+                            issuer, f"c{c.no:06d}", c.unit, c.name,
+                            holder_key=issue.key_from_seed(f"history/{o.seed}/holder/{c.no}"),
+                            cti=issue.cti_from_seed(f"history/{o.seed}/cti/{c.no}"),
+                            now=valid_from, days=valid_days,
+                        )  # fmt: skip
+                    code = c.wallet.draw(s.at_ms // 1000 - 2, ctr=ctr)
+                    text = canonical_json({"tier": tier, "qr": code})
             received = max(s.at_ms + 5_000, s.at_ms + rng.randrange(1, 300) * 1000)
             yield row(
                 ch,
@@ -722,7 +733,7 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
                     s.meal,
                     amount,
                     None,
-                    canonical_json(detail),
+                    text,
                 ],
                 received,
             )
@@ -918,7 +929,7 @@ def run(a: argparse.Namespace) -> int:
         Path(a.manifest).write_text(
             json.dumps(done.manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
         )
-    kinds = defaultdict(int)
+    kinds: dict[str, int] = defaultdict(int)
     for found in done.manifest["anomalies"]:
         kinds[found["kind"]] += 1
     print(
