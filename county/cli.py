@@ -541,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     from county.reconcile_cli import add_reconcile_commands
     from county.settlement_cli import add_settlement_commands
     from county.updates_cli import add_update_commands
+    from county.users_cli import add_user_commands
 
     add_update_commands(sub)
     add_db_commands(sub)
@@ -549,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reconcile_commands(sub)
     add_inspection_commands(sub)
     add_fleet_commands(sub)
+    add_user_commands(sub)
     return parser
 
 
