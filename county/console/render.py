@@ -10,7 +10,6 @@ switch), ``user`` (or None), ``csrf`` (the session's token, for every form), ``n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -54,10 +53,13 @@ def translator(request: Request) -> i18n.Translator:
     return i18n.translator(lang_of(request))
 
 
-def nav_items() -> Iterator[NavItem]:
+def nav_items() -> list[NavItem]:
+    """The NAV entries of every module in PAGES, by their ``order``, then PAGES order."""
+    items: list[NavItem] = []
     for name in PAGES:
         module = importlib.import_module(f"county.console.pages.{name}")
-        yield from getattr(module, "NAV", ())
+        items.extend(getattr(module, "NAV", ()))
+    return sorted(items, key=lambda n: n.order)
 
 
 def lang_url(request: Request, lang: str) -> str:

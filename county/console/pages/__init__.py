@@ -5,8 +5,8 @@ page group, add ONE line to PAGES (its module name under county/console/pages/).
 
 A module may also define ``NAV``, a list of ``NavItem``: the entries it adds to the
 navigation bar and the home page's cards (only those whose ``roles`` include the user's
-role are shown). ``label`` and ``about`` are i18n keys the module registers
-(county/console/i18n.py).
+role are shown), sorted by ``order``, then by the module's place in PAGES. ``label``
+and ``about`` are i18n keys the module registers (county/console/i18n.py).
 
 Rules a page module follows (docs/console.md):
 - GET handlers depend on ``auth.require_user`` or ``auth.require_role(...)``;
@@ -33,6 +33,7 @@ class NavItem:
     label: str  # i18n key of the link's text
     about: str = ""  # i18n key of a line for the home page's card ("" for none)
     roles: tuple[str, ...] = ALL_ROLES
+    order: int = 50  # place in the navigation: home is 0, the audit log 90, pages between
 
 
 PAGES: list[str] = [

@@ -18,7 +18,7 @@ from county.localtime import LocalTimeError, midnight_ms, parse_date
 
 router = APIRouter()
 
-NAV = [NavItem("/console/audit", "nav.audit", "audit.about", roles=("admin",))]
+NAV = [NavItem("/console/audit", "nav.audit", "audit.about", roles=("admin",), order=90)]
 PAGE_SIZE = 50
 
 i18n.register(

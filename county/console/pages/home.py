@@ -18,7 +18,7 @@ from county.localtime import local_date
 
 router = APIRouter()
 
-NAV = [NavItem("/console", "nav.home")]
+NAV = [NavItem("/console", "nav.home", order=0)]
 
 i18n.register(
     {
