@@ -261,7 +261,10 @@ def add_update_commands(subparsers: Any) -> None:
         "--all", action="store_true", help="for every canteen (under each canteen's own file)"
     )
     p.set_defaults(func=cmd_publish_settings)
-    p = psub.add_parser("trust", help="the issuer trust list (token.md §5 JSON)")
+    p = psub.add_parser(
+        "trust",
+        help='the issuer trust list (token.md §5 JSON; an SM2 key\'s entry has "alg": "SM2-SM3")',
+    )
     add_data(p)
     add_database(p)  # the county database records the list's issuer keys
     p.add_argument("file", metavar="TRUST.json")
@@ -288,7 +291,9 @@ def add_update_commands(subparsers: Any) -> None:
         help="revoke a credential, cadre, card, holder key or issuer key; publishes at once",
         description="KIND and values: credential ISS CTI_HEX | cadre ISS SUB | card UID_HEX | "
         "holder_key PUBLIC_KEY_HEX | issuer_key PUBLIC_KEY_HEX | file REVOCATIONS.json | "
-        "conflicts (every credential the county found in a conflict). Only the shards that "
+        "conflicts (every credential the county found in a conflict). A PUBLIC_KEY_HEX is "
+        "an Ed25519 key (64 hex digits) or an SM2 key, the 65-byte point 04||x||y (130 hex "
+        "digits, token.md section 7); anything else is refused. Only the shards that "
         "change are published.",
     )
     add_data(p)

@@ -203,7 +203,7 @@ def parse_issuer_keys(entries: Sequence[Any]) -> list[IssuerKey]:
         where = f"trust list entry {i}"
         if not isinstance(entry, dict):
             raise TrustError(f"{where}: must be an object")
-        alg = _key_alg(entry, f"{where}: alg")
+        alg = _key_alg(entry, where)
         if alg == SM2:
             pk = _hex(entry.get("public_key"), f"{where}: public_key (SM2-SM3)", sm2.POINT_LEN)
             _sm2_point(pk, f"{where}: public_key")
