@@ -55,6 +55,7 @@ def test_the_command_table_is_the_parser() -> None:
         ("card-reader", "unplug"),
         ("card-reader", "replug"),
         ("card-reader", "status"),
+        ("county", "history"),
     }
 
 
