@@ -9,8 +9,12 @@ choice and its measurements are in docs/token-format.md ("SM2 implementation").
 What is done here rather than in OpenSSL, so that the rules are this project's and not a
 library default:
 
-- the distinguishing ID is always set (``EVP_PKEY_CTX_set1_id``): OpenSSL 3.0 would use an
-  empty one otherwise and verify none of the spec's signatures (§7.1);
+- the distinguishing ID is always given: signing sets it on OpenSSL's context
+  (``EVP_PKEY_CTX_set1_id``; OpenSSL 3.0 would use an empty one otherwise and make
+  signatures nobody else verifies, §7.1); verifying computes Z_A here (kept per key for the
+  default ID) and e = SM3(Z_A || M) with hashlib, and asks OpenSSL only for the curve
+  check of (r, s) against e (``EVP_PKEY_verify``), which spares OpenSSL's per-call digest
+  set-up (docs/token-format.md has the figures);
 - a signature is 64 bytes ``r || s``; its length, ``1 <= r, s <= n-1`` and
   ``(r + s) mod n != 0`` are checked before OpenSSL sees it, and a signature that fails
   any of them is simply one that does not verify (``verify`` returns False, never raises);
@@ -79,12 +83,13 @@ def on_curve(x: int, y: int) -> bool:
 class Sm2PublicKey:
     """An SM2 public key: a point on sm2p256v1, checked when it is made."""
 
-    __slots__ = ("_pkey", "_point")
+    __slots__ = ("_pkey", "_point", "_za")
 
     def __init__(self, point: bytes, pkey: int) -> None:
         # Use from_point or from_xy; this takes an OpenSSL key it then owns.
         self._point = point
         self._pkey = pkey
+        self._za = z_a(point)  # for the default ID, which nearly every call uses
 
     @classmethod
     def from_point(cls, raw: bytes) -> Sm2PublicKey:
@@ -93,7 +98,7 @@ class Sm2PublicKey:
             raise ValueError("SM2 public key: not a 65-byte uncompressed point 04||x||y")
         if not on_curve(int.from_bytes(raw[1:33], "big"), int.from_bytes(raw[33:], "big")):
             raise ValueError("SM2 public key: the point is not on the curve sm2p256v1")
-        pkey = _lib.load_public(_SPKI_PREFIX + raw)
+        pkey = _lib.load_public(raw)
         if not pkey:
             raise ValueError("SM2 public key: refused by libcrypto")
         return cls(raw, pkey)
@@ -124,7 +129,8 @@ class Sm2PublicKey:
         s = int.from_bytes(signature[32:], "big")
         if not (0 < r < N and 0 < s < N) or (r + s) % N == 0:
             return False
-        return _lib.verify(self._pkey, _der_signature(r, s), message, uid)
+        za = self._za if uid == DEFAULT_ID else z_a(self._point, uid)
+        return _lib.verify_digest(self._pkey, _der_signature(r, s), sm3(za + message))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sm2PublicKey) and other._point == self._point
@@ -229,6 +235,26 @@ def _parse_der_signature(der: bytes) -> tuple[int, int]:
 # --- libcrypto through ctypes -----------------------------------------------------------
 
 
+class _OsslParam(ctypes.Structure):
+    """OpenSSL 3's OSSL_PARAM (openssl/core.h)."""
+
+    _fields_ = (
+        ("key", ctypes.c_char_p),
+        ("data_type", ctypes.c_uint),
+        ("data", ctypes.c_void_p),
+        ("data_size", ctypes.c_size_t),
+        ("return_size", ctypes.c_size_t),
+    )
+
+
+_OSSL_PARAM_UTF8_STRING: Final = 4
+_OSSL_PARAM_OCTET_STRING: Final = 5
+_UNMODIFIED: Final = ctypes.c_size_t(-1).value  # OSSL_PARAM_UNMODIFIED
+_EVP_PKEY_PUBLIC_KEY: Final = 0x86  # OSSL_KEYMGMT_SELECT_ALL_PARAMETERS | PUBLIC_KEY
+_SM2_GROUP_NAME: Final = ctypes.c_char_p(b"SM2")  # kept alive: params point into it
+_SM2_GROUP: Final = ctypes.cast(_SM2_GROUP_NAME, ctypes.c_void_p).value
+
+
 class _LibCrypto:
     """The few EVP calls SM2 needs, from OpenSSL 3's libcrypto."""
 
@@ -261,6 +287,13 @@ class _LibCrypto:
             ctypes.POINTER(c_size_t),
         )
         self.EVP_PKEY_is_a = fn("EVP_PKEY_is_a", c_int, c_void_p, buf)
+        self.EVP_PKEY_CTX_new_from_name = fn(
+            "EVP_PKEY_CTX_new_from_name", c_void_p, c_void_p, buf, buf
+        )
+        self.EVP_PKEY_fromdata_init = fn("EVP_PKEY_fromdata_init", c_int, c_void_p)
+        self.EVP_PKEY_fromdata = fn(
+            "EVP_PKEY_fromdata", c_int, c_void_p, ctypes.POINTER(c_void_p), c_int, c_void_p
+        )
         self.EVP_MD_CTX_new = fn("EVP_MD_CTX_new", c_void_p)
         self.EVP_MD_CTX_free = fn("EVP_MD_CTX_free", None, c_void_p)
         self.EVP_MD_CTX_set_pkey_ctx = fn("EVP_MD_CTX_set_pkey_ctx", None, c_void_p, c_void_p)
@@ -274,6 +307,8 @@ class _LibCrypto:
         self.EVP_DigestVerify = fn(
             "EVP_DigestVerify", c_int, c_void_p, buf, c_size_t, buf, c_size_t
         )
+        self.EVP_PKEY_verify_init = fn("EVP_PKEY_verify_init", c_int, c_void_p)
+        self.EVP_PKEY_verify = fn("EVP_PKEY_verify", c_int, c_void_p, buf, c_size_t, buf, c_size_t)
         self.EVP_DigestSignInit = fn(
             "EVP_DigestSignInit", c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p
         )
@@ -296,7 +331,33 @@ class _LibCrypto:
         if not self.sm3_md:
             raise ImportError("libcrypto has no SM3 (OpenSSL 3 built without SM2/SM3?)")
 
-    def load_public(self, spki: bytes) -> int:
+    def load_public(self, point: bytes) -> int:
+        """An SM2 EVP_PKEY of the 65-byte point (0 if OpenSSL refuses it), by
+        EVP_PKEY_fromdata: about a quarter of d2i_PUBKEY's time, whose decoder framework
+        is slow in OpenSSL 3.0 (docs/token-format.md)."""
+        data = ctypes.create_string_buffer(point, len(point))
+        params = (_OsslParam * 3)(
+            _OsslParam(b"group", _OSSL_PARAM_UTF8_STRING, _SM2_GROUP, len(b"SM2"), _UNMODIFIED),
+            _OsslParam(
+                b"pub", _OSSL_PARAM_OCTET_STRING, ctypes.addressof(data), len(point), _UNMODIFIED
+            ),
+            _OsslParam(None, 0, None, 0, 0),
+        )
+        ctx = self.EVP_PKEY_CTX_new_from_name(None, b"SM2", None)
+        if not ctx:
+            raise MemoryError("libcrypto: no SM2 key context")
+        pkey = ctypes.c_void_p()
+        try:
+            if self.EVP_PKEY_fromdata_init(ctx) != 1 or (
+                self.EVP_PKEY_fromdata(ctx, ctypes.byref(pkey), _EVP_PKEY_PUBLIC_KEY, params) != 1
+            ):
+                pkey.value = None
+        finally:
+            self.EVP_PKEY_CTX_free(ctx)
+        return self._sm2_or_nothing(pkey.value)
+
+    def load_public_spki(self, spki: bytes) -> int:
+        """The same key from a DER SubjectPublicKeyInfo (the slower route; for the tests)."""
         ptr = ctypes.c_char_p(spki)
         pkey = self.d2i_PUBKEY(None, ctypes.byref(ptr), len(spki))
         return self._sm2_or_nothing(pkey)
@@ -342,7 +403,27 @@ class _LibCrypto:
         if pctx:
             self.EVP_PKEY_CTX_free(pctx)
 
+    def verify_digest(self, pkey: int, der: bytes, e: bytes) -> bool:
+        """OpenSSL's SM2 check of a DER signature against e = SM3(Z_A || M)."""
+        pctx = self.EVP_PKEY_CTX_new(pkey, None)
+        if not pctx:
+            raise MemoryError("libcrypto: no SM2 context")
+        try:
+            good = (
+                self.EVP_PKEY_verify_init(pctx) == 1
+                and self.EVP_PKEY_verify(pctx, der, len(der), e, len(e)) == 1
+            )
+        finally:
+            self.EVP_PKEY_CTX_free(pctx)
+        if not good:
+            self.ERR_clear_error()
+        return bool(good)
+
     def verify(self, pkey: int, der: bytes, message: bytes, uid: bytes) -> bool:
+        """OpenSSL's whole SM2 verification of ``message`` (Z_A and e too), with ``uid`` set.
+
+        Not on the token path (``Sm2PublicKey.verify`` computes e itself); the tests and
+        the bench use it as OpenSSL's own figure and answer."""
         mctx, pctx = self._contexts(pkey, uid)
         try:
             good = (

@@ -243,3 +243,35 @@ def test_keys_compare_by_point_and_hide_the_secret() -> None:
     assert key.public_key() == Sm2PublicKey.from_xy(ANNEX_X, ANNEX_Y)
     assert len({key.public_key(), Sm2PublicKey.from_xy(ANNEX_X, ANNEX_Y)}) == 1
     assert ANNEX_D.hex() not in repr(key).lower()
+
+
+def test_openssl_checks_the_point_too() -> None:
+    # Belt and braces: the Python check in from_point runs first, and OpenSSL's own
+    # import refuses a point off the curve as well, by either route.
+    good = b"\x04" + ANNEX_X + ANNEX_Y
+    off = b"\x04" + ANNEX_X + (int.from_bytes(ANNEX_Y, "big") + 1).to_bytes(32, "big")
+    for load in (sm2._lib.load_public, lambda p: sm2._lib.load_public_spki(sm2._SPKI_PREFIX + p)):
+        key = load(good)
+        assert key
+        sm2._lib.free_key(key)
+        assert load(off) == 0
+
+
+@pytest.mark.parametrize("uid", [DEFAULT_ID, b"ALICE123@YAHOO.COM", b""])
+def test_openssl_whole_verification_agrees(uid: bytes) -> None:
+    # verify() computes Z_A and e itself and asks OpenSSL for the curve check only;
+    # OpenSSL's own EVP_DigestVerify with the ID set must give the same answers.
+    key = Sm2PrivateKey.generate()
+    public = key.public_key()
+    message = b"Signature1 bytes"
+    signature = key.sign(message, uid)
+    der = sm2._der_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    for m, u, expected in (
+        (message, uid, True),
+        (message + b"!", uid, False),
+        (message, uid + b"x", False),
+    ):
+        assert public.verify(signature, m, u) is expected
+        assert sm2._lib.verify(public._pkey, der, m, u) is expected
