@@ -530,7 +530,7 @@ def applied_report(conn: Connection, data: Path) -> dict[str, Any]:
     if pub is None:
         return {"county_set": None, "terminals": []}
     t = terminals.c
-    canteen_of = dict(conn.execute(select(t.terminal_id, t.canteen)).tuples().all())
+    canteen_of = {tid: canteen for tid, canteen in conn.execute(select(t.terminal_id, t.canteen))}
     out = []
     for terminal_id in sorted(pub.applied):
         row = dict(pub.applied[terminal_id])
