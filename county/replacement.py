@@ -20,7 +20,8 @@ This module owns what county IT does when a terminal dies (docs/technicians.md,
   that does not verify changes nothing; the same file twice takes nothing the second
   time and writes nothing.
 
-Each change writes one audit_log row. It never speaks HTTP and never signs anything.
+Each change writes one audit_log row (county/console/audit.py ``record``). It never
+speaks HTTP and never signs anything.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, select, update
 
 from county import evidence, intake, registry
+from county.console.audit import record
 from county.db.engine import Database
-from county.db.schema import audit_log, entries, terminals
+from county.db.schema import entries, terminals
 from county.registry import Retired
 from county.storekit import OK, Limits, StoreError
 from protocol.chain import (
@@ -50,9 +52,10 @@ from protocol.chain import (
 )
 from protocol.recovery import MAX_HEADER_BYTES, RecoveryFormatError, parse_header
 
-# The largest recovery file the county reads (the CLI and the console's upload alike):
-# about 170,000 entries of QR sales; a bigger ledger is exported in parts with --from.
-MAX_RECOVERY_BYTES = 100 * 1024 * 1024
+# The largest recovery file the county reads, the CLI and the console's upload alike (the
+# console refuses a larger body anyway): about 110,000 entries of QR sales. A bigger
+# ledger is exported from the entry after the county's last on (--from).
+MAX_RECOVERY_BYTES = 64 * 1024 * 1024
 # Entries parsed and checked at a time in the verification pass.
 _CHUNK = 512
 
@@ -77,21 +80,6 @@ class Recovery:
     head_seq: int
     head_hash: str
     file_sha256: str
-
-
-# --- the audit row ------------------------------------------------------------------------
-
-
-def record(
-    conn: Connection, *, user: str, action: str, target: str, detail: str, at_ms: int
-) -> None:
-    """One audit_log row, in the caller's transaction (county/console/audit.py's
-    ``record`` once the console's core lands: the same row)."""
-    conn.execute(
-        audit_log.insert().values(
-            at_ms=at_ms, user_name=user, action=action, target=target, detail=detail
-        )
-    )
 
 
 # --- retire and replace -------------------------------------------------------------------

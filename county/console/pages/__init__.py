@@ -40,4 +40,5 @@ PAGES: list[str] = [
     "account",
     "home",
     "audit",
+    "replacement",
 ]
