@@ -77,3 +77,254 @@ def test_login_without_its_csrf_is_403(console: Console) -> None:
         assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
     assert LOGIN_COOKIE in s.cookies
     assert console.audit_rows("login") == []
+
+
+# ---- helpers over a logged-in requests session ----
+
+
+def csrf_of(s: requests.Session, url: str) -> str:
+    """The session's CSRF token, from a page's logout form."""
+    r = s.get(url + "/console/password")
+    m = re.search(r'name="csrf" value="([^"]+)"', r.text)
+    assert m, r.text
+    return m.group(1)
+
+
+def go(s: requests.Session, url: str, path: str) -> requests.Response:
+    return s.get(url + path, allow_redirects=False)
+
+
+def logged_in(console: Console, role: str) -> requests.Session:
+    r = log_in(console, role, PASSWORDS[role])
+    assert r.status_code == 303
+    return r.session  # type: ignore[attr-defined, no-any-return]
+
+
+# ---- sessions ----
+
+
+def test_idle_session_expires_to_the_login_page(console: Console) -> None:
+    s = logged_in(console, "finance")
+    console.clock.advance(console.config.idle_ms - 120_000)
+    assert go(s, console.url, "/console").status_code == 200  # moves the expiry on
+    console.clock.advance(console.config.idle_ms - 60_000)
+    assert go(s, console.url, "/console").status_code == 200  # still within idle of the last
+    console.clock.advance(console.config.idle_ms + 1)
+    r = go(s, console.url, "/console/audit?user=x")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/console/login?why=expired&next=")
+    page = s.get(console.url + r.headers["location"])
+    assert page.status_code == 200
+    assert "登录已过期，请重新登录" in page.text
+    # The expired session is gone; the next request is simply not logged in.
+    assert (
+        go(s, console.url, "/console").headers["location"].startswith("/console/login?why=required")
+    )
+
+
+def test_absolute_expiry_however_busy(console: Console) -> None:
+    s = logged_in(console, "admin")
+    step = console.config.idle_ms - 120_000
+    end = console.clock.now + console.config.absolute_ms
+    while console.clock.now + step < end:
+        console.clock.advance(step)
+        assert go(s, console.url, "/console").status_code == 200
+    console.clock.now = end
+    r = go(s, console.url, "/console")
+    assert r.status_code == 303 and "why=expired" in r.headers["location"]
+
+
+def test_expired_session_post_changes_nothing(console: Console) -> None:
+    s = logged_in(console, "admin")
+    token = csrf_of(s, console.url)
+    console.clock.advance(console.config.absolute_ms)
+    with no_change(console):
+        r = s.post(
+            console.url + "/console/password",
+            data={
+                "csrf": token,
+                "current": PASSWORDS["admin"],
+                "new": "x" * 12,
+                "repeat": "x" * 12,
+            },
+            allow_redirects=False,
+        )
+    assert r.status_code == 303 and "why=expired" in r.headers["location"]
+    assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 303
+
+
+def test_logout_deletes_the_session(console: Console) -> None:
+    s = logged_in(console, "inspector")
+    old = s.cookies.get(SESSION_COOKIE)
+    token = csrf_of(s, console.url)
+    r = s.post(console.url + "/console/logout", data={"csrf": token}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/login?why=logged_out"
+    assert "您已退出登录" in s.get(console.url + r.headers["location"]).text
+    replay = requests.get(
+        console.url + "/console", cookies={SESSION_COOKIE: old}, allow_redirects=False
+    )
+    assert replay.status_code == 303 and "why=required" in replay.headers["location"]
+    assert [x["user"] for x in console.audit_rows("logout")] == ["inspector"]
+
+
+def test_a_session_cookie_is_stored_only_as_its_hash(console: Console) -> None:
+    from county.db.schema import console_sessions
+
+    s = logged_in(console, "admin")
+    token = s.cookies.get(SESSION_COOKIE)
+    assert token and len(token) >= 40
+    with console.db.read() as conn:
+        rows = list(conn.execute(console_sessions.select()))
+    assert len(rows) == 1
+    assert token.encode() not in rows[0].token_hash and token not in repr(tuple(rows[0]))
+
+
+def test_garbage_cookies_are_not_logged_in(console: Console) -> None:
+    for value in ("", "x", "é" * 10, "A" * 5000):
+        r = requests.get(
+            console.url + "/console",
+            headers={"Cookie": f"{SESSION_COOKIE}={value}"},
+            allow_redirects=False,
+        )
+        assert r.status_code == 303, value
+
+
+# ---- users from the command line, one-time passwords, password changes ----
+
+
+def county_cli(console: Console, *args: str) -> tuple[int, str, str]:
+    """canteen-county in this process on the console's county; (status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from county.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args[:2], "--data", str(console.county.data), *args[2:]])
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_time_password(stdout: str) -> str:
+    m = re.search(r"^([a-z2-9]{4}(?:-[a-z2-9]{4}){3})$", stdout, re.M)
+    assert m, stdout
+    return m.group(1)
+
+
+def change_password(
+    s: requests.Session, url: str, current: str, new: str, repeat: str | None = None
+) -> requests.Response:
+    return s.post(
+        url + "/console/password",
+        data={
+            "csrf": csrf_of(s, url),
+            "current": current,
+            "new": new,
+            "repeat": new if repeat is None else repeat,
+        },
+        allow_redirects=False,
+    )
+
+
+def test_user_add_one_time_password_must_be_changed_first(console: Console) -> None:
+    code, out, _ = county_cli(console, "user", "add", "--role", "finance", "zhang.san")
+    assert code == 0
+    once = one_time_password(out)
+    r = log_in(console, "zhang.san", once)
+    assert r.status_code == 303
+    s = r.session  # type: ignore[attr-defined]
+    # Nothing but the password page until a new password is chosen.
+    for path in ("/console", "/console/audit"):
+        assert go(s, console.url, path).headers["location"] == "/console/password"
+    page = s.get(console.url + "/console/password")
+    assert "一次性密码" in page.text
+    # Bad new passwords: one line each, nothing changed.
+    for new, repeat, text in (
+        ("short", None, "太短"),
+        ("zhang.san", None, "太短"),
+        ("a-good-password-1", "a-good-password-2", "不一致"),
+        (once, None, "不能与当前密码相同"),
+        ("aaaaaaaaaaaa", None, "过于简单"),
+    ):
+        bad = change_password(s, console.url, once, new, repeat)
+        assert bad.status_code == 400 and text in bad.text, (new, bad.text)
+    wrong = change_password(s, console.url, "not-it-at-all", "a-good-password-1")
+    assert wrong.status_code == 400 and "当前密码不正确" in wrong.text
+    ok = change_password(s, console.url, once, "a-good-password-1")
+    assert ok.status_code == 303 and ok.headers["location"] == "/console/login?why=changed"
+    # Every session of the user ended; the old password is refused, the new one works.
+    assert go(s, console.url, "/console").status_code == 303
+    assert log_in(console, "zhang.san", once).status_code == 401
+    again = log_in(console, "zhang.san", "a-good-password-1")
+    assert go(again.session, console.url, "/console").status_code == 200  # type: ignore[attr-defined]
+    actions = [(x["user"], x["action"]) for x in reversed(console.audit_rows())]
+    # (the command's row has the wall clock's time, the console's the test clock's)
+    assert [u.startswith("cli:") for u, a in actions if a == "user.add"] == [True]
+    assert ("zhang.san", "password.failed") in actions
+    assert ("zhang.san", "password.change") in actions
+
+
+def test_user_list_disable_enable_reset(console: Console) -> None:
+    import json
+
+    s = logged_in(console, "finance")
+    code, out, _ = county_cli(console, "user", "disable", "finance")
+    assert code == 0 and "disabled" in out
+    assert go(s, console.url, "/console").status_code == 303  # its session ended
+    r = log_in(console, "finance", PASSWORDS["finance"])
+    assert r.status_code == 401 and "已停用" in r.text
+    listed = {
+        d["name"]: d
+        for d in map(json.loads, county_cli(console, "user", "list")[1].split("\n")[:-1])
+    }
+    assert listed["finance"]["disabled"] and not listed["admin"]["disabled"]
+    assert county_cli(console, "user", "enable", "finance")[0] == 0
+    code, out, _ = county_cli(console, "user", "reset", "finance")
+    once = one_time_password(out)
+    assert log_in(console, "finance", PASSWORDS["finance"]).status_code == 401
+    assert log_in(console, "finance", once).status_code == 303
+    for args, text in (
+        (("user", "disable", "nobody"), "no user 'nobody'"),
+        (("user", "reset", "nobody"), "no user 'nobody'"),
+        (("user", "add", "--role", "admin", "admin"), "exists already"),
+        (("user", "add", "--role", "admin", "two words"), "user name"),
+    ):
+        with no_change(console):
+            code, _, err = county_cli(console, *args)
+        assert code == 2 and text in err and len(err.strip().splitlines()) == 1, err
+    actions = [x["action"] for x in reversed(console.audit_rows())]
+    for a in ("user.disable", "user.enable", "user.reset"):
+        assert a in actions
+
+
+def test_inspector_changes_own_password(console: Console) -> None:
+    s = logged_in(console, "inspector")
+    ok = change_password(s, console.url, PASSWORDS["inspector"], "inspector-new-pass")
+    assert ok.status_code == 303
+    assert log_in(console, "inspector", "inspector-new-pass").status_code == 303
+
+
+# ---- login throttling ----
+
+
+def test_failed_logins_lock_the_name_for_a_while(console: Console) -> None:
+    limit = console.config.login_failures
+    for _ in range(limit):
+        assert log_in(console, "admin", "wrong-password").status_code == 401
+    locked = log_in(console, "admin", PASSWORDS["admin"])
+    assert locked.status_code == 429
+    assert "登录失败次数过多" in locked.text and "15 分钟" in locked.text
+    # Another name is not locked; an unknown name locks the same way (no hint it is unknown).
+    assert log_in(console, "finance", PASSWORDS["finance"]).status_code == 303
+    for _ in range(limit):
+        log_in(console, "ghost", "x")
+    assert log_in(console, "ghost", "x").status_code == 429
+    console.clock.advance(console.config.login_window_ms - 1)
+    assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 429
+    console.clock.advance(1)
+    assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 303
+    # A successful login starts the count again.
+    for _ in range(limit - 1):
+        log_in(console, "admin", "wrong-password")
+    assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 303
+    assert len(console.audit_rows("login.refused")) == 3
