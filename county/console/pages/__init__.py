@@ -41,4 +41,5 @@ PAGES: list[str] = [
     "home",
     "audit",
     "replacement",
+    "fleet",
 ]
