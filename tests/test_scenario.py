@@ -42,6 +42,7 @@ from hwsim.scenario.record import RunRecord, entry_marks, qr_marks
 from hwsim.scenario.report import (
     applied_entry,
     check,
+    check_algorithms,
     check_counter,
     entry_tier,
     figures,
@@ -403,6 +404,50 @@ def test_the_counter_checks_fail_on_a_wrong_tier_or_price(counter_run: RunRecord
         f"charged 1500 fen, expected {PRICES_BEFORE[HIGHER_LEVEL]}" in x
         for x in check_counter(record)
     )
+
+
+def test_the_counter_decides_every_mix_of_ed25519_and_sm2(counter_run: RunRecord) -> None:
+    """The default lunch is mixed (token.md §7): an Ed25519 and an SM2 issuer key, 30% of
+    the phones SM2; codes of each of the four issuer/phone mixes come and are accepted, and
+    the hostile codes forged against the SM2 key are refused as the Ed25519 ones are."""
+    record = counter_run
+    f = figures(record)
+    chains = f["chains"]
+    assert set(chains) == {"ed25519/ed25519", "ed25519/sm2", "sm2/ed25519", "sm2/sm2"}
+    assert all(c["accepted"] >= 1 for c in chains.values()), chains
+    qr = [p for p in record.presentations if p["method"] == "qr"]
+    phones = Counter(str(p["chain"]).split("/")[1] for p in qr if p["kind"] == "first_meal")
+    assert 0.15 <= phones["sm2"] / sum(phones.values()) <= 0.45, phones
+    forged = {p["kind"]: p for p in qr if p["kind"].startswith("forged")}
+    assert forged["forged_key"]["chain"] == forged["forged_credential"]["chain"] == "sm2/sm2"
+    assert forged["forged_key"]["reason"] == "unknown_issuer_key"
+    assert forged["forged_credential"]["reason"] == "bad_credential_signature"
+
+
+def test_the_algorithm_check_fails_when_the_mix_was_not_tested(counter_run: RunRecord) -> None:
+    record = spoiled(counter_run)
+    for p in record.presentations:
+        if p.get("chain") and p["chain"].startswith("sm2/"):
+            p["verdict"] = "reject"  # as if no code of the SM2 issuer had been accepted
+    assert "sm2_share 0.3, but no accepted code was signed by an sm2 issuer key" in (
+        check_algorithms(record)
+    )
+    record = spoiled(counter_run)
+    for p in record.presentations:
+        p["chain"] = "ed25519/ed25519" if p.get("chain") else None
+    assert len(check_algorithms(record)) == 2
+    record.options["sm2_share"] = 0.0
+    assert check_algorithms(record) == []
+
+
+def test_an_all_ed25519_or_all_sm2_lunch(tmp_path: Path) -> None:
+    for share, keys in ((0.0, {"Ed25519"}), (1.0, {"SM2-SM3"})):
+        plan = make_plan(Options.shortened(tmp_path / str(share), sm2_share=share), ORIGIN_S)
+        population = plan.cast.population
+        assert {i.alg for i in population.issuers} == keys
+        assert {c.wallet.holder_alg for c in population.cadres} == keys
+    with pytest.raises(ScenarioError, match="--sm2-share"):
+        Options.shortened(tmp_path, sm2_share=1.5).check()
 
 
 # --- the plan, without running anything --------------------------------------------------------
