@@ -357,6 +357,28 @@ def find_batches(
     return list(group_batches(rows, min_people, window_ms))
 
 
+def both_years(
+    conn: Connection,
+    start_ms: int,
+    end_ms: int,
+    *,
+    zone: dt.tzinfo,
+    min_people: int = DEFAULT_MIN_PEOPLE,
+    window_min: int = DEFAULT_WINDOW_MIN,
+    canteen: str | None = None,
+    unit: str | None = None,
+) -> tuple[list[Batch], list[Batch]]:
+    """The batches of the range and of the same local dates one year before."""
+    prev_start, prev_end = year_before_ms(start_ms, zone), year_before_ms(end_ms, zone)
+    now, before = (
+        find_batches(
+            conn, lo, hi, min_people=min_people, window_min=window_min, canteen=canteen, unit=unit
+        )
+        for lo, hi in ((start_ms, end_ms), (prev_start, prev_end))
+    )
+    return now, before
+
+
 @dataclass(frozen=True)
 class BatchFigure:
     """Batches and people of one group (a canteen, an agency or a month; ``key`` None for
@@ -429,18 +451,27 @@ def batch_summary(
     window_min: int = DEFAULT_WINDOW_MIN,
     canteen: str | None = None,
     unit: str | None = None,
+    found: tuple[Sequence[Batch], Sequence[Batch]] | None = None,
 ) -> BatchSummary:
     """Batches and people per canteen, visiting agency or local month, each beside the same
-    group in the same period one year before (the same local dates a year earlier)."""
+    group in the same period one year before (the same local dates a year earlier).
+    ``found``: the batches of the period and of the year before, already found with the
+    same options (one scan serves several groupings)."""
     if by not in BY_BATCH:
         raise InspectionError(f"--by {by!r}: expected one of {', '.join(BY_BATCH)}")
     prev_start, prev_end = year_before_ms(start_ms, zone), year_before_ms(end_ms, zone)
-    now, before = (
-        find_batches(
-            conn, lo, hi, min_people=min_people, window_min=window_min, canteen=canteen, unit=unit
+    if found is None:
+        found = both_years(
+            conn,
+            start_ms,
+            end_ms,
+            zone=zone,
+            min_people=min_people,
+            window_min=window_min,
+            canteen=canteen,
+            unit=unit,
         )
-        for lo, hi in ((start_ms, end_ms), (prev_start, prev_end))
-    )
+    now, before = found
 
     def key_of(b: Batch, shift_year: bool) -> str:
         if by == "canteen":
@@ -1074,6 +1105,7 @@ __all__ = [
     "Spending",
     "SpendingFigure",
     "batch_summary",
+    "both_years",
     "change_pct",
     "default_windows",
     "entry_rows",

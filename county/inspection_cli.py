@@ -83,6 +83,16 @@ def cmd_batches(a: argparse.Namespace) -> int:
     try:
         with db.read() as conn:
             directory = load_directory(conn)
+            found = inspection.both_years(
+                conn,
+                dates.start_ms,
+                dates.end_ms,
+                zone=zone,
+                min_people=a.min_people,
+                window_min=a.window_min,
+                canteen=a.canteen,
+                unit=a.unit,
+            )
             summaries = [
                 inspection.batch_summary(
                     conn,
@@ -91,10 +101,7 @@ def cmd_batches(a: argparse.Namespace) -> int:
                     by=by,
                     zone=zone,
                     directory=directory,
-                    min_people=a.min_people,
-                    window_min=a.window_min,
-                    canteen=a.canteen,
-                    unit=a.unit,
+                    found=found,
                 )
                 for by in inspection.BY_BATCH
             ]
@@ -111,8 +118,8 @@ def cmd_batches(a: argparse.Namespace) -> int:
         )
     )
     total = summaries[0].total
-    for row, found in (("batch", total.batches), ("previous_batch", total.previous)):
-        for b in found:
+    for row, listed in (("batch", total.batches), ("previous_batch", total.previous)):
+        for b in listed:
             _line({"row": row, **b.as_json(zone)})
     for summary in summaries:
         for fig in summary.rows:
