@@ -252,10 +252,13 @@ class County:
     start_ms: int
 
 
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+_UTC8_MS = 8 * 3_600_000
+
+
 def local_ms(day: dt.date, minute: float) -> int:
-    """Unix ms of ``minute`` past local midnight of ``day``."""
-    midnight = dt.datetime(day.year, day.month, day.day, tzinfo=UTC8)
-    return int(midnight.timestamp() * 1000) + int(minute * MIN_MS)
+    """Unix ms of ``minute`` past local midnight of ``day`` (UTC+8, no summer time)."""
+    return (day.toordinal() - _EPOCH_DAY) * DAY_MS - _UTC8_MS + int(minute * MIN_MS)
 
 
 def add_months(day: dt.date, months: int) -> dt.date:
@@ -578,19 +581,19 @@ def day_sales(
     base = _factor(county, i, festival)
     n_canteens = len(county.canteens)
     ordinary: list[Sale] = []
-    rand, uniform, randrange = rng.random, rng.uniform, rng.randrange
+    rand, uniform = rng.random, rng.uniform
     for c in county.cadres:
         if (c.no, i) in plan.reserved:
             continue
         f = base * (FALLING if second_year and c.falling else 1.0)
         if c.home is None:
             if rand() < OUTSIDER_DAY * f:
-                k = randrange(n_canteens)
+                k = int(rand() * n_canteens)
                 lo, hi = MEALS["lunch"]
                 ordinary.append(Sale(local_ms(day, uniform(lo, hi - 1)), k, c.no, "lunch"))
             continue
         if n_canteens > 1 and rand() < VISIT_DAY * f:
-            k = randrange(n_canteens - 1)
+            k = int(rand() * (n_canteens - 1))
             k += k >= c.home
             lo, hi = MEALS["lunch"]
             ordinary.append(Sale(local_ms(day, uniform(lo, hi - 1)), k, c.no, "lunch"))
@@ -603,7 +606,7 @@ def day_sales(
                 at = local_ms(day, minute)
                 ordinary.append(Sale(at, c.home, c.no, meal))
                 if meal == "lunch" and rand() < REFUSED:
-                    later = min(at + randrange(1, 15) * MIN_MS, local_ms(day, hi - 0.5))
+                    later = min(at + int(1 + rand() * 14) * MIN_MS, local_ms(day, hi - 0.5))
                     ordinary.append(Sale(later, c.home, c.no, meal, reason="already_served"))
     # No batch by chance: a visiting agency's sales at a canteen stay spaced.
     kept: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -648,6 +651,7 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
     planted single sales, and each chain's end."""
     o = county.options
     rng = random.Random(f"history/{o.seed}/days")
+    rand = rng.random
     ids = random.Random(f"history/{o.seed}/ids")
     festival = _festival_days(county)
     issuer = _issuer(o.seed)
@@ -690,7 +694,7 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
             canteen = county.canteens[s.canteen]
             per_canteen = chains[s.canteen]
             ch = (
-                per_canteen[rng.randrange(len(per_canteen))]
+                per_canteen[int(rand() * len(per_canteen))]
                 if len(per_canteen) > 1
                 else per_canteen[0]
             )
@@ -716,7 +720,7 @@ def entry_rows(county: County, plan: Plan, chains: list[list[Chain]]) -> Iterato
                         )  # fmt: skip
                     code = c.wallet.draw(s.at_ms // 1000 - 2, ctr=ctr)
                     text = canonical_json({"tier": tier, "qr": code})
-            received = max(s.at_ms + 5_000, s.at_ms + rng.randrange(1, 300) * 1000)
+            received = s.at_ms + 5_000 + int(rand() * 295) * 1000
             yield row(
                 ch,
                 s.at_ms,
