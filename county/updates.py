@@ -519,6 +519,14 @@ class CountyRepository:
                     yield canteen, data
 
     def publish_trust(self, file: str | Path, now: int) -> Publication:
+        """Sign the trust list in ``file`` (token.md §5 entries) as the next version.
+
+        Every entry is checked as a terminal checks it (protocol.lists.parse_issuer_keys)
+        before anything is signed: an Ed25519 key of 32 bytes, or an SM2 key (§7.4,
+        ``"alg": "SM2-SM3"``) that is a 65-byte point on the curve; the first bad entry
+        is a ``TrustError`` of one line and nothing is published. The entries go out as
+        county IT wrote them, ``"alg"`` included, and their keys are recorded in the
+        county database, whose ``issuer_keys`` keeps the raw key (65 bytes: SM2)."""
         doc = read_list_file(file, "trust")
         entries, header = split_list(doc, "trust")
         parse_issuer_keys(entries)  # every entry checked before anything is signed
