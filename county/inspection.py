@@ -133,7 +133,7 @@ def month_of(at_ms: int, zone: dt.tzinfo) -> str:
     return "" if when is None else when.strftime("%Y-%m")
 
 
-def _month_bounds(start_ms: int, end_ms: int, zone: dt.tzinfo) -> list[tuple[str, int, int]]:
+def month_bounds(start_ms: int, end_ms: int, zone: dt.tzinfo) -> list[tuple[str, int, int]]:
     """(YYYY-MM, from, to) of each local month the range touches, cut to the range."""
     first = local_datetime(start_ms, zone)
     if first is None or end_ms <= start_ms:
@@ -485,7 +485,7 @@ def batch_summary(
 
     groups: dict[str, tuple[list[Batch], list[Batch]]] = {}
     if by == "month":
-        for label, _, _ in _month_bounds(start_ms, end_ms, zone):
+        for label, _, _ in month_bounds(start_ms, end_ms, zone):
             groups[label] = ([], [])
     for b in now:
         groups.setdefault(key_of(b, False), ([], []))[0].append(b)
@@ -615,8 +615,8 @@ def spending(
     _no_jit(conn)
     extra = [] if canteen is None else [entries.c.canteen == canteen]
     prev_start, prev_end = year_before_ms(start_ms, zone), year_before_ms(end_ms, zone)
-    months = _month_bounds(start_ms, end_ms, zone)
-    prev_months = _month_bounds(prev_start, prev_end, zone)
+    months = month_bounds(start_ms, end_ms, zone)
+    prev_months = month_bounds(prev_start, prev_end, zone)
     now = _bucketed(conn, months, extra)
     before = _bucketed(conn, prev_months, extra)
 
@@ -1116,6 +1116,7 @@ __all__ = [
     "find_repeat_batches",
     "group_batches",
     "group_filter",
+    "month_bounds",
     "month_of",
     "offset_segments",
     "published_windows",

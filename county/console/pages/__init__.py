@@ -42,4 +42,5 @@ PAGES: list[str] = [
     "audit",
     "replacement",
     "fleet",
+    "inspection",
 ]
