@@ -3,7 +3,8 @@ temporary county, one user per role, and logged-in Chromium pages.
 
 Fixtures live here (not in conftest.py); a test module imports the ones it uses:
 
-    from consolekit import console_fixture, console_template, role_page_fixture  # noqa: F401
+    from consolekit import (  # noqa: F401
+        console_fixture, console_template_fixture, role_page_fixture)
 
 (fixture functions named ``*_fixture``, registered under the names below):
 
@@ -139,8 +140,8 @@ def start_console(
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def console_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="console_template")
+def console_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A county data directory (CA, keys, SQLite database at the migrations' head) made
     once per test process; each console copies it."""
     from county.db import Database
@@ -162,7 +163,7 @@ def console_fixture(
     url = None
     if getattr(request, "param", "sqlite") == "postgresql":
         url = str(request.getfixturevalue("pg_county_url"))
-    yield from start_console(tmp_path, url, console_template)
+    yield from start_console(tmp_path / "console", url, console_template)
 
 
 @pytest.fixture(name="role_page")

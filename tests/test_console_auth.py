@@ -6,19 +6,28 @@ browser tests are in test_console_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from consolekit import (  # noqa: F401
     PASSWORDS,
     Console,
     console_fixture,
-    console_template,
+    console_template_fixture,
     no_change,
+    start_console,
 )
+from countykit import County, provision_terminal
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import PlainTextResponse
 
-from county.console.auth import LOGIN_COOKIE, SESSION_COOKIE
+from county.console import audit
+from county.console.app import ConsoleServer
+from county.console.auth import LOGIN_COOKIE, SESSION_COOKIE, User, check_csrf
 
 
 def login_form(s: requests.Session, url: str) -> str:
@@ -201,7 +210,7 @@ def county_cli(console: Console, *args: str) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([*args[:2], "--data", str(console.county.data), *args[2:]])
+        code = main([*args, "--data", str(console.county.data)])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -328,3 +337,249 @@ def test_failed_logins_lock_the_name_for_a_while(console: Console) -> None:
         log_in(console, "admin", "wrong-password")
     assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 303
     assert len(console.audit_rows("login.refused")) == 3
+
+
+# ---- CSRF and the read-only role on every form ----
+
+
+def unsafe_routes(console: Console) -> list[tuple[str, str, str]]:
+    """(method, path with its parameters filled in, kind) of every console route that
+    changes something; kind is "change" (check_csrf), "own" (check_own_csrf) or "login"."""
+    from county.console.app import _api_routes, _depends_on
+    from county.console.auth import check_csrf, check_login_csrf
+
+    out = []
+    for route in _api_routes(console.server.app.routes):
+        for method in sorted((route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}):
+            path = re.sub(r"\{[^}]+\}", "1", route.path)
+            if _depends_on(route.dependant, (check_login_csrf,)):
+                kind = "login"
+            elif _depends_on(route.dependant, (check_csrf,)):
+                kind = "change"
+            else:
+                kind = "own"
+            out.append((method, path, kind))
+    return out
+
+
+def test_every_form_without_or_with_a_wrong_csrf_is_403(console: Console) -> None:
+    routes = unsafe_routes(console)
+    assert ("POST", "/console/logout", "own") in routes
+    assert ("POST", "/console/password", "own") in routes
+    assert ("POST", "/console/login", "login") in routes
+    s = logged_in(console, "admin")
+    good = csrf_of(s, console.url)
+    with no_change(console):
+        for method, path, _kind in routes:
+            for data in (
+                {},
+                {"csrf": ""},
+                {"csrf": "wrong"},
+                {"csrf": good[:-1]},
+                {"csrf": [good, "x"]},
+            ):
+                r = s.request(method, console.url + path, data=data, allow_redirects=False)
+                assert r.status_code == 403, (method, path, data, r.status_code)
+                assert "未做任何修改" in r.text
+            # A JSON body is no form: no token.
+            r = s.request(method, console.url + path, json={"csrf": good}, allow_redirects=False)
+            assert r.status_code == 403, (method, path)
+    # The session survived every refused logout.
+    assert go(s, console.url, "/console").status_code == 200
+    assert console.audit_rows("logout") == []
+    assert console.audit_rows("password.change") == []
+
+
+def test_an_inspector_posting_a_change_is_403(console: Console) -> None:
+    s = logged_in(console, "inspector")
+    token = csrf_of(s, console.url)
+    changes = [(m, p) for m, p, kind in unsafe_routes(console) if kind == "change"]
+    with no_change(console):
+        for method, path in changes:
+            r = s.request(method, console.url + path, data={"csrf": token}, allow_redirects=False)
+            assert r.status_code == 403, (method, path)
+            assert "您没有权限执行此操作" in r.text
+
+
+def test_check_csrf_refuses_an_inspector(console: Console) -> None:
+    """The rule itself, on a route of its own (test_an_inspector_posting_a_change_is_403
+    covers the routes the pages have, which may be none yet)."""
+    router = APIRouter()
+
+    @router.post("/console/test-change")
+    def change(request: Request, user: User = Depends(check_csrf)) -> PlainTextResponse:  # noqa: B008
+        with request.app.state.db.write() as conn:
+            audit.record(conn, user=user.name, action="test.change", at_ms=console.clock())
+        return PlainTextResponse("done")
+
+    console.server.app.include_router(router)
+    for role, status in (("inspector", 403), ("finance", 200), ("admin", 200)):
+        s = logged_in(console, role)
+        r = s.post(console.url + "/console/test-change", data={"csrf": csrf_of(s, console.url)})
+        assert r.status_code == status, role
+    assert sorted(x["user"] for x in console.audit_rows("test.change")) == ["admin", "finance"]
+
+
+def test_a_post_route_without_csrf_refuses_to_start(console: Console) -> None:
+    from county.console.app import check_routes
+
+    app = FastAPI()
+    router = APIRouter()
+
+    @router.post("/console/unguarded")
+    def unguarded() -> None:
+        return None
+
+    app.include_router(router)
+    with pytest.raises(RuntimeError, match="/console/unguarded has no CSRF check"):
+        check_routes(app)
+
+
+def test_body_over_the_limit_is_413(console: Console) -> None:
+    s = logged_in(console, "admin")
+    console.config.max_body_bytes = 1000
+    with no_change(console):
+        r = s.post(
+            console.url + "/console/password",
+            data={"csrf": csrf_of(s, console.url), "current": "x" * 2000},
+            allow_redirects=False,
+        )
+    assert r.status_code == 413 and "过大" in r.text
+
+
+# ---- two listeners: the console never on the terminals' port, nor their API on its ----
+
+
+def test_console_is_not_on_the_terminal_api_port(
+    console: Console, county: County, tmp_path: Path
+) -> None:
+    """A real `serve` (mTLS) and a real console: a terminal with its client certificate
+    asking the county's port for the console gets 404; the console answers none of the
+    terminals' API."""
+    term = provision_terminal(county, tmp_path / "t1", "T1", "C1")
+    ident = term.identity
+    cert = (str(ident.cert_file), str(ident.key_file))
+    health = requests.get(ident.server + "/v1/health", cert=cert, verify=str(ident.ca_file))
+    assert health.status_code == 200  # the certificate is good on its own port
+    for method, path in (
+        ("GET", "/console"),
+        ("GET", "/console/login"),
+        ("POST", "/console/login"),
+        ("GET", "/console/audit"),
+        ("GET", "/console/static/console.css"),
+    ):
+        r = requests.request(
+            method, ident.server + path, cert=cert, verify=str(ident.ca_file), timeout=30
+        )
+        assert r.status_code == 404, (method, path, r.status_code)
+        assert "csrf" not in r.text and "console" not in r.text.lower()
+    # Without a client certificate the county's port answers nothing of the console either.
+    r = requests.get(county.url + "/console/login", verify=str(ident.ca_file), timeout=30)
+    assert r.status_code in (401, 403, 404) and "csrf" not in r.text
+    # And the console serves none of the terminals' API.
+    s = logged_in(console, "admin")
+    for method, path in (
+        ("GET", "/v1/health"),
+        ("GET", "/v1/ca.pem"),
+        ("POST", "/v1/ledger"),
+        ("POST", "/v1/provision"),
+        ("GET", "/updates/metadata/timestamp.json"),
+        ("GET", "/metadata/timestamp.json"),
+    ):
+        r = s.request(method, console.url + path, allow_redirects=False)
+        assert r.status_code == 404, (method, path, r.status_code)
+
+
+def test_console_over_its_own_tls_marks_cookies_secure(
+    tmp_path: Path, console_template: Path
+) -> None:
+    from county.ca import CAPaths
+
+    gen = start_console(tmp_path, None, console_template)
+    c = next(gen)
+    try:
+        c.server.stop()
+        tls = CAPaths(c.county.data)
+        server = ConsoleServer(c.config, tls_cert=tls.server_cert, tls_key=tls.server_key).start()
+        try:
+            s = requests.Session()
+            s.trust_env = False  # $REQUESTS_CA_BUNDLE would win over s.verify
+            s.verify = str(tls.ca_cert)
+            token = login_form(s, server.url)
+            r = s.post(
+                server.url + "/console/login",
+                data={"csrf": token, "name": "admin", "password": PASSWORDS["admin"]},
+                allow_redirects=False,
+            )
+            assert server.url.startswith("https://")
+            assert r.status_code == 303
+            assert "Secure" in r.headers["set-cookie"]
+            assert s.get(server.url + "/console").status_code == 200
+            s.close()
+        finally:
+            server.stop()
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(gen)
+
+
+# ---- the audit log: the page and the command ----
+
+
+def test_audit_page_admin_only_filters_and_pages(console: Console) -> None:
+    from county.console import audit as audit_mod
+
+    day_ms = 86_400_000
+    with console.db.write() as conn:
+        for i in range(120):
+            audit_mod.record(
+                conn, user=f"u{i % 3}", action="test.thing" if i % 2 else "test.other",
+                target=f"t{i}", detail=f"<b>row {i}</b>",
+                at_ms=console.clock() - 1 - i * day_ms // 10,
+            )  # fmt: skip
+    for role in ("finance", "inspector"):
+        r = go(logged_in(console, role), console.url, "/console/audit")
+        assert r.status_code == 403
+    s = logged_in(console, "admin")
+    first = s.get(console.url + "/console/audit")
+    assert first.status_code == 200
+    rows = re.findall(r"<td>(t\d+)</td>", first.text)
+    assert rows[:3] == ["t0", "t1", "t2"] and len(rows) <= 50  # newest first, paged
+    assert "&lt;b&gt;row 0&lt;/b&gt;" in first.text  # escaped, never markup
+    assert 'rel="next"' in first.text
+    second = s.get(console.url + "/console/audit?page=2")
+    # Page 1 held the three logins (at the clock's time, newer) and t0..t46.
+    assert re.findall(r"<td>(t\d+)</td>", second.text)[0] == "t47"
+    only = s.get(console.url + "/console/audit", params={"user": "u1", "action": "test.thing"})
+    found = re.findall(r"<td>(t\d+)</td>", only.text)
+    assert found and all(int(x[1:]) % 3 == 1 and int(x[1:]) % 2 == 1 for x in found)
+    # A day: the test clock's local day holds rows 0..n only.
+    day = s.get(console.url + "/console/audit", params={"from": "2026-05-29", "to": "2026-05-29"})
+    assert day.status_code == 200
+    for bad in ({"from": "2026-13-01"}, {"from": "2026-05-29", "to": "2026-05-01"}):
+        r = s.get(console.url + "/console/audit", params=bad)
+        assert r.status_code == 400 and "日期无效" in r.text
+    for bad in ({"page": "0"}, {"page": "abc"}, {"user": "x" * 65}):
+        r = s.get(console.url + "/console/audit", params=bad)
+        assert r.status_code == 400, bad
+
+
+def test_audit_command_prints_json_lines(console: Console) -> None:
+    import json
+
+    from county.console import audit as audit_mod
+    from county.localtime import midnight_ms, parse_date
+
+    zone = console.config.zone
+    may = midnight_ms(parse_date("2026-05-10"), zone)
+    with console.db.write() as conn:
+        for i, day in enumerate((may, may + 86_400_000, may + 2 * 86_400_000)):
+            audit_mod.record(conn, user="admin", action="test.day", target=str(i), at_ms=day + 1)
+    code, out, _ = county_cli(console, "audit", "--from", "2026-05-11", "--to", "2026-05-12")
+    assert code == 0
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [d["target"] for d in docs] == ["1", "2"]
+    assert docs[0]["local_time"] == "2026-05-11 00:00:00" and docs[0]["action"] == "test.day"
+    for args in (("--from", "2026-02-30"), ("--from", "2026-05-12", "--to", "2026-05-11")):
+        code, out, err = county_cli(console, "audit", *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
