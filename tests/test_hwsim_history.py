@@ -261,6 +261,9 @@ def test_bad_input_is_one_line_and_changes_nothing(
         ["--data", str(tmp_path / "x"), "--months", "0"],
         ["--data", str(tmp_path / "x"), "--canteens", "0"],
         [],  # no database named
+        ["--data", str(tmp_path / "x"), "--manifest", str(tmp_path / "no" / "m.json")],
+        ["--data", str(tmp_path / "x"), "--holidays", str(tmp_path)],  # a folder
+        ["--data", str(data / "county.sqlite")],  # a file, not a folder
     ]
     for extra in cases:
         assert hwsim_main(["county", "history", *extra]) == 2

@@ -78,7 +78,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hwsim.agencies import OFFICE_SERVICES, UNLISTED_UNITS, make_directory
+from hwsim.agencies import MAX_COUNTIES, OFFICE_SERVICES, UNLISTED_UNITS, make_directory
 from protocol import issue
 from protocol.agencies import COUNTY, TIERS, TOWNSHIP, Canteen, Directory
 from protocol.chain import (
@@ -274,12 +274,24 @@ def _name(rng: random.Random) -> str:
     return rng.choice(_SURNAMES) + "".join(rng.choice(_GIVEN) for _ in range(rng.randint(1, 2)))
 
 
+def _directory(seed: int, agencies: int) -> Directory:
+    """The generated directory (hw-sim agencies) whose size is nearest ``agencies``."""
+    best: Directory | None = None
+    for counties in range(2, MAX_COUNTIES + 1):
+        d = make_directory(f"history-{seed}", counties).directory
+        if best is None or abs(len(d.agencies) - agencies) < abs(len(best.agencies) - agencies):
+            best = d
+        if len(d.agencies) >= agencies:
+            break
+    assert best is not None
+    return best
+
+
 def make_county(o: Options) -> County:
     """The directory, canteens, terminals, cadres and calendar of the history."""
     o.check()
     rng = random.Random(f"history/{o.seed}/county")
-    made = make_directory(f"history-{o.seed}", max(2, min(36, round(o.agencies / 20))))
-    d = made.directory
+    d = _directory(o.seed, o.agencies)
     home = next(
         a for a in d.agencies.values() if a.level == COUNTY and a.parent and "-" not in a.code
     )
@@ -918,21 +930,26 @@ def run(a: argparse.Namespace) -> int:
     options.check()
     if a.database is None and a.data is None:
         raise HistoryError("name the county: --data DIR (SQLite) or --database URL")
-    if a.data is not None:
-        Path(a.data).mkdir(parents=True, exist_ok=True)
+    for named in (a.manifest, a.holidays):  # refused before the database is written
+        if named and (not Path(named).parent.is_dir() or Path(named).is_dir()):
+            raise HistoryError(f"cannot write {named}: no such folder, or it is a folder")
+    holiday_files = [Path(a.holidays)] if a.holidays else []
     try:
+        if a.data is not None:
+            Path(a.data).mkdir(parents=True, exist_ok=True)
+            holiday_files.append(Path(a.data) / HOLIDAYS_FILE)
         done = write_history(options, database_url(a.database, a.data))
+        holidays = done.manifest["holidays"]
+        for file in holiday_files:
+            write_holidays(file, holidays)
+        if a.manifest:
+            Path(a.manifest).write_text(
+                json.dumps(done.manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+            )
     except StoreError as exc:
         raise HistoryError(" ".join(str(exc).split())) from None
-    holidays = done.manifest["holidays"]
-    if a.data is not None:
-        write_holidays(Path(a.data) / HOLIDAYS_FILE, holidays)
-    if a.holidays:
-        write_holidays(Path(a.holidays), holidays)
-    if a.manifest:
-        Path(a.manifest).write_text(
-            json.dumps(done.manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-        )
+    except OSError as exc:
+        raise HistoryError(f"{exc.filename or 'a file'}: {exc.strerror}") from None
     kinds: dict[str, int] = defaultdict(int)
     for found in done.manifest["anomalies"]:
         kinds[found["kind"]] += 1
