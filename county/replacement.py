@@ -268,6 +268,17 @@ def _rows(path: Path, limits: Limits) -> Iterator[list[intake.WireEntry]]:
 
 
 def _parse(chunk: list[Any], limits: Limits, line: int | None) -> list[intake.WireEntry]:
+    # Said here in a technician's words before parse_batch's "must be contiguous".
+    prev: int | None = None
+    for item in chunk:
+        if isinstance(item, list) and item and type(item[0]) is int:
+            if prev is not None and item[0] != prev + 1:
+                raise _refused(
+                    f"entry {prev + 1} is missing (found {item[0]})"
+                    if item[0] > prev + 1
+                    else f"entry {item[0]} is repeated or out of order"
+                )
+            prev = item[0]
     try:
         wire, _cps, _nonce = intake.parse_batch({"entries": chunk}, limits)
     except intake.BatchInvalid as exc:

@@ -129,6 +129,14 @@ i18n.register(
 )
 
 _MIB = replacement.MAX_RECOVERY_BYTES // 2**20
+# What a page shows after an action; a plain GET shows none of it.
+_NOTHING_DONE: dict[str, Any] = {
+    "refused": "",
+    "refused_key": "",
+    "retired_now": None,
+    "replaced": None,
+    "recovered": None,
+}
 _ACTIONS = ("terminal.retire", "terminal.replace", "terminal.recover")
 
 
@@ -165,7 +173,7 @@ def _page(request: Request, user: User, *, status_code: int = 200, **done: Any) 
         history=rows,
         mib=_MIB,
         status_code=status_code,
-        **done,
+        **{**_NOTHING_DONE, **done},
     )
 
 
