@@ -391,6 +391,7 @@ def report(
     silent_query = (
         select(t.terminal_id, t.canteen, t.last_seen_ms, t.acked_seq)
         .where(t.last_seen_ms.is_(None) | (t.last_seen_ms < now_ms - silent_after_ms))
+        .where(t.retired_ms.is_(None))  # a retired id is out of service, not silent
         .order_by(t.terminal_id)
     )
     if canteen is not None:
