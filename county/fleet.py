@@ -258,10 +258,10 @@ def update_standing(pub: Published | None, terminal_id: str, canteen: str) -> di
     differ; "unknown": it never reported a set; "none": the county publishes no updates.
     """
     if pub is None:
-        return {"state": "none", "set": None, "county_set": None, "differs": []}
+        return _standing("none")
     row = pub.applied.get(terminal_id)
     if row is None:
-        return {"state": "unknown", "set": None, "county_set": pub.county_set, "differs": []}
+        return _standing("unknown", county_set=pub.county_set)
     detail = row.get("detail") or {}
     expected = pub.content(canteen)
     differs = []
@@ -270,15 +270,21 @@ def update_standing(pub: Published | None, terminal_id: str, canteen: str) -> di
         digest = reported.get("sha256") if isinstance(reported, dict) else None
         if detail.get("rolled_back_from") is not None or digest != expected[part]:
             differs.append(part)
-    return {
-        "state": "behind" if differs else "current",
-        "set": row.get("set"),
-        "county_set": pub.county_set,
-        "differs": differs,
-        "applied_at_ms": row.get("applied_at_ms"),
-        "via": detail.get("via"),
-        "rolled_back_from": detail.get("rolled_back_from"),
-    }
+    return _standing(
+        "behind" if differs else "current",
+        set=row.get("set"),
+        county_set=pub.county_set,
+        differs=differs,
+        applied_at_ms=row.get("applied_at_ms"),
+        via=detail.get("via"),
+        rolled_back_from=detail.get("rolled_back_from"),
+    )
+
+
+def _standing(state: str, **known: Any) -> dict[str, Any]:
+    """Every key of an update standing, None where not known."""
+    keys = ("set", "county_set", "applied_at_ms", "via", "rolled_back_from")
+    return {"state": state, "differs": [], **dict.fromkeys(keys), **known}
 
 
 # --- the fleet ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the command ``canteen-county fleet`` prints too; this module only renders.
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -195,7 +196,20 @@ def state_chart(t: i18n.Translator, counts: dict[str, int]) -> str:
 
     labels = [t(f"fleet.state.{s}") for s in CHARTED]
     values = [counts.get(s, 0) for s in CHARTED]
-    with plt.rc_context({"svg.fonttype": "none", "font.size": 10}):
+    style = {
+        "svg.fonttype": "none",
+        "font.size": 10,
+        # Measured with a CJK font when one is installed (Debian's fonts-noto-cjk).
+        "font.sans-serif": [
+            "Noto Sans CJK SC",
+            "Noto Sans SC",
+            "WenQuanYi Micro Hei",
+            "DejaVu Sans",
+        ],
+    }
+    with warnings.catch_warnings(), plt.rc_context(style):
+        # Without a CJK font matplotlib warns for each glyph; the browser draws them anyway.
+        warnings.simplefilter("ignore", UserWarning)
         fig, ax = plt.subplots(figsize=(4.6, 1.9))
         try:
             bars = ax.barh(labels[::-1], values[::-1], color=[_COLOURS[s] for s in CHARTED][::-1])
