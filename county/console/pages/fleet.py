@@ -196,7 +196,7 @@ def state_chart(t: i18n.Translator, counts: dict[str, int]) -> str:
 
     labels = [t(f"fleet.state.{s}") for s in CHARTED]
     values = [counts.get(s, 0) for s in CHARTED]
-    style = {
+    style: dict[str, Any] = {
         "svg.fonttype": "none",
         "font.size": 10,
         # Measured with a CJK font when one is installed (Debian's fonts-noto-cjk).
