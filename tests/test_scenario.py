@@ -509,6 +509,11 @@ def test_cli_help_and_a_bad_speed(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert "--counter" in out and "tier" in out
     assert cli.main(["scenario", "lunch-rush", "--speed", "500", "--out", str(tmp_path)]) == 2
     assert "--speed must be between" in capsys.readouterr().err
+    assert "--sm2-share" in out
+    argv = ["scenario", "lunch-rush", "--sm2-share", "-0.1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sm2-share must be between 0 and 1" in err
 
 
 def test_cli_counter_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -516,6 +521,7 @@ def test_cli_counter_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "checks passed" in out and "higher_level" in out and "unlisted" in out
+    assert "sm2/sm2" in out and "ed25519/sm2" in out  # the mixed lunch, by default
     assert (tmp_path / "report.txt").read_text(encoding="utf-8").strip() == out.strip()
     # The same folder again would find its cadres served: refused, one line.
     assert cli.main(argv) == 2
