@@ -196,18 +196,13 @@ def state_chart(t: i18n.Translator, counts: dict[str, int]) -> str:
 
     labels = [t(f"fleet.state.{s}") for s in CHARTED]
     values = [counts.get(s, 0) for s in CHARTED]
-    style: dict[str, Any] = {
-        "svg.fonttype": "none",
-        "font.size": 10,
-        # Measured with a CJK font when one is installed (Debian's fonts-noto-cjk).
-        "font.sans-serif": [
-            "Noto Sans CJK SC",
-            "Noto Sans SC",
-            "WenQuanYi Micro Hei",
-            "DejaVu Sans",
-        ],
-    }
-    with warnings.catch_warnings(), plt.rc_context(style):
+    # Text stays text (the browser draws Chinese with its own fonts); measured with a CJK
+    # font when one is installed (Debian's fonts-noto-cjk).
+    fonts = ["Noto Sans CJK SC", "WenQuanYi Micro Hei", "DejaVu Sans"]
+    with (
+        warnings.catch_warnings(),
+        plt.rc_context({"svg.fonttype": "none", "font.size": 10, "font.sans-serif": fonts}),
+    ):
         # Without a CJK font matplotlib warns for each glyph; the browser draws them anyway.
         warnings.simplefilter("ignore", UserWarning)
         fig, ax = plt.subplots(figsize=(4.6, 1.9))
