@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 
 from county.cli import main as county_main
 from county.db.schema import alarms, audit_log, entries, terminals
+from county.replacement import MAX_RECOVERY_BYTES
 from county.store import CountyStore
 from protocol.chain import checkpoint_message
 from protocol.recovery import parse_header
@@ -377,6 +378,10 @@ def test_recovery_refusals_each_one_line_and_nothing_changes(
         == 0
     )
     assert "not a ledger recovery file" in refused(junk)
+    # Larger than the county reads: refused before reading (a sparse file, no disk used).
+    with open(junk, "wb") as f:
+        f.truncate(MAX_RECOVERY_BYTES + 1)
+    assert "more than 64 MiB" in refused(junk)
     # Cut short: the last line (and its signed checkpoint's entry) missing.
     cut = tmp_path / "cut.jsonl"
     cut.write_text("".join(lines(whole)[:-1]), encoding="utf-8")
@@ -462,6 +467,9 @@ def test_retire_and_replace_refusals(
             continue
         assert status == 2 and says in text, text
         assert footprint(county.store) == before
+    # Retired is not silent: the report's list of terminals not heard from leaves it out.
+    report = county.store.report(2**62, 0)
+    assert [t["terminal"] for t in report["terminals_not_heard_from"]] == ["t2"]
     status, text = county_cli(capsys, county, "terminal", "retired", "--json")
     assert status == 0
     (row,) = json.loads(text)
