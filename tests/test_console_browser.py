@@ -124,10 +124,10 @@ def test_audit_page_shows_what_was_done(console: Console, browser: Any) -> None:
     )
     seen = [(r[1], r[2]) for r in rows]
     assert seen[:4] == [
-        ("admin", "login"),
-        ("finance", "password.change"),
-        ("finance", "login"),
-        ("finance", "login.failed"),
+        ("admin", "登录 login"),
+        ("finance", "修改密码 password.change"),
+        ("finance", "登录 login"),
+        ("finance", "登录失败 login.failed"),
     ]
     check_page(admin)
     admin.select_option("select[name=action]", "login.failed")

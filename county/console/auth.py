@@ -117,8 +117,7 @@ def current_session(request: Request) -> Session | None:
     config = _config(request)
     now = config.now_ms()
     digest = token_hash(token)
-    engine = request.app.state.engine
-    with engine.connect() as conn:
+    with request.app.state.db.read() as conn:
         row = conn.execute(
             select(
                 console_sessions.c.user_name,

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from county.console import audit, auth, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
-from county.console.render import render
+from county.console.render import render, translator
 from county.localtime import LocalTimeError, midnight_ms, parse_date
 
 router = APIRouter()
@@ -38,12 +38,29 @@ i18n.register(
         "audit.detail": {"zh": "详情", "en": "Detail"},
         "audit.count": {"zh": "共 {count} 条", "en": "{count} rows"},
         "audit.empty": {"zh": "没有符合条件的记录。", "en": "No rows match."},
+        "audit.act.login": {"zh": "登录", "en": "Logged in"},
+        "audit.act.login.failed": {"zh": "登录失败", "en": "Failed login"},
+        "audit.act.login.refused": {"zh": "拒绝登录", "en": "Login refused"},
+        "audit.act.logout": {"zh": "退出登录", "en": "Logged out"},
+        "audit.act.password.change": {"zh": "修改密码", "en": "Changed password"},
+        "audit.act.password.failed": {"zh": "修改密码失败", "en": "Password change failed"},
+        "audit.act.user.add": {"zh": "添加用户", "en": "Added a user"},
+        "audit.act.user.disable": {"zh": "停用用户", "en": "Disabled a user"},
+        "audit.act.user.enable": {"zh": "启用用户", "en": "Enabled a user"},
+        "audit.act.user.reset": {"zh": "重置密码", "en": "Reset a password"},
         "audit.bad_date": {
             "zh": "日期无效：{why}",
             "en": "Bad date: {why}",
         },
     }
 )
+
+
+def action_label(t: i18n.Translator, action: str) -> str:
+    """A known action in words (the code stays beside it); another page's action as it is
+    unless that page registered ``audit.act.<action>``."""
+    key = f"audit.act.{action}"
+    return t(key) if i18n.known(key) else ""
 
 
 @router.get("/console/audit")
@@ -86,4 +103,5 @@ def audit_page(
         older=page_url(page + 1) if page * PAGE_SIZE < total else "",
         who=who, action=action, date_from=date_from, date_to=date_to, actions=choices,
         error=error, status_code=400 if error else 200,
+        action_label=lambda a: action_label(translator(request), a),
     )  # fmt: skip

@@ -1,8 +1,10 @@
-"""The home page, /console: who is logged in, four figures of the county today, and a
-card for each page this user may open (the NAV of every module in PAGES)."""
+"""The home page, /console: who is logged in, the county's figures that want attention
+(silent terminals, clocks, updates, alarms, conflicts), and a card for each page this
+user may open (the NAV of every module in PAGES)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,8 +14,8 @@ from sqlalchemy import Connection, func, select
 from county.console import auth, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
-from county.console.render import render
-from county.db.schema import alarms, conflicts, terminals
+from county.console.render import nav_items, render
+from county.db.schema import alarms, conflicts
 from county.localtime import local_date
 
 router = APIRouter()
@@ -27,7 +29,9 @@ i18n.register(
         "home.role": {"zh": "角色：{role}", "en": "Role: {role}"},
         "home.today": {"zh": "今日 {day}", "en": "Today, {day}"},
         "home.terminals": {"zh": "在用终端", "en": "Terminals in service"},
-        "home.silent": {"zh": "24 小时未联系", "en": "Silent for 24 hours"},
+        "home.silent": {"zh": "失联终端", "en": "Silent terminals"},
+        "home.clock": {"zh": "时钟偏差超限", "en": "Clock out of tolerance"},
+        "home.behind": {"zh": "更新未到位", "en": "Behind on updates"},
         "home.alarms": {"zh": "告警", "en": "Alarms"},
         "home.conflicts": {"zh": "待复核冲突", "en": "Conflicts to review"},
         "home.pages": {"zh": "功能", "en": "Pages"},
@@ -38,30 +42,25 @@ i18n.register(
     }
 )
 
-SILENT_MS = 24 * 3_600_000
 
+def figures(conn: Connection, data: Path | None, now_ms: int, zone: Any) -> dict[str, int]:
+    """The home page's figures: terminals in service and how many of them are silent,
+    have a clock out of tolerance or are behind on updates (county/fleet.py's rules,
+    the same as the fleet page), alarms, and conflicts waiting for review."""
+    from county.fleet import FleetRules, fleet, state_counts
 
-def figures(conn: Connection, now_ms: int) -> dict[str, int]:
-    """The home page's figures: terminals in service, those silent for 24 hours, alarms,
-    standing conflicts."""
-    live = terminals.c.retired_ms.is_(None)
+    rows = fleet(conn, data, now_ms, FleetRules(zone=zone))
+    states = state_counts(rows)
     count = func.count()
-    in_service = conn.execute(select(count).select_from(terminals).where(live)).scalar_one()
-    silent = conn.execute(
-        select(count)
-        .select_from(terminals)
-        .where(live)
-        .where(
-            (terminals.c.last_seen_ms.is_(None)) | (terminals.c.last_seen_ms < now_ms - SILENT_MS)
-        )
-    ).scalar_one()
     alarm_count = conn.execute(select(count).select_from(alarms)).scalar_one()
     standing = conn.execute(
         select(count).select_from(conflicts).where(conflicts.c.withdrawn_ms.is_(None))
     ).scalar_one()
     return {
-        "terminals": int(in_service),
-        "silent": int(silent),
+        "terminals": len(rows),
+        "silent": states["silent"],
+        "clock": states["clock"],
+        "behind": states["behind"],
         "alarms": int(alarm_count),
         "conflicts": int(standing),
     }
@@ -72,6 +71,10 @@ def home(request: Request, user: Annotated[User, Depends(auth.require_user)]) ->
     config = request.app.state.config
     now = config.now_ms()
     with request.app.state.engine.connect() as conn:
-        numbers: dict[str, Any] = figures(conn, now)
+        numbers = figures(conn, config.data, now, config.zone)
     day = local_date(now, config.zone)
-    return render(request, "home.html", user=user, figures=numbers, today=str(day or ""))
+    paths = {n.path for n in nav_items() if user.role in n.roles}
+    return render(
+        request, "home.html", user=user, figures=numbers, today=str(day or ""),
+        fleet="/console/fleet" if "/console/fleet" in paths else "",
+    )  # fmt: skip
