@@ -58,7 +58,7 @@ from county.storekit import (
     upsert,
 )
 from protocol.chain import REVERSAL, canonical_json
-from protocol.lists import parse_issuer_keys
+from protocol.lists import issuer_key, parse_issuer_keys
 from protocol.tokens import IssuerKey
 
 # An issuer's keys under one key id, built once (see county/intake.py on why).
@@ -86,7 +86,8 @@ class Keyring:
         if found is None:
             rows = self.conn.execute(_ISSUER_KEYS, {"kid": kid})
             found = [
-                IssuerKey(iss, kid, bytes(public_key), not_before, not_after)
+                # issuer_key gives the key its algorithm (65 bytes: SM2, token.md §7)
+                issuer_key(iss, kid, bytes(public_key), not_before, not_after)
                 for public_key, iss, not_before, not_after in rows
             ]
             self._cache[kid] = found
