@@ -226,6 +226,28 @@ def test_hw_sim_issuer_bad_alg_options_are_one_line(
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_hw_sim_phone_draws_from_an_sm2_wallet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hwsim.phone import WalletError
+
+    out = tmp_path / "sim"
+    args = ["--alg", "sm2", "--cadres", "1", "--now", str(NOW - 86_400)]
+    assert hw_sim(["issuer", "--out", str(out), *args]) == 0
+    path = out / "wallets" / "s000001.json"
+    capsys.readouterr()
+    assert hw_sim(["phone", "--wallet", str(path), "--now", str(NOW)]) == 0
+    text = capsys.readouterr().out.strip().splitlines()[0]
+    p = verify_presentation(text, NOW, keyring_from(out))
+    assert (p.ctr, len(p.holder_key)) == (1, 65)
+    assert load_wallet(path).ctr == 1  # the counter was saved
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["holder_alg"] = "RSA"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(WalletError, match="not a wallet file"):
+        load_wallet(path)
+
+
 # --- through the county to a running daemon -------------------------------------------------
 
 
