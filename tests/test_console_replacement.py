@@ -115,6 +115,8 @@ def test_retire_replace_and_recover_in_the_browser(
     for word in ("retired", "replaced", "ledger recovered"):
         assert word in history
 
+    # The admin's page in Chinese, with its forms and tables, fits too.
+    check_page(role_page("admin", "zh", PAGE))
     # The same page in Chinese, for the inspector: the history, no form.
     zh = role_page("inspector", "zh", PAGE)
     check_page(zh)
@@ -148,6 +150,14 @@ def test_only_the_admin_changes_anything(console: Console) -> None:
     with no_change(console):
         for data in ({}, {"csrf": "forged"}):
             r = admin.post(console.url + f"{PAGE}/retire", data={**data, **form})
+            assert r.status_code == 403, r.text
+            r = admin.post(console.url + f"{PAGE}/replace", data={**data, "old": "t1"})
+            assert r.status_code == 403, r.text
+            r = admin.post(
+                console.url + f"{PAGE}/recover",
+                data={**data, "terminal": "t1"},
+                files={"file": ("x.jsonl", b"{}\n")},
+            )
             assert r.status_code == 403, r.text
     assert post_as(term, county.url).status_code == 200
     assert console.audit_rows("terminal.retire") == []

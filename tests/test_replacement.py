@@ -477,3 +477,35 @@ def test_retire_and_replace_refusals(
     # Its certificate is refused with 403 and a line, the chain untouched.
     answer = post_as(term, county, {"entries": []})
     assert answer.status_code == 403 and "t1 was retired (stolen)" in answer.json()["problem"]
+
+
+@ON_EACH_BACKEND
+def test_two_recoveries_of_one_file_at_once_take_it_once(
+    tmp_path: Path, county: County, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two county IT commands (here two threads, each its own database connection) given
+    the same file at the same moment: the terminal's row lock orders them, the second
+    finds the first's entries held."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from county import replacement
+    from county.storekit import Limits
+
+    term = provision_terminal(county, tmp_path / "t1", "t1", "c1")
+    term.append_entries(10)
+    sync(term)
+    term.append_entries(150)
+    file = tmp_path / "t1.jsonl"
+    export(capsys, term.root, file)
+    held = len(server_chain(county.store, "t1"))
+
+    def run(_: int) -> replacement.Recovery:
+        return replacement.recover(
+            county.store.db, "t1", file, limits=Limits(), lists=None, user="test", now_ms=T0_MS
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(run, range(2)))
+    whole = local_chain(term.ledger_path)
+    assert sorted(d.new for d in done) == [0, len(whole) - held]
+    assert server_chain(county.store, "t1") == whole
