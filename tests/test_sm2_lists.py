@@ -289,6 +289,23 @@ def test_county_revokes_sm2_keys_by_their_65_byte_point(
         assert repo.revocation_count() == 3
 
 
+def test_county_issuers_import_takes_sm2_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "county")
+    (tmp_path / "county").mkdir()
+    CountyStore(tmp_path / "county" / "county.sqlite").close()  # an existing county
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([SM2_ISSUER.trust_entry(), off_curve(SM2_ISSUER.trust_entry())]))
+    assert county_main(["issuers", "import", "--data", data, str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trust list entry 1: public_key" in err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([SM2_ISSUER.trust_entry(), ED_ISSUER.trust_entry()]))
+    assert county_main(["issuers", "import", "--data", data, str(good)]) == 0
+    assert "verifies codes with 2" in capsys.readouterr().out  # none of the bad file's
+
+
 def test_the_county_takes_an_sm2_code_as_evidence(tmp_path: Path) -> None:
     store = CountyStore(tmp_path / "county.sqlite")
     try:
