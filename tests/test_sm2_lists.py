@@ -300,10 +300,15 @@ def test_county_issuers_import_takes_sm2_keys(
     assert county_main(["issuers", "import", "--data", data, str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trust list entry 1: public_key" in err
+    store = CountyStore(tmp_path / "county" / "county.sqlite")
+    try:
+        assert store.issuer_key_count() == 0  # not even the good first entry
+    finally:
+        store.close()
     good = tmp_path / "good.json"
     good.write_text(json.dumps([SM2_ISSUER.trust_entry(), ED_ISSUER.trust_entry()]))
     assert county_main(["issuers", "import", "--data", data, str(good)]) == 0
-    assert "verifies codes with 2" in capsys.readouterr().out  # none of the bad file's
+    assert "verifies codes with 2" in capsys.readouterr().out
 
 
 def test_the_county_takes_an_sm2_code_as_evidence(tmp_path: Path) -> None:
