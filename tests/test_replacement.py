@@ -44,6 +44,7 @@ from terminal import config, state
 from terminal.commands.main import main as terminal_main
 from terminal.ledger import load_or_create_signing_key
 from terminal.link.provision import provision
+from terminal.link.transport import ServerRefused
 from terminal.service import daemon
 
 
@@ -467,12 +468,22 @@ def test_retire_and_replace_refusals(
             continue
         assert status == 2 and says in text, text
         assert footprint(county.store) == before
+    # A code handed out before the id was retired no longer provisions it.
+    spare = county.code("t3", "c1")
+    status, text = county_cli(capsys, county, "terminal", "retire", "t3", "--reason", "lost")
+    assert status == 0, text
+    paths = state.prepare(tmp_path / "t3")
+    key = load_or_create_signing_key(paths.key)
+    with pytest.raises(ServerRefused, match="unknown or already used provisioning code"):
+        provision(paths.root, county.url, spare, key.public_key().public_bytes_raw())
     # Retired is not silent: the report's list of terminals not heard from leaves it out.
     report = county.store.report(2**62, 0)
     assert [t["terminal"] for t in report["terminals_not_heard_from"]] == ["t2"]
     status, text = county_cli(capsys, county, "terminal", "retired", "--json")
     assert status == 0
-    (row,) = json.loads(text)
+    rows = {r["terminal"]: r for r in json.loads(text)}
+    assert sorted(rows) == ["t1", "t3"]
+    row = rows["t1"]
     assert row["terminal"] == "t1" and row["reason"] == "stolen" and row["replaced_by"] == "t2"
     # Its certificate is refused with 403 and a line, the chain untouched.
     answer = post_as(term, county, {"entries": []})
