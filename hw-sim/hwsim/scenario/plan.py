@@ -487,6 +487,7 @@ def _make_outsiders(
             now=origin_s - 3 * DAY_S,
             days=1,
             seed=f"lunch-rush/{seed}/expired/{i}",
+            alg=issuer.alg,
         )
     for i in range(1, hostile.count("forged_key") + 1):
         _, forger = forger_of(i)
