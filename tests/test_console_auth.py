@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from consolekit import (  # noqa: F401
+    ON_EACH_BACKEND,
     PASSWORDS,
     Console,
     console_fixture,
@@ -51,6 +52,7 @@ def log_in(console: Console, name: str, password: str, **extra: Any) -> requests
     return r
 
 
+@ON_EACH_BACKEND
 def test_each_role_logs_in_and_sees_home(console: Console) -> None:
     for role in ("admin", "finance", "inspector"):
         r = log_in(console, role, PASSWORDS[role])
@@ -112,6 +114,7 @@ def logged_in(console: Console, role: str) -> requests.Session:
 # ---- sessions ----
 
 
+@ON_EACH_BACKEND
 def test_idle_session_expires_to_the_login_page(console: Console) -> None:
     s = logged_in(console, "finance")
     console.clock.advance(console.config.idle_ms - 120_000)
@@ -210,7 +213,10 @@ def county_cli(console: Console, *args: str) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([*args, "--data", str(console.county.data)])
+        where = ["--data", str(console.county.data)]
+        if console.county.database_url:
+            where += ["--database", console.county.database_url]
+        code = main([*args, *where])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -235,6 +241,7 @@ def change_password(
     )
 
 
+@ON_EACH_BACKEND
 def test_user_add_one_time_password_must_be_changed_first(console: Console) -> None:
     code, out, _ = county_cli(console, "user", "add", "--role", "finance", "zhang.san")
     assert code == 0
@@ -316,6 +323,7 @@ def test_inspector_changes_own_password(console: Console) -> None:
 # ---- login throttling ----
 
 
+@ON_EACH_BACKEND
 def test_failed_logins_lock_the_name_for_a_while(console: Console) -> None:
     limit = console.config.login_failures
     for _ in range(limit):
@@ -526,6 +534,7 @@ def test_console_over_its_own_tls_marks_cookies_secure(
 # ---- the audit log: the page and the command ----
 
 
+@ON_EACH_BACKEND
 def test_audit_page_admin_only_filters_and_pages(console: Console) -> None:
     from county.console import audit as audit_mod
 
@@ -583,3 +592,45 @@ def test_audit_command_prints_json_lines(console: Console) -> None:
     for args in (("--from", "2026-02-30"), ("--from", "2026-05-12", "--to", "2026-05-11")):
         code, out, err = county_cli(console, "audit", *args)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+
+
+# ---- bad input: a clear refusal, never a 500 ----
+
+
+def test_login_goes_back_only_to_console_pages(console: Console) -> None:
+    for target, expected in (
+        ("/console/audit?user=a", "/console/audit?user=a"),
+        ("https://evil.example/console", "/console"),
+        ("//evil.example/console", "/console"),
+        ("/\\evil.example", "/console"),
+        ("/elsewhere", "/console"),
+        ("/console/logout", "/console"),
+        ("", "/console"),
+    ):
+        r = log_in(console, "admin", PASSWORDS["admin"], next=target)
+        assert r.status_code == 303 and r.headers["location"] == expected, target
+
+
+def test_malformed_requests_are_4xx(console: Console) -> None:
+    s = logged_in(console, "admin")
+    good = csrf_of(s, console.url)
+    url = console.url
+    multipart = {"Content-Type": "multipart/form-data; boundary=x"}
+    urlencoded = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        ("POST", "/console/password", {"headers": multipart, "data": b"--x\r\ngarbage"}),
+        ("POST", "/console/password", {"headers": urlencoded, "data": b"csrf=%ZZ&%%%"}),
+        ("POST", "/console/password", {"data": {"csrf": good, "new": "x" * 5000}}),
+        ("POST", "/console/login", {"data": {"name": "a" * 500}}),
+        ("GET", "/console/audit?page=99999999999999999999", {}),
+        ("GET", "/console/audit?from=" + "9" * 11, {}),
+        ("GET", "/console/login?next=" + "x" * 5000, {}),
+        ("GET", "/console/%ff%fe", {}),
+        ("GET", "/console?lang=fr", {}),
+        ("PUT", "/console/password", {}),
+    ]  # fmt: skip
+    with no_change(console):
+        for method, path, kw in cases:
+            r = s.request(method, url + path, allow_redirects=False, **kw)
+            assert r.status_code < 500, (method, path, r.status_code)
+    assert s.get(url + "/console?lang=fr").text.count('lang="zh-CN"') == 1  # unknown: Chinese

@@ -11,8 +11,10 @@ change is written to the audit log by the caller's transaction (audit.record).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,10 @@ _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
 HASHER = PasswordHasher()
 _dummy_hash: str | None = None
+# Password checks running at once: each takes 64 MiB and a third of a second of CPU, so
+# a flood of logins under many names queues here instead of taking every core (and the
+# memory) from the pages and the terminals' server on the same machine.
+_CHECKS = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
 
 class UserError(ValueError):
@@ -104,7 +110,8 @@ def verify_password(row: UserRow | None, password: str) -> bool:
     else:
         stored = row.password_hash.removeprefix(ONE_TIME)
     try:
-        HASHER.verify(stored, password)
+        with _CHECKS:
+            HASHER.verify(stored, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return row is not None
