@@ -10,10 +10,9 @@ are Ed25519 or SM2 (token.md §7) in any mix (``alg``, ``sm2_share``). The same
 seed and issue time give the same keys and files, byte for byte, except the
 signatures an SM2 key made (each SM2 signature takes a fresh nonce): a wallet
 with an SM2-signed credential verifies the same but is not the same bytes. It
-writes only inside the output
-folder it is given, never reads a clock (the caller passes the issue time), and
-never talks to a terminal: loading the lists is the terminal's or the county's
-job.
+writes only inside the output folder it is given, never reads a clock (the
+caller passes the issue time), and never talks to a terminal: loading the lists
+is the terminal's or the county's job.
 """
 
 from __future__ import annotations
