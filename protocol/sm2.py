@@ -4,7 +4,7 @@ The one SM2/SM3 module of the project: the token checks, the issuing tools, the 
 and the county all go through it. The curve arithmetic is Debian's OpenSSL 3 libcrypto
 (``libcrypto.so.3``, package libssl3, which every Debian 12 and Raspberry Pi OS Bookworm
 system has because Python itself links it), reached with ctypes through the EVP API; the
-choice and its measurements are in docs/token-format.md ("SM2 implementation").
+choice and its measurements are in docs/token-format.md ("The SM2 implementation").
 
 What is done here rather than in OpenSSL, so that the rules are this project's and not a
 library default:
@@ -13,16 +13,17 @@ library default:
   (``EVP_PKEY_CTX_set1_id``; OpenSSL 3.0 would use an empty one otherwise and make
   signatures nobody else verifies, §7.1); verifying computes Z_A here (kept per key for the
   default ID) and e = SM3(Z_A || M) with hashlib, and asks OpenSSL only for the curve
-  check of (r, s) against e (``EVP_PKEY_verify``), which spares OpenSSL's per-call digest
-  set-up (docs/token-format.md has the figures);
+  check of (r, s) against e (``EVP_PKEY_verify``): as fast as OpenSSL's own
+  ``EVP_DigestVerify`` with the ID set (``_LibCrypto.verify``, which the tests check it
+  against), with fewer calls and no ID state in OpenSSL's context;
 - a signature is 64 bytes ``r || s``; its length, ``1 <= r, s <= n-1`` and
   ``(r + s) mod n != 0`` are checked before OpenSSL sees it, and a signature that fails
   any of them is simply one that does not verify (``verify`` returns False, never raises);
 - a public key is the 65-byte uncompressed point ``0x04 || x || y`` with ``x, y < p`` on the
   curve, checked here (OpenSSL checks it again when it loads the key).
 
-Pure computation: no file, device, network or clock. ``Sm2PrivateKey.generate`` takes its
-randomness from ``secrets``. The objects hold OpenSSL keys; they are immutable and may be
+Pure computation: no file, device, network or clock. ``Sm2PrivateKey.generate`` takes d
+from ``secrets``; each signature's k comes from OpenSSL's random generator. The objects hold OpenSSL keys; they are immutable and may be
 shared between threads (each call makes and frees its own OpenSSL contexts).
 """
 
