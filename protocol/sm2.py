@@ -23,8 +23,9 @@ library default:
   curve, checked here (OpenSSL checks it again when it loads the key).
 
 Pure computation: no file, device, network or clock. ``Sm2PrivateKey.generate`` takes d
-from ``secrets``; each signature's k comes from OpenSSL's random generator. The objects hold OpenSSL keys; they are immutable and may be
-shared between threads (each call makes and frees its own OpenSSL contexts).
+from ``secrets``; each signature's k comes from OpenSSL's random generator. The objects
+hold OpenSSL keys; they are immutable and may be shared between threads (each call makes
+and frees its own OpenSSL contexts).
 """
 
 from __future__ import annotations
