@@ -461,9 +461,10 @@ class _LibCrypto:
 
 
 def _load() -> _LibCrypto:
-    names = ("libcrypto.so.3", ctypes.util.find_library("crypto"))
+    # The soname first; find_library (which runs ldconfig) only when that fails.
     errors = []
-    for name in names:
+    for name in ("libcrypto.so.3", None):
+        name = name or ctypes.util.find_library("crypto")
         if not name:
             continue
         try:
