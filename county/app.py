@@ -675,32 +675,81 @@ def _take_batch(
     status: dict[str, Any] | None = None,
     seen: FleetNotes | None = None,
 ) -> IntakeResult:
-    """One upload batch through the store, then its config_applied entries noted, then
-    the terminal's status and a line of its sync history (``FleetNotes``)."""
-    result = store.intake(terminal_id, doc, now_ms)
+    """One upload batch through the store's intake, then its config_applied entries noted.
+
+    With ``seen``: the terminal's status and a line of its sync history are written in
+    the intake's own write transaction (one commit a sync, as before); an empty batch
+    answered from a read (county/intake.py, ``answer_empty``) writes them in a small
+    transaction of their own, and only when ``FleetNotes`` says they are due."""
+    if seen is None:
+        result = store.intake(terminal_id, doc, now_ms)
+    else:
+        result = _intake_noting(store, terminal_id, doc, now_ms, status, seen)
     if result.status in (OK, GAP):
         _record_applied_sets(data, terminal_id, doc)
-    if seen is not None:
-        seen.note(store, terminal_id, now_ms, status, result)
+    return result
+
+
+def _intake_noting(
+    store: CountyStore,
+    terminal_id: str,
+    doc: Any,
+    now_ms: int,
+    status: dict[str, Any] | None,
+    seen: FleetNotes,
+) -> IntakeResult:
+    """``CountyStore.intake`` (county/store.py) with the fleet's note in its transaction."""
+    from county import intake
+
+    if isinstance(doc, dict) and doc.get("entries") == []:
+        with store.db.read() as conn:
+            answer = intake.answer_empty(conn, store.limits, terminal_id, doc, now_ms)
+        if answer is not None:
+            if seen.due(terminal_id, now_ms, status, answer):
+                try:
+                    with store.db.write() as conn:
+                        seen.write(conn, terminal_id, now_ms, status, answer)
+                    seen.remember(terminal_id, now_ms, status)
+                except Exception as exc:  # the answer stands: only the note is lost
+                    log.warning("terminal %s: its status was not kept: %s", terminal_id, exc)
+            return answer
+    with store.db.write() as conn:
+        result = intake.take(conn, store.limits, store.lists, terminal_id, doc, now_ms)
+        noted = seen.due(terminal_id, now_ms, status, result)
+        if noted:
+            seen.write(conn, terminal_id, now_ms, status, result)
+    if noted:
+        seen.remember(terminal_id, now_ms, status)
     return result
 
 
 class FleetNotes:
-    """Writes a terminal's status and sync history (county/fleet.py) when they matter.
+    """When a terminal's status and sync history (county/fleet.py) are written.
 
     An upload that stored, refused or held entries is one line of history, and the
     status with it; an empty upload (a terminal with nothing new, every sync interval)
-    is answered from a read and writes nothing, unless its status changed since this
-    process last wrote it or that was ``heartbeat_ms`` ago. A failure here is logged and
-    never fails the upload, whose entries are committed already."""
+    writes nothing, unless its status changed since this process last wrote it or that
+    was ``heartbeat_ms`` ago."""
 
     def __init__(self, heartbeat_ms: int) -> None:
         self.heartbeat_ms = heartbeat_ms
         self._last: dict[str, tuple[dict[str, Any] | None, int]] = {}
 
-    def note(
+    def due(
         self,
-        store: CountyStore,
+        terminal_id: str,
+        now_ms: int,
+        status: dict[str, Any] | None,
+        result: IntakeResult,
+    ) -> bool:
+        if result.accepted or result.duplicates or result.status != OK:
+            return True
+        last = self._last.get(terminal_id)
+        return last is None or last[0] != status or not 0 <= now_ms - last[1] < self.heartbeat_ms
+
+    def write(
+        self,
+        conn: Any,
         terminal_id: str,
         now_ms: int,
         status: dict[str, Any] | None,
@@ -708,27 +757,19 @@ class FleetNotes:
     ) -> None:
         from county import fleet
 
-        busy = bool(result.accepted or result.duplicates) or result.status != OK
-        last = self._last.get(terminal_id)
-        due = last is None or last[0] != status or not 0 <= now_ms - last[1] < self.heartbeat_ms
-        if not (busy or due):
-            return
-        try:
-            with store.db.write() as conn:
-                fleet.note_upload(
-                    conn,
-                    terminal_id,
-                    now_ms,
-                    status=status,
-                    outcome=result.status,
-                    accepted=result.accepted,
-                    duplicates=result.duplicates,
-                    acked_seq=result.acked_seq,
-                    alarm=result.alarm,
-                )
-        except Exception as exc:  # the upload itself is stored: only the note is lost
-            log.warning("terminal %s: its status was not kept: %s", terminal_id, exc)
-            return
+        fleet.note_upload(
+            conn,
+            terminal_id,
+            now_ms,
+            status=status,
+            outcome=result.status,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            acked_seq=result.acked_seq,
+            alarm=result.alarm,
+        )
+
+    def remember(self, terminal_id: str, now_ms: int, status: dict[str, Any] | None) -> None:
         self._last[terminal_id] = (status, now_ms)
 
 

@@ -14,13 +14,14 @@ reads no clock (``now_ms`` is an argument) and renders nothing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from county.db.schema import (
     alarms as alarms_table,
@@ -34,7 +35,7 @@ from county.db.schema import (
 )
 from county.intake import CLOCK_TOLERANCE_MS
 from county.localtime import county_zone
-from county.storekit import upsert
+from county.storekit import Prepared, dialect_insert
 from protocol.layout import (
     DIRECTORY_TARGET,
     INDEX_TARGET,
@@ -128,6 +129,44 @@ def service_ms_between(start_ms: int, end_ms: int, rules: FleetRules, enough: in
 # --- what the terminal says about itself, and its sync history -------------------------
 
 
+_STATUS_COLUMNS = ("reported_ms", "software", "last_seq", "update_set", "lists", "status")
+
+
+@functools.cache
+def _upsert_status(dialect: str) -> Prepared:
+    stmt = dialect_insert(dialect, terminal_status).values(
+        terminal=bindparam("terminal"), **{k: bindparam(k) for k in _STATUS_COLUMNS}
+    )
+    return Prepared(
+        stmt.on_conflict_do_update(
+            index_elements=[terminal_status.c.terminal],
+            set_={k: getattr(stmt.excluded, k) for k in _STATUS_COLUMNS},
+        )
+    )
+
+
+_LOG_COLUMNS = ("terminal", "at_ms", "outcome", "accepted", "duplicates", "acked_seq")
+_INSERT_LOG = Prepared(
+    insert(sync_log).values(
+        **{k: bindparam(k) for k in (*_LOG_COLUMNS, "last_seq", "alarm")},
+    )
+)
+_lg = sync_log.c
+# Past the newest SYNC_LOG_KEEP lines of the terminal (an index walk of that many).
+_TRIM_LOG = Prepared(
+    delete(sync_log).where(
+        _lg.terminal == bindparam("terminal"),
+        _lg.id
+        < select(_lg.id)
+        .where(_lg.terminal == bindparam("terminal"))
+        .order_by(_lg.id.desc())
+        .offset(SYNC_LOG_KEEP - 1)
+        .limit(1)
+        .scalar_subquery(),
+    )
+)
+
+
 def note_upload(
     conn: Connection,
     terminal_id: str,
@@ -141,48 +180,36 @@ def note_upload(
     alarm: str | None = None,
 ) -> None:
     """Keep a terminal's newest status (when its upload carried one) and one line of its
-    sync history, trimmed to the newest SYNC_LOG_KEEP; inside the caller's transaction."""
+    sync history, trimmed to the newest SYNC_LOG_KEEP; inside the caller's transaction.
+    It runs with every upload that stores entries, so its three statements are
+    compiled once (storekit.Prepared), as intake's are."""
     if status is not None:
-        s = terminal_status.c
-        values = {
+        _upsert_status(conn.dialect.name).run(
+            conn,
+            {
+                "terminal": terminal_id,
+                "reported_ms": now_ms,
+                "software": status.get("software"),
+                "last_seq": status.get("last_seq"),
+                "update_set": status.get("update_set"),
+                "lists": _canonical(status.get("lists") or {}),
+                "status": _canonical(status),
+            },
+        )
+    _INSERT_LOG.run(
+        conn,
+        {
             "terminal": terminal_id,
-            "reported_ms": now_ms,
-            "software": status.get("software"),
-            "last_seq": status.get("last_seq"),
-            "update_set": status.get("update_set"),
-            "lists": _canonical(status.get("lists") or {}),
-            "status": _canonical(status),
-        }
-        stmt = upsert(conn, terminal_status).values(values)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[s.terminal],
-                set_={k: v for k, v in values.items() if k != "terminal"},
-            )
-        )
-    last_seq = status.get("last_seq") if status is not None else None
-    conn.execute(
-        insert(sync_log).values(
-            terminal=terminal_id,
-            at_ms=now_ms,
-            outcome=outcome,
-            accepted=accepted,
-            duplicates=duplicates,
-            acked_seq=acked_seq,
-            last_seq=last_seq,
-            alarm=alarm,
-        )
+            "at_ms": now_ms,
+            "outcome": outcome,
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "acked_seq": acked_seq,
+            "last_seq": status.get("last_seq") if status is not None else None,
+            "alarm": alarm,
+        },
     )
-    lg = sync_log.c
-    oldest_kept = (
-        select(lg.id)
-        .where(lg.terminal == terminal_id)
-        .order_by(lg.id.desc())
-        .offset(SYNC_LOG_KEEP - 1)
-        .limit(1)
-        .scalar_subquery()
-    )
-    conn.execute(delete(sync_log).where(lg.terminal == terminal_id, lg.id < oldest_kept))
+    _TRIM_LOG.run(conn, {"terminal": terminal_id})
 
 
 def _canonical(doc: Any) -> str:
