@@ -578,10 +578,38 @@ class Spending:
     month_totals: list[SpendingFigure] = field(default_factory=list)
 
 
+def _accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
+    """Accepted sales with start_ms <= at_ms < end_ms, reversed or not: the words of
+    entries_sales_at, which answers from the index alone what it covers."""
+    e = entries.c
+    return [
+        e.kind == _word(SALE),
+        e.verdict == _word(ACCEPT),
+        e.at_ms >= start_ms,
+        e.at_ms < end_ms,
+    ]
+
+
+def _reversed() -> ColumnElement[bool]:
+    """The sale is named by a reversal (through entries_reversals)."""
+    e = entries.c
+    r = entries.alias("r")
+    return tuple_(e.terminal, e.seq).in_(
+        select(r.c.terminal, r.c.ref_seq).where(
+            r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
+        )
+    )
+
+
 def _bucketed(
     conn: Connection, bounds: list[tuple[str, int, int]], extra: Sequence[ColumnElement[bool]]
 ) -> dict[tuple[str | None, str], tuple[int, int]]:
-    """(unit, month) -> (meals, fen) of the sales in each of ``bounds``, one query."""
+    """(unit, month) -> (meals, fen) of the counted sales in each of ``bounds``.
+
+    As settlement does: every accepted sale summed from entries_sales_at alone (an
+    index-only scan), less the reversed ones found from the reversals (few). One query
+    that left the reversed out while summing made PostgreSQL read the table instead of
+    the index: 2.0 s against 0.56 s for three months of 1.7 million entries."""
     if not bounds:
         return {}
     e = entries.c
@@ -589,12 +617,17 @@ def _bucketed(
         *((e.at_ms < hi, literal_column(f"'{label}'")) for label, _, hi in bounds),
         else_=literal_column("''"),
     ).label("bucket")
-    query = (
-        select(e.unit, bucket, func.count(), _fen_sum(conn, e.amount_fen))
-        .where(*_sales(bounds[0][1], bounds[-1][2]), *extra)
-        .group_by(e.unit, bucket)
+    where = [*_accepted(bounds[0][1], bounds[-1][2]), *extra]
+    sums = select(e.unit, bucket, func.count(), _fen_sum(conn, e.amount_fen)).group_by(
+        e.unit, bucket
     )
-    return {(u, str(b)): (int(n), int(f)) for u, b, n, f in conn.execute(query)}
+    out: dict[tuple[str | None, str], tuple[int, int]] = {}
+    for u, b, n, f in conn.execute(sums.where(*where)):
+        out[(u, str(b))] = (int(n), int(f))
+    for u, b, n, f in conn.execute(sums.where(*where, _reversed())):
+        had_n, had_f = out[(u, str(b))]
+        out[(u, str(b))] = (had_n - int(n), had_f - int(f))
+    return out
 
 
 def spending(
