@@ -107,6 +107,7 @@ def test_key_revocations_take_32_or_65_bytes_only() -> None:
         "11" * 33: "must be 32 bytes (an Ed25519 key) or 65 bytes (an SM2 point 04||x||y), got 33",
         "11" * 64: "got 64",
         "04" + "11" * 64: "not on the curve",
+        "05" + point.hex()[2:]: "not a 65-byte uncompressed point",
         off_curve(SM2_ISSUER.trust_entry())["public_key"]: "not on the curve",
         "zz": "not hex",
     }
