@@ -22,7 +22,7 @@ from consolekit import (  # noqa: F401
     no_change,
     start_console,
 )
-from countykit import County, provision_terminal
+from countykit import County, copy_county, provision_terminal
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
@@ -156,13 +156,24 @@ def test_expired_session_post_changes_nothing(console: Console) -> None:
             data={
                 "csrf": token,
                 "current": PASSWORDS["admin"],
-                "new": "x" * 12,
-                "repeat": "x" * 12,
+                "new": "a-valid-new-password",
+                "repeat": "a-valid-new-password",
             },
             allow_redirects=False,
         )
     assert r.status_code == 303 and "why=expired" in r.headers["location"]
+    assert r.headers["location"].endswith("&next=")  # never back to a POST's URL
     assert log_in(console, "admin", PASSWORDS["admin"]).status_code == 303
+    # From a page: back to that page after the login.
+    s = logged_in(console, "admin")
+    console.clock.advance(console.config.absolute_ms)
+    r = s.post(
+        console.url + "/console/logout",
+        data={"csrf": "whatever"},
+        headers={"Referer": console.url + "/console/audit?user=a"},
+        allow_redirects=False,
+    )
+    assert r.headers["location"].endswith("&next=%2Fconsole%2Faudit%3Fuser%3Da")
 
 
 def test_logout_deletes_the_session(console: Console) -> None:
@@ -634,3 +645,74 @@ def test_malformed_requests_are_4xx(console: Console) -> None:
             r = s.request(method, url + path, allow_redirects=False, **kw)
             assert r.status_code < 500, (method, path, r.status_code)
     assert s.get(url + "/console?lang=fr").text.count('lang="zh-CN"') == 1  # unknown: Chinese
+
+
+# ---- the command: canteen-county console ----
+
+
+@pytest.mark.slow
+def test_console_command_serves_and_refuses_bad_options(
+    tmp_path: Path, console_template: Path
+) -> None:
+    """The real command in a child process: it prints its URL, serves the login page,
+    logs in a user made by 'user add' (sent to change the password), and stops on SIGTERM;
+    bad options are one line and exit 2."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = tmp_path / "county"
+    copy_county(console_template, data)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "hw-sim")]))
+    cmd = [sys.executable, "-m", "county.cli"]
+    for args, text in (
+        (["--tls-cert", str(data / "server.pem")], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "nope.pem: no such file"),
+        (["--port", "70000"], "is not a port"),
+        (["--database", "nonsense"], "is not a URL"),
+    ):
+        bad = subprocess.run(
+            [*cmd, "console", "--data", str(data), *args],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert bad.returncode == 2 and text in bad.stderr, bad.stderr
+        errors = [x for x in bad.stderr.splitlines() if "error:" in x]
+        assert len(errors) == 1 and text in errors[0], bad.stderr
+    added = subprocess.run(
+        [*cmd, "user", "add", "--data", str(data), "--role", "admin", "li.si"],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )  # fmt: skip
+    once = one_time_password(added.stdout)
+    proc = subprocess.Popen(
+        [*cmd, "console", "--data", str(data), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"console on (http://127\.0\.0\.1:\d+)/console", line)
+        assert m, line + (proc.stderr.read() if proc.stderr else "")
+        url = m.group(1)
+        s = requests.Session()
+        token = login_form(s, url)
+        r = s.post(
+            url + "/console/login",
+            data={"csrf": token, "name": "li.si", "password": once},
+            allow_redirects=False,
+        )
+        assert r.status_code == 303
+        assert s.get(url + "/console", allow_redirects=False).headers["location"] == (
+            "/console/password"
+        )
+        assert s.get(url + "/v1/health").status_code == 404
+        s.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    # uvicorn shuts down, then raises the SIGTERM it caught again (as for 'serve'):
+    # systemd counts that as a clean stop. No traceback.
+    assert proc.returncode == -signal.SIGTERM
+    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -170,9 +170,16 @@ def _user_or_none(request: Request) -> Any:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
-        target = request.url.path
-        if request.method == "GET" and request.url.query:
-            target += "?" + request.url.query
+        if request.method == "GET":
+            target = request.url.path
+            if request.url.query:
+                target += "?" + request.url.query
+        else:
+            # A form sent with an expired session: back to the page it was on (login
+            # checks it is a console page), never to the POST's own URL.
+            referer = urlsplit(request.headers.get("referer", ""))
+            same = referer.netloc == request.url.netloc
+            target = (referer.path + ("?" + referer.query if referer.query else "")) if same else ""
         url = f"/console/login?why={exc.why}&next={quote(target, safe='')}"
         return RedirectResponse(url, status_code=303)
 
@@ -248,6 +255,9 @@ class ConsoleServer:
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
+        # Listening from here: the URL printed before uvicorn starts already connects
+        # (connections wait in the backlog until it accepts them).
+        self.sock.listen(2048)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self._thread: threading.Thread | None = None
