@@ -874,27 +874,42 @@ def find_multi_canteen_days(
     if not 2 <= min_canteens <= 100:
         raise InspectionError(f"--min-canteens {min_canteens}: must be from 2 to 100")
     _no_jit(conn)
+    if conn.dialect.name == "postgresql":
+        # The period's (cadre, day, canteen) triples hashed in memory, not sorted on disk.
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
     e = entries.c
     found: list[Finding] = []
     for lo, hi, off in offset_segments(start_ms, end_ms, zone):
         dayno = ((e.at_ms + off) // DAY_MS).label("dayno")
-        groups = (
-            select(e.cadre, dayno)
+        triples = (
+            select(e.cadre, dayno, e.canteen)
             .where(*_sales(lo, hi), e.cadre.is_not(None))
-            .group_by(e.cadre, dayno)
-            .having(func.count(e.canteen.distinct()) >= min_canteens)
-            .subquery("g")
+            .group_by(e.cadre, dayno, e.canteen)
+            .subquery("t")
         )
-        rows = conn.execute(
-            select(e.cadre, e.terminal, e.seq, e.canteen, e.at_ms, e.unit, groups.c.dayno)
-            .join_from(
-                entries,
-                groups,
-                and_(e.cadre == groups.c.cadre, (e.at_ms + off) // DAY_MS == groups.c.dayno),
+        days = {
+            (str(cadre), int(day))
+            for cadre, day in conn.execute(
+                select(triples.c.cadre, triples.c.dayno)
+                .group_by(triples.c.cadre, triples.c.dayno)
+                .having(func.count() >= min_canteens)
             )
-            .where(*_sales(lo, hi))
-            .order_by(e.cadre, groups.c.dayno, e.at_ms, e.terminal, e.seq)
-        )
+        }
+        # The sales of those cadres in the segment, through entries_served (cadre first):
+        # few cadres, so a second pass over the period is not needed.
+        cadres = sorted({cadre for cadre, _ in days})
+        rows: list[Any] = []
+        for i in range(0, len(cadres), 500):
+            rows.extend(
+                row
+                for row in conn.execute(
+                    select(e.cadre, e.terminal, e.seq, e.canteen, e.at_ms, e.unit, dayno).where(
+                        *_sales(lo, hi), e.cadre.in_(cadres[i : i + 500])
+                    )
+                )
+                if (row[0], int(row[6])) in days
+            )
+        rows.sort(key=lambda r: (r[0], int(r[6]), int(r[4]), r[1], int(r[2])))
         current: list[Any] = []
         for row in [*rows, None]:
             if current and (row is None or (row[0], row[6]) != (current[0][0], current[0][6])):
