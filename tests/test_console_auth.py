@@ -716,3 +716,46 @@ def test_console_command_serves_and_refuses_bad_options(
     # systemd counts that as a clean stop. No traceback.
     assert proc.returncode == -signal.SIGTERM
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+
+
+# ---- the users page ----
+
+
+def test_users_page_adds_resets_disables_with_audit(console: Console) -> None:
+    for role in ("finance", "inspector"):
+        assert go(logged_in(console, role), console.url, "/console/users").status_code == 403
+    s = logged_in(console, "admin")
+    page = s.get(console.url + "/console/users")
+    assert page.status_code == 200 and 'data-user="inspector"' in page.text
+    token = csrf_of(s, console.url)
+
+    def post(path: str, **data: str) -> requests.Response:
+        return s.post(console.url + path, data={"csrf": token, **data}, allow_redirects=False)
+
+    added = post("/console/users/add", name="zhao.liu", role="inspector")
+    assert added.status_code == 200
+    once = re.search(r'id="one-time-password">([^<]+)<', added.text)
+    assert once, added.text
+    assert log_in(console, "zhao.liu", once.group(1)).status_code == 303
+    with no_change(console):
+        for path, data, text in (
+            ("/console/users/add", {"name": "zhao.liu", "role": "admin"}, "exists already"),
+            ("/console/users/add", {"name": "a b", "role": "admin"}, "user name"),
+            ("/console/users/add", {"name": "x", "role": "root"}, "role"),
+            ("/console/users/admin/disable", {}, "不能停用自己的账号"),
+            ("/console/users/nobody/reset", {}, "no user"),
+        ):
+            r = post(path, **data)
+            assert r.status_code == 400 and text in r.text, (path, r.text)
+        assert post("/console/users/finance/delete").status_code == 404
+    fin = logged_in(console, "finance")
+    assert post("/console/users/finance/disable").status_code == 200
+    assert go(fin, console.url, "/console").status_code == 303  # its session ended
+    assert log_in(console, "finance", PASSWORDS["finance"]).status_code == 401
+    assert post("/console/users/finance/enable").status_code == 200
+    reset = post("/console/users/finance/reset")
+    new = re.search(r'id="one-time-password">([^<]+)<', reset.text)
+    assert new and log_in(console, "finance", new.group(1)).status_code == 303
+    done = [(x["user"], x["action"], x["target"]) for x in reversed(console.audit_rows())]
+    for action in ("user.add", "user.disable", "user.enable", "user.reset"):
+        assert ("admin", action, "zhao.liu" if action == "user.add" else "finance") in done

@@ -40,6 +40,7 @@ PAGES: list[str] = [
     "account",
     "home",
     "audit",
+    "users",
     "replacement",
     "fleet",
     "inspection",
