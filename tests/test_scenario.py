@@ -38,7 +38,7 @@ from hwsim.scenario.plan import (
     lunch_window,
     make_plan,
 )
-from hwsim.scenario.record import RunRecord, entry_marks, qr_marks
+from hwsim.scenario.record import RunRecord, code_chain, entry_marks, qr_marks
 from hwsim.scenario.report import (
     applied_entry,
     check,
@@ -438,6 +438,19 @@ def test_the_algorithm_check_fails_when_the_mix_was_not_tested(counter_run: RunR
     assert len(check_algorithms(record)) == 2
     record.options["sm2_share"] = 0.0
     assert check_algorithms(record) == []
+
+
+def test_code_chain_reads_the_two_algorithms_or_nothing() -> None:
+    from hwsim.wallet import Issuer, make_wallet, sm2_key_from_seed
+
+    issuer = Issuer("hn-x", sm2_key_from_seed("chain"))
+    wallet = make_wallet(issuer, "s1", "u", "n", now=ORIGIN_S)
+    text = wallet.draw(ORIGIN_S)
+    assert code_chain(text) == "sm2/ed25519"
+    assert code_chain(wallet.draw(ORIGIN_S, alg=-19)) == "sm2/ed25519"
+    assert code_chain(wallet.draw(ORIGIN_S, alg=-70002)) is None  # no alg this project knows
+    for junk in ("", "CT1:", "CT1:AB", text[:-10], "not a code"):
+        assert code_chain(junk) is None
 
 
 def test_an_all_ed25519_or_all_sm2_lunch(tmp_path: Path) -> None:
