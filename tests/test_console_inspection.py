@@ -30,7 +30,7 @@ from sqlalchemy import insert
 from test_inspection import AGENCIES, CANTEENS, NOW_MS, Ledger, local_ms
 
 from county.cli import main as county_main
-from county.db.schema import cadres
+from county.db.schema import cadres, terminals
 from county.directory import replace_agencies, replace_canteens
 from protocol.agencies import parse_agencies_csv, parse_canteens_csv
 
@@ -202,3 +202,34 @@ def test_charts_are_svg_images(console: Console) -> None:
     svg = base64.b64decode(uri.group(1).split(",", 1)[1]).decode("utf-8")
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     assert "2026-04" in svg  # the month labels are text
+
+
+def test_figures_follow_new_entries(console: Console) -> None:
+    """The page keeps its figures while the county's entries stand still, and shows new
+    ones once a terminal's upload moved its acknowledged seq."""
+    fill(console)
+    http = console.http("inspector")
+
+    def people() -> str:
+        html = http.get(console.url + "/console/inspection", timeout=30).text
+        found = re.search(r'id="fig-people" href="[^"]*">([^<]*)<', html)
+        assert found
+        return found.group(1)
+
+    assert people() == "5"
+    with console.db.write() as conn:
+        book = Ledger(conn)
+        book.seqs["t3"] = 100
+        start = local_ms("2026-05-20", 12)
+        for i in range(4):
+            book.put("t3", at_ms=start + i * MIN, cadre=f"iss/x{i}", unit="town1")
+        book.flush()
+    assert people() == "5"  # no terminal moved: the same figures, from memory
+    with console.db.write() as conn:
+        conn.execute(
+            insert(terminals).values(
+                terminal_id="t3", canteen="c2", registered_ms=NOW_MS, acked_seq=104,
+                last_hash=b"\0" * 32,
+            )
+        )  # fmt: skip
+    assert people() == "9"

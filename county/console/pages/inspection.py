@@ -12,9 +12,11 @@ the figure (what=batches|spending with the same filters) or the entries themselv
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,12 +24,14 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import Connection, func, select
 
 from county import inspection
 from county.console import auth, charts, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
 from county.console.render import render
+from county.db.schema import agencies, canteens, terminals
 from county.directory import load_directory
 from county.localtime import DateRange, LocalTimeError, local_date, parse_date
 
@@ -230,6 +234,52 @@ def _bad(request: Request, user: User, template: str, error: str, **context: Any
     return render(request, template, user=user, error=error, status_code=400, **context)
 
 
+_RESULTS: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
+_RESULTS_LOCK = threading.Lock()
+RESULTS_KEPT = 32
+
+
+def _stamp(conn: Connection) -> tuple[Any, ...]:
+    """What the inspection figures depend on, read cheaply: which database, every
+    terminal's acknowledged seq and last contact (entries arrive only by a terminal's
+    upload or a county command that moves them too), and when the directory was last
+    imported. Equal stamps, equal figures. Rows written into the entries table behind the
+    county's back are seen at the next sync of any terminal."""
+    t = terminals.c
+    seqs = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(t.acked_seq), 0),
+            func.max(t.last_seen_ms),
+            func.max(t.registered_ms),
+        )
+    ).one()
+    imported = conn.execute(
+        select(
+            select(func.max(agencies.c.imported_ms)).scalar_subquery(),
+            select(func.max(canteens.c.imported_ms)).scalar_subquery(),
+        )
+    ).one()
+    return (conn.engine.url.render_as_string(hide_password=True), *seqs, *imported)
+
+
+def _cached(conn: Connection, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """``make()``, or what it gave before for the same ``key`` while the county's entries
+    and directory are unchanged (``_stamp``): an officer opening the same period every
+    morning, or going back from the entries to the figures, waits once."""
+    full = (*key, _stamp(conn))
+    with _RESULTS_LOCK:
+        if full in _RESULTS:
+            _RESULTS.move_to_end(full)
+            return _RESULTS[full]
+    value = make()
+    with _RESULTS_LOCK:
+        _RESULTS[full] = value
+        while len(_RESULTS) > RESULTS_KEPT:
+            _RESULTS.popitem(last=False)
+    return value
+
+
 @functools.lru_cache(maxsize=64)
 def _chart(
     kind: str,
@@ -277,14 +327,18 @@ def batches_page(
     opts = {"min_people": min_people, "window_min": window_min}
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
-        found = inspection.both_years(
+        found = _cached(
             conn,
-            f.dates.start_ms,
-            f.dates.end_ms,
-            zone=zone,
-            canteen=canteen or None,
-            unit=unit or None,
-            **opts,
+            ("batches", f.dates, canteen, unit, min_people, window_min),
+            lambda: inspection.both_years(
+                conn,
+                f.dates.start_ms,
+                f.dates.end_ms,
+                zone=zone,
+                canteen=canteen or None,
+                unit=unit or None,
+                **opts,
+            ),
         )
         summaries = {
             by: inspection.batch_summary(
@@ -363,14 +417,18 @@ def spending_page(
         return _bad(request, user, "inspection_spending.html", error, form=form, f=None)
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
-        found = inspection.spending(
+        found = _cached(
             conn,
-            f.dates.start_ms,
-            f.dates.end_ms,
-            by=by,
-            zone=f.dates.zone,
-            directory=directory,
-            canteen=canteen or None,
+            ("spending", f.dates, by, canteen),
+            lambda: inspection.spending(
+                conn,
+                f.dates.start_ms,
+                f.dates.end_ms,
+                by=by,
+                zone=f.dates.zone,
+                directory=directory,
+                canteen=canteen or None,
+            ),
         )
     t = i18n.translator(str(getattr(request.state, "lang", i18n.DEFAULT_LANGUAGE)))
     months = found.month_totals
@@ -448,20 +506,26 @@ def anomalies_page(
     lo, hi = f.dates.start_ms, f.dates.end_ms
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
-        repeats = inspection.find_repeat_batches(
-            conn, lo, hi, min_batches=repeat_batches, days=repeat_days
-        )
-        multi = inspection.find_multi_canteen_days(conn, lo, hi, zone=zone)
         if data is not None:
             windows = inspection.published_windows(data, sorted(directory.canteens))
         else:
             windows = inspection.default_windows()
-        off = inspection.find_off_hours(conn, lo, hi, zone=zone, windows=windows)
-        on_holidays = (
-            inspection.find_holiday_sales(conn, lo, hi, zone=zone, holidays=holidays)
-            if holidays is not None
-            else None
-        )
+        frozen_windows = tuple(sorted(windows.items(), key=lambda kv: kv[0] or ""))
+
+        def find() -> tuple[Any, ...]:
+            return (
+                inspection.find_repeat_batches(
+                    conn, lo, hi, min_batches=repeat_batches, days=repeat_days
+                ),
+                inspection.find_multi_canteen_days(conn, lo, hi, zone=zone),
+                inspection.find_off_hours(conn, lo, hi, zone=zone, windows=windows),
+                inspection.find_holiday_sales(conn, lo, hi, zone=zone, holidays=holidays)
+                if holidays is not None
+                else None,
+            )
+
+        key = ("anomalies", f.dates, repeat_batches, repeat_days, frozen_windows, holidays)
+        repeats, multi, off, on_holidays = _cached(conn, key, find)
     return render(
         request,
         "inspection_anomalies.html",
@@ -557,7 +621,9 @@ def entries_page(
                     lo = hi
             chosen = None if group == NO_GROUP else group
             which = inspection.group_filter(directory, by or "agency", chosen) if group else {}
-            found = inspection.spending_entries(conn, lo, hi, canteen=canteen or None, **which)
+            found = inspection.spending_entries(
+                conn, lo, hi, canteen=canteen or None, limit=ENTRY_LIMIT + 1, **which
+            )
         total = len(found)
         rows = inspection.entry_rows(conn, found[:ENTRY_LIMIT], zone=zone, directory=directory)
     return render(
