@@ -66,7 +66,8 @@ def _page(
     with request.app.state.db.read() as conn:
         rows = users.list_users(conn)
     return render(
-        request, "users.html", user=user, rows=rows, roles=users.ROLES, message=message,
+        request, "users.html", user=user, rows=rows, roles=tuple(reversed(users.ROLES)),
+        message=message,
         password=password, error=error, status_code=status_code,
     )  # fmt: skip
 
