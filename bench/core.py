@@ -6,6 +6,10 @@ Figures and targets (issue 2, on a 2-core machine like CI's):
 - token verifications per second, against two raw Ed25519 verifications with
   cryptography (the physical floor of a presentation), timed in alternating rounds:
   at least 60% of the floor;
+- the same for SM2 tokens (issue 17: an SM2 issuer and SM2 phones, token.md §7) against
+  two raw SM2 verifications by protocol/sm2.py: at least 60%; and protocol/sm2.py's raw
+  verify within 2x of OpenSSL's (`openssl speed sm2`, compared in CPU time, and OpenSSL's
+  own EVP_DigestVerify in process). Figures in docs/token-format.md;
 - durable decisions per second (verify, policy, ledger commit with fsync), against
   a raw sqlite3 insert-and-commit with WAL and synchronous=FULL: at least 50%,
   with decision p99 under 5 ms;
