@@ -9,8 +9,11 @@ its own listener (docs/console.md).
 - ``console --data DIR [--database URL] [--host H] [--port N] [--tls-cert F --tls-key F]``:
   the console on its own listener, never the terminals' API.
 
-Every change is written to the audit log as ``cli:<login name>``. Bad input is one line
-on standard error, exit status 2, and nothing changed.
+Every change is written to the audit log as ``cli:<login name>``: the user commands in
+their own transaction, and the other county commands that change something (AUDITED:
+terminal add, conflicts withdraw, publish, revoke, imports...) once they succeeded,
+since add_user_commands is called after every other command is added. Bad input is one
+line on standard error, exit status 2, and nothing changed.
 """
 
 from __future__ import annotations
@@ -217,6 +220,83 @@ def cmd_console(a: argparse.Namespace) -> int:
     return 0
 
 
+# The county commands that change something, by their words, and the action each writes
+# to the audit log once it succeeded (the user commands above write their own rows, in
+# their transaction; terminal retire/replace/recover write theirs in county/replacement.py).
+AUDITED: dict[tuple[str, ...], str] = {
+    ("terminal", "add"): "terminal.add",
+    ("conflicts", "withdraw"): "conflict.withdraw",
+    ("issuers", "import"): "issuers.import",
+    ("publish", "settings"): "publish.settings",
+    ("publish", "trust"): "publish.trust",
+    ("publish", "roster"): "publish.roster",
+    ("publish", "directory"): "publish.directory",
+    ("revoke",): "revoke",
+    ("rotate",): "rotate",
+    ("agencies", "import"): "agencies.import",
+    ("agencies", "publish"): "agencies.publish",
+    ("canteens", "import"): "canteens.import",
+    ("cadres", "import"): "cadres.import",
+}
+_TARGETS = ("terminal", "id", "name", "canteen", "part", "role", "file")
+_NOT_DETAIL = {"func", "database", "data", "command", "timezone"}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _audited(fn: Any, action: str) -> Any:
+    def run(a: argparse.Namespace) -> int:
+        code = int(fn(a))
+        if code == 0:
+            _record_command(a, action)
+        return code
+
+    run.__name__ = getattr(fn, "__name__", "command")
+    return run
+
+
+def _record_command(a: argparse.Namespace, action: str) -> None:
+    """One audit row for a county command that succeeded; a county whose database cannot
+    be opened gets one warning line (the change itself is done)."""
+    target = next((str(v) for k in _TARGETS if (v := getattr(a, k, None)) not in (None, "")), "")
+    detail = {
+        k: v
+        for k, v in sorted(vars(a).items())
+        if k not in _NOT_DETAIL and not k.endswith("_command") and v not in (None, False, [])
+        and isinstance(v, str | int | float | bool | list)
+    }  # fmt: skip
+    try:
+        db = open_county(a)
+        try:
+            with db.write() as conn:
+                audit.record(
+                    conn, user=cli_user(), action=action, target=target,
+                    detail=json.dumps(detail, ensure_ascii=False, default=str), at_ms=now_ms(),
+                )  # fmt: skip
+        finally:
+            db.close()
+    except Exception as exc:
+        print(f"{PROG}: warning: not written to the audit log: {exc}", file=sys.stderr)
+
+
+def audit_commands(sub: Any) -> None:
+    """Make each command named in AUDITED write its audit row when it succeeds."""
+    for words, action in AUDITED.items():
+        parser = sub.choices.get(words[0])
+        for word in words[1:]:
+            parser = _subparsers(parser).get(word) if parser is not None else None
+        if parser is None:
+            continue  # a command this build does not have
+        fn = parser.get_default("func")
+        if fn is not None:
+            parser.set_defaults(func=_audited(fn, action))
+
+
 def add_user_commands(sub: Any) -> None:
     p = sub.add_parser("user", help="the web console's users (admin, finance, inspector)")
     usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -285,3 +365,5 @@ def add_user_commands(sub: Any) -> None:
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     add_timezone_option(p)
     p.set_defaults(func=cmd_console)
+
+    audit_commands(sub)

@@ -759,3 +759,21 @@ def test_users_page_adds_resets_disables_with_audit(console: Console) -> None:
     done = [(x["user"], x["action"], x["target"]) for x in reversed(console.audit_rows())]
     for action in ("user.add", "user.disable", "user.enable", "user.reset"):
         assert ("admin", action, "zhao.liu" if action == "user.add" else "finance") in done
+
+
+def test_county_commands_that_change_something_are_audited(console: Console) -> None:
+    import json
+
+    code, _, err = county_cli(console, "terminal", "add", "--canteen", "C1", "--terminal", "T9")
+    assert code == 0, err
+    rows = console.audit_rows("terminal.add")
+    assert len(rows) == 1 and rows[0]["user"].startswith("cli:") and rows[0]["target"] == "T9"
+    assert json.loads(rows[0]["detail"]) == {"canteen": "C1", "terminal": "T9"}
+    # A command that fails writes no row.
+    code, _, err = county_cli(console, "conflicts", "withdraw", "999", "--reason", "test")
+    assert code == 2 and err
+    assert console.audit_rows("conflict.withdraw") == []
+    # Reading commands write none either.
+    before = len(console.audit_rows())
+    assert county_cli(console, "alarms")[0] == 0
+    assert len(console.audit_rows()) == before
