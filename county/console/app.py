@@ -149,7 +149,10 @@ def create_console_app(config: ConsoleConfig) -> FastAPI:
                 i18n.LANG_COOKIE, str(query), max_age=365 * 86400, path="/", samesite="lax"
             )
         headers = response.headers
-        headers.setdefault("Cache-Control", "no-store")
+        if request.url.path.startswith("/console/static/"):
+            headers.setdefault("Cache-Control", "public, max-age=3600")
+        else:
+            headers.setdefault("Cache-Control", "no-store")
         headers["X-Frame-Options"] = "DENY"
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "same-origin"

@@ -17,7 +17,9 @@ Rules a page module follows (docs/console.md):
   Connection from ``request.app.state.engine`` (reads) or ``request.app.state.db.write()``
   (writes: on SQLite it takes the write lock first);
 - pages render with ``render.render(request, "x.html", user=user, ...)``; templates extend
-  base.html and call ``t("prefix.key")`` for every visible string.
+  base.html and call ``t("prefix.key")`` for every visible string;
+- no inline script: the Content-Security-Policy (app.py) allows scripts only from the
+  console's own files (county/console/static/); inline styles and data: images are fine.
 """
 
 from __future__ import annotations
