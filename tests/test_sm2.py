@@ -277,3 +277,22 @@ def test_openssl_whole_verification_agrees(uid: bytes) -> None:
     ):
         assert public.verify(signature, m, u) is expected
         assert sm2._lib.verify(public._pkey, der, m, u) is expected
+
+
+def test_one_key_verifies_from_several_threads_at_once() -> None:
+    # ctypes lets go of the GIL during each OpenSSL call, so these calls really overlap;
+    # each makes its own OpenSSL context, and the shared key is only read.
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = Sm2PrivateKey.generate()
+    public = key.public_key()
+    messages = [bytes([i]) * (50 + i) for i in range(8)]
+    signatures = [key.sign(m) for m in messages]
+
+    def check(i: int) -> tuple[bool, bool]:
+        m, s = messages[i % 8], signatures[i % 8]
+        return public.verify(s, m), public.verify(s, m + b"!")
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(check, range(64)))
+    assert results == [(True, False)] * 64
