@@ -156,6 +156,8 @@ def create_console_app(config: ConsoleConfig) -> FastAPI:
         headers["X-Frame-Options"] = "DENY"
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "same-origin"
+        if request.url.scheme == "https":
+            headers["Strict-Transport-Security"] = "max-age=31536000"
         headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
             "frame-ancestors 'none'; form-action 'self'"

@@ -507,7 +507,7 @@ def anomalies_page(
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
         if data is not None:
-            windows = inspection.published_windows(data, sorted(directory.canteens))
+            windows = inspection.published_windows(data, inspection.canteens_seen(conn, lo, hi))
         else:
             windows = inspection.default_windows()
         frozen_windows = tuple(sorted(windows.items(), key=lambda kv: kv[0] or ""))
