@@ -45,10 +45,11 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union,
 )
 
 from county.db.schema import cadres as cadres_table
-from county.db.schema import canteens, entries
+from county.db.schema import canteens, entries, terminals
 from county.localtime import local_datetime, local_text, midnight_ms
 from protocol.agencies import TOWNSHIP, Directory
 from protocol.chain import ACCEPT, REVERSAL, SALE
@@ -1062,6 +1063,23 @@ def default_windows() -> dict[str | None, Windows]:
     return {None: tuple((m.start, m.end) for m in settings.meals)}
 
 
+def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
+    """Every canteen id the county knows of for the range: the directory's, the
+    terminals', and those of the range's accepted sales (from entries_sales_at)."""
+    e = entries.c
+    found = {
+        str(c)
+        for (c,) in conn.execute(
+            union(
+                select(canteens.c.canteen),
+                select(terminals.c.canteen),
+                select(e.canteen).where(*_accepted(start_ms, end_ms)).distinct(),
+            )
+        )
+    }
+    return sorted(found)
+
+
 def published_windows(data: str | Path, canteen_ids: Iterable[str]) -> dict[str | None, Windows]:
     """The meal windows the county published (county/published.py): each canteen's own
     settings file when it sets meals, else the file for all canteens, else the embedded
@@ -1154,6 +1172,7 @@ __all__ = [
     "SpendingFigure",
     "batch_summary",
     "both_years",
+    "canteens_seen",
     "change_pct",
     "default_windows",
     "entry_rows",

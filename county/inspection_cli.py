@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, union
-
 from county import inspection
 from county.command import (
     CommandError,
@@ -26,7 +24,6 @@ from county.command import (
     open_county,
 )
 from county.db import DatabaseError
-from county.db.schema import canteens, terminals
 from county.directory import load_directory
 from county.errors import StoreError
 from county.inspection import InspectionError
@@ -215,12 +212,7 @@ def cmd_anomalies(a: argparse.Namespace) -> int:
                     lines.append({"row": f.kind, **f.as_json(zone)})
             if "off_hours" in kinds:
                 if a.data is not None:
-                    ids = [
-                        str(c)
-                        for (c,) in conn.execute(
-                            union(select(terminals.c.canteen), select(canteens.c.canteen))
-                        )
-                    ]
+                    ids = inspection.canteens_seen(conn, lo, hi)
                     windows = inspection.published_windows(a.data, ids)
                 else:
                     windows = inspection.default_windows()

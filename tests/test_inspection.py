@@ -780,3 +780,56 @@ def test_cli_refuses_a_county_that_does_not_exist(
     err = capsys.readouterr().err
     assert code == 2 and "no county database" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "data" / "county.sqlite").exists()
+
+
+def test_off_hours_by_the_published_meal_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --data, a canteen's meal windows are those the county published for it (its
+    own settings file, else the file for all canteens), as intake judges a sale's meal."""
+    data = tmp_path / "county"
+    assert (
+        county_main(["updates", "init", "--data", str(data), "--root-keys", str(tmp_path / "k")])
+        == 0
+    )
+    everyone = tmp_path / "all.toml"
+    everyone.write_text(
+        '[[meals]]\nname = "breakfast"\nstart = "06:00"\nend = "10:00"\n'
+        "price_own_fen = 300\nprice_visitor_fen = 500\n"
+        '[[meals]]\nname = "lunch"\nstart = "11:00"\nend = "13:00"\n'
+        "price_own_fen = 700\nprice_visitor_fen = 900\n",
+        encoding="utf-8",
+    )
+    own = tmp_path / "c1.toml"
+    own.write_text(
+        '[[meals]]\nname = "lunch"\nstart = "11:00"\nend = "14:00"\n'
+        "price_own_fen = 700\nprice_visitor_fen = 900\n",
+        encoding="utf-8",
+    )
+    assert county_main(["publish", "settings", "--data", str(data), str(everyone), "--all"]) == 0
+    assert (
+        county_main(["publish", "settings", "--data", str(data), str(own), "--canteen", "c1"]) == 0
+    )
+    windows = inspection.published_windows(data, ["c1", "c2"])
+    assert windows["c1"] == ((dt.time(11), dt.time(14)),)
+    assert windows["c2"] == ((dt.time(6), dt.time(10)), (dt.time(11), dt.time(13)))
+    assert windows[None] == inspection.default_windows()[None]
+
+    store = CountyStore(f"sqlite:///{data / 'county.sqlite'}")
+    try:
+        made = write(
+            store,
+            lambda book: [
+                book.put(t, at_ms=local_ms(DAY, h, m), cadre=f"iss/{t}{h}", unit="cty1")
+                for t, h, m in (("t1", 13, 45), ("t3", 13, 45), ("t1", 9, 30), ("t3", 9, 30))
+            ],
+        )
+    finally:
+        store.close()
+    capsys.readouterr()
+    args = ["anomalies", "--data", str(data), "--from", DAY, "--to", DAY, "--kind", "off_hours"]
+    assert county_main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    flagged = [tuple(x["entries"][0]) for x in lines if x["row"] == "off_hours"]
+    # c1 (t1): lunch until 14:00, no breakfast; c2 (t3): breakfast, lunch until 13:00.
+    assert flagged == [made[2], made[1]]
