@@ -273,3 +273,30 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert not (tmp_path / "x" / "county.sqlite").exists()
     with pytest.raises(SystemExit):
         hwsim_main(["county", "history", "--data", str(tmp_path / "y"), "--start", "2024-13-01"])
+
+
+@pytest.mark.slow
+def test_two_years_give_the_rucheng_and_anren_figures(tmp_path: Path) -> None:
+    """Fewer batches and people in the second year (Rucheng: 45 -> 20 batches), and the
+    work-meal spending of some townships' agencies down by about a quarter (Anren)."""
+    two_years = ["--months", "24", "--canteens", "6", "--cadres", "300", "--placeholder-codes"]
+    data, manifest = generate(tmp_path, *two_years)
+    url = f"sqlite:///{data / 'county.sqlite'}"
+    check_against_rows(url, manifest)
+    split = int(dt.datetime(2025, 12, 1, tzinfo=UTC8).timestamp() * 1000)
+    first = [b for b in manifest["batches"] if b["start_ms"] < split]
+    second = [b for b in manifest["batches"] if b["start_ms"] >= split]
+    assert 0 < len(second) < 0.6 * len(first)
+    assert sum(b["people"] for b in second) < 0.7 * sum(b["people"] for b in first)
+    spent: dict[tuple[str, bool], int] = defaultdict(int)
+    for r in rows(url):
+        if r["kind"] == "sale" and r["verdict"] == "accept":
+            spent[(r["unit"], r["at_ms"] >= split)] += r["amount_fen"]
+    # The townships that run a canteen of the county: their cadres' meals.
+    towns = {op for op in operators(url).values() if op[-3:].isdigit() and "-" not in op}
+    ratios = sorted(
+        spent[(u, True)] / spent[(u, False)] for u in towns if spent[(u, False)] > 50_000
+    )
+    assert len(ratios) >= 4
+    assert 0.68 < ratios[0] < 0.80  # the falling townships: about 26 % less
+    assert 0.93 < ratios[-1] < 1.07  # and the others, about the same

@@ -454,15 +454,20 @@ def plan_history(county: County) -> Plan:
                 }
             )
             break
-    # Batches month by month, fewer in the second year.
+    # Batches month by month. From the 13th month on, the same month a year before gave
+    # the count: 20/45 of what was planted then (the Rucheng figure), whatever capped it
+    # (a small county runs out of agency and canteen pairs 90 days apart).
     month_start = 0
+    planted: list[int] = []
     for m in range(o.months):
         month_end = (add_months(o.start, m + 1) - o.start).days
-        rate = BATCHES_PER_CANTEEN_MONTH * len(county.canteens)
-        if m >= 12:
-            rate *= SECOND_YEAR_BATCHES
+        if m < 12:
+            rate = BATCHES_PER_CANTEEN_MONTH * len(county.canteens)
+        else:
+            rate = planted[m - 12] * SECOND_YEAR_BATCHES
         want = int(rate) + (rng.random() < rate - int(rate))
         days = _workdays(county, month_start, month_end)
+        count = 0
         for _ in range(want):
             for _try in range(30):
                 if not days:
@@ -471,7 +476,9 @@ def plan_history(county: County) -> Plan:
                 k = rng.randrange(len(county.canteens))
                 choices = [u for u in visitors(k) if free_pair(k, u, [day])]
                 if choices and batch(k, rng.choice(choices), day) is not None:
+                    count += 1
                     break
+        planted.append(count)
         month_start = month_end
     homed = [c.no for c in county.cadres if c.home is not None]
     work = _workdays(county, 0, n_days)
