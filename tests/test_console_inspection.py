@@ -233,3 +233,19 @@ def test_figures_follow_new_entries(console: Console) -> None:
             )
         )  # fmt: skip
     assert people() == "9"
+
+
+def test_spending_numbers_open_their_entries(console: Console) -> None:
+    made = fill(console)
+    http = console.http("finance")
+    html = http.get(console.url + "/console/inspection/spending?by=agency", timeout=30).text
+    row = re.search(r'data-month="2026-04">(.*?)</tr>', html, re.S)
+    assert row
+    net = re.search(r'class="net" href="([^"]+)">([^<]+)<', row.group(1))
+    assert net and net.group(2) == "75.00"  # five sales of 15.00
+    listed = http.get(console.url + net.group(1).replace("&amp;", "&"), timeout=30).text
+    assert re.findall(r'data-key="([^"]+)"', listed) == [f"{t}:{s}" for t, s in made["batch"]]
+    prev = re.search(r'class="prev-net" href="([^"]+)">([^<]+)<', row.group(1))
+    assert prev and prev.group(2) == "75.00"  # April 2025: the five of 2025-04-10
+    listed = http.get(console.url + prev.group(1).replace("&amp;", "&"), timeout=30).text
+    assert len(re.findall(r'data-key="', listed)) == 5 and "2025-04-10 12:00:00" in listed
