@@ -33,12 +33,12 @@ class StatusInvalid(ValueError):
     """An upload's ``status`` object is not what the protocol allows; one line."""
 
 
-def _count(doc: dict[str, Any], name: str) -> int | None:
+def _count(doc: dict[str, Any], name: str, where: str = "status") -> int | None:
     value = doc.get(name)
     if value is None:
         return None
     if type(value) is not int or not 0 <= value <= _INT64_MAX:
-        raise StatusInvalid(f"status.{name} must be a whole number from 0 up, or null")
+        raise StatusInvalid(f"{where}.{name} must be a whole number from 0 up, or null")
     return value
 
 
@@ -87,7 +87,7 @@ def parse_status(doc: Any) -> dict[str, Any]:
                 continue
             if not isinstance(info, dict):
                 raise StatusInvalid(f"status.lists.{name} must be an object")
-            one = {k: _count(info, k) for k in ("version", "issued_at")}
+            one = {k: _count(info, k, f"status.lists.{name}") for k in ("version", "issued_at")}
             kept[name] = {k: v for k, v in one.items() if v is not None}
         out["lists"] = kept
     return out
