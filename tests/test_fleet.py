@@ -402,3 +402,36 @@ def test_a_set_from_a_usb_medium_reaches_the_county(
     assert len(recorded) == 1
     assert recorded[0]["detail"]["via"] == "medium"
     assert not (state_dir / "updates" / "unrecorded.json").exists()
+
+
+def test_update_standing_compares_content_part_by_part() -> None:
+    content = {
+        "settings": "s1",
+        "trust": "t1",
+        "roster": "r2",
+        "directory": None,
+        "revocations": "v1",
+    }
+    reported = {
+        "settings": {"sha256": "s1"},
+        "trust": {"sha256": "t1"},
+        "roster": {"sha256": "r1"},
+        "revocations": {"sha256": "v1"},
+    }
+    pub = fleet.Published(
+        county_set=13,
+        content=lambda canteen: content,
+        applied={
+            "t-behind": {"set": 12, "detail": reported},
+            "t-current": {"set": 9, "detail": {**reported, "roster": {"sha256": "r2"}}},
+            "t-back": {"set": 9, "detail": {"set": 9, "rolled_back_from": 12}},
+        },
+    )
+    current = fleet.update_standing(pub, "t-current", "c1")
+    assert (current["state"], current["set"], current["county_set"]) == ("current", 9, 13)
+    behind = fleet.update_standing(pub, "t-behind", "c1")
+    assert (behind["state"], behind["differs"]) == ("behind", ["roster"])
+    back = fleet.update_standing(pub, "t-back", "c1")
+    assert back["state"] == "behind" and back["rolled_back_from"] == 12
+    assert fleet.update_standing(pub, "t-new", "c1")["state"] == "unknown"
+    assert fleet.update_standing(None, "t-new", "c1")["state"] == "none"
