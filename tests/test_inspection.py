@@ -782,6 +782,7 @@ def test_cli_refuses_a_county_that_does_not_exist(
     assert not (tmp_path / "data" / "county.sqlite").exists()
 
 
+@pytest.mark.slow  # updates init makes root keys: about 6 s
 def test_off_hours_by_the_published_meal_windows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
