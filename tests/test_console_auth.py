@@ -464,6 +464,12 @@ def test_body_over_the_limit_is_413(console: Console) -> None:
             allow_redirects=False,
         )
     assert r.status_code == 413 and "过大" in r.text
+    # A body without a length (chunked) is refused before it is read.
+    token = csrf_of(s, console.url)
+    chunks = iter([f"csrf={token}&current=x".encode()])
+    with no_change(console):
+        r = s.post(console.url + "/console/password", data=chunks, allow_redirects=False)
+    assert r.status_code == 411
 
 
 # ---- two listeners: the console never on the terminals' port, nor their API on its ----

@@ -142,6 +142,11 @@ def create_console_app(config: ConsoleConfig) -> FastAPI:
             response: Response = render(
                 request, "error.html", message_key="error.too_large", status_code=413
             )
+        elif length is None and request.method in ("POST", "PUT", "PATCH"):
+            # A body without a length (chunked) could be of any size; browsers send one.
+            response = render(
+                request, "error.html", message_key="error.length_required", status_code=411
+            )
         else:
             response = await call_next(request)
         if query in i18n.LANGUAGES and query != cookie:

@@ -123,6 +123,10 @@ register(
             "zh": "提交的内容过大，未做任何修改。",
             "en": "What was sent is too large; nothing was changed.",
         },
+        "error.length_required": {
+            "zh": "请求缺少长度，未做任何修改。",
+            "en": "The request has no length; nothing was changed.",
+        },
         "error.back_home": {"zh": "返回首页", "en": "Back to the home page"},
     }
 )
