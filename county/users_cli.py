@@ -188,6 +188,19 @@ def _port(text: str) -> int:
     return value
 
 
+def _whole(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
 def cmd_console(a: argparse.Namespace) -> int:
     from county.command import store_url
     from county.console.app import ConsoleConfig, ConsoleServer
@@ -198,11 +211,15 @@ def cmd_console(a: argparse.Namespace) -> int:
         if f and not Path(f).is_file():
             raise CommandError(f"{f}: no such file")
     zone = county_zone(a.timezone)
+    if a.idle_minutes * 60_000 > a.session_hours * 3_600_000:
+        raise CommandError("--idle-minutes is longer than --session-hours")
     config = ConsoleConfig(
         data=Path(a.data),
         database_url=store_url(a),
         secure_cookies=a.secure_cookies,
         zone=zone,
+        idle_ms=a.idle_minutes * 60_000,
+        absolute_ms=a.session_hours * 3_600_000,
     )
     try:
         server = ConsoleServer(
@@ -361,6 +378,20 @@ def add_user_commands(sub: Any) -> None:
         "--secure-cookies",
         action="store_true",
         help="mark cookies Secure even over plain HTTP (a TLS proxy in front)",
+    )
+    p.add_argument(
+        "--idle-minutes",
+        type=_whole(1, 24 * 60),
+        default=30,
+        metavar="N",
+        help="a session ends after N minutes without a request (default 30)",
+    )
+    p.add_argument(
+        "--session-hours",
+        type=_whole(1, 7 * 24),
+        default=12,
+        metavar="H",
+        help="and H hours after its login in any case (default 12)",
     )
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     add_timezone_option(p)

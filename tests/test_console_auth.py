@@ -680,6 +680,8 @@ def test_console_command_serves_and_refuses_bad_options(
         (["--tls-cert", "nope.pem", "--tls-key", "nope.key"], "nope.pem: no such file"),
         (["--port", "70000"], "is not a port"),
         (["--database", "nonsense"], "is not a URL"),
+        (["--idle-minutes", "0"], "is not between 1 and 1440"),
+        (["--idle-minutes", "600", "--session-hours", "2"], "longer than --session-hours"),
     ):
         bad = subprocess.run(
             [*cmd, "console", "--data", str(data), *args],
