@@ -50,7 +50,7 @@ refused) of one agency other than the canteen's operator fall within any 30 minu
 one canteen; a (canteen, agency, day) with a planted batch has no other sale of that
 agency there that day; two batches of one agency at one canteen are at least 90 days
 apart unless they form a ``repeat_batches`` anomaly (3 batches within 30 days); a
-planted batch spans at most 10 minutes. Refused sales occur only in meal windows, at
+planted batch spans at most 11 minutes. Refused sales occur only in meal windows, at
 the cadre's only canteen of the day.
 
 The signed codes. Each accepted QR sale carries a real phone code (the cadre's
