@@ -144,6 +144,13 @@ def test_absolute_expiry_however_busy(console: Console) -> None:
     console.clock.now = end
     r = go(s, console.url, "/console")
     assert r.status_code == 303 and "why=expired" in r.headers["location"]
+    # A shorter rule (a restart with a smaller --session-hours) ends older sessions at once.
+    s = logged_in(console, "admin")
+    console.clock.advance(20 * 60_000)
+    assert go(s, console.url, "/console").status_code == 200
+    console.config.absolute_ms = 20 * 60_000
+    r = go(s, console.url, "/console")
+    assert r.status_code == 303 and "why=expired" in r.headers["location"]
 
 
 def test_expired_session_post_changes_nothing(console: Console) -> None:

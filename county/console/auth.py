@@ -133,7 +133,10 @@ def current_session(request: Request) -> Session | None:
         ).first()
     if row is None:
         return None
-    if row.disabled_ms is not None or now >= row.expires_ms:
+    # The absolute limit is checked against this process's rule too, so a shorter
+    # --session-hours after a restart ends older sessions at once.
+    ended = now >= row.expires_ms or now >= row.created_ms + config.absolute_ms
+    if row.disabled_ms is not None or ended:
         request.state.session_expired = row.disabled_ms is None
         with request.app.state.db.write() as conn:
             conn.execute(delete(console_sessions).where(console_sessions.c.token_hash == digest))

@@ -209,7 +209,7 @@ def _filters(request: Request, date_from: str, date_to: str) -> tuple[Filters | 
         )
         if (dates.last - dates.first).days > 3 * 366:
             raise LocalTimeError("at most three years at a time")
-        inspection.year_before_ms(dates.start_ms, dates.zone)
+        inspection.check_dates(dates.first, dates.last)
     except (LocalTimeError, inspection.InspectionError) as exc:
         return None, str(exc)
     return Filters(dates, text_from, text_to), ""
