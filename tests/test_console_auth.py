@@ -614,6 +614,15 @@ def test_audit_command_prints_json_lines(console: Console) -> None:
     docs = [json.loads(line) for line in out.splitlines()]
     assert [d["target"] for d in docs] == ["1", "2"]
     assert docs[0]["local_time"] == "2026-05-11 00:00:00" and docs[0]["action"] == "test.day"
+    # --action ending in a dot is a prefix ("_" and "%" are no wildcards); --user exact.
+    with console.db.write() as conn:
+        audit_mod.record(conn, user="admin", action="testXday", at_ms=may + 5)
+        audit_mod.record(conn, user="finance", action="test.other", at_ms=may + 6)
+    prefix = county_cli(console, "audit", "--action", "test.")[1].splitlines()
+    assert sorted(json.loads(x)["action"] for x in prefix) == ["test.day"] * 3 + ["test.other"]
+    assert county_cli(console, "audit", "--action", "test_")[1] == ""
+    mine = county_cli(console, "audit", "--user", "finance", "--action", "test.")[1]
+    assert [json.loads(x)["action"] for x in mine.splitlines()] == ["test.other"]
     for args in (("--from", "2026-02-30"), ("--from", "2026-05-12", "--to", "2026-05-11")):
         code, out, err = county_cli(console, "audit", *args)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
