@@ -114,12 +114,26 @@ def _no_jit(conn: Connection) -> None:
 # -- local time ----------------------------------------------------------------------------
 
 
+FIRST_DATE = dt.date(2, 1, 1)  # the year before it is still in the calendar
+LAST_DATE = dt.date(9998, 12, 31)  # its month and the next are too
+
+
+def check_dates(first: dt.date, last: dt.date) -> None:
+    """Refuse a period whose year before, or whose months, leave the calendar."""
+    if first < FIRST_DATE or last > LAST_DATE:
+        raise InspectionError(
+            f"{first}..{last}: an inspection period lies within {FIRST_DATE}..{LAST_DATE}"
+        )
+
+
 def year_before_ms(at_ms: int, zone: dt.tzinfo) -> int:
     """The same local wall time one year earlier (29 February becomes the 28th)."""
     when = local_datetime(at_ms, zone)
     if when is None:
-        raise InspectionError(f"time {at_ms} ms is outside the calendar")
+        raise InspectionError(f"time {at_ms} ms: no year before it in the calendar")
     naive = when.replace(tzinfo=None)
+    if naive.year <= 1:
+        raise InspectionError(f"{naive:%Y-%m-%d}: no year before it in the calendar")
     try:
         earlier = naive.replace(year=naive.year - 1)
     except ValueError:
@@ -1174,6 +1188,7 @@ __all__ = [
     "both_years",
     "canteens_seen",
     "change_pct",
+    "check_dates",
     "default_windows",
     "entry_rows",
     "find_batches",

@@ -52,7 +52,9 @@ def _dates(a: argparse.Namespace) -> DateRange:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise CommandError(f"--{name} {value!r}: not UTF-8 text") from None
-    return DateRange.parse(a.date_from, a.date_to, county_zone(a.timezone))
+    dates = DateRange.parse(a.date_from, a.date_to, county_zone(a.timezone))
+    inspection.check_dates(dates.first, dates.last)
+    return dates
 
 
 def _head(a: argparse.Namespace, dates: DateRange, **more: Any) -> dict[str, Any]:

@@ -148,6 +148,9 @@ def test_figures_match_the_cli_and_drill_down(
     "path, status, words",
     [
         ("/console/inspection?from=2026-13-01", 400, "2026-13-01"),
+        ("/console/inspection?from=0001-01-01&to=0001-01-02", 400, "lies within"),
+        ("/console/inspection/spending?from=9999-12-01&to=9999-12-31", 400, "lies within"),
+        ("/console/inspection/entries?what=spending&from=9999-12-01&to=9999-12-31", 400, "within"),
         ("/console/inspection?from=2026-06-01&to=2026-05-01", 400, "is after"),
         ("/console/inspection/spending?from=1-1-1", 400, "YYYY-MM-DD"),
         ("/console/inspection/entries?keys=nonsense", 400, "TERMINAL:SEQ"),

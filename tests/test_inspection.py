@@ -722,6 +722,11 @@ def test_cli_batches_spending_and_anomalies(
     "args, message",
     [
         (["batches", "--from", "2026-5-1", "--to", "2026-05-31"], "expected a date"),
+        (["batches", "--from", "0001-01-01", "--to", "0001-01-31"], "lies within"),
+        (
+            ["spending", "--from", "0001-01-01", "--to", "0001-01-31", "--by", "agency"],
+            "lies within",
+        ),
         (["batches", "--from", "2026-06-01", "--to", "2026-05-31"], "is after"),
         (
             ["batches", "--from", "2026-05-01", "--to", "2026-05-31", "--min-people", "1"],
