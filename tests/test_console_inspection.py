@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from consolekit import (  # noqa: F401
+    ON_EACH_BACKEND,
     ROLES,
     Console,
     check_page,
@@ -148,6 +149,9 @@ def test_figures_match_the_cli_and_drill_down(
     "path, status, words",
     [
         ("/console/inspection?from=2026-13-01", 400, "2026-13-01"),
+        ("/console/inspection?canteen=c%001", 400, "control characters"),
+        ("/console/inspection/spending?canteen=%0a", 400, "control characters"),
+        ("/console/inspection/entries?keys=t%001:1", 400, "control characters"),
         ("/console/inspection?from=0001-01-01&to=0001-01-02", 400, "lies within"),
         ("/console/inspection/spending?from=9999-12-01&to=9999-12-31", 400, "lies within"),
         ("/console/inspection/entries?what=spending&from=9999-12-01&to=9999-12-31", 400, "within"),
@@ -166,6 +170,17 @@ def test_bad_queries_are_refused_plainly(
     response = console.http("finance").get(console.url + path, timeout=30)
     assert response.status_code == status, response.text[:300]
     assert words in response.text
+
+
+@ON_EACH_BACKEND
+def test_nul_in_a_query_is_400_on_each_backend(console: Console) -> None:
+    for path in (
+        "/console/inspection?unit=%00",
+        "/console/inspection/entries?what=batches&canteen=%00",
+        "/console/inspection/entries?keys=%00:1",
+    ):
+        response = console.http("inspector").get(console.url + path, timeout=30)
+        assert response.status_code == 400 and "control characters" in response.text, path
 
 
 def test_a_stranger_sees_nothing(console: Console) -> None:

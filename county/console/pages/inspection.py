@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ NAV = [NavItem("/console/inspection", "inspection.nav", "inspection.about", orde
 ENTRY_LIMIT = 1000
 MAX_KEYS = 5000
 NO_GROUP = "-"  # a spending group with no agency / no township, in a URL
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 i18n.register(
     {
@@ -201,6 +203,10 @@ def _default_dates(request: Request) -> tuple[str, str]:
 
 
 def _filters(request: Request, date_from: str, date_to: str) -> tuple[Filters | None, str]:
+    for name, value in request.query_params.multi_items():
+        if _CONTROL.search(value):
+            # No id holds one, and PostgreSQL refuses NUL in any text it is given.
+            return None, f"{name}: control characters are not allowed"
     default_from, default_to = _default_dates(request)
     text_from, text_to = date_from or default_from, date_to or default_to
     try:
@@ -551,6 +557,8 @@ def anomalies_page(
 def _parse_keys(text: str) -> list[tuple[str, int]]:
     keys: list[tuple[str, int]] = []
     for part in text.split(","):
+        if _CONTROL.search(part):
+            raise ValueError("control characters are not allowed")
         terminal, sep, seq = part.strip().rpartition(":")
         if not sep or not terminal or not seq.isdigit() or len(seq) > 18:
             raise ValueError(f"{part[:40]!r} is not TERMINAL:SEQ")
