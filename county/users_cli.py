@@ -288,7 +288,7 @@ def _record_command(a: argparse.Namespace, action: str) -> None:
         and isinstance(v, str | int | float | bool | list)
     }  # fmt: skip
     try:
-        db = open_county(a)
+        db = open_county(a, must_exist=True)  # never a new empty county for the row
         try:
             with db.write() as conn:
                 audit.record(
