@@ -28,7 +28,13 @@ from fastapi.responses import PlainTextResponse
 
 from county.console import audit
 from county.console.app import ConsoleServer
-from county.console.auth import LOGIN_COOKIE, SESSION_COOKIE, User, check_csrf
+from county.console.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    User,
+    check_csrf,
+    check_csrf_roles,
+)
 
 
 def login_form(s: requests.Session, url: str) -> str:
@@ -370,17 +376,20 @@ def test_failed_logins_lock_the_name_for_a_while(console: Console) -> None:
 
 def unsafe_routes(console: Console) -> list[tuple[str, str, str]]:
     """(method, path with its parameters filled in, kind) of every console route that
-    changes something; kind is "change" (check_csrf), "own" (check_own_csrf) or "login"."""
+    changes something; kind is "admin" (check_csrf), "change" (check_csrf_roles),
+    "own" (check_own_csrf) or "login"."""
     from county.console.app import _api_routes, _depends_on
-    from county.console.auth import check_csrf, check_login_csrf
+    from county.console.auth import check_login_csrf
 
     out = []
     for route in _api_routes(console.server.app.routes):
         for method in sorted((route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}):
             path = re.sub(r"\{[^}]+\}", "1", route.path)
-            if _depends_on(route.dependant, (check_login_csrf,)):
+            if _depends_on(route.dependant, lambda c: c is check_login_csrf):
                 kind = "login"
-            elif _depends_on(route.dependant, (check_csrf,)):
+            elif _depends_on(route.dependant, lambda c: c is check_csrf):
+                kind = "admin"
+            elif _depends_on(route.dependant, lambda c: getattr(c, "console_csrf", False)):
                 kind = "change"
             else:
                 kind = "own"
@@ -417,33 +426,55 @@ def test_every_form_without_or_with_a_wrong_csrf_is_403(console: Console) -> Non
 
 
 def test_an_inspector_posting_a_change_is_403(console: Console) -> None:
-    s = logged_in(console, "inspector")
-    token = csrf_of(s, console.url)
-    changes = [(m, p) for m, p, kind in unsafe_routes(console) if kind == "change"]
-    with no_change(console):
-        for method, path in changes:
-            r = s.request(method, console.url + path, data={"csrf": token}, allow_redirects=False)
-            assert r.status_code == 403, (method, path)
-            assert "您没有权限执行此操作" in r.text
+    """Every change route refuses the inspector; the admin-only ones (check_csrf) refuse
+    finance too."""
+    routes = unsafe_routes(console)
+    assert ("POST", "/console/users/add", "admin") in routes
+    for role, kinds in (("inspector", ("admin", "change")), ("finance", ("admin",))):
+        s = logged_in(console, role)
+        token = csrf_of(s, console.url)
+        with no_change(console):
+            for method, path, kind in routes:
+                if kind not in kinds:
+                    continue
+                r = s.request(
+                    method, console.url + path, data={"csrf": token}, allow_redirects=False
+                )
+                assert r.status_code == 403, (role, method, path)
+                assert "您没有权限执行此操作" in r.text
 
 
-def test_check_csrf_refuses_an_inspector(console: Console) -> None:
-    """The rule itself, on a route of its own (test_an_inspector_posting_a_change_is_403
-    covers the routes the pages have, which may be none yet)."""
+def test_check_csrf_roles(console: Console) -> None:
+    """The rules themselves, on routes of their own: check_csrf is the admin's alone;
+    check_csrf_roles lets finance in, never the inspector."""
     router = APIRouter()
 
-    @router.post("/console/test-change")
-    def change(request: Request, user: User = Depends(check_csrf)) -> PlainTextResponse:  # noqa: B008
+    @router.post("/console/test-admin")
+    def admin_only(request: Request, user: User = Depends(check_csrf)) -> PlainTextResponse:  # noqa: B008
         with request.app.state.db.write() as conn:
-            audit.record(conn, user=user.name, action="test.change", at_ms=console.clock())
+            audit.record(conn, user=user.name, action="test.admin", at_ms=console.clock())
+        return PlainTextResponse("done")
+
+    @router.post("/console/test-finance")
+    def finance_too(
+        request: Request,
+        user: User = Depends(check_csrf_roles("admin", "finance", "inspector")),  # noqa: B008
+    ) -> PlainTextResponse:
+        with request.app.state.db.write() as conn:
+            audit.record(conn, user=user.name, action="test.finance", at_ms=console.clock())
         return PlainTextResponse("done")
 
     console.server.app.include_router(router)
-    for role, status in (("inspector", 403), ("finance", 200), ("admin", 200)):
+    for role in ("inspector", "finance", "admin"):
         s = logged_in(console, role)
-        r = s.post(console.url + "/console/test-change", data={"csrf": csrf_of(s, console.url)})
-        assert r.status_code == status, role
-    assert sorted(x["user"] for x in console.audit_rows("test.change")) == ["admin", "finance"]
+        token = csrf_of(s, console.url)
+        for path in ("/console/test-admin", "/console/test-finance"):
+            r = s.post(console.url + path, data={"csrf": token})
+            allowed = role == "admin" or (role == "finance" and path.endswith("finance"))
+            assert r.status_code == (200 if allowed else 403), (role, path)
+    assert [x["user"] for x in console.audit_rows("test.admin")] == ["admin"]
+    assert sorted(x["user"] for x in console.audit_rows("test.finance")) == ["admin", "finance"]
+    # The inspector named among the roles is still refused: read-only is not negotiable.
 
 
 def test_a_post_route_without_csrf_refuses_to_start(console: Console) -> None:

@@ -15,8 +15,9 @@ Page modules use these FastAPI dependencies:
 - ``require_role("admin")``, ``require_role("admin", "finance")``: the same, and a
   role outside the list gets 403;
 - ``check_csrf`` on every POST that changes something: the form field ``csrf`` must
-  equal the session's token, and an inspector (read-only) is refused; either refusal is
-  403 with nothing changed. ``check_own_csrf`` is the same without the role rule, for
+  equal the session's token, and the user must be an admin; either refusal is 403 with
+  nothing changed. ``check_csrf_roles("admin", "finance")`` lets finance make a change
+  too (never the inspector, who is read-only). ``check_own_csrf`` has no role rule, for
   what every user may do to their own account (log out, change the password).
 
 app.py refuses to start when a POST route depends on neither, so no form can be added
@@ -213,19 +214,43 @@ async def check_own_csrf(request: Request) -> User:
     return session.user
 
 
-async def check_csrf(request: Request) -> User:
-    """A POST that changes something: the session's CSRF token, and a role that may
-    change things (dependency); else 403 and nothing changed."""
+CHANGE_ROLES = ("admin",)
+
+
+async def _check_change(request: Request, roles: tuple[str, ...]) -> User:
     user = await check_own_csrf(request)
-    session = request.state.session
-    if session.one_time:
+    if request.state.session.one_time:
         raise MustChangePassword()
-    if user.read_only:
+    if user.read_only or user.role not in roles:
         raise Forbidden()
     return user
 
 
+async def check_csrf(request: Request) -> User:
+    """A POST that changes something: the session's CSRF token, and the admin role
+    (dependency); else 403 and nothing changed. An inspector is always refused; finance
+    too, unless a page allows it with ``check_csrf_roles("admin", "finance")``."""
+    return await _check_change(request, CHANGE_ROLES)
+
+
+def check_csrf_roles(*roles: str) -> Callable[[Request], Any]:
+    """``check_csrf`` for a change these roles may make (never the inspector)."""
+    allowed = tuple(r for r in roles if r not in READ_ONLY_ROLES)
+
+    async def dependency(request: Request) -> User:
+        return await _check_change(request, allowed)
+
+    dependency.__name__ = f"check_csrf_{'_'.join(allowed)}"
+    dependency.console_csrf = True  # type: ignore[attr-defined]
+    return dependency
+
+
 CSRF_DEPENDENCIES = (check_csrf, check_own_csrf)
+
+
+def is_csrf_check(call: Any) -> bool:
+    """Whether a dependency is one of the CSRF checks (app.py's start-up rule)."""
+    return call in CSRF_DEPENDENCIES or bool(getattr(call, "console_csrf", False))
 
 
 async def check_login_csrf(request: Request) -> None:

@@ -11,7 +11,8 @@ and ``about`` are i18n keys the module registers (county/console/i18n.py).
 Rules a page module follows (docs/console.md):
 - GET handlers depend on ``auth.require_user`` or ``auth.require_role(...)``;
 - every POST handler also depends on ``auth.check_csrf`` (app.py refuses to start
-  otherwise); an inspector's POST is refused there with 403;
+  otherwise): the admin's alone, anyone else 403; ``auth.check_csrf_roles("admin",
+  "finance")`` for a change finance may make too; an inspector's POST is always 403;
 - every change writes one audit row (``audit.record``) in the same transaction;
 - queries live in a data module of the county (county/fleet.py, ...), called with a
   Connection from ``request.app.state.engine`` (reads) or ``request.app.state.db.write()``
