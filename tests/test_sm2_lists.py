@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import base45
 import pytest
 from conftest import run_terminal
 from hwsim.wallet import make_wallet
@@ -31,7 +32,13 @@ from county.cli import main as county_main
 from county.store import CountyStore
 from protocol import issue
 from protocol.lists import TrustError, parse_issuer_keys, parse_revocations, revocation_key
-from protocol.tokens import ED25519_KEY, SM2_KEY, TokenRejected, verify_presentation
+from protocol.tokens import (
+    ED25519_KEY,
+    PREFIX,
+    SM2_KEY,
+    TokenRejected,
+    verify_presentation,
+)
 from terminal import trust
 
 NOW = 1_790_000_000
@@ -338,7 +345,12 @@ def test_the_county_takes_an_sm2_code_as_evidence(tmp_path: Path) -> None:
                 proof = evidence.check_sale(fields, keyring)
             assert isinstance(proof, evidence.Proof), proof
             assert (proof.cadre, proof.t) == (fields["cadre"], NOW)
-            tampered = dict(fields, detail=json.dumps({"qr": text[:-2] + "00"}))
+            # One bit of the presentation's signature flipped (its last byte is often 0, so
+            # overwriting the last characters with "00" could leave the code as it was).
+            raw_code = bytearray(base45.b45decode(text.removeprefix(PREFIX)))
+            raw_code[-5] ^= 0x01
+            forged = PREFIX + base45.b45encode(bytes(raw_code)).decode()
+            tampered = dict(fields, detail=json.dumps({"qr": forged}))
             with store._read() as conn:
                 refused = evidence.check_sale(tampered, conflicts.Keyring(conn))
             assert isinstance(refused, str) and "does not verify here" in refused
