@@ -29,6 +29,7 @@ from county.command import (
     print_json,
     run,
     store_url,
+    whole_number,
 )
 from county.db import DatabaseError
 from county.reports import DayRange, parse_day
@@ -70,19 +71,6 @@ def cmd_terminal_add(a: argparse.Namespace) -> int:
     return 0
 
 
-def _count_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below {low}")
-        return value
-
-    return parse
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -101,14 +89,14 @@ def _pool_options(p: argparse.ArgumentParser) -> None:
     d = PoolLimits()
     p.add_argument(
         "--pool-size",
-        type=_count_at_least(1),
+        type=whole_number(1),
         default=d.size,
         metavar="N",
         help=f"database connections this process keeps (default {d.size})",
     )
     p.add_argument(
         "--pool-overflow",
-        type=_count_at_least(0),
+        type=whole_number(0),
         default=d.overflow,
         metavar="N",
         help=f"more it may open under load (default {d.overflow})",

@@ -3,7 +3,8 @@
 This module owns what every county command does the same way: the program name,
 turning a library error into one line on standard error with exit status 2,
 running the parsed command (a broken pipe is exit 0, Ctrl+C 130), printing a
-JSON document, the clock a command reads, and the --data and --database options
+JSON document, whole-number options, the clock a command reads, and the --data and
+--database options
 (which database a command opens: --database URL, else $CANTEEN_COUNTY_DATABASE,
 else the SQLite file in --data DIR). It holds no command of its own and never
 touches the county's data.
@@ -164,6 +165,23 @@ def _storable(a: argparse.Namespace) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise CommandError(f"--{name} {value!r}: not UTF-8 text") from None
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``, when given)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
 
 
 def print_json(doc: Any) -> None:

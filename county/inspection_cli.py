@@ -22,6 +22,7 @@ from county.command import (
     add_database,
     one_line_errors,
     open_county,
+    whole_number,
 )
 from county.db import DatabaseError
 from county.directory import load_directory
@@ -239,19 +240,6 @@ def cmd_anomalies(a: argparse.Namespace) -> int:
     return 0
 
 
-def _int_range(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} must be from {low} to {high}")
-        return value
-
-    return parse
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="YYYY-MM-DD")
     p.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="YYYY-MM-DD")
@@ -263,14 +251,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-people",
-        type=_int_range(2, 10_000),
+        type=whole_number(2, 10_000),
         default=inspection.DEFAULT_MIN_PEOPLE,
         metavar="N",
         help=f"distinct cadres that make a batch (default {inspection.DEFAULT_MIN_PEOPLE})",
     )
     p.add_argument(
         "--window-min",
-        type=_int_range(1, 1440),
+        type=whole_number(1, 1440),
         default=inspection.DEFAULT_WINDOW_MIN,
         metavar="M",
         help=f"minutes from a batch's first sale (default {inspection.DEFAULT_WINDOW_MIN})",
@@ -329,7 +317,7 @@ def add_inspection_commands(sub: Any) -> None:
     p.add_argument("--holidays", metavar="FILE", help="public holidays, one date a line")
     p.add_argument(
         "--repeat-batches",
-        type=_int_range(2, 1000),
+        type=whole_number(2, 1000),
         default=inspection.DEFAULT_REPEAT_BATCHES,
         metavar="N",
         help="batches of one agency at one canteen that make a repeat (default "
@@ -337,7 +325,7 @@ def add_inspection_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--repeat-days",
-        type=_int_range(1, 366),
+        type=whole_number(1, 366),
         default=inspection.DEFAULT_REPEAT_DAYS,
         metavar="D",
         help=f"within this many days (default {inspection.DEFAULT_REPEAT_DAYS})",

@@ -34,6 +34,7 @@ from county.command import (
     now_ms,
     one_line_errors,
     open_county,
+    whole_number,
 )
 from county.console import audit
 from county.console.users import ROLES, UserError
@@ -186,19 +187,6 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
     return value
-
-
-def _whole(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-        return value
-
-    return parse
 
 
 def cmd_console(a: argparse.Namespace) -> int:
@@ -381,14 +369,14 @@ def add_user_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--idle-minutes",
-        type=_whole(1, 24 * 60),
+        type=whole_number(1, 24 * 60),
         default=30,
         metavar="N",
         help="a session ends after N minutes without a request (default 30)",
     )
     p.add_argument(
         "--session-hours",
-        type=_whole(1, 7 * 24),
+        type=whole_number(1, 7 * 24),
         default=12,
         metavar="H",
         help="and H hours after its login in any case (default 12)",

@@ -730,7 +730,7 @@ def test_cli_batches_spending_and_anomalies(
         (["batches", "--from", "2026-06-01", "--to", "2026-05-31"], "is after"),
         (
             ["batches", "--from", "2026-05-01", "--to", "2026-05-31", "--min-people", "1"],
-            "must be from 2",
+            "is not between 2",
         ),
         (
             ["batches", "--from", "2026-05-01", "--to", "2026-05-31", "--window-min", "x"],
