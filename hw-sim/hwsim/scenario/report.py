@@ -17,7 +17,7 @@ publication to its ``config_applied`` entry, QR codes by the algorithms of their
 issuer and phone keys, Ed25519 or SM2; a run with SM2 in its mix fails unless
 codes with an SM2 key were accepted) and a PNG
 chart of latency, queue and backlog over the simulated lunch, drawn with
-OpenCV and numpy. It reads only the record: it never runs or reaches a
+matplotlib (hwsim.scenario.chart). It reads only the record: it never runs or reaches a
 terminal, so a saved run.json can be checked again, and tests can spoil a
 record to see the checks fail.
 """
@@ -542,111 +542,8 @@ def report_text(record: RunRecord, failures: list[str], chart: Path | None) -> s
 
 
 def draw_chart(record: RunRecord, path: Path) -> Path:
-    """Latency per presentation (top) and queue and backlog (bottom) over the simulated lunch."""
-    import cv2
-    import numpy as np
+    """Latency per presentation (top) and queue and backlog (bottom) over the simulated
+    lunch, with legends and local time labels: hwsim.scenario.chart draws it (matplotlib)."""
+    from hwsim.scenario import chart
 
-    w, h = 1400, 820
-    img = np.full((h, w, 3), 255, np.uint8)
-    left, right = 90, w - 30
-    top_panel = (60, 400)
-    bottom_panel = (470, 770)
-    ps = record.presentations
-    times = [p["presented_sim_ms"] for p in ps] + [s["sim_ms"] for s in record.samples]
-    if not times:
-        cv2.imwrite(str(path), img)
-        return path
-    t0, t1 = min(times), max(times)
-    t1 = max(t1, t0 + 1)
-
-    def x_of(ms: float) -> int:
-        return int(left + (ms - t0) / (t1 - t0) * (right - left))
-
-    def text(
-        s: str, at: tuple[int, int], scale: float = 0.5, color: tuple[int, ...] = (0,) * 3
-    ) -> None:
-        cv2.putText(img, s, at, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
-
-    outage = record.outage
-    for y0, y1 in (top_panel, bottom_panel):
-        if outage:
-            cv2.rectangle(
-                img,
-                (x_of(outage["start_sim_ms"]), y0),
-                (x_of(outage["end_sim_ms"]), y1),
-                (225, 225, 225),
-                -1,
-            )
-        cv2.rectangle(img, (left, y0), (right, y1), (0, 0, 0), 1)
-        for e in record.events:
-            color = {"settings": (0, 140, 255), "revocation": (0, 0, 200)}.get(e["kind"])
-            if color is not None:
-                cv2.line(img, (x_of(e["sim_ms"]), y0), (x_of(e["sim_ms"]), y1), color, 1)
-    # x axis: local time every 10 simulated minutes
-    step = 600_000
-    first = (t0 // step + 1) * step
-    for ms in range(first, t1, step):
-        x = x_of(ms)
-        for y in (top_panel[1], bottom_panel[1]):
-            cv2.line(img, (x, y), (x, y + 5), (0, 0, 0), 1)
-        text(_hm(ms), (x - 20, bottom_panel[1] + 22), 0.45)
-        text(_hm(ms), (x - 20, top_panel[1] + 22), 0.45)
-
-    lat = [p["latency_ms"] for p in ps if p["latency_ms"] is not None]
-    top = max(100.0, (_percentile(lat, 99) or 100.0) * 1.3, max(lat, default=0) * 1.05)
-
-    def y_lat(v: float) -> int:
-        y0, y1 = top_panel
-        return int(y1 - min(v, top) / top * (y1 - y0 - 10))
-
-    for v in np.linspace(0, top, 5):
-        text(f"{v:.0f}", (20, y_lat(float(v)) + 5), 0.45)
-    for p in ps:
-        if p["latency_ms"] is None:
-            continue
-        x, y = x_of(p["presented_sim_ms"]), y_lat(p["latency_ms"])
-        color = (200, 90, 0) if p["method"] == "qr" else (0, 150, 0)
-        if p["verdict"] == ACCEPT:
-            cv2.circle(img, (x, y), 3, color, -1, cv2.LINE_AA)
-        else:
-            cv2.drawMarker(img, (x, y), (0, 0, 210), cv2.MARKER_TILTED_CROSS, 8, 1)
-    for q, style, label_x in ((50, (120, 120, 120), right - 250), (99, (60, 60, 200), right - 120)):
-        v = _percentile(lat, q)
-        if v is not None:
-            cv2.line(img, (left, y_lat(v)), (right, y_lat(v)), style, 1)
-            text(f"p{q} {v:.0f} ms", (label_x, y_lat(v) - 4), 0.45, style)
-    text(
-        "latency, presentation to verdict on the screen (ms): QR blue, card green, "
-        "refused red x; outage grey; settings orange; revocation red",
-        (left, 40),
-        0.5,
-    )
-
-    samples = record.samples
-    backlog = [s["unsynced"] or 0 for s in samples]
-    queue = [s["queue"] or 0 for s in samples]
-    top_b = max(5, max(backlog, default=0), max(queue, default=0)) * 1.1
-
-    def y_b(v: float) -> int:
-        y0, y1 = bottom_panel
-        return int(y1 - v / top_b * (y1 - y0 - 10))
-
-    for v in np.linspace(0, top_b, 5):
-        text(f"{v:.0f}", (20, y_b(float(v)) + 5), 0.45)
-    for values, color in ((backlog, (0, 120, 200)), (queue, (160, 0, 160))):
-        pts = np.array(
-            [(x_of(s["sim_ms"]), y_b(v)) for s, v in zip(samples, values, strict=True)],
-            np.int32,
-        )
-        if len(pts) > 1:
-            cv2.polylines(img, [pts], False, color, 2, cv2.LINE_AA)
-    text(
-        "entries not yet at the county (orange) and events waiting in the decision queue "
-        "(purple), over the simulated lunch",
-        (left, bottom_panel[0] - 12),
-        0.5,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"cannot write the chart {path}")
-    return path
+    return chart.draw(record, path)
