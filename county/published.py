@@ -109,6 +109,14 @@ class Published:
                 found.add((service.day, service.meal.name))
         return found
 
+    def meal_windows(self, canteen: str) -> tuple[config.MealWindow, ...] | None:
+        """The meal windows the county published for ``canteen`` (its own settings file
+        when there is one, else the file for all canteens), in the file's order; None when
+        the county published no meal windows for it (as meals_near)."""
+        with self._lock:
+            settings = self._settings(self._current(), canteen)
+        return None if settings is None else settings.meals
+
     def card_holder(self, uid: bytes) -> tuple[bool, str | None]:
         """(a roster is published, the cadre it gives this card to or None)."""
         with self._lock:
