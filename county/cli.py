@@ -296,42 +296,9 @@ def cmd_conflicts(a: argparse.Namespace) -> int:
 
 
 def cmd_conflicts_withdraw(a: argparse.Namespace) -> int:
-    from county import updates
+    from county import review_cli  # shares county/review.py with the console
 
-    has_repo = (updates.RepoPaths(Path(a.data)).metadata / "timestamp.json").is_file()
-    store = _store(a)
-    try:
-        if has_repo:
-            try:
-                with updates.CountyRepository(a.data) as repo:
-                    lifted, pub = repo.withdraw_conflict(store, a.id, a.reason, now_ms())
-            except updates.UpdatesError as exc:
-                raise CommandError(f"nothing withdrawn: {exc}") from None
-        else:
-            lifted, pub = store.withdraw_conflict(a.id, a.reason, now_ms()), None
-    finally:
-        store.close()
-    print(f"conflict {a.id} withdrawn: {a.reason.strip()}")
-    if not lifted:
-        print("its revocations stand on another conflict: nothing lifted")
-        return 0
-    if pub is None:
-        print(
-            f"lifted {len(lifted)} revocation(s); this county publishes no signed updates: "
-            f"install the list from '{PROG} revocations' on the terminals"
-        )
-        return 0
-    print(
-        f"lifted {pub.revocations_lifted} revocation(s) in signed revocation list version "
-        f"{pub.revocation_version}: terminals accept again after their next sync"
-    )
-    kept = len(lifted) - pub.revocations_lifted
-    if kept:
-        print(
-            f"{kept} stay revoked: county IT revoked them by hand ('{PROG} revoke'), and a "
-            "withdrawal never lifts those"
-        )
-    return 0
+    return review_cli.cmd_conflicts_withdraw(a)
 
 
 def cmd_issuers_import(a: argparse.Namespace) -> int:
@@ -508,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int, metavar="ID", help="the conflict's number")
     p.add_argument("--reason", required=True, metavar="TEXT", help="why, for the record")
     p.set_defaults(func=cmd_conflicts_withdraw)
+    from county.review_cli import add_review_commands
+
+    add_review_commands(sub.choices["alarms"], csub)
 
     p = sub.add_parser("issuers", help="issuer keys the county verifies phone codes with")
     isub = p.add_subparsers(dest="issuers_command", required=True, metavar="ACTION")

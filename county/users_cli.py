@@ -231,6 +231,9 @@ def cmd_console(a: argparse.Namespace) -> int:
 AUDITED: dict[tuple[str, ...], str] = {
     ("terminal", "add"): "terminal.add",
     ("conflicts", "withdraw"): "conflict.withdraw",
+    ("conflicts", "confirm"): "conflict.confirm",
+    ("alarms", "confirm"): "alarm.confirm",
+    ("alarms", "withdraw"): "alarm.withdraw",
     ("issuers", "import"): "issuers.import",
     ("publish", "settings"): "publish.settings",
     ("publish", "trust"): "publish.trust",
