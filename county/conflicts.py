@@ -75,7 +75,12 @@ _ISSUER_KEYS = (
 
 
 class Keyring:
-    """The issuer keys in the county database, read inside the intake's transaction."""
+    """The issuer keys in the county database, read inside the intake's transaction.
+
+    The table keeps no algorithm: each key gets the one its raw bytes give (the 65-byte
+    point of an SM2 key, 32 bytes of an Ed25519 one; the trust lists it came from allow
+    nothing else), here and nowhere else (county/evidence.py uses these keys as they are).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -441,6 +446,7 @@ def reversed_sale(conn: Connection, terminal_id: str, ref: int, seq: int, now_ms
         .values(
             withdrawn_ms=now_ms,
             withdrawn_reason=f"staff at {terminal_id} reversed entry {ref} (reversal entry {seq})",
+            withdrawn_by=f"reversal:{terminal_id}",
         )
     )
 
@@ -482,21 +488,43 @@ def issuer_key_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(issuer_keys)).scalar_one())
 
 
-def withdraw(conn: Connection, conflict_id: int, reason: str, now_ms: int) -> list[dict[str, Any]]:
-    """Withdraw a conflict after review; the revocation entries it alone held are lifted."""
+def decided_already(what: str, item_id: int, row: Any) -> str | None:
+    """The line refusing a second decision on an alarm or conflict whose review columns
+    are ``row`` (confirmed_ms, confirmed_by, withdrawn_ms, withdrawn_by); None when
+    nobody decided yet. A decision is final (county/review.py)."""
+    confirmed_ms, confirmed_by, withdrawn_ms, withdrawn_by = row
+    if withdrawn_ms is not None:
+        return f"{what} {item_id} was withdrawn already" + (
+            f" (by {withdrawn_by})" if withdrawn_by else ""
+        )
+    if confirmed_ms is not None:
+        return f"{what} {item_id} was confirmed already (by {confirmed_by or '?'})"
+    return None
+
+
+def withdraw(
+    conn: Connection, conflict_id: int, reason: str, now_ms: int, by: str | None = None
+) -> list[dict[str, Any]]:
+    """Withdraw a conflict after review (by ``by``, a console user or cli:<login>); the
+    revocation entries it alone held are lifted. A conflict confirmed or withdrawn before
+    is refused."""
     if not reason.strip():
         raise StoreError("say why the conflict is withdrawn (--reason TEXT): it is kept")
+    k = conflicts.c
     row = conn.execute(
-        select(conflicts.c.withdrawn_ms).where(conflicts.c.id == conflict_id).with_for_update()
+        select(k.confirmed_ms, k.confirmed_by, k.withdrawn_ms, k.withdrawn_by)
+        .where(k.id == conflict_id)
+        .with_for_update()
     ).one_or_none()
     if row is None:
         raise StoreError(f"no conflict {conflict_id}: 'canteen-county conflicts' lists them")
-    if row[0] is not None:
-        raise StoreError(f"conflict {conflict_id} was withdrawn already")
+    refused = decided_already("conflict", conflict_id, row)
+    if refused is not None:
+        raise StoreError(refused)
     conn.execute(
         update(conflicts)
-        .where(conflicts.c.id == conflict_id)
-        .values(withdrawn_ms=now_ms, withdrawn_reason=reason.strip())
+        .where(k.id == conflict_id)
+        .values(withdrawn_ms=now_ms, withdrawn_reason=reason.strip(), withdrawn_by=by)
     )
     r = conflict_revocations.alias("r")
     o = conflict_revocations.alias("o")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import tokens
-from protocol.lists import TrustError, issuer_key, parse_revocations
+from protocol.lists import TrustError, parse_revocations
 from protocol.tokens import IssuerKey, TokenRejected
 
 QR = "qr"
@@ -63,23 +63,21 @@ class Proof:
     credential: str
     name: str | None = None  # the display name the issuer signed (QR only)
     t: int = 0  # when it happened: the phone's signed time (QR), the entry's time (card)
+    issuer_key: bytes | None = None  # the raw issuer key the code verified with (QR only)
 
 
 class _AtTheTime:
     """The county's keys for token checks: a key revoked since still proves older sales.
 
-    The county's issuer_keys table keeps no algorithm: each key gets the one its raw
-    bytes give (the 65-byte point of an SM2 key, 32 bytes of an Ed25519 one; the trust
-    lists it came from allow nothing else), so SM2 codes verify here as on a terminal."""
+    The keyring gives each key its algorithm already (county/conflicts.py's Keyring
+    reads the issuer_keys table through protocol.lists.issuer_key), so SM2 codes
+    verify here as on a terminal."""
 
     def __init__(self, keys: Keyring) -> None:
         self.keys = keys
 
     def issuer_keys(self, kid: bytes) -> Sequence[IssuerKey]:
-        return [
-            issuer_key(k.iss, k.kid, k.public_key, k.not_before, k.not_after)
-            for k in self.keys.issuer_keys(kid)
-        ]
+        return self.keys.issuer_keys(kid)
 
     def issuer_key_revoked(self, public_key: bytes) -> bool:
         return False
@@ -164,7 +162,7 @@ def _proof(fields: Mapping[str, Any], keys: Keyring, lists: Lists | None) -> Pro
                 f"the entry's {name} {str(fields.get(name))[:60]!r} is not the one the phone "
                 f"signed ({str(value)[:60]!r})"
             )
-    return Proof(QR, signed_cadre, signed_credential, p.display_name, p.t)
+    return Proof(QR, signed_cadre, signed_credential, p.display_name, p.t, p.issuer_key)
 
 
 __all__ = ["CARD", "EVIDENCE_CLOCK_S", "QR", "Keyring", "Lists", "Proof", "Unjudged", "check_sale"]

@@ -159,6 +159,14 @@ alarms = Table(
     Column("first_ms", Int, nullable=False),
     Column("last_ms", Int, nullable=False),
     Column("times", Int, nullable=False, server_default=text("1")),
+    # The review (migration 0006, county/review.py): confirmed or withdrawn, by whom,
+    # when and why; NULL until someone decides.
+    Column("confirmed_ms", Int),
+    Column("confirmed_by", Text),
+    Column("confirmed_reason", Text),
+    Column("withdrawn_ms", Int),
+    Column("withdrawn_by", Text),
+    Column("withdrawn_reason", Text),
     UniqueConstraint("terminal", "kind", "seq", "theirs"),
     sqlite_strict=True,
 )
@@ -190,6 +198,12 @@ conflicts = Table(
     Column("reason", Text),
     Column("withdrawn_ms", Int),
     Column("withdrawn_reason", Text),
+    # The review (migration 0006, county/review.py): who withdrew it (a console user,
+    # cli:<login>, or reversal:<terminal> for a staff reversal), or who confirmed it.
+    Column("withdrawn_by", Text),
+    Column("confirmed_ms", Int),
+    Column("confirmed_by", Text),
+    Column("confirmed_reason", Text),
     # Found once: the second entry of a pair names the conflict.
     UniqueConstraint("kind", "second_terminal", "second_seq"),
     sqlite_strict=True,
@@ -328,6 +342,16 @@ Index(
     entries.c.unit,
     entries.c.meal,
     entries.c.amount_fen,
+    sqlite_where=_ACCEPTED_SALE,
+    postgresql_where=_ACCEPTED_SALE,
+)
+# The inspection's multi-canteen days read each accepted sale's cadre and canteen by
+# time from the index alone (migration 0006; docs/inspection.md "Speed").
+Index(
+    "entries_sales_cadre",
+    entries.c.at_ms,
+    entries.c.cadre,
+    entries.c.canteen,
     sqlite_where=_ACCEPTED_SALE,
     postgresql_where=_ACCEPTED_SALE,
 )
