@@ -509,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspection_commands(sub)
     add_fleet_commands(sub)
     add_user_commands(sub)
+    from county.meals_cli import add_meals_command
+
+    add_meals_command(sub)
     return parser
 
 
