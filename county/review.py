@@ -129,18 +129,22 @@ class Withdrawal:
     published_lifted: int
 
 
+# What runs in a withdrawal's transaction after it: (connection, the entries lifted).
+Also = Callable[[Connection, list[dict[str, Any]]], None]
+
+
 class _Reviewer:
     """What CountyRepository.withdraw_conflict calls as its store: the withdrawal in one
-    write transaction of ``db``, with ``also(conn)`` (an audit row) in the same one."""
+    write transaction of ``db``, with ``also(conn, lifted)`` (an audit row) in it."""
 
-    def __init__(self, db: Any, by: str, also: Callable[[Connection], None] | None) -> None:
+    def __init__(self, db: Any, by: str, also: Also | None) -> None:
         self.db, self.by, self.also = db, by, also
 
     def withdraw_conflict(self, conflict_id: int, reason: str, now_ms: int) -> list[Any]:
         with self.db.write() as conn:
             lifted = decide(conn, CONFLICT, conflict_id, WITHDRAW, reason, self.by, now_ms)
             if self.also is not None:
-                self.also(conn)
+                self.also(conn, lifted)
         return lifted
 
 
@@ -151,12 +155,12 @@ def withdraw_conflict(
     reason: str | None,
     by: str,
     now_ms: int,
-    also: Callable[[Connection], None] | None = None,
+    also: Also | None = None,
 ) -> Withdrawal:
     """Withdraw a conflict (``db``: a county Database) and lift what it alone revoked:
     through a signed revocation list when county ``data`` has an update repository,
     under the repository's lock so the refresher cannot publish it again in between.
-    ``also(conn)`` runs in the withdrawal's transaction (the console's audit row).
+    ``also(conn, lifted)`` runs in the withdrawal's transaction (the console's audit row).
     Refusals are ReviewError/StoreError (nothing changed) or updates.UpdatesError."""
     from county import updates
 
@@ -290,20 +294,32 @@ def key_label(public_key: bytes) -> str:
 
 def verify_entry(
     row: Any, keyring: evidence.Keyring, lists: evidence.Lists | None
-) -> tuple[str, bool]:
-    """A stored entry's signed code re-verified now: (the result in words, verified?)."""
+) -> tuple[str, bool, str]:
+    """A stored entry's signed code re-verified now: (the result in words, verified?, the
+    issuer key's label when a phone code verified, else "")."""
     if row["kind"] != "sale" or row["verdict"] != "accept":
-        return (f"a {row['kind']} entry ({row['verdict'] or '-'}): no code to verify", False)
+        return (f"a {row['kind']} entry ({row['verdict'] or '-'}): no code to verify", False, "")
     proof = evidence.check_sale(dict(row), keyring, row["canteen"], lists)
     if isinstance(proof, evidence.Unjudged):
-        return (f"not judged: {proof}", False)
+        return (f"not judged: {proof}", False, "")
     if isinstance(proof, str):
-        return (f"refused: {proof}", False)
+        return (f"refused: {proof}", False, "")
     if proof.method == evidence.QR and proof.issuer_key is not None:
         iss = proof.cadre.split("/", 1)[0]
-        return (f"verifies with issuer key {iss} {key_label(proof.issuer_key)}", True)
+        label = f"{iss} {key_label(proof.issuer_key)}"
+        return (f"verifies with issuer key {label}", True, label)
     uid = proof.credential.removeprefix("card/")
-    return (f"card {uid} is {proof.cadre}'s in the published roster (a card signs nothing)", True)
+    return (
+        f"card {uid} is {proof.cadre}'s in the published roster (a card signs nothing)",
+        True,
+        "",
+    )
+
+
+_ENTRY_FIELDS = (
+    "canteen", "canteen_name", "local", "kind", "verdict", "method", "cadre", "cadre_name",
+    "credential", "unit", "day", "meal", "hash",
+)  # fmt: skip
 
 
 def _entry_doc(
@@ -318,9 +334,10 @@ def _entry_doc(
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {"role": role, "terminal": terminal, "seq": seq, "found": row is not None}
     if row is None:
-        doc["check"], doc["verified"] = ("the county holds no entry with this number", False)
+        doc.update(dict.fromkeys(_ENTRY_FIELDS, ""), at_ms=None, ctr=None, amount_fen=None)
+        doc.update(check="the county holds no entry with this number", verified=False, key="")
         return doc
-    check, ok = verify_entry(row, keyring, lists)
+    check, ok, key = verify_entry(row, keyring, lists)
     doc.update(
         {
             "canteen": row["canteen"],
@@ -341,6 +358,7 @@ def _entry_doc(
             "hash": bytes(row["hash"]).hex(),
             "check": check,
             "verified": ok,
+            "key": key,
         }
     )
     return doc
