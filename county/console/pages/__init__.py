@@ -47,4 +47,5 @@ PAGES: list[str] = [
     "replacement",
     "fleet",
     "inspection",
+    "alarms",
 ]

@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from county.console import auth, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
 from county.console.render import nav_items, render
-from county.db.schema import alarms, conflicts
 from county.localtime import local_date
 
 router = APIRouter()
@@ -32,7 +31,7 @@ i18n.register(
         "home.silent": {"zh": "失联终端", "en": "Silent terminals"},
         "home.clock": {"zh": "时钟偏差超限", "en": "Clock out of tolerance"},
         "home.behind": {"zh": "更新未到位", "en": "Behind on updates"},
-        "home.alarms": {"zh": "告警", "en": "Alarms"},
+        "home.alarms": {"zh": "待复核告警", "en": "Alarms to review"},
         "home.conflicts": {"zh": "待复核冲突", "en": "Conflicts to review"},
         "home.pages": {"zh": "功能", "en": "Pages"},
         "home.no_pages": {
@@ -46,23 +45,22 @@ i18n.register(
 def figures(conn: Connection, data: Path | None, now_ms: int, zone: Any) -> dict[str, int]:
     """The home page's figures: terminals in service and how many of them are silent,
     have a clock out of tolerance or are behind on updates (county/fleet.py's rules,
-    the same as the fleet page), alarms, and conflicts waiting for review."""
+    the same as the fleet page), and the alarms and conflicts waiting for review (nobody
+    confirmed or withdrew them yet, county/review.py)."""
     from county.fleet import FleetRules, fleet, state_counts
 
     rows = fleet(conn, data, now_ms, FleetRules(zone=zone))
     states = state_counts(rows)
-    count = func.count()
-    alarm_count = conn.execute(select(count).select_from(alarms)).scalar_one()
-    standing = conn.execute(
-        select(count).select_from(conflicts).where(conflicts.c.withdrawn_ms.is_(None))
-    ).scalar_one()
+    from county.review import open_counts
+
+    waiting = open_counts(conn)  # alarms and conflicts nobody reviewed yet
     return {
         "terminals": len(rows),
         "silent": states["silent"],
         "clock": states["clock"],
         "behind": states["behind"],
-        "alarms": int(alarm_count),
-        "conflicts": int(standing),
+        "alarms": waiting["alarm"],
+        "conflicts": waiting["conflict"],
     }
 
 
@@ -77,4 +75,5 @@ def home(request: Request, user: Annotated[User, Depends(auth.require_user)]) ->
     return render(
         request, "home.html", user=user, figures=numbers, today=str(day or ""),
         fleet="/console/fleet" if "/console/fleet" in paths else "",
+        review="/console/alarms" if "/console/alarms" in paths else "",
     )  # fmt: skip
