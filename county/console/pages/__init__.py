@@ -48,4 +48,5 @@ PAGES: list[str] = [
     "fleet",
     "inspection",
     "alarms",
+    "meals",
 ]
