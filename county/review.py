@@ -47,6 +47,7 @@ WHATS = (ALARM, CONFLICT)
 CONFIRM = "confirm"
 WITHDRAW = "withdraw"
 DECISIONS = (CONFIRM, WITHDRAW)
+DONE = {CONFIRM: "confirmed", WITHDRAW: "withdrawn"}  # a decision's past participle
 OPEN = "open"
 CONFIRMED = "confirmed"
 WITHDRAWN = "withdrawn"
@@ -65,7 +66,9 @@ def check_reason(reason: str | None, decision: str, what: str) -> str:
     """The reason of a decision, trimmed: required, one line, at most MAX_REASON."""
     text = (reason or "").strip()
     if not text:
-        raise ReviewError(f"say why the {what} is {decision}ed (--reason TEXT): nothing changed")
+        raise ReviewError(
+            f"say why the {what} is {DONE.get(decision, decision)} (--reason TEXT): nothing changed"
+        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise ReviewError("the reason must be one line of text, without control characters")
     if len(text) > MAX_REASON:
@@ -110,7 +113,7 @@ def decide(
     refused = conflicts_mod.decided_already(what, item_id, row)
     if refused is not None:
         raise ReviewError(refused)
-    prefix = "confirmed" if decision == CONFIRM else "withdrawn"
+    prefix = DONE[decision]
     conn.execute(
         update(table)
         .where(c.id == item_id)

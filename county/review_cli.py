@@ -34,7 +34,7 @@ def cmd_decide(a: argparse.Namespace) -> int:
             review.decide(conn, a.what, a.id, a.decision, a.reason, _by(), now_ms())
     finally:
         db.close()
-    print(f"{a.what} {a.id} {a.decision}ed: {a.reason.strip()}")
+    print(f"{a.what} {a.id} {review.DONE[a.decision]}: {a.reason.strip()}")
     if a.what == review.ALARM and a.decision == review.WITHDRAW:
         print("a reviewed note: the terminal's state and its entries are unchanged")
     return 0
