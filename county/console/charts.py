@@ -181,4 +181,20 @@ def yuan_ticks(fen: float) -> str:
     return f"{value:,.0f}" if value == int(value) else f"{value:,.2f}"
 
 
-__all__ = ["COLOURS", "Series", "bar_chart", "data_uri", "line_chart", "yuan_ticks"]
+def count_ticks(value: float) -> str:
+    """A y tick of a count or an average of counts: 12, 1,250 or 0.5 (one decimal only
+    where the tick is not whole, so small averages do not read 0.100)."""
+    if value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+__all__ = [
+    "COLOURS",
+    "Series",
+    "bar_chart",
+    "count_ticks",
+    "data_uri",
+    "line_chart",
+    "yuan_ticks",
+]

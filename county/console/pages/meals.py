@@ -39,6 +39,7 @@ NAV = [NavItem(PATH, "meals.nav", "meals.about", order=55)]
 DEFAULT_DAYS = 28  # the last four weeks, today included
 MAX_DAYS = 366
 ENTRY_LIMIT = 1000
+CHART_WIDTH = 720  # px; the template's <img> says the same
 CHART_CANTEENS = 12  # the canteens with the most meals, in the comparison chart
 OUTSIDE = "-"  # the window of the sales outside every window, in a URL
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -158,12 +159,17 @@ def _chart(
     labels: tuple[str, ...],
     series: tuple[tuple[str, tuple[float, ...]], ...],
     title: str,
-    width_px: int,
 ) -> str:
-    """A chart as a data: URI, cached: a page shown again draws nothing."""
+    """A chart as a data: URI, cached: a page shown again draws nothing. A line chart
+    shows whole meals per day; a bar chart averages, whose ticks may be fractions."""
     made = [charts.Series(name, values) for name, values in series]
-    draw = charts.line_chart if kind == "line" else charts.bar_chart
-    return charts.data_uri(draw(labels, made, title=title, width_px=width_px))
+    if kind == "line":
+        svg = charts.line_chart(labels, made, title=title, width_px=CHART_WIDTH)
+    else:
+        svg = charts.bar_chart(
+            labels, made, title=title, width_px=CHART_WIDTH, y_format=charts.count_ticks
+        )
+    return charts.data_uri(svg)
 
 
 @router.get(PATH)
@@ -229,16 +235,14 @@ def meals_page(
                 for w in shown
             )
             chart = _chart(
-                "bar", labels, series, t("meals.chart_weekday", canteen=name_of(canteen)), 720
+                "bar", labels, series, t("meals.chart_weekday", canteen=name_of(canteen))
             )
         else:
             labels = tuple(d.strftime("%m-%d") for d in one.days)
             series = tuple(
                 (window_label(t, w), tuple(float(one.on(d, w)) for d in one.days)) for w in shown
             )
-            chart = _chart(
-                "line", labels, series, t("meals.chart_day", canteen=name_of(canteen)), 720
-            )
+            chart = _chart("line", labels, series, t("meals.chart_day", canteen=name_of(canteen)))
     elif found:
         for c in found:
             columns += [w for w in c.columns if w not in columns and w != meals.OTHER]
@@ -258,7 +262,7 @@ def meals_page(
                 if w != meals.OTHER
             )
             labels = tuple(name_of(c.canteen) for c in busiest)
-            chart = _chart("bar", labels, series, t("meals.chart_compare"), 720)
+            chart = _chart("bar", labels, series, t("meals.chart_compare"))
     return render(
         request,
         "meals.html",
@@ -280,6 +284,9 @@ def meals_page(
         link=link,
         name_of=name_of,
         window_label=lambda w: window_label(t, w),
+        windows_text=lambda c: ", ".join(
+            f"{window_label(t, w.name)} {w.start:%H:%M}–{w.end:%H:%M}" for w in c.windows
+        ),
         canteens=sorted(set(known) | set(names)),
         names=names,
         other=meals.OTHER,
