@@ -10,6 +10,7 @@ the command ``canteen-county fleet`` prints too; this module only renders.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import Annotated, Any
@@ -188,14 +189,22 @@ def update_text(t: i18n.Translator, update: dict[str, Any]) -> str:
 def state_chart(t: i18n.Translator, counts: dict[str, int]) -> str:
     """Horizontal bars of the fleet's states as inline SVG (matplotlib; text stays text,
     so the browser draws Chinese with its own fonts)."""
+    labels = tuple(t(f"fleet.state.{s}") for s in CHARTED)
+    values = tuple(counts.get(s, 0) for s in CHARTED)
+    return _state_svg(labels, values, t("fleet.chart.title"))
+
+
+@functools.lru_cache(maxsize=32)
+def _state_svg(labels: tuple[str, ...], values: tuple[int, ...], title: str) -> str:
+    """The chart itself, cached: drawing it costs about 0.3 s of CPU (1 s and more on a
+    loaded 2-core machine, bench/console.py), and a fleet page shown again with the same
+    counts draws nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    labels = [t(f"fleet.state.{s}") for s in CHARTED]
-    values = [counts.get(s, 0) for s in CHARTED]
     # Text stays text (the browser draws Chinese with its own fonts); measured with a CJK
     # font when one is installed (Debian's fonts-noto-cjk).
     fonts = ["Noto Sans CJK SC", "WenQuanYi Micro Hei", "DejaVu Sans"]
@@ -207,13 +216,15 @@ def state_chart(t: i18n.Translator, counts: dict[str, int]) -> str:
         warnings.simplefilter("ignore", UserWarning)
         fig, ax = plt.subplots(figsize=(4.6, 1.9))
         try:
-            bars = ax.barh(labels[::-1], values[::-1], color=[_COLOURS[s] for s in CHARTED][::-1])
+            bars = ax.barh(
+                list(labels[::-1]), list(values[::-1]), color=[_COLOURS[s] for s in CHARTED][::-1]
+            )
             ax.bar_label(bars, padding=3)
             ax.set_xlim(0, max([*values, 1]) * 1.2)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
-            ax.set_title(t("fleet.chart.title"), loc="left", fontsize=11)
+            ax.set_title(title, loc="left", fontsize=11)
             fig.tight_layout()
             out = io.StringIO()
             fig.savefig(out, format="svg")
