@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path += [str(p) for p in (ROOT, ROOT / "hw-sim", ROOT / "bench") if str(p) not in sys.path]
 
 import requests  # noqa: E402
-from figures import RESULTS, report  # noqa: E402
+from figures import finish, report  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 TARGET_S = 1.0  # p95 per page (issue 16)
@@ -391,6 +391,8 @@ KNOWN = (
     "/console/audit",
     "/console/alarms",
     "/console/meals",
+    "/console/meals/entries",
+    "/console/alarms/",
 )
 
 
@@ -473,12 +475,22 @@ def plan_pages(
                 url("/console/audit", **{"from": year[0], "to": year[1]}),
             ],
         ),
-        Page("alarms", "/console/alarms", [period("/console/alarms", s) for s in (year, quarter)]),
+        Page(
+            "alarms",
+            "/console/alarms",
+            [
+                url("/console/alarms", state="open"),
+                url("/console/alarms", what="conflict"),
+                url("/console/alarms", state="withdrawn"),
+            ]
+            + [url("/console/alarms", terminal=t) for t in terminals[:2]],
+        ),
         Page(
             "meals",
             "/console/meals",
-            [period("/console/meals", s) for s in (year, quarter)]
-            + [period("/console/meals", quarter, canteen=c) for c in canteens[:2]],
+            [period("/console/meals", s) for s in (year, quarter, month)]
+            + [period("/console/meals", quarter, canteen=c) for c in canteens[:2]]
+            + [period("/console/meals", month, canteen=canteens[-1], by="day")],
         ),
     ]
     # The drill-downs: the entries behind the figures, as the pages link them (the year's
@@ -491,6 +503,18 @@ def plan_pages(
     drill = spread(list(dict.fromkeys(drill)), variants + 1)
     if drill:
         pages.append(Page("inspection entries", drill[0], drill[1:]))
+    # The meals' drill-downs (a canteen's meals of a window, of a weekday) and a review
+    # item of the alarms page (when the county has any), as those pages link them.
+    for name, sources, prefix in (
+        ("meals entries", [period("/console/meals", quarter),
+                           period("/console/meals", quarter, canteen=canteens[0])],
+         "/console/meals/entries"),
+        ("alarms item", ["/console/alarms"], "/console/alarms/"),
+    ):  # fmt: skip
+        found = [link for source in sources for link in links(get(source), prefix)]
+        found = spread(list(dict.fromkeys(found)), variants + 1)
+        if found:
+            pages.append(Page(name, found[0], found[1:]))
     # Pages the navigation shows that the table above does not know (added since).
     nav = links(get("/console"), "/console")
     known = {urlsplit(p.default).path for p in pages} | set(KNOWN)
@@ -639,10 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cluster.remove()
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(RESULTS, indent=1), encoding="utf-8")
-    missed = [r["name"] for r in RESULTS if not r["pass"]]
-    say(f"missed: {'; '.join(missed)}" if missed else "every target met")
+    finish(a.json)
     return 0
 
 

@@ -6,6 +6,7 @@ Each bench script calls ``report`` for every figure; ``RESULTS`` collects them f
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 RESULTS: list[dict[str, Any]] = []
@@ -35,3 +36,13 @@ def report(
         f"[{mark}] {name}: {value:,.{digits}f} {unit}  (reference: {reference}; target: {target})",
         flush=True,
     )
+
+
+def finish(json_file: str | None) -> None:
+    """A bench's last lines: the figures written to ``json_file`` (when given), then one
+    line naming every figure that missed its target, or saying none did."""
+    if json_file:
+        with open(json_file, "w", encoding="utf-8") as out:
+            json.dump(RESULTS, out, indent=1)
+    missed = [r["name"] for r in RESULTS if not r["pass"]]
+    print(f"missed: {'; '.join(missed)}" if missed else "every target met", flush=True)
