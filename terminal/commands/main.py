@@ -54,29 +54,43 @@ def _group(module: str, name: str) -> Callable[[], AddCommands]:
     return lambda: cast(AddCommands, getattr(importlib.import_module(module), name))
 
 
-# (the group's adder, optional): in the order of `--help`. An optional group needs libraries
-# a core install may lack (requests and APScheduler for the sync, python-tuf for updates,
-# OpenCV for scan-image); without them it is left out.
-GROUPS: tuple[tuple[Callable[[], AddCommands], bool], ...] = (
-    (_group("terminal.commands.verify_token", "add_commands"), False),
-    (_group("terminal.commands.ledger", "add_commands"), False),
-    (_group("terminal.commands.lists", "add_commands"), False),
-    (_group("terminal.commands.config", "add_commands"), False),
-    (_group("terminal.commands.service", "add_commands"), False),
-    (lambda: add_demo, False),
-    (_group("terminal.commands.sync", "add_sync_commands"), True),
-    (_group("terminal.commands.update", "add_update_commands"), True),
-    (_group("terminal.commands.scan", "add_scan_image"), True),
+# (the group's adder, optional, the commands it adds): in the order of `--help`. An optional
+# group needs libraries a core install may lack (requests and APScheduler for the sync,
+# python-tuf for updates, OpenCV for scan-image); without them it is left out. The commands
+# each group adds are named here so that a run of one command imports its group alone: the
+# sync, update and scan modules bring requests, APScheduler, python-tuf and OpenCV, about
+# 0.6 s of CPU at every start that `ledger verify` or `verify-token` never uses
+# (tests/test_cli.py checks the names against what each group adds).
+GROUPS: tuple[tuple[Callable[[], AddCommands], bool, tuple[str, ...]], ...] = (
+    (_group("terminal.commands.verify_token", "add_commands"), False, ("verify-token",)),
+    (_group("terminal.commands.ledger", "add_commands"), False, ("ledger",)),
+    (_group("terminal.commands.lists", "add_commands"), False, ("lists",)),
+    (_group("terminal.commands.config", "add_commands"), False, ("config",)),
+    (_group("terminal.commands.service", "add_commands"), False, ("run", "status", "selftest")),
+    (lambda: add_demo, False, ("demo",)),
+    (_group("terminal.commands.sync", "add_sync_commands"), True, ("provision", "sync")),
+    (_group("terminal.commands.update", "add_update_commands"), True, ("update",)),
+    (_group("terminal.commands.scan", "add_scan_image"), True, ("scan-image",)),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, only the group that adds that command (the same
+    parser for that command's arguments, its help and its errors)."""
+    return _build(command)[0]
+
+
+def _build(command: str | None) -> tuple[argparse.ArgumentParser, int]:
+    """The parser of every group, or of ``command``'s alone, and how many groups it has."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Canteen one-card terminal: offline QR and card decisions, ledger, tools.",
     )
     sub = cli.subcommands(parser, "command", "COMMAND")
-    for adder, optional in GROUPS:
+    added = 0
+    for adder, optional, names in GROUPS:
+        if command is not None and command not in names:
+            continue
         try:
             add = adder()
         except ImportError:
@@ -84,11 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # its libraries are missing: the core commands still work
         add(sub)
-    return parser
+        added += 1
+    return parser, added
+
+
+def _parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv``: its command's group alone when the first word names one;
+    otherwise (no command, --help, a misspelt command, a group whose libraries are missing)
+    the whole table, so the usage and the list of choices are the same as ever."""
+    command = argv[0] if argv else None
+    if command is not None and any(command in names for _, _, names in GROUPS):
+        parser, added = _build(command)
+        if added:
+            return parser
+    return build_parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run(build_parser(), argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    return cli.run(_parser_for(words), words)
 
 
 if __name__ == "__main__":
