@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +236,34 @@ def test_every_command_has_help() -> None:
     for name, sub in commands.items():
         assert sub.format_help().strip(), name
         assert run(name, "--help").returncode == 0, name
+
+
+def test_each_group_adds_the_commands_the_table_names(tmp_path: Path) -> None:
+    """main.py names each group's commands so that a run imports its group alone: the names
+    must be what each group really adds, and a command run alone must not pull in the
+    libraries of the others (requests, APScheduler, python-tuf, OpenCV)."""
+    import argparse
+
+    from terminal.commands import main
+
+    for adder, _optional, names in main.GROUPS:
+        sub = argparse.ArgumentParser().add_subparsers()
+        adder()(sub)
+        assert tuple(sub.choices) == names
+    child = (
+        "import sys\n"
+        "from terminal.commands.main import main\n"
+        "status = main(sys.argv[1:])\n"
+        "heavy = ('requests', 'apscheduler', 'tuf', 'cv2')\n"
+        "print(status, [m for m in heavy if m in sys.modules])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'hw-sim'}"}
+    argv = ["ledger", "stats", str(tmp_path / "absent.sqlite")]
+    out = subprocess.run(
+        [sys.executable, "-c", child, *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.stdout.split() == ["2", "[]"], out.stdout + out.stderr
+    assert "no ledger file" in out.stderr
 
 
 def test_verify_token_against_a_terminals_own_lists(tmp_path: Path, trust_file: Path) -> None:
