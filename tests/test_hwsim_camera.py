@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -136,12 +137,27 @@ def test_terminal_camera_reads_each_phone_once_and_codes_verify(
         cam.stop()
 
 
-def test_frames_keep_their_pace_while_phones_are_drawn(issued: Path, camera_sim: CameraSim) -> None:
+def test_frames_keep_their_pace_while_phones_are_drawn(
+    issued: Path, camera_sim: CameraSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The render thread's draw is held at a gate: frames must keep arriving while a phone is
+    # being drawn. Waiting on that (not timing gaps) holds on a loaded machine, and fails at
+    # once if drawing ever happened on the pacer's thread (no frame would come).
+    drawing = threading.Event()
+    release = threading.Event()
+    draw = camera_sim._draw
+
+    def held_draw(show: Any) -> list[bytes]:
+        drawing.set()
+        release.wait(WAIT_S)
+        return draw(show)
+
+    monkeypatch.setattr(camera_sim, "_draw", held_draw)
     watcher = StreamWatcher(camera_sim.url)
     try:
         wallet = load_wallet(issued / "wallets" / "s000004.json")
         now = int(time.time())
-        # Three phones asked for at once: drawing them must not hold up a single frame.
+        # Three phones asked for at once.
         shows = [
             threading.Thread(
                 target=camera_sim.show, args=(wallet.draw(now),), kwargs={"wait": False}
@@ -150,20 +166,19 @@ def test_frames_keep_their_pace_while_phones_are_drawn(issued: Path, camera_sim:
         ]
         for t in shows:
             t.start()
-        # About 3.5 s of stream at 15 fps, while the three phones are drawn and shown.
-        wait_for(lambda: len(watcher.arrivals) >= 52, what="52 frames")
+        wait_for(drawing.is_set, WAIT_S, "the first phone's draw to start")
+        held_at = len(watcher.arrivals)
+        wait_for(lambda: len(watcher.arrivals) >= held_at + 15, what="15 frames during a draw")
+        release.set()
+        # Phone frames are bigger JPEGs than the empty counter: the phones were shown.
+        wait_for(lambda: max(watcher.sizes) > 1.2 * min(watcher.sizes), what="a phone's frames")
     finally:
+        release.set()
         watcher.close()
+    # The pace on average (one late wake-up on a busy machine is no fault).
     gaps = [b - a for a, b in zip(watcher.arrivals, watcher.arrivals[1:], strict=False)]
-    period = 1 / 15
-    assert len(gaps) >= 50
-    mean = sum(gaps) / len(gaps)
-    assert abs(mean - period) < 0.1 * period, mean
-    # A busy CI machine may delay a wake-up a little; a render would cost 100+ ms.
-    assert max(gaps) < 3 * period, max(gaps)
-    assert camera_sim.health()["interval_ms"]["max"] < 3000 * period
-    # Phone frames are bigger JPEGs than the empty counter: the phones were shown.
-    assert max(watcher.sizes) > 1.2 * min(watcher.sizes)
+    assert len(gaps) >= 15
+    assert sum(gaps) / len(gaps) < 2 / 15, gaps
 
 
 def test_control_endpoint(issued: Path, camera_sim: CameraSim) -> None:

@@ -508,12 +508,19 @@ def test_wall_clock_steps_do_not_stop_the_schedule(
         reader.join(5)
     after = [ln for ln in lines if ln["monotonic"] > stepped_at]
     assert after, "no sync after the wall clock stepped"
-    # Within twice the interval of the step, and then every interval or so...
-    assert after[0]["monotonic"] - stepped_at < 2.0
-    gaps = [b["monotonic"] - a["monotonic"] for a, b in itertools.pairwise(after)]
-    assert gaps and max(gaps) < 2.0, gaps
-    # ...and no busy loop: about one sync per second over six seconds.
-    assert len(after) <= 10, len(after)
+
+    # Each line is printed when its sync has ended ("monotonic") and says how long the sync
+    # took ("ms"); the schedule waits the interval (1 s, no jitter) from one sync's end to the
+    # next one's start. Measuring that idle time, not end to end, keeps a slow exchange on a
+    # loaded machine out of the figures. A stopped schedule would idle for a year (the step
+    # back) and a busy loop would not idle at all (catching up the step forward): the bounds
+    # are far from both and loose enough for a loaded machine's late wake-ups.
+    def started(ln: dict) -> float:
+        return float(ln["monotonic"]) - ln["ms"] / 1000
+
+    assert started(after[0]) - stepped_at < 3.0
+    idle = [started(b) - a["monotonic"] for a, b in itertools.pairwise(after)]
+    assert idle and all(0.5 < s < 3.0 for s in idle), idle
     assert all(ln["errors"] == [] for ln in after), after
 
 
