@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from canteenkit import Canteen
 from countykit import County, make_county
@@ -37,6 +38,16 @@ from pgkit import Cluster
 from terminal import trust
 
 WAIT_S = 30.0  # long enough for a loaded 2-core machine; a passing test never waits it out
+
+# Property tests: scripts/test.sh's default step (-m "not slow") runs them with a fifth of their
+# examples (--hypothesis-profile=quick); its second step and a plain `pytest` run every one.
+hypothesis.settings.register_profile("quick", max_examples=20)
+
+
+def examples(n: int) -> int:
+    """A property test's example count: ``n`` under hypothesis's default profile (100
+    examples), scaled by the profile in force (a fifth under "quick"), at least min(n, 5)."""
+    return max(min(n, 5), n * hypothesis.settings.default.max_examples // 100)
 
 
 def wait_for(
