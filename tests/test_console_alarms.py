@@ -137,22 +137,14 @@ def test_the_admin_decides_once_with_a_reason_over_http(console: Console) -> Non
         ):
             r = s.post(base + "/alarm/1/confirm", data={"csrf": token, "reason": reason})
             assert r.status_code == status and why in r.text, (reason[:10], r.status_code)
-        assert (
-            s.post(base + "/alarm/9/confirm", data={"csrf": token, "reason": "x"}).status_code
-            == 404
-        )
-        assert (
-            s.post(base + "/other/1/confirm", data={"csrf": token, "reason": "x"}).status_code
-            == 404
-        )
-        assert (
-            s.post(base + "/alarm/1/approve", data={"csrf": token, "reason": "x"}).status_code
-            == 404
-        )
-        assert (
-            s.post(base + "/alarm/x/confirm", data={"csrf": token, "reason": "x"}).status_code
-            == 400
-        )
+        for path, status in (
+            ("/alarm/9/confirm", 404),
+            ("/other/1/confirm", 404),
+            ("/alarm/1/approve", 404),
+            ("/alarm/x/confirm", 400),
+        ):
+            r = s.post(base + path, data={"csrf": token, "reason": "x"})
+            assert r.status_code == status, (path, r.status_code)
     r = s.post(base + "/alarm/1/confirm?lang=en", data={"csrf": token, "reason": "swapped card"})
     assert r.status_code == 200 and 'id="done"' in r.text
     assert "Confirmed by admin on " in r.text and not FORM.search(r.text)
