@@ -192,7 +192,11 @@ def meals_page(
                 request, "meals.html", user=user, error=error, form=form, dates=None,
                 canteens=sorted(names), names=names, status_code=400,
             )  # fmt: skip
-        known = inspection.canteens_seen(conn, dates.start_ms, dates.end_ms)
+        known: list[str] = _cached(
+            conn,
+            ("meals-canteens", dates),
+            lambda: inspection.canteens_seen(conn, dates.start_ms, dates.end_ms),
+        )
         ids = [canteen] if canteen else known
         table = _windows(request, ids)
         found: list[meals.CanteenMeals] = _cached(
