@@ -12,12 +12,12 @@ import argparse
 from typing import Any
 
 from county import inspection, meals
-from county.command import CommandError, add_data, add_database, one_line_errors, open_county
+from county.command import CommandError, one_line_errors, open_county
 from county.db import DatabaseError
 from county.directory import load_directory
 from county.errors import StoreError
-from county.inspection_cli import _dates, _line
-from county.localtime import LocalTimeError, add_timezone_option
+from county.inspection_cli import _common, _dates, _line
+from county.localtime import LocalTimeError
 
 _one_line_errors = one_line_errors(
     CommandError, DatabaseError, StoreError, LocalTimeError, inspection.InspectionError
@@ -77,12 +77,8 @@ def add_meals_command(sub: Any) -> None:
         "per canteen a 'canteen' line (its windows and totals) and a 'day' line for every "
         "day of the period. See docs/inspection.md.",
     )
-    p.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="YYYY-MM-DD")
-    p.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="YYYY-MM-DD")
+    _common(p)  # --from, --to, --timezone, --data, --database as the inspection commands
     p.add_argument("--canteen", metavar="ID", help="only this canteen")
-    add_timezone_option(p)
-    add_data(p, required=False)
-    add_database(p)
     p.set_defaults(func=cmd_meals)
 
 
