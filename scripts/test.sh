@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up from nothing, then lint, type-check and run the whole test suite in two steps:
-#   1. the default suite: every test not marked slow;
-#   2. the slow tests (crash loops, large lists, the whole-lunch scenario, long soaks).
+#   1. the default suite: every test not marked slow, property tests with a fifth of their
+#      examples (hypothesis profile "quick", tests/conftest.py);
+#   2. the slow tests (crash loops, large lists, the whole-lunch scenario, long soaks), and the
+#      property tests again with all their examples.
 # Both run on TEST_WORKERS processes (pytest-xdist; default 2, 0 for one process).
 # Arguments are passed to pytest: with any, one run does what they select, slow tests included
 # (for example `bash scripts/test.sh tests/test_ledger.py -x`).
@@ -16,7 +18,7 @@ if [ $# -gt 0 ]; then
   .venv/bin/python -m pytest -q "${WORKERS[@]}" "$@"
   exit
 fi
-echo "test: step 1 of 2: the default suite (-m 'not slow')"
-.venv/bin/python -m pytest -q "${WORKERS[@]}" -m "not slow"
-echo "test: step 2 of 2: the slow tests (-m slow)"
-.venv/bin/python -m pytest -q "${WORKERS[@]}" -m slow
+echo "test: step 1 of 2: the default suite (-m 'not slow', quick property tests)"
+.venv/bin/python -m pytest -q "${WORKERS[@]}" -m "not slow" --hypothesis-profile=quick
+echo "test: step 2 of 2: the slow tests and every property test's full count (-m 'slow or hypothesis')"
+.venv/bin/python -m pytest -q "${WORKERS[@]}" -m "slow or hypothesis"
