@@ -9,6 +9,7 @@ bureaus at each level and two townships of Yuhang.
 from __future__ import annotations
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,7 +156,7 @@ def test_canteens_name_known_operators(directory: agencies.Directory) -> None:
     ]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.lists(
         st.sampled_from(["zj", "hz", "nb", "yh", "xh", "yh-cq", "yh-lz", "hz-fin"]),

@@ -42,7 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import examples, wait_for
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -352,7 +352,7 @@ def store(county_db_url: str) -> Iterator[CountyStore]:
 
 
 @settings(
-    max_examples=12,
+    max_examples=examples(12),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -30,6 +30,7 @@ from typing import Any
 
 import openpyxl
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, delete, event, insert
@@ -189,7 +190,7 @@ _sale = st.fixed_dictionaries(
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(30),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, delete, insert
@@ -338,7 +339,7 @@ _examples = dict(
 )
 
 
-@settings(max_examples=60, **_examples)  # type: ignore[arg-type]
+@settings(max_examples=examples(60), **_examples)  # type: ignore[arg-type]
 @given(
     sales=st.lists(_sale, max_size=40),
     min_people=st.integers(2, 5),
@@ -376,7 +377,7 @@ def pg_store(pg_county_url: str) -> Iterator[CountyStore]:
     opened.close()
 
 
-@settings(max_examples=8, **_examples)  # type: ignore[arg-type]
+@settings(max_examples=examples(8), **_examples)  # type: ignore[arg-type]
 @given(
     sales=st.lists(_sale, min_size=10, max_size=40),
     min_people=st.integers(2, 4),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import examples
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -724,7 +725,7 @@ op_ack = st.tuples(st.just("ack"), st.integers(0, 40))
 operations = st.lists(st.one_of(op_sale, op_check, op_reverse, op_ack), max_size=30)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations, every=st.integers(1, 6))
 def test_ledger_matches_a_simple_model(ops: list[tuple[Any, ...]], every: int) -> None:
     key = Ed25519PrivateKey.generate()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import examples, wait_for
 from daemonkit import card_gone
 from hwsim.pn532 import Pn532Emulator
 from hypothesis import HealthCheck, assume, given, settings
@@ -514,7 +514,7 @@ def test_rdm6300_over_pty_chunked_held_and_left(plug: PtyPlug) -> None:
     uids=st.lists(uid5s, min_size=1, max_size=4, unique=True),
     cuts=st.lists(st.integers(min_value=0, max_value=100), max_size=12),
 )
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_rdm6300_over_pty_every_chunking(uids: list[bytes], cuts: list[int]) -> None:
     rig = _pty_rig()
     plug, _reader, q = rig

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sm2ref
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -180,7 +181,7 @@ def test_verify_never_raises_on_wrong_types() -> None:
     assert not public.verify(good, ANNEX_M, uid=b"x" * 8192)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(signature=st.binary(min_size=0, max_size=80), flip=st.integers(0, 511))
 def test_random_and_bit_flipped_signatures_do_not_verify(signature: bytes, flip: int) -> None:
     public = Sm2PublicKey.from_xy(ANNEX_X, ANNEX_Y)

@@ -15,6 +15,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sm2kit import NOW, Key, claims, credential, present, qr, sign1, token
@@ -423,7 +424,7 @@ _CODES = {
 }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     which=st.integers(0, len(_SEED_BYTES) - 1),
     edits=st.lists(

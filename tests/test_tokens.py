@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import examples
 from hwsim.wallet import (
     Issuer,
     StaticKeyring,
@@ -349,7 +350,7 @@ names = st.text(max_size=20)
 uint63 = st.integers(min_value=0, max_value=2**63 - 1)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     iss=names,
     sub=names,

@@ -12,6 +12,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from conftest import examples
 from hwsim.wallet import (
     Issuer,
     StaticKeyring,
@@ -154,20 +155,20 @@ def test_longest_allowed_text_is_read_not_refused_for_length() -> None:
     assert code_of("CT1:" + "0" * 1194) == MALFORMED
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=1500))
 def test_random_text(text: str) -> None:
     assert code_of(text) == MALFORMED
     assert code_of("CT1:" + text) == MALFORMED
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:", max_size=1196))
 def test_random_base45_text(text: str) -> None:
     assert code_of("CT1:" + text) == MALFORMED
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=790))
 def test_random_bytes(data: bytes) -> None:
     assert code_of(qr_text(data)) == MALFORMED
@@ -182,7 +183,7 @@ def test_every_truncation_of_a_valid_token() -> None:
         assert code_of(qr_text(raw[:n])) == MALFORMED, n
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_any_changed_byte_is_rejected(data: st.DataObject) -> None:
     raw = bytearray(
