@@ -28,8 +28,12 @@ def trust_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=[c["name"] for c in VECTORS["cases"]])
 def test_public_vectors_through_verify_token(
-    case: dict[str, Any], tmp_path: Path, trust_file: Path
+    case: dict[str, Any], tmp_path: Path, trust_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Each vector through the command's own main() in this process (the same parser, files
+    and verdict lines; the other tests here start the real process, this one would start 23)."""
+    from terminal.commands.main import main
+
     args = [
         "verify-token",
         "--trust",
@@ -44,9 +48,10 @@ def test_public_vectors_through_verify_token(
     if case.get("revoked"):
         args += ["--revoked", str(write_json(tmp_path / "revoked.json", case["revoked"]))]
     for step in case["steps"]:
-        out = run(*args, "--now", str(step["now"]), step["qr"])
-        assert out.returncode == 0, out.stderr
-        line = json.loads(out.stdout)
+        status = main([*args, "--now", str(step["now"]), step["qr"]])
+        out = capsys.readouterr()
+        assert status == 0, out.err
+        line = json.loads(out.out)
         expected = step["expect"]
         if expected == "accept":
             assert (line["verdict"], line["reason"]) == ("accept", None)
