@@ -31,6 +31,7 @@ from consolekit import (  # noqa: F401
 from test_inspection import AGENCIES, CANTEENS, NOW_MS, Ledger, local_ms
 
 from county.cli import main as county_main
+from county.console import charts
 from county.directory import replace_agencies, replace_canteens
 from protocol.agencies import parse_agencies_csv, parse_canteens_csv
 
@@ -187,3 +188,13 @@ def test_the_page_in_both_languages_and_a_click_to_the_entries(
         assert keys == [f"{t}:{s}" for t, s in made["lunch"]]
         check_page(page)
         page.context.close()
+
+
+def test_count_ticks_read_as_counts() -> None:
+    assert [charts.count_ticks(v) for v in (0.0, 2.0, 0.5, 1250.0, 12.25)] == [
+        "0",
+        "2",
+        "0.5",
+        "1,250",
+        "12.2",
+    ]

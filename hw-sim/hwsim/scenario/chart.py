@@ -82,8 +82,8 @@ def time_ticks(t0: int, t1: int) -> list[int]:
     span_min = max(1.0, (t1 - t0) / 60_000)
     step_min = next((m for m in TICK_MINUTES if span_min / m <= MAX_TICKS), TICK_MINUTES[-1])
     step = step_min * 60_000
-    # Local time in Asia/Shanghai has whole-hour offsets: a multiple of the step in UTC
-    # is one in local time for every step that divides an hour or is whole hours.
+    # Multiples of the step in UTC: the canteen's zone (Asia/Shanghai, UTC+8) is a whole
+    # number of every step up to two hours away, so they are round local times too.
     first = -(-t0 // step) * step
     return list(range(first, t1 + 1, step))
 
