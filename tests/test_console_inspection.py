@@ -267,3 +267,31 @@ def test_spending_numbers_open_their_entries(console: Console) -> None:
     assert prev and prev.group(2) == "75.00"  # April 2025: the five of 2025-04-10
     listed = http.get(console.url + prev.group(1).replace("&amp;", "&"), timeout=30).text
     assert len(re.findall(r'data-key="', listed)) == 5 and "2025-04-10 12:00:00" in listed
+
+
+def test_batch_drill_downs_are_the_same_with_the_page_remembered_or_not(
+    console: Console,
+) -> None:
+    """A batches drill-down answers from what the batches page found when it holds it
+    (filtered here by the link's canteen or unit), else finds them again: both the same."""
+    from county.console.pages import inspection as page
+
+    fill(console)
+    http = console.http("inspector")
+    html = http.get(console.url + "/console/inspection", timeout=30).text
+    links = sorted(
+        {h.replace("&amp;", "&") for h in re.findall(r'href="([^"]*what=batches[^"]*)"', html)}
+    )
+    assert any("canteen=" in h for h in links) and any("unit=" in h for h in links)
+
+    def keys() -> dict[str, list[str]]:
+        return {
+            h: re.findall(r'data-key="([^"]+)"', http.get(console.url + h, timeout=30).text)
+            for h in links
+        }
+
+    remembered = keys()
+    page._RESULTS.clear()
+    found_again = keys()
+    assert remembered == found_again
+    assert sum(map(len, remembered.values())) > 0
