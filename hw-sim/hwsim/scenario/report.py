@@ -187,7 +187,13 @@ def _check_ledger_and_county(record: RunRecord) -> list[str]:
     # The accepted sales: exactly the presentations the model accepted, once each.
     accepted = {s for s, e in ledger.items() if e["kind"] == "sale" and e["verdict"] == ACCEPT}
     at_county = {s for s, e in county.items() if e["kind"] == "sale" and e["verdict"] == ACCEPT}
-    expected = {p["seq"] for p in record.presentations if p["expected_verdict"] == ACCEPT}
+    # A presentation whose verdict never reached the screen has no seq: _check_decisions
+    # reports it ("no verdict reached the screen"), so it is not compared here.
+    expected = {
+        p["seq"]
+        for p in record.presentations
+        if p["expected_verdict"] == ACCEPT and p["seq"] is not None
+    }
     if accepted != expected:
         out.append(
             f"accepted sales in the ledger {len(accepted)} != accepted presentations "
