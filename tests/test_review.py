@@ -63,7 +63,7 @@ def _entry(
         "amount_fen": 1200,
         "detail": json.dumps({"qr": w.draw(at_ms // 1000)}),
         "prev_hash": bytes(32),
-        "hash": bytes([seq]) * 32,
+        "hash": seq.to_bytes(32, "big"),
         "received_ms": at_ms,
     }
     row.update(over)
