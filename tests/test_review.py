@@ -337,3 +337,51 @@ def test_the_review_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     # The listings still answer, and say who decided.
     rc, out, _ = run("conflicts", "--all", "--json", *d)
     assert rc == 0 and json.loads(out)["withdrawn_reason"] == "approved trip"
+
+
+def test_alarms_and_conflicts_from_before_the_review_columns_stay_valid(tmp_path: Path) -> None:
+    """A county at revision 0005 with an alarm and a conflict: upgraded, both are open,
+    can be decided, and the anomalies finder's index is there."""
+    from sqlalchemy import inspect
+
+    from county.db import migrations
+
+    db = Database(f"sqlite:///{tmp_path / 'county.sqlite'}")
+    try:
+        assert migrations.upgrade(db, "0005") == (None, "0005")
+        with db.write() as conn:
+            conn.execute(
+                insert(alarms).values(
+                    terminal="c1", kind="clock", seq=0, problem="ahead 90 s",
+                    first_ms=T0_MS, last_ms=T0_MS,
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(conflicts_table).values(
+                    kind="served_twice", first_terminal="a1", first_seq=1,
+                    second_terminal="b1", second_seq=1, found_ms=T0_MS,
+                )
+            )  # fmt: skip
+        assert migrations.upgrade(db) == ("0005", migrations.head())
+        with db.read() as conn:
+            found = review.items(conn, ZONE)
+            assert [(x["what"], x["state"]) for x in found] == [
+                ("alarm", "open"),
+                ("conflict", "open"),
+            ]
+            [index] = [
+                i
+                for i in inspect(conn).get_indexes("entries")
+                if i["name"] == "entries_sales_cadre"
+            ]
+        assert index["column_names"] == ["at_ms", "cadre", "canteen"]
+        # Partial: accepted sales only, as entries_sales_at.
+        where = str(index["dialect_options"]["sqlite_where"])
+        assert "kind = 'sale'" in where and "verdict = 'accept'" in where
+        with db.write() as conn:
+            review.decide(conn, "alarm", 1, "confirm", "clock replaced", "wang", T0_MS)
+            review.decide(conn, "conflict", 1, "withdraw", "test data", "wang", T0_MS)
+        assert _review_columns(db, "alarm", 1)[:3] == (T0_MS, "wang", "clock replaced")
+        assert _review_columns(db, "conflict", 1)[3:] == (T0_MS, "wang", "test data")
+    finally:
+        db.close()
