@@ -21,6 +21,7 @@ import pytest
 import requests
 from conftest import shot
 from consolekit import (  # noqa: F401
+    ON_EACH_BACKEND,
     PASSWORDS,
     ROLES,
     Clock,
@@ -61,7 +62,10 @@ def console_fixture(
     """A console over the test's ``county`` (the evidence tests' county, with its update
     repository and server) when it asks for one, else over a new seeded county."""
     if "county" not in request.fixturenames:
-        for console in start_console(tmp_path / "console", None, console_template):
+        url = None
+        if getattr(request, "param", "sqlite") == "postgresql":  # ON_EACH_BACKEND
+            url = str(request.getfixturevalue("pg_county_url"))
+        for console in start_console(tmp_path / "console", url, console_template):
             with console.db.write() as conn:
                 seed(conn)
             yield console
@@ -123,6 +127,7 @@ def _token(s: requests.Session, console: Console) -> str:
     return csrf_of(s, console.url + "/console")
 
 
+@ON_EACH_BACKEND
 def test_the_admin_decides_once_with_a_reason_over_http(console: Console) -> None:
     base = console.url + PAGE
     s = console.http("admin")
