@@ -83,7 +83,7 @@ def _word(word: str) -> ColumnElement[str]:
     return literal_column(f"'{word}'")
 
 
-def _sales(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
+def sales_kept(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     """Accepted sales with start_ms <= at_ms < end_ms that no reversal names."""
     e = entries.c
     r = entries.alias("r")
@@ -250,7 +250,7 @@ def _candidates(
     e = entries.c
     op = canteens.c.operator
     where = [
-        *_sales(start_ms, end_ms),
+        *sales_kept(start_ms, end_ms),
         e.unit.is_not(None),
         e.cadre.is_not(None),
         or_(op.is_(None), e.unit != op),
@@ -593,7 +593,7 @@ class Spending:
     month_totals: list[SpendingFigure] = field(default_factory=list)
 
 
-def _accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
+def sales_accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     """Accepted sales with start_ms <= at_ms < end_ms, reversed or not: the words of
     entries_sales_at, which answers from the index alone what it covers."""
     e = entries.c
@@ -605,7 +605,7 @@ def _accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     ]
 
 
-def _reversed() -> ColumnElement[bool]:
+def sale_reversed() -> ColumnElement[bool]:
     """The sale is named by a reversal (through entries_reversals)."""
     e = entries.c
     r = entries.alias("r")
@@ -632,14 +632,14 @@ def _bucketed(
         *((e.at_ms < hi, literal_column(f"'{label}'")) for label, _, hi in bounds),
         else_=literal_column("''"),
     ).label("bucket")
-    where = [*_accepted(bounds[0][1], bounds[-1][2]), *extra]
+    where = [*sales_accepted(bounds[0][1], bounds[-1][2]), *extra]
     sums = select(e.unit, bucket, func.count(), _fen_sum(conn, e.amount_fen)).group_by(
         e.unit, bucket
     )
     out: dict[tuple[str | None, str], tuple[int, int]] = {}
     for u, b, n, f in conn.execute(sums.where(*where)):
         out[(u, str(b))] = (int(n), int(f))
-    for u, b, n, f in conn.execute(sums.where(*where, _reversed())):
+    for u, b, n, f in conn.execute(sums.where(*where, sale_reversed())):
         had_n, had_f = out[(u, str(b))]
         out[(u, str(b))] = (had_n - int(n), had_f - int(f))
     return out
@@ -734,7 +734,7 @@ def spending_entries(
     order; of one of ``units`` (None in it: sales with no unit; ``units`` None: any unit)
     and of none of ``not_units`` (sales with no unit are never excluded by it)."""
     e = entries.c
-    where = _sales(start_ms, end_ms)
+    where = sales_kept(start_ms, end_ms)
     if canteen is not None:
         where.append(e.canteen == canteen)
     if units is not None:
@@ -898,7 +898,7 @@ def find_multi_canteen_days(
         dayno = ((e.at_ms + off) // DAY_MS).label("dayno")
         triples = (
             select(e.cadre, dayno, e.canteen)
-            .where(*_sales(lo, hi), e.cadre.is_not(None))
+            .where(*sales_kept(lo, hi), e.cadre.is_not(None))
             .group_by(e.cadre, dayno, e.canteen)
             .subquery("t")
         )
@@ -919,7 +919,7 @@ def find_multi_canteen_days(
                 row
                 for row in conn.execute(
                     select(e.cadre, e.terminal, e.seq, e.canteen, e.at_ms, e.unit, dayno).where(
-                        *_sales(lo, hi), e.cadre.in_(cadres[i : i + 500])
+                        *sales_kept(lo, hi), e.cadre.in_(cadres[i : i + 500])
                     )
                 )
                 if (row[0], int(row[6])) in days
@@ -1003,7 +1003,7 @@ def find_off_hours(
             cond.append(outside(default))
         rows = conn.execute(
             select(e.terminal, e.seq, e.canteen, e.cadre, e.at_ms, e.unit)
-            .where(*_sales(lo, hi), or_(*cond))
+            .where(*sales_kept(lo, hi), or_(*cond))
             .order_by(e.at_ms, e.terminal, e.seq)
         )
         out.extend(_single("off_hours", rows, zone))
@@ -1032,7 +1032,7 @@ def find_holiday_sales(
     for i in range(0, len(ranges), 200):
         rows = conn.execute(
             select(e.terminal, e.seq, e.canteen, e.cadre, e.at_ms, e.unit)
-            .where(*_sales(start_ms, end_ms), or_(*ranges[i : i + 200]))
+            .where(*sales_kept(start_ms, end_ms), or_(*ranges[i : i + 200]))
             .order_by(e.at_ms, e.terminal, e.seq)
         )
         out.extend(_single("holiday", rows, zone))
@@ -1071,10 +1071,9 @@ def read_holidays(path: str | Path) -> frozenset[dt.date]:
 
 def default_windows() -> dict[str | None, Windows]:
     """The meal windows of terminal/defaults.toml, for every canteen."""
-    from terminal import config
+    from county import meals
 
-    settings = config.load(None)
-    return {None: tuple((m.start, m.end) for m in settings.meals)}
+    return _spans(meals.default_windows())
 
 
 def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
@@ -1087,7 +1086,7 @@ def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
             union(
                 select(canteens.c.canteen),
                 select(terminals.c.canteen),
-                select(e.canteen).where(*_accepted(start_ms, end_ms)).distinct(),
+                select(e.canteen).where(*sales_accepted(start_ms, end_ms)).distinct(),
             )
         )
     }
@@ -1097,17 +1096,15 @@ def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
 def published_windows(data: str | Path, canteen_ids: Iterable[str]) -> dict[str | None, Windows]:
     """The meal windows the county published (county/published.py): each canteen's own
     settings file when it sets meals, else the file for all canteens, else the embedded
-    defaults (terminal/defaults.toml), which is what a terminal given no meals serves."""
-    from county.published import Published
+    defaults (terminal/defaults.toml), which is what a terminal given no meals serves.
+    county/meals.py reads them (with their names); here only their spans matter."""
+    from county import meals
 
-    found = default_windows()
-    published = Published(data)
-    view = published._current()
-    for canteen_id in canteen_ids:
-        settings = published._settings(view, canteen_id)
-        if settings is not None:
-            found[canteen_id] = tuple((m.start, m.end) for m in settings.meals)
-    return found
+    return _spans(meals.published_windows(data, canteen_ids))
+
+
+def _spans(table: Mapping[str | None, Sequence[Any]]) -> dict[str | None, Windows]:
+    return {k: tuple((w.start, w.end) for w in ws) for k, ws in table.items()}
 
 
 # -- drill-down --------------------------------------------------------------------------
@@ -1204,6 +1201,9 @@ __all__ = [
     "published_windows",
     "read_holidays",
     "repeats_of",
+    "sale_reversed",
+    "sales_accepted",
+    "sales_kept",
     "spending",
     "spending_entries",
     "township_of",

@@ -37,7 +37,7 @@ _one_line_errors = one_line_errors(
 )
 
 
-def _line(doc: dict[str, Any]) -> None:
+def print_line(doc: dict[str, Any]) -> None:
     # As county/exports.py: U+2028/2029/0085 escaped so a line never splits in two.
     text = json.dumps(doc, ensure_ascii=False)
     for ch in ("\u2028", "\u2029", "\x85"):
@@ -45,7 +45,7 @@ def _line(doc: dict[str, Any]) -> None:
     print(text)
 
 
-def _dates(a: argparse.Namespace) -> DateRange:
+def period_of(a: argparse.Namespace) -> DateRange:
     for name in ("canteen", "unit"):
         value = getattr(a, name, None)
         if value is not None:
@@ -76,7 +76,7 @@ def _head(a: argparse.Namespace, dates: DateRange, **more: Any) -> dict[str, Any
 
 @_one_line_errors
 def cmd_batches(a: argparse.Namespace) -> int:
-    dates = _dates(a)
+    dates = period_of(a)
     inspection.check_batch_options(a.min_people, a.window_min)
     zone = dates.zone
     db = open_county(a, must_exist=True)
@@ -107,7 +107,7 @@ def cmd_batches(a: argparse.Namespace) -> int:
             ]
     finally:
         db.close()
-    _line(
+    print_line(
         _head(
             a,
             dates,
@@ -120,17 +120,17 @@ def cmd_batches(a: argparse.Namespace) -> int:
     total = summaries[0].total
     for row, listed in (("batch", total.batches), ("previous_batch", total.previous)):
         for b in listed:
-            _line({"row": row, **b.as_json(zone)})
+            print_line({"row": row, **b.as_json(zone)})
     for summary in summaries:
         for fig in summary.rows:
-            _line({"row": f"by_{summary.by}", **fig.as_json()})
-    _line({"row": "total", **total.as_json()})
+            print_line({"row": f"by_{summary.by}", **fig.as_json()})
+    print_line({"row": "total", **total.as_json()})
     return 0
 
 
 @_one_line_errors
 def cmd_spending(a: argparse.Namespace) -> int:
-    dates = _dates(a)
+    dates = period_of(a)
     db = open_county(a, must_exist=True)
     try:
         with db.read() as conn:
@@ -157,16 +157,16 @@ def cmd_spending(a: argparse.Namespace) -> int:
                     detail.append((fig.group, keys))
     finally:
         db.close()
-    _line(_head(a, dates, by=a.by, canteen=a.canteen))
+    print_line(_head(a, dates, by=a.by, canteen=a.canteen))
     for fig in found.months:
-        _line({"row": "month", **fig.as_json()})
+        print_line({"row": "month", **fig.as_json()})
     for fig in found.groups:
-        _line({"row": "group", **fig.as_json()})
+        print_line({"row": "group", **fig.as_json()})
     for fig in found.month_totals:
-        _line({"row": "month_total", **fig.as_json()})
-    _line({"row": "total", **found.total.as_json()})
+        print_line({"row": "month_total", **fig.as_json()})
+    print_line({"row": "total", **found.total.as_json()})
     for group, keys in detail:
-        _line({"row": "entries", "group": group, "entries": [[t, s] for t, s in keys]})
+        print_line({"row": "entries", "group": group, "entries": [[t, s] for t, s in keys]})
     return 0
 
 
@@ -189,7 +189,7 @@ def _holidays(a: argparse.Namespace, asked: bool) -> frozenset[Any] | None:
 
 @_one_line_errors
 def cmd_anomalies(a: argparse.Namespace) -> int:
-    dates = _dates(a)
+    dates = period_of(a)
     kinds = list(dict.fromkeys(a.kind or KINDS))
     inspection.check_batch_options(a.min_people, a.window_min)
     holidays = _holidays(a, "holiday" in (a.kind or ())) if "holiday" in kinds else None
@@ -234,13 +234,13 @@ def cmd_anomalies(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         kinds.remove("holiday")
-    _line(_head(a, dates, kinds=kinds))
+    print_line(_head(a, dates, kinds=kinds))
     for line in lines:
-        _line(line)
+        print_line(line)
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def period_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="YYYY-MM-DD")
     p.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="YYYY-MM-DD")
     add_timezone_option(p)
@@ -277,7 +277,7 @@ def add_inspection_commands(sub: Any) -> None:
         "the same dates a year before) with its entries, figures by canteen, by unit and "
         "by month beside the year before, and the total. See docs/inspection.md.",
     )
-    _common(p)
+    period_options(p)
     p.add_argument("--canteen", metavar="ID", help="only this canteen")
     p.add_argument("--unit", metavar="AGENCY", help="only this visiting agency")
     _batch_options(p)
@@ -290,7 +290,7 @@ def add_inspection_commands(sub: Any) -> None:
         "diner's agency or township and local month, beside the same months a year before "
         "with the change in percent. See docs/inspection.md.",
     )
-    _common(p)
+    period_options(p)
     p.add_argument("--by", choices=inspection.BY_SPENDING, required=True)
     p.add_argument("--canteen", metavar="ID", help="only sales at this canteen")
     p.add_argument(
@@ -307,7 +307,7 @@ def add_inspection_commands(sub: Any) -> None:
         "YYYY-MM-DD a line); meal windows from the settings the county published, else "
         "the terminal's defaults. See docs/inspection.md.",
     )
-    _common(p)
+    period_options(p)
     p.add_argument(
         "--kind",
         action="append",

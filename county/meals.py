@@ -221,8 +221,8 @@ def meals_per_window(
             counts = select(e.canteen, dayno, widx, func.count()).group_by(e.canteen, dayno, widx)
             # As settlement and spending: every accepted sale counted from the sales index,
             # less the reversed ones (few), rather than a NOT IN over every row.
-            accepted = inspection._accepted(lo, hi)
-            for sign, extra in ((1, []), (-1, [inspection._reversed()])):
+            accepted = inspection.sales_accepted(lo, hi)
+            for sign, extra in ((1, []), (-1, [inspection.sale_reversed()])):
                 for canteen, day, index, n in conn.execute(counts.where(*accepted, where, *extra)):
                     found = out.get(str(canteen))
                     if found is None:
@@ -261,7 +261,7 @@ def meal_entries(
     keys: list[Key] = []
     for lo, hi, off in offset_segments(start_ms, end_ms, zone):
         local = e.at_ms + off
-        where: list[ColumnElement[bool]] = [*inspection._sales(lo, hi), e.canteen == canteen]
+        where: list[ColumnElement[bool]] = [*inspection.sales_kept(lo, hi), e.canteen == canteen]
         if window is not None:
             index = 0 if window == OTHER else names.index(window) + 1
             where.append(_window_index(local % DAY_MS, own) == literal_column(str(index)))

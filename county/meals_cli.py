@@ -16,7 +16,7 @@ from county.command import CommandError, one_line_errors, open_county
 from county.db import DatabaseError
 from county.directory import load_directory
 from county.errors import StoreError
-from county.inspection_cli import _common, _dates, _line
+from county.inspection_cli import period_of, period_options, print_line
 from county.localtime import LocalTimeError
 
 _one_line_errors = one_line_errors(
@@ -26,7 +26,7 @@ _one_line_errors = one_line_errors(
 
 @_one_line_errors
 def cmd_meals(a: argparse.Namespace) -> int:
-    dates = _dates(a)
+    dates = period_of(a)
     db = open_county(a, must_exist=True)
     try:
         with db.read() as conn:
@@ -55,12 +55,12 @@ def cmd_meals(a: argparse.Namespace) -> int:
         "canteen": a.canteen,
         "windows": "published" if a.data is not None else "defaults",
     }
-    _line(head)
+    print_line(head)
     for c in found:
         known = directory.canteens.get(c.canteen)
-        _line({"row": "canteen", **c.as_json(None if known is None else known.name)})
+        print_line({"row": "canteen", **c.as_json(None if known is None else known.name)})
         for day in c.days:
-            _line({"row": "day", **c.day_json(day)})
+            print_line({"row": "day", **c.day_json(day)})
     return 0
 
 
@@ -77,7 +77,7 @@ def add_meals_command(sub: Any) -> None:
         "per canteen a 'canteen' line (its windows and totals) and a 'day' line for every "
         "day of the period. See docs/inspection.md.",
     )
-    _common(p)  # --from, --to, --timezone, --data, --database as the inspection commands
+    period_options(p)  # --from, --to, --timezone, --data, --database as the inspection commands
     p.add_argument("--canteen", metavar="ID", help="only this canteen")
     p.set_defaults(func=cmd_meals)
 

@@ -270,7 +270,7 @@ def _stamp(conn: Connection) -> tuple[Any, ...]:
 
 
 def _seen(conn: Connection, key: tuple[Any, ...]) -> Any:
-    """What ``_cached`` holds for ``key`` while the county is unchanged, else None."""
+    """What ``cached`` holds for ``key`` while the county is unchanged, else None."""
     full = (*key, _stamp(conn))
     with _RESULTS_LOCK:
         return _RESULTS.get(full)
@@ -303,7 +303,7 @@ def _batches_seen(
     return None
 
 
-def _cached(conn: Connection, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+def cached(conn: Connection, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
     """``make()``, or what it gave before for the same ``key`` while the county's entries
     and directory are unchanged (``_stamp``): an officer opening the same period every
     morning, or going back from the entries to the figures, waits once."""
@@ -367,7 +367,7 @@ def batches_page(
     opts = {"min_people": min_people, "window_min": window_min}
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
-        found = _cached(
+        found = cached(
             conn,
             ("batches", f.dates, canteen, unit, min_people, window_min),
             lambda: inspection.both_years(
@@ -457,7 +457,7 @@ def spending_page(
         return _bad(request, user, "inspection_spending.html", error, form=form, f=None)
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
-        found = _cached(
+        found = cached(
             conn,
             ("spending", f.dates, by, canteen),
             lambda: inspection.spending(
@@ -565,7 +565,7 @@ def anomalies_page(
             )
 
         key = ("anomalies", f.dates, repeat_batches, repeat_days, frozen_windows, holidays)
-        repeats, multi, off, on_holidays = _cached(conn, key, find)
+        repeats, multi, off, on_holidays = cached(conn, key, find)
     return render(
         request,
         "inspection_anomalies.html",

@@ -27,7 +27,7 @@ from county import inspection, meals
 from county.console import auth, charts, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
-from county.console.pages.inspection import _cached
+from county.console.pages.inspection import cached
 from county.console.render import render
 from county.directory import load_directory
 from county.localtime import DateRange, LocalTimeError, local_date, parse_date
@@ -192,14 +192,14 @@ def meals_page(
                 request, "meals.html", user=user, error=error, form=form, dates=None,
                 canteens=sorted(names), names=names, status_code=400,
             )  # fmt: skip
-        known: list[str] = _cached(
+        known: list[str] = cached(
             conn,
             ("meals-canteens", dates),
             lambda: inspection.canteens_seen(conn, dates.start_ms, dates.end_ms),
         )
         ids = [canteen] if canteen else known
         table = _windows(request, ids)
-        found: list[meals.CanteenMeals] = _cached(
+        found: list[meals.CanteenMeals] = cached(
             conn,
             ("meals", dates, tuple(ids), tuple(sorted(table.items(), key=lambda kv: kv[0] or ""))),
             lambda: meals.meals_per_window(
