@@ -35,6 +35,7 @@ MIGRATE = UNITS / "canteen-county-migrate.service"
 BACKUP = UNITS / "canteen-county-backup.service"
 TIMER = UNITS / "canteen-county-backup.timer"
 TARGET = UNITS / "canteen-county.target"
+CONSOLE = UNITS / "canteen-county-console.service"
 SYSUSERS = UNITS / "canteen-county.sysusers"
 TMPFILES = UNITS / "canteen-county.tmpfiles"
 BACKUP_SCRIPT = UNITS / "canteen-county-backup.sh"
@@ -46,6 +47,7 @@ BACKUP_DIR = "/var/backups/canteen-county"
 # today). The oneshots reach only a local database, so they are held lower.
 EXPOSURE_LIMITS = {
     "canteen-county@8443.service": 1.2,
+    CONSOLE.name: 1.2,
     MIGRATE.name: 1.0,
     BACKUP.name: 1.0,
 }
@@ -72,7 +74,7 @@ def county_root(tmp_path: Path) -> Path:
     # The units name each other: verify loads the ones beside the unit it checks.
     where = root / "etc/systemd/system"
     where.mkdir(parents=True, exist_ok=True)
-    for unit in (TEMPLATE, MIGRATE, BACKUP, TIMER, TARGET):
+    for unit in (TEMPLATE, CONSOLE, MIGRATE, BACKUP, TIMER, TARGET):
         shutil.copyfile(unit, where / unit.name)
     return root
 
@@ -81,7 +83,7 @@ def county_root(tmp_path: Path) -> Path:
 
 
 @needs_analyze
-@pytest.mark.parametrize("unit", [MIGRATE, BACKUP, TIMER, TARGET], ids=lambda u: u.name)
+@pytest.mark.parametrize("unit", [CONSOLE, MIGRATE, BACKUP, TIMER, TARGET], ids=lambda u: u.name)
 def test_each_county_unit_verifies(tmp_path: Path, unit: Path) -> None:
     result = verify(county_root(tmp_path), unit)
     assert result.returncode == 0 and complaints(result) == [], complaints(result)
@@ -145,7 +147,7 @@ HARDENING = {
 }
 
 
-@pytest.mark.parametrize("unit", [TEMPLATE, MIGRATE, BACKUP], ids=lambda u: u.name)
+@pytest.mark.parametrize("unit", [TEMPLATE, CONSOLE, MIGRATE, BACKUP], ids=lambda u: u.name)
 def test_each_county_service_keeps_the_hardening(unit: Path) -> None:
     found = settings(unit)
     for key, value in HARDENING.items():
@@ -198,6 +200,48 @@ def test_the_units_command_lines_are_ones_the_county_cli_takes(
     args = build_parser().parse_args(shlex.split(exec_start)[1:])
     assert (args.command, args.db_command) == ("db", "upgrade")
     assert store_url(args) == url
+
+
+def test_the_console_unit_runs_the_console_as_the_servers_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its own listener (127.0.0.1:8080 unless console.env says otherwise), the servers'
+    user, database file and data directory, after the migrations; its options split as
+    systemd splits an unbraced variable, and none when it is empty."""
+    from county.cli import build_parser
+    from county.command import store_url
+
+    found = settings(CONSOLE)
+    assert found["EnvironmentFile"] == [
+        "/etc/canteen-county/county.env",
+        "-/etc/canteen-county/console.env",
+    ]
+    assert found["User"] == ["canteen-county"] and found["StateDirectory"] == ["canteen-county"]
+    assert found["Requires"] == ["canteen-county-migrate.service"]
+    assert found["PartOf"] == ["canteen-county.target"]
+    assert found["WantedBy"] == ["canteen-county.target"]
+    defaults = dict(
+        pair.split("=", 1) for line in found["Environment"] for pair in shlex.split(line)
+    )
+    assert defaults["CANTEEN_CONSOLE_HOST"] == "127.0.0.1"
+    (exec_start,) = found["ExecStart"]
+    assert "DATABASE" not in exec_start and "postgresql" not in exec_start
+    url = "postgresql://canteen_app:secret@127.0.0.1:5432/canteen_county"
+    monkeypatch.setenv("CANTEEN_COUNTY_DATABASE", url)
+    for options, tls in (("", None), ("--tls-cert /etc/c.crt --tls-key /etc/c.key", "/etc/c.crt")):
+        line = (
+            exec_start.replace("${CANTEEN_CONSOLE_HOST}", defaults["CANTEEN_CONSOLE_HOST"])
+            .replace("${CANTEEN_CONSOLE_PORT}", defaults["CANTEEN_CONSOLE_PORT"])
+            .replace("$CANTEEN_CONSOLE_OPTIONS", options)
+        )
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert (args.command, args.data, args.host, args.port) == (
+            "console",
+            DATA_DIR,
+            "127.0.0.1",
+            8080,
+        )
+        assert args.tls_cert == tls and store_url(args) == url
 
 
 def test_the_migrations_run_once_before_the_servers() -> None:
