@@ -488,18 +488,24 @@ def issuer_key_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(issuer_keys)).scalar_one())
 
 
-def decided_already(what: str, item_id: int, row: Any) -> str | None:
-    """The line refusing a second decision on an alarm or conflict whose review columns
-    are ``row`` (confirmed_ms, confirmed_by, withdrawn_ms, withdrawn_by); None when
-    nobody decided yet. A decision is final (county/review.py)."""
+def lock_undecided(conn: Connection, table: Any, what: str, item_id: int) -> None:
+    """Lock alarm or conflict ``item_id`` of ``table`` (alarms or conflicts) for a review
+    decision in ``conn``'s transaction; StoreError in one line when there is no such one or
+    someone decided on it before (a decision is final, county/review.py)."""
+    c = table.c
+    row = conn.execute(
+        select(c.confirmed_ms, c.confirmed_by, c.withdrawn_ms, c.withdrawn_by)
+        .where(c.id == item_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise StoreError(f"no {what} {item_id}: 'canteen-county {what}s' lists them")
     confirmed_ms, confirmed_by, withdrawn_ms, withdrawn_by = row
     if withdrawn_ms is not None:
-        return f"{what} {item_id} was withdrawn already" + (
-            f" (by {withdrawn_by})" if withdrawn_by else ""
-        )
+        by = f" (by {withdrawn_by})" if withdrawn_by else ""
+        raise StoreError(f"{what} {item_id} was withdrawn already{by}")
     if confirmed_ms is not None:
-        return f"{what} {item_id} was confirmed already (by {confirmed_by or '?'})"
-    return None
+        raise StoreError(f"{what} {item_id} was confirmed already (by {confirmed_by or '?'})")
 
 
 def withdraw(
@@ -510,20 +516,10 @@ def withdraw(
     is refused."""
     if not reason.strip():
         raise StoreError("say why the conflict is withdrawn (--reason TEXT): it is kept")
-    k = conflicts.c
-    row = conn.execute(
-        select(k.confirmed_ms, k.confirmed_by, k.withdrawn_ms, k.withdrawn_by)
-        .where(k.id == conflict_id)
-        .with_for_update()
-    ).one_or_none()
-    if row is None:
-        raise StoreError(f"no conflict {conflict_id}: 'canteen-county conflicts' lists them")
-    refused = decided_already("conflict", conflict_id, row)
-    if refused is not None:
-        raise StoreError(refused)
+    lock_undecided(conn, conflicts, "conflict", conflict_id)
     conn.execute(
         update(conflicts)
-        .where(k.id == conflict_id)
+        .where(conflicts.c.id == conflict_id)
         .values(withdrawn_ms=now_ms, withdrawn_reason=reason.strip(), withdrawn_by=by)
     )
     r = conflict_revocations.alias("r")

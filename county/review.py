@@ -102,21 +102,11 @@ def decide(
         # The one place a conflict is withdrawn (the command's path too).
         return conflicts_mod.withdraw(conn, item_id, text, now_ms, by=by)
     table = alarms if what == ALARM else conflicts_table
-    c = table.c
-    row = conn.execute(
-        select(c.confirmed_ms, c.confirmed_by, c.withdrawn_ms, c.withdrawn_by)
-        .where(c.id == item_id)
-        .with_for_update()
-    ).one_or_none()
-    if row is None:
-        raise ReviewError(f"no {what} {item_id}: 'canteen-county {what}s' lists them")
-    refused = conflicts_mod.decided_already(what, item_id, row)
-    if refused is not None:
-        raise ReviewError(refused)
+    conflicts_mod.lock_undecided(conn, table, what, item_id)
     prefix = DONE[decision]
     conn.execute(
         update(table)
-        .where(c.id == item_id)
+        .where(table.c.id == item_id)
         .values({f"{prefix}_ms": now_ms, f"{prefix}_by": by, f"{prefix}_reason": text})
     )
     return []
@@ -221,42 +211,25 @@ def open_counts(conn: Connection) -> dict[str, int]:
     return out
 
 
-def _alarm_rows(
-    conn: Connection, state: str | None, kind: str | None, terminal: str | None, item_id: int | None
+def _rows(
+    conn: Connection,
+    table: Table,
+    found_ms: str,
+    state: str | None,
+    kind: str | None,
+    terminal: Any,
+    item_id: int | None,
 ) -> list[Any]:
-    c = alarms.c
-    query = select(alarms)
-    where = [w for w in (_state_where(alarms, state),) if w is not None]
+    """Rows of ``table`` (alarms or conflicts), the newest first by ``found_ms``;
+    ``terminal``: a clause on the table, or None."""
+    c = table.c
+    where = [w for w in (_state_where(table, state), terminal) if w is not None]
     if kind:
         where.append(c.kind == kind)
-    if terminal:
-        where.append(c.terminal == terminal)
     if item_id is not None:
         where.append(c.id == item_id)
-    return list(
-        conn.execute(query.where(*where).order_by(c.first_ms.desc(), c.id.desc()).limit(MAX_ITEMS))
-        .mappings()
-        .all()
-    )
-
-
-def _conflict_rows(
-    conn: Connection, state: str | None, kind: str | None, terminal: str | None, item_id: int | None
-) -> list[Any]:
-    c = conflicts_table.c
-    query = select(conflicts_table)
-    where = [w for w in (_state_where(conflicts_table, state),) if w is not None]
-    if kind:
-        where.append(c.kind == kind)
-    if terminal:
-        where.append(or_(c.first_terminal == terminal, c.second_terminal == terminal))
-    if item_id is not None:
-        where.append(c.id == item_id)
-    return list(
-        conn.execute(query.where(*where).order_by(c.found_ms.desc(), c.id.desc()).limit(MAX_ITEMS))
-        .mappings()
-        .all()
-    )
+    query = select(table).where(*where).order_by(c[found_ms].desc(), c.id.desc())
+    return list(conn.execute(query.limit(MAX_ITEMS)).mappings().all())
 
 
 class _Names:
@@ -402,9 +375,16 @@ def items(
         raise ReviewError(f"state {state!r} is none of {', '.join(STATES)}")
     if what is not None and what not in WHATS:
         raise ReviewError(f"{what!r} is neither an alarm nor a conflict")
-    a_rows = _alarm_rows(conn, state, kind, terminal, item_id) if what in (None, ALARM) else []
+    a, c = alarms.c, conflicts_table.c
+    on_a = None if not terminal else a.terminal == terminal
+    on_c = (
+        None if not terminal else or_(c.first_terminal == terminal, c.second_terminal == terminal)
+    )
+    a_rows = _rows(conn, alarms, "first_ms", state, kind, on_a, item_id) if what != CONFLICT else []
     c_rows = (
-        _conflict_rows(conn, state, kind, terminal, item_id) if what in (None, CONFLICT) else []
+        _rows(conn, conflicts_table, "found_ms", state, kind, on_c, item_id)
+        if what != ALARM
+        else []
     )
     wanted = [(r["terminal"], int(r["seq"])) for r in a_rows if r["seq"]]
     for r in c_rows:

@@ -183,7 +183,7 @@ def test_the_list_shows_the_evidence_verified_now_with_names_and_local_times(
         assert [x["what"] for x in review.items(conn, ZONE, terminal="c1")] == ["alarm"]
         assert review.items(conn, ZONE, state="confirmed") == []
         assert review.open_counts(conn) == {"alarm": 1, "conflict": 1}
-        with pytest.raises(review.ReviewError, match="state 'nope' is none of"):
+        with pytest.raises(StoreError, match="state 'nope' is none of"):
             review.items(conn, ZONE, state="nope")
         assert review.item(conn, "alarm", 10**30, ZONE) is None
         assert review.item(conn, "other", 1, ZONE) is None
@@ -208,13 +208,13 @@ def test_each_decision_is_taken_once_with_a_reason_by_a_named_person(db: Databas
         "x" * (review.MAX_REASON + 1): f"at most {review.MAX_REASON}",
     }
     for reason, why in bad.items():
-        with pytest.raises(review.ReviewError, match=why), db.write() as conn:
+        with pytest.raises(StoreError, match=why), db.write() as conn:
             review.decide(conn, "alarm", a, "confirm", reason, "wang", T0_MS)
     for item_id in (0, -1, 999, 2**70):
-        with pytest.raises(review.ReviewError, match=f"no alarm {item_id}:"), db.write() as conn:
+        with pytest.raises(StoreError, match=f"no alarm {item_id}:"), db.write() as conn:
             review.decide(conn, "alarm", item_id, "confirm", "ok", "wang", T0_MS)
     with (
-        pytest.raises(review.ReviewError, match="neither confirm nor withdraw"),
+        pytest.raises(StoreError, match="neither confirm nor withdraw"),
         db.write() as conn,
     ):
         review.decide(conn, "alarm", a, "approve", "ok", "wang", T0_MS)
@@ -224,7 +224,7 @@ def test_each_decision_is_taken_once_with_a_reason_by_a_named_person(db: Databas
         assert review.decide(conn, "alarm", a, "withdraw", " a test fork ", "wang", T0_MS) == []
     assert _review_columns(db, "alarm", a) == (None, None, None, T0_MS, "wang", "a test fork")
     for decision in ("confirm", "withdraw"):
-        with pytest.raises(review.ReviewError) as refused, db.write() as conn:
+        with pytest.raises(StoreError) as refused, db.write() as conn:
             review.decide(conn, "alarm", a, decision, "again", "li", T0_MS + 1)
         assert str(refused.value) == f"alarm {a} was withdrawn already (by wang)"
     assert _review_columns(db, "alarm", a)[3:] == (T0_MS, "wang", "a test fork")
@@ -258,7 +258,7 @@ def test_withdrawing_a_conflict_lifts_what_it_alone_revoked(db: Database) -> Non
     with db.read() as conn:
         assert conflicts.revocations(conn) == []
     # Refused before anything: an empty reason, an unknown conflict.
-    with pytest.raises(review.ReviewError, match="say why the conflict is withdrawn"):
+    with pytest.raises(StoreError, match="say why the conflict is withdrawn"):
         review.withdraw_conflict(db, None, ids["conflict"], " ", "wang", T0_MS)
     with pytest.raises(StoreError, match="no conflict 77:"):
         review.withdraw_conflict(db, None, 77, "x", "wang", T0_MS)
