@@ -355,6 +355,19 @@ def _revokes(conn: Connection, ids: Sequence[int]) -> dict[int, list[str]]:
     return out
 
 
+def _head(what: str, r: Any, found_ms: int, zone: Any) -> dict[str, Any]:
+    """What an alarm and a conflict both show: which, its state, when found, the decision."""
+    return {
+        "what": what,
+        "id": int(r["id"]),
+        "kind": r["kind"],
+        "state": _state(r["confirmed_ms"], r["withdrawn_ms"]),
+        "found_ms": int(found_ms),
+        "found": local_text(found_ms, zone),
+        "decision": _decision(r, zone),
+    }
+
+
 def items(
     conn: Connection,
     zone: Any,
@@ -417,17 +430,12 @@ def items(
             docs.append(_entry_doc("entry", r["terminal"], seq, row, keyring, lists, names, zone))
         out.append(
             {
-                "what": ALARM,
-                "id": int(r["id"]),
-                "kind": r["kind"],
-                "state": _state(r["confirmed_ms"], r["withdrawn_ms"]),
+                **_head(ALARM, r, r["first_ms"], zone),
                 "terminal": r["terminal"],
                 "terminals": [r["terminal"]],
                 "canteen": terminal_canteens.get(r["terminal"], ""),
                 "seq": seq,
                 "problem": r["problem"],
-                "found_ms": int(r["first_ms"]),
-                "found": local_text(r["first_ms"], zone),
                 "last": local_text(r["last_ms"], zone),
                 "times": int(r["times"]),
                 "theirs": bytes(r["theirs"]).hex() if r["theirs"] is not None else "",
@@ -436,7 +444,6 @@ def items(
                 "cadre_name": "",
                 "entries": docs,
                 "revokes": [],
-                "decision": _decision(r, zone),
             }
         )
     for r in c_rows:
@@ -455,15 +462,10 @@ def items(
         ]
         out.append(
             {
-                "what": CONFLICT,
-                "id": int(r["id"]),
-                "kind": r["kind"],
-                "state": _state(r["confirmed_ms"], r["withdrawn_ms"]),
+                **_head(CONFLICT, r, r["found_ms"], zone),
                 "terminal": r["second_terminal"],
                 "terminals": [r["first_terminal"], r["second_terminal"]],
                 "problem": r["reason"] or "",
-                "found_ms": int(r["found_ms"]),
-                "found": local_text(r["found_ms"], zone),
                 "cadre": r["cadre"] or "",
                 "cadre_name": names.cadres.get(r["cadre"] or "", ""),
                 "signed_name": r["name"] or "",
@@ -473,7 +475,6 @@ def items(
                 "meal": r["meal"] or "",
                 "entries": docs,
                 "revokes": revokes.get(int(r["id"]), []),
-                "decision": _decision(r, zone),
             }
         )
     rank = {OPEN: 0, CONFIRMED: 1, WITHDRAWN: 2}
