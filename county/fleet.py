@@ -318,11 +318,15 @@ def _standing(state: str, **known: Any) -> dict[str, Any]:
 
 
 def _alarm_counts(conn: Connection) -> dict[str, tuple[int, int | None]]:
+    """Per terminal, its alarms nobody has reviewed yet (docs/alarms.md: an alarm county IT
+    confirmed or withdrew has been dealt with) and the newest one's time."""
     a = alarms_table.c
     return {
         t: (int(n), last)
         for t, n, last in conn.execute(
-            select(a.terminal, func.count(), func.max(a.last_ms)).group_by(a.terminal)
+            select(a.terminal, func.count(), func.max(a.last_ms))
+            .where(a.confirmed_ms.is_(None), a.withdrawn_ms.is_(None))
+            .group_by(a.terminal)
         )
     }
 

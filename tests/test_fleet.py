@@ -204,6 +204,23 @@ def test_the_silent_and_the_wrong_clocks_come_first(
                 terminal="t-ok", kind="fork", seq=2, problem="test", first_ms=NOON, last_ms=NOON
             )
         )
+        # Reviewed alarms are dealt with: neither counts, nor makes t-wait an 'alarms' row.
+        for seq, decided in ((3, "confirmed"), (4, "withdrawn")):
+            conn.execute(
+                insert(alarms).values(
+                    {
+                        "terminal": "t-wait",
+                        "kind": "fork",
+                        "seq": seq,
+                        "problem": "test",
+                        "first_ms": NOON,
+                        "last_ms": NOON,
+                        f"{decided}_ms": NOON,
+                        f"{decided}_by": "admin",
+                        f"{decided}_reason": "checked",
+                    }
+                )
+            )
         # t-old is retired: never silent, and left out unless asked for.
         conn.execute(
             update(terminals).where(terminals.c.terminal_id == "t-old").values(retired_ms=NOON)
@@ -223,6 +240,7 @@ def test_the_silent_and_the_wrong_clocks_come_first(
         ("t-wait", ["waiting"]),
     ]
     ok = rows[2]
+    assert rows[3]["alarms"] == 0
     assert ok["alarms"] == 1 and ok["backlog"] == 0 and ok["software"] == software_version()
     assert ok["update"]["state"] == "none"  # this county publishes no updates
     assert rows[1]["clock_ahead_ms"] == -95_000 and rows[1]["clock_ok"] is False
