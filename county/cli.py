@@ -236,10 +236,17 @@ def cmd_alarms(a: argparse.Namespace) -> int:
             first = _local(x["first_ms"], a.utc_offset)
             where = f", entry {x['seq']}" if x["seq"] else ""
             times = f", {x['times']} times, last {_local(x['last_ms'], a.utc_offset)}"
+            review = ""
+            for decided in ("confirmed", "withdrawn"):
+                if x[f"{decided}_ms"] is not None:
+                    review = (
+                        f" [{decided} {_local(x[f'{decided}_ms'], a.utc_offset)} by "
+                        f"{x[f'{decided}_by']}: {x[f'{decided}_reason']}]"
+                    )
             print(
                 f"alarm {x['id']} {x['kind']}: terminal {x['terminal']} at "
                 f"{x['canteen'] or '?'}{where}, first {first}"
-                f"{times if x['times'] > 1 else ''}: {x['problem']}"
+                f"{times if x['times'] > 1 else ''}: {x['problem']}{review}"
             )
         if not alarms:
             print("no alarms")
@@ -253,11 +260,16 @@ def cmd_alarms(a: argparse.Namespace) -> int:
 
 def _conflict_lines(c: dict[str, Any], utc_offset_h: int) -> list[str]:
     who = c["cadre"] + (f" ({c['name']})" if c["name"] else "")
-    state = (
-        f"WITHDRAWN {_local(c['withdrawn_ms'], utc_offset_h)}: {c['withdrawn_reason']}"
-        if c["withdrawn_ms"] is not None
-        else "standing"
-    )
+    if c["withdrawn_ms"] is not None:
+        by = f" by {c['withdrawn_by']}" if c["withdrawn_by"] else ""
+        state = f"WITHDRAWN {_local(c['withdrawn_ms'], utc_offset_h)}{by}: {c['withdrawn_reason']}"
+    elif c["confirmed_ms"] is not None:
+        state = (
+            f"standing, CONFIRMED {_local(c['confirmed_ms'], utc_offset_h)} "
+            f"by {c['confirmed_by']}: {c['confirmed_reason']}"
+        )
+    else:
+        state = "standing, not reviewed"
     lines = [
         f"conflict {c['id']} {c['kind']} [{state}]: {who}, unit {c['unit'] or '-'}, "
         f"{c['meal'] or '-'} on {c['day'] or '-'}",

@@ -190,6 +190,13 @@ _ALARM_KEYS = (
     "first_ms",
     "last_ms",
     "times",
+    # The review (county/review.py, docs/alarms.md): None until county IT decides.
+    "confirmed_ms",
+    "confirmed_by",
+    "confirmed_reason",
+    "withdrawn_ms",
+    "withdrawn_by",
+    "withdrawn_reason",
 )
 
 
@@ -206,6 +213,12 @@ def alarms(conn: Connection) -> list[dict[str, Any]]:
             a.first_ms,
             a.last_ms,
             a.times,
+            a.confirmed_ms,
+            a.confirmed_by,
+            a.confirmed_reason,
+            a.withdrawn_ms,
+            a.withdrawn_by,
+            a.withdrawn_reason,
             a.theirs,
         )
         .join_from(alarms_table, terminals, terminals.c.terminal_id == a.terminal, isouter=True)
@@ -213,8 +226,9 @@ def alarms(conn: Connection) -> list[dict[str, Any]]:
     )
     out = []
     for r in rows:
-        item = dict(zip(_ALARM_KEYS, r[:9], strict=True))
-        item["hash"] = bytes(r[9]).hex() if r[9] is not None else None
+        n = len(_ALARM_KEYS)
+        item = dict(zip(_ALARM_KEYS, r[:n], strict=True))
+        item["hash"] = bytes(r[n]).hex() if r[n] is not None else None
         out.append(item)
     return out
 
@@ -232,6 +246,10 @@ _CONFLICT_HEAD = (
     "found_ms",
     "withdrawn_ms",
     "withdrawn_reason",
+    "withdrawn_by",
+    "confirmed_ms",
+    "confirmed_by",
+    "confirmed_reason",
 )
 _SIDE = ("terminal", "canteen", "seq", "method", "hash", "at_ms")
 
@@ -249,8 +267,9 @@ def conflicts(conn: Connection) -> list[dict[str, Any]]:
         revoked.setdefault(int(conflict_id), []).append(credential)
     out = []
     for row in rows:
-        item = dict(zip(_CONFLICT_HEAD, row[:12], strict=True))
-        for name, values in (("first", row[12:18]), ("second", row[18:24])):
+        n, k = len(_CONFLICT_HEAD), len(_SIDE)
+        item = dict(zip(_CONFLICT_HEAD, row[:n], strict=True))
+        for name, values in (("first", row[n : n + k]), ("second", row[n + k : n + 2 * k])):
             entry = dict(zip(_SIDE, values, strict=True))
             entry["hash"] = bytes(entry["hash"]).hex() if entry["hash"] is not None else None
             item[name] = entry

@@ -646,7 +646,7 @@ def test_withdrawing_a_conflict_lifts_its_revocation_on_the_terminals(
         assert county_main(["conflicts", "--data", str(county.data)]) == 0
         listing = capsys.readouterr().out
         [conflict] = county.store.conflicts()
-        assert f"conflict {conflict['id']} served_twice [standing]" in listing
+        assert f"conflict {conflict['id']} served_twice [standing, not reviewed]" in listing
         assert "Cadre V" in listing and "terminal a1 (canteen-a)" in listing
         assert "terminal b1 (canteen-b)" in listing and "2026-05-28 " in listing
 

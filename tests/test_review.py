@@ -336,7 +336,18 @@ def test_the_review_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ]
     # The listings still answer, and say who decided.
     rc, out, _ = run("conflicts", "--all", "--json", *d)
-    assert rc == 0 and json.loads(out)["withdrawn_reason"] == "approved trip"
+    listed = json.loads(out)
+    assert rc == 0 and listed["withdrawn_reason"] == "approved trip"
+    assert listed["withdrawn_by"] == cli_user() and listed["confirmed_ms"] is None
+    rc, out, _ = run("conflicts", "--all", *d)
+    assert rc == 0 and "[WITHDRAWN " in out and f" by {cli_user()}: approved trip]" in out
+    rc, out, _ = run("alarms", "--text", *d)
+    assert rc == 0
+    assert f"by {cli_user()}: the SD card was swapped; see ticket 12]" in out
+    assert "[confirmed " in out
+    rc, out, _ = run("alarms", *d)
+    alarm = json.loads(out.splitlines()[0])
+    assert (alarm["confirmed_by"], alarm["withdrawn_ms"]) == (cli_user(), None)
 
 
 def test_alarms_and_conflicts_from_before_the_review_columns_stay_valid(tmp_path: Path) -> None:
