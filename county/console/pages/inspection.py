@@ -644,15 +644,19 @@ def entries_page(
         if what == "batches":
             assert f is not None  # a batches drill-down has its period (error otherwise)
             batches = _batches_seen(conn, f, canteen, unit, min_people, window_min, year)
-            if batches is None:
-                batches = inspection.find_batches(
+            if batches is None:  # found once, then remembered as the pages' figures are
+                batches = cached(
                     conn,
-                    lo,
-                    hi,
-                    min_people=min_people,
-                    window_min=window_min,
-                    canteen=canteen or None,
-                    unit=unit or None,
+                    ("batch entries", f.dates, canteen, unit, min_people, window_min, year),
+                    lambda: inspection.find_batches(
+                        conn,
+                        lo,
+                        hi,
+                        min_people=min_people,
+                        window_min=window_min,
+                        canteen=canteen or None,
+                        unit=unit or None,
+                    ),
                 )
             if month:
                 batches = [b for b in batches if inspection.month_of(b.start_ms, zone) == month]
