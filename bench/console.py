@@ -396,6 +396,13 @@ KNOWN = (
 )
 
 
+def after(pages: list[Page], name: str, page: Page) -> None:
+    """Put a drill-down right after the page it is opened from, as an officer walks
+    (while that page's figures are still in the console's memo)."""
+    at = next((i + 1 for i, p in enumerate(pages) if p.name == name), len(pages))
+    pages.insert(at, page)
+
+
 def plan_pages(
     get: Callable[[str], str],
     values: dict[str, list[str]],
@@ -502,19 +509,19 @@ def plan_pages(
         drill += links(get(source), "/console/inspection/entries")
     drill = spread(list(dict.fromkeys(drill)), variants + 1)
     if drill:
-        pages.append(Page("inspection entries", drill[0], drill[1:]))
+        after(pages, "inspection spending", Page("inspection entries", drill[0], drill[1:]))
     # The meals' drill-downs (a canteen's meals of a window, of a weekday) and a review
     # item of the alarms page (when the county has any), as those pages link them.
-    for name, sources, prefix in (
+    for name, sources, prefix, parent in (
         ("meals entries", [period("/console/meals", quarter),
                            period("/console/meals", quarter, canteen=canteens[0])],
-         "/console/meals/entries"),
-        ("alarms item", ["/console/alarms"], "/console/alarms/"),
+         "/console/meals/entries", "meals"),
+        ("alarms item", ["/console/alarms"], "/console/alarms/", "alarms"),
     ):  # fmt: skip
         found = [link for source in sources for link in links(get(source), prefix)]
         found = spread(list(dict.fromkeys(found)), variants + 1)
         if found:
-            pages.append(Page(name, found[0], found[1:]))
+            after(pages, parent, Page(name, found[0], found[1:]))
     # Pages the navigation shows that the table above does not know (added since).
     nav = links(get("/console"), "/console")
     known = {urlsplit(p.default).path for p in pages} | set(KNOWN)
