@@ -623,6 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--repeat must be at least 1 and --variants at least 2")
     # The history ends with the last whole month, so the pages' default period (the last
     # three months to today) holds data, as it does in a county in service.
+    from hwsim.history import HistoryError, Options
+
+    try:  # the history's own rules, checked before a cluster is made for it
+        Options(months=a.months, canteens=a.canteens, cadres=a.cadres, seed=a.seed).check()
+    except HistoryError as exc:
+        ap.error(str(exc))
     start = months_back(dt.date.today(), a.months)
     history = History(a.months, a.canteens, a.cadres, a.seed, start)
     work = Path(a.keep).resolve() if a.keep else Path(tempfile.mkdtemp(prefix="console-bench-"))

@@ -112,3 +112,27 @@ def test_verdict_and_quantile() -> None:
     assert not slow_cold.verdict()
     slow_repeat = bench.Page("p", "/console", repeated=[0.1] * 18 + [1.2] * 2, cold=[0.2])
     assert not slow_repeat.verdict()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--repeat", "0"], "--repeat must be at least 1"),
+        (["--variants", "1"], "--variants at least 2"),
+        (["--months", "0"], "--months must be 1 to 120"),
+        (["--canteens", "0"], "--canteens must be 1 to 2000"),
+        (["--keep", "FILE"], "not a folder"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_made(
+    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    before = set(Path("/tmp").glob("console-bench-*"))
+    with pytest.raises(SystemExit) as stop:
+        bench.main([str(a_file) if x == "FILE" else x for x in args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert words in err
+    assert set(Path("/tmp").glob("console-bench-*")) == before  # no work folder made
