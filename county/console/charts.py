@@ -22,6 +22,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # before any figure: no display, no GUI toolkit
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -75,11 +76,8 @@ def _svg(fig: Figure) -> str:
 
 
 def _axes_common(
-    ax: object, labels: Sequence[str], y_label: str, fmt: Callable[[float], str] | None
+    ax: Axes, labels: Sequence[str], y_label: str, fmt: Callable[[float], str] | None
 ) -> None:
-    from matplotlib.axes import Axes
-
-    assert isinstance(ax, Axes)
     if y_label:
         ax.set_ylabel(y_label)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=fmt is None, min_n_ticks=2))
@@ -93,6 +91,35 @@ def _axes_common(
     ax.tick_params(axis="x", labelrotation=30 if len(labels) > 6 else 0, labelsize=9)
 
 
+def _chart(
+    draw: Callable[[Axes], None],
+    labels: Sequence[str],
+    series: Sequence[Series],
+    title: str,
+    y_label: str,
+    y_format: Callable[[float], str] | None,
+    width_px: int,
+    height_px: int,
+) -> str:
+    """One chart's frame (axes, title, legend above the plot) around ``draw``, as SVG."""
+    with matplotlib.rc_context(_RC):
+        fig = _figure(width_px, height_px)
+        ax = fig.add_subplot()
+        draw(ax)
+        _axes_common(ax, labels, y_label, y_format)
+        if title:
+            fig.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
+        if series:
+            ax.legend(
+                loc="lower left",
+                bbox_to_anchor=(0, 1.0),
+                frameon=False,
+                fontsize=9,
+                ncols=min(4, len(series)),
+            )
+        return _svg(fig)
+
+
 def line_chart(
     labels: Sequence[str],
     series: Sequence[Series],
@@ -104,9 +131,8 @@ def line_chart(
     height_px: int = 260,
 ) -> str:
     """A line per series over ``labels`` (months, days), as SVG text."""
-    with matplotlib.rc_context(_RC):
-        fig = _figure(width_px, height_px)
-        ax = fig.add_subplot()
+
+    def draw(ax: Axes) -> None:
         xs = list(range(len(labels)))
         for i, s in enumerate(series):
             ys = [float("nan") if v is None else float(v) for v in s.values]
@@ -120,18 +146,8 @@ def line_chart(
                 markersize=3,
                 linewidth=1.8,
             )
-        _axes_common(ax, labels, y_label, y_format)
-        if title:
-            fig.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
-        if series:
-            ax.legend(
-                loc="lower left",
-                bbox_to_anchor=(0, 1.0),
-                frameon=False,
-                fontsize=9,
-                ncols=min(4, len(series)),
-            )
-        return _svg(fig)
+
+    return _chart(draw, labels, series, title, y_label, y_format, width_px, height_px)
 
 
 def bar_chart(
@@ -145,27 +161,15 @@ def bar_chart(
     height_px: int = 260,
 ) -> str:
     """Bars side by side per label, one colour per series, as SVG text."""
-    with matplotlib.rc_context(_RC):
-        fig = _figure(width_px, height_px)
-        ax = fig.add_subplot()
-        n = max(1, len(series))
-        width = 0.8 / n
+
+    def draw(ax: Axes) -> None:
+        width = 0.8 / max(1, len(series))
         for i, s in enumerate(series):
             xs = [x - 0.4 + width * (i + 0.5) for x in range(len(labels))]
             ys = [0.0 if v is None else float(v) for v in s.values]
             ax.bar(xs, ys, width=width * 0.95, label=s.name, color=COLOURS[i % len(COLOURS)])
-        _axes_common(ax, labels, y_label, y_format)
-        if title:
-            fig.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
-        if series:
-            ax.legend(
-                loc="lower left",
-                bbox_to_anchor=(0, 1.0),
-                frameon=False,
-                fontsize=9,
-                ncols=min(4, len(series)),
-            )
-        return _svg(fig)
+
+    return _chart(draw, labels, series, title, y_label, y_format, width_px, height_px)
 
 
 def data_uri(svg: str) -> str:
