@@ -4,7 +4,9 @@
 #      examples (hypothesis profile "quick", tests/conftest.py);
 #   2. the slow tests (crash loops, large lists, the whole-lunch scenario, long soaks), and the
 #      property tests again with all their examples.
-# Both run on TEST_WORKERS processes (pytest-xdist; default 2, 0 for one process).
+# Both run on TEST_WORKERS processes (pytest-xdist; default 3, 0 for one process): one more
+# than a 2-core machine's cores, since many tests wait on servers, sockets and child
+# processes (docs/architecture.md, "The test suite's time").
 # Arguments are passed to pytest: with any, one run does what they select, slow tests included
 # (for example `bash scripts/test.sh tests/test_ledger.py -x`).
 set -euo pipefail
@@ -13,7 +15,7 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-WORKERS=(-n "${TEST_WORKERS:-2}")
+WORKERS=(-n "${TEST_WORKERS:-3}")
 if [ $# -gt 0 ]; then
   .venv/bin/python -m pytest -q "${WORKERS[@]}" "$@"
   exit
