@@ -149,6 +149,10 @@ class ServerCheck:
 # --- one exchange's deadline -------------------------------------------------------------
 
 
+# An error this close to an exchange's deadline is the deadline's (see Link._errors).
+_DEADLINE_SLACK_S = 0.05
+
+
 class _Exchange:
     """One exchange's deadline: when it passes, the Link's sockets are shut down.
 
@@ -463,7 +467,9 @@ class Link:
         except LinkError:
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if exchange.expired:
+            # A read timeout capped at the time remaining fires at the deadline, a moment
+            # before the timer thread marks the exchange expired: the deadline's, too.
+            if exchange.expired or exchange.remaining() <= _DEADLINE_SLACK_S:
                 raise DeadlineExceeded(
                     "the deadline passed: the link is too slow or stalled"
                 ) from None
