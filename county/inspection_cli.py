@@ -32,7 +32,8 @@ from county.localtime import DateRange, LocalTimeError, add_timezone_option, cou
 
 KINDS = ("repeat_batches", "multi_canteen_day", "off_hours", "holiday")
 
-_one_line_errors = one_line_errors(
+# The one-line errors of a command over a period of the county (shared by meals_cli.py).
+period_errors = one_line_errors(
     CommandError, DatabaseError, StoreError, LocalTimeError, InspectionError
 )
 
@@ -74,7 +75,7 @@ def _head(a: argparse.Namespace, dates: DateRange, **more: Any) -> dict[str, Any
     }
 
 
-@_one_line_errors
+@period_errors
 def cmd_batches(a: argparse.Namespace) -> int:
     dates = period_of(a)
     inspection.check_batch_options(a.min_people, a.window_min)
@@ -128,7 +129,7 @@ def cmd_batches(a: argparse.Namespace) -> int:
     return 0
 
 
-@_one_line_errors
+@period_errors
 def cmd_spending(a: argparse.Namespace) -> int:
     dates = period_of(a)
     db = open_county(a, must_exist=True)
@@ -187,7 +188,7 @@ def _holidays(a: argparse.Namespace, asked: bool) -> frozenset[Any] | None:
     return None
 
 
-@_one_line_errors
+@period_errors
 def cmd_anomalies(a: argparse.Namespace) -> int:
     dates = period_of(a)
     kinds = list(dict.fromkeys(a.kind or KINDS))

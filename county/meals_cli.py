@@ -12,19 +12,12 @@ import argparse
 from typing import Any
 
 from county import inspection, meals
-from county.command import CommandError, one_line_errors, open_county
-from county.db import DatabaseError
+from county.command import open_county
 from county.directory import load_directory
-from county.errors import StoreError
-from county.inspection_cli import period_of, period_options, print_line
-from county.localtime import LocalTimeError
-
-_one_line_errors = one_line_errors(
-    CommandError, DatabaseError, StoreError, LocalTimeError, inspection.InspectionError
-)
+from county.inspection_cli import period_errors, period_of, period_options, print_line
 
 
-@_one_line_errors
+@period_errors
 def cmd_meals(a: argparse.Namespace) -> int:
     dates = period_of(a)
     db = open_county(a, must_exist=True)
