@@ -129,8 +129,13 @@ def start_console(
         county = County(root / "county", database_url=database_url)
     else:
         county = make_county(root, database_url=database_url)
-    clock = Clock()
-    cfg = ConsoleConfig(data=county.data, database_url=database_url, now_ms=clock, **config)
+    yield from serve_console(county, Clock(), **config)
+
+
+def serve_console(county: County, clock: Clock, **config: Any) -> Iterator[Console]:
+    """A console over ``county`` (its data directory and database) at ``clock``, with the
+    three users."""
+    cfg = ConsoleConfig(data=county.data, database_url=county.database_url, now_ms=clock, **config)
     server = ConsoleServer(cfg).start()
     try:
         for role in ROLES:

@@ -22,15 +22,13 @@ import requests
 from conftest import shot
 from consolekit import (  # noqa: F401
     ON_EACH_BACKEND,
-    PASSWORDS,
-    ROLES,
     Clock,
     Console,
-    add_user,
     check_page,
     console_template_fixture,
     no_change,
     role_page_fixture,
+    serve_console,
     start_console,
 )
 from countykit import T0_MS, County, provision_terminal, sync
@@ -45,7 +43,6 @@ from test_county_evidence import (  # noqa: F401
 from test_review import seed
 
 from county import updates as cu
-from county.console.app import ConsoleConfig, ConsoleServer
 from protocol import tokens
 from terminal import trust
 from terminal import updates as tu
@@ -72,15 +69,7 @@ def console_fixture(
         return
     county: County = request.getfixturevalue("county")
     # The county server and the terminals read the wall clock: so does the console.
-    clock = Clock(time.time_ns() // 1_000_000)
-    config = ConsoleConfig(data=county.data, database_url=county.database_url, now_ms=clock)
-    server = ConsoleServer(config).start()
-    try:
-        for role in ROLES:
-            add_user(server.app.state.db, role, role, PASSWORDS[role])
-        yield Console(county, server, clock)
-    finally:
-        server.stop()
+    yield from serve_console(county, Clock(time.time_ns() // 1_000_000))
 
 
 def csrf_of(s: requests.Session, url: str) -> str:
