@@ -281,6 +281,7 @@ class SyncResult:
     failure: LinkError | None = None  # what went wrong, matched by class (RETRY_SOON)
     alarm: str | None = None  # the server's alarm when it refused (fork, altered, ...)
     duration_ms: int = 0
+    ended_mono: float = 0.0  # time.monotonic() when the sync ended
     details: list[str] = field(default_factory=list)
 
     @property
@@ -388,7 +389,8 @@ class SyncClient:
                 result.failure = exc
                 result.error = str(exc)
                 result.error_kind = exc.kind
-            result.duration_ms = int((time.monotonic() - started) * 1000)
+            result.ended_mono = time.monotonic()
+            result.duration_ms = int((result.ended_mono - started) * 1000)
             return result
 
     def _sync(self, result: SyncResult, deadline: float) -> None:

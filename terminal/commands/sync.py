@@ -265,7 +265,9 @@ def _sync_forever(
                 {
                     "marked": applied.marked,
                     "time_recorded": applied.time_entry is not None,
-                    "monotonic": round(time.monotonic(), 3),
+                    # When the sync ended, not when its line is printed: applying a result
+                    # on a loaded machine may take longer than the schedule's interval.
+                    "monotonic": round(result.ended_mono, 3),
                     "runs": schedule.stats.runs,
                 }
             )
