@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, Table, delete, insert, select, text
 
+from county import rollups
 from county.db.schema import agencies as agencies_table
 from county.db.schema import canteens as canteens_table
 from county.errors import StoreError
@@ -118,8 +119,14 @@ def replace_canteens(conn: Connection, canteens: Sequence[Canteen], now_ms: int)
                 for c in missing
             ]
         )
+    before = {c.canteen: c.operator for c in stored.canteens.values()}
     conn.execute(delete(canteens_table))
     _insert(conn, canteens_table, [c.as_json() for c in canteens], now_ms)
+    # Visiting sales are those of another agency than the operator's (county/rollups.py).
+    changed = {c.canteen for c in canteens if before.get(c.canteen) != c.operator}
+    changed |= set(before) - {c.canteen for c in canteens}
+    for canteen in sorted(changed):
+        rollups.rebuild_visits(conn, canteen)
     return load_directory(conn)
 
 

@@ -57,7 +57,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Executable, bindparam, delete, func, insert, select, update
 
-from county import conflicts, evidence
+from county import conflicts, evidence, rollups
 from county.db.schema import alarms, checkpoints, clock_offsets, entries, held_batches, terminals
 from county.storekit import (
     ALTERED,
@@ -559,6 +559,8 @@ class _Batch:
             row["received_ms"] = now_ms
             rows.append(row)
         _INSERT_ENTRIES.run(conn, rows)
+        if any(e.fields[3] in (SALE, REVERSAL) for e in new):
+            rollups.note_entries(conn, terminal_id, new[0].seq, new[-1].seq)
         if not self.time_signals:
             self.time_signals = any(e.fields[3] == TIME_SIGNAL for e in new)
         new_seqs = {e.seq for e in new}

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, delete, insert
 
-from county import inspection
+from county import inspection, rollups
 from county.cli import main as county_main
 from county.db.schema import cadres, entries
 from county.directory import load_directory, replace_agencies, replace_canteens
@@ -119,8 +119,12 @@ class Ledger:
         self.put(key[0], kind=REVERSAL, verdict=None, at_ms=at_ms, ref_seq=key[1])
 
     def flush(self) -> None:
+        """Store the rows and bring the summaries up to date as the intake does."""
         if self.rows:
             self.conn.execute(insert(entries), self.rows)
+            for terminal in sorted({row["terminal"] for row in self.rows}):
+                seqs = [row["seq"] for row in self.rows if row["terminal"] == terminal]
+                rollups.note_entries(self.conn, terminal, min(seqs), max(seqs))
             self.rows.clear()
 
 
@@ -302,6 +306,7 @@ def _property(
     made: list[dict[str, Any]] = []
     with store.db.write() as conn:
         conn.execute(delete(entries))
+        rollups.rebuild(conn)  # the summaries of the entries just deleted
         book = Ledger(conn)
         for s in sales:
             at = noon + s["minute"] * MIN

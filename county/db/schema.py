@@ -424,3 +424,60 @@ sync_log = Table(
     sqlite_strict=True,
 )
 Index("sync_log_terminal", sync_log.c.terminal, sync_log.c.id)
+
+# The summaries the intake keeps beside the entries (migration 0007, county/rollups.py;
+# docs/console.md "Speed"): what the console's inspection and meals pages read instead of
+# every sale of a year. Each can be rebuilt from the entries (`canteen-county db rollups`).
+#
+# Visiting sales: accepted sales of a cadre whose agency is not the canteen's operator
+# (reversed or not), the only sales a reception batch can hold.
+visits = Table(
+    "visits",
+    metadata,
+    Column("terminal", Text, nullable=False),
+    Column("seq", Int, nullable=False),
+    Column("canteen", Text, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("cadre", Text, nullable=False),
+    Column("at_ms", Int, nullable=False),
+    Column("amount_fen", Int, nullable=False),
+    PrimaryKeyConstraint("terminal", "seq"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+Index("visits_at", visits.c.at_ms)
+# Meals and fen of the accepted sales not reversed, per quarter hour (UTC ms // 900,000:
+# every zone's offset is whole quarters, so a local day or month is a range of slots),
+# canteen and the diner's agency ('' for none).
+sales_slots = Table(
+    "sales_slots",
+    metadata,
+    Column("slot", Int, nullable=False),
+    Column("canteen", Text, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("meals", Int, nullable=False),
+    Column("fen", Int, nullable=False),
+    PrimaryKeyConstraint("slot", "canteen", "unit"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+# Cadres with accepted sales at two canteens or more on one local day of the zone in
+# rollups_meta (kept when one of them arrives; never removed when a sale is reversed):
+# the multi-canteen finder looks only at these cadres and days.
+multi_days = Table(
+    "multi_days",
+    metadata,
+    Column("cadre", Text, nullable=False),
+    Column("day_no", Int, nullable=False),  # days since 1970-01-01, local
+    PrimaryKeyConstraint("day_no", "cadre"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+# What the summaries were built for: ``zone`` (the IANA zone of multi_days).
+rollups_meta = Table(
+    "rollups_meta",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    sqlite_strict=True,
+)

@@ -796,6 +796,7 @@ def write_history(options: Options, url: str, show_progress: bool | None = None)
     from sqlalchemy import func, insert, select
     from tqdm import tqdm
 
+    from county import rollups
     from county.conflicts import add_issuer_keys
     from county.db import Database
     from county.db.migrations import prepare
@@ -887,6 +888,9 @@ def write_history(options: Options, url: str, show_progress: bool | None = None)
                     for ch in every
                 ],
             )
+        with db.write() as conn:
+            # The summaries the intake keeps as entries arrive (county/rollups.py).
+            rollups.rebuild(conn)
     finally:
         db.close()
     return Written(

@@ -1,0 +1,379 @@
+"""The summaries the intake keeps beside the entries, for the console's year views.
+
+This module owns three tables (county/db/schema.py, migration 0007) that let the
+inspection and meals pages answer a year from thousands of rows instead of the 2.5
+million sales a county of 80 canteens records in a year (docs/console.md "Speed"):
+
+- ``visits``: accepted sales of a cadre whose agency is not the canteen's operator, the
+  only sales a reception batch can hold (about 3 % of all sales);
+- ``sales_slots``: meals and fen of the accepted sales that no reversal names, per
+  quarter hour (UTC ms // 900,000), canteen and the diner's agency; spending, the meals
+  per window and the off-hours and holiday finders sum or search these;
+- ``multi_days``: (cadre, local day) pairs with accepted sales at two canteens or more, in
+  the zone ``rollups_meta`` names (the county's, Asia/Shanghai by default).
+
+``note_entries`` brings them up to date with the entries a sync just stored, in the
+intake's own transaction, so they never disagree with the entries a reader sees.
+``rebuild`` makes them again from the entries (migration 0007, a bulk-loaded history,
+``canteen-county db rollups``); ``rebuild_visits`` after a canteen's operator changes.
+Each is a summary, never evidence: the pages' drill-downs still list the entries, and
+the finders check what a summary points at against the entries themselves. The rules
+stay those of county/inspection.py: a reversed sale counts nowhere, a reversal counts
+against its sale whenever it is made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+
+from county.db.schema import canteens, entries, multi_days, rollups_meta, sales_slots, visits
+from county.localtime import DEFAULT_TIMEZONE, county_zone
+from county.storekit import dialect_insert
+from protocol.chain import ACCEPT, REVERSAL, SALE
+
+SLOT_MS = 900_000  # a quarter hour: every zone's offset from UTC is whole quarters
+DAY_MS = 86_400_000
+SLOTS_A_DAY = DAY_MS // SLOT_MS
+NO_UNIT = ""  # sales_slots.unit of a sale without an agency
+# A sale's amount is summed in sales_slots when 0 <= amount_fen < MAX_FEN (about 11
+# billion yuan): a terminal may sign any 64-bit amount, and two of those overflow a sum.
+# Sales outside are counted in rollups_meta ``unsummed``; while any is, spending and
+# meals are summed from the entries as before (county/inspection.py).
+MAX_FEN = 1 << 40
+
+
+def _word(word: str) -> Any:
+    """A kind or verdict written into the SQL, so that PostgreSQL's partial indexes
+    (entries_served, entries_reversals) serve the statement."""
+    assert word.isalpha()
+    return literal_column(f"'{word}'")
+
+
+def _accepted_sale() -> list[Any]:
+    e = entries.c
+    return [e.kind == _word(SALE), e.verdict == _word(ACCEPT)]
+
+
+def _reversed_keys() -> Any:
+    r = entries.alias("r")
+    return select(r.c.terminal, r.c.ref_seq).where(
+        r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
+    )
+
+
+def _meta(conn: Connection, name: str) -> str | None:
+    found = conn.execute(
+        select(rollups_meta.c.value).where(rollups_meta.c.name == name)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+def _set_meta(conn: Connection, name: str, value: str | None) -> None:
+    conn.execute(delete(rollups_meta).where(rollups_meta.c.name == name))
+    if value is not None:
+        conn.execute(insert(rollups_meta).values(name=name, value=value))
+
+
+def zone_name(conn: Connection) -> str:
+    """The zone ``multi_days`` counts local days in."""
+    return _meta(conn, "zone") or DEFAULT_TIMEZONE
+
+
+def unsummed(conn: Connection) -> int:
+    """How many accepted sales sales_slots leaves out for their amount (MAX_FEN)."""
+    return int(_meta(conn, "unsummed") or 0)
+
+
+def day_no(at_ms: int, zone: dt.tzinfo) -> int:
+    """The local day of ``at_ms`` in ``zone``, as days since 1970-01-01 (the UTC day of
+    a time beyond the calendar, which a terminal may sign)."""
+    try:
+        local = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).astimezone(zone)
+    except (ValueError, OverflowError, OSError):
+        return at_ms // DAY_MS
+    return (local.date() - dt.date(1970, 1, 1)).days
+
+
+def _summable() -> list[Any]:
+    e = entries.c
+    return [e.amount_fen >= 0, e.amount_fen < MAX_FEN]
+
+
+# -- kept by the intake ---------------------------------------------------------------------
+
+
+def _visits_of(where: Sequence[Any]) -> Any:
+    e = entries.c
+    op = canteens.c.operator
+    return (
+        select(e.terminal, e.seq, e.canteen, e.unit, e.cadre, e.at_ms, e.amount_fen)
+        .select_from(entries.outerjoin(canteens, canteens.c.canteen == e.canteen))
+        .where(
+            *_accepted_sale(),
+            e.unit.is_not(None),
+            e.cadre.is_not(None),
+            or_(op.is_(None), e.unit != op),
+            *where,
+        )
+    )
+
+
+_VISIT_COLUMNS = ("terminal", "seq", "canteen", "unit", "cadre", "at_ms", "amount_fen")
+
+
+def _slots_of(where: Sequence[Any]) -> Any:
+    e = entries.c
+    slot = (e.at_ms // SLOT_MS).label("slot")
+    unit = func.coalesce(e.unit, NO_UNIT).label("unit")
+    return (
+        select(slot, e.canteen, unit, func.count().label("meals"), func.sum(e.amount_fen))
+        .where(*_accepted_sale(), *_summable(), *where)
+        .group_by(slot, e.canteen, unit)
+    )
+
+
+def _count_unsummed(conn: Connection, where: Sequence[Any]) -> int:
+    e = entries.c
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                *_accepted_sale(), or_(e.amount_fen < 0, e.amount_fen >= MAX_FEN), *where
+            )
+        ).scalar_one()
+    )
+
+
+def note_entries(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
+    """Bring the summaries up to date with entries first_seq..last_seq of ``terminal``,
+    just stored in the caller's write transaction (county/intake.py)."""
+    e = entries.c
+    mine = [e.terminal == terminal, e.seq >= first_seq, e.seq <= last_seq]
+    dialect = conn.dialect.name
+    conn.execute(insert(visits).from_select(_VISIT_COLUMNS, _visits_of(mine)))
+    ins = dialect_insert(dialect, sales_slots).from_select(
+        ["slot", "canteen", "unit", "meals", "fen"], _slots_of(mine)
+    )
+    conn.execute(
+        ins.on_conflict_do_update(
+            index_elements=["slot", "canteen", "unit"],
+            set_={
+                "meals": sales_slots.c.meals + ins.excluded.meals,
+                "fen": sales_slots.c.fen + ins.excluded.fen,
+            },
+        )
+    )
+    more = _count_unsummed(conn, mine)
+    if more:
+        _set_meta(conn, "unsummed", str(unsummed(conn) + more))
+    _note_reversals(conn, terminal, first_seq, last_seq)
+    _note_multi_days(conn, terminal, first_seq, last_seq)
+
+
+def _note_reversals(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
+    """A new reversal takes its sale out of sales_slots, once, whenever it is made."""
+    e = entries.c
+    undone = conn.execute(
+        select(e.seq, e.ref_seq)
+        .where(
+            e.terminal == terminal,
+            e.seq >= first_seq,
+            e.seq <= last_seq,
+            e.kind == REVERSAL,
+            e.ref_seq.is_not(None),
+        )
+        .order_by(e.seq)
+    ).all()
+    for seq, ref in undone:
+        r = entries.alias("r")
+        earlier = conn.execute(
+            select(func.count())
+            .select_from(r)
+            .where(
+                r.c.terminal == terminal,
+                r.c.kind == REVERSAL,
+                r.c.ref_seq == ref,
+                r.c.seq < seq,
+            )
+        ).scalar_one()
+        if earlier:
+            continue  # the sale was taken out by the first reversal naming it
+        sale = conn.execute(
+            select(e.at_ms, e.canteen, e.unit, e.amount_fen).where(
+                e.terminal == terminal, e.seq == ref, *_accepted_sale()
+            )
+        ).one_or_none()
+        if sale is None or not 0 <= int(sale[3]) < MAX_FEN:
+            continue  # not an accepted sale (it counted nowhere), or not summed
+        at_ms, canteen, unit, fen = sale
+        s = sales_slots.c
+        conn.execute(
+            update(sales_slots)
+            .where(
+                s.slot == int(at_ms) // SLOT_MS,
+                s.canteen == canteen,
+                s.unit == (unit if unit is not None else NO_UNIT),
+            )
+            .values(meals=s.meals - 1, fen=s.fen - int(fen))
+        )
+
+
+def _next_days(days: Iterable[str]) -> set[str]:
+    """Each day text with the day before and after (a terminal's local day may differ
+    from the county's by one)."""
+    out: set[str] = set()
+    for text in days:
+        try:
+            day = dt.date.fromisoformat(text)
+        except ValueError:
+            out.add(text)
+            continue
+        out.update((day + dt.timedelta(days=k)).isoformat() for k in (-1, 0, 1))
+    return out
+
+
+def _note_multi_days(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
+    """Cadres of the new sales served at another canteen on the same local day."""
+    e = entries.c
+    new = conn.execute(
+        select(e.cadre, e.day).where(
+            e.terminal == terminal,
+            e.seq >= first_seq,
+            e.seq <= last_seq,
+            *_accepted_sale(),
+            e.cadre.is_not(None),
+        )
+    ).all()
+    if not new:
+        return
+    cadres = sorted({str(c) for c, _ in new})
+    if conn.dialect.name == "postgresql":
+        # Two servers taking two sales of one cadre at two canteens at the same moment
+        # would each miss the other's (not yet committed): one cadre at a time.
+        for cadre in cadres:
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("multi:" + cadre))))
+    days = sorted(_next_days(str(d) for _, d in new if d is not None))
+    zone = county_zone(zone_name(conn))
+    seen: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for i in range(0, len(cadres), 500):
+        rows = conn.execute(
+            select(e.cadre, e.canteen, e.at_ms).where(
+                *_accepted_sale(),
+                e.cadre.in_(cadres[i : i + 500]),
+                or_(e.day.in_(days), e.day.is_(None)),
+            )
+        )
+        for cadre, canteen, at_ms in rows:
+            seen[(str(cadre), day_no(int(at_ms), zone))].add(str(canteen))
+    several = [
+        {"cadre": cadre, "day_no": day} for (cadre, day), where in seen.items() if len(where) > 1
+    ]
+    if several:
+        conn.execute(
+            dialect_insert(conn.dialect.name, multi_days).on_conflict_do_nothing(), several
+        )
+
+
+# -- rebuilt from the entries ---------------------------------------------------------------
+
+
+def rebuild_visits(conn: Connection, canteen: str | None = None) -> None:
+    """Make ``visits`` again (for one canteen, whose operator changed), in the caller's
+    write transaction."""
+    v = visits.c
+    where = [] if canteen is None else [entries.c.canteen == canteen]
+    conn.execute(delete(visits).where(*([v.canteen == canteen] if canteen else [])))
+    conn.execute(insert(visits).from_select(_VISIT_COLUMNS, _visits_of(where)))
+
+
+def rebuild(conn: Connection, zone: str | None = None) -> None:
+    """Make every summary again from the entries, in the caller's write transaction;
+    ``zone`` names the zone of multi_days (else the one they had, else the county's)."""
+    e = entries.c
+    chosen = zone if zone is not None else zone_name(conn)
+    tz = county_zone(chosen)
+    # Nothing is written for the defaults, so a new county's tables stay empty.
+    _set_meta(conn, "zone", None if chosen == DEFAULT_TIMEZONE else chosen)
+    more = _count_unsummed(conn, [])
+    _set_meta(conn, "unsummed", str(more) if more else None)
+    rebuild_visits(conn)
+    conn.execute(delete(sales_slots))
+    kept = [tuple_(e.terminal, e.seq).not_in(_reversed_keys())]
+    conn.execute(
+        insert(sales_slots).from_select(
+            ["slot", "canteen", "unit", "meals", "fen"], _slots_of(kept)
+        )
+    )
+    conn.execute(delete(multi_days))
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+    # Local days by the offset at each sale (exact for zones without daylight saving;
+    # a zone with it is done day by day below).
+    off = _fixed_offset_ms(tz)
+    if off is not None:
+        day = ((e.at_ms + off) // DAY_MS).label("day_no")
+        pairs = (
+            select(e.cadre, day)
+            .where(*_accepted_sale(), e.cadre.is_not(None))
+            .group_by(e.cadre, day)
+            .having(func.count(func.distinct(e.canteen)) > 1)
+        )
+        conn.execute(insert(multi_days).from_select(["cadre", "day_no"], pairs))
+        return
+    found: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for cadre, canteen, at_ms in conn.execute(
+        select(e.cadre, e.canteen, e.at_ms).where(*_accepted_sale(), e.cadre.is_not(None))
+    ):
+        found[(str(cadre), day_no(int(at_ms), tz))].add(str(canteen))
+    rows = [{"cadre": c, "day_no": d} for (c, d), where in found.items() if len(where) > 1]
+    if rows:
+        conn.execute(insert(multi_days), rows)
+
+
+def _fixed_offset_ms(zone: dt.tzinfo) -> int | None:
+    """The zone's offset when it has had one offset since 2000 (Asia/Shanghai), else None."""
+    offsets = set()
+    for year in range(2000, 2040):
+        for month in (1, 4, 7, 10):
+            at = dt.datetime(year, month, 15, 12, tzinfo=dt.UTC).astimezone(zone)
+            offset = at.utcoffset()
+            assert offset is not None
+            offsets.add(int(offset.total_seconds() * 1000))
+    return offsets.pop() if len(offsets) == 1 else None
+
+
+def slot_range(start_ms: int, end_ms: int) -> tuple[int, int] | None:
+    """[start_ms, end_ms) as a range of slots, or None when it is not whole quarters."""
+    if start_ms % SLOT_MS or end_ms % SLOT_MS:
+        return None
+    return start_ms // SLOT_MS, end_ms // SLOT_MS
+
+
+def multi_day_pairs(
+    conn: Connection, zone: dt.tzinfo, first: int, last: int
+) -> set[tuple[str, int]] | None:
+    """The (cadre, day_no) pairs of multi_days with first <= day_no <= last, or None when
+    multi_days counts days in another zone than ``zone``."""
+    if getattr(zone, "key", None) != zone_name(conn):
+        return None
+    m = multi_days.c
+    return {
+        (str(c), int(d))
+        for c, d in conn.execute(
+            select(m.cadre, m.day_no).where(m.day_no >= first, m.day_no <= last)
+        )
+    }
