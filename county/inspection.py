@@ -938,6 +938,12 @@ def find_multi_canteen_days(
     found: list[Finding] = []
     for lo, hi, off in offset_segments(start_ms, end_ms, zone):
         dayno = ((e.at_ms + off) // DAY_MS).label("dayno")
+        # The candidates the intake kept (county/rollups.py multi_days), when it kept them
+        # in this zone; each is checked against the entries below.
+        kept = rollups.multi_day_pairs(conn, zone, (lo + off) // DAY_MS, (hi - 1 + off) // DAY_MS)
+        if kept is not None:
+            found.extend(_multi_canteen_findings(conn, lo, hi, dayno, kept, min_canteens))
+            continue
         triples = (
             select(e.cadre, dayno, e.canteen)
             .where(*sales_kept(lo, hi), e.cadre.is_not(None))
@@ -986,6 +992,47 @@ def find_multi_canteen_days(
                 current.append(row)
     found.sort(key=lambda f: (f.day, f.cadre or ""))
     return found
+
+
+def _multi_canteen_findings(
+    conn: Connection,
+    lo: int,
+    hi: int,
+    dayno: Any,
+    days: set[tuple[str, int]],
+    min_canteens: int,
+) -> list[Finding]:
+    """The multi-canteen days among candidate ``days`` (cadre, local day): their sales
+    read by cadre (entries_served), and each day counted again, reversals out."""
+    e = entries.c
+    cadres = sorted({cadre for cadre, _ in days})
+    by_day: dict[tuple[str, int], list[Any]] = {}
+    for i in range(0, len(cadres), 500):
+        for row in conn.execute(
+            select(e.cadre, e.terminal, e.seq, e.canteen, e.at_ms, e.unit, dayno).where(
+                *sales_kept(lo, hi), e.cadre.in_(cadres[i : i + 500])
+            )
+        ):
+            key = (str(row[0]), int(row[6]))
+            if key in days:
+                by_day.setdefault(key, []).append(row)
+    out = []
+    for (cadre, day), rows in sorted(by_day.items()):
+        if len({r[3] for r in rows}) < min_canteens:
+            continue  # a reversal since, or fewer canteens than asked
+        rows.sort(key=lambda r: (int(r[4]), r[1], int(r[2])))
+        out.append(
+            Finding(
+                kind="multi_canteen_day",
+                cadre=cadre,
+                day=_local_day(day),
+                canteens=tuple(sorted({r[3] for r in rows})),
+                entries=tuple((r[1], int(r[2])) for r in rows),
+                at_ms=tuple(int(r[4]) for r in rows),
+                unit=rows[0][5],
+            )
+        )
+    return out
 
 
 # Meal windows as (start, end) local times of day, start included, end excluded.
@@ -1122,14 +1169,17 @@ def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
     """Every canteen id the county knows of for the range: the directory's, the
     terminals', and those of the range's accepted sales (from entries_sales_at)."""
     e = entries.c
+    slots = rollups.slot_range(start_ms, end_ms)
+    if slots is not None and not rollups.unsummed(conn):
+        # Each accepted sale has its row in sales_slots (county/rollups.py).
+        s = sales_slots.c
+        sold = select(s.canteen).where(s.slot >= slots[0], s.slot < slots[1]).distinct()
+    else:
+        sold = select(e.canteen).where(*sales_accepted(start_ms, end_ms)).distinct()
     found = {
         str(c)
         for (c,) in conn.execute(
-            union(
-                select(canteens.c.canteen),
-                select(terminals.c.canteen),
-                select(e.canteen).where(*sales_accepted(start_ms, end_ms)).distinct(),
-            )
+            union(select(canteens.c.canteen), select(terminals.c.canteen), sold)
         )
     }
     return sorted(found)

@@ -26,8 +26,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal_column, select
 
-from county import inspection
-from county.db.schema import entries
+from county import inspection, rollups
+from county.db.schema import entries, sales_slots
 from county.inspection import DAY_MS, Key, offset_segments
 from county.localtime import midnight_ms
 from terminal.config import MealWindow
@@ -109,6 +109,11 @@ def _window_index(tod: Any, windows: Windows) -> ColumnElement[Any]:
     if not whens:
         return literal_column("0")
     return case(*whens, else_=literal_column("0"))
+
+
+def _on_quarters(window: Window) -> bool:
+    """The window starts and ends on a quarter hour (sales_slots' step)."""
+    return all(_tod_ms(t) % rollups.SLOT_MS == 0 for t in (window.start, window.end))
 
 
 def _groups(table: WindowTable, canteens: Sequence[str]) -> list[tuple[Windows, list[str]]]:
@@ -211,10 +216,31 @@ def meals_per_window(
     if not canteens:
         return []
     e = entries.c
+    summed = not rollups.unsummed(conn)
     for windows_of_group, group in _groups(windows, canteens):
         where = e.canteen.in_(sorted(group))
         names = [OTHER, *(w.name for w in windows_of_group)]
+        quarters = all(_on_quarters(w) for w in windows_of_group)
         for lo, hi, off in offset_segments(start_ms, end_ms, zone):
+            slots = rollups.slot_range(lo, hi)
+            if summed and quarters and slots is not None:
+                # From sales_slots (county/rollups.py): every sale of a quarter hour falls
+                # in the same window when each window starts and ends on a quarter.
+                s = sales_slots.c
+                local = s.slot * rollups.SLOT_MS + off
+                dayno = (local // DAY_MS).label("dayno")
+                widx = _window_index(local % DAY_MS, windows_of_group).label("widx")
+                rows = conn.execute(
+                    select(s.canteen, dayno, widx, func.sum(s.meals))
+                    .where(s.slot >= slots[0], s.slot < slots[1], s.canteen.in_(sorted(group)))
+                    .group_by(s.canteen, dayno, widx)
+                )
+                for canteen, day, index, n in rows:
+                    found = out.get(str(canteen))
+                    if found is not None:
+                        key = (day_of(int(day)), names[int(index)])
+                        found.cells[key] = found.cells.get(key, 0) + int(n)
+                continue
             local = e.at_ms + off
             dayno = (local // DAY_MS).label("dayno")
             widx = _window_index(local % DAY_MS, windows_of_group).label("widx")
