@@ -26,13 +26,14 @@ from typing import Any
 
 import pytest
 from conftest import examples
+from countykit import ON_EACH_BACKEND, County, append_entries, provision_terminal, sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, delete, insert
+from sqlalchemy import Connection, delete, insert, text
 
 from county import inspection, rollups
 from county.cli import main as county_main
-from county.db.schema import cadres, entries
+from county.db.schema import cadres, entries, rollups_meta
 from county.directory import load_directory, replace_agencies, replace_canteens
 from county.store import CountyStore
 from protocol.agencies import parse_agencies_csv, parse_canteens_csv
@@ -845,3 +846,151 @@ def test_off_hours_by_the_published_meal_windows(
     flagged = [tuple(x["entries"][0]) for x in lines if x["row"] == "off_hours"]
     # c1 (t1): lunch until 14:00, no breakfast; c2 (t3): breakfast, lunch until 13:00.
     assert flagged == [made[2], made[1]]
+
+
+# -- the summaries the intake keeps (county/rollups.py) ----------------------------------------
+
+SUMMARIES = ("visits", "sales_slots", "multi_days", "rollups_meta")
+
+
+def _summaries(store: CountyStore) -> dict[str, list[tuple[Any, ...]]]:
+    with store.db.read() as conn:
+        return {
+            name: sorted(tuple(row) for row in conn.execute(text(f"SELECT * FROM {name}")))
+            for name in SUMMARIES
+        }
+
+
+def _plant(store: CountyStore, *, absurd: bool) -> dict[str, Any]:
+    """Sales in three syncs' worth of flushes, as terminals would send them: visitors and
+    home cadres at both canteens, a reversal in a later sync, a second reversal of the
+    same sale, a reversal of a refusal, a cadre at both canteens on one day (his two
+    sales from two terminals in two syncs), and, when ``absurd``, an amount no meal has."""
+    day = "2026-05-12"
+    keys: dict[str, Any] = {}
+
+    def first(book: Ledger) -> None:
+        for i in range(5):  # a batch of cty2 at c1, and cty2's own cadres at c2
+            keys[f"v{i}"] = book.put("t1", at_ms=local_ms(day, 11, 40 + i), cadre=f"iss/v{i}")
+            book.put("t3", at_ms=local_ms(day, 12, i), cadre=f"iss/h{i}")
+        keys["refused"] = book.put("t2", at_ms=local_ms(day, 12, 30), verdict=REJECT)
+        keys["c1"] = book.put("t2", at_ms=local_ms(day, 7, 15), cadre="iss/m", unit="cty1")
+
+    def second(book: Ledger) -> None:
+        book.reverse(keys["v0"], local_ms(day, 13))
+        book.reverse(keys["v0"], local_ms(day, 13, 1))
+        book.reverse(keys["refused"], local_ms(day, 13, 2))
+        keys["c2"] = book.put("t3", at_ms=local_ms(day, 18, 5), cadre="iss/m", unit="cty1")
+        book.put("t9", at_ms=local_ms(day, 18, 20), cadre="iss/n", unit=None)
+        if absurd:
+            book.put("t9", at_ms=local_ms(day, 18, 25), cadre="iss/n", amount_fen=2**62)
+
+    seqs: dict[str, int] = {}
+    for fill in (first, second):  # one write transaction each, as two syncs
+        with store.db.write() as conn:
+            book = Ledger(conn)
+            book.seqs = seqs
+            fill(book)
+            book.flush()
+    return keys
+
+
+@pytest.mark.parametrize("absurd", [False, True])
+def test_the_summaries_kept_sync_by_sync_equal_a_rebuild(store: CountyStore, absurd: bool) -> None:
+    _plant(store, absurd=absurd)
+    kept = _summaries(store)
+    day = (dt.date(2026, 5, 12) - dt.date(1970, 1, 1)).days
+    assert kept["multi_days"] == [("iss/m", day)]
+    # cty2's five at c1 and cty1's one at c2, not the sale without an agency at c9; the
+    # absurd sale is cty2's at c9, a canteen no agency runs.
+    assert len(kept["visits"]) == 5 + 1 + absurd
+    c1_lunch = [r for r in kept["sales_slots"] if r[1] == "c1" and r[2] == "cty2"]
+    assert sum(r[3] for r in c1_lunch) == 4  # five sales, one reversed (twice)
+    assert sum(r[4] for r in c1_lunch) == 4 * 1500
+    assert kept["rollups_meta"] == ([("unsummed", "1")] if absurd else [])
+    with store.db.write() as conn:
+        rollups.rebuild(conn)
+    assert _summaries(store) == kept
+
+
+def test_the_pages_read_from_the_summaries_what_the_entries_say(store: CountyStore) -> None:
+    """Spending, the canteens of a period, meals per window and multi-canteen days, from the
+    summaries and then from the entries alone (the summaries made unusable: an unsummed
+    sale, and multi_days kept in another zone)."""
+    from county import meals
+
+    _plant(store, absurd=False)
+    first, last = dt.date(2026, 5, 1), dt.date(2026, 5, 31)
+    lo, hi = local_ms("2026-05-01", 0), local_ms("2026-06-01", 0)
+
+    def answers() -> Any:
+        with store.db.read() as conn:
+            directory = load_directory(conn)
+            spent = [
+                inspection.spending(conn, lo, hi, by=by, zone=SHANGHAI, directory=directory)
+                for by in ("agency", "township")
+            ]
+            seen = inspection.canteens_seen(conn, lo, hi)
+            served = meals.meals_per_window(
+                conn, first, last, zone=SHANGHAI, windows=meals.default_windows(), canteens=seen
+            )
+            multi = inspection.find_multi_canteen_days(conn, lo, hi, zone=SHANGHAI)
+            return spent, seen, [m.cells for m in served], multi
+
+    summed = answers()
+    assert summed[1] == ["c1", "c2", "c9"]
+    assert [f.cadre for f in summed[3]] == ["iss/m"]
+    assert summed[0][0].total.meals == 5 + 5 + 1 + 1 + 1 - 1
+    with store.db.write() as conn:
+        conn.execute(
+            insert(rollups_meta),
+            [
+                {"name": "unsummed", "value": "1"},
+                {"name": "zone", "value": "UTC"},
+            ],
+        )
+    assert answers() == summed
+
+
+def test_a_new_operator_changes_which_sales_are_visits(store: CountyStore) -> None:
+    """The visits of a canteen are made again when its operator changes: cty2's five
+    cadres at c1 are a batch while cty1 runs c1, and none once cty2 does."""
+    _plant(store, absurd=False)
+    assert [b.unit for b in batches(store, "2026-05-12", "2026-05-12")] == ["cty2"]
+    with store.db.write() as conn:
+        directory = load_directory(conn)
+        moved = CANTEENS.replace("c1,县政府机关食堂,cty1", "c1,县政府机关食堂,cty2")
+        replace_canteens(conn, parse_canteens_csv(moved, directory), NOW_MS)
+    assert batches(store, "2026-05-12", "2026-05-12") == []
+    kept = _summaries(store)
+    with store.db.write() as conn:
+        rollups.rebuild(conn)
+    assert _summaries(store) == kept
+
+
+@ON_EACH_BACKEND
+def test_a_terminals_sync_keeps_the_summaries(county: County, tmp_path: Path) -> None:
+    """Through the real intake (HTTPS, mTLS): a terminal's sales and its staff's undos
+    reach sales_slots as they arrive, the same as a rebuild from the entries."""
+    term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+    book = term.open_ledger()
+    try:
+        append_entries(book, 120, unit="cty2")  # every ninth refused, two reversed
+    finally:
+        book.close()
+    sync(term)
+    store = county.store
+    kept = _summaries(store)
+    with store.db.read() as conn:
+        counted = conn.execute(
+            text(
+                "SELECT count(*) FROM entries s WHERE kind = 'sale' AND verdict = 'accept' "
+                "AND NOT EXISTS (SELECT 1 FROM entries r WHERE r.kind = 'reversal' "
+                "AND r.terminal = s.terminal AND r.ref_seq = s.seq)"
+            )
+        ).scalar_one()
+    assert counted > 90
+    assert sum(row[3] for row in kept["sales_slots"]) == counted
+    with store.db.write() as conn:
+        rollups.rebuild(conn)
+    assert _summaries(store) == kept
