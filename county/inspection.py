@@ -1071,30 +1071,66 @@ def find_off_hours(
 ) -> list[Finding]:
     """Accepted (not reversed) sales whose local time of day is outside every meal window
     of their canteen: ``windows[canteen]``, else ``windows[None]`` (every other canteen).
-    In time order."""
+    In time order.
+
+    When every window starts and ends on a quarter hour, the quarter hours outside them
+    with meals are found in sales_slots (county/rollups.py) and only their sales are read;
+    else every sale of the range is looked at."""
     e = entries.c
+    s = sales_slots.c
     default = windows.get(None, ())
     specific = {c: w for c, w in windows.items() if c is not None}
+    quarters = all(
+        _tod_ms(t) % rollups.SLOT_MS == 0 for ws in windows.values() for w in ws for t in w
+    )
+    summed = quarters and not rollups.unsummed(conn)
     out: list[Finding] = []
     for lo, hi, off in offset_segments(start_ms, end_ms, zone):
-        tod = (e.at_ms + off) % DAY_MS
+        slots = rollups.slot_range(lo, hi) if summed else None
+        canteen_col = e.canteen if slots is None else s.canteen
+        if slots is None:
+            tod = (e.at_ms + off) % DAY_MS
+        else:
+            tod = (s.slot * rollups.SLOT_MS + off) % DAY_MS
 
         def outside(ws: Windows, tod: Any = tod) -> ColumnElement[bool]:
             inside = [and_(tod >= _tod_ms(a), tod < _tod_ms(b)) for a, b in ws]
             return ~or_(*inside) if inside else literal_column("1") == 1
 
         cond: list[ColumnElement[bool]] = [
-            and_(e.canteen == c, outside(w)) for c, w in sorted(specific.items())
+            and_(canteen_col == c, outside(w)) for c, w in sorted(specific.items())
         ]
         if specific:
-            cond.append(and_(e.canteen.not_in(sorted(specific)), outside(default)))
+            cond.append(and_(canteen_col.not_in(sorted(specific)), outside(default)))
         else:
             cond.append(outside(default))
-        rows = conn.execute(
-            select(e.terminal, e.seq, e.canteen, e.cadre, e.at_ms, e.unit)
-            .where(*sales_kept(lo, hi), or_(*cond))
-            .order_by(e.at_ms, e.terminal, e.seq)
-        )
+        if slots is None:
+            parts = [or_(*cond)]
+        else:
+            found = conn.execute(
+                select(s.canteen, s.slot)
+                .where(s.slot >= slots[0], s.slot < slots[1], s.meals > 0, or_(*cond))
+                .distinct()
+            ).all()
+            spans = [
+                and_(
+                    e.canteen == c,
+                    e.at_ms >= int(q) * rollups.SLOT_MS,
+                    e.at_ms < (int(q) + 1) * rollups.SLOT_MS,
+                )
+                for c, q in found
+            ]
+            parts = [or_(*spans[i : i + 200]) for i in range(0, len(spans), 200)]
+        rows: list[Any] = []
+        for part in parts:
+            rows.extend(
+                conn.execute(
+                    select(e.terminal, e.seq, e.canteen, e.cadre, e.at_ms, e.unit).where(
+                        *sales_kept(lo, hi), part
+                    )
+                )
+            )
+        rows.sort(key=lambda r: (int(r[4]), r[0], int(r[1])))
         out.extend(_single("off_hours", rows, zone))
     return out
 

@@ -882,6 +882,7 @@ def _plant(store: CountyStore, *, absurd: bool) -> dict[str, Any]:
         book.reverse(keys["refused"], local_ms(day, 13, 2))
         keys["c2"] = book.put("t3", at_ms=local_ms(day, 18, 5), cadre="iss/m", unit="cty1")
         book.put("t9", at_ms=local_ms(day, 18, 20), cadre="iss/n", unit=None)
+        book.put("t3", at_ms=local_ms(day, 15, 10), cadre="iss/h1")  # between meals
         if absurd:
             book.put("t9", at_ms=local_ms(day, 18, 25), cadre="iss/n", amount_fen=2**62)
 
@@ -935,12 +936,16 @@ def test_the_pages_read_from_the_summaries_what_the_entries_say(store: CountySto
                 conn, first, last, zone=SHANGHAI, windows=meals.default_windows(), canteens=seen
             )
             multi = inspection.find_multi_canteen_days(conn, lo, hi, zone=SHANGHAI)
-            return spent, seen, [m.cells for m in served], multi
+            off = inspection.find_off_hours(
+                conn, lo, hi, zone=SHANGHAI, windows=inspection.default_windows()
+            )
+            return spent, seen, [m.cells for m in served], multi, off
 
     summed = answers()
     assert summed[1] == ["c1", "c2", "c9"]
     assert [f.cadre for f in summed[3]] == ["iss/m"]
-    assert summed[0][0].total.meals == 5 + 5 + 1 + 1 + 1 - 1
+    assert summed[0][0].total.meals == 5 + 5 + 1 + 1 + 1 + 1 - 1
+    assert [f.at_ms for f in summed[4]] == [(local_ms("2026-05-12", 15, 10),)]
     with store.db.write() as conn:
         conn.execute(
             insert(rollups_meta),
