@@ -13,6 +13,9 @@ import argparse
 import os
 from typing import Any
 
+from sqlalchemy import func, select
+
+from county import rollups
 from county.command import (
     DATABASE_ENV,
     CommandError,
@@ -24,8 +27,10 @@ from county.command import (
 )
 from county.db import Database, DatabaseError, migrations
 from county.db.copy import BATCH_ROWS, copy_county, verify_chains
+from county.db.schema import multi_days, sales_slots, visits
+from county.localtime import LocalTimeError, add_timezone_option, county_zone
 
-_one_line_errors = one_line_errors(DatabaseError, CommandError)
+_one_line_errors = one_line_errors(DatabaseError, CommandError, LocalTimeError)
 
 
 def _open(url: str, must_exist: bool) -> Database:
@@ -113,6 +118,29 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line_errors
+def cmd_rollups(a: argparse.Namespace) -> int:
+    zone = county_zone(a.timezone).key
+    db = _open(store_url(a), must_exist=True)
+    try:
+        migrations.prepare(db)
+        with db.write() as conn:
+            rollups.rebuild(conn, zone)
+            counts = {
+                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (visits, sales_slots, multi_days)
+            }
+            kept_zone = rollups.zone_name(conn)
+    finally:
+        db.close()
+    print(
+        f"{db.url}: the summaries made again from the entries: {counts['visits']} visiting "
+        f"sales, {counts['sales_slots']} quarter-hour rows, {counts['multi_days']} "
+        f"multi-canteen days ({kept_zone})"
+    )
+    return 0
+
+
 def add_db_commands(subparsers: Any) -> None:
     """Add 'db upgrade|status|copy|verify' to canteen-county."""
     p = subparsers.add_parser(
@@ -161,6 +189,19 @@ def add_db_commands(subparsers: Any) -> None:
         help=f"rows read and written at a time (default {BATCH_ROWS})",
     )
     p.set_defaults(func=cmd_copy)
+    p = dsub.add_parser(
+        "rollups",
+        help="make the console's summaries again from the entries",
+        description="Empty and fill again, in one transaction, the summaries the intake "
+        "keeps beside the entries for the console's year views (visiting sales, meals per "
+        "quarter hour, cadres at several canteens on one local day; county/rollups.py). "
+        "The migration that added them and a generated history run this already; run it "
+        "after changing the county's time zone. The servers may keep running.",
+    )
+    add_data(p, required=False)
+    add_database(p)
+    add_timezone_option(p)
+    p.set_defaults(func=cmd_rollups)
     p = dsub.add_parser(
         "verify",
         help="re-hash every terminal's chain in the database",

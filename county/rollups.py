@@ -302,9 +302,10 @@ def rebuild_visits(conn: Connection, canteen: str | None = None) -> None:
 
 def rebuild(conn: Connection, zone: str | None = None) -> None:
     """Make every summary again from the entries, in the caller's write transaction;
-    ``zone`` names the zone of multi_days (else the one they had, else the county's)."""
+    ``zone`` names the zone of multi_days (else the one they had, else the county's:
+    $CANTEEN_COUNTY_TIMEZONE or Asia/Shanghai)."""
     e = entries.c
-    chosen = zone if zone is not None else zone_name(conn)
+    chosen = zone or _meta(conn, "zone") or county_zone().key
     tz = county_zone(chosen)
     # Nothing is written for the defaults, so a new county's tables stay empty.
     _set_meta(conn, "zone", None if chosen == DEFAULT_TIMEZONE else chosen)

@@ -999,3 +999,23 @@ def test_a_terminals_sync_keeps_the_summaries(county: County, tmp_path: Path) ->
     with store.db.write() as conn:
         rollups.rebuild(conn)
     assert _summaries(store) == kept
+
+
+def test_db_rollups_makes_the_summaries_again(
+    store: CountyStore, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`canteen-county db rollups` after the summaries were lost (or a zone changed): the
+    same tables as the intake kept; a zone that does not exist is one line, nothing done."""
+    _plant(store, absurd=False)
+    kept = _summaries(store)
+    with store.db.write() as conn:
+        for name in SUMMARIES:
+            conn.execute(text(f"DELETE FROM {name}"))
+    assert county_main(["db", "rollups", "--database", db_url, "--timezone", "Mars/Base"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Mars/Base" in err
+    assert all(rows == [] for rows in _summaries(store).values())
+    assert county_main(["db", "rollups", "--database", db_url]) == 0
+    out, _ = capsys.readouterr()
+    assert "6 visiting sales" in out and "1 multi-canteen days (Asia/Shanghai)" in out
+    assert _summaries(store) == kept
