@@ -19,13 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import examples
+from conftest import examples, wait_for
 from countykit import ON_EACH_BACKEND, County, append_entries, provision_terminal, sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1019,3 +1020,61 @@ def test_db_rollups_makes_the_summaries_again(
     out, _ = capsys.readouterr()
     assert "6 visiting sales" in out and "1 multi-canteen days (Asia/Shanghai)" in out
     assert _summaries(store) == kept
+
+
+def test_two_servers_taking_one_cadres_sales_at_once_keep_the_summaries(
+    pg_store: CountyStore,
+) -> None:
+    """Two server processes' intakes in two transactions at the same moment, on
+    PostgreSQL: one takes cadre m's breakfast at c1, the other his dinner at c2, then
+    another sale of the same quarter hour and agency at c1. Neither would see the other's
+    sale before it commits: the second waits on the first's lock of the cadre, so the day
+    is found to be a multi-canteen day, and both breakfasts are counted."""
+    day = "2026-05-12"
+    first_in = threading.Event()
+    results: list[BaseException | None] = []
+
+    def first() -> None:
+        try:
+            with pg_store.db.write() as conn:
+                book = Ledger(conn)
+                book.put("t1", at_ms=local_ms(day, 7, 1), cadre="iss/m", unit="cty2")
+                book.flush()
+                first_in.set()
+                # Hold the transaction until the second intake waits on a lock of ours.
+                wait_for(lambda: _waiting_on_locks(pg_store) > 0, 30, "the second intake waits")
+            results.append(None)
+        except BaseException as exc:  # reported by the main thread
+            first_in.set()
+            results.append(exc)
+
+    def second() -> None:
+        with pg_store.db.write() as conn:
+            book = Ledger(conn)
+            book.put("t3", at_ms=local_ms(day, 18, 5), cadre="iss/m", unit="cty2")
+            book.flush()  # waits for the first's lock of cadre m, then sees his breakfast
+            book.put("t2", at_ms=local_ms(day, 7, 2), cadre="iss/o", unit="cty2")
+            book.flush()
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert first_in.wait(30)
+    second()
+    holder.join(30)
+    assert results == [None]
+    kept = _summaries(pg_store)
+    assert kept["multi_days"] == [("iss/m", (dt.date(2026, 5, 12) - dt.date(1970, 1, 1)).days)]
+    breakfast = [r for r in kept["sales_slots"] if r[1] == "c1"]
+    assert [(r[3], r[4]) for r in breakfast] == [(2, 3000)]
+    with pg_store.db.write() as conn:
+        rollups.rebuild(conn)
+    assert _summaries(pg_store) == kept
+
+
+def _waiting_on_locks(store: CountyStore) -> int:
+    with store.db.read() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
+            ).scalar_one()
+        )
