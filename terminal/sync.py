@@ -338,8 +338,11 @@ class SyncClient:
             raise NotProvisioned(f"{identity.ca_file} does not match the pinned fingerprint")
         self._county_anchor: tuple[int, float] | None = None  # (server_ms, monotonic)
         self._ledger_county_ms: int | None = None
-        # One link for this client's exchanges; each sync drops its pooled connections when
-        # it ends (one from before an outage may be black-holed).
+        # One link for this client's exchanges. Each sync starts on a new connection (one
+        # pooled from before an outage may be black-holed) and closes it when it ends,
+        # unless ``keep_connection``: then a successful sync leaves it open for the update
+        # check that follows on ``link`` (the daemon's; the updater closes it).
+        self.keep_connection = False
         self.link = Link(
             ca,
             client_cert=(str(identity.cert_file), str(identity.key_file)),
@@ -379,16 +382,21 @@ class SyncClient:
         with self._lock:
             started = time.monotonic()
             result = SyncResult(self.identity.terminal_id, self._wall_ms())
+            done = False
             try:
+                self.link.close()  # never a connection from before this sync
                 try:
-                    with self.link:
-                        self._sync(result, deadline)
+                    self._sync(result, deadline)
+                    done = True
                 except (sqlite3.Error, OSError) as exc:
                     raise LedgerUnreadable(f"cannot read the ledger: {exc}") from None
             except LinkError as exc:
                 result.failure = exc
                 result.error = str(exc)
                 result.error_kind = exc.kind
+            finally:
+                if not (done and self.keep_connection):
+                    self.link.close()
             result.ended_mono = time.monotonic()
             result.duration_ms = int((result.ended_mono - started) * 1000)
             return result

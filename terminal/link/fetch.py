@@ -11,6 +11,7 @@ anything themselves: python-tuf checks lengths, hashes and signatures.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +22,28 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from terminal.link.transport import DeadlineExceeded, Link, LinkError
 
+# Bytes of an error answer read so that its connection serves the next request.
+ERROR_BODY_BYTES = 4096
+
 
 class LinkFetcher(FetcherInterface):
     """HTTP(S) through a Link with one total deadline across a refresh, and a byte count.
 
     ``start()`` sets the deadline ``deadline_s`` from now; every request of the
-    refresh must end before it, however slowly the server trickles.
+    refresh must end before it, however slowly the server trickles. ``timeouts``
+    (connect, read) apply to each request; None: the Link's own. Every download
+    read to its end, and a small error answer (the 404 that ends python-tuf's
+    search for a newer root), leaves the connection to the next request of the
+    refresh: one TLS handshake a refresh, or none on a Link a sync has just used.
     """
 
-    def __init__(self, link: Link, deadline_s: float) -> None:
+    def __init__(
+        self, link: Link, deadline_s: float, timeouts: tuple[float, float] | None = None
+    ) -> None:
         self.link = link
         self.deadline_s = deadline_s
         self.deadline = time.monotonic() + deadline_s
+        self.timeouts = timeouts
 
     @property
     def bytes_received(self) -> int:
@@ -46,12 +57,16 @@ class LinkFetcher(FetcherInterface):
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:
-            answer = self.link.open("GET", url, self.deadline)
+            answer = self.link.open("GET", url, self.deadline, timeouts=self.timeouts)
         except DeadlineExceeded:
             raise self._slow() from None
         except LinkError as exc:
             raise tuf_errors.DownloadError(str(exc)) from exc
         if answer.status >= 400:
+            # A small error body read to its end keeps the connection for the next file
+            # (a larger one, or trouble reading it, closes the connection instead).
+            with contextlib.suppress(LinkError):
+                answer.read(ERROR_BODY_BYTES)
             answer.close()
             raise tuf_errors.DownloadHTTPError(f"HTTP {answer.status} for {url}", answer.status)
         return self._chunks(answer.chunks())

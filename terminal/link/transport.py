@@ -312,7 +312,13 @@ class Link:
     repository mirror a technician names (the system's CAs, checked by the ssl
     module at the wall clock; python-tuf verifies what it serves). One exchange at a time: a Link
     belongs to one thread at a time (the sync thread, or one update refresh).
-    ``close()`` drops pooled connections; the Link can be used again afterwards.
+
+    A connection whose answer was read to its end serves the next exchange (urllib3's
+    pool), until ``close()``, which drops it; the Link can be used again afterwards,
+    on a new connection. So the exchanges between two ``close()`` calls share one TLS
+    handshake: a sync's batches, and the update check the daemon sends on the sync's
+    Link before closing it (docs/county-scale.md). An answer closed before its end
+    closes its connection: an unread body never stays on a pooled connection.
     """
 
     def __init__(
@@ -350,6 +356,12 @@ class Link:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def opened(self) -> int:
+        """Connections this Link opened since its last ``close()`` (each one handshake)."""
+        with self._lock:
+            return len(self._socks)
 
     def close(self) -> None:
         """Drop the pooled connections (a new exchange opens new ones)."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from terminal import config, ledger, state, trust
 from terminal.core.checkout import Decision
@@ -52,6 +52,9 @@ from terminal.service.worker import day_summary as day_summary
 from terminal.service.worker import day_totals as day_totals
 from terminal.service.worker import free_mb as free_mb
 from terminal.service.worker import load_directory as load_directory
+
+if TYPE_CHECKING:
+    from terminal.link.transport import Link
 
 log = logging.getLogger("canteen.daemon")
 
@@ -171,6 +174,9 @@ class Daemon:
             options,
             wall_ms=self._wall_ms,
         )
+        # The update check after a sync rides the sync's connection: one TLS handshake a
+        # sync instead of one for each (docs/county-scale.md).
+        client.keep_connection = True
         sync.share_the_interpreter()  # decisions wait less for the sync thread's GIL
 
         def arrived(result: sync.SyncResult) -> None:
@@ -199,7 +205,8 @@ class Daemon:
                 # Expiry is judged on the county's signed time just received, carried on by
                 # the monotonic clock: never on a wall clock that may be far behind.
                 at_ms = client.county_time_ms() if result.server_ms is not None else None
-                self._refresh_updates(at_ms)
+                self._refresh_updates(at_ms, client.link)
+            client.link.close()  # the sync's connection, kept for the refresh, ends here
 
         self.sync = sync.SyncSchedule(client, options, arrived)
         self.sync.start(first_delay_s=0.5)
@@ -231,10 +238,11 @@ class Daemon:
         except Exception as exc:
             log.error("recording the update set in force failed: %s", exc)
 
-    def _refresh_updates(self, at_ms: int | None) -> None:
+    def _refresh_updates(self, at_ms: int | None, link: Link | None = None) -> None:
         """In the sync thread, after a sync: fetch and verify a newer set, then let the
         decision worker apply it between two decisions. ``at_ms``: the trusted time that
-        judges expiry (None: there is none, and the refresh waits)."""
+        judges expiry (None: there is none, and the refresh waits); ``link``: the sync's,
+        whose connection the refresh rides."""
         from terminal import updates
 
         state_dir = self.settings.state_dir
@@ -242,9 +250,10 @@ class Daemon:
             self.update_state = "waiting for the county's time"
             return
         try:
-            # A new client each time: a pooled connection from before an outage may be
-            # black-holed and would hold the refresh until its read timeout.
-            prepared = updates.updater_for_county(state_dir).prepare_in_force(at_ms)
+            # A new client each time, on the connection the sync has just used (never one
+            # from before an outage: it may be black-holed and hold the refresh until its
+            # read timeout).
+            prepared = updates.updater_for_county(state_dir, link=link).prepare_in_force(at_ms)
         except updates.NotPinned:
             self.update_state = "not pinned"
             return

@@ -345,7 +345,11 @@ class TerminalUpdater:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        link: Link | None = None,
     ) -> None:
+        """``link``: a Link to the county to fetch through (the sync's, whose connection
+        the refresh then rides: docs/county-scale.md), instead of one of its own; the
+        refresh closes it either way."""
         if (base_url is None) == (medium is None):
             raise ValueError("give exactly one of base_url and medium")
         self.paths = UpdatePaths(Path(state_dir))
@@ -370,7 +374,7 @@ class TerminalUpdater:
             # The county's certificate is checked at the wall clock or at the trusted
             # time the refresh judges expiry at (a Pi may boot far behind); a mirror
             # named without the county CA by the system's CAs.
-            self.link = Link(
+            self.link = link or Link(
                 ca,
                 system_trust=ca is None,
                 client_cert=(cert_file, key_file or cert_file) if cert_file else None,
@@ -378,7 +382,11 @@ class TerminalUpdater:
                 connect_timeout_s=self.limits.connect_timeout_s,
                 read_timeout_s=self.limits.read_timeout_s,
             )
-            self.fetcher = LinkFetcher(self.link, self.limits.deadline_s)
+            self.fetcher = LinkFetcher(
+                self.link,
+                self.limits.deadline_s,
+                (self.limits.connect_timeout_s, self.limits.read_timeout_s),
+            )
             self.base = base_url.rstrip("/") + "/"
 
     # ---- fetch and verify (network; no trust.sqlite writes) ----
@@ -881,9 +889,10 @@ def roll_back(
 
 
 def updater_for_county(
-    state_dir: str | Path, limits: UpdateLimits | None = None
+    state_dir: str | Path, limits: UpdateLimits | None = None, link: Link | None = None
 ) -> TerminalUpdater:
-    """The updater for the county server this terminal was provisioned with (mTLS)."""
+    """The updater for the county server this terminal was provisioned with (mTLS);
+    ``link``: the sync's Link, to ride its connection (``TerminalUpdater``)."""
     from terminal.link.provision import load_identity
 
     identity = load_identity(state_dir)
@@ -895,4 +904,5 @@ def updater_for_county(
         ca_file=str(identity.ca_file),
         cert_file=str(identity.cert_file),
         key_file=str(identity.key_file),
+        link=link,
     )
