@@ -3,7 +3,7 @@
 Run:  PYTHONPATH=.:hw-sim .venv/bin/python bench/county_scale.py [--quick] [--seconds 60]
           [--terminals 3615] [--entries 10000000] [--servers 1,2,4] [--backends sqlite,pg]
           [--workers 2] [--database-url postgresql://...] [--before REF] [--report-only]
-          [--keep] [--json FILE]
+          [--connection per-sync,per-exchange] [--keep] [--json FILE] [--outcomes FILE]
 
 What it owns: a load generator that plays Chenzhou's lunch peak (issue 14) against real
 ``canteen-county serve`` processes over mTLS, and the figures that say whether the county
@@ -12,9 +12,10 @@ everything it receives exactly as it checks a real terminal's upload.
 
 The load. 3,615 terminals (1,205 canteens x 3) each sync every 5 minutes (an empty batch:
 the signed time), and on top the lunch peak: 83,600 sales in 90 minutes, each followed by
-a sync that uploads it. After every sync the terminal checks for updates (GET the TUF
-timestamp). That is 3,615 / 300 + 83,600 / 5,400 = 27.5 syncs/s; time is compressed to a
-measured window (``--seconds``) at that rate. The same rate is offered whatever
+a sync that uploads it. After every sync the terminal checks for updates (python-tuf's
+refresh: GET the next root version, a 404, then the TUF timestamp). That is 3,615 / 300
++ 83,600 / 5,400 = 27.5 syncs/s; time is compressed to a measured window (``--seconds``)
+at that rate. The same rate is offered whatever
 ``--terminals`` says (fewer terminals each sync more often), so ``--quick`` still loads
 the server at the peak rate.
 
@@ -27,9 +28,12 @@ code: the bench's issuer (whose key the county imported with ``issuers import``)
 the cadre and the phone presents the code, so the county verifies the issuer and holder
 signatures of every sale as it does in service (county/evidence.py). Each terminal is
 provisioned by the terminal's own code (terminal/link/provision.py: one-time code, CSR,
-client certificate, ledger key pinned) and talks through the terminal's own Link
-(terminal/link/transport.py), one new TLS connection per sync and another per update
-check, as the daemon's sync and update jobs do.
+client certificate, ledger key pinned) and talks as the terminal's Link does
+(terminal/link/transport.py): ``--connection per-sync`` (the default) opens one new TLS
+connection per sync and sends the update check on it before closing it, as the daemon
+does since the update check rides the sync's Link; ``per-exchange`` opens one for every
+request, as the daemon did before (three handshakes a sync). Given both, every server
+count is played once per mode, in turn, on the same terminals: a same-run reference.
 
 The generator runs in ``--workers`` processes (each a scheduler thread and a pool of
 sender threads), with an open-loop schedule (Poisson arrivals for sales, a random phase
@@ -660,21 +664,29 @@ class Outcome:
 
     due_s: float  # when the schedule wanted it, from the window's start
     lag_ms: float  # how late the generator started it
-    post_ms: float  # the /v1/ledger POST, new TLS connection included
+    post_ms: float  # the /v1/ledger POST, its new TLS connection included
     post_status: int  # HTTP status, 0 for no answer
-    update_ms: float  # the update check (GET the TUF timestamp), new connection included
-    update_status: int
+    update_ms: float  # the update check (the root probe and the timestamp), as sent
+    update_status: int  # the timestamp's HTTP status, 0 for no answer
     sale: bool
     error: str = ""
 
 
+# How a simulated terminal connects: the terminal's sync and its update check on one
+# connection (the daemon since the update check rides the sync's Link), or each request
+# on a new connection (the daemon before: the sync, the root probe and the timestamp).
+PER_SYNC = "per-sync"
+PER_EXCHANGE = "per-exchange"
+CONNECTION_MODES = (PER_SYNC, PER_EXCHANGE)
+
+
 class Client:
     """One simulated terminal's HTTPS client: mTLS with its own certificate, the county CA
-    pinned, a new connection per exchange (as the terminal's sync and update jobs each
-    open one). Not the terminal's Link: that one loads the system's CA store on every
-    connection (urllib3 does, for a session without a CA bundle), about 0.1 s of CPU
-    each here, which 27.5 syncs/s on two cores cannot pay; the bytes on the wire and
-    what the county checks are the same."""
+    pinned; ``connection()`` is one TLS connection that serves requests until it ends,
+    ``exchange`` one request on a new connection. Not the terminal's Link: that one
+    builds a new TLS context for every new connection pool (urllib3 does, loading the
+    system's CA store), tens of ms of CPU each here, which 27.5 syncs/s on two cores
+    cannot pay; the bytes on the wire and what the county checks are the same."""
 
     def __init__(self, ca_file: Path, cert: tuple[str, str] | None) -> None:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -683,27 +695,43 @@ class Client:
         if cert is not None:
             self.ctx.load_cert_chain(*cert)
 
+    def connection(self, server: str) -> http.client.HTTPSConnection:
+        host, port = urlsplit(server).hostname or "", urlsplit(server).port or 443
+        return http.client.HTTPSConnection(host, port, context=self.ctx, timeout=30)
+
     def exchange(
         self, server: str, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, bytes]:
-        host, port = urlsplit(server).hostname or "", urlsplit(server).port or 443
-        conn = http.client.HTTPSConnection(host, port, context=self.ctx, timeout=30)
+        conn = self.connection(server)
         try:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            conn.request(method, path, body=body, headers=headers)
-            answer = conn.getresponse()
-            return answer.status, answer.read()
+            return request(conn, method, path, body)
         finally:
             conn.close()
 
 
-def sync(term: SimTerminal, server: str, client: Client) -> tuple[float, int, str]:
-    """One sync: POST what the county lacks on a new mTLS connection, as a terminal's
-    sync does; (POST milliseconds, new connection included; status; error)."""
+def request(
+    conn: http.client.HTTPSConnection, method: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One request on ``conn`` (connected by the first), its answer read whole."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, path, body=body, headers=headers)
+    answer = conn.getresponse()
+    return answer.status, answer.read()
+
+
+def sync(
+    term: SimTerminal, server: str, client: Client, conn: http.client.HTTPSConnection | None = None
+) -> tuple[float, int, str]:
+    """One sync: POST what the county lacks on ``conn`` (None: a connection of its own),
+    as a terminal's sync does on a new mTLS connection; (POST milliseconds, the new
+    connection included; status; error)."""
     body = term.batch()
     began = time.perf_counter()
     try:
-        status, raw = client.exchange(server, "POST", "/v1/ledger", body)
+        if conn is None:
+            status, raw = client.exchange(server, "POST", "/v1/ledger", body)
+        else:
+            status, raw = request(conn, "POST", "/v1/ledger", body)
     except (OSError, http.client.HTTPException) as exc:
         return (time.perf_counter() - began) * 1000, 0, f"{type(exc).__name__}: {exc}"[:200]
     took = (time.perf_counter() - began) * 1000
@@ -718,11 +746,22 @@ def sync(term: SimTerminal, server: str, client: Client) -> tuple[float, int, st
     return took, status, f"HTTP {status}: {problem}"[:200]
 
 
-def update_check(server: str, client: Client) -> tuple[float, int]:
-    """The update check after a sync: GET the TUF timestamp on its own connection."""
+def update_check(
+    server: str, client: Client, root_probe: str, conn: http.client.HTTPSConnection | None = None
+) -> tuple[float, int]:
+    """The update check after a sync, as python-tuf's refresh starts one: GET the next
+    root version (404 while the root has not rotated), then the timestamp; on ``conn``
+    (the sync's) or each on a connection of its own. (milliseconds, the timestamp's
+    status). Snapshot and targets are fetched only when the timestamp changed, which the
+    bench's county does not do during a run."""
     began = time.perf_counter()
     try:
-        status, _ = client.exchange(server, "GET", "/tuf/metadata/timestamp.json")
+        if conn is None:
+            client.exchange(server, "GET", root_probe)
+            status, _ = client.exchange(server, "GET", "/tuf/metadata/timestamp.json")
+        else:
+            request(conn, "GET", root_probe)
+            status, _ = request(conn, "GET", "/tuf/metadata/timestamp.json")
     except (OSError, http.client.HTTPException):
         status = 0
     return (time.perf_counter() - began) * 1000, status
@@ -738,6 +777,8 @@ class WorkerJob:
     events: list[tuple[float, int, int]]  # (due s from start, terminal index, cadre no or -1)
     out: str  # where the outcomes go (JSON)
     threads: int
+    connection: str  # PER_SYNC or PER_EXCHANGE
+    root_probe: str  # the path of the next root version, which python-tuf asks for first
 
 
 def worker_main(job: WorkerJob, done: Any, ready: Any, start: Any) -> None:
@@ -760,11 +801,22 @@ def worker_main(job: WorkerJob, done: Any, ready: Any, start: Any) -> None:
     def play(due: float, t: int, cadre_no: int) -> None:
         lag = (time.time() - start_at - due) * 1000
         term = terms[t]
-        with term.lock:  # a terminal syncs one batch at a time
-            if cadre_no >= 0:
-                term.sale(wall_ms(), cadre_no)
-            post_ms, status, error = sync(term, job.servers[t], clients[t])
-        update_ms, update_status = update_check(job.servers[t], clients[t])
+        server, client = job.servers[t], clients[t]
+        # Per sync: the daemon's Link, a new connection for each sync (never one from
+        # before), kept for the update check that follows, closed after it.
+        conn = client.connection(server) if job.connection == PER_SYNC else None
+        try:
+            with term.lock:  # a terminal syncs one batch at a time
+                if cadre_no >= 0:
+                    term.sale(wall_ms(), cadre_no)
+                post_ms, status, error = sync(term, server, client, conn)
+            if status == 200:  # the daemon checks for updates after a sync that worked
+                update_ms, update_status = update_check(server, client, job.root_probe, conn)
+            else:
+                update_ms, update_status = 0.0, 0
+        finally:
+            if conn is not None:
+                conn.close()
         with lock:
             outcomes.append(
                 Outcome(due, lag, post_ms, status, update_ms, update_status, cadre_no >= 0, error)
@@ -920,6 +972,7 @@ class RunResult:
     elapsed: float
     cpu: dict[str, float]  # CPU seconds in the window: the servers, PostgreSQL
     load: tuple[float, float]  # the machine's 1-minute load average before and after
+    connection: str = PER_SYNC  # how the simulated terminals connected
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -936,10 +989,19 @@ def run_window(
     rate_scale: float,
     first_cadre: int,
     tmp: Path,
+    connection: str = PER_SYNC,
+    seed: int | None = None,
 ) -> RunResult:
     county.start(servers)
     try:
-        rng = random.Random(first_cadre)
+        # The root version a terminal pinned at provisioning; python-tuf asks for the next.
+        from county.updates import RepoPaths
+
+        roots_now = RepoPaths(county.data).metadata.glob("*.root.json")
+        version = max((int(p.name.split(".")[0]) for p in roots_now), default=1)
+        root_probe = f"/tuf/metadata/{version + 1}.root.json"
+        # The same seed, the same arrivals: the modes of one server count get one schedule.
+        rng = random.Random(first_cadre if seed is None else seed)
         events = schedule(len(roots), seconds, rate_scale, first_cadre, rng)
         # Terminal i talks to server i mod N and belongs to generator i mod workers.
         per_worker: list[list[int]] = [list(range(w, len(roots), workers)) for w in range(workers)]
@@ -958,6 +1020,8 @@ def run_window(
                 [(due, local[t], c) for due, t, c in events if t in local],
                 str(tmp / f"outcomes-{w}.json"),
                 threads,
+                connection,
+                root_probe,
             )
             outs.append(Path(job.out))
             proc = ctx.Process(target=worker_main, args=(job, done, ready, start), daemon=True)
@@ -971,7 +1035,7 @@ def run_window(
         load_before = os.getloadavg()[0]
         cpu_before = county.cpu_seconds()
         start.value = start_at
-        progress = bar(len(events), f"{county.name} x{servers}: lunch peak", "syncs")
+        progress = bar(len(events), f"{county.name} x{servers} {connection}: lunch peak", "syncs")
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)
             progress.n = done.value
@@ -991,7 +1055,9 @@ def run_window(
             out.unlink()
     finally:
         county.stop()
-    return RunResult(county.name, servers, seconds, len(events), outcomes, elapsed, cpu, load)
+    return RunResult(
+        county.name, servers, seconds, len(events), outcomes, elapsed, cpu, load, connection
+    )
 
 
 def print_run(r: RunResult, is_pg: bool, before: RunResult | None = None) -> dict[str, float]:
@@ -1006,9 +1072,12 @@ def print_run(r: RunResult, is_pg: bool, before: RunResult | None = None) -> dic
     achieved = len(ok) / max(r.elapsed, r.seconds)
     offered = r.offered / r.seconds
     label = f"{r.name}, {r.servers} server process{'es' if r.servers > 1 else ''}"
+    if r.connection != PER_SYNC:
+        label += f", a connection {r.connection}"
     say(
         f"-- {label}: {r.offered} syncs offered in {r.seconds:.0f} s "
-        f"({sum(o['sale'] for o in r.outcomes)} with a sale), {failed} failed; "
+        f"({sum(o['sale'] for o in r.outcomes)} with a sale), {failed} failed, a TLS "
+        f"connection {r.connection}; "
         f"machine load average {r.load[0]:.1f} before, {r.load[1]:.1f} after"
     )
     errors = sorted({o["error"] for o in r.outcomes if o["error"]})
@@ -1033,11 +1102,11 @@ def print_run(r: RunResult, is_pg: bool, before: RunResult | None = None) -> dic
         f"{capacity:.0f} syncs/s at most on this machine alone (the peak needs {PEAK_RATE:.1f})"
     )
     say(
-        f"   update check (GET timestamp): p50 {quantile(upd, 0.5):.0f} ms, "
+        f"   update check (root probe and timestamp): p50 {quantile(upd, 0.5):.0f} ms, "
         f"p99 {quantile(upd, 0.99):.0f} ms"
     )
     p50, p99 = quantile(lat, 0.5), quantile(lat, 0.99)
-    gate = is_pg and r.servers == 2
+    gate = is_pg and r.servers == 2 and r.connection == PER_SYNC
     report(
         f"{label}: syncs per second",
         achieved,
@@ -1232,7 +1301,9 @@ def run_backend(
         finally:
             county.stop()
         say(f"   {len(roots)} terminals provisioned and their genesis uploaded in {took:.0f} s")
-    for k, n in enumerate([] if a.report_only else server_counts):
+    # Each server count once per connection mode, the modes in turn (a same-run reference).
+    plays = [(n, mode) for n in server_counts for mode in a.connection]
+    for k, (n, mode) in enumerate([] if a.report_only else plays):
         result = run_window(
             county,
             roots,
@@ -1243,8 +1314,16 @@ def run_backend(
             a.rate_scale,
             cadre_base + k * 1_000_000,
             tmp,
+            mode,
+            seed=n,
         )
         print_run(result, not county.is_sqlite, before)
+        if a.outcomes:
+            # Every sync of the run, one JSON line each, for a timeline of the latencies.
+            with Path(a.outcomes).open("a", encoding="utf-8") as out:
+                for o in result.outcomes:
+                    run = f"{county.name} x{n} {mode} #{k}"
+                    out.write(json.dumps({"run": run, **o}) + "\n")
         results.append(result)
     report(
         f"{county.name}: database size",
@@ -1334,12 +1413,26 @@ def main() -> int:
         action="store_true",
         help=f"do not also time the month report without {REPORT_INDEX} (the reference)",
     )
+    ap.add_argument(
+        "--connection",
+        default=PER_SYNC,
+        help=f"how the simulated terminals connect: {PER_SYNC} (the sync and its update "
+        f"check on one TLS connection, as the terminal does) or {PER_EXCHANGE} (a new one "
+        "for each request, as it did before); both, comma-separated: each server count is "
+        "run once per mode, in turn",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
+    ap.add_argument(
+        "--outcomes", metavar="FILE", help="append every sync of every run here (JSON lines)"
+    )
     a = ap.parse_args()
     a.seconds = a.seconds or (15.0 if a.quick else 60.0)
     a.terminals = a.terminals or (300 if a.quick else TERMINALS)
     a.entries = a.entries if a.entries is not None else (100_000 if a.quick else 10_000_000)
+    a.connection = [m.strip() for m in a.connection.split(",") if m.strip()]
+    if not a.connection or set(a.connection) - set(CONNECTION_MODES):
+        ap.error(f"--connection takes {PER_SYNC}, {PER_EXCHANGE} or both")
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     if set(backends) - {"sqlite", "pg"}:
         ap.error("--backends takes sqlite, pg or both")
