@@ -1341,6 +1341,8 @@ def run_backend(
 def checkout_of(ref: str, tmp: Path) -> Path:
     """The project as commit ``ref`` had it (git archive), for the reference run."""
     dest = tmp / f"code-{ref.replace('/', '_').replace('^', '-parent')}"
+    if dest.is_dir():
+        return dest  # taken out already (the same commit for two counties)
     dest.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
@@ -1395,6 +1397,12 @@ def main() -> int:
         default=BEFORE_PORT,
         help=f"the commit whose SQLite server is the reference (default {BEFORE_PORT}, the "
         "last before the SQLAlchemy port); none to skip it",
+    )
+    ap.add_argument(
+        "--code",
+        metavar="REF",
+        help="run the county servers of this commit (git archive) instead of the work "
+        "tree, whose uncommitted changes would count otherwise",
     )
     ap.add_argument(
         "--history-order",
@@ -1464,7 +1472,12 @@ def main() -> int:
                 )
                 reference = next(iter(run_backend(old, [1], a, tmp, first_ms, 0)), None)
             data = tmp / "sqlite-county"
-            county = County("SQLite", data, f"sqlite:///{data / 'county.sqlite'}")
+            county = County(
+                "SQLite",
+                data,
+                f"sqlite:///{data / 'county.sqlite'}",
+                checkout_of(a.code, tmp) if a.code else ROOT,
+            )
             run_backend(county, [1], a, tmp, first_ms, 0, reference)
         if "pg" in backends:
             if a.database_url:
@@ -1476,6 +1489,7 @@ def main() -> int:
                 "PostgreSQL",
                 tmp / "pg-county",
                 url,
+                checkout_of(a.code, tmp) if a.code else ROOT,
                 postmaster=cluster.postmaster_pid() if cluster is not None else None,
             )
             run_backend(county, server_counts, a, tmp, first_ms, 10_000_000)
