@@ -559,8 +559,7 @@ class _Batch:
             row["received_ms"] = now_ms
             rows.append(row)
         _INSERT_ENTRIES.run(conn, rows)
-        if any(e.fields[3] in (SALE, REVERSAL) for e in new):
-            rollups.note_entries(conn, terminal_id, new[0].seq, new[-1].seq)
+        rollups.note_entries(conn, rows)
         if not self.time_signals:
             self.time_signals = any(e.fields[3] == TIME_SIGNAL for e in new)
         new_seqs = {e.seq for e in new}

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    bindparam,
     delete,
     func,
     insert,
@@ -43,7 +44,7 @@ from sqlalchemy import (
 
 from county.db.schema import canteens, entries, multi_days, rollups_meta, sales_slots, visits
 from county.localtime import DEFAULT_TIMEZONE, county_zone
-from county.storekit import dialect_insert
+from county.storekit import Prepared, dialect_insert
 from protocol.chain import ACCEPT, REVERSAL, SALE
 
 SLOT_MS = 900_000  # a quarter hour: every zone's offset from UTC is whole quarters
@@ -158,78 +159,137 @@ def _count_unsummed(conn: Connection, where: Sequence[Any]) -> int:
     )
 
 
-def note_entries(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
-    """Bring the summaries up to date with entries first_seq..last_seq of ``terminal``,
-    just stored in the caller's write transaction (county/intake.py)."""
-    e = entries.c
-    mine = [e.terminal == terminal, e.seq >= first_seq, e.seq <= last_seq]
-    dialect = conn.dialect.name
-    conn.execute(insert(visits).from_select(_VISIT_COLUMNS, _visits_of(mine)))
-    ins = dialect_insert(dialect, sales_slots).from_select(
-        ["slot", "canteen", "unit", "meals", "fen"], _slots_of(mine)
+_VISITS_OF_RANGE = Prepared(
+    insert(visits).from_select(
+        _VISIT_COLUMNS,
+        _visits_of(
+            [
+                entries.c.terminal == bindparam("terminal"),
+                entries.c.seq >= bindparam("first"),
+                entries.c.seq <= bindparam("last"),
+            ]
+        ),
     )
-    conn.execute(
+)
+
+
+def _add_slots(dialect: str) -> Prepared:
+    ins = dialect_insert(dialect, sales_slots)
+    return Prepared(
         ins.on_conflict_do_update(
             index_elements=["slot", "canteen", "unit"],
             set_={
                 "meals": sales_slots.c.meals + ins.excluded.meals,
                 "fen": sales_slots.c.fen + ins.excluded.fen,
             },
-        )
+        ),
+        ["slot", "canteen", "unit", "meals", "fen"],
     )
-    more = _count_unsummed(conn, mine)
-    if more:
-        _set_meta(conn, "unsummed", str(unsummed(conn) + more))
-    _note_reversals(conn, terminal, first_seq, last_seq)
-    _note_multi_days(conn, terminal, first_seq, last_seq)
 
 
-def _note_reversals(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
+_ADD_SLOTS = {name: _add_slots(name) for name in ("sqlite", "postgresql")}
+# One lock per cadre, taken in one order by every server (a deadlock is found by
+# PostgreSQL and answered 503, which the terminal retries).
+_LOCK_CADRES = (
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('multi:' || c) AS h "
+    "FROM unnest(%(cadres)s::text[]) AS c ORDER BY h) AS locks"
+)
+
+
+_CADRE_DAYS = Prepared(
+    select(entries.c.canteen, entries.c.at_ms).where(
+        *_accepted_sale(),
+        entries.c.cadre == bindparam("cadre"),
+        or_(
+            entries.c.day.in_([bindparam("d0"), bindparam("d1"), bindparam("d2")]),
+            entries.c.day.is_(None),
+        ),
+    )
+)
+
+
+def note_entries(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
+    """Bring the summaries up to date with ``stored``, the entries of one terminal just
+    inserted in the caller's write transaction (county/intake.py), each a mapping of the
+    entries table's columns, in seq order.
+
+    What it can, it works out from the entries in hand; a one-sale sync runs three or
+    four statements more than before (visits, sales_slots, and the cadre's other sales
+    of those days; on PostgreSQL the cadre's lock)."""
+    if not stored:
+        return
+    sales = [r for r in stored if r["kind"] == SALE and r["verdict"] == ACCEPT]
+    undone = [r for r in stored if r["kind"] == REVERSAL and r["ref_seq"] is not None]
+    if not sales and not undone:
+        return
+    dialect = conn.dialect.name
+    terminal = str(stored[0]["terminal"])
+    if sales:
+        _VISITS_OF_RANGE.run(
+            conn, {"terminal": terminal, "first": sales[0]["seq"], "last": sales[-1]["seq"]}
+        )
+        slots: dict[tuple[int, str, str], list[int]] = {}
+        absurd = 0
+        for r in sales:
+            fen = int(r["amount_fen"])
+            if not 0 <= fen < MAX_FEN:
+                absurd += 1
+                continue
+            unit = r["unit"] if r["unit"] is not None else NO_UNIT
+            cell = slots.setdefault((int(r["at_ms"]) // SLOT_MS, str(r["canteen"]), unit), [0, 0])
+            cell[0] += 1
+            cell[1] += fen
+        if slots:
+            _ADD_SLOTS[dialect].run(
+                conn,
+                [
+                    {"slot": k[0], "canteen": k[1], "unit": k[2], "meals": n, "fen": f}
+                    for k, (n, f) in slots.items()
+                ],
+            )
+        if absurd:
+            _set_meta(conn, "unsummed", str(unsummed(conn) + absurd))
+    for r in undone:
+        _note_reversal(conn, terminal, int(r["seq"]), int(r["ref_seq"]))
+    served = [r for r in sales if r["cadre"] is not None]
+    if served:
+        _note_multi_days(conn, served)
+
+
+def _note_reversal(conn: Connection, terminal: str, seq: int, ref: int) -> None:
     """A new reversal takes its sale out of sales_slots, once, whenever it is made."""
     e = entries.c
-    undone = conn.execute(
-        select(e.seq, e.ref_seq)
+    r = entries.alias("r")
+    earlier = conn.execute(
+        select(func.count())
+        .select_from(r)
         .where(
-            e.terminal == terminal,
-            e.seq >= first_seq,
-            e.seq <= last_seq,
-            e.kind == REVERSAL,
-            e.ref_seq.is_not(None),
+            r.c.terminal == terminal,
+            r.c.kind == _word(REVERSAL),
+            r.c.ref_seq == ref,
+            r.c.seq < seq,
         )
-        .order_by(e.seq)
-    ).all()
-    for seq, ref in undone:
-        r = entries.alias("r")
-        earlier = conn.execute(
-            select(func.count())
-            .select_from(r)
-            .where(
-                r.c.terminal == terminal,
-                r.c.kind == REVERSAL,
-                r.c.ref_seq == ref,
-                r.c.seq < seq,
-            )
-        ).scalar_one()
-        if earlier:
-            continue  # the sale was taken out by the first reversal naming it
-        sale = conn.execute(
-            select(e.at_ms, e.canteen, e.unit, e.amount_fen).where(
-                e.terminal == terminal, e.seq == ref, *_accepted_sale()
-            )
-        ).one_or_none()
-        if sale is None or not 0 <= int(sale[3]) < MAX_FEN:
-            continue  # not an accepted sale (it counted nowhere), or not summed
-        at_ms, canteen, unit, fen = sale
-        s = sales_slots.c
-        conn.execute(
-            update(sales_slots)
-            .where(
-                s.slot == int(at_ms) // SLOT_MS,
-                s.canteen == canteen,
-                s.unit == (unit if unit is not None else NO_UNIT),
-            )
-            .values(meals=s.meals - 1, fen=s.fen - int(fen))
+    ).scalar_one()
+    if earlier:
+        return  # the sale was taken out by the first reversal naming it
+    sale = conn.execute(
+        select(e.at_ms, e.canteen, e.unit, e.amount_fen).where(
+            e.terminal == terminal, e.seq == ref, *_accepted_sale()
         )
+    ).one_or_none()
+    if sale is None or not 0 <= int(sale[3]) < MAX_FEN:
+        return  # not an accepted sale (it counted nowhere), or not summed
+    at_ms, canteen, unit, fen = sale
+    s = sales_slots.c
+    conn.execute(
+        update(sales_slots)
+        .where(
+            s.slot == int(at_ms) // SLOT_MS,
+            s.canteen == canteen,
+            s.unit == (unit if unit is not None else NO_UNIT),
+        )
+        .values(meals=s.meals - 1, fen=s.fen - int(fen))
+    )
 
 
 def _next_days(days: Iterable[str]) -> set[str]:
@@ -246,42 +306,44 @@ def _next_days(days: Iterable[str]) -> set[str]:
     return out
 
 
-def _note_multi_days(conn: Connection, terminal: str, first_seq: int, last_seq: int) -> None:
-    """Cadres of the new sales served at another canteen on the same local day."""
-    e = entries.c
-    new = conn.execute(
-        select(e.cadre, e.day).where(
-            e.terminal == terminal,
-            e.seq >= first_seq,
-            e.seq <= last_seq,
-            *_accepted_sale(),
-            e.cadre.is_not(None),
-        )
-    ).all()
-    if not new:
-        return
-    cadres = sorted({str(c) for c, _ in new})
+def _note_multi_days(conn: Connection, served: Sequence[Mapping[str, Any]]) -> None:
+    """Cadres of the new sales served at another canteen on the same local day: their
+    accepted sales of those days (the new ones among them), by cadre and day text
+    (entries_served), counted per local day of the zone only when two canteens appear."""
+    cadres = sorted({str(r["cadre"]) for r in served})
     if conn.dialect.name == "postgresql":
         # Two servers taking two sales of one cadre at two canteens at the same moment
         # would each miss the other's (not yet committed): one cadre at a time.
-        for cadre in cadres:
-            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("multi:" + cadre))))
-    days = sorted(_next_days(str(d) for _, d in new if d is not None))
+        conn.exec_driver_sql(_LOCK_CADRES, {"cadres": cadres})
+    # The cadre's sales of the day before, the day and the day after (a terminal's day
+    # text may differ from the county's local day by one), and those without a day.
+    rows: set[tuple[str, str, int]] = set()
+    for cadre, day in sorted({(str(r["cadre"]), r["day"]) for r in served if r["day"]}):
+        d0, d1, d2 = [*sorted(_next_days([str(day)])), str(day), str(day)][:3]
+        found = _CADRE_DAYS.run(conn, {"cadre": cadre, "d0": d0, "d1": d1, "d2": d2})
+        rows.update((cadre, str(k), int(at)) for k, at in found.fetchall())
+    e = entries.c
+    for r in served:
+        if not r["day"]:  # a sale without its day: the cadre's sales less than a day away
+            at = int(r["at_ms"])
+            near = select(e.canteen, e.at_ms).where(
+                *_accepted_sale(),
+                e.cadre == r["cadre"],
+                e.at_ms > at - DAY_MS,
+                e.at_ms < at + DAY_MS,
+            )
+            rows.update((str(r["cadre"]), str(k), int(t)) for k, t in conn.execute(near))
+    where: dict[str, set[str]] = defaultdict(set)
+    for cadre, canteen, _ in rows:
+        where[cadre].add(canteen)
+    if all(len(k) < 2 for k in where.values()):
+        return  # the usual case: one canteen each over those days
     zone = county_zone(zone_name(conn))
     seen: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for i in range(0, len(cadres), 500):
-        rows = conn.execute(
-            select(e.cadre, e.canteen, e.at_ms).where(
-                *_accepted_sale(),
-                e.cadre.in_(cadres[i : i + 500]),
-                or_(e.day.in_(days), e.day.is_(None)),
-            )
-        )
-        for cadre, canteen, at_ms in rows:
-            seen[(str(cadre), day_no(int(at_ms), zone))].add(str(canteen))
-    several = [
-        {"cadre": cadre, "day_no": day} for (cadre, day), where in seen.items() if len(where) > 1
-    ]
+    for cadre, canteen, at_ms in rows:
+        if len(where[cadre]) > 1:
+            seen[(cadre, day_no(at_ms, zone))].add(canteen)
+    several = [{"cadre": c, "day_no": d} for (c, d), k in seen.items() if len(k) > 1]
     if several:
         conn.execute(
             dialect_insert(conn.dialect.name, multi_days).on_conflict_do_nothing(), several

@@ -125,8 +125,8 @@ class Ledger:
         if self.rows:
             self.conn.execute(insert(entries), self.rows)
             for terminal in sorted({row["terminal"] for row in self.rows}):
-                seqs = [row["seq"] for row in self.rows if row["terminal"] == terminal]
-                rollups.note_entries(self.conn, terminal, min(seqs), max(seqs))
+                mine = [row for row in self.rows if row["terminal"] == terminal]
+                rollups.note_entries(self.conn, sorted(mine, key=lambda row: row["seq"]))
             self.rows.clear()
 
 
