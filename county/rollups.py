@@ -56,6 +56,10 @@ NO_UNIT = ""  # sales_slots.unit of a sale without an agency
 # Sales outside are counted in rollups_meta ``unsummed``; while any is, spending and
 # meals are summed from the entries as before (county/inspection.py).
 MAX_FEN = 1 << 40
+# Likewise a time before 1970 or past the year 146,000 (2^62 ms): such sales stay out of
+# sales_slots (SQL and Python divide negative numbers differently, and a local day of
+# 2^63 - 1 ms overflows), counted with them.
+MAX_MS = 1 << 62
 
 
 def _word(word: str) -> Any:
@@ -95,6 +99,11 @@ def zone_name(conn: Connection) -> str:
     return _meta(conn, "zone") or DEFAULT_TIMEZONE
 
 
+def fill_requested(conn: Connection) -> bool:
+    """A migration made the tables and asked for them to be filled (rebuild clears it)."""
+    return _meta(conn, "fill") is not None
+
+
 def unsummed(conn: Connection) -> int:
     """How many accepted sales sales_slots leaves out for their amount (MAX_FEN)."""
     return int(_meta(conn, "unsummed") or 0)
@@ -112,7 +121,12 @@ def day_no(at_ms: int, zone: dt.tzinfo) -> int:
 
 def _summable() -> list[Any]:
     e = entries.c
-    return [e.amount_fen >= 0, e.amount_fen < MAX_FEN]
+    return [e.amount_fen >= 0, e.amount_fen < MAX_FEN, e.at_ms >= 0, e.at_ms < MAX_MS]
+
+
+def summable(amount_fen: int, at_ms: int) -> bool:
+    """The sale goes into sales_slots (else it is counted as unsummed)."""
+    return 0 <= amount_fen < MAX_FEN and 0 <= at_ms < MAX_MS
 
 
 # -- kept by the intake ---------------------------------------------------------------------
@@ -153,7 +167,9 @@ def _count_unsummed(conn: Connection, where: Sequence[Any]) -> int:
     return int(
         conn.execute(
             select(func.count()).where(
-                *_accepted_sale(), or_(e.amount_fen < 0, e.amount_fen >= MAX_FEN), *where
+                *_accepted_sale(),
+                or_(e.amount_fen < 0, e.amount_fen >= MAX_FEN, e.at_ms < 0, e.at_ms >= MAX_MS),
+                *where,
             )
         ).scalar_one()
     )
@@ -232,7 +248,7 @@ def note_entries(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
         absurd = 0
         for r in sales:
             fen = int(r["amount_fen"])
-            if not 0 <= fen < MAX_FEN:
+            if not summable(fen, int(r["at_ms"])):
                 absurd += 1
                 continue
             unit = r["unit"] if r["unit"] is not None else NO_UNIT
@@ -277,7 +293,7 @@ def _note_reversal(conn: Connection, terminal: str, seq: int, ref: int) -> None:
             e.terminal == terminal, e.seq == ref, *_accepted_sale()
         )
     ).one_or_none()
-    if sale is None or not 0 <= int(sale[3]) < MAX_FEN:
+    if sale is None or not summable(int(sale[3]), int(sale[0])):
         return  # not an accepted sale (it counted nowhere), or not summed
     at_ms, canteen, unit, fen = sale
     s = sales_slots.c
@@ -325,12 +341,12 @@ def _note_multi_days(conn: Connection, served: Sequence[Mapping[str, Any]]) -> N
     e = entries.c
     for r in served:
         if not r["day"]:  # a sale without its day: the cadre's sales less than a day away
-            at = int(r["at_ms"])
+            at = int(r["at_ms"])  # any 64-bit time a terminal signed: bounds kept in range
             near = select(e.canteen, e.at_ms).where(
                 *_accepted_sale(),
                 e.cadre == r["cadre"],
-                e.at_ms > at - DAY_MS,
-                e.at_ms < at + DAY_MS,
+                e.at_ms > max(at - DAY_MS, -(1 << 63)),
+                e.at_ms < min(at + DAY_MS, (1 << 63) - 1),
             )
             rows.update((str(r["cadre"]), str(k), int(t)) for k, t in conn.execute(near))
     where: dict[str, set[str]] = defaultdict(set)
@@ -370,6 +386,7 @@ def rebuild(conn: Connection, zone: str | None = None) -> None:
     chosen = zone or _meta(conn, "zone") or county_zone().key
     tz = county_zone(chosen)
     # Nothing is written for the defaults, so a new county's tables stay empty.
+    _set_meta(conn, "fill", None)
     _set_meta(conn, "zone", None if chosen == DEFAULT_TIMEZONE else chosen)
     more = _count_unsummed(conn, [])
     _set_meta(conn, "unsummed", str(more) if more else None)
@@ -391,7 +408,7 @@ def rebuild(conn: Connection, zone: str | None = None) -> None:
         day = ((e.at_ms + off) // DAY_MS).label("day_no")
         pairs = (
             select(e.cadre, day)
-            .where(*_accepted_sale(), e.cadre.is_not(None))
+            .where(*_accepted_sale(), e.cadre.is_not(None), e.at_ms >= 0, e.at_ms < MAX_MS)
             .group_by(e.cadre, day)
             .having(func.count(func.distinct(e.canteen)) > 1)
         )

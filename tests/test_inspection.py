@@ -1078,3 +1078,67 @@ def _waiting_on_locks(store: CountyStore) -> int:
                 text("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
             ).scalar_one()
         )
+
+
+def test_migration_0007_fills_the_summaries_of_a_county_that_has_entries(tmp_path: Path) -> None:
+    """A county at 0006 with sales, upgraded: the summaries are made from its entries
+    right after the revisions, as the intake would have kept them."""
+    from county.db import Database, migrations
+
+    db = Database(f"sqlite:///{tmp_path / 'county.sqlite'}")
+    try:
+        migrations.upgrade(db, to="0006")
+        with db.write() as conn:
+            directory = parse_agencies_csv(AGENCIES)
+            replace_agencies(conn, directory, NOW_MS)
+            conn.execute(
+                text(
+                    "INSERT INTO canteens (canteen, name, operator, imported_ms) VALUES "
+                    "('c1', '县政府机关食堂', 'cty1', 0), ('c2', '东乡县机关食堂', 'cty2', 0)"
+                )
+            )
+            book = Ledger(conn)
+            for i in range(5):
+                book.put("t1", at_ms=local_ms("2026-05-12", 11, 40 + i), cadre=f"iss/v{i}")
+            book.put("t3", at_ms=local_ms("2026-05-12", 18), cadre="iss/v0")
+            conn.execute(insert(entries), book.rows)  # as an older county stored them
+        assert migrations.upgrade(db) == ("0006", migrations.head())
+        store = CountyStore(f"sqlite:///{tmp_path / 'county.sqlite'}")
+        try:
+            filled = _summaries(store)
+            assert len(filled["visits"]) == 5 and len(filled["multi_days"]) == 1
+            assert filled["rollups_meta"] == []
+            with store.db.write() as conn:
+                rollups.rebuild(conn)
+            assert _summaries(store) == filled
+        finally:
+            store.close()
+    finally:
+        db.close()
+
+
+def test_a_county_whose_summaries_were_never_filled_is_refused_or_filled(
+    pg_county_url: str, tmp_path: Path
+) -> None:
+    """An upgrade killed after the revisions and before the fill: a PostgreSQL server
+    refuses to start in one line naming `db upgrade`, which fills them; a SQLite county
+    is filled by the next command that opens it."""
+    from county.db import Database, DatabaseError, migrations
+
+    for url in (pg_county_url, f"sqlite:///{tmp_path / 'county.sqlite'}"):
+        db = Database(url)
+        try:
+            migrations.upgrade(db)
+            with db.write() as conn:
+                conn.execute(insert(rollups_meta).values(name="fill", value="0007"))
+            if db.is_sqlite:
+                migrations.prepare(db)
+            else:
+                with pytest.raises(DatabaseError, match=r"never filled.*db upgrade"):
+                    migrations.prepare(db)
+                migrations.upgrade(db)
+                migrations.prepare(db)
+            with db.read() as conn:
+                assert not rollups.fill_requested(conn)
+        finally:
+            db.close()

@@ -32,7 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, String, func, literal_column, select, table, text
+from sqlalchemy import Connection, String, func, inspect, literal_column, select, table, text
 from sqlalchemy import exc as sa_exc
 
 from county.db.engine import Database, DatabaseError
@@ -126,7 +126,18 @@ def upgrade(db: Database, to: str = "head") -> tuple[str | None, str]:
             ) from None
         after = MigrationContext.configure(conn).get_current_revision()
         conn.commit()
+        _fill_rollups(conn)
     return before, str(after)
+
+
+def _fill_rollups(conn: Connection) -> None:
+    """Fill the console's summaries once a revision asked for it (0007), in one
+    transaction; a kill leaves the request in place for the next run."""
+    from county import rollups  # the county's rules, which import this package
+
+    with conn.begin():
+        if inspect(conn).has_table("rollups_meta") and rollups.fill_requested(conn):
+            rollups.rebuild(conn)
 
 
 def _check_collation(db: Database, conn: Connection) -> None:
@@ -197,14 +208,26 @@ def prepare(db: Database) -> None:
     SQLite is upgraded here. PostgreSQL must be at head already: a DBA upgrades it with
     ``canteen-county db upgrade`` while the servers are stopped."""
     found = current(db)
-    if found == head():
+    if found == head() and not _fill_pending(db):
         return
     if not _known(found):
         raise _ahead(db, str(found))
     if db.is_sqlite:
         upgrade(db)
         return
+    if found == head():
+        raise DatabaseError(
+            f"the county database at {db.url} is at revision {found} but its summaries were "
+            f"never filled (an upgrade stopped): run canteen-county db upgrade --database {db.url}"
+        )
     raise DatabaseError(
         f"the county database at {db.url} is at revision {found or 'none'}; this server needs "
         f"{head()}: run canteen-county db upgrade --database {db.url}"
     )
+
+
+def _fill_pending(db: Database) -> bool:
+    from county import rollups
+
+    with db.read() as conn:
+        return inspect(conn).has_table("rollups_meta") and rollups.fill_requested(conn)
