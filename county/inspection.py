@@ -376,6 +376,11 @@ def find_batches(
     return list(group_batches(rows, min_people, window_ms))
 
 
+def year_and_year_before(start_ms: int, end_ms: int, zone: dt.tzinfo) -> list[tuple[int, int]]:
+    """[start_ms, end_ms) and the same local dates one year before."""
+    return [(start_ms, end_ms), (year_before_ms(start_ms, zone), year_before_ms(end_ms, zone))]
+
+
 def both_years(
     conn: Connection,
     start_ms: int,

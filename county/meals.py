@@ -260,6 +260,26 @@ def meals_per_window(
     return [out[c] for c in canteens]
 
 
+def halves(first: dt.date, last: dt.date) -> list[tuple[dt.date, dt.date]]:
+    """``first``..``last`` in two (one for a period under two months), for
+    ``meals_per_window`` on two connections at once (the console's year view)."""
+    days = (last - first).days + 1
+    if days < 62:
+        return [(first, last)]
+    middle = first + dt.timedelta(days=days // 2)
+    return [(first, middle - dt.timedelta(days=1)), (middle, last)]
+
+
+def joined(parts: Sequence[list[CanteenMeals]]) -> list[CanteenMeals]:
+    """``meals_per_window`` of consecutive periods (``halves``) as one period's."""
+    out = [CanteenMeals(c.canteen, c.windows, list(c.days), dict(c.cells)) for c in parts[0]]
+    for part in parts[1:]:
+        for whole, more in zip(out, part, strict=True):
+            whole.days.extend(more.days)
+            whole.cells.update(more.cells)
+    return out
+
+
 def meal_entries(
     conn: Connection,
     first: dt.date,

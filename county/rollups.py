@@ -2,13 +2,13 @@
 
 This module owns three tables (county/db/schema.py, migration 0007) that let the
 inspection and meals pages answer a year from thousands of rows instead of the 2.5
-million sales a county of 80 canteens records in a year (docs/console.md "Speed"):
+million sales a county of 80 canteens records in a year (docs/inspection.md "Speed"):
 
 - ``visits``: accepted sales of a cadre whose agency is not the canteen's operator, the
   only sales a reception batch can hold (about 3 % of all sales);
 - ``sales_slots``: meals and fen of the accepted sales that no reversal names, per
-  quarter hour (UTC ms // 900,000), canteen and the diner's agency; spending, the meals
-  per window and the off-hours and holiday finders sum or search these;
+  quarter hour (UTC ms // 900,000), canteen and the diner's agency; spending, the
+  canteens of a period, the meals per window and the off-hours finder read these;
 - ``multi_days``: (cadre, local day) pairs with accepted sales at two canteens or more, in
   the zone ``rollups_meta`` names (the county's, Asia/Shanghai by default).
 
@@ -49,7 +49,6 @@ from protocol.chain import ACCEPT, REVERSAL, SALE
 
 SLOT_MS = 900_000  # a quarter hour: every zone's offset from UTC is whole quarters
 DAY_MS = 86_400_000
-SLOTS_A_DAY = DAY_MS // SLOT_MS
 NO_UNIT = ""  # sales_slots.unit of a sale without an agency
 # A sale's amount is summed in sales_slots when 0 <= amount_fen < MAX_FEN (about 11
 # billion yuan): a terminal may sign any 64-bit amount, and two of those overflow a sum.
@@ -89,9 +88,13 @@ def _meta(conn: Connection, name: str) -> str | None:
 
 
 def _set_meta(conn: Connection, name: str, value: str | None) -> None:
-    conn.execute(delete(rollups_meta).where(rollups_meta.c.name == name))
-    if value is not None:
-        conn.execute(insert(rollups_meta).values(name=name, value=value))
+    if value is None:
+        conn.execute(delete(rollups_meta).where(rollups_meta.c.name == name))
+        return
+    # An upsert: two intakes at once never collide on the key (``unsummed`` only ever
+    # needs to be above zero, so a lost increment does not matter).
+    ins = dialect_insert(conn.dialect.name, rollups_meta).values(name=name, value=value)
+    conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_={"value": value}))
 
 
 def zone_name(conn: Connection) -> str:
@@ -105,7 +108,8 @@ def fill_requested(conn: Connection) -> bool:
 
 
 def unsummed(conn: Connection) -> int:
-    """How many accepted sales sales_slots leaves out for their amount (MAX_FEN)."""
+    """How many accepted sales sales_slots leaves out for their amount or time (MAX_FEN,
+    MAX_MS); while any is, the pages sum from the entries."""
     return int(_meta(conn, "unsummed") or 0)
 
 

@@ -314,3 +314,26 @@ def test_cli_refuses_a_county_that_does_not_exist(
     err = capsys.readouterr().err
     assert code == 2 and "no county database" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "data" / "county.sqlite").exists()
+
+
+def test_a_period_in_two_halves_joined_is_the_whole(month: tuple[Path, CountyStore]) -> None:
+    """The console counts a long period's meals in two halves at once (meals.halves,
+    meals.joined): the same canteens, days and cells as one pass."""
+    _, store = month
+    d0, d1 = dt.date(2026, 9, 1), dt.date(2026, 11, 30)
+    parts = meals.halves(d0, d1)
+    assert len(parts) == 2 and parts[0][0] == d0 and parts[1][1] == d1
+    assert parts[1][0] - parts[0][1] == dt.timedelta(days=1)
+    assert meals.halves(d0, d0 + dt.timedelta(days=30)) == [(d0, d0 + dt.timedelta(days=30))]
+    with store.db.read() as conn:
+        ids = sorted({str(c) for (c,) in conn.execute(select(entries.c.canteen).distinct())})
+        whole = meals.meals_per_window(conn, d0, d1, zone=SHANGHAI, windows=DEFAULTS, canteens=ids)
+        halves = [
+            meals.meals_per_window(conn, a, b, zone=SHANGHAI, windows=DEFAULTS, canteens=ids)
+            for a, b in parts
+        ]
+    joined = meals.joined(halves)
+    assert sum(c.total for c in whole) > 100
+    assert [(c.canteen, c.days, c.cells) for c in joined] == [
+        (c.canteen, c.days, c.cells) for c in whole
+    ]

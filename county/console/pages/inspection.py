@@ -13,6 +13,7 @@ the figure (what=batches|spending with the same filters) or the entries themselv
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import datetime as dt
 import functools
 import re
@@ -25,7 +26,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from county import inspection
 from county.console import auth, charts, i18n
@@ -303,6 +304,26 @@ def _batches_seen(
     return None
 
 
+def on_both_cores(engine: Engine, *jobs: Callable[[Connection], Any]) -> list[Any]:
+    """Each of ``jobs`` run with a connection of its own (a read transaction each), at
+    the same time, and their results in order.
+
+    A year's figures and the year before's, or the batch finder and the other anomaly
+    finders, are independent queries of a few hundred milliseconds each; one after the
+    other they kept an officer waiting past a second on this 2-core machine, side by
+    side they take the longer of the two (docs/console.md "Speed"). The entries a sync
+    adds between the two snapshots are today's, which no year-before figure holds."""
+
+    def run(job: Callable[[Connection], Any]) -> Any:
+        with engine.connect() as conn, conn.begin():
+            return job(conn)
+
+    if len(jobs) < 2:
+        return [run(job) for job in jobs]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs), "console-query") as pool:
+        return [f.result() for f in [pool.submit(run, job) for job in jobs]]
+
+
 def cached(conn: Connection, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
     """``make()``, or what it gave before for the same ``key`` while the county's entries
     and directory are unchanged (``_stamp``): an officer opening the same period every
@@ -370,14 +391,24 @@ def batches_page(
         found = cached(
             conn,
             ("batches", f.dates, canteen, unit, min_people, window_min),
-            lambda: inspection.both_years(
-                conn,
-                f.dates.start_ms,
-                f.dates.end_ms,
-                zone=zone,
-                canteen=canteen or None,
-                unit=unit or None,
-                **opts,
+            lambda: tuple(
+                on_both_cores(
+                    request.app.state.engine,
+                    *(
+                        functools.partial(
+                            inspection.find_batches,
+                            start_ms=lo,
+                            end_ms=hi,
+                            canteen=canteen or None,
+                            unit=unit or None,
+                            min_people=min_people,
+                            window_min=window_min,
+                        )
+                        for lo, hi in inspection.year_and_year_before(
+                            f.dates.start_ms, f.dates.end_ms, zone
+                        )
+                    ),
+                )
             ),
         )
         summaries = {
@@ -552,17 +583,29 @@ def anomalies_page(
             windows = inspection.default_windows()
         frozen_windows = tuple(sorted(windows.items(), key=lambda kv: kv[0] or ""))
 
-        def find() -> tuple[Any, ...]:
+        def the_rest(c: Connection) -> tuple[Any, ...]:
             return (
-                inspection.find_repeat_batches(
-                    conn, lo, hi, min_batches=repeat_batches, days=repeat_days
-                ),
-                inspection.find_multi_canteen_days(conn, lo, hi, zone=zone),
-                inspection.find_off_hours(conn, lo, hi, zone=zone, windows=windows),
-                inspection.find_holiday_sales(conn, lo, hi, zone=zone, holidays=holidays)
+                inspection.find_multi_canteen_days(c, lo, hi, zone=zone),
+                inspection.find_off_hours(c, lo, hi, zone=zone, windows=windows),
+                inspection.find_holiday_sales(c, lo, hi, zone=zone, holidays=holidays)
                 if holidays is not None
                 else None,
             )
+
+        def find() -> tuple[Any, ...]:
+            # The repeated batches (the batch finder over the period) beside the rest.
+            repeats, rest = on_both_cores(
+                request.app.state.engine,
+                functools.partial(
+                    inspection.find_repeat_batches,
+                    start_ms=lo,
+                    end_ms=hi,
+                    min_batches=repeat_batches,
+                    days=repeat_days,
+                ),
+                the_rest,
+            )
+            return (repeats, *rest)
 
         key = ("anomalies", f.dates, repeat_batches, repeat_days, frozen_windows, holidays)
         repeats, multi, off, on_holidays = cached(conn, key, find)

@@ -27,7 +27,7 @@ from county import inspection, meals
 from county.console import auth, charts, i18n
 from county.console.auth import User
 from county.console.pages import NavItem
-from county.console.pages.inspection import cached
+from county.console.pages.inspection import cached, on_both_cores
 from county.console.render import render
 from county.directory import load_directory
 from county.localtime import DateRange, LocalTimeError, local_date, parse_date
@@ -202,8 +202,21 @@ def meals_page(
         found: list[meals.CanteenMeals] = cached(
             conn,
             ("meals", dates, tuple(ids), tuple(sorted(table.items(), key=lambda kv: kv[0] or ""))),
-            lambda: meals.meals_per_window(
-                conn, dates.first, dates.last, zone=dates.zone, windows=table, canteens=ids
+            lambda: meals.joined(
+                on_both_cores(
+                    request.app.state.engine,
+                    *(
+                        functools.partial(
+                            meals.meals_per_window,
+                            first=first,
+                            last=last,
+                            zone=dates.zone,
+                            windows=table,
+                            canteens=ids,
+                        )
+                        for first, last in meals.halves(dates.first, dates.last)
+                    ),
+                )
             ),
         )
     base = {"from": dates.first.isoformat(), "to": dates.last.isoformat()}
