@@ -18,6 +18,11 @@ rounds would count as the requests' CPU. Resumption needs session tickets, which
 ``server_ssl_context`` turns off (``num_tickets = 0``); the child turns them on for the
 "resumed" rows only. Each way is run ``--rounds`` times in turn, so a neighbour's load
 falls on all of them alike.
+
+``--lookup 300,3615`` also times the certificate look-up the ledger endpoint makes on
+every upload (``CountyStore.terminal_for_cert``, in-process, on a throwaway PostgreSQL
+cluster as tests/pgkit.py makes one) with that many provisioned terminals: whether
+the terminal count makes it dearer.
 """
 
 from __future__ import annotations
@@ -151,13 +156,59 @@ def measure(data: Path, ids: tuple[Path, Path, Path], way: str, n: int) -> dict[
         child.wait(10)
 
 
+def time_lookup(counts: list[int], asks: int = 2000) -> None:
+    """``terminal_for_cert`` over ``asks`` certificates at each terminal count."""
+    import hashlib
+
+    import pgkit
+
+    from county.db import migrations
+    from county.db.engine import Database
+    from county.store import CountyStore
+
+    cluster = pgkit.Cluster().make()
+    try:
+        for n in counts:
+            url = cluster.create_database(f"lookup{n}")
+            db = Database(url)
+            migrations.upgrade(db)
+            db.close()
+            store = CountyStore(url)
+            shas = []
+            for i in range(n):
+                secret = store.add_terminal(f"t{i}", f"c{i // 3}", 1_780_000_000_000)
+                sha = hashlib.sha256(b"%d" % i).hexdigest()
+                store.bind_certificate(secret, f"t{i}", sha, os.urandom(32), 1_780_000_000_000)
+                shas.append(sha)
+            for sha in shas[:50]:
+                store.terminal_for_cert(sha)
+            cpu, began = time.process_time(), time.perf_counter()
+            for j in range(asks):
+                if store.terminal_for_cert(shas[(j * 7919) % n]) is None:
+                    raise SystemExit("a provisioned certificate was not found")
+            wall = (time.perf_counter() - began) / asks * 1000
+            cpu = (time.process_time() - cpu) / asks * 1000
+            store.close()
+            print(f"certificate look-up, {n} terminals: {wall:.2f} ms wall, {cpu:.2f} ms CPU "
+                  f"of the server's process, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    finally:
+        cluster.remove()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--requests", type=int, default=300, help="requests of each kind")
     ap.add_argument("--rounds", type=int, default=2, help="times each way is run, in turn")
+    ap.add_argument("--lookup", metavar="N,N", help="also time the certificate look-up")
     a = ap.parse_args()
     if a.requests < 1 or a.rounds < 1:
         ap.error("--requests and --rounds take a positive number")
+    try:
+        counts = [int(n) for n in a.lookup.split(",")] if a.lookup else []
+    except ValueError:
+        ap.error("--lookup takes terminal counts, e.g. 300,3615")
+    if any(n < 1 for n in counts):
+        ap.error("--lookup takes positive terminal counts")
     tmp = Path(tempfile.mkdtemp(prefix="bench-county-tls-"))
     county = make_county(tmp)
     cu.init_repository(county.data, tmp / "root-keys", int(time.time()))
@@ -184,6 +235,8 @@ def main() -> int:
         rounds = ", ".join(f"{f[0] * 1000:.2f}" for f in figures)
         print(f"{way:16} {label:17} {cpu:>11.2f} ms ({rounds}) {wall:>9.2f} ms  {resumed}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    if counts:
+        time_lookup(counts)
     return 0
 
 
