@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -66,6 +67,11 @@ def _word(word: str) -> Any:
     (entries_served, entries_reversals) serve the statement."""
     assert word.isalpha()
     return literal_column(f"'{word}'")
+
+
+def _nearer(a: Any, b: Any) -> Any:
+    """The smaller of two distances, either of which may be NULL (none)."""
+    return case((a.is_(None), b), (b.is_(None), a), (a < b, a), else_=b)
 
 
 def _accepted_sale() -> list[Any]:
@@ -193,6 +199,65 @@ _VISITS_OF_RANGE = Prepared(
 )
 
 
+_V = visits.c
+_NEW_VISITS = Prepared(
+    select(_V.terminal, _V.seq, _V.canteen, _V.unit, _V.at_ms)
+    .where(
+        _V.terminal == bindparam("terminal"),
+        _V.seq >= bindparam("first"),
+        _V.seq <= bindparam("last"),
+    )
+    .order_by(_V.at_ms, _V.seq)
+)
+_SAME_RUN = [
+    _V.canteen == bindparam("canteen"),
+    _V.unit == bindparam("unit"),
+    tuple_(_V.terminal, _V.seq) != tuple_(bindparam("terminal"), bindparam("seq")),
+]
+_BEFORE = Prepared(
+    select(_V.terminal, _V.seq, _V.at_ms)
+    .where(*_SAME_RUN, _V.at_ms <= bindparam("at_ms"))
+    .order_by(_V.at_ms.desc())
+    .limit(1)
+)
+_AFTER = Prepared(
+    select(_V.terminal, _V.seq, _V.at_ms)
+    .where(*_SAME_RUN, _V.at_ms >= bindparam("at_ms"))
+    .order_by(_V.at_ms)
+    .limit(1)
+)
+_NEAR = Prepared(
+    update(visits)
+    .where(_V.terminal == bindparam("t"), _V.seq == bindparam("s"))
+    .values(near_ms=_nearer(_V.near_ms, bindparam("gap")))
+)
+_LOCK_RUNS = (
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('visits:' || c) AS h "
+    "FROM unnest(%(runs)s::text[]) AS c ORDER BY h) AS locks"
+)
+
+
+def _note_neighbours(conn: Connection, new: Sequence[Any]) -> None:
+    """Each new visit's distance to its nearest neighbour of the same canteen and agency,
+    and its two neighbours' (the only visits that can have it as their nearest)."""
+    if not new:
+        return
+    if conn.dialect.name == "postgresql":
+        # Two servers adding visits of one canteen and agency at once would each miss the
+        # other's: one (canteen, agency) at a time.
+        runs = sorted({f"{c}\x1f{u}" for _, _, c, u, _ in new})
+        conn.exec_driver_sql(_LOCK_RUNS, {"runs": runs})
+    for terminal, seq, canteen, unit, at_ms in new:
+        me = {"canteen": canteen, "unit": unit, "terminal": terminal, "seq": seq, "at_ms": at_ms}
+        for look in (_BEFORE, _AFTER):
+            found = look.run(conn, me).fetchone()
+            if found is None:
+                continue
+            gap = abs(int(at_ms) - int(found[2]))
+            _NEAR.run(conn, {"t": terminal, "s": seq, "gap": gap})
+            _NEAR.run(conn, {"t": found[0], "s": found[1], "gap": gap})
+
+
 def _add_slots(dialect: str) -> Prepared:
     ins = dialect_insert(dialect, sales_slots)
     return Prepared(
@@ -245,9 +310,9 @@ def note_entries(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
     dialect = conn.dialect.name
     terminal = str(stored[0]["terminal"])
     if sales:
-        _VISITS_OF_RANGE.run(
-            conn, {"terminal": terminal, "first": sales[0]["seq"], "last": sales[-1]["seq"]}
-        )
+        span = {"terminal": terminal, "first": sales[0]["seq"], "last": sales[-1]["seq"]}
+        _VISITS_OF_RANGE.run(conn, span)
+        _note_neighbours(conn, _NEW_VISITS.run(conn, span).fetchall())
         slots: dict[tuple[int, str, str], list[int]] = {}
         absurd = 0
         for r in sales:
@@ -375,11 +440,17 @@ def _note_multi_days(conn: Connection, served: Sequence[Mapping[str, Any]]) -> N
 
 def rebuild_visits(conn: Connection, canteen: str | None = None) -> None:
     """Make ``visits`` again (for one canteen, whose operator changed), in the caller's
-    write transaction."""
+    write transaction, each with the distance to its nearest neighbour."""
     v = visits.c
     where = [] if canteen is None else [entries.c.canteen == canteen]
     conn.execute(delete(visits).where(*([v.canteen == canteen] if canteen else [])))
-    conn.execute(insert(visits).from_select(_VISIT_COLUMNS, _visits_of(where)))
+    found = _visits_of(where).subquery("found")
+    f = found.c
+    order = (f.at_ms, f.terminal, f.seq)
+    gap_before = f.at_ms - func.lag(f.at_ms).over(partition_by=(f.canteen, f.unit), order_by=order)
+    gap_after = func.lead(f.at_ms).over(partition_by=(f.canteen, f.unit), order_by=order) - f.at_ms
+    near = select(*(f[name] for name in _VISIT_COLUMNS), _nearer(gap_before, gap_after))
+    conn.execute(insert(visits).from_select([*_VISIT_COLUMNS, "near_ms"], near))
 
 
 def rebuild(conn: Connection, zone: str | None = None) -> None:

@@ -884,6 +884,10 @@ def _plant(store: CountyStore, *, absurd: bool) -> dict[str, Any]:
         keys["c2"] = book.put("t3", at_ms=local_ms(day, 18, 5), cadre="iss/m", unit="cty1")
         book.put("t9", at_ms=local_ms(day, 18, 20), cadre="iss/n", unit=None)
         book.put("t3", at_ms=local_ms(day, 15, 10), cadre="iss/h1")  # between meals
+        # A visit from another terminal between two that arrived in the first sync, and
+        # one of cty2's at c1 at dinner, far from the others.
+        book.put("t2", at_ms=local_ms(day, 11, 42, 30), cadre="iss/v9")
+        book.put("t2", at_ms=local_ms(day, 19, 0), cadre="iss/v8")
         if absurd:
             book.put("t9", at_ms=local_ms(day, 18, 25), cadre="iss/n", amount_fen=2**62)
 
@@ -905,10 +909,13 @@ def test_the_summaries_kept_sync_by_sync_equal_a_rebuild(store: CountyStore, abs
     assert kept["multi_days"] == [("iss/m", day)]
     # cty2's five at c1 and cty1's one at c2, not the sale without an agency at c9; the
     # absurd sale is cty2's at c9, a canteen no agency runs.
-    assert len(kept["visits"]) == 5 + 1 + absurd
+    assert len(kept["visits"]) == 5 + 1 + 2 + absurd
+    near = {(r[0], r[1]): r[7] for r in kept["visits"]}
+    assert near[("t1", 3)] == near[("t2", 4)] == 30_000  # v2 at 11:42, v9 at 11:42:30
+    assert near[("t2", 5)] == (19 * 60 - (11 * 60 + 44)) * 60_000  # dinner, against 11:44
     c1_lunch = [r for r in kept["sales_slots"] if r[1] == "c1" and r[2] == "cty2"]
-    assert sum(r[3] for r in c1_lunch) == 4  # five sales, one reversed (twice)
-    assert sum(r[4] for r in c1_lunch) == 4 * 1500
+    assert sum(r[3] for r in c1_lunch) == 4 + 2  # five sales, one reversed (twice); two more
+    assert sum(r[4] for r in c1_lunch) == 6 * 1500
     assert kept["rollups_meta"] == ([("unsummed", "1")] if absurd else [])
     with store.db.write() as conn:
         rollups.rebuild(conn)
@@ -945,7 +952,7 @@ def test_the_pages_read_from_the_summaries_what_the_entries_say(store: CountySto
     summed = answers()
     assert summed[1] == ["c1", "c2", "c9"]
     assert [f.cadre for f in summed[3]] == ["iss/m"]
-    assert summed[0][0].total.meals == 5 + 5 + 1 + 1 + 1 + 1 - 1
+    assert summed[0][0].total.meals == 5 + 5 + 1 + 1 + 1 + 1 + 2 - 1
     assert [f.at_ms for f in summed[4]] == [(local_ms("2026-05-12", 15, 10),)]
     with store.db.write() as conn:
         conn.execute(
@@ -1018,18 +1025,22 @@ def test_db_rollups_makes_the_summaries_again(
     assert all(rows == [] for rows in _summaries(store).values())
     assert county_main(["db", "rollups", "--database", db_url]) == 0
     out, _ = capsys.readouterr()
-    assert "6 visiting sales" in out and "1 multi-canteen days (Asia/Shanghai)" in out
+    assert "8 visiting sales" in out and "1 multi-canteen days (Asia/Shanghai)" in out
     assert _summaries(store) == kept
 
 
-def test_two_servers_taking_one_cadres_sales_at_once_keep_the_summaries(
-    pg_store: CountyStore,
+@pytest.mark.parametrize("waits_on", ["cadre", "visits"])
+def test_two_servers_taking_related_sales_at_once_keep_the_summaries(
+    pg_store: CountyStore, waits_on: str
 ) -> None:
     """Two server processes' intakes in two transactions at the same moment, on
-    PostgreSQL: one takes cadre m's breakfast at c1, the other his dinner at c2, then
-    another sale of the same quarter hour and agency at c1. Neither would see the other's
-    sale before it commits: the second waits on the first's lock of the cadre, so the day
-    is found to be a multi-canteen day, and both breakfasts are counted."""
+    PostgreSQL. The first takes cadre m's breakfast at c1 (a visit: cty2 does not run
+    c1) and holds its transaction open; the second takes, first, either m's dinner at c2
+    (``cadre``) or another cty2 breakfast at c1 a minute later (``visits``), then the
+    other. Neither would see the other's sale before it commits: the second waits on the
+    first's lock of the cadre, or of c1's cty2 visits, so the day is a multi-canteen day,
+    both breakfasts are counted, each visit knows the other is a minute away, and the
+    summaries equal a rebuild."""
     day = "2026-05-12"
     first_in = threading.Event()
     results: list[BaseException | None] = []
@@ -1048,13 +1059,15 @@ def test_two_servers_taking_one_cadres_sales_at_once_keep_the_summaries(
             first_in.set()
             results.append(exc)
 
+    dinner = {"terminal": "t3", "at_ms": local_ms(day, 18, 5), "cadre": "iss/m"}
+    visit = {"terminal": "t2", "at_ms": local_ms(day, 7, 2), "cadre": "iss/o"}
+
     def second() -> None:
         with pg_store.db.write() as conn:
             book = Ledger(conn)
-            book.put("t3", at_ms=local_ms(day, 18, 5), cadre="iss/m", unit="cty2")
-            book.flush()  # waits for the first's lock of cadre m, then sees his breakfast
-            book.put("t2", at_ms=local_ms(day, 7, 2), cadre="iss/o", unit="cty2")
-            book.flush()
+            for sale in (dinner, visit) if waits_on == "cadre" else (visit, dinner):
+                book.put(sale["terminal"], at_ms=sale["at_ms"], cadre=sale["cadre"], unit="cty2")
+                book.flush()  # the first waits on the other intake's lock
 
     holder = threading.Thread(target=first)
     holder.start()
@@ -1066,6 +1079,7 @@ def test_two_servers_taking_one_cadres_sales_at_once_keep_the_summaries(
     assert kept["multi_days"] == [("iss/m", (dt.date(2026, 5, 12) - dt.date(1970, 1, 1)).days)]
     breakfast = [r for r in kept["sales_slots"] if r[1] == "c1"]
     assert [(r[3], r[4]) for r in breakfast] == [(2, 3000)]
+    assert sorted(r[7] for r in kept["visits"] if r[2] == "c1") == [60_000, 60_000]
     with pg_store.db.write() as conn:
         rollups.rebuild(conn)
     assert _summaries(pg_store) == kept

@@ -441,11 +441,15 @@ visits = Table(
     Column("cadre", Text, nullable=False),
     Column("at_ms", Int, nullable=False),
     Column("amount_fen", Int, nullable=False),
+    # How far (ms) the nearest other visit of the same canteen and agency is, NULL for
+    # none: a visit with none closer than the batch window is in no batch.
+    Column("near_ms", Int),
     PrimaryKeyConstraint("terminal", "seq"),
     sqlite_strict=True,
     sqlite_with_rowid=False,
 )
 Index("visits_at", visits.c.at_ms)
+Index("visits_run", visits.c.canteen, visits.c.unit, visits.c.at_ms)
 # Meals and fen of the accepted sales not reversed, per quarter hour (UTC ms // 900,000:
 # every zone's offset is whole quarters, so a local day or month is a range of slots),
 # canteen and the diner's agency ('' for none).

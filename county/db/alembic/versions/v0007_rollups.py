@@ -1,7 +1,8 @@
 """the summaries the intake keeps for the console's year views (county/rollups.py).
 
-- visits (terminal, seq, canteen, unit, cadre, at_ms, amount_fen): accepted sales of a
-  cadre whose agency is not the canteen's operator;
+- visits (terminal, seq, canteen, unit, cadre, at_ms, amount_fen, near_ms): accepted
+  sales of a cadre whose agency is not the canteen's operator, each with how far the
+  nearest other visit of its canteen and agency is;
 - sales_slots (slot, canteen, unit, meals, fen): accepted sales not reversed, per quarter
   hour (UTC ms // 900,000), canteen and agency ('' for none);
 - multi_days (cadre, day_no): cadres served at two canteens or more on one local day;
@@ -38,12 +39,16 @@ def upgrade() -> None:
         sa.Column("cadre", sa.Text, nullable=False),
         sa.Column("at_ms", _INT, nullable=False),
         sa.Column("amount_fen", _INT, nullable=False),
+        sa.Column("near_ms", _INT),
         sa.PrimaryKeyConstraint("terminal", "seq"),
         sqlite_strict=True,
         sqlite_with_rowid=False,
         if_not_exists=True,
     )
     op.create_index("visits_at", "visits", ["at_ms"], if_not_exists=True)
+    op.create_index(
+        "visits_run", "visits", ["canteen", "unit", "at_ms"], if_not_exists=True
+    )
     op.create_table(
         "sales_slots",
         sa.Column("slot", _INT, nullable=False),
