@@ -27,7 +27,7 @@ from county.command import (
 )
 from county.db import Database, DatabaseError, migrations
 from county.db.copy import BATCH_ROWS, copy_county, verify_chains
-from county.db.schema import multi_days, sales_slots, visits
+from county.db.schema import multi_days, sales_days, sales_slots, visits
 from county.localtime import LocalTimeError, add_timezone_option, county_zone
 
 _one_line_errors = one_line_errors(DatabaseError, CommandError, LocalTimeError)
@@ -128,15 +128,15 @@ def cmd_rollups(a: argparse.Namespace) -> int:
             rollups.rebuild(conn, zone)
             counts = {
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (visits, sales_slots, multi_days)
+                for t in (visits, sales_slots, sales_days, multi_days)
             }
             kept_zone = rollups.zone_name(conn)
     finally:
         db.close()
     print(
         f"{db.url}: the summaries made again from the entries: {counts['visits']} visiting "
-        f"sales, {counts['sales_slots']} quarter-hour rows, {counts['multi_days']} "
-        f"multi-canteen days ({kept_zone})"
+        f"sales, {counts['sales_slots']} quarter-hour rows, {counts['sales_days']} day rows, "
+        f"{counts['multi_days']} multi-canteen days ({kept_zone})"
     )
     return 0
 

@@ -50,7 +50,7 @@ from sqlalchemy import (
 
 from county import rollups
 from county.db.schema import cadres as cadres_table
-from county.db.schema import canteens, entries, sales_slots, terminals, visits
+from county.db.schema import canteens, entries, sales_days, sales_slots, terminals, visits
 from county.localtime import local_datetime, local_text, midnight_ms
 from protocol.agencies import TOWNSHIP, Directory
 from protocol.chain import ACCEPT, REVERSAL, SALE
@@ -245,10 +245,10 @@ def _candidates(
     """Visiting sales that may belong to a batch, ordered by canteen, unit, at_ms.
 
     They come from ``visits`` (county/rollups.py: the accepted sales of an agency not the
-    canteen's operator, kept by the intake), less the lone ones and the reversed ones. A sale more than a
-    window after the previous sale of its (canteen, unit) always starts a new group, so
-    the stream splits there into runs that group independently; a run of fewer than
-    ``min_people`` sales holds no batch and is dropped here, in SQL (lag, a running sum
+    canteen's operator, kept by the intake), less the lone ones and the reversed ones. A
+    sale more than a window after the previous sale of its (canteen, unit) always starts a
+    new group, so the stream splits there into runs that group independently; a run of fewer
+    than ``min_people`` sales holds no batch and is dropped here, in SQL (lag, a running sum
     and a count, window functions on both backends)."""
     v = visits.c
     r = entries.alias("r")
@@ -629,29 +629,30 @@ def sale_reversed() -> ColumnElement[bool]:
     )
 
 
-def _bucketed_slots(
+def _bucketed_days(
     conn: Connection,
     bounds: list[tuple[str, int, int]],
-    slots: tuple[int, int],
+    days: list[tuple[int, int]],
     canteen: str | None,
 ) -> dict[tuple[str | None, str], tuple[int, int]]:
-    """``_bucketed`` from sales_slots (county/rollups.py): a year is some 100,000 rows
-    per canteen-agency-quarter hour with sales, not 2.5 million sales."""
-    s = sales_slots.c
+    """``_bucketed`` from sales_days (county/rollups.py): a year is some 100,000 rows
+    per day, canteen and agency, not 2.5 million sales. ``days`` are ``bounds`` as local
+    day numbers."""
+    d = sales_days.c
     bucket = case(
         *(
-            (s.slot < hi // rollups.SLOT_MS, literal_column(f"'{label}'"))
-            for label, _, hi in bounds
+            (d.day_no < hi, literal_column(f"'{label}'"))
+            for (label, _, _), (_, hi) in zip(bounds, days, strict=True)
         ),
         else_=literal_column("''"),
     ).label("bucket")
-    where = [s.slot >= slots[0], s.slot < slots[1]]
+    where = [d.day_no >= days[0][0], d.day_no < days[-1][1]]
     if canteen is not None:
-        where.append(s.canteen == canteen)
+        where.append(d.canteen == canteen)
     sums = (
-        select(s.unit, bucket, _fen_sum(conn, s.meals), _fen_sum(conn, s.fen))
+        select(d.unit, bucket, _fen_sum(conn, d.meals), _fen_sum(conn, d.fen))
         .where(*where)
-        .group_by(s.unit, bucket)
+        .group_by(d.unit, bucket)
     )
     out: dict[tuple[str | None, str], tuple[int, int]] = {}
     for u, b, n, f in conn.execute(sums):
@@ -662,7 +663,7 @@ def _bucketed_slots(
 
 
 def _bucketed(
-    conn: Connection, bounds: list[tuple[str, int, int]], canteen: str | None
+    conn: Connection, bounds: list[tuple[str, int, int]], canteen: str | None, zone: dt.tzinfo
 ) -> dict[tuple[str | None, str], tuple[int, int]]:
     """(unit, month) -> (meals, fen) of the counted sales in each of ``bounds``.
 
@@ -674,10 +675,9 @@ def _bucketed(
     1.7 million entries."""
     if not bounds:
         return {}
-    slots = rollups.slot_range(bounds[0][1], bounds[-1][2])
-    whole = slots is not None and all(rollups.slot_range(lo, hi) for _, lo, hi in bounds)
-    if whole and slots is not None and not rollups.unsummed(conn):
-        return _bucketed_slots(conn, bounds, slots, canteen)
+    days = rollups.day_range_all(conn, [(lo, hi) for _, lo, hi in bounds], zone)
+    if days is not None:
+        return _bucketed_days(conn, bounds, days, canteen)
     e = entries.c
     extra = [] if canteen is None else [e.canteen == canteen]
     bucket = case(
@@ -716,8 +716,8 @@ def spending(
     prev_start, prev_end = year_before_ms(start_ms, zone), year_before_ms(end_ms, zone)
     months = month_bounds(start_ms, end_ms, zone)
     prev_months = month_bounds(prev_start, prev_end, zone)
-    now = _bucketed(conn, months, canteen)
-    before = _bucketed(conn, prev_months, canteen)
+    now = _bucketed(conn, months, canteen, zone)
+    before = _bucketed(conn, prev_months, canteen, zone)
 
     def group_of(unit: str | None) -> str | None:
         return unit if by == "agency" else township_of(directory, unit)

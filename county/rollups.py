@@ -7,8 +7,10 @@ million sales a county of 80 canteens records in a year (docs/inspection.md "Spe
 - ``visits``: accepted sales of a cadre whose agency is not the canteen's operator, the
   only sales a reception batch can hold (about 3 % of all sales);
 - ``sales_slots``: meals and fen of the accepted sales that no reversal names, per
-  quarter hour (UTC ms // 900,000), canteen and the diner's agency; spending, the
-  canteens of a period, the meals per window and the off-hours finder read these;
+  quarter hour (UTC ms // 900,000) and canteen; the canteens of a period, the meals per
+  window and the off-hours finder read these;
+- ``sales_days``: the same per local day (of the zone ``rollups_meta`` names), canteen
+  and the diner's agency; spending per agency or township and month sums these;
 - ``multi_days``: (cadre, local day) pairs with accepted sales at two canteens or more, in
   the zone ``rollups_meta`` names (the county's, Asia/Shanghai by default).
 
@@ -43,14 +45,22 @@ from sqlalchemy import (
     update,
 )
 
-from county.db.schema import canteens, entries, multi_days, rollups_meta, sales_slots, visits
-from county.localtime import DEFAULT_TIMEZONE, county_zone
+from county.db.schema import (
+    canteens,
+    entries,
+    multi_days,
+    rollups_meta,
+    sales_days,
+    sales_slots,
+    visits,
+)
+from county.localtime import DEFAULT_TIMEZONE, county_zone, midnight_ms
 from county.storekit import Prepared, dialect_insert
 from protocol.chain import ACCEPT, REVERSAL, SALE
 
 SLOT_MS = 900_000  # a quarter hour: every zone's offset from UTC is whole quarters
 DAY_MS = 86_400_000
-NO_UNIT = ""  # sales_slots.unit of a sale without an agency
+NO_UNIT = ""  # sales_days.unit of a sale without an agency
 # A sale's amount is summed in sales_slots when 0 <= amount_fen < MAX_FEN (about 11
 # billion yuan): a terminal may sign any 64-bit amount, and two of those overflow a sum.
 # Sales outside are counted in rollups_meta ``unsummed``; while any is, spending and
@@ -164,11 +174,21 @@ _VISIT_COLUMNS = ("terminal", "seq", "canteen", "unit", "cadre", "at_ms", "amoun
 def _slots_of(where: Sequence[Any]) -> Any:
     e = entries.c
     slot = (e.at_ms // SLOT_MS).label("slot")
+    return (
+        select(slot, e.canteen, func.count().label("meals"), func.sum(e.amount_fen))
+        .where(*_accepted_sale(), *_summable(), *where)
+        .group_by(slot, e.canteen)
+    )
+
+
+def _days_of(where: Sequence[Any], offset_ms: int) -> Any:
+    e = entries.c
+    day = ((e.at_ms + offset_ms) // DAY_MS).label("day_no")
     unit = func.coalesce(e.unit, NO_UNIT).label("unit")
     return (
-        select(slot, e.canteen, unit, func.count().label("meals"), func.sum(e.amount_fen))
+        select(day, e.canteen, unit, func.count().label("meals"), func.sum(e.amount_fen))
         .where(*_accepted_sale(), *_summable(), *where)
-        .group_by(slot, e.canteen, unit)
+        .group_by(day, e.canteen, unit)
     )
 
 
@@ -258,21 +278,25 @@ def _note_neighbours(conn: Connection, new: Sequence[Any]) -> None:
             _NEAR.run(conn, {"t": found[0], "s": found[1], "gap": gap})
 
 
-def _add_slots(dialect: str) -> Prepared:
-    ins = dialect_insert(dialect, sales_slots)
+def _add_to(dialect: str, table: Any, key: Sequence[str]) -> Prepared:
+    ins = dialect_insert(dialect, table)
     return Prepared(
         ins.on_conflict_do_update(
-            index_elements=["slot", "canteen", "unit"],
+            index_elements=list(key),
             set_={
-                "meals": sales_slots.c.meals + ins.excluded.meals,
-                "fen": sales_slots.c.fen + ins.excluded.fen,
+                "meals": table.c.meals + ins.excluded.meals,
+                "fen": table.c.fen + ins.excluded.fen,
             },
         ),
-        ["slot", "canteen", "unit", "meals", "fen"],
+        [*key, "meals", "fen"],
     )
 
 
-_ADD_SLOTS = {name: _add_slots(name) for name in ("sqlite", "postgresql")}
+_ADD_SLOTS = {d: _add_to(d, sales_slots, ["slot", "canteen"]) for d in ("sqlite", "postgresql")}
+_ADD_DAYS = {
+    d: _add_to(d, sales_days, ["day_no", "canteen", "unit"]) for d in ("sqlite", "postgresql")
+}
+_ZONE = Prepared(select(rollups_meta.c.value).where(rollups_meta.c.name == "zone"))
 # One lock per cadre, taken in one order by every server (a deadlock is found by
 # PostgreSQL and answered 503, which the terminal retries).
 _LOCK_CADRES = (
@@ -313,23 +337,37 @@ def note_entries(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
         span = {"terminal": terminal, "first": sales[0]["seq"], "last": sales[-1]["seq"]}
         _VISITS_OF_RANGE.run(conn, span)
         _note_neighbours(conn, _NEW_VISITS.run(conn, span).fetchall())
-        slots: dict[tuple[int, str, str], list[int]] = {}
+        zone_row = _ZONE.run(conn, {}).fetchone()
+        zone = county_zone(str(zone_row[0]) if zone_row else DEFAULT_TIMEZONE)
+        slots: dict[tuple[int, str], list[int]] = {}
+        days: dict[tuple[int, str, str], list[int]] = {}
         absurd = 0
         for r in sales:
-            fen = int(r["amount_fen"])
-            if not summable(fen, int(r["at_ms"])):
+            fen, at_ms = int(r["amount_fen"]), int(r["at_ms"])
+            if not summable(fen, at_ms):
                 absurd += 1
                 continue
             unit = r["unit"] if r["unit"] is not None else NO_UNIT
-            cell = slots.setdefault((int(r["at_ms"]) // SLOT_MS, str(r["canteen"]), unit), [0, 0])
-            cell[0] += 1
-            cell[1] += fen
+            canteen = str(r["canteen"])
+            for cell in (
+                slots.setdefault((at_ms // SLOT_MS, canteen), [0, 0]),
+                days.setdefault((day_no(at_ms, zone), canteen, unit), [0, 0]),
+            ):
+                cell[0] += 1
+                cell[1] += fen
         if slots:
             _ADD_SLOTS[dialect].run(
                 conn,
                 [
-                    {"slot": k[0], "canteen": k[1], "unit": k[2], "meals": n, "fen": f}
+                    {"slot": k[0], "canteen": k[1], "meals": n, "fen": f}
                     for k, (n, f) in slots.items()
+                ],
+            )
+            _ADD_DAYS[dialect].run(
+                conn,
+                [
+                    {"day_no": k[0], "canteen": k[1], "unit": k[2], "meals": n, "fen": f}
+                    for k, (n, f) in days.items()
                 ],
             )
         if absurd:
@@ -365,15 +403,21 @@ def _note_reversal(conn: Connection, terminal: str, seq: int, ref: int) -> None:
     if sale is None or not summable(int(sale[3]), int(sale[0])):
         return  # not an accepted sale (it counted nowhere), or not summed
     at_ms, canteen, unit, fen = sale
-    s = sales_slots.c
+    s, d = sales_slots.c, sales_days.c
     conn.execute(
         update(sales_slots)
-        .where(
-            s.slot == int(at_ms) // SLOT_MS,
-            s.canteen == canteen,
-            s.unit == (unit if unit is not None else NO_UNIT),
-        )
+        .where(s.slot == int(at_ms) // SLOT_MS, s.canteen == canteen)
         .values(meals=s.meals - 1, fen=s.fen - int(fen))
+    )
+    day = day_no(int(at_ms), county_zone(zone_name(conn)))
+    conn.execute(
+        update(sales_days)
+        .where(
+            d.day_no == day,
+            d.canteen == canteen,
+            d.unit == (unit if unit is not None else NO_UNIT),
+        )
+        .values(meals=d.meals - 1, fen=d.fen - int(fen))
     )
 
 
@@ -467,18 +511,42 @@ def rebuild(conn: Connection, zone: str | None = None) -> None:
     _set_meta(conn, "unsummed", str(more) if more else None)
     rebuild_visits(conn)
     conn.execute(delete(sales_slots))
+    conn.execute(delete(sales_days))
+    conn.execute(delete(multi_days))
     kept = [tuple_(e.terminal, e.seq).not_in(_reversed_keys())]
     conn.execute(
-        insert(sales_slots).from_select(
-            ["slot", "canteen", "unit", "meals", "fen"], _slots_of(kept)
-        )
+        insert(sales_slots).from_select(["slot", "canteen", "meals", "fen"], _slots_of(kept))
     )
-    conn.execute(delete(multi_days))
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
-    # Local days by the offset at each sale (exact for zones without daylight saving;
-    # a zone with it is done day by day below).
+    # Local days by the offset at each sale: in SQL for a zone of one offset (Asia/Shanghai
+    # since 1992), else sale by sale in Python (daylight saving).
     off = _fixed_offset_ms(tz)
+    if off is not None:
+        conn.execute(
+            insert(sales_days).from_select(
+                ["day_no", "canteen", "unit", "meals", "fen"], _days_of(kept, off)
+            )
+        )
+    else:
+        sums: dict[tuple[int, str, str], list[int]] = {}
+        for canteen, unit, at_ms, fen in conn.execute(
+            select(e.canteen, e.unit, e.at_ms, e.amount_fen).where(
+                *_accepted_sale(), *_summable(), *kept
+            )
+        ):
+            key = (day_no(int(at_ms), tz), str(canteen), unit if unit is not None else NO_UNIT)
+            cell = sums.setdefault(key, [0, 0])
+            cell[0] += 1
+            cell[1] += int(fen)
+        if sums:
+            conn.execute(
+                insert(sales_days),
+                [
+                    {"day_no": k[0], "canteen": k[1], "unit": k[2], "meals": n, "fen": f}
+                    for k, (n, f) in sums.items()
+                ],
+            )
     if off is not None:
         day = ((e.at_ms + off) // DAY_MS).label("day_no")
         pairs = (
@@ -516,6 +584,26 @@ def slot_range(start_ms: int, end_ms: int) -> tuple[int, int] | None:
     if start_ms % SLOT_MS or end_ms % SLOT_MS:
         return None
     return start_ms // SLOT_MS, end_ms // SLOT_MS
+
+
+def day_range_all(
+    conn: Connection, ranges: Sequence[tuple[int, int]], zone: dt.tzinfo
+) -> list[tuple[int, int]] | None:
+    """Each [lo, hi) of ``ranges`` as local day numbers [first, end) when sales_days can
+    answer for them: every bound a local midnight of ``zone``, the zone sales_days counts
+    in, and no sale left out for its amount or time; else None (read the entries)."""
+    if getattr(zone, "key", None) != zone_name(conn) or unsummed(conn):
+        return None
+    out = []
+    for lo, hi in ranges:
+        days = []
+        for at in (lo, hi):
+            day = day_no(at, zone)
+            if midnight_ms(dt.date(1970, 1, 1) + dt.timedelta(days=day), zone) != at:
+                return None
+            days.append(day)
+        out.append((days[0], days[1]))
+    return out
 
 
 def multi_day_pairs(

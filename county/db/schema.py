@@ -451,17 +451,30 @@ visits = Table(
 Index("visits_at", visits.c.at_ms)
 Index("visits_run", visits.c.canteen, visits.c.unit, visits.c.at_ms)
 # Meals and fen of the accepted sales not reversed, per quarter hour (UTC ms // 900,000:
-# every zone's offset is whole quarters, so a local day or month is a range of slots),
-# canteen and the diner's agency ('' for none).
+# every zone's offset is whole quarters, so a local day or a meal window on quarters is a
+# range of slots) and canteen.
 sales_slots = Table(
     "sales_slots",
     metadata,
     Column("slot", Int, nullable=False),
     Column("canteen", Text, nullable=False),
+    Column("meals", Int, nullable=False),
+    Column("fen", Int, nullable=False),
+    PrimaryKeyConstraint("slot", "canteen"),
+    sqlite_strict=True,
+    sqlite_with_rowid=False,
+)
+# The same per local day (of the zone in rollups_meta), canteen and the diner's agency
+# ('' for none): what spending per agency and month sums.
+sales_days = Table(
+    "sales_days",
+    metadata,
+    Column("day_no", Int, nullable=False),  # days since 1970-01-01, local
+    Column("canteen", Text, nullable=False),
     Column("unit", Text, nullable=False),
     Column("meals", Int, nullable=False),
     Column("fen", Int, nullable=False),
-    PrimaryKeyConstraint("slot", "canteen", "unit"),
+    PrimaryKeyConstraint("day_no", "canteen", "unit"),
     sqlite_strict=True,
     sqlite_with_rowid=False,
 )
@@ -477,7 +490,8 @@ multi_days = Table(
     sqlite_strict=True,
     sqlite_with_rowid=False,
 )
-# What the summaries were built for: ``zone`` (the IANA zone of multi_days).
+# What the summaries were built for: ``zone`` (the IANA zone of sales_days and
+# multi_days), ``unsummed``, ``fill`` (county/rollups.py).
 rollups_meta = Table(
     "rollups_meta",
     metadata,
