@@ -9,6 +9,7 @@ timestamp); the county's CPU per sync is what it costs (docs/county-scale.md).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,10 +18,12 @@ from pathlib import Path
 import faultproxy
 import pytest
 from countykit import PATIENT, County, make_county, provision_terminal
+from tuf.api import exceptions as tuf_errors
 
 from county import updates as cu
 from county.app import ASGIApp
 from terminal import updates as tu
+from terminal.link.fetch import LinkFetcher
 from terminal.sync import SyncClient
 
 
@@ -72,6 +75,21 @@ def _client(served: Served, root: Path) -> SyncClient:
     return SyncClient(term.ledger_path, term.identity, PATIENT)
 
 
+def test_a_404_leaves_the_connection_to_the_next_file(served: Served, tmp_path: Path) -> None:
+    """python-tuf's first request of a refresh, the next root version, is a 404."""
+    link = _client(served, tmp_path / "t").link
+    fetcher = LinkFetcher(link, 30)
+    opened_before = served.proxy.connections
+    with pytest.raises(tuf_errors.DownloadHTTPError):
+        b"".join(fetcher.fetch(served.proxy.url + "/tuf/metadata/2.root.json"))
+    data = b"".join(fetcher.fetch(served.proxy.url + "/tuf/metadata/timestamp.json"))
+    assert json.loads(data)["signed"]["_type"] == "timestamp"
+    assert served.proxy.connections - opened_before == 1
+    assert link.opened == 1
+    link.close()
+
+
+@pytest.mark.slow  # the first refresh verifies and stores every metadata file: seconds
 def test_the_update_check_rides_the_syncs_connection(served: Served, tmp_path: Path) -> None:
     client = _client(served, tmp_path / "t")
     client.keep_connection = True  # as the daemon sets it
