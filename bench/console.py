@@ -547,10 +547,17 @@ def timed_get(session: requests.Session, base: str, path: str) -> tuple[float, i
     return time.perf_counter() - began, answer.status_code, body
 
 
-def measure(session: requests.Session, base: str, pages: list[Page], repeat: int) -> list[Page]:
+def measure(
+    session: requests.Session,
+    base: str,
+    pages: list[Page],
+    repeat: int,
+    show_slow: float | None = None,
+) -> list[Page]:
     """For each page: the first view of its default URL, ``repeat`` views more, then each
     variant once. A page whose default URL answers 404 is not there (a page not yet
-    written): it is dropped. Any other status but 200 is an error of the page."""
+    written): it is dropped. Any other status but 200 is an error of the page. A variant
+    that took ``show_slow`` seconds or more is named as it is measured."""
     present = []
     total = sum(1 + repeat + len(p.variants) for p in pages)
     with tqdm(total=total, desc="console pages", unit="view", disable=not on_terminal(),
@@ -574,6 +581,8 @@ def measure(session: requests.Session, base: str, pages: list[Page], repeat: int
                 took, status, _ = timed_get(session, base, variant)
                 if status == 200:
                     page.cold.append(took)
+                    if show_slow is not None and took >= show_slow:
+                        say(f"slow: {took:.3f} s {variant}")
                 else:
                     page.errors.append(f"{variant}: HTTP {status}")
                 bar.update(1)
@@ -618,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variants", type=int, default=6, help="canteens, agencies, ... (6)")
     ap.add_argument("--keep", metavar="DIR", help="keep (or reuse) the county in DIR")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
+    ap.add_argument(
+        "--show-slow", type=float, metavar="S", help="name each variant that took S seconds or more"
+    )
     a = ap.parse_args(argv)
     if a.repeat < 1 or a.variants < 2:
         ap.error("--repeat must be at least 1 and --variants at least 2")
@@ -660,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             planner.stop()
         console = ConsoleProcess(data, db_url)
         session = log_in(console.url)
-        present = measure(session, console.url, pages, a.repeat)
+        present = measure(session, console.url, pages, a.repeat, a.show_slow)
         print_figures(present, f"console pages over {int(entries):,} entries")
         missing = [p.name for p in pages if p not in present]
         if missing:

@@ -1210,12 +1210,20 @@ def default_windows() -> dict[str | None, Windows]:
     return _spans(meals.default_windows())
 
 
-def canteens_seen(conn: Connection, start_ms: int, end_ms: int) -> list[str]:
+def canteens_seen(
+    conn: Connection, start_ms: int, end_ms: int, zone: dt.tzinfo | None = None
+) -> list[str]:
     """Every canteen id the county knows of for the range: the directory's, the
-    terminals', and those of the range's accepted sales (from entries_sales_at)."""
+    terminals', and those of the range's accepted sales (from the summaries when they
+    can say: sales_days for local days of ``zone``, else sales_slots; else from
+    entries_sales_at)."""
     e = entries.c
     slots = rollups.slot_range(start_ms, end_ms)
-    if slots is not None and not rollups.unsummed(conn):
+    days = None if zone is None else rollups.day_range_all(conn, [(start_ms, end_ms)], zone)
+    if days is not None:
+        d = sales_days.c
+        sold = select(d.canteen).where(d.day_no >= days[0][0], d.day_no < days[0][1]).distinct()
+    elif slots is not None and not rollups.unsummed(conn):
         # Each accepted sale has its row in sales_slots (county/rollups.py).
         s = sales_slots.c
         sold = select(s.canteen).where(s.slot >= slots[0], s.slot < slots[1]).distinct()

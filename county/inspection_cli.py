@@ -216,7 +216,7 @@ def cmd_anomalies(a: argparse.Namespace) -> int:
                     lines.append({"row": f.kind, **f.as_json(zone)})
             if "off_hours" in kinds:
                 if a.data is not None:
-                    ids = inspection.canteens_seen(conn, lo, hi)
+                    ids = inspection.canteens_seen(conn, lo, hi, zone)
                     windows = inspection.published_windows(a.data, ids)
                 else:
                     windows = inspection.default_windows()

@@ -27,7 +27,7 @@ def cmd_meals(a: argparse.Namespace) -> int:
             ids = (
                 [a.canteen]
                 if a.canteen is not None
-                else inspection.canteens_seen(conn, dates.start_ms, dates.end_ms)
+                else inspection.canteens_seen(conn, dates.start_ms, dates.end_ms, dates.zone)
             )
             if a.data is not None:
                 table = meals.published_windows(a.data, ids)

@@ -949,7 +949,8 @@ def test_the_pages_read_from_the_summaries_what_the_entries_say(store: CountySto
                 inspection.spending(conn, lo, hi, by=by, zone=SHANGHAI, directory=directory)
                 for by in ("agency", "township")
             ]
-            seen = inspection.canteens_seen(conn, lo, hi)
+            seen = inspection.canteens_seen(conn, lo, hi, SHANGHAI)
+            assert inspection.canteens_seen(conn, lo, hi) == seen  # from sales_slots
             served = meals.meals_per_window(
                 conn, first, last, zone=SHANGHAI, windows=meals.default_windows(), canteens=seen
             )

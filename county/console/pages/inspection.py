@@ -316,6 +316,11 @@ def on_both_cores(engine: Engine, *jobs: Callable[[Connection], Any]) -> list[An
 
     def run(job: Callable[[Connection], Any]) -> Any:
         with engine.connect() as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                # The two cores are taken by the jobs themselves: PostgreSQL's own
+                # parallel workers would only add their overhead (0.85 s against 0.60 s
+                # for a year's meals alone, measured on this machine).
+                conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
             return job(conn)
 
     if len(jobs) < 2:
@@ -578,7 +583,8 @@ def anomalies_page(
     with request.app.state.engine.connect() as conn:
         directory = load_directory(conn)
         if data is not None:
-            windows = inspection.published_windows(data, inspection.canteens_seen(conn, lo, hi))
+            ids = inspection.canteens_seen(conn, lo, hi, zone)
+            windows = inspection.published_windows(data, ids)
         else:
             windows = inspection.default_windows()
         frozen_windows = tuple(sorted(windows.items(), key=lambda kv: kv[0] or ""))

@@ -195,7 +195,7 @@ def meals_page(
         known: list[str] = cached(
             conn,
             ("meals-canteens", dates),
-            lambda: inspection.canteens_seen(conn, dates.start_ms, dates.end_ms),
+            lambda: inspection.canteens_seen(conn, dates.start_ms, dates.end_ms, dates.zone),
         )
         ids = [canteen] if canteen else known
         table = _windows(request, ids)
