@@ -803,7 +803,11 @@ def server_ssl_context(paths: ca.CAPaths) -> ssl.SSLContext:
     # Optional, not required: provisioning comes before the terminal has one.
     # Every other endpoint refuses a request without one.
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    # No session tickets: a proxy that counts bytes sees only answers after the handshake.
+    # No session tickets (measured in docs/county-scale.md, "Session resumption"): a
+    # resumed session saves the server little of a connection's cost (the terminal's
+    # update check rides its sync's connection instead), skips the client certificate's
+    # chain and validity check, and its tickets, sent after the handshake, are bytes a
+    # proxy that counts them would take for the answer.
     ctx.num_tickets = 0
     return ctx
 
