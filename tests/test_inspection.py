@@ -954,6 +954,15 @@ def test_the_pages_read_from_the_summaries_what_the_entries_say(store: CountySto
             served = meals.meals_per_window(
                 conn, first, last, zone=SHANGHAI, windows=meals.default_windows(), canteens=seen
             )
+            served += meals.meals_per_window(
+                conn,
+                first,
+                last,
+                zone=SHANGHAI,
+                windows=meals.default_windows(),
+                canteens=seen,
+                by_day=False,
+            )
             multi = inspection.find_multi_canteen_days(conn, lo, hi, zone=SHANGHAI)
             off = inspection.find_off_hours(
                 conn, lo, hi, zone=SHANGHAI, windows=inspection.default_windows()

@@ -337,3 +337,24 @@ def test_a_period_in_two_halves_joined_is_the_whole(month: tuple[Path, CountySto
     assert [(c.canteen, c.days, c.cells) for c in joined] == [
         (c.canteen, c.days, c.cells) for c in whole
     ]
+
+
+def test_totals_only_are_the_per_day_counts_summed(month: tuple[Path, CountyStore]) -> None:
+    """The page of every canteen asks only each canteen's totals per window
+    (by_day=False): the same totals as the per-day cells summed, and nothing per day."""
+    _, store = month
+    d0, d1 = dt.date(2026, 10, 1), dt.date(2026, 10, 31)
+    with store.db.read() as conn:
+        ids = sorted({str(c) for (c,) in conn.execute(select(entries.c.canteen).distinct())})
+        args: dict[str, Any] = {"zone": SHANGHAI, "windows": DEFAULTS, "canteens": ids}
+        daily = meals.meals_per_window(conn, d0, d1, **args)
+        totals = meals.meals_per_window(conn, d0, d1, by_day=False, **args)
+    assert sum(c.total for c in daily) > 100
+    for day, whole in zip(daily, totals, strict=True):
+        assert whole.totals_only and len(whole.days) == len(day.days)
+        assert whole.columns == day.columns
+        assert [whole.window_total(w) for w in day.columns] == [
+            day.window_total(w) for w in day.columns
+        ]
+        with pytest.raises(ValueError, match="not per day"):
+            whole.on(d0, day.columns[0])

@@ -199,9 +199,20 @@ def meals_page(
         )
         ids = [canteen] if canteen else known
         table = _windows(request, ids)
+        # One canteen: its meals per day (a long period in two halves on two
+        # connections at once); every canteen: only their totals per window, which is
+        # all that page shows.
+        per_day = bool(canteen)
+        parts = meals.halves(dates.first, dates.last) if per_day else [(dates.first, dates.last)]
         found: list[meals.CanteenMeals] = cached(
             conn,
-            ("meals", dates, tuple(ids), tuple(sorted(table.items(), key=lambda kv: kv[0] or ""))),
+            (
+                "meals",
+                dates,
+                tuple(ids),
+                per_day,
+                tuple(sorted(table.items(), key=lambda kv: kv[0] or "")),
+            ),
             lambda: meals.joined(
                 on_both_cores(
                     request.app.state.engine,
@@ -213,8 +224,9 @@ def meals_page(
                             zone=dates.zone,
                             windows=table,
                             canteens=ids,
+                            by_day=per_day,
                         )
-                        for first, last in meals.halves(dates.first, dates.last)
+                        for first, last in parts
                     ),
                 )
             ),
