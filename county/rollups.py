@@ -163,6 +163,10 @@ def _visits_of(where: Sequence[Any]) -> Any:
             e.unit.is_not(None),
             e.cadre.is_not(None),
             or_(op.is_(None), e.unit != op),
+            # A time a terminal may sign but no meal has (before 1970, past 2^62 ms): its
+            # distance to a neighbour would overflow. No batch is looked for there.
+            e.at_ms >= 0,
+            e.at_ms < MAX_MS,
             *where,
         )
     )
