@@ -177,6 +177,8 @@ def run(d: daemon.Daemon) -> threading.Thread:
     return thread
 
 
+# A whole daemon (or a county server and a terminal's sync): 5-9 s, in the second step.
+@pytest.mark.slow
 def test_a_daemon_three_hours_fast_sells_lunch_and_says_its_clock_is_wrong(
     tmp_path: Path,
     county: County,

@@ -161,6 +161,8 @@ def test_status_command_asks_the_running_daemon(tmp_path: Path, reader: ReaderPt
         thread.join(15)
 
 
+# A whole daemon (or a county server and a terminal's sync): 5-9 s, in the second step.
+@pytest.mark.slow
 def test_sigterm_mid_decisions_leaves_whole_entries(tmp_path: Path, reader: ReaderPty) -> None:
     path = write_settings(tmp_path, reader_port=reader.path, camera_source=None)
     install_lists(tmp_path / "state")

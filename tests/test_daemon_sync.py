@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import SMALL, Browser, shot, wait_for
 from countykit import County, provision_terminal
 from daemonkit import CARD_UID, SYNC, ReaderPty, install_lists, write_settings
@@ -15,6 +16,8 @@ from terminal import config, ledger
 from terminal.service import daemon, selftest
 
 
+# A whole daemon (or a county server and a terminal's sync): 5-9 s, in the second step.
+@pytest.mark.slow
 def test_sales_upload_by_themselves_and_the_banner_follows_the_county(
     tmp_path: Path, county: County, maybe_browser: Browser | None
 ) -> None:

@@ -1001,6 +1001,8 @@ def test_a_new_operator_changes_which_sales_are_visits(store: CountyStore) -> No
     assert _summaries(store) == kept
 
 
+# A whole daemon (or a county server and a terminal's sync): 5-9 s, in the second step.
+@pytest.mark.slow
 @ON_EACH_BACKEND
 def test_a_terminals_sync_keeps_the_summaries(county: County, tmp_path: Path) -> None:
     """Through the real intake (HTTPS, mTLS): a terminal's sales and its staff's undos
