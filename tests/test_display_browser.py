@@ -59,6 +59,8 @@ def no_overflow(page: Any) -> None:
     assert box[2] <= size["height"] and box[3] <= size["width"], box
 
 
+# 4-6 s of the default step: run in the second (issue 13's time target).
+@pytest.mark.slow
 def test_idle_then_a_sale_appears(browser: Any, kit: Kit) -> None:
     page = open_page(browser, kit)
     expect(page.locator("#idle-price")).to_have_text("¥10.00")

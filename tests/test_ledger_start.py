@@ -168,6 +168,8 @@ def tail(book: Path) -> tuple[int, int]:
     return entries, checkpoints
 
 
+# 4-6 s of the default step: run in the second (issue 13's time target).
+@pytest.mark.slow
 def test_an_older_entry_edited_without_rehashing_is_found_by_the_idle_audit(
     tmp_path: Path, reader: ReaderPty
 ) -> None:
