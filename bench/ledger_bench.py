@@ -82,6 +82,10 @@ def crash_loop(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            # Unbuffered: readline below must not take more than the first line into a
+            # buffer that communicate() (reading the pipe's descriptor itself) never sees:
+            # the lines after it were lost and the next one began mid-line.
+            bufsize=0,
         )
         assert proc.stdout is not None
         head = b""
@@ -104,7 +108,10 @@ def crash_loop(
         if not complete:
             killed_before_first_line += 1
         for line in complete:
-            seq, entry_id = line.split()
+            parts = line.split()
+            if len(parts) != 2:
+                raise RuntimeError(f"the ledger writer printed {line!r}, not 'seq entry_id'")
+            seq, entry_id = parts
             acknowledged.append((int(seq), entry_id))
     elapsed = time.perf_counter() - started
 
