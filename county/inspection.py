@@ -87,16 +87,12 @@ def _word(word: str) -> ColumnElement[str]:
 def sales_kept(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     """Accepted sales with start_ms <= at_ms < end_ms that no reversal names."""
     e = entries.c
-    r = entries.alias("r")
-    reversed_keys = select(r.c.terminal, r.c.ref_seq).where(
-        r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
-    )
     return [
         e.kind == _word(SALE),
         e.verdict == _word(ACCEPT),
         e.at_ms >= start_ms,
         e.at_ms < end_ms,
-        tuple_(e.terminal, e.seq).not_in(reversed_keys),
+        tuple_(e.terminal, e.seq).not_in(rollups.reversed_keys()),
     ]
 
 
@@ -251,10 +247,6 @@ def _candidates(
     than ``min_people`` sales holds no batch and is dropped here, in SQL (lag, a running sum
     and a count, window functions on both backends)."""
     v = visits.c
-    r = entries.alias("r")
-    reversed_keys = select(r.c.terminal, r.c.ref_seq).where(
-        r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
-    )
     where = [
         # A visit with no other of its canteen and agency within the window is in a run
         # of one, which holds no batch (near_ms, kept by the intake: 16 % of a year's
@@ -262,7 +254,7 @@ def _candidates(
         v.near_ms < window_ms,
         v.at_ms >= start_ms,
         v.at_ms < end_ms,
-        tuple_(v.terminal, v.seq).not_in(reversed_keys),
+        tuple_(v.terminal, v.seq).not_in(rollups.reversed_keys()),
     ]
     if canteen is not None:
         where.append(v.canteen == canteen)

@@ -89,7 +89,8 @@ def _accepted_sale() -> list[Any]:
     return [e.kind == _word(SALE), e.verdict == _word(ACCEPT)]
 
 
-def _reversed_keys() -> Any:
+def reversed_keys() -> Any:
+    """(terminal, seq) of every sale a reversal names (through entries_reversals)."""
     r = entries.alias("r")
     return select(r.c.terminal, r.c.ref_seq).where(
         r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
@@ -517,7 +518,7 @@ def rebuild(conn: Connection, zone: str | None = None) -> None:
     conn.execute(delete(sales_slots))
     conn.execute(delete(sales_days))
     conn.execute(delete(multi_days))
-    kept = [tuple_(e.terminal, e.seq).not_in(_reversed_keys())]
+    kept = [tuple_(e.terminal, e.seq).not_in(reversed_keys())]
     conn.execute(
         insert(sales_slots).from_select(["slot", "canteen", "meals", "fen"], _slots_of(kept))
     )
