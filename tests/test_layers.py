@@ -19,6 +19,7 @@ prints one line per violation: ``file:line module (rule)``.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,15 +163,15 @@ def _parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+@functools.cache
 def _all_imports() -> list[Found]:
+    """Every import of the project; parsed on first use, not when the module is collected
+    (every test worker collects this file, and only one runs its tests)."""
     return [
         Found(_rel(path), line, name, module)
         for module, path in MODULES.items()
         for line, name in _imports(module, _parse(path))
     ]
-
-
-IMPORTS = _all_imports()
 
 
 def _under(module: str, *prefixes: str) -> bool:
@@ -190,9 +191,9 @@ def _report(found: list[Found], rule: str) -> list[str]:
     return [f.line_text(rule) for f in found if (f.file, f.name) not in ALLOWED]
 
 
-def _layer_violations(imports: list[Found] = IMPORTS) -> list[tuple[Found, str]]:
+def _layer_violations(imports: list[Found] | None = None) -> list[tuple[Found, str]]:
     out: list[tuple[Found, str]] = []
-    for f in imports:
+    for f in _all_imports() if imports is None else imports:
         who, what = f.importer, f.name
         in_protocol = _under(who, "protocol")
         in_core = _under(who, "terminal.core")
