@@ -962,6 +962,24 @@ def schedule(
     return events
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of every core so far, from /proc/stat; (0, 0) elsewhere.
+    On a shared virtual machine the time the hypervisor gave other guests slows every
+    process here, so a window's latency is read beside it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Percent of the cores' time stolen between two ``steal_ticks()`` readings."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 @dataclass
 class RunResult:
     name: str
@@ -973,6 +991,7 @@ class RunResult:
     cpu: dict[str, float]  # CPU seconds in the window: the servers, PostgreSQL
     load: tuple[float, float]  # the machine's 1-minute load average before and after
     connection: str = PER_SYNC  # how the simulated terminals connected
+    steal: float = 0.0  # the share of the cores' time the hypervisor gave to other machines
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -1033,6 +1052,7 @@ def run_window(
             time.sleep(0.05)
         start_at = time.time() + 0.5
         load_before = os.getloadavg()[0]
+        ticks_before = steal_ticks()
         cpu_before = county.cpu_seconds()
         start.value = start_at
         progress = bar(len(events), f"{county.name} x{servers} {connection}: lunch peak", "syncs")
@@ -1044,6 +1064,7 @@ def run_window(
         elapsed = time.time() - start_at
         cpu = {k: v - cpu_before.get(k, 0.0) for k, v in county.cpu_seconds().items()}
         load = (load_before, os.getloadavg()[0])
+        steal = steal_share(ticks_before, steal_ticks())
         outcomes: list[dict[str, Any]] = []
         cpu["generator"] = 0.0
         for out, proc in zip(outs, procs, strict=True):
@@ -1056,7 +1077,7 @@ def run_window(
     finally:
         county.stop()
     return RunResult(
-        county.name, servers, seconds, len(events), outcomes, elapsed, cpu, load, connection
+        county.name, servers, seconds, len(events), outcomes, elapsed, cpu, load, connection, steal
     )
 
 
@@ -1078,7 +1099,8 @@ def print_run(r: RunResult, is_pg: bool, before: RunResult | None = None) -> dic
         f"-- {label}: {r.offered} syncs offered in {r.seconds:.0f} s "
         f"({sum(o['sale'] for o in r.outcomes)} with a sale), {failed} failed, a TLS "
         f"connection {r.connection}; "
-        f"machine load average {r.load[0]:.1f} before, {r.load[1]:.1f} after"
+        f"machine load average {r.load[0]:.1f} before, {r.load[1]:.1f} after; the "
+        f"hypervisor took {r.steal:.1f} % of the cores' time (steal)"
     )
     errors = sorted({o["error"] for o in r.outcomes if o["error"]})
     for e in errors[:3]:
