@@ -52,8 +52,9 @@ from county import rollups
 from county.db.schema import cadres as cadres_table
 from county.db.schema import canteens, entries, sales_days, sales_slots, terminals, visits
 from county.localtime import local_datetime, local_text, midnight_ms
+from county.storekit import sql_word
 from protocol.agencies import TOWNSHIP, Directory
-from protocol.chain import ACCEPT, REVERSAL, SALE
+from protocol.chain import ACCEPT, SALE
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -77,19 +78,12 @@ class InspectionError(ValueError):
 # -- shared SQL ------------------------------------------------------------------------
 
 
-def _word(word: str) -> ColumnElement[str]:
-    """A kind or verdict written into the SQL, not bound, so that the partial indexes
-    entries_sales_at and entries_reversals serve the query (county/settlement.py)."""
-    assert word.isalpha()
-    return literal_column(f"'{word}'")
-
-
 def sales_kept(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     """Accepted sales with start_ms <= at_ms < end_ms that no reversal names."""
     e = entries.c
     return [
-        e.kind == _word(SALE),
-        e.verdict == _word(ACCEPT),
+        e.kind == sql_word(SALE),
+        e.verdict == sql_word(ACCEPT),
         e.at_ms >= start_ms,
         e.at_ms < end_ms,
         tuple_(e.terminal, e.seq).not_in(rollups.reversed_keys()),
@@ -603,8 +597,8 @@ def sales_accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
     entries_sales_at, which answers from the index alone what it covers."""
     e = entries.c
     return [
-        e.kind == _word(SALE),
-        e.verdict == _word(ACCEPT),
+        e.kind == sql_word(SALE),
+        e.verdict == sql_word(ACCEPT),
         e.at_ms >= start_ms,
         e.at_ms < end_ms,
     ]
@@ -613,12 +607,7 @@ def sales_accepted(start_ms: int, end_ms: int) -> list[ColumnElement[bool]]:
 def sale_reversed() -> ColumnElement[bool]:
     """The sale is named by a reversal (through entries_reversals)."""
     e = entries.c
-    r = entries.alias("r")
-    return tuple_(e.terminal, e.seq).in_(
-        select(r.c.terminal, r.c.ref_seq).where(
-            r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
-        )
-    )
+    return tuple_(e.terminal, e.seq).in_(rollups.reversed_keys())
 
 
 def _bucketed_days(
@@ -1254,10 +1243,7 @@ def entry_rows(
     local time, canteen and its name, the cadre and their name (the cadres table), the
     agency and its name, meal, amount, kind, verdict and whether a reversal names it."""
     e = entries.c
-    r = entries.alias("r")
-    reversed_keys = select(r.c.terminal, r.c.ref_seq).where(
-        r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
-    )
+    reversed_keys = rollups.reversed_keys()
     out: list[dict[str, Any]] = []
     unique = list(dict.fromkeys((str(t), int(s)) for t, s in keys))
     for i in range(0, len(unique), 500):

@@ -35,13 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, literal_column, select
+from sqlalchemy import Connection, and_, case, func, select
 from sqlalchemy.orm import aliased
 
 from county.cadres import Cadre, has_control, load_cadres
 from county.db.schema import entries
 from county.exports import Column, Table
 from county.localtime import DateRange, LocalTimeError, local_text
+from county.storekit import sql_word
 from protocol.chain import ACCEPT, REVERSAL, SALE
 
 DEBIT = "debit"  # the bank took money from the cadre's account: a sale
@@ -812,7 +813,7 @@ def _spending(conn: Connection, span: DateRange) -> dict[str, tuple[int, int, in
     is_reversed = (
         select(r.c.seq)
         .where(
-            r.c.kind == literal_column(f"'{REVERSAL}'"),
+            r.c.kind == sql_word(REVERSAL),
             r.c.terminal == e.terminal,
             r.c.ref_seq == e.seq,
         )

@@ -38,7 +38,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal_column,
     or_,
     select,
     tuple_,
@@ -55,7 +54,7 @@ from county.db.schema import (
     visits,
 )
 from county.localtime import DEFAULT_TIMEZONE, county_zone, midnight_ms
-from county.storekit import Prepared, dialect_insert
+from county.storekit import Prepared, dialect_insert, sql_word
 from protocol.chain import ACCEPT, REVERSAL, SALE
 
 SLOT_MS = 900_000  # a quarter hour: every zone's offset from UTC is whole quarters
@@ -72,13 +71,6 @@ MAX_FEN = 1 << 40
 MAX_MS = 1 << 62
 
 
-def _word(word: str) -> Any:
-    """A kind or verdict written into the SQL, so that PostgreSQL's partial indexes
-    (entries_served, entries_reversals) serve the statement."""
-    assert word.isalpha()
-    return literal_column(f"'{word}'")
-
-
 def _nearer(a: Any, b: Any) -> Any:
     """The smaller of two distances, either of which may be NULL (none)."""
     return case((a.is_(None), b), (b.is_(None), a), (a < b, a), else_=b)
@@ -86,14 +78,14 @@ def _nearer(a: Any, b: Any) -> Any:
 
 def _accepted_sale() -> list[Any]:
     e = entries.c
-    return [e.kind == _word(SALE), e.verdict == _word(ACCEPT)]
+    return [e.kind == sql_word(SALE), e.verdict == sql_word(ACCEPT)]
 
 
 def reversed_keys() -> Any:
     """(terminal, seq) of every sale a reversal names (through entries_reversals)."""
     r = entries.alias("r")
     return select(r.c.terminal, r.c.ref_seq).where(
-        r.c.kind == _word(REVERSAL), r.c.ref_seq.is_not(None)
+        r.c.kind == sql_word(REVERSAL), r.c.ref_seq.is_not(None)
     )
 
 
@@ -277,7 +269,7 @@ def _note_neighbours(conn: Connection, new: Sequence[Any]) -> None:
         return
     runs: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
     for terminal, seq, canteen, unit, at_ms in new:
-        runs.setdefault((str(canteen), str(unit)), []).append((terminal, int(seq), int(at_ms)))
+        runs.setdefault((str(canteen), str(unit)), []).append((str(terminal), int(seq), int(at_ms)))
     if conn.dialect.name == "postgresql":
         # Two servers adding visits of one canteen and agency at once would each miss the
         # other's: one (canteen, agency) at a time.
@@ -296,18 +288,18 @@ def _note_neighbours(conn: Connection, new: Sequence[Any]) -> None:
             "lo": min(at for _, _, at in mine),
             "hi": max(at for _, _, at in mine),
         }
-        around = [tuple(r) for r in _RUN_SPAN.run(conn, span).fetchall()]
+        around = list(_RUN_SPAN.run(conn, span).fetchall())
         for look in (_RUN_BELOW, _RUN_ABOVE):
-            around.extend(tuple(r) for r in look.run(conn, span).fetchall())
+            around.extend(look.run(conn, span).fetchall())
         ordered = sorted((int(at), str(t), int(q)) for t, q, at in around)
         place = {(t, q): i for i, (_, t, q) in enumerate(ordered)}
         for terminal, seq, at_ms in mine:
-            i = place[(str(terminal), seq)]
+            i = place[(terminal, seq)]
             for j in (i - 1, i + 1):
                 if 0 <= j < len(ordered):
                     other_at, other_t, other_q = ordered[j]
                     gap = abs(at_ms - other_at)
-                    note((str(terminal), seq), gap)
+                    note((terminal, seq), gap)
                     note((other_t, other_q), gap)
     if nearest:
         _NEAR.run(conn, [{"t": t, "s": q, "gap": gap} for (t, q), gap in nearest.items()])
@@ -423,7 +415,7 @@ def _note_reversal(conn: Connection, terminal: str, seq: int, ref: int) -> None:
         .select_from(r)
         .where(
             r.c.terminal == terminal,
-            r.c.kind == _word(REVERSAL),
+            r.c.kind == sql_word(REVERSAL),
             r.c.ref_seq == ref,
             r.c.seq < seq,
         )

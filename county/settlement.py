@@ -41,7 +41,6 @@ from sqlalchemy import (
     and_,
     exists,
     func,
-    literal_column,
     select,
     text,
     tuple_,
@@ -49,6 +48,7 @@ from sqlalchemy import (
 
 from county.db.schema import entries, terminals
 from county.localtime import DateRange, local_text
+from county.storekit import sql_word
 from protocol.agencies import LEVEL_NAMES_ZH, RANK, TIER_NAMES_ZH, Directory
 from protocol.chain import ACCEPT, REVERSAL, SALE
 
@@ -87,21 +87,12 @@ class Period:
     received_before_ms: int | None = None
 
 
-def _constant(word: str) -> ColumnElement[str]:
-    """A kind or verdict written into the SQL, not bound: a partial index (entries_sales_at,
-    entries_reversals) serves a query only when the planner sees the very words of its
-    WHERE. Bound as a parameter, SQLite searched each sale's terminal for its reversal,
-    every entry of the terminal, a month taking minutes instead of seconds."""
-    assert word.isalpha()
-    return literal_column(f"'{word}'")
-
-
 def _accepted_sales(period: Period) -> list[ColumnElement[bool]]:
     """The WHERE of the period's accepted sales, in the words of entries_sales_at."""
     e = entries.c
     cond: list[ColumnElement[bool]] = [
-        e.kind == _constant(SALE),
-        e.verdict == _constant(ACCEPT),
+        e.kind == sql_word(SALE),
+        e.verdict == sql_word(ACCEPT),
         e.at_ms >= period.dates.start_ms,
         e.at_ms < period.dates.end_ms,
     ]
@@ -118,7 +109,7 @@ def _reversals(period: Period) -> Any:
     """The reversal entries (aliased ``r``) the period counts: every one, or those the
     county had received before ``received_before_ms``."""
     r = entries.alias("r")
-    cond: list[ColumnElement[bool]] = [r.c.kind == _constant(REVERSAL)]
+    cond: list[ColumnElement[bool]] = [r.c.kind == sql_word(REVERSAL)]
     if period.received_before_ms is not None:
         cond.append(r.c.received_ms < period.received_before_ms)
     return r, and_(*cond)
