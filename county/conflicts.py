@@ -52,9 +52,9 @@ from county.storekit import (
     PRESENTATION_TWICE,
     SERVED_TWICE,
     StoreError,
+    alarm_row,
     dialect_insert,
     insert_or_ignore,
-    record_alarm,
     upsert,
 )
 from protocol.chain import REVERSAL, canonical_json
@@ -124,7 +124,6 @@ class _Side:
 
 
 def judge(
-    conn: Connection,
     keyring: Keyring,
     lists: evidence.Lists | None,
     terminal_id: str,
@@ -134,25 +133,28 @@ def judge(
     fields: Mapping[str, Any],
     now_ms: int,
     counts: dict[str, int],
+    alarms: list[dict[str, Any]],
 ) -> Sale | None:
     """The proof in one new accepted sale, or None: a sale the county has nothing to judge
     by is counted (in ``counts``, which the caller adds to the counters once a batch); one
     the terminal vouched for but cannot prove is an alarm against the terminal, never a
-    conflict against the cadre it names."""
+    conflict against the cadre it names (its row is added to ``alarms``, which the caller
+    records once a batch with ``storekit.record_alarms``)."""
     proof = evidence.check_sale(fields, keyring, canteen, lists)
     if isinstance(proof, evidence.Unjudged):
         counts["sales_unjudged"] = counts.get("sales_unjudged", 0) + 1
         return None
     if isinstance(proof, str):
-        record_alarm(
-            conn,
-            terminal_id,
-            BAD_EVIDENCE,
-            seq,
-            entry_hash,
-            None,
-            f"accepted sale {seq} is no evidence: {proof}",
-            now_ms,
+        alarms.append(
+            alarm_row(
+                terminal_id,
+                BAD_EVIDENCE,
+                seq,
+                entry_hash,
+                None,
+                f"accepted sale {seq} is no evidence: {proof}",
+                now_ms,
+            )
         )
         counts["sales_without_evidence"] = counts.get("sales_without_evidence", 0) + 1
         return None

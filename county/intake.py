@@ -73,10 +73,12 @@ from county.storekit import (
     Limits,
     Prepared,
     StoreError,
+    alarm_row,
     bump_all,
     dialect_insert,
     insert_or_ignore,
     record_alarm,
+    record_alarms,
 )
 from protocol.chain import (
     ACCEPT,
@@ -582,11 +584,11 @@ class _Batch:
         under are locked first, all at once (county/conflicts.py)."""
         keyring = conflicts.Keyring(self.conn)
         sales: dict[int, conflicts.Sale] = {}
+        alarms: list[dict[str, Any]] = []
         for e in new:
             if e.fields[3] == SALE and e.fields[4] == ACCEPT:
                 f = dict(zip(_ENTRY_COLUMNS, e.fields, strict=True))
                 sale = conflicts.judge(
-                    self.conn,
                     keyring,
                     self.lists,
                     self.terminal_id,
@@ -596,9 +598,11 @@ class _Batch:
                     f,
                     self.now_ms,
                     self.counts,
+                    alarms,
                 )
                 if sale is not None:
                     sales[e.seq] = sale
+        record_alarms(self.conn, alarms)
         conflicts.lock_keys(self.conn, (k for s in sales.values() for k in conflicts.check_keys(s)))
         conflicts.store_evidence(self.conn, list(sales.values()), self.now_ms)
         # A sale reversed in the same batch is kept as evidence but never a conflict: the
@@ -632,7 +636,9 @@ class _Batch:
             # Reachable with the TLS key alone, with any hash the sender likes: one row per
             # terminal and kind counts them, so a flood cannot grow the table.
             seq, theirs, ours = 0, b"", None
-        record_alarm(self.conn, self.terminal_id, kind, seq, theirs, ours, problem, self.now_ms)
+        record_alarm(
+            self.conn, alarm_row(self.terminal_id, kind, seq, theirs, ours, problem, self.now_ms)
+        )
         return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
 
     def hold(self, wire: Sequence[WireEntry], doc: Any) -> None:

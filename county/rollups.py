@@ -41,6 +41,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union_all,
     update,
 )
 
@@ -332,16 +333,24 @@ _LOCK_CADRES = (
 )
 
 
-_CADRE_DAYS = Prepared(
-    select(entries.c.canteen, entries.c.at_ms).where(
-        *_accepted_sale(),
-        entries.c.cadre == bindparam("cadre"),
-        or_(
-            entries.c.day.in_([bindparam("d0"), bindparam("d1"), bindparam("d2")]),
+# The accepted sales of some cadres on some day texts or none (entries_served): one
+# statement for a batch's cadres, not one per cadre and day (a terminal back from an
+# outage sends hundreds of sales of as many cadres in one batch).
+# Two halves, so that SQLite seeks the index on both of its columns (with an OR of the
+# two it seeks the cadre only and reads a year of the cadre's sales).
+_CADRES_DAYS = union_all(
+    *(
+        select(entries.c.cadre, entries.c.day, entries.c.canteen, entries.c.at_ms).where(
+            *_accepted_sale(), entries.c.cadre.in_(bindparam("cadres", expanding=True)), day
+        )
+        for day in (
+            entries.c.day.in_(bindparam("days", expanding=True)),
             entries.c.day.is_(None),
-        ),
+        )
     )
 )
+# Cadres a statement asks about: well under both databases' limits on parameters.
+_CADRES_A_STATEMENT = 500
 
 
 def note_entries(conn: Connection, stored: Sequence[Mapping[str, Any]]) -> None:
@@ -474,10 +483,18 @@ def _note_multi_days(conn: Connection, served: Sequence[Mapping[str, Any]]) -> N
     # The cadre's sales of the day before, the day and the day after (a terminal's day
     # text may differ from the county's local day by one), and those without a day.
     rows: set[tuple[str, str, int]] = set()
-    for cadre, day in sorted({(str(r["cadre"]), r["day"]) for r in served if r["day"]}):
-        d0, d1, d2 = [*sorted(_next_days([str(day)])), str(day), str(day)][:3]
-        found = _CADRE_DAYS.run(conn, {"cadre": cadre, "d0": d0, "d1": d1, "d2": d2})
-        rows.update((cadre, str(k), int(at)) for k, at in found.fetchall())
+    near_days: dict[str, set[str]] = defaultdict(set)
+    for r in served:
+        if r["day"]:
+            near_days[str(r["cadre"])].update(_next_days([str(r["day"])]))
+    asked = sorted(near_days)
+    for i in range(0, len(asked), _CADRES_A_STATEMENT):
+        chunk = asked[i : i + _CADRES_A_STATEMENT]
+        days = sorted(set().union(*(near_days[c] for c in chunk)))
+        for cadre, day, canteen, at in conn.execute(_CADRES_DAYS, {"cadres": chunk, "days": days}):
+            # The statement asks for every chunk's day: keep each cadre's own.
+            if day is None or day in near_days[cadre]:
+                rows.add((str(cadre), str(canteen), int(at)))
     e = entries.c
     for r in served:
         if not r["day"]:  # a sale without its day: the cadre's sales less than a day away

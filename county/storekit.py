@@ -131,8 +131,7 @@ def _record_alarm(dialect: str) -> Executable:
     )
 
 
-def record_alarm(
-    conn: Connection,
+def alarm_row(
     terminal_id: str,
     kind: str,
     seq: int,
@@ -140,22 +139,41 @@ def record_alarm(
     ours: bytes | None,
     problem: str,
     now_ms: int,
-) -> None:
-    """One alarm row per (terminal, kind, seq, theirs): a terminal retries a refused batch,
-    and the row counts the retries (``times``) instead of growing the table."""
-    conn.execute(
-        _record_alarm(conn.dialect.name),
-        {
-            "terminal": terminal_id,
-            "kind": kind,
-            "seq": seq,
-            "theirs": theirs,
-            "ours": ours,
-            "problem": problem,
-            "first_ms": now_ms,
-            "last_ms": now_ms,
-        },
+) -> dict[str, Any]:
+    """The values of one alarm, for ``record_alarms``."""
+    return {
+        "terminal": terminal_id,
+        "kind": kind,
+        "seq": seq,
+        "theirs": theirs,
+        "ours": ours,
+        "problem": problem,
+        "first_ms": now_ms,
+        "last_ms": now_ms,
+    }
+
+
+def record_alarm(conn: Connection, row: Mapping[str, Any]) -> None:
+    """One alarm row (from ``alarm_row``) per (terminal, kind, seq, theirs): a terminal
+    retries a refused batch, and the row counts the retries (``times``) instead of growing
+    the table."""
+    conn.execute(_record_alarm(conn.dialect.name), row)
+
+
+@functools.cache
+def _record_alarms_prepared(dialect: str) -> Prepared:
+    return Prepared(
+        _record_alarm(dialect),
+        ["terminal", "kind", "seq", "theirs", "ours", "problem", "first_ms", "last_ms"],
     )
+
+
+def record_alarms(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``record_alarm`` for several alarms of one batch (rows from ``alarm_row``, each
+    for a different key), in one executemany: a terminal whose every sale fails its
+    evidence check sends hundreds at once."""
+    if rows:
+        _record_alarms_prepared(conn.dialect.name).run(conn, rows)
 
 
 @functools.cache
@@ -225,7 +243,9 @@ class Prepared:
         many = not isinstance(params, Mapping)
         rows: list[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else list(params)
         if order is not None:
-            args: list[Any] = [tuple({**fixed, **row}[name] for name in order) for row in rows]
+            if fixed:
+                rows = [{**fixed, **row} for row in rows]
+            args: list[Any] = [tuple([row[name] for name in order]) for row in rows]
         else:
             args = [{**fixed, **row} if fixed else row for row in rows]
         Prepared.runs += 1

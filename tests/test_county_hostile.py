@@ -263,6 +263,28 @@ def test_a_database_that_cannot_answer_now_is_a_503_to_retry(tmp_path: Path) -> 
         county.stop()
 
 
+def test_a_writer_of_the_same_server_holding_its_turn_is_a_503_then_the_batch_goes_in(
+    tmp_path: Path,
+) -> None:
+    """The writers of one SQLite county process take turns in the process (Database.write),
+    not in SQLite's busy handler: a write transaction of the server's own held past the
+    busy timeout is a 503 for the next writer, which says so; once it ends, the same
+    batch is taken."""
+    county = make_county(tmp_path)
+    county.server = CountyServer(county.data, limits=Limits(busy_timeout_ms=300)).start()
+    try:
+        term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+        body = json.dumps(valid_batch(term)).encode()
+        with county.store.db.write():  # this process's turn to write, held by the test
+            status, answer = request(county, "POST", "/v1/ledger", body, JSON, term=term)
+        assert status == 503, answer[:300]
+        assert "other writers held it for 0.3 s" in one_line_problem(answer)
+        status, answer = request(county, "POST", "/v1/ledger", body, JSON, term=term)
+        assert status == 200 and json.loads(answer)["accepted"] == 1, answer[:300]
+    finally:
+        county.stop()
+
+
 def test_an_unexpected_failure_is_a_one_line_500_without_traceback(county: County) -> None:
     # A real failure inside the server, not a mock: its database handle is gone.
     county.store.close()

@@ -9,7 +9,9 @@ with no free connection, a server restarting, a SQLite writer holding the lock) 
 It never knows a table: county/db/schema.py and the stores above do.
 
 Writes: on SQLite a write transaction starts with BEGIN IMMEDIATE, so writers queue
-on the file's lock instead of failing half-way. On PostgreSQL transactions run at
+on the file's lock instead of failing half-way; the writers of one process queue first
+on a lock of their own, in the process, before they take a connection (see
+``Database.write``). On PostgreSQL transactions run at
 READ COMMITTED and each writer locks what it decides on (the terminal's row for its
 intake; county/intake.py says which), so two server processes can take the same
 terminal's retries at once and the second sees what the first committed.
@@ -18,6 +20,7 @@ terminal's retries at once and the second sees what the first committed.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +114,13 @@ class Database:
         self.engine = (
             _sqlite_engine(parsed, self.pool) if self.is_sqlite else _pg_engine(parsed, self.pool)
         )
+        # SQLite lets one writer in at a time. Left to SQLite, the others of this process
+        # would each hold a pooled connection and sleep in its busy handler, waking at
+        # growing intervals (up to 100 ms) to try again: the file stood idle between two
+        # writers, and the pool ran dry for readers. Queued here, the next writer starts
+        # the moment the last one commits. Other processes (a county command) still meet
+        # SQLite's own busy wait.
+        self._writer = threading.Lock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -125,11 +135,29 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         with (
+            self._writer_turn(),
             self._connection(write=True) as conn,
             _unavailable_on_outage(self.url),
             conn.begin(),
         ):
             yield conn
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite, this process's turn to write; ``DatabaseUnavailable`` (503) when it
+        does not come within the busy timeout."""
+        if self._writer is None:
+            yield
+            return
+        wait_s = self.pool.busy_timeout_ms / 1000
+        if not self._writer.acquire(timeout=wait_s):
+            raise DatabaseUnavailable(
+                f"the county database {self.url} is busy: other writers held it for {wait_s:g} s"
+            )
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
