@@ -141,3 +141,20 @@ def test_a_failed_sync_leaves_no_connection(served: Served, tmp_path: Path) -> N
     assert client.link.opened == 0
     # The next sync works, on a new connection.
     assert client.sync_once(time.monotonic() + 60).error is None
+
+
+def test_every_connection_of_a_link_shares_one_tls_context_without_the_system_cas(
+    served: Served, tmp_path: Path
+) -> None:
+    """The county's certificate is checked by ServerCheck against the pinned CA, so the
+    ssl module's context needs no CA: one context a Link, with the client certificate,
+    never the system's CA store (which urllib3 loaded for every new connection)."""
+    client = _client(served, tmp_path / "t")
+    link = client.link
+    assert link.tls is not None
+    for _ in range(3):  # each sync a new connection (the CLI's way)
+        assert client.sync_once(time.monotonic() + 60).error is None
+    assert link.tls.cert_store_stats()["x509_ca"] == 0
+    # What every connection pool of the Link is made with:
+    manager = link.session.get_adapter(served.proxy.url).poolmanager
+    assert manager.connection_pool_kw["ssl_context"] is link.tls
