@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tuf.api._payload import SuccinctRoles  # re-exported by tuf.api.metadata, not to mypy
 from updateskit import NOW, Canteen, open_canteen, revoked_cadre
 
+from protocol.layout import BIN_BITS, BIN_PREFIX, SHARD_COUNT, all_shards, shard_of, shard_target
+from terminal import trust
 from terminal import updates as tu
 
 
@@ -37,9 +40,18 @@ def test_fresh_terminal_applies_the_whole_set(canteen: Canteen) -> None:
 
 
 def test_one_revocation_costs_one_bin_and_one_shard(canteen: Canteen) -> None:
+    first = canteen.updater().prepare_in_force(NOW * 1000)
+    assert first.shards_looked_up == SHARD_COUNT  # a first load reads every shard's hash
     canteen.update()
     canteen.server.overrides.requests.clear()
     canteen.repo.revoke([{"kind": "cadre", "iss": "cz", "sub": "b2"}], NOW)
+    # Only the shards of the bin whose version changed are looked up: that bin's.
+    prepared = canteen.updater().prepare_in_force(NOW * 1000)
+    bins = SuccinctRoles([], 1, BIN_BITS, BIN_PREFIX)
+    shard = shard_of(trust.revocation_key("cadre", "cz", "b2"))
+    changed = bins.get_role_for_target(shard_target(shard))
+    in_bin = [s for s in all_shards() if bins.get_role_for_target(shard_target(s)) == changed]
+    assert prepared.shards_looked_up == len(in_bin) < SHARD_COUNT / 16
     applied = canteen.update()
     assert applied is not None and applied.changed == ("revocations",)
     got = canteen.server.overrides.requests
@@ -47,6 +59,10 @@ def test_one_revocation_costs_one_bin_and_one_shard(canteen: Canteen) -> None:
     bins = [p for p in got if "bins-" in p]
     assert len(shards) == 1 and len(bins) == 1, got
     assert revoked_cadre(canteen.store, "cz", "b2")
+    # And a second one in another shard, with the first still in force.
+    canteen.repo.revoke([{"kind": "cadre", "iss": "cz", "sub": "b9"}], NOW)
+    assert canteen.update() is not None
+    assert revoked_cadre(canteen.store, "cz", "b2") and revoked_cadre(canteen.store, "cz", "b9")
 
 
 def test_status_names_the_set_and_freshness(canteen: Canteen) -> None:
