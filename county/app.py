@@ -843,6 +843,7 @@ class CountyServer:
         from county.published import Published
 
         self.store = CountyStore(db, limits, Published(self.data))
+        self.store.db.checkpoint_in_background()  # SQLite only (county/db/engine.py)
         self.http_limits = http_limits or HttpLimits()
         fastapi_app = create_app(self.data, self.store, http_limits=self.http_limits)
         # Signed updates (docs/updates.md): the TUF repository, served read-only.

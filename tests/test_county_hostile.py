@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from countykit import (
     FAST,
     County,
@@ -281,6 +282,38 @@ def test_a_writer_of_the_same_server_holding_its_turn_is_a_503_then_the_batch_go
         assert "other writers held it for 0.3 s" in one_line_problem(answer)
         status, answer = request(county, "POST", "/v1/ledger", body, JSON, term=term)
         assert status == 200 and json.loads(answer)["accepted"] == 1, answer[:300]
+    finally:
+        county.stop()
+
+
+def test_the_servers_commits_reach_the_database_file_without_a_writer_copying_them(
+    tmp_path: Path,
+) -> None:
+    """A SQLite county server copies its write-ahead log into the database file in a
+    thread of its own after each write (Database.checkpoint_in_background), where SQLite
+    would leave it to a writer's commit once the log reaches 1,000 pages: a small batch,
+    far below that, is in the file itself soon after it is answered."""
+    county = make_county(tmp_path)
+    county.start()
+    try:
+        term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+        status, answer = request(
+            county, "POST", "/v1/ledger", json.dumps(valid_batch(term)).encode(), JSON, term=term
+        )
+        assert status == 200 and json.loads(answer)["accepted"] == 1, answer[:300]
+        path = county.data / "county.sqlite"
+
+        def in_the_file() -> int:
+            # immutable=1 reads the database file alone, never the write-ahead log.
+            file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return int(file.execute("SELECT count(*) FROM entries").fetchone()[0])
+            except sqlite3.Error:
+                return 0  # the file does not have the table yet
+            finally:
+                file.close()
+
+        wait_for(lambda: in_the_file() >= 1, 20, "the entry in the database file")
     finally:
         county.stop()
 

@@ -20,6 +20,8 @@ terminal's retries at once and the second sees what the first committed.
 from __future__ import annotations
 
 import contextlib
+import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,12 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from county.errors import StoreError
 
 SQLITE_FILE = "county.sqlite"
+log = logging.getLogger("county.db")
+# SQLite: the WAL size (pages) at which a committing writer copies it into the database
+# file itself, as SQLite does at 1,000 pages by default; with checkpoints in a thread of
+# their own (Database.checkpoint_in_background) only a safety net.
+AUTOCHECKPOINT_PAGES = 1000
+BACKGROUND_AUTOCHECKPOINT_PAGES = 20_000
 
 
 class DatabaseError(StoreError):
@@ -111,9 +119,14 @@ class Database:
         # Shown in messages as the user wrote it (no driver name), password masked.
         self.url = safe_url(url)
         self.backend = parsed.get_backend_name()
+        # Read by each new SQLite connection (checkpoint_in_background changes it).
+        self._sqlite_settings = {"wal_autocheckpoint": AUTOCHECKPOINT_PAGES}
         self.engine = (
-            _sqlite_engine(parsed, self.pool) if self.is_sqlite else _pg_engine(parsed, self.pool)
+            _sqlite_engine(parsed, self.pool, self._sqlite_settings)
+            if self.is_sqlite
+            else _pg_engine(parsed, self.pool)
         )
+        self._checkpointer: _Checkpointer | None = None
         # SQLite lets one writer in at a time. Left to SQLite, the others of this process
         # would each hold a pooled connection and sleep in its busy handler, waking at
         # growing intervals (up to 100 ms) to try again: the file stood idle between two
@@ -141,6 +154,21 @@ class Database:
             conn.begin(),
         ):
             yield conn
+        if self._checkpointer is not None:
+            self._checkpointer.due()
+
+    def checkpoint_in_background(self) -> None:
+        """SQLite, for a server: copy the WAL into the database file in a thread of its
+        own after each write transaction, rather than in the commit of whichever writer
+        finds the WAL at 1,000 pages. That copy and its fsync took over half of a commit
+        (a 300-entry batch into the entries table and its ten indexes: 24.2 ms against
+        11.0 ms without it) while every other writer waited for its turn; a PASSIVE
+        checkpoint runs beside the next writer instead. Nothing on PostgreSQL."""
+        if not self.is_sqlite or self._checkpointer is not None:
+            return
+        self._sqlite_settings["wal_autocheckpoint"] = BACKGROUND_AUTOCHECKPOINT_PAGES
+        self.engine.dispose()  # pooled connections are made again with the new setting
+        self._checkpointer = _Checkpointer(str(self.sqlite_path), self.url)
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
@@ -182,7 +210,51 @@ class Database:
                 conn.close()
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()
+
+
+class _Checkpointer:
+    """A thread that runs ``PRAGMA wal_checkpoint(PASSIVE)`` whenever a write transaction
+    has ended since its last one (Database.checkpoint_in_background). PASSIVE never
+    waits for or blocks a writer or reader; what it cannot copy now, it copies next time."""
+
+    def __init__(self, path: str, url: str) -> None:
+        self._path = path
+        self._url = url
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def due(self) -> None:
+        self._due.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        # A connection of its own, outside the pool the requests use.
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next write tries again; commits stand
+                    log.warning("%s: a WAL checkpoint failed: %s", self._url, exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 @contextlib.contextmanager
@@ -202,7 +274,7 @@ def _unavailable_on_outage(url: str) -> Iterator[None]:
         raise DatabaseUnavailable(f"the connection to {url} was lost: {exc.orig}") from exc
 
 
-def _sqlite_engine(url: URL, pool: PoolLimits) -> Engine:
+def _sqlite_engine(url: URL, pool: PoolLimits, settings: dict[str, int]) -> Engine:
     path = Path(url.database or "")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +297,7 @@ def _sqlite_engine(url: URL, pool: PoolLimits) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(pool.busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(settings['wal_autocheckpoint'])}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
