@@ -713,8 +713,9 @@ def _intake_noting(
                 except Exception as exc:  # the answer stands: only the note is lost
                     log.warning("terminal %s: its status was not kept: %s", terminal_id, exc)
             return answer
+    checked = intake.check_alone(doc, store.limits)  # before this process's writer turn
     with store.db.write() as conn:
-        result = intake.take(conn, store.limits, store.lists, terminal_id, doc, now_ms)
+        result = intake.take(conn, store.limits, store.lists, terminal_id, doc, now_ms, checked)
         noted = seen.due(terminal_id, now_ms, status, result)
         if noted:
             seen.write(conn, terminal_id, now_ms, status, result)

@@ -355,6 +355,46 @@ def answer_empty(
     return IntakeResult(OK, int(row[1]))
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A batch document checked on its own, before any database work: its shape and types
+    (``parse_batch``), and every hash and link inside it (the first problem found, as the
+    arguments of an alarm, or None). On SQLite the server's writers take turns, so what
+    needs no database is done before the turn (county/store.py, ``intake``)."""
+
+    wire: list[WireEntry]
+    cps: list[tuple[int, bytes, int, bytes]]
+    problem: tuple[str, int, bytes, bytes | None, str] | None
+
+
+def check_alone(doc: Any, limits: Limits) -> Checked:
+    """``Checked`` for ``doc``; raises ``BatchInvalid`` for a malformed one."""
+    wire, cps, _nonce = parse_batch(doc, limits)
+    return Checked(wire, cps, _chain_problem(wire))
+
+
+def _chain_problem(wire: Sequence[WireEntry]) -> tuple[str, int, bytes, bytes | None, str] | None:
+    """The batch on its own: every hash recomputed, every link inside it."""
+    for i, e in enumerate(wire):
+        if i and e.prev_hash != wire[i - 1].hash:
+            return (
+                ALTERED,
+                e.seq,
+                e.prev_hash,
+                wire[i - 1].hash,
+                f"entry {e.seq} does not link to entry {e.seq - 1} of the same batch",
+            )
+        if entry_hash(e.prev_hash, e.fields) != e.hash:
+            return (
+                ALTERED,
+                e.seq,
+                e.hash,
+                None,
+                f"entry {e.seq} was altered: its hash does not match its contents",
+            )
+    return None
+
+
 def take(
     conn: Connection,
     limits: Limits,
@@ -362,9 +402,13 @@ def take(
     terminal_id: str,
     doc: Any,
     now_ms: int,
+    checked: Checked | None = None,
 ) -> IntakeResult:
-    """Apply one upload batch inside the caller's write transaction."""
-    wire, cps, _nonce = parse_batch(doc, limits)
+    """Apply one upload batch inside the caller's write transaction (``checked``: the
+    document's ``check_alone``, when the caller did it before the transaction)."""
+    if checked is None:
+        checked = check_alone(doc, limits)
+    wire, cps = checked.wire, checked.cps
     # The terminal's row first, locked: everything below is decided on what it says now.
     before = now_ms - limits.held_ttl_ms
     row = _TERMINAL.run(conn, {"terminal": terminal_id, "before": before}).fetchone()
@@ -375,7 +419,7 @@ def take(
         # Held batches whose gap never closed: the terminal resends from the mark anyway.
         conn.execute(_EXPIRE_HELD, {"before": before})
     run = _Batch(conn, limits, lists, terminal_id, canteen, key, now_ms)
-    result = run.apply(acked, last_hash, wire, cps)
+    result = run.apply(acked, last_hash, wire, cps, checked.problem)
     if result.status == GAP and wire:
         run.hold(wire, doc)
     elif result.status == OK and result.accepted:
@@ -430,30 +474,14 @@ class _Batch:
         last_hash: bytes,
         wire: Sequence[WireEntry],
         cps: Sequence[tuple[int, bytes, int, bytes]],
+        in_batch: tuple[str, int, bytes, bytes | None, str] | None,
     ) -> IntakeResult:
         if not wire:
             return IntakeResult(OK, acked)
         terminal_id = self.terminal_id
-        # 1. The batch on its own: every hash recomputed, every link inside it.
-        for i, e in enumerate(wire):
-            if i and e.prev_hash != wire[i - 1].hash:
-                return self.alarm(
-                    acked,
-                    ALTERED,
-                    e.seq,
-                    e.prev_hash,
-                    wire[i - 1].hash,
-                    f"entry {e.seq} does not link to entry {e.seq - 1} of the same batch",
-                )
-            if entry_hash(e.prev_hash, e.fields) != e.hash:
-                return self.alarm(
-                    acked,
-                    ALTERED,
-                    e.seq,
-                    e.hash,
-                    None,
-                    f"entry {e.seq} was altered: its hash does not match its contents",
-                )
+        # 1. The batch on its own (``_chain_problem``, found before the transaction).
+        if in_batch is not None:
+            return self.alarm(acked, *in_batch)
         first = wire[0]
         if first.seq == 1:
             expected = canonical_json({"terminal_id": terminal_id, "public_key": self.key.hex()})
@@ -671,7 +699,7 @@ class _Batch:
             conn.execute(_DROP_HELD, {**terminal, "first": row[0], "last": row[1]})
             last_hash = conn.execute(_LAST_HASH, terminal).scalar_one()
             wire, cps, _ = parse_batch(json.loads(row[2]), self.limits)
-            more = self.apply(result.acked_seq, bytes(last_hash), wire, cps)
+            more = self.apply(result.acked_seq, bytes(last_hash), wire, cps, _chain_problem(wire))
             if more.status != OK:
                 return
             result.acked_seq = more.acked_seq

@@ -225,8 +225,9 @@ class CountyStore:
                 answer = intake.answer_empty(conn, self.limits, terminal_id, doc, now_ms)
             if answer is not None:
                 return answer
+        checked = intake.check_alone(doc, self.limits)  # before this process's writer turn
         with self._write() as conn:
-            return intake.take(conn, self.limits, self.lists, terminal_id, doc, now_ms)
+            return intake.take(conn, self.limits, self.lists, terminal_id, doc, now_ms, checked)
 
     def note_clock(self, terminal_id: str, now_ms: int) -> None:
         """Keep the terminal's newest clock offset from its time_signal entries; alarm
