@@ -77,7 +77,6 @@ from county.storekit import (
     bump_all,
     dialect_insert,
     insert_or_ignore,
-    record_alarm,
     record_alarms,
 )
 from protocol.chain import (
@@ -355,6 +354,10 @@ def answer_empty(
     return IntakeResult(OK, int(row[1]))
 
 
+# What is wrong inside a batch, as the arguments of its alarm: kind, seq, theirs, ours, text.
+InBatchProblem = tuple[str, int, bytes, bytes | None, str]
+
+
 @dataclass(frozen=True)
 class Checked:
     """A batch document checked on its own, before any database work: its shape and types
@@ -364,7 +367,7 @@ class Checked:
 
     wire: list[WireEntry]
     cps: list[tuple[int, bytes, int, bytes]]
-    problem: tuple[str, int, bytes, bytes | None, str] | None
+    problem: InBatchProblem | None
 
 
 def check_alone(doc: Any, limits: Limits) -> Checked:
@@ -373,7 +376,7 @@ def check_alone(doc: Any, limits: Limits) -> Checked:
     return Checked(wire, cps, _chain_problem(wire))
 
 
-def _chain_problem(wire: Sequence[WireEntry]) -> tuple[str, int, bytes, bytes | None, str] | None:
+def _chain_problem(wire: Sequence[WireEntry]) -> InBatchProblem | None:
     """The batch on its own: every hash recomputed, every link inside it."""
     for i, e in enumerate(wire):
         if i and e.prev_hash != wire[i - 1].hash:
@@ -474,7 +477,7 @@ class _Batch:
         last_hash: bytes,
         wire: Sequence[WireEntry],
         cps: Sequence[tuple[int, bytes, int, bytes]],
-        in_batch: tuple[str, int, bytes, bytes | None, str] | None,
+        in_batch: InBatchProblem | None,
     ) -> IntakeResult:
         if not wire:
             return IntakeResult(OK, acked)
@@ -664,8 +667,8 @@ class _Batch:
             # Reachable with the TLS key alone, with any hash the sender likes: one row per
             # terminal and kind counts them, so a flood cannot grow the table.
             seq, theirs, ours = 0, b"", None
-        record_alarm(
-            self.conn, alarm_row(self.terminal_id, kind, seq, theirs, ours, problem, self.now_ms)
+        record_alarms(
+            self.conn, [alarm_row(self.terminal_id, kind, seq, theirs, ours, problem, self.now_ms)]
         )
         return IntakeResult(REFUSED, acked, alarm=kind, problem=problem)
 
@@ -698,8 +701,8 @@ class _Batch:
                 return
             conn.execute(_DROP_HELD, {**terminal, "first": row[0], "last": row[1]})
             last_hash = conn.execute(_LAST_HASH, terminal).scalar_one()
-            wire, cps, _ = parse_batch(json.loads(row[2]), self.limits)
-            more = self.apply(result.acked_seq, bytes(last_hash), wire, cps, _chain_problem(wire))
+            held = check_alone(json.loads(row[2]), self.limits)
+            more = self.apply(result.acked_seq, bytes(last_hash), held.wire, held.cps, held.problem)
             if more.status != OK:
                 return
             result.acked_seq = more.acked_seq

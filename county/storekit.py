@@ -118,17 +118,8 @@ def bump_all(conn: Connection, counts: dict[str, int]) -> None:
         _bump_prepared(conn.dialect.name).run(conn, rows)
 
 
-@functools.cache
-def _record_alarm(dialect: str) -> Executable:
-    stmt = dialect_insert(dialect, alarms)
-    return stmt.on_conflict_do_update(
-        index_elements=[alarms.c.terminal, alarms.c.kind, alarms.c.seq, alarms.c.theirs],
-        set_={
-            "last_ms": stmt.excluded.last_ms,
-            "times": alarms.c.times + 1,
-            "problem": stmt.excluded.problem,
-        },
-    )
+# The values of one alarm row, as ``alarm_row`` gives them and ``record_alarms`` binds them.
+_ALARM_VALUES = ("terminal", "kind", "seq", "theirs", "ours", "problem", "first_ms", "last_ms")
 
 
 def alarm_row(
@@ -141,39 +132,36 @@ def alarm_row(
     now_ms: int,
 ) -> dict[str, Any]:
     """The values of one alarm, for ``record_alarms``."""
-    return {
-        "terminal": terminal_id,
-        "kind": kind,
-        "seq": seq,
-        "theirs": theirs,
-        "ours": ours,
-        "problem": problem,
-        "first_ms": now_ms,
-        "last_ms": now_ms,
-    }
-
-
-def record_alarm(conn: Connection, row: Mapping[str, Any]) -> None:
-    """One alarm row (from ``alarm_row``) per (terminal, kind, seq, theirs): a terminal
-    retries a refused batch, and the row counts the retries (``times``) instead of growing
-    the table."""
-    conn.execute(_record_alarm(conn.dialect.name), row)
-
-
-@functools.cache
-def _record_alarms_prepared(dialect: str) -> Prepared:
-    return Prepared(
-        _record_alarm(dialect),
-        ["terminal", "kind", "seq", "theirs", "ours", "problem", "first_ms", "last_ms"],
+    return dict(
+        zip(
+            _ALARM_VALUES,
+            (terminal_id, kind, seq, theirs, ours, problem, now_ms, now_ms),
+            strict=True,
+        )
     )
 
 
+@functools.cache
+def _record_alarms(dialect: str) -> Prepared:
+    stmt = dialect_insert(dialect, alarms)
+    counted = stmt.on_conflict_do_update(
+        index_elements=[alarms.c.terminal, alarms.c.kind, alarms.c.seq, alarms.c.theirs],
+        set_={
+            "last_ms": stmt.excluded.last_ms,
+            "times": alarms.c.times + 1,
+            "problem": stmt.excluded.problem,
+        },
+    )
+    return Prepared(counted, _ALARM_VALUES)
+
+
 def record_alarms(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``record_alarm`` for several alarms of one batch (rows from ``alarm_row``, each
-    for a different key), in one executemany: a terminal whose every sale fails its
-    evidence check sends hundreds at once."""
+    """One alarm row (from ``alarm_row``) per (terminal, kind, seq, theirs): a terminal
+    retries a refused batch, and the row counts the retries (``times``) instead of growing
+    the table. A batch's alarms, each for a different key, go in one executemany: a
+    terminal whose every sale fails its evidence check sends hundreds at once."""
     if rows:
-        _record_alarms_prepared(conn.dialect.name).run(conn, rows)
+        _record_alarms(conn.dialect.name).run(conn, rows)
 
 
 @functools.cache
@@ -242,12 +230,11 @@ class Prepared:
         sql, order, fixed = self._form(conn.dialect)
         many = not isinstance(params, Mapping)
         rows: list[Mapping[str, Any]] = [params] if isinstance(params, Mapping) else list(params)
-        if order is not None:
-            if fixed:
-                rows = [{**fixed, **row} for row in rows]
-            args: list[Any] = [tuple([row[name] for name in order]) for row in rows]
-        else:
-            args = [{**fixed, **row} if fixed else row for row in rows]
+        if fixed:
+            rows = [{**fixed, **row} for row in rows]
+        args: list[Any] = (
+            rows if order is None else [tuple([row[name] for name in order]) for row in rows]
+        )
         Prepared.runs += 1
         raw = conn.connection
         cursor = raw.cursor()
