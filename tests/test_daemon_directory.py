@@ -79,8 +79,12 @@ def test_a_published_directory_prices_the_next_swipe(tmp_path: Path) -> None:
         )
         with cu.CountyRepository(county.data) as repo:
             repo.publish_directory(directory(), now)
-            repo.publish_settings(tmp_path / "tiers.toml", "c-daemon", now)
-        wait_for(lambda: len(applied()) >= 2, what="the set with the directory")
+            prices = repo.publish_settings(tmp_path / "tiers.toml", "c-daemon", now)
+        # Two publications, two sets: the daemon may apply the directory's alone first.
+        wait_for(
+            lambda: any(e["detail"]["set"] >= prices.snapshot_version for e in applied()),
+            what="the set with the directory and the prices",
+        )
         wait_for(lambda: card_gone(d.reader, CITY_CARD), what="the card to leave the field")
         reader.swipe(CITY_CARD_2)
         wait_for(lambda: d.worker.decisions == 2, what="the second city cadre")
