@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from county import ca
 from county import updates as county_updates
 from county.app import CountyServer, HttpLimits
+from county.db.engine import WRITER_CACHE_KIB, Database
 from county.store import Limits
 from protocol.chain import entry_hash
 from terminal.sync import SyncClient
@@ -316,6 +317,37 @@ def test_the_servers_commits_reach_the_database_file_without_a_writer_copying_th
         wait_for(lambda: in_the_file() >= 1, 20, "the entry in the database file")
     finally:
         county.stop()
+
+
+def test_a_sqlite_servers_writes_keep_one_connection_and_its_cache(tmp_path: Path) -> None:
+    """SQLite drops a connection's page cache whenever another connection has written
+    since its last transaction, so writes spread over the pool would read every index
+    page they touch again. A SQLite county's writes go through one connection of their
+    own with a 64 MiB cache, even while a read holds a pooled one; reads use the pool."""
+    db = Database(f"sqlite:///{tmp_path / 'county.sqlite'}")
+    writers: list[object] = []
+
+    def write(value: int) -> None:
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+            conn.exec_driver_sql(f"INSERT INTO t VALUES ({value})")
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -WRITER_CACHE_KIB
+            writers.append(conn.connection.dbapi_connection)
+
+    try:
+        write(1)
+        with db.read() as reading:
+            reader = reading.connection.dbapi_connection
+            assert reading.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+            write(2)
+        with ThreadPoolExecutor(1) as other_thread:
+            other_thread.submit(write, 3).result()
+        assert len(writers) == 3 and all(w is writers[0] for w in writers)
+        assert reader is not writers[0]
+        with db.read() as reading:
+            assert reading.exec_driver_sql("SELECT count(*) FROM t").scalar() == 3
+    finally:
+        db.close()
 
 
 def test_an_unexpected_failure_is_a_one_line_500_without_traceback(county: County) -> None:
