@@ -280,6 +280,17 @@ class PeerCertH11Protocol(H11Protocol):
         self._stop()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """The server is stopping: an idle keep-alive connection is dropped at once. Its
+        TLS close would wait for the client's close_notify, which a terminal's pooled
+        connection, read by nobody, never sends: every stop and restart waited out the
+        whole graceful-shutdown time (2 s) for it. A request in progress is answered
+        and then closed, as uvicorn does."""
+        idle = self.cycle is None or self.cycle.response_complete
+        super().shutdown()
+        if idle:
+            self.transport.abort()
+
     def _follow(self) -> None:
         state = self.conn.their_state
         if state is h11.SEND_BODY:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import select
 import socket
@@ -348,6 +349,45 @@ def test_a_sqlite_servers_writes_keep_one_connection_and_its_cache(tmp_path: Pat
             assert reading.exec_driver_sql("SELECT count(*) FROM t").scalar() == 3
     finally:
         db.close()
+
+
+def test_a_stopping_server_drops_an_idle_connection_without_waiting_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A terminal's idle keep-alive connection does not hold up a stop or a restart: the
+    server drops it at once. A TLS close would wait for the client's close_notify, which
+    a pooled connection nobody reads never sends, so every stop ran out uvicorn's
+    graceful-shutdown time and said so in the log."""
+    county = make_county(tmp_path)
+    county.start()
+    try:
+        term = provision_terminal(county, tmp_path / "t", "t1", "c1")
+        assert county.server is not None
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", county.server.port, timeout=20, context=client_context(county, term)
+        )
+        try:
+            conn.request("GET", "/v1/health")
+            answer = conn.getresponse()
+            assert answer.status == 200 and answer.getheader("connection") != "close"
+            answer.read()
+            idle = conn.sock  # kept open, as a terminal's pool keeps it
+            assert idle is not None
+            uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate
+            uvicorn_log.addHandler(caplog.handler)
+            try:
+                county.stop()
+            finally:
+                uvicorn_log.removeHandler(caplog.handler)
+            said = [r.getMessage() for r in caplog.records]
+            assert not [m for m in said if "graceful shutdown exceeded" in m], said
+            idle.settimeout(5)
+            with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                assert idle.recv(1) == b""  # closed by the server, not left open
+        finally:
+            conn.close()
+    finally:
+        county.stop()
 
 
 def test_an_unexpected_failure_is_a_one_line_500_without_traceback(county: County) -> None:
