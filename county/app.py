@@ -285,10 +285,11 @@ class PeerCertH11Protocol(H11Protocol):
         TLS close would wait for the client's close_notify, which a terminal's pooled
         connection, read by nobody, never sends: every stop and restart waited out the
         whole graceful-shutdown time (2 s) for it. A request in progress is answered
-        and then closed, as uvicorn does."""
+        and then closed, as uvicorn does, and so is a connection whose last answer is
+        still being written (abort would drop it)."""
         idle = self.cycle is None or self.cycle.response_complete
         super().shutdown()
-        if idle:
+        if idle and self.transport.get_write_buffer_size() == 0:
             self.transport.abort()
 
     def _follow(self) -> None:
