@@ -253,6 +253,8 @@ class PeerCertH11Protocol(H11Protocol):
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
+    # The TCP connection under TLS (set by tls_server_protocol), for a prompt close at a stop.
+    tcp_transport: asyncio.Transport | None = None
     _deadline: asyncio.TimerHandle | None = None
     _phase = ""
 
@@ -281,16 +283,20 @@ class PeerCertH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
-        """The server is stopping: an idle keep-alive connection is dropped at once. Its
-        TLS close would wait for the client's close_notify, which a terminal's pooled
-        connection, read by nobody, never sends: every stop and restart waited out the
-        whole graceful-shutdown time (2 s) for it. A request in progress is answered
-        and then closed, as uvicorn does, and so is a connection whose last answer is
-        still being written (abort would drop it)."""
+        """The server is stopping: an idle keep-alive connection is closed at once. Its
+        TLS close alone would wait for the client's close_notify, which a terminal's
+        pooled connection, read by nobody, never sends: every stop and restart waited
+        out the whole graceful-shutdown time (2 s) for it. So, once the TLS close has
+        queued our close_notify, the TCP connection under it is closed too: what is
+        still buffered there (the end of the last answer, the close_notify) is sent
+        first, and nothing waits for the client. A request in progress is answered and
+        then closed, as uvicorn does; so is a connection whose answer is still waiting
+        in the TLS layer itself."""
         idle = self.cycle is None or self.cycle.response_complete
         super().shutdown()
-        if idle and self.transport.get_write_buffer_size() == 0:
-            self.transport.abort()
+        tcp = self.tcp_transport
+        if idle and tcp is not None and self.transport.get_write_buffer_size() == 0:
+            tcp.close()
 
     def _follow(self) -> None:
         state = self.conn.their_state
@@ -353,17 +359,32 @@ def tls_server_protocol(
     timeout = protocol_class.limits.tls_timeout_s
 
     def make(**kwargs: Any) -> asyncio.BaseProtocol:
-        return asyncio.sslproto.SSLProtocol(
+        http = protocol_class(**kwargs)
+        tls = _ServerTls(
             asyncio.get_running_loop(),
-            protocol_class(**kwargs),
+            http,
             ctx,
             None,  # type: ignore[arg-type]  # no waiter: nobody awaits the handshake
             server_side=True,
             ssl_handshake_timeout=timeout,  # type: ignore[arg-type]  # a float, as asyncio's own
             ssl_shutdown_timeout=timeout,
         )
+        tls.http = http
+        return tls
 
     return make
+
+
+class _ServerTls(asyncio.sslproto.SSLProtocol):
+    """asyncio's TLS protocol, which tells the HTTP protocol inside it the TCP transport
+    underneath (PeerCertH11Protocol.shutdown closes it at a stop)."""
+
+    http: PeerCertH11Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.http is not None and isinstance(transport, asyncio.Transport):
+            self.http.tcp_transport = transport
+        super().connection_made(transport)
 
 
 def peer_cert_der(request: Request) -> bytes | None:

@@ -292,6 +292,8 @@ def test_failing_requests_leave_no_connection_or_transaction_behind(county_db_ur
         assert store.add_terminal("a2", "c", T0_MS)
         assert store.terminal("a2") is not None
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # SQLite's writes have a connection of their own (Database.write).
+        assert db._write_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         store.close()
         db.close()
