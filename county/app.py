@@ -293,9 +293,13 @@ class PeerCertH11Protocol(H11Protocol):
         then closed, as uvicorn does; so is a connection whose answer is still waiting
         in the TLS layer itself."""
         idle = self.cycle is None or self.cycle.response_complete
+        # Read before uvicorn's close below: asyncio's TLS transport, closed a second time
+        # (one already closing, after a "Connection: close" answer), lets go of its state.
+        transport = self.transport
+        pending = 0 if transport.is_closing() else transport.get_write_buffer_size()
         super().shutdown()
         tcp = self.tcp_transport
-        if idle and tcp is not None and self.transport.get_write_buffer_size() == 0:
+        if idle and pending == 0 and tcp is not None:
             tcp.close()
 
     def _follow(self) -> None:

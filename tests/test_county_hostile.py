@@ -19,6 +19,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -351,6 +352,19 @@ def test_a_sqlite_servers_writes_keep_one_connection_and_its_cache(tmp_path: Pat
         db.close()
 
 
+def stop_within_the_graceful_time(county: County, caplog: pytest.LogCaptureFixture) -> None:
+    """Stop ``county``'s server; fail if uvicorn said it ran out of its graceful-shutdown
+    time waiting for a connection (its logger does not propagate, so it is listened to)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        county.stop()
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "graceful shutdown exceeded" in m], said
+
+
 def test_a_stopping_server_closes_an_idle_connection_without_waiting_for_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -373,18 +387,44 @@ def test_a_stopping_server_closes_an_idle_connection_without_waiting_for_it(
             answer.read()
             idle = conn.sock  # kept open, as a terminal's pool keeps it
             assert idle is not None
-            uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate
-            uvicorn_log.addHandler(caplog.handler)
-            try:
-                county.stop()
-            finally:
-                uvicorn_log.removeHandler(caplog.handler)
-            said = [r.getMessage() for r in caplog.records]
-            assert not [m for m in said if "graceful shutdown exceeded" in m], said
+            stop_within_the_graceful_time(county, caplog)
             idle.settimeout(5)
             assert idle.recv(1) == b""  # the server's close_notify, then its FIN
         finally:
             conn.close()
+    finally:
+        county.stop()
+
+
+def test_a_stop_with_a_connection_already_closing_ends_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that asked for ``Connection: close``, read its answer and keeps its socket
+    open leaves the server's side closing, waiting for its close_notify. A stop then
+    meets a TLS connection already closing: the server still ends its shutdown without
+    an error in its thread and without running out the graceful-shutdown time, and the
+    client has its whole answer."""
+    county = make_county(tmp_path)
+    county.start()
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    try:
+        assert county.server is not None
+        raw = socket.create_connection(("127.0.0.1", county.server.port), timeout=20)
+        tls = client_context(county).wrap_socket(raw, server_hostname="127.0.0.1")
+        try:
+            tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: county\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = tls.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            stop_within_the_graceful_time(county, caplog)
+            assert crashed == []
+            assert tls.recv(1) == b""  # the server's close_notify
+        finally:
+            tls.close()
     finally:
         county.stop()
 
